@@ -1,0 +1,613 @@
+//! The embedded local broker: SNS topic, SQS queues and their semantics in one SQLite file.
+//!
+//! It keeps what AWS gives a consumer: a topic fans out to subscribed queues through filter
+//! policies (the same [`crate::filter`] code that predicts SNS), queues have a visibility
+//! timeout, a delivery delay, a receive count and a dead-letter queue after
+//! `max_receive_count`, and deliveries are settled by receipt handle. Several processes can
+//! share the file at once (WAL mode, immediate transactions), so `iniesta publish` in one
+//! terminal reaches `iniesta run` in another.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use tokio_util::sync::CancellationToken;
+
+use super::{Broker, BrokerError, DeleteFailure, Received};
+use crate::config::{Config, InitializationType};
+use crate::filter::{FilterPolicy, Scope};
+use crate::wire::{Attributes, Outgoing};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS topics (name TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS queues (
+    name TEXT PRIMARY KEY,
+    visibility_timeout INTEGER NOT NULL,
+    delay_seconds INTEGER NOT NULL DEFAULT 0,
+    dead_letter_queue TEXT,
+    max_receive_count INTEGER NOT NULL DEFAULT 5
+);
+CREATE TABLE IF NOT EXISTS subscriptions (
+    topic TEXT NOT NULL,
+    queue TEXT NOT NULL,
+    filter_policy TEXT,
+    filter_scope TEXT NOT NULL DEFAULT 'MessageAttributes',
+    PRIMARY KEY (topic, queue)
+);
+CREATE TABLE IF NOT EXISTS messages (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL,
+    queue TEXT NOT NULL,
+    body BLOB NOT NULL,
+    attributes TEXT NOT NULL,
+    sent_ms INTEGER NOT NULL,
+    visible_ms INTEGER NOT NULL,
+    receive_count INTEGER NOT NULL DEFAULT 0,
+    first_receive_ms INTEGER,
+    receipt TEXT,
+    dead_letter_reason TEXT
+);
+CREATE INDEX IF NOT EXISTS messages_by_queue ON messages (queue, visible_ms, seq);
+";
+
+/// A queue's settings as the local broker stores them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueSettings {
+    /// Seconds a received message stays invisible.
+    pub visibility_timeout: u32,
+    /// Seconds before a new message is first visible.
+    pub delay_seconds: u32,
+    /// Where messages go after `max_receive_count` deliveries.
+    pub dead_letter_queue: Option<String>,
+    /// Deliveries before redrive to the dead-letter queue.
+    pub max_receive_count: u32,
+}
+
+/// A message as stored, for inspection (tests, operators).
+#[derive(Debug, Clone)]
+pub struct StoredMessage {
+    /// Message id.
+    pub id: String,
+    /// Body bytes.
+    pub body: Vec<u8>,
+    /// Attributes.
+    pub attributes: Attributes,
+    /// Deliveries so far.
+    pub receive_count: u32,
+    /// Why it was dead-lettered, if it was.
+    pub dead_letter_reason: Option<String>,
+    /// Whether it is visible now.
+    pub visible: bool,
+}
+
+/// The local broker, bound to one service's topic and queue.
+pub struct LocalBroker {
+    db: Db,
+    topic: Option<String>,
+    queue: String,
+    dead_letter_queue: Option<String>,
+}
+
+/// A shared SQLite connection used from blocking threads.
+#[derive(Clone)]
+pub struct Db {
+    path: PathBuf,
+    conn: Arc<Mutex<Connection>>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl Db {
+    /// Open (creating) the database file and its schema.
+    pub fn open(path: &Path) -> Result<Db, BrokerError> {
+        let err = |source| BrokerError::Sqlite {
+            path: path.display().to_string(),
+            source,
+        };
+        if let Some(parent) = path.parent() {
+            if !parent.as_os_str().is_empty() {
+                std::fs::create_dir_all(parent).map_err(|e| BrokerError::Sqlite {
+                    path: path.display().to_string(),
+                    source: rusqlite::Error::InvalidPath(PathBuf::from(format!(
+                        "cannot create {}: {e}",
+                        parent.display()
+                    ))),
+                })?;
+            }
+        }
+        let conn = Connection::open(path).map_err(err)?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(err)?;
+        conn.execute_batch(SCHEMA).map_err(err)?;
+        Ok(Db {
+            path: path.to_path_buf(),
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Run `f` on the connection in a blocking thread.
+    pub async fn call<T, F>(&self, f: F) -> Result<T, BrokerError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        let path = self.path.display().to_string();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| BrokerError::Worker(e.to_string()))?
+        .map_err(|source| BrokerError::Sqlite { path, source })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn encode_attributes(attributes: &Attributes) -> String {
+    serde_json::to_string(attributes).unwrap_or_else(|_| "{}".into())
+}
+
+fn decode_attributes(text: &str) -> Attributes {
+    serde_json::from_str(text).unwrap_or_default()
+}
+
+fn insert_message(
+    tx: &rusqlite::Transaction<'_>,
+    queue: &str,
+    message: &Outgoing,
+    now: i64,
+) -> rusqlite::Result<Option<String>> {
+    let delay: Option<i64> = tx
+        .query_row(
+            "SELECT delay_seconds FROM queues WHERE name = ?1",
+            params![queue],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(delay) = delay else {
+        return Ok(None);
+    };
+    let id = uuid::Uuid::new_v4().to_string();
+    tx.execute(
+        "INSERT INTO messages (id, queue, body, attributes, sent_ms, visible_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![id, queue, message.body, encode_attributes(&message.attributes), now, now + delay * 1000],
+    )?;
+    Ok(Some(id))
+}
+
+impl LocalBroker {
+    /// Open the broker file a config names and make sure this service's topic, queue,
+    /// dead-letter queue and subscription exist (the local equivalent of `iniesta setup`).
+    pub async fn open(config: &Config) -> Result<LocalBroker, BrokerError> {
+        let db = Db::open(&config.broker_path())?;
+        let broker = LocalBroker {
+            db,
+            topic: config.topic_name(),
+            queue: config.queue_name(),
+            dead_letter_queue: config.sqs.dead_letter_queue.clone(),
+        };
+        broker.setup(config).await?;
+        Ok(broker)
+    }
+
+    /// Create or update this service's resources; idempotent.
+    pub async fn setup(&self, config: &Config) -> Result<(), BrokerError> {
+        let topic = self.topic.clone();
+        let queue = self.queue.clone();
+        let dlq = self.dead_letter_queue.clone();
+        let settings = QueueSettings {
+            visibility_timeout: config.sqs.visibility_timeout,
+            delay_seconds: config.sqs.delay_seconds,
+            dead_letter_queue: dlq.clone(),
+            max_receive_count: config.sqs.max_receive_count,
+        };
+        let policy = if config.does(InitializationType::EventPolling) {
+            Some(
+                crate::filter::iniesta_policy(&config.sns.event_key, &config.sqs.filters)
+                    .to_string(),
+            )
+        } else {
+            None
+        };
+        let subscribe = config.does(InitializationType::EventPolling);
+        self.db
+            .call(move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                if let Some(topic) = &topic {
+                    tx.execute("INSERT OR IGNORE INTO topics (name) VALUES (?1)", params![topic])?;
+                }
+                if let Some(dlq) = &dlq {
+                    tx.execute(
+                        "INSERT OR IGNORE INTO queues (name, visibility_timeout) VALUES (?1, ?2)",
+                        params![dlq, settings.visibility_timeout],
+                    )?;
+                }
+                tx.execute(
+                    "INSERT INTO queues (name, visibility_timeout, delay_seconds, dead_letter_queue, max_receive_count)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT(name) DO UPDATE SET visibility_timeout = excluded.visibility_timeout,
+                        delay_seconds = excluded.delay_seconds, dead_letter_queue = excluded.dead_letter_queue,
+                        max_receive_count = excluded.max_receive_count",
+                    params![queue, settings.visibility_timeout, settings.delay_seconds, settings.dead_letter_queue, settings.max_receive_count],
+                )?;
+                if let (true, Some(topic)) = (subscribe, &topic) {
+                    tx.execute(
+                        "INSERT INTO subscriptions (topic, queue, filter_policy) VALUES (?1, ?2, ?3)
+                         ON CONFLICT(topic, queue) DO UPDATE SET filter_policy = excluded.filter_policy",
+                        params![topic, queue, policy],
+                    )?;
+                }
+                tx.commit()
+            })
+            .await
+    }
+
+    /// The underlying database, for inspection.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// This service's queue name.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    /// Subscribe `queue` to `topic` with a filter policy (JSON text) and scope; creates both.
+    pub async fn subscribe(
+        &self,
+        topic: &str,
+        queue: &str,
+        policy: Option<&str>,
+        scope: Scope,
+    ) -> Result<(), BrokerError> {
+        let (topic, queue) = (topic.to_string(), queue.to_string());
+        let policy = policy.map(str::to_string);
+        let scope = match scope {
+            Scope::MessageAttributes => "MessageAttributes",
+            Scope::MessageBody => "MessageBody",
+        };
+        self.db
+            .call(move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                tx.execute("INSERT OR IGNORE INTO topics (name) VALUES (?1)", params![topic])?;
+                tx.execute(
+                    "INSERT OR IGNORE INTO queues (name, visibility_timeout) VALUES (?1, 30)",
+                    params![queue],
+                )?;
+                tx.execute(
+                    "INSERT INTO subscriptions (topic, queue, filter_policy, filter_scope) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT(topic, queue) DO UPDATE SET filter_policy = excluded.filter_policy,
+                        filter_scope = excluded.filter_scope",
+                    params![topic, queue, policy, scope],
+                )?;
+                tx.commit()
+            })
+            .await
+    }
+
+    /// Publish to any topic by name; returns the message id and the queues it reached.
+    pub async fn publish_to(
+        &self,
+        topic: &str,
+        message: &Outgoing,
+    ) -> Result<(String, Vec<String>), BrokerError> {
+        let topic = topic.to_string();
+        let message = message.clone();
+        let missing = topic.clone();
+        let result = self
+            .db
+            .call(move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let exists: Option<String> = tx
+                    .query_row("SELECT name FROM topics WHERE name = ?1", params![topic], |r| r.get(0))
+                    .optional()?;
+                if exists.is_none() {
+                    return Ok(None);
+                }
+                let subscriptions: Vec<(String, Option<String>, String)> = {
+                    let mut stmt = tx.prepare_cached(
+                        "SELECT queue, filter_policy, filter_scope FROM subscriptions WHERE topic = ?1 ORDER BY queue",
+                    )?;
+                    let rows = stmt.query_map(params![topic], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+                    rows.collect::<rusqlite::Result<_>>()?
+                };
+                let now = now_ms();
+                let mut reached = Vec::new();
+                for (queue, policy, scope) in subscriptions {
+                    if accepts(policy.as_deref(), &scope, &message) {
+                        insert_message(&tx, &queue, &message, now)?;
+                        reached.push(queue);
+                    }
+                }
+                tx.commit()?;
+                Ok(Some(reached))
+            })
+            .await?;
+        match result {
+            Some(reached) => Ok((uuid::Uuid::new_v4().to_string(), reached)),
+            None => Err(BrokerError::NoSuchTopic(missing)),
+        }
+    }
+
+    /// Messages on `queue`, oldest first (dead-letter queues included), for inspection.
+    pub async fn messages(&self, queue: &str) -> Result<Vec<StoredMessage>, BrokerError> {
+        let queue = queue.to_string();
+        self.db
+            .call(move |conn| {
+                let now = now_ms();
+                let mut stmt = conn.prepare(
+                    "SELECT id, body, attributes, receive_count, dead_letter_reason, visible_ms FROM messages WHERE queue = ?1 ORDER BY seq",
+                )?;
+                let rows = stmt.query_map(params![queue], |r| {
+                    let attributes: String = r.get(2)?;
+                    let visible_ms: i64 = r.get(5)?;
+                    Ok(StoredMessage {
+                        id: r.get(0)?,
+                        body: r.get(1)?,
+                        attributes: decode_attributes(&attributes),
+                        receive_count: r.get(3)?,
+                        dead_letter_reason: r.get(4)?,
+                        visible: visible_ms <= now,
+                    })
+                })?;
+                rows.collect()
+            })
+            .await
+    }
+
+    fn try_receive(
+        conn: &mut Connection,
+        queue: &str,
+        max: u32,
+    ) -> rusqlite::Result<Option<Vec<Received>>> {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let settings: Option<(u32, Option<String>, u32)> = tx
+            .query_row(
+                "SELECT visibility_timeout, dead_letter_queue, max_receive_count FROM queues WHERE name = ?1",
+                params![queue],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let Some((visibility, dlq, max_receive)) = settings else {
+            return Ok(None);
+        };
+        let now = now_ms();
+        let candidates: Vec<(i64, String, Vec<u8>, String, i64, u32)> = {
+            let mut stmt = tx.prepare_cached(
+                "SELECT seq, id, body, attributes, sent_ms, receive_count FROM messages
+                 WHERE queue = ?1 AND visible_ms <= ?2 ORDER BY seq LIMIT ?3",
+            )?;
+            // Ask for more than `max` so messages redriven to the DLQ don't shrink the batch.
+            let rows = stmt.query_map(params![queue, now, i64::from(max) * 2], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let mut out = Vec::new();
+        for (seq, id, body, attributes, sent_ms, receive_count) in candidates {
+            if out.len() >= max as usize {
+                break;
+            }
+            if let Some(dlq) = &dlq {
+                if receive_count >= max_receive {
+                    tx.execute(
+                        "UPDATE messages SET queue = ?1, visible_ms = ?2, receipt = NULL,
+                            dead_letter_reason = COALESCE(dead_letter_reason, ?3) WHERE seq = ?4",
+                        params![
+                            dlq,
+                            now,
+                            format!(
+                                "received {receive_count} times (max_receive_count {max_receive})"
+                            ),
+                            seq
+                        ],
+                    )?;
+                    tracing::warn!(message_id = %id, queue, dead_letter_queue = %dlq, receive_count, "redriven to the dead-letter queue after max_receive_count deliveries");
+                    continue;
+                }
+            }
+            let receipt = format!("{seq}:{}", uuid::Uuid::new_v4());
+            tx.execute(
+                "UPDATE messages SET receive_count = receive_count + 1, visible_ms = ?1, receipt = ?2,
+                    first_receive_ms = COALESCE(first_receive_ms, ?3) WHERE seq = ?4",
+                params![now + i64::from(visibility) * 1000, receipt, now, seq],
+            )?;
+            out.push(Received {
+                message_id: id,
+                receipt,
+                body,
+                attributes: decode_attributes(&attributes),
+                receive_count: receive_count + 1,
+                sent_timestamp_ms: u64::try_from(sent_ms).unwrap_or(0),
+            });
+        }
+        tx.commit()?;
+        Ok(Some(out))
+    }
+}
+
+fn accepts(policy: Option<&str>, scope: &str, message: &Outgoing) -> bool {
+    let Some(policy) = policy else {
+        return true;
+    };
+    let Ok(policy) = FilterPolicy::parse_str(policy) else {
+        tracing::error!(
+            policy,
+            "stored filter policy is invalid; delivering nothing through it"
+        );
+        return false;
+    };
+    match Scope::parse(scope) {
+        Ok(Scope::MessageBody) => serde_json::from_slice::<serde_json::Value>(&message.body)
+            .map(|body| policy.matches_body(&body))
+            .unwrap_or(false),
+        _ => policy.matches_attributes(&message.attributes),
+    }
+}
+
+fn split_receipt(receipt: &str) -> Option<(i64, &str)> {
+    let (seq, _) = receipt.split_once(':')?;
+    Some((seq.parse().ok()?, receipt))
+}
+
+#[async_trait]
+impl Broker for LocalBroker {
+    async fn publish(&self, message: &Outgoing) -> Result<String, BrokerError> {
+        let topic = self.topic.clone().ok_or(BrokerError::NoTopic)?;
+        let (id, reached) = self.publish_to(&topic, message).await?;
+        tracing::debug!(message_id = %id, event = %message.event, queues = ?reached, "published to local topic");
+        Ok(id)
+    }
+
+    async fn send_to_queue(
+        &self,
+        queue: Option<&str>,
+        message: &Outgoing,
+    ) -> Result<String, BrokerError> {
+        let queue = queue.unwrap_or(&self.queue).to_string();
+        let missing = queue.clone();
+        let message = message.clone();
+        let id = self
+            .db
+            .call(move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let id = insert_message(&tx, &queue, &message, now_ms())?;
+                tx.commit()?;
+                Ok(id)
+            })
+            .await?;
+        id.ok_or(BrokerError::NoSuchQueue(missing))
+    }
+
+    async fn receive(
+        &self,
+        max: u32,
+        wait: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<Received>, BrokerError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            let queue = self.queue.clone();
+            let got = self
+                .db
+                .call(move |conn| LocalBroker::try_receive(conn, &queue, max))
+                .await?;
+            let Some(got) = got else {
+                return Err(BrokerError::NoSuchQueue(self.queue.clone()));
+            };
+            if !got.is_empty() || tokio::time::Instant::now() >= deadline {
+                return Ok(got);
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(Vec::new()),
+                _ = tokio::time::sleep(pause.min(deadline.saturating_duration_since(tokio::time::Instant::now()))) => {}
+            }
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
+    }
+
+    async fn delete_batch(&self, receipts: &[String]) -> Result<Vec<DeleteFailure>, BrokerError> {
+        let receipts = receipts.to_vec();
+        self.db
+            .call(move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let mut failures = Vec::new();
+                for receipt in receipts {
+                    let deleted = match split_receipt(&receipt) {
+                        Some((seq, full)) => tx.execute(
+                            "DELETE FROM messages WHERE seq = ?1 AND receipt = ?2",
+                            params![seq, full],
+                        )?,
+                        None => 0,
+                    };
+                    if deleted == 0 {
+                        failures.push(DeleteFailure {
+                            receipt,
+                            reason: "receipt handle is stale or unknown".into(),
+                            retryable: false,
+                        });
+                    }
+                }
+                tx.commit()?;
+                Ok(failures)
+            })
+            .await
+    }
+
+    async fn change_visibility(&self, receipt: &str, secs: u32) -> Result<(), BrokerError> {
+        let Some((seq, full)) = split_receipt(receipt) else {
+            return Err(BrokerError::StaleReceipt);
+        };
+        let full = full.to_string();
+        let changed = self
+            .db
+            .call(move |conn| {
+                conn.execute(
+                    "UPDATE messages SET visible_ms = ?1 WHERE seq = ?2 AND receipt = ?3",
+                    params![now_ms() + i64::from(secs) * 1000, seq, full],
+                )
+            })
+            .await?;
+        if changed == 0 {
+            return Err(BrokerError::StaleReceipt);
+        }
+        Ok(())
+    }
+
+    async fn dead_letter(&self, message: &Received, reason: &str) -> Result<(), BrokerError> {
+        let dlq = self
+            .dead_letter_queue
+            .clone()
+            .ok_or(BrokerError::NoDeadLetterQueue)?;
+        let Some((seq, full)) = split_receipt(&message.receipt) else {
+            return Err(BrokerError::StaleReceipt);
+        };
+        let (full, reason) = (full.to_string(), reason.to_string());
+        let moved = self
+            .db
+            .call(move |conn| {
+                conn.execute(
+                    "UPDATE messages SET queue = ?1, visible_ms = ?2, receipt = NULL, dead_letter_reason = ?3
+                     WHERE seq = ?4 AND receipt = ?5",
+                    params![dlq, now_ms(), reason, seq, full],
+                )
+            })
+            .await?;
+        if moved == 0 {
+            return Err(BrokerError::StaleReceipt);
+        }
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "local broker {} (queue {}, topic {})",
+            self.db.path().display(),
+            self.queue,
+            self.topic.as_deref().unwrap_or("none")
+        )
+    }
+}

@@ -1,0 +1,147 @@
+//! Brokers: where messages are published, queued and received.
+//!
+//! Two implementations share one contract: [`local`] (an embedded SQLite file, the default, no
+//! AWS needed) and `aws` (SNS + SQS). A broker is bound to one service's config: its topic, its
+//! queue and its dead-letter queue.
+
+pub mod local;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{BrokerKind, Config};
+use crate::wire::{Attributes, Outgoing};
+
+/// A message taken from the queue, not yet settled.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// The broker's message id.
+    pub message_id: String,
+    /// The handle that settles this delivery (delete, change visibility).
+    pub receipt: String,
+    /// The body as stored on the queue (may be an SNS envelope).
+    pub body: Vec<u8>,
+    /// The queue message's attributes.
+    pub attributes: Attributes,
+    /// Deliveries so far, this one included.
+    pub receive_count: u32,
+    /// When it was sent, ms since the Unix epoch.
+    pub sent_timestamp_ms: u64,
+}
+
+/// One receipt a batch delete could not delete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeleteFailure {
+    /// The receipt handle.
+    pub receipt: String,
+    /// Why.
+    pub reason: String,
+    /// Whether trying again may help (throttling, server errors).
+    pub retryable: bool,
+}
+
+/// Broker failures.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The local broker's SQLite file failed.
+    #[error("local broker {path}: {source}")]
+    Sqlite {
+        /// The database file.
+        path: String,
+        /// The cause.
+        source: rusqlite::Error,
+    },
+    /// A queue does not exist.
+    #[error("queue `{0}` does not exist (run `iniesta setup`, or check sqs.queue_name)")]
+    NoSuchQueue(String),
+    /// The topic does not exist.
+    #[error("topic `{0}` does not exist (run `iniesta setup`, or check sns.topic_arn)")]
+    NoSuchTopic(String),
+    /// A dead letter was asked for but none is configured.
+    #[error("no dead-letter queue is configured (set sqs.dead_letter_queue)")]
+    NoDeadLetterQueue,
+    /// The receipt handle no longer names a delivery (it was redelivered or deleted).
+    #[error("receipt handle is stale: the message was redelivered or deleted")]
+    StaleReceipt,
+    /// Publishing needs a topic but the config names none.
+    #[error("no topic configured (set sns.topic_arn)")]
+    NoTopic,
+    /// An AWS call failed.
+    #[error("{operation}: {message}")]
+    Aws {
+        /// The SNS/SQS operation.
+        operation: &'static str,
+        /// The SDK's error with its context.
+        message: String,
+        /// Whether trying again may help.
+        retryable: bool,
+    },
+    /// A broker worker thread failed.
+    #[error("broker worker failed: {0}")]
+    Worker(String),
+}
+
+impl BrokerError {
+    /// Whether a later retry may succeed (network, throttling, locked database).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            BrokerError::Sqlite { source, .. } => matches!(
+                source.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+            ),
+            BrokerError::Aws { retryable, .. } => *retryable,
+            BrokerError::Worker(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// What a broker does for one service.
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// Publish to the global topic; returns the message id.
+    async fn publish(&self, message: &Outgoing) -> Result<String, BrokerError>;
+
+    /// Send straight to a queue (this service's own when `queue` is `None`); returns the id.
+    async fn send_to_queue(
+        &self,
+        queue: Option<&str>,
+        message: &Outgoing,
+    ) -> Result<String, BrokerError>;
+
+    /// Receive up to `max` messages, waiting up to `wait` for the first; returns early (maybe
+    /// empty) when `cancel` fires, never dropping a message it already took.
+    async fn receive(
+        &self,
+        max: u32,
+        wait: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<Received>, BrokerError>;
+
+    /// Delete settled deliveries; returns the ones that could not be deleted.
+    async fn delete_batch(&self, receipts: &[String]) -> Result<Vec<DeleteFailure>, BrokerError>;
+
+    /// Make a delivery visible again after `secs` seconds.
+    async fn change_visibility(&self, receipt: &str, secs: u32) -> Result<(), BrokerError>;
+
+    /// Move a delivery to the dead-letter queue with `reason`, then delete it.
+    async fn dead_letter(&self, message: &Received, reason: &str) -> Result<(), BrokerError>;
+
+    /// A one-line description for logs (`local broker .iniesta/broker.db, queue q`).
+    fn describe(&self) -> String;
+}
+
+/// Open the broker a config names, creating local resources when it is the local one.
+pub async fn open(config: &Config) -> Result<Arc<dyn Broker>, BrokerError> {
+    match config.broker.kind {
+        BrokerKind::Local => Ok(Arc::new(local::LocalBroker::open(config).await?)),
+        BrokerKind::Aws => Err(BrokerError::Aws {
+            operation: "open",
+            message: "the AWS broker is not built yet; use broker.kind = \"local\"".into(),
+            retryable: false,
+        }),
+    }
+}

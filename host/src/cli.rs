@@ -1,0 +1,529 @@
+//! The command line: `iniesta [-c FILE] COMMAND`.
+
+use std::io::{BufRead, Read};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context as _};
+use arc_swap::ArcSwap;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::egress::{Destination, Publisher};
+use crate::pipeline::{Pipeline, Settings};
+use crate::plugins::PluginSet;
+use crate::wire::{Attribute, Attributes};
+
+/// Event messaging over SNS/SQS with handler plugins.
+#[derive(Debug, Parser)]
+#[command(name = "iniesta", version, about)]
+pub struct Cli {
+    /// The config file.
+    #[arg(short = 'c', long = "config", env = "INIESTA_CONFIG", default_value = crate::config::DEFAULT_CONFIG, global = true)]
+    pub config: PathBuf,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Consume: poll the queue and run the bound handlers until Ctrl-C/SIGTERM.
+    Run {
+        /// Skip the resource checks at start-up.
+        #[arg(long)]
+        no_check: bool,
+    },
+    /// Publish an event (`{event}.{service}`) to the topic, or with --queue to the queue.
+    Publish(PublishArgs),
+    /// Verify the topic, queue, subscription, filter policy and DLQ; non-zero exit on problems.
+    Check,
+    /// Create the resources `check` verifies; idempotent.
+    Setup,
+    /// Print the subscription filter policy built from `sqs.filters`.
+    FilterPolicies,
+    /// Print the initialization type, e.g. `SNS_PRODUCER|EVENT_POLLING`.
+    InitializationType,
+    /// List the merged plugin view: name, version, handlers, file, origin dir.
+    Plugins,
+    /// Config commands.
+    Config {
+        /// What to do with the config.
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+/// `iniesta config ...`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the config and its bindings against the loaded plugins.
+    Check,
+}
+
+/// `iniesta publish` arguments.
+#[derive(Debug, clap::Args)]
+pub struct PublishArgs {
+    /// The event name; `.{service}` is appended unless already there.
+    #[arg(required_unless_present = "file")]
+    pub event: Option<String>,
+    /// The body (JSON or text; `-` reads standard input). Default `{}`.
+    pub body: Option<String>,
+    /// An attribute: `KEY=VALUE` (String), `KEY:Number=5`, `KEY:Binary=BASE64`.
+    #[arg(short = 'a', long = "attribute", value_name = "KEY=VALUE")]
+    pub attributes: Vec<String>,
+    /// Send straight to this service's queue instead of the topic.
+    #[arg(long)]
+    pub queue: bool,
+    /// Publish every line of a JSONL file: {"event": .., "body": .., "attributes": {..}}.
+    #[arg(long, value_name = "EVENTS.jsonl", conflicts_with_all = ["event", "body"])]
+    pub file: Option<PathBuf>,
+}
+
+/// Entry point: parse, run, map errors to exit codes.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("INIESTA_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let path = cli.config.as_path();
+    match cli.command {
+        Command::Run { no_check } => run(path, no_check).await,
+        Command::Publish(args) => publish(path, args).await,
+        Command::Check => {
+            let config = load(path)?;
+            let report = crate::provision::check(&config).await?;
+            println!("{report}");
+            Ok(if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Setup => {
+            let config = load(path)?;
+            let report = crate::provision::setup(&config).await?;
+            println!("{report}");
+            Ok(if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::FilterPolicies => {
+            let config = load(path)?;
+            let policy = crate::filter::iniesta_policy(&config.sns.event_key, &config.sqs.filters);
+            println!("{policy}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::InitializationType => {
+            let config = load(path)?;
+            println!("{}", config.initialization_type());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plugins => {
+            let config = load(path)?;
+            let set = PluginSet::scan(&config.plugin_dirs());
+            print!("{}", render_plugins(&set));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config {
+            command: ConfigCommand::Check,
+        } => config_check(path),
+    }
+}
+
+fn load(path: &Path) -> anyhow::Result<Config> {
+    Ok(Config::load(path)?)
+}
+
+fn config_check(path: &Path) -> anyhow::Result<ExitCode> {
+    let config = load(path)?;
+    if config.bindings.is_empty() {
+        println!(
+            "{}: ok (no bindings: this config only publishes)",
+            path.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let set = PluginSet::scan(&config.plugin_dirs());
+    match crate::route::bind(&config, &set, None, None) {
+        Ok(routes) => {
+            println!(
+                "{}: ok ({} binding(s){}, {} plugin(s) loaded)",
+                path.display(),
+                routes.bindings().len(),
+                if routes.has_default() {
+                    ", with a default"
+                } else {
+                    ""
+                },
+                set.plugins.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(problems) => {
+            bail!(crate::config::ConfigError::Invalid {
+                path: path.to_path_buf(),
+                problems
+            })
+        }
+    }
+}
+
+/// The `plugins` table.
+pub fn render_plugins(set: &PluginSet) -> String {
+    let mut out = String::new();
+    out.push_str(&format!(
+        "{:<16} {:<10} {:<8} {:<4} {:<24} {:<40} {}\n",
+        "NAME", "VERSION", "API", "GEN", "HANDLERS", "FILE", "ORIGIN DIR"
+    ));
+    for plugin in set.plugins.values() {
+        out.push_str(&format!(
+            "{:<16} {:<10} {:<8} {:<4} {:<24} {:<40} {}\n",
+            plugin.name,
+            plugin.version,
+            plugin.abi_version,
+            plugin.generation,
+            plugin.handlers.join(","),
+            plugin.file.display(),
+            plugin.origin_dir.display()
+        ));
+    }
+    for plugin in &set.overridden {
+        out.push_str(&format!(
+            "overridden: {} {} from {} (a later directory has a plugin of the same name)\n",
+            plugin.name,
+            plugin.version,
+            plugin.file.display()
+        ));
+    }
+    for refusal in &set.refused {
+        out.push_str(&format!("refused: {}\n", refusal.error));
+    }
+    if set.plugins.is_empty() {
+        out.push_str(
+            "no plugins loaded: check plugins.dirs and build the plugins (cargo build --release)\n",
+        );
+    }
+    out
+}
+
+async fn run(path: &Path, no_check: bool) -> anyhow::Result<ExitCode> {
+    let config = load(path)?;
+    if !config.consumes() {
+        bail!(
+            "{}: `initialization` has neither EVENT_POLLING nor QUEUE_POLLING, so there is nothing to run",
+            path.display()
+        );
+    }
+    let broker = crate::broker::open(&config)
+        .await
+        .with_context(|| format!("cannot open the broker for {}", path.display()))?;
+    if !no_check {
+        let report = crate::provision::check(&config).await?;
+        if !report.ok() {
+            bail!("resource check failed (run `iniesta setup`, or `iniesta run --no-check`):\n{report}");
+        }
+    }
+    let set = PluginSet::scan(&config.plugin_dirs());
+    let publisher = Arc::new(Publisher::new(&config, broker.clone()));
+    let routes = crate::route::bind(
+        &config,
+        &set,
+        Some(publisher),
+        Some(tokio::runtime::Handle::current()),
+    )
+    .map_err(|problems| crate::config::ConfigError::Invalid {
+        path: path.to_path_buf(),
+        problems,
+    })?;
+    for binding in routes.bindings() {
+        tracing::info!(binding = %binding.label, plugin_version = %binding.plugin.version, "bound");
+    }
+    let routes = Arc::new(ArcSwap::from_pointee(routes));
+    let locks: Arc<dyn crate::lock::Locks> = Arc::new(crate::lock::LocalLocks::new());
+    let shutdown = CancellationToken::new();
+    tokio::spawn(watch_signals(shutdown.clone()));
+    let pipeline = Pipeline::new(broker, routes, locks, Settings::from_config(&config));
+    pipeline.run(shutdown).await;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// First Ctrl-C/SIGTERM: drain. Second: exit at once.
+async fn watch_signals(shutdown: CancellationToken) {
+    wait_for_signal().await;
+    tracing::info!(
+        "shutting down: no new messages; running handlers may finish (signal again to exit now)"
+    );
+    shutdown.cancel();
+    wait_for_signal().await;
+    tracing::warn!("second signal: exiting now; unfinished messages will be redelivered");
+    std::process::exit(130);
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Parse `KEY=VALUE`, `KEY:Number=5`, `KEY:Binary=BASE64`.
+pub fn parse_attribute(text: &str) -> anyhow::Result<(String, Attribute)> {
+    let Some((left, value)) = text.split_once('=') else {
+        bail!("attribute `{text}` is not KEY=VALUE (types: KEY:Number=5, KEY:Binary=BASE64)");
+    };
+    let (name, data_type) = match left.split_once(':') {
+        Some((name, ty)) => (name, ty),
+        None => (left, "String"),
+    };
+    if name.is_empty() {
+        bail!("attribute `{text}` has an empty name");
+    }
+    let base = data_type.split('.').next().unwrap_or(data_type);
+    match base {
+        "String" => {}
+        "Number" => {
+            if value.parse::<f64>().is_err() {
+                bail!("attribute `{name}`: `{value}` is not a number");
+            }
+        }
+        "Binary" => {
+            use base64::Engine as _;
+            if base64::engine::general_purpose::STANDARD
+                .decode(value)
+                .is_err()
+            {
+                bail!("attribute `{name}`: Binary values are base64; `{value}` is not");
+            }
+        }
+        other => bail!("attribute `{name}`: type `{other}` is not String, Number or Binary"),
+    }
+    Ok((
+        name.to_string(),
+        Attribute {
+            data_type: data_type.to_string(),
+            value: value.to_string(),
+        },
+    ))
+}
+
+/// One event to publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// Its name.
+    pub event: String,
+    /// The body bytes.
+    pub body: Vec<u8>,
+    /// Extra attributes.
+    pub attributes: Attributes,
+}
+
+/// Parse one JSONL line: `{"event": "..", "body": <JSON or string>, "attributes": {..}}`.
+pub fn parse_event_line(line: &str) -> anyhow::Result<Event> {
+    let value: serde_json::Value = serde_json::from_str(line).context("not valid JSON")?;
+    let event = value
+        .get("event")
+        .and_then(|e| e.as_str())
+        .context("no string field `event`")?
+        .to_string();
+    let body = match value.get("body") {
+        None => b"{}".to_vec(),
+        Some(serde_json::Value::String(text)) => text.clone().into_bytes(),
+        Some(other) => other.to_string().into_bytes(),
+    };
+    let mut attributes = Attributes::new();
+    if let Some(attrs) = value.get("attributes") {
+        let attrs = attrs
+            .as_object()
+            .context("`attributes` must be an object")?;
+        for (name, v) in attrs {
+            let attribute = match v {
+                serde_json::Value::String(s) => Attribute::string(s.clone()),
+                serde_json::Value::Number(n) => Attribute::number(n),
+                serde_json::Value::Object(o) => Attribute {
+                    data_type: o
+                        .get("type")
+                        .and_then(|t| t.as_str())
+                        .unwrap_or("String")
+                        .to_string(),
+                    value: o
+                        .get("value")
+                        .map(|v| {
+                            v.as_str()
+                                .map(str::to_string)
+                                .unwrap_or_else(|| v.to_string())
+                        })
+                        .with_context(|| format!("attribute `{name}` has no `value`"))?,
+                },
+                _ => bail!(
+                    "attribute `{name}` must be a string, a number or {{\"type\", \"value\"}}"
+                ),
+            };
+            attributes.insert(name.clone(), attribute);
+        }
+    }
+    Ok(Event {
+        event,
+        body,
+        attributes,
+    })
+}
+
+async fn publish(path: &Path, args: PublishArgs) -> anyhow::Result<ExitCode> {
+    let config = load(path)?;
+    // Validate everything before publishing anything.
+    let events: Vec<Event> = match &args.file {
+        Some(file) => {
+            let handle = std::fs::File::open(file)
+                .with_context(|| format!("cannot open {}", file.display()))?;
+            let mut events = Vec::new();
+            for (n, line) in std::io::BufReader::new(handle).lines().enumerate() {
+                let line = line
+                    .with_context(|| format!("{}: cannot read line {}", file.display(), n + 1))?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                events.push(
+                    parse_event_line(&line)
+                        .with_context(|| format!("{}: line {}", file.display(), n + 1))?,
+                );
+            }
+            events
+        }
+        None => {
+            let event = args.event.clone().context("EVENT is required")?;
+            let body = match args.body.as_deref() {
+                None => b"{}".to_vec(),
+                Some("-") => {
+                    let mut buf = Vec::new();
+                    std::io::stdin()
+                        .read_to_end(&mut buf)
+                        .context("cannot read the body from standard input")?;
+                    buf
+                }
+                Some(text) => text.as_bytes().to_vec(),
+            };
+            vec![Event {
+                event,
+                body,
+                attributes: Attributes::new(),
+            }]
+        }
+    };
+    let mut extra = Attributes::new();
+    for text in &args.attributes {
+        let (name, attribute) = parse_attribute(text)?;
+        extra.insert(name, attribute);
+    }
+    let broker = crate::broker::open(&config)
+        .await
+        .with_context(|| format!("cannot open the broker for {}", path.display()))?;
+    let publisher = Publisher::new(&config, broker);
+    let destination = if args.queue {
+        Destination::OwnQueue
+    } else {
+        Destination::Topic
+    };
+    for mut event in events {
+        for (name, attribute) in &extra {
+            event
+                .attributes
+                .entry(name.clone())
+                .or_insert_with(|| attribute.clone());
+        }
+        let published = publisher
+            .publish(destination, &event.event, event.body, event.attributes)
+            .await
+            .with_context(|| format!("cannot publish `{}`", event.event))?;
+        println!("{} {}", published.message_id, published.event);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attributes_parse_with_types() {
+        assert_eq!(
+            parse_attribute("k=v").expect("ok").1,
+            Attribute::string("v")
+        );
+        assert_eq!(
+            parse_attribute("n:Number=5").expect("ok").1,
+            Attribute::number(5)
+        );
+        assert!(parse_attribute("n:Number=x").is_err());
+        assert!(parse_attribute("novalue").is_err());
+        assert!(parse_attribute("b:Binary=!!").is_err());
+        assert!(parse_attribute("=v").is_err());
+        assert_eq!(parse_attribute("u=a=b").expect("ok").1.value, "a=b");
+    }
+
+    #[test]
+    fn event_lines_parse() {
+        let e = parse_event_line(
+            r#"{"event":"Order.Created","body":{"id":1},"attributes":{"k":"v","n":2}}"#,
+        )
+        .expect("ok");
+        assert_eq!(e.event, "Order.Created");
+        assert_eq!(e.body, br#"{"id":1}"#);
+        assert_eq!(e.attributes["n"], Attribute::number(2));
+        let text = parse_event_line(r#"{"event":"E","body":"plain"}"#).expect("ok");
+        assert_eq!(text.body, b"plain");
+        assert!(parse_event_line(r#"{"body":1}"#).is_err());
+        assert!(parse_event_line("nope").is_err());
+    }
+}

@@ -1,0 +1,18 @@
+//! # iniesta
+//!
+//! A host for event messaging over AWS SNS/SQS (or an embedded local broker) that runs the
+//! business logic from handler plugins. One module per concern: [`config`], [`wire`],
+//! [`filter`], [`route`], [`broker`], [`lock`], [`plugins`], [`pipeline`], [`egress`],
+//! [`provision`], [`cli`].
+
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod egress;
+pub mod filter;
+pub mod lock;
+pub mod pipeline;
+pub mod plugins;
+pub mod provision;
+pub mod route;
+pub mod wire;

@@ -1,0 +1,5 @@
+//! The `iniesta` binary.
+
+fn main() -> std::process::ExitCode {
+    iniesta::cli::main()
+}

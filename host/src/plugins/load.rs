@@ -1,0 +1,266 @@
+//! Loading one plugin file.
+//!
+//! Facts this code is built on (see DESIGN.md): abi_stable caches one module per root-module
+//! type, so each plugin is loaded through its own library header; the same path cannot be
+//! loaded twice, so every load goes through a private copy (pid + generation); libraries are
+//! never unloaded; and a half-written `.so` kills the process with SIGBUS, so the ELF file is
+//! checked for completeness before `dlopen`.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use abi_stable::library::{lib_header_from_path, LibraryError};
+use abi_stable::std_types::RStr;
+use iniesta_plugin_api::export::EXPORT_NAME;
+use iniesta_plugin_api::ffi::{HandlerBox, PluginModRef};
+
+/// The plugin-api version this host was built with.
+pub const HOST_API_VERSION: &str = iniesta_plugin_api::ABI_VERSION;
+
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// A loaded, checked plugin.
+pub struct LoadedPlugin {
+    /// Name used in bindings.
+    pub name: String,
+    /// The plugin crate's version.
+    pub version: String,
+    /// The plugin-api version it was built against.
+    pub abi_version: String,
+    /// Handlers it can construct.
+    pub handlers: Vec<String>,
+    /// The file it was loaded from.
+    pub file: PathBuf,
+    /// The `plugins.dirs` entry the file was found in.
+    pub origin_dir: PathBuf,
+    /// Load generation, unique in this process (libraries are never unloaded).
+    pub generation: u64,
+    module: PluginModRef,
+}
+
+impl std::fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPlugin")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("file", &self.file)
+            .field("generation", &self.generation)
+            .finish()
+    }
+}
+
+impl LoadedPlugin {
+    /// Construct handler `handler` with the binding's config (JSON text).
+    pub fn new_handler(&self, handler: &str, config_json: &str) -> Result<HandlerBox, String> {
+        let construct = self.module.new_handler();
+        construct(RStr::from_str(handler), RStr::from_str(config_json))
+            .into_result()
+            .map_err(|e| e.into_string())
+    }
+}
+
+/// Why a file was not loaded as a plugin.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// Not an iniesta plugin at all (no root module); skipped quietly.
+    #[error("{}: not an iniesta plugin ({reason})", file.display())]
+    NotAPlugin {
+        /// The file.
+        file: PathBuf,
+        /// Why we think so.
+        reason: String,
+    },
+    /// The file is still being written (truncated ELF); try again once it is complete.
+    #[error("{}: incomplete shared library ({reason}); it is probably still being written", file.display())]
+    Incomplete {
+        /// The file.
+        file: PathBuf,
+        /// What is missing.
+        reason: String,
+    },
+    /// Built against an incompatible plugin-api version.
+    #[error("{}: refused: built against iniesta-plugin-api {plugin_api}, but this host uses {host_api}; rebuild the plugin against iniesta-plugin-api {host_api} (point its dependency at this host's plugin-api and run `cargo build --release`)", file.display())]
+    IncompatibleVersion {
+        /// The file.
+        file: PathBuf,
+        /// The plugin's plugin-api version.
+        plugin_api: String,
+        /// The host's plugin-api version.
+        host_api: String,
+    },
+    /// Same version but different type layouts (or a different abi_stable).
+    #[error("{}: refused: its plugin-api types do not match this host's (iniesta-plugin-api {host_api}); rebuild the plugin against this host's plugin-api. Detail: {detail}", file.display())]
+    IncompatibleLayout {
+        /// The file.
+        file: PathBuf,
+        /// The host's plugin-api version.
+        host_api: String,
+        /// abi_stable's explanation (shortened).
+        detail: String,
+    },
+    /// Anything else: unreadable file, missing shared-library dependency, failing root module.
+    #[error("{}: cannot load: {reason}", file.display())]
+    Broken {
+        /// The file.
+        file: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl LoadError {
+    /// Whether this is a quiet skip rather than a refusal worth an error line.
+    pub fn is_not_a_plugin(&self) -> bool {
+        matches!(self, LoadError::NotAPlugin { .. })
+    }
+}
+
+/// Whether a file name looks like a shared library on this platform.
+pub fn is_library_name(path: &Path) -> bool {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    matches!(ext, "so" | "dylib" | "dll")
+}
+
+/// Check an ELF file is complete and exports the iniesta root module.
+///
+/// Complete means: the headers parse, the section header table lies inside the file, and
+/// every `PT_LOAD` segment's file bytes lie inside the file.
+pub fn inspect_elf(file: &Path, bytes: &[u8]) -> Result<(), LoadError> {
+    use object::read::elf::{ElfFile64, FileHeader, ProgramHeader};
+    use object::{Object, ObjectSymbol};
+
+    let incomplete = |reason: String| LoadError::Incomplete {
+        file: file.to_path_buf(),
+        reason,
+    };
+    if bytes.len() < 4 || &bytes[..4] != b"\x7fELF" {
+        return Err(LoadError::NotAPlugin {
+            file: file.to_path_buf(),
+            reason: "not an ELF shared library".into(),
+        });
+    }
+    let elf = ElfFile64::<object::Endianness>::parse(bytes)
+        .map_err(|e| incomplete(format!("ELF headers do not parse: {e}")))?;
+    let endian = elf.endian();
+    let header = elf.elf_header();
+    let len = bytes.len() as u64;
+    let sh_end = header.e_shoff(endian)
+        + u64::from(header.e_shnum(endian)) * u64::from(header.e_shentsize(endian));
+    if sh_end > len {
+        return Err(incomplete(format!(
+            "section headers end at byte {sh_end} but the file has {len}"
+        )));
+    }
+    for segment in elf.elf_program_headers() {
+        if segment.p_type(endian) == object::elf::PT_LOAD {
+            let end = segment.p_offset(endian) + segment.p_filesz(endian);
+            if end > len {
+                return Err(incomplete(format!(
+                    "a loadable segment ends at byte {end} but the file has {len}"
+                )));
+            }
+        }
+    }
+    let exported = elf
+        .dynamic_symbols()
+        .any(|s| s.name().map(|n| n == EXPORT_NAME).unwrap_or(false));
+    if !exported {
+        return Err(LoadError::NotAPlugin {
+            file: file.to_path_buf(),
+            reason: "no iniesta root module exported (not built with export_plugin!)".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Load a plugin file found in `origin_dir`.
+///
+/// The file is read once, checked, copied to a private per-generation path, loaded from the
+/// copy, and the copy removed (the mapping stays). The original can then be replaced freely.
+pub fn load_file(file: &Path, origin_dir: &Path) -> Result<LoadedPlugin, LoadError> {
+    let broken = |reason: String| LoadError::Broken {
+        file: file.to_path_buf(),
+        reason,
+    };
+    let bytes = std::fs::read(file).map_err(|e| broken(format!("cannot read: {e}")))?;
+    if cfg!(target_os = "linux") {
+        inspect_elf(file, &bytes)?;
+    }
+    let generation = GENERATION.fetch_add(1, Ordering::Relaxed) + 1;
+    let private_dir = std::env::temp_dir().join(format!("iniesta-plugins-{}", std::process::id()));
+    std::fs::create_dir_all(&private_dir)
+        .map_err(|e| broken(format!("cannot create {}: {e}", private_dir.display())))?;
+    let file_name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "plugin.so".into());
+    let private = private_dir.join(format!("g{generation}-{file_name}"));
+    std::fs::write(&private, &bytes)
+        .map_err(|e| broken(format!("cannot copy to {}: {e}", private.display())))?;
+    let loaded = lib_header_from_path(&private).and_then(|h| h.init_root_module::<PluginModRef>());
+    // The library stays mapped after its file is gone; never leave copies behind.
+    let _ = std::fs::remove_file(&private);
+    let module = loaded.map_err(|e| classify(file, e))?;
+    let handlers = module
+        .handlers()
+        .iter()
+        .map(|h| h.as_str().to_string())
+        .collect();
+    Ok(LoadedPlugin {
+        name: module.name().as_str().to_string(),
+        version: module.version().as_str().to_string(),
+        abi_version: module.abi_version().as_str().to_string(),
+        handlers,
+        file: file.to_path_buf(),
+        origin_dir: origin_dir.to_path_buf(),
+        generation,
+        module,
+    })
+}
+
+fn classify(file: &Path, error: LibraryError) -> LoadError {
+    let file = file.to_path_buf();
+    match error {
+        LibraryError::GetSymbolError { .. } => LoadError::NotAPlugin {
+            file,
+            reason: "no iniesta root module exported".into(),
+        },
+        LibraryError::IncompatibleVersionNumber {
+            expected_version,
+            actual_version,
+            ..
+        } => LoadError::IncompatibleVersion {
+            file,
+            plugin_api: actual_version.to_string(),
+            host_api: expected_version.to_string(),
+        },
+        LibraryError::AbiInstability(detail) => LoadError::IncompatibleLayout {
+            file,
+            host_api: HOST_API_VERSION.into(),
+            detail: shorten(&detail.to_string()),
+        },
+        LibraryError::InvalidAbiHeader(header) => LoadError::IncompatibleLayout {
+            file,
+            host_api: HOST_API_VERSION.into(),
+            detail: format!("built with an incompatible abi_stable ({header:?})"),
+        },
+        other => LoadError::Broken {
+            file,
+            reason: shorten(&other.to_string()),
+        },
+    }
+}
+
+fn shorten(text: &str) -> String {
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .take(6)
+        .collect();
+    let mut out = lines.join(" | ");
+    if out.len() > 600 {
+        out.truncate(600);
+        out.push_str("…");
+    }
+    out
+}

@@ -1,0 +1,132 @@
+//! The FFI-safe types that cross the host/plugin boundary.
+#![allow(non_local_definitions)] // abi_stable 0.11 sabi_trait expansion
+//!
+//! Plugin authors never use this module directly: [`crate::Handler`], [`crate::Message`],
+//! [`crate::Context`] and [`crate::export_plugin!`] wrap it. The host uses it to load plugins.
+//! Every type here is checked by abi_stable when a plugin is loaded: a plugin built against a
+//! plugin-api with a different layout or an incompatible version is refused, never called.
+
+use abi_stable::{
+    declare_root_module_statics,
+    library::RootModule,
+    package_version_strings, sabi_trait,
+    sabi_types::VersionStrings,
+    std_types::{RBox, RResult, RSlice, RStr, RString, RVec},
+    StableAbi,
+};
+
+/// One message attribute as it crosses the boundary.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
+pub struct AttributeFfi {
+    /// Attribute name, e.g. `iniesta_pass`.
+    pub name: RString,
+    /// SQS/SNS data type: `String`, `Number`, `Binary` (base64 in `value`), or a custom
+    /// `String.x`/`Number.x` type.
+    pub data_type: RString,
+    /// The value as text.
+    pub value: RString,
+}
+
+/// A received message as it crosses the boundary.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone)]
+pub struct MessageFfi {
+    /// Broker message id (the SQS `MessageId`, or the SNS one for wrapped messages).
+    pub id: RString,
+    /// The event name, e.g. `Order.Created.shop`; empty when the message carried none.
+    pub event: RString,
+    /// The message body exactly as published (the SNS `Message` for wrapped messages).
+    pub body: RVec<u8>,
+    /// Message attributes, `iniesta_pass` and `version` included.
+    pub attributes: RVec<AttributeFfi>,
+    /// How many times the broker has delivered this message, this delivery included.
+    pub receive_count: u32,
+    /// When the message was first sent, in milliseconds since the Unix epoch (0 if unknown).
+    pub sent_timestamp_ms: u64,
+}
+
+/// What a handler call came to, as it crosses the boundary.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
+pub enum OutcomeFfi {
+    /// Handled: the message may be deleted once every binding has acked.
+    Ack,
+    /// Try again after `after_secs` seconds.
+    Retry {
+        /// Delay before the message becomes visible again.
+        after_secs: u32,
+    },
+    /// Never going to work: move to the dead-letter queue with this reason.
+    DeadLetter {
+        /// Why, recorded with the dead letter.
+        reason: RString,
+    },
+    /// The handler returned an error: retried after the queue's visibility timeout.
+    Failed {
+        /// The error's text.
+        reason: RString,
+    },
+    /// The handler panicked; the panic was caught inside the plugin. Treated as `Failed`.
+    Panicked {
+        /// The panic message.
+        message: RString,
+    },
+}
+
+/// The services the host offers a handler while it runs.
+#[sabi_trait]
+pub trait HostContextFfi: Send + Sync {
+    /// Publish an event through the host; returns the message id or an error text.
+    fn publish(
+        &self,
+        event: RStr<'_>,
+        body: RSlice<'_, u8>,
+        attributes: RSlice<'_, AttributeFfi>,
+    ) -> RResult<RString, RString>;
+
+    /// Log a line through the host's logger. `level`: 1 error, 2 warn, 3 info, 4 debug, 5 trace.
+    #[sabi(last_prefix_field)]
+    fn log(&self, level: u8, message: RStr<'_>);
+}
+
+/// An owned host context trait object.
+pub type HostContextBox = HostContextFfi_TO<'static, RBox<()>>;
+
+/// A constructed handler, as the host holds it.
+#[sabi_trait]
+pub trait HandlerFfi: Send + Sync {
+    /// Handle one message. Never unwinds: the plugin side catches panics.
+    #[sabi(last_prefix_field)]
+    fn handle(&self, message: &MessageFfi, ctx: &HostContextBox) -> OutcomeFfi;
+}
+
+/// An owned handler trait object.
+pub type HandlerBox = HandlerFfi_TO<'static, RBox<()>>;
+
+/// The root module every iniesta plugin exports.
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = PluginModRef)))]
+#[sabi(missing_field(panic))]
+pub struct PluginMod {
+    /// The plugin's name, used in `iniesta.toml` bindings (`plugin = "..."`).
+    pub name: RStr<'static>,
+    /// The plugin crate's own version.
+    pub version: RStr<'static>,
+    /// The plugin-api version the plugin was built against.
+    pub abi_version: RStr<'static>,
+    /// The names of the handlers this plugin can construct.
+    pub handlers: RSlice<'static, RStr<'static>>,
+    /// Construct handler `name` with the binding's config (JSON text).
+    #[sabi(last_prefix_field)]
+    pub new_handler:
+        extern "C" fn(name: RStr<'_>, config: RStr<'_>) -> RResult<HandlerBox, RString>,
+}
+
+impl RootModule for PluginModRef {
+    declare_root_module_statics! {PluginModRef}
+    const BASE_NAME: &'static str = "iniesta_plugin";
+    const NAME: &'static str = "iniesta_plugin";
+    const VERSION_STRINGS: VersionStrings = package_version_strings!();
+}

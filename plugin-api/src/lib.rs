@@ -1,0 +1,183 @@
+//! # iniesta-plugin-api
+//!
+//! The stable ABI between the `iniesta` host and its handler plugins — the only crate a plugin
+//! depends on. A plugin is a `cdylib` that implements [`Handler`] for one or more types and
+//! exports them with [`export_plugin!`]. You write no `unsafe` and see no FFI types; a panic in
+//! your handler is caught at the boundary and becomes a retry, with the panic text logged.
+//!
+//! ## A complete plugin
+//!
+//! `Cargo.toml`:
+//!
+//! ```toml
+//! [package]
+//! name = "greeter"
+//! version = "0.1.0"
+//! edition = "2021"
+//!
+//! [lib]
+//! crate-type = ["cdylib", "rlib"]
+//!
+//! [dependencies]
+//! iniesta-plugin-api = { path = "../iniesta/plugin-api" }
+//! serde_json = "1"
+//!
+//! [profile.release]
+//! panic = "unwind"   # required: a panic must be catchable, never abort the host
+//! ```
+//!
+//! `src/lib.rs`:
+//!
+//! ```
+//! use iniesta_plugin_api::{export_plugin, Config, Context, Handler, HandlerResult, Message, Outcome};
+//!
+//! /// Greets every order and publishes a follow-up event.
+//! pub struct Greeter {
+//!     greeting: String,
+//! }
+//!
+//! impl Greeter {
+//!     /// Built once per binding, with the binding's `config = { ... }` table.
+//!     pub fn new(config: Config) -> Result<Self, String> {
+//!         let greeting = config.get_str("greeting").unwrap_or("hello").to_string();
+//!         if greeting.is_empty() {
+//!             return Err("`greeting` must not be empty".into());
+//!         }
+//!         Ok(Self { greeting })
+//!     }
+//! }
+//!
+//! impl Handler for Greeter {
+//!     fn handle(&self, message: &Message<'_>, ctx: &Context<'_>) -> HandlerResult {
+//!         // A body that is not JSON is a bad message: dead-letter it with the reason.
+//!         let order: serde_json::Value = match message.json() {
+//!             Ok(v) => v,
+//!             Err(e) => return Ok(Outcome::dead_letter(format!("body is not JSON: {e}"))),
+//!         };
+//!         ctx.info(&format!("{} order {}", self.greeting, order["id"]));
+//!         // Errors returned with `?` leave the message for redelivery.
+//!         ctx.publish_json("Order.Greeted", &serde_json::json!({ "id": order["id"] }))?;
+//!         Ok(Outcome::Ack)
+//!     }
+//! }
+//!
+//! export_plugin! {
+//!     name: "greeter",
+//!     handlers: {
+//!         "greet" => Greeter::new,
+//!     },
+//! }
+//! # fn main() {}
+//! ```
+//!
+//! Build it with `cargo build --release`, put `target/release/libgreeter.so` in a directory
+//! listed in `plugins.dirs`, and bind it in `iniesta.toml`:
+//!
+//! ```toml
+//! [[bindings]]
+//! events = ["Order.*"]
+//! plugin = "greeter"
+//! handler = "greet"
+//! config = { greeting = "hi" }
+//! ```
+//!
+//! ## Compatibility
+//!
+//! The host checks every plugin's layout and plugin-api version when it loads it. A plugin
+//! built against an incompatible plugin-api (a different minor version while we are at 0.x) is
+//! refused with an error naming both versions; rebuild it against the host's plugin-api.
+
+#![warn(missing_docs)]
+
+mod config;
+mod context;
+mod message;
+mod outcome;
+
+pub mod ffi;
+
+#[doc(hidden)]
+pub mod export;
+
+pub use config::{Config, ConfigError};
+pub use context::{Context, PublishError};
+pub use message::{Attribute, Message};
+pub use outcome::Outcome;
+
+/// The plugin-api version a plugin is built against; the host refuses incompatible ones.
+pub const ABI_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Any error a handler returns; the message is then left for redelivery.
+pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What [`Handler::handle`] returns.
+pub type HandlerResult = Result<Outcome, HandlerError>;
+
+/// Business logic for one binding. Implement it on a plain Rust type.
+///
+/// The host calls `handle` on a blocking thread pool, possibly from several threads at once,
+/// so the type must be `Send + Sync`; keep per-message state on the stack.
+pub trait Handler: Send + Sync + 'static {
+    /// Handle one message: return an [`Outcome`], or an error to have it redelivered.
+    fn handle(&self, message: &Message<'_>, ctx: &Context<'_>) -> HandlerResult;
+}
+
+/// Export this crate's handlers as an iniesta plugin.
+///
+/// ```ignore
+/// export_plugin! {
+///     name: "my-plugin",                 // what bindings name in `plugin = "..."`
+///     handlers: {
+///         "first" => First::new,         // fn(Config) -> Result<impl Handler, impl Display>
+///         "second" => |_config| Ok::<_, String>(Second),
+///     },
+/// }
+/// ```
+///
+/// Use it once per crate. The plugin's version is the crate's `CARGO_PKG_VERSION`.
+#[macro_export]
+macro_rules! export_plugin {
+    (
+        name: $name:literal,
+        handlers: { $( $handler:literal => $ctor:expr ),+ $(,)? } $(,)?
+    ) => {
+        #[doc(hidden)]
+        #[allow(non_upper_case_globals)]
+        #[unsafe(export_name = "_1as_0lib_1header_0root_bmodule_bloader")]
+        pub static __INIESTA_LIB_HEADER: $crate::export::LibHeader =
+            $crate::export::lib_header(__iniesta_erased_root_module);
+
+        #[doc(hidden)]
+        extern "C" fn __iniesta_erased_root_module() -> $crate::export::RootModuleResult {
+            $crate::export::__call_root_module_loader(__iniesta_root_module)
+        }
+
+        #[doc(hidden)]
+        const __INIESTA_HANDLER_NAMES: &[$crate::export::RStr<'static>] =
+            &[$( $crate::export::RStr::from_str($handler) ),+];
+
+        #[doc(hidden)]
+        fn __iniesta_root_module() -> $crate::export::PluginModRef {
+            use $crate::export::PrefixTypeTrait as _;
+            $crate::export::PluginMod {
+                name: $crate::export::RStr::from_str($name),
+                version: $crate::export::RStr::from_str(env!("CARGO_PKG_VERSION")),
+                abi_version: $crate::export::RStr::from_str($crate::ABI_VERSION),
+                handlers: $crate::export::RSlice::from_slice(__INIESTA_HANDLER_NAMES),
+                new_handler: __iniesta_new_handler,
+            }
+            .leak_into_prefix()
+        }
+
+        #[doc(hidden)]
+        extern "C" fn __iniesta_new_handler(
+            name: $crate::export::RStr<'_>,
+            config: $crate::export::RStr<'_>,
+        ) -> $crate::export::RResult<$crate::ffi::HandlerBox, $crate::export::RString> {
+            $crate::export::construct(config, move |config| match name.as_str() {
+                $( $handler => $crate::export::build(($ctor)(config)), )+
+                other => Err($crate::export::unknown_handler($name, other, &[$($handler),+])),
+            })
+        }
+    };
+}

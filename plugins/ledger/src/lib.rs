@@ -1,0 +1,71 @@
+//! `ledger`: appends one JSON line per handled message to a file, then acks.
+//!
+//! Binding config: `path` (required) — the file to append to; `label` (optional) — written
+//! into every line so several bindings can share one file. Each line holds `label`, `id`,
+//! `event`, `body` (text), `receive_count` and `attributes`.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::sync::Mutex;
+
+use iniesta_plugin_api::{
+    export_plugin, Config, Context, Handler, HandlerResult, Message, Outcome,
+};
+
+/// Appends a JSON line per message.
+pub struct Ledger {
+    path: String,
+    label: String,
+    file: Mutex<()>,
+}
+
+impl Ledger {
+    /// Requires `path`; `label` defaults to `"ledger"`.
+    pub fn new(config: Config) -> Result<Self, String> {
+        let path = config
+            .require_str("path")
+            .map_err(|e| e.to_string())?
+            .to_string();
+        let label = config.get_str("label").unwrap_or("ledger").to_string();
+        Ok(Self {
+            path,
+            label,
+            file: Mutex::new(()),
+        })
+    }
+}
+
+impl Handler for Ledger {
+    fn handle(&self, message: &Message<'_>, _ctx: &Context<'_>) -> HandlerResult {
+        let attributes: serde_json::Map<String, serde_json::Value> = message
+            .attributes()
+            .map(|a| (a.name.to_string(), serde_json::Value::from(a.value)))
+            .collect();
+        let line = serde_json::json!({
+            "label": self.label,
+            "id": message.id(),
+            "event": message.event(),
+            "body": String::from_utf8_lossy(message.body()),
+            "receive_count": message.receive_count(),
+            "attributes": attributes,
+        });
+        // One writer at a time so lines never interleave; a poisoned lock still guards the file.
+        let _guard = self
+            .file
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        writeln!(file, "{line}")?;
+        Ok(Outcome::Ack)
+    }
+}
+
+export_plugin! {
+    name: "ledger",
+    handlers: {
+        "ledger" => Ledger::new,
+    },
+}

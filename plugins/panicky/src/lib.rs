@@ -1,0 +1,42 @@
+//! `panicky`: panics on any message whose body contains `panic`, acks the rest.
+//!
+//! It exists to show (and test) that a panicking handler is retried and never takes the host
+//! down. It also exports a second handler, `sleepy`, that sleeps `sleep_ms` (config) before
+//! acking — for handler-timeout tests.
+
+use iniesta_plugin_api::{
+    export_plugin, Config, Context, Handler, HandlerResult, Message, Outcome,
+};
+
+/// Panics on bodies containing `panic`.
+pub struct Panicky;
+
+impl Handler for Panicky {
+    fn handle(&self, message: &Message<'_>, _ctx: &Context<'_>) -> HandlerResult {
+        let body = String::from_utf8_lossy(message.body());
+        if body.contains("panic") {
+            panic!("panicky was asked to panic by message {}", message.id());
+        }
+        Ok(Outcome::Ack)
+    }
+}
+
+/// Sleeps, then acks.
+pub struct Sleepy {
+    sleep_ms: u64,
+}
+
+impl Handler for Sleepy {
+    fn handle(&self, _message: &Message<'_>, _ctx: &Context<'_>) -> HandlerResult {
+        std::thread::sleep(std::time::Duration::from_millis(self.sleep_ms));
+        Ok(Outcome::Ack)
+    }
+}
+
+export_plugin! {
+    name: "panicky",
+    handlers: {
+        "panicky" => |_config: Config| Ok::<_, String>(Panicky),
+        "sleepy" => |config: Config| Ok::<_, String>(Sleepy { sleep_ms: config.get_u64("sleep_ms").unwrap_or(1000) }),
+    },
+}
