@@ -111,8 +111,10 @@ fn init_tracing() {
     let filter = EnvFilter::try_from_env("INIESTA_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();
@@ -144,13 +146,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::FilterPolicies => {
-            let config = load(path)?;
+            let config = Config::read(path)?;
             let policy = crate::filter::iniesta_policy(&config.sns.event_key, &config.sqs.filters);
             println!("{policy}");
             Ok(ExitCode::SUCCESS)
         }
         Command::InitializationType => {
-            let config = load(path)?;
+            let config = Config::read(path)?;
             println!("{}", config.initialization_type());
             Ok(ExitCode::SUCCESS)
         }

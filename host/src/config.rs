@@ -386,6 +386,20 @@ pub enum ConfigError {
 impl Config {
     /// Read and parse a config file, then run the checks that need no plugins.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let config = Config::read(path)?;
+        let problems = config.problems();
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                problems,
+            });
+        }
+        Ok(config)
+    }
+
+    /// Read and parse a config file without the consistency checks (for commands that only
+    /// print settings, like `filter-policies`).
+    pub fn read(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
@@ -399,13 +413,6 @@ impl Config {
             message,
         })?;
         config.source = Some(path.to_path_buf());
-        let problems = config.problems();
-        if !problems.is_empty() {
-            return Err(ConfigError::Invalid {
-                path: path.to_path_buf(),
-                problems,
-            });
-        }
         Ok(config)
     }
 

@@ -143,57 +143,6 @@ impl<B> RouteTable<B> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn p(s: &str) -> Pattern {
-        Pattern::parse(s).expect("valid")
-    }
-
-    #[test]
-    fn glob_semantics() {
-        assert!(p("Order.*").matches("Order.Created.shop"));
-        assert!(p("Order.*").matches("Order."));
-        assert!(!p("Order.*").matches("Order"));
-        assert!(p("*.shop").matches("Order.Created.shop"));
-        assert!(p("Order.*.shop").matches("Order.Created.shop"));
-        assert!(!p("Order.*.shop").matches("Order.Created.cart"));
-        assert!(p("*").matches("anything.at.all"));
-        assert!(p("a*a").matches("aa"));
-        assert!(!p("a*a").matches("a"));
-        assert!(p("hello.iniesta").matches("hello.iniesta"));
-        assert!(!p("hello.iniesta").matches("hello.iniestas"));
-        assert!(Pattern::parse("").is_err());
-        assert!(Pattern::parse("a b").is_err());
-    }
-
-    #[test]
-    fn prefix_reachability() {
-        assert!(p("Order.*").can_match_prefix("Order."));
-        assert!(p("Order.Created.*").can_match_prefix("Order."));
-        assert!(p("Ord*").can_match_prefix("Order."));
-        assert!(p("*").can_match_prefix("Order."));
-        assert!(!p("Payment.*").can_match_prefix("Order."));
-        assert!(p("Order.Created.shop").can_match_prefix("Order."));
-        assert!(!p("Order").can_match_prefix("Order."));
-    }
-
-    #[test]
-    fn fan_out_exact_glob_then_default() {
-        let table = RouteTable::new(vec![
-            ("exact", vec![p("Order.Created.shop")], false),
-            ("glob", vec![p("Order.*"), p("Order.Created.*")], false),
-            ("fallback", vec![], true),
-        ]);
-        assert_eq!(table.route("Order.Created.shop"), vec![&"exact", &"glob"]);
-        assert_eq!(table.route("Order.Paid.shop"), vec![&"glob"]);
-        assert_eq!(table.route("Payment.Done.bank"), vec![&"fallback"]);
-        let no_default = RouteTable::new(vec![("only", vec![p("A")], false)]);
-        assert!(no_default.route("B").is_empty());
-    }
-}
-
 /// A binding with its handler constructed and ready to call.
 pub struct Binding {
     /// Position in `[[bindings]]`.
@@ -312,5 +261,56 @@ pub fn bind(
         Ok(RouteTable::new(entries))
     } else {
         Err(problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Pattern {
+        Pattern::parse(s).expect("valid")
+    }
+
+    #[test]
+    fn glob_semantics() {
+        assert!(p("Order.*").matches("Order.Created.shop"));
+        assert!(p("Order.*").matches("Order."));
+        assert!(!p("Order.*").matches("Order"));
+        assert!(p("*.shop").matches("Order.Created.shop"));
+        assert!(p("Order.*.shop").matches("Order.Created.shop"));
+        assert!(!p("Order.*.shop").matches("Order.Created.cart"));
+        assert!(p("*").matches("anything.at.all"));
+        assert!(p("a*a").matches("aa"));
+        assert!(!p("a*a").matches("a"));
+        assert!(p("hello.iniesta").matches("hello.iniesta"));
+        assert!(!p("hello.iniesta").matches("hello.iniestas"));
+        assert!(Pattern::parse("").is_err());
+        assert!(Pattern::parse("a b").is_err());
+    }
+
+    #[test]
+    fn prefix_reachability() {
+        assert!(p("Order.*").can_match_prefix("Order."));
+        assert!(p("Order.Created.*").can_match_prefix("Order."));
+        assert!(p("Ord*").can_match_prefix("Order."));
+        assert!(p("*").can_match_prefix("Order."));
+        assert!(!p("Payment.*").can_match_prefix("Order."));
+        assert!(p("Order.Created.shop").can_match_prefix("Order."));
+        assert!(!p("Order").can_match_prefix("Order."));
+    }
+
+    #[test]
+    fn fan_out_exact_glob_then_default() {
+        let table = RouteTable::new(vec![
+            ("exact", vec![p("Order.Created.shop")], false),
+            ("glob", vec![p("Order.*"), p("Order.Created.*")], false),
+            ("fallback", vec![], true),
+        ]);
+        assert_eq!(table.route("Order.Created.shop"), vec![&"exact", &"glob"]);
+        assert_eq!(table.route("Order.Paid.shop"), vec![&"glob"]);
+        assert_eq!(table.route("Payment.Done.bank"), vec![&"fallback"]);
+        let no_default = RouteTable::new(vec![("only", vec![p("A")], false)]);
+        assert!(no_default.route("B").is_empty());
     }
 }

@@ -197,7 +197,22 @@ pub fn load_file(file: &Path, origin_dir: &Path) -> Result<LoadedPlugin, LoadErr
     let private = private_dir.join(format!("g{generation}-{file_name}"));
     std::fs::write(&private, &bytes)
         .map_err(|e| broken(format!("cannot copy to {}: {e}", private.display())))?;
-    let loaded = lib_header_from_path(&private).and_then(|h| h.init_root_module::<PluginModRef>());
+    let loaded = lib_header_from_path(&private).and_then(|header| {
+        // Compare plugin-api versions first: abi_stable would report a version bump as a
+        // layout difference, and "rebuild against X.Y" is the message a user can act on.
+        let theirs = header.version_strings();
+        let ours = <PluginModRef as abi_stable::library::RootModule>::VERSION_STRINGS;
+        if let (Ok(theirs), Ok(ours)) = (theirs.parsed(), ours.parsed()) {
+            if !ours.is_compatible(theirs) {
+                return Err(LibraryError::IncompatibleVersionNumber {
+                    library_name: "iniesta_plugin",
+                    expected_version: ours,
+                    actual_version: theirs,
+                });
+            }
+        }
+        header.init_root_module::<PluginModRef>()
+    });
     // The library stays mapped after its file is gone; never leave copies behind.
     let _ = std::fs::remove_file(&private);
     let module = loaded.map_err(|e| classify(file, e))?;
@@ -259,8 +274,12 @@ fn shorten(text: &str) -> String {
         .collect();
     let mut out = lines.join(" | ");
     if out.len() > 600 {
-        out.truncate(600);
-        out.push_str("…");
+        let mut cut = 600;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+        out.push('…');
     }
     out
 }

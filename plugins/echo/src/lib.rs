@@ -1,6 +1,7 @@
 //! `echo`: logs every message it gets through the host and acks it.
 //!
-//! Binding config: `prefix` (optional, default `"echo"`) starts each log line.
+//! Binding config: `prefix` (optional, default `"echo"`) starts each log line; `publish`
+//! (optional) names an event to publish through the host, with the same body, after logging.
 
 use iniesta_plugin_api::{
     export_plugin, Config, Context, Handler, HandlerResult, Message, Outcome,
@@ -9,6 +10,7 @@ use iniesta_plugin_api::{
 /// Logs the event and body, then acks.
 pub struct Echo {
     prefix: String,
+    publish: Option<String>,
 }
 
 impl Echo {
@@ -16,6 +18,7 @@ impl Echo {
     pub fn new(config: Config) -> Result<Self, String> {
         Ok(Self {
             prefix: config.get_str("prefix").unwrap_or("echo").to_string(),
+            publish: config.get_str("publish").map(str::to_string),
         })
     }
 }
@@ -33,6 +36,11 @@ impl Handler for Echo {
             body,
             message.receive_count()
         ));
+        if let Some(event) = &self.publish {
+            // An error here returns Err: the message is redelivered, not lost.
+            let id = ctx.publish(event, message.body())?;
+            ctx.info(&format!("{}: published {event} as {id}", self.prefix));
+        }
         Ok(Outcome::Ack)
     }
 }

@@ -16,8 +16,9 @@ use iniesta_plugin_api::{
 pub struct Ledger {
     path: String,
     label: String,
-    file: Mutex<()>,
 }
+
+static WRITE_LOCK: Mutex<()> = Mutex::new(());
 
 impl Ledger {
     /// Requires `path`; `label` defaults to `"ledger"`.
@@ -27,11 +28,7 @@ impl Ledger {
             .map_err(|e| e.to_string())?
             .to_string();
         let label = config.get_str("label").unwrap_or("ledger").to_string();
-        Ok(Self {
-            path,
-            label,
-            file: Mutex::new(()),
-        })
+        Ok(Self { path, label })
     }
 }
 
@@ -49,16 +46,18 @@ impl Handler for Ledger {
             "receive_count": message.receive_count(),
             "attributes": attributes,
         });
-        // One writer at a time so lines never interleave; a poisoned lock still guards the file.
-        let _guard = self
-            .file
+        // One write call per line (O_APPEND keeps whole lines from interleaving across
+        // bindings and processes), and one writer at a time within this plugin.
+        let mut text = line.to_string();
+        text.push('\n');
+        let _guard = WRITE_LOCK
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.path)?;
-        writeln!(file, "{line}")?;
+        file.write_all(text.as_bytes())?;
         Ok(Outcome::Ack)
     }
 }

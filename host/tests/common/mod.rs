@@ -1,0 +1,235 @@
+//! Shared helpers for the integration tests: real binaries, real plugins, real SQLite files.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `iniesta` binary under test.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_iniesta"))
+}
+
+/// The directory the workspace's plugins are built into (`target/debug`).
+pub fn plugin_dir() -> PathBuf {
+    let dir = bin().parent().expect("binary has a parent").to_path_buf();
+    for lib in ["libecho.so", "libledger.so", "libflaky.so", "libpanicky.so"] {
+        assert!(
+            dir.join(lib).exists(),
+            "{} is missing: build the workspace first (cargo build --workspace), as scripts/test.sh does",
+            dir.join(lib).display()
+        );
+    }
+    dir
+}
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("host is in the workspace")
+        .to_path_buf()
+}
+
+/// A scratch directory with a config file in it.
+pub struct Scratch {
+    pub dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        Scratch {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Write `iniesta.toml` with the given body after a standard header (local broker in the
+    /// scratch dir, plugins from target/debug, short waits so tests run fast).
+    pub fn config(&self, sqs_extra: &str, rest: &str) -> PathBuf {
+        let visibility = if sqs_extra.contains("visibility_timeout") {
+            ""
+        } else {
+            "visibility_timeout = 2"
+        };
+        let text = format!(
+            r#"service = "receiver"
+env = "test"
+initialization = ["EVENT_POLLING", "SNS_PRODUCER"]
+
+[broker]
+kind = "local"
+path = "broker.db"
+
+[sns]
+topic_arn = "arn:aws:sns:us-east-1:000000000000:global"
+
+[sqs]
+filters = ["Order.*", "hello.*", "Boom.*", "Slow.*", "Bad.*", "Flaky.*", "Orphan.*"]
+wait_time_seconds = 1
+{visibility}
+dead_letter_queue = "iniesta-test-receiver-dlq"
+{sqs_extra}
+
+[plugins]
+dirs = ["{plugins}"]
+
+{rest}
+"#,
+            plugins = plugin_dir().display()
+        );
+        self.write("iniesta.toml", &text)
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, text).expect("write file");
+        path
+    }
+
+    /// Lines of a ledger file as JSON values (empty if it does not exist yet).
+    pub fn ledger(&self, name: &str) -> Vec<serde_json::Value> {
+        match std::fs::read_to_string(self.path(name)) {
+            Ok(text) => text
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| serde_json::from_str(l).expect("ledger lines are JSON"))
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Wait until `cond` holds, failing with `what` after `limit`.
+    pub fn wait_for(&self, what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !cond() {
+            assert!(start.elapsed() < limit, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Run `iniesta -c CONFIG ARGS...` to completion.
+pub fn iniesta(config: &Path, args: &[&str]) -> Output {
+    Command::new(bin())
+        .arg("-c")
+        .arg(config)
+        .args(args)
+        .env("INIESTA_LOG", "info")
+        .output()
+        .expect("iniesta runs")
+}
+
+/// Publish and return the printed message id.
+pub fn publish(config: &Path, args: &[&str]) -> String {
+    let mut all = vec!["publish"];
+    all.extend_from_slice(args);
+    let out = iniesta(config, &all);
+    assert!(
+        out.status.success(),
+        "publish {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// A running `iniesta run` whose stderr goes to a log file.
+pub struct Host {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Host {
+    pub fn start(config: &Path, log: PathBuf) -> Host {
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(bin())
+            .arg("-c")
+            .arg(config)
+            .arg("run")
+            .env("INIESTA_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("iniesta run starts");
+        let host = Host { child, log };
+        let start = Instant::now();
+        while !host.log_text().contains("consuming") {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "host did not start:\n{}",
+                host.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        host
+    }
+
+    pub fn log_text(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut text);
+        }
+        strip_ansi(&text)
+    }
+
+    pub fn is_alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(mut self) -> String {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                assert!(
+                    status.success(),
+                    "host exited with {status}:\n{}",
+                    self.log_text()
+                );
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "host did not stop:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.log_text()
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

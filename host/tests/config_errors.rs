@@ -1,0 +1,127 @@
+//! `iniesta config check` (and `run`) refuse every bad config with the key and the fix.
+
+mod common;
+
+use common::{iniesta, plugin_dir, Scratch};
+
+const HEADER: &str = "service = \"receiver\"\n[sns]\ntopic_arn = \"arn:aws:sns:us-east-1:000000000000:global\"\n[sqs]\nfilters = [\"Order.*\"]\n";
+
+fn check(s: &Scratch, body: &str) -> (bool, String) {
+    let path = s.write("iniesta.toml", body);
+    let out = iniesta(&path, &["config", "check"]);
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn plugins() -> String {
+    format!("[plugins]\ndirs = [\"{}\"]\n", plugin_dir().display())
+}
+
+#[test]
+fn a_good_config_passes() {
+    let s = Scratch::new();
+    let (ok, out) = check(
+        &s,
+        &format!(
+            "{HEADER}{}[[bindings]]\nevents = [\"Order.*\"]\nplugin = \"echo\"\n",
+            plugins()
+        ),
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("ok (1 binding(s)"), "{out}");
+}
+
+#[test]
+fn each_error_names_its_key() {
+    let s = Scratch::new();
+    let p = plugins();
+    let cases: Vec<(&str, String, Vec<&str>)> = vec![
+        ("unknown plugin", format!("{HEADER}{p}[[bindings]]\nevents = [\"Order.*\"]\nplugin = \"ech\"\n"),
+            vec!["bindings[0].plugin", "no plugin named `ech`", "loaded: echo"]),
+        ("unknown handler", format!("{HEADER}{p}[[bindings]]\nevents = [\"Order.*\"]\nplugin = \"panicky\"\nhandler = \"nap\"\n"),
+            vec!["bindings[0].handler", "no handler `nap`", "panicky, sleepy"]),
+        ("ambiguous handler", format!("{HEADER}{p}[[bindings]]\nevents = [\"Order.*\"]\nplugin = \"panicky\"\n"),
+            vec!["bindings[0].handler", "several handlers"]),
+        ("glob that can't match", format!("{HEADER}{p}[[bindings]]\nevents = [\"Payment.*\"]\nplugin = \"echo\"\n"),
+            vec!["bindings[0].events[0]", "can never match", "sqs.filters"]),
+        ("no default and no binding", format!("{HEADER}{p}"),
+            vec!["bindings", "no binding and no default"]),
+        ("missing plugin dir", format!("{HEADER}[plugins]\ndirs = [\"does/not/exist\"]\n[[bindings]]\ndefault = true\nplugin = \"echo\"\n"),
+            vec!["plugins.dirs[0]", "does not exist"]),
+        ("constructor refuses config", format!("{HEADER}{p}[[bindings]]\nevents = [\"Order.*\"]\nplugin = \"ledger\"\n"),
+            vec!["bindings[0].config", "missing string key `path`"]),
+        ("unknown key", format!("{HEADER}max_mesages = 3\n{p}"),
+            vec!["max_mesages"]),
+        ("bad TOML", "service = \"receiver\n".to_string(),
+            vec!["iniesta.toml"]),
+        ("out of range", format!("{HEADER}max_messages = 50\n{p}[[bindings]]\ndefault = true\nplugin = \"echo\"\n"),
+            vec!["sqs.max_messages", "1..=10"]),
+        ("two defaults", format!("{HEADER}{p}[[bindings]]\ndefault = true\nplugin = \"echo\"\n[[bindings]]\ndefault = true\nplugin = \"echo\"\n"),
+            vec!["only one may"]),
+        ("event polling without filters", format!("service = \"receiver\"\n[sns]\ntopic_arn = \"arn:aws:sns:us-east-1:0:global\"\n{p}[[bindings]]\ndefault = true\nplugin = \"echo\"\n"),
+            vec!["sqs.filters", "EVENT_POLLING"]),
+        ("missing topic", format!("service = \"receiver\"\n[sqs]\nfilters = [\"A.*\"]\n{p}[[bindings]]\ndefault = true\nplugin = \"echo\"\n"),
+            vec!["sns.topic_arn", "required"]),
+        ("inner wildcard filter", format!("service = \"receiver\"\n[sns]\ntopic_arn = \"arn:aws:sns:us-east-1:0:global\"\n[sqs]\nfilters = [\"Or*er\"]\n{p}[[bindings]]\ndefault = true\nplugin = \"echo\"\n"),
+            vec!["sqs.filters"]),
+    ];
+    for (name, body, needles) in cases {
+        let (ok, out) = check(&s, &body);
+        assert!(!ok, "{name}: expected failure, got:\n{out}");
+        for needle in needles {
+            assert!(out.contains(needle), "{name}: `{needle}` not in:\n{out}");
+        }
+    }
+}
+
+#[test]
+fn a_missing_config_file_says_how_to_fix_it() {
+    let s = Scratch::new();
+    let out = iniesta(&s.path("nope.toml"), &["config", "check"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("nope.toml") && err.contains("-c FILE"),
+        "{err}"
+    );
+}
+
+#[test]
+fn run_refuses_a_bad_config_too() {
+    let s = Scratch::new();
+    let path = s.write(
+        "iniesta.toml",
+        &format!(
+            "{HEADER}{}[[bindings]]\nevents = [\"Order.*\"]\nplugin = \"ech\"\n",
+            plugins()
+        ),
+    );
+    let out = iniesta(&path, &["run"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bindings[0].plugin"));
+}
+
+#[test]
+fn printing_commands_match_the_python_iniesta() {
+    let s = Scratch::new();
+    let path = s.write(
+        "iniesta.toml",
+        "service = \"receiver\"\ninitialization = [\"EVENT_POLLING\", \"SNS_PRODUCER\"]\n[sns]\ntopic_arn = \"arn:aws:sns:us-east-1:0:global\"\n[sqs]\nfilters = [\"some.*\", \"exact.event\"]\n",
+    );
+    let out = iniesta(&path, &["filter-policies"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        r#"{"iniesta_pass":[{"prefix":"some."},"exact.event"]}"#
+    );
+    let out = iniesta(&path, &["initialization-type"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "SNS_PRODUCER|EVENT_POLLING"
+    );
+}

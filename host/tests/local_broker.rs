@@ -1,0 +1,254 @@
+//! The embedded broker's SNS/SQS semantics against a real SQLite file.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Scratch;
+use iniesta::broker::local::LocalBroker;
+use iniesta::broker::Broker;
+use iniesta::config::Config;
+use iniesta::filter::Scope;
+use iniesta::wire::{encode, Attribute, Attributes};
+use tokio_util::sync::CancellationToken;
+
+fn config(s: &Scratch, extra: &str) -> Config {
+    let text = format!(
+        "service = \"svc\"\nenv = \"t\"\ninitialization = [\"EVENT_POLLING\", \"SNS_PRODUCER\"]\n[broker]\npath = \"{}\"\n\
+         [sns]\ntopic_arn = \"arn:aws:sns:us-east-1:0:global\"\n[sqs]\nfilters = [\"Order.*\"]\ndead_letter_queue = \"dlq\"\n{extra}\n",
+        s.path("broker.db").display()
+    );
+    Config::parse(&text, s.dir.path()).expect("config parses")
+}
+
+fn message(event: &str, body: &str, extra: &[(&str, Attribute)]) -> iniesta::wire::Outgoing {
+    let attrs: Attributes = extra
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    encode(
+        event,
+        "svc",
+        "iniesta_pass",
+        body.as_bytes().to_vec(),
+        attrs,
+    )
+    .expect("encodes")
+}
+
+#[tokio::test]
+async fn topic_fans_out_through_each_queues_filter_policy() {
+    let s = Scratch::new();
+    let broker = LocalBroker::open(&config(&s, "")).await.expect("opens");
+    broker
+        .subscribe(
+            "global",
+            "big-orders",
+            Some(r#"{"amount":[{"numeric":[">=",100]}]}"#),
+            Scope::MessageAttributes,
+        )
+        .await
+        .expect("subscribes");
+    broker
+        .subscribe(
+            "global",
+            "body-scope",
+            Some(r#"{"kind":["gift"]}"#),
+            Scope::MessageBody,
+        )
+        .await
+        .expect("subscribes");
+    broker
+        .publish(&message(
+            "Order.Created",
+            r#"{"kind":"gift"}"#,
+            &[("amount", Attribute::number(150))],
+        ))
+        .await
+        .expect("publish");
+    broker
+        .publish(&message(
+            "Order.Created",
+            r#"{"kind":"book"}"#,
+            &[("amount", Attribute::number(5))],
+        ))
+        .await
+        .expect("publish");
+    broker
+        .publish(&message("Payment.Done", r#"{"kind":"gift"}"#, &[]))
+        .await
+        .expect("publish");
+    assert_eq!(
+        broker.messages("iniesta-t-svc").await.expect("q").len(),
+        2,
+        "Order.* only"
+    );
+    assert_eq!(
+        broker.messages("big-orders").await.expect("q").len(),
+        1,
+        "amount >= 100 only"
+    );
+    assert_eq!(
+        broker.messages("body-scope").await.expect("q").len(),
+        2,
+        "kind = gift in the body"
+    );
+}
+
+#[tokio::test]
+async fn visibility_receive_count_delay_and_redrive() {
+    let s = Scratch::new();
+    let broker = LocalBroker::open(&config(&s, "visibility_timeout = 1\nmax_receive_count = 2"))
+        .await
+        .expect("opens");
+    let cancel = CancellationToken::new();
+    broker
+        .publish(&message("Order.A", "{}", &[]))
+        .await
+        .expect("publish");
+    let first = broker
+        .receive(10, Duration::from_millis(10), &cancel)
+        .await
+        .expect("receive");
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].receive_count, 1);
+    assert!(
+        broker
+            .receive(10, Duration::from_millis(10), &cancel)
+            .await
+            .expect("receive")
+            .is_empty(),
+        "invisible while in flight"
+    );
+    // A retry makes it visible at once; the old receipt no longer settles anything.
+    broker
+        .change_visibility(&first[0].receipt, 0)
+        .await
+        .expect("visibility");
+    let second = broker
+        .receive(10, Duration::from_millis(10), &cancel)
+        .await
+        .expect("receive");
+    assert_eq!(second[0].receive_count, 2);
+    let failures = broker
+        .delete_batch(std::slice::from_ref(&first[0].receipt))
+        .await
+        .expect("delete");
+    assert_eq!(failures.len(), 1, "a stale receipt does not delete");
+    // After max_receive_count deliveries the next receive redrives it to the DLQ.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(broker
+        .receive(10, Duration::from_millis(10), &cancel)
+        .await
+        .expect("receive")
+        .is_empty());
+    let dlq = broker.messages("dlq").await.expect("dlq");
+    assert_eq!(dlq.len(), 1);
+    assert!(dlq[0]
+        .dead_letter_reason
+        .as_deref()
+        .unwrap_or("")
+        .contains("max_receive_count 2"));
+
+    // Delay: a new message is invisible for delay_seconds.
+    let delayed = LocalBroker::open(&config(&s, "delay_seconds = 1"))
+        .await
+        .expect("opens");
+    delayed
+        .publish(&message("Order.B", "{}", &[]))
+        .await
+        .expect("publish");
+    assert!(delayed
+        .receive(10, Duration::from_millis(10), &cancel)
+        .await
+        .expect("receive")
+        .is_empty());
+    let got = delayed
+        .receive(10, Duration::from_secs(3), &cancel)
+        .await
+        .expect("receive");
+    assert_eq!(
+        got.len(),
+        1,
+        "visible after the delay, within the long poll"
+    );
+    let failures = delayed
+        .delete_batch(&[got[0].receipt.clone()])
+        .await
+        .expect("delete");
+    assert!(failures.is_empty());
+    assert!(delayed
+        .messages("iniesta-t-svc")
+        .await
+        .expect("q")
+        .is_empty());
+}
+
+#[tokio::test]
+async fn missing_topic_and_queue_are_named() {
+    let s = Scratch::new();
+    let broker = LocalBroker::open(&config(&s, "")).await.expect("opens");
+    let err = broker
+        .publish_to("nope", &message("Order.A", "{}", &[]))
+        .await
+        .expect_err("no topic");
+    assert!(
+        err.to_string().contains("topic `nope` does not exist"),
+        "{err}"
+    );
+    let err = broker
+        .send_to_queue(Some("ghost"), &message("Order.A", "{}", &[]))
+        .await
+        .expect_err("no queue");
+    assert!(
+        err.to_string().contains("queue `ghost` does not exist"),
+        "{err}"
+    );
+}
+
+#[test]
+fn concurrent_publishers_in_several_processes_lose_nothing() {
+    let s = Scratch::new();
+    let ledger = s.path("ledger.jsonl").display().to_string();
+    let config = s.config(
+        "pollers = 2",
+        &format!("[[bindings]]\nevents = [\"Order.*\"]\nplugin = \"ledger\"\nconfig = {{ path = \"{ledger}\" }}\n"),
+    );
+    let host = common::Host::start(&config, s.path("host.log"));
+    let mut publishers = Vec::new();
+    for p in 0..3 {
+        let lines: String = (0..40)
+            .map(|i| format!("{{\"event\":\"Order.N\",\"body\":{{\"p\":{p},\"i\":{i}}}}}\n"))
+            .collect();
+        let file = s.write(&format!("events{p}.jsonl"), &lines);
+        publishers.push(
+            std::process::Command::new(common::bin())
+                .args([
+                    "-c",
+                    &config.display().to_string(),
+                    "publish",
+                    "--file",
+                    &file.display().to_string(),
+                ])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("publisher starts"),
+        );
+    }
+    for mut p in publishers {
+        assert!(p.wait().expect("publisher ends").success());
+    }
+    s.wait_for("120 handled messages", Duration::from_secs(90), || {
+        s.ledger("ledger.jsonl").len() >= 120
+    });
+    host.stop();
+    let mut bodies: Vec<String> = s
+        .ledger("ledger.jsonl")
+        .iter()
+        .map(|l| l["body"].as_str().unwrap_or("").to_string())
+        .collect();
+    bodies.sort();
+    bodies.dedup();
+    assert_eq!(bodies.len(), 120, "every published message handled");
+}

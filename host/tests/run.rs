@@ -1,0 +1,319 @@
+//! End to end on the embedded broker: `iniesta publish` in one process, `iniesta run` in
+//! another, real plugins from target/debug, real SQLite.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{publish, Host, Scratch};
+use iniesta::broker::local::LocalBroker;
+use iniesta::config::Config;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn ledger_binding(label: &str, events: &str, ledger: &str) -> String {
+    format!(
+        "[[bindings]]\nevents = {events}\nplugin = \"ledger\"\nconfig = {{ path = \"{ledger}\", label = \"{label}\" }}\n"
+    )
+}
+
+async fn queue_messages(
+    config: &std::path::Path,
+    queue: &str,
+) -> Vec<iniesta::broker::local::StoredMessage> {
+    let config = Config::load(config).expect("config loads");
+    let broker = LocalBroker::open(&config).await.expect("broker opens");
+    broker.messages(queue).await.expect("messages")
+}
+
+#[test]
+fn routes_exact_glob_default_and_fans_out() {
+    let s = Scratch::new();
+    let ledger = s.path("ledger.jsonl").display().to_string();
+    let bindings = format!(
+        "{}{}[[bindings]]\ndefault = true\nplugin = \"ledger\"\nconfig = {{ path = \"{ledger}\", label = \"default\" }}\n",
+        ledger_binding("exact", r#"["Order.Created.receiver"]"#, &ledger),
+        ledger_binding("glob", r#"["Order.*"]"#, &ledger),
+    );
+    let config = s.config("", &bindings);
+    let host = Host::start(&config, s.path("host.log"));
+    publish(&config, &["Order.Created", r#"{"id":1}"#]);
+    publish(&config, &["Order.Paid", r#"{"id":2}"#]);
+    publish(&config, &["hello", "plain text body"]);
+    s.wait_for("4 ledger lines", LIMIT, || {
+        s.ledger("ledger.jsonl").len() >= 4
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let lines = s.ledger("ledger.jsonl");
+    let mut seen: Vec<(String, String)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["event"].as_str().unwrap_or("").to_string(),
+                l["label"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![
+            ("Order.Created.receiver".into(), "exact".into()),
+            ("Order.Created.receiver".into(), "glob".into()),
+            ("Order.Paid.receiver".into(), "glob".into()),
+            ("hello.receiver".into(), "default".into()),
+        ],
+        "exact + glob fan out, glob alone, default for the rest"
+    );
+    let hello = lines
+        .iter()
+        .find(|l| l["event"] == "hello.receiver")
+        .expect("hello handled");
+    assert_eq!(hello["body"], "plain text body");
+    assert_eq!(hello["attributes"]["iniesta_pass"], "hello.receiver");
+    assert_eq!(hello["attributes"]["version"], "1");
+    let log = host.stop();
+    assert!(log.contains("all running handlers finished"), "{log}");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let left = rt.block_on(queue_messages(&config, "iniesta-test-receiver"));
+    assert!(left.is_empty(), "every acked message is deleted: {left:?}");
+}
+
+#[test]
+fn flaky_retries_then_acks() {
+    let s = Scratch::new();
+    let ledger = s.path("ledger.jsonl").display().to_string();
+    let bindings = format!(
+        "[[bindings]]\nevents = [\"Flaky.*\"]\nplugin = \"flaky\"\nconfig = {{ fail_times = 2, retry_after = 0 }}\n{}",
+        ledger_binding("after", r#"["Flaky.*"]"#, &ledger)
+    );
+    let config = s.config("", &bindings);
+    let host = Host::start(&config, s.path("host.log"));
+    publish(&config, &["Flaky.Thing", "{}"]);
+    // The ledger binding acks every delivery; the message is deleted only once flaky acks too.
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    s.wait_for("the message to be deleted", LIMIT, || {
+        s.ledger("ledger.jsonl").len() >= 3
+            && rt
+                .block_on(queue_messages(&config, "iniesta-test-receiver"))
+                .is_empty()
+    });
+    let counts: Vec<u64> = s
+        .ledger("ledger.jsonl")
+        .iter()
+        .filter_map(|l| l["receive_count"].as_u64())
+        .collect();
+    assert_eq!(
+        counts,
+        vec![1, 2, 3],
+        "two retries, then the third delivery acks"
+    );
+    let log = host.stop();
+    assert_eq!(log.matches("handler asked to retry").count(), 2, "{log}");
+}
+
+#[test]
+fn panicking_handler_is_retried_and_the_host_lives() {
+    let s = Scratch::new();
+    let ledger = s.path("ledger.jsonl").display().to_string();
+    let bindings = format!(
+        "[[bindings]]\nevents = [\"Boom.*\"]\nplugin = \"panicky\"\nhandler = \"panicky\"\n{}",
+        ledger_binding("orders", r#"["Order.*"]"#, &ledger)
+    );
+    let config = s.config("max_receive_count = 3", &bindings);
+    let mut host = Host::start(&config, s.path("host.log"));
+    publish(&config, &["Boom.Now", "please panic"]);
+    s.wait_for("a second delivery of the panicking message", LIMIT, || {
+        host.log_text().matches("handler panicked").count() >= 2
+    });
+    assert!(host.is_alive(), "the host survives a panicking handler");
+    publish(&config, &["Order.After", "{}"]);
+    s.wait_for("the next message to be handled", LIMIT, || {
+        s.ledger("ledger.jsonl").len() == 1
+    });
+    let log = host.stop();
+    assert!(
+        log.contains("panicky was asked to panic"),
+        "the panic text is logged:\n{log}"
+    );
+}
+
+#[test]
+fn dead_letter_outcome_and_max_receive_redrive() {
+    let s = Scratch::new();
+    let bindings = "[[bindings]]\nevents = [\"Bad.*\"]\nplugin = \"flaky\"\nconfig = { mode = \"dead-letter\" }\n\
+                    [[bindings]]\nevents = [\"Flaky.*\"]\nplugin = \"flaky\"\nconfig = { mode = \"error\", fail_times = 1000 }\n";
+    let config = s.config("max_receive_count = 2\nvisibility_timeout = 1", bindings);
+    let host = Host::start(&config, s.path("host.log"));
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    publish(&config, &["Bad.Input", r#"{"n":1}"#]);
+    publish(&config, &["Flaky.Forever", r#"{"n":2}"#]);
+    s.wait_for("both messages in the DLQ", LIMIT, || {
+        rt.block_on(queue_messages(&config, "iniesta-test-receiver-dlq"))
+            .len()
+            == 2
+    });
+    let log = host.stop();
+    let dlq = rt.block_on(queue_messages(&config, "iniesta-test-receiver-dlq"));
+    let reasons: Vec<String> = dlq
+        .iter()
+        .filter_map(|m| m.dead_letter_reason.clone())
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r.contains("flaky dead-letters")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("max_receive_count 2")),
+        "{reasons:?}"
+    );
+    let forever = dlq
+        .iter()
+        .find(|m| m.body == br#"{"n":2}"#)
+        .expect("redriven message");
+    assert_eq!(
+        forever.receive_count, 2,
+        "redriven after max_receive_count deliveries"
+    );
+    assert_eq!(
+        forever.attributes["iniesta_pass"].value, "Flaky.Forever.receiver",
+        "attributes kept"
+    );
+    assert!(rt
+        .block_on(queue_messages(&config, "iniesta-test-receiver"))
+        .is_empty());
+    assert!(log.contains("handler failed"), "{log}");
+}
+
+#[test]
+fn unbound_event_without_default_is_left_not_deleted() {
+    let s = Scratch::new();
+    let ledger = s.path("ledger.jsonl").display().to_string();
+    let config = s.config("", &ledger_binding("orders", r#"["Order.*"]"#, &ledger));
+    let host = Host::start(&config, s.path("host.log"));
+    publish(&config, &["Orphan.Event", "{}"]);
+    s.wait_for("the warning", LIMIT, || {
+        host.log_text().contains("no binding takes this event")
+    });
+    let log = host.stop();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let left = rt.block_on(queue_messages(&config, "iniesta-test-receiver"));
+    assert_eq!(left.len(), 1, "the orphan stays on the queue: {log}");
+    assert!(s.ledger("ledger.jsonl").is_empty());
+}
+
+#[test]
+fn handler_timeout_leaves_the_message_for_redelivery() {
+    let s = Scratch::new();
+    let bindings = "[[bindings]]\nevents = [\"Slow.*\"]\nplugin = \"panicky\"\nhandler = \"sleepy\"\ntimeout_secs = 1\nconfig = { sleep_ms = 2500 }\n";
+    let config = s.config("visibility_timeout = 30", bindings);
+    let host = Host::start(&config, s.path("host.log"));
+    publish(&config, &["Slow.Job", "{}"]);
+    s.wait_for("the timeout", LIMIT, || {
+        host.log_text().contains("handler timed out")
+    });
+    let log = host.stop();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let left = rt.block_on(queue_messages(&config, "iniesta-test-receiver"));
+    assert_eq!(left.len(), 1, "a timed-out message is never deleted: {log}");
+}
+
+#[test]
+fn publish_from_a_file_and_straight_to_the_queue() {
+    let s = Scratch::new();
+    let ledger = s.path("ledger.jsonl").display().to_string();
+    let config = s.config("", &ledger_binding("all", r#"["*"]"#, &ledger));
+    let events = s.write(
+        "events.jsonl",
+        "{\"event\":\"Order.One\",\"body\":{\"n\":1}}\n\n{\"event\":\"Order.Two\",\"body\":\"two\",\"attributes\":{\"tenant\":\"acme\"}}\n",
+    );
+    let host = Host::start(&config, s.path("host.log"));
+    let out = common::iniesta(
+        &config,
+        &["publish", "--file", &events.display().to_string()],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
+    // --queue bypasses the topic and its filter policy.
+    publish(
+        &config,
+        &["Unfiltered.Direct", "{}", "--queue", "-a", "n:Number=5"],
+    );
+    s.wait_for("3 ledger lines", LIMIT, || {
+        s.ledger("ledger.jsonl").len() >= 3
+    });
+    host.stop();
+    let lines = s.ledger("ledger.jsonl");
+    let two = lines
+        .iter()
+        .find(|l| l["event"] == "Order.Two.receiver")
+        .expect("Order.Two");
+    assert_eq!(two["attributes"]["tenant"], "acme");
+    assert_eq!(two["body"], "two");
+    let direct = lines
+        .iter()
+        .find(|l| l["event"] == "Unfiltered.Direct.receiver")
+        .expect("direct");
+    assert_eq!(direct["attributes"]["n"], "5");
+    // A bad line anywhere refuses the whole file before anything is published.
+    let bad = s.write("bad.jsonl", "{\"event\":\"Order.Ok\"}\n{\"body\":1}\n");
+    let out = common::iniesta(&config, &["publish", "--file", &bad.display().to_string()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 2") && err.contains("event"), "{err}");
+}
+
+#[test]
+fn publish_refuses_oversize_and_bad_attributes() {
+    let s = Scratch::new();
+    let config = s.config("", "[[bindings]]\ndefault = true\nplugin = \"echo\"\n");
+    let big = "x".repeat(256 * 1024 + 1);
+    let mut child = std::process::Command::new(common::bin())
+        .args([
+            "-c",
+            &config.display().to_string(),
+            "publish",
+            "Order.Big",
+            "-",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(big.as_bytes()).expect("write body");
+    }
+    let out = child.wait_with_output().expect("publish ends");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at most 262144"));
+    let out = common::iniesta(&config, &["publish", "Order.X", "{}", "-a", "n:Number=abc"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a number"));
+}
+
+#[test]
+fn a_handler_publishes_through_its_context() {
+    let s = Scratch::new();
+    let ledger = s.path("ledger.jsonl").display().to_string();
+    let bindings = format!(
+        "[[bindings]]\nevents = [\"Order.*\"]\nplugin = \"echo\"\nconfig = {{ publish = \"hello.relayed\" }}\n{}",
+        ledger_binding("relay", r#"["hello.*"]"#, &ledger)
+    );
+    let config = s.config("", &bindings);
+    let host = Host::start(&config, s.path("host.log"));
+    publish(&config, &["Order.Placed", r#"{"id":9}"#]);
+    s.wait_for("the relayed event", LIMIT, || {
+        s.ledger("ledger.jsonl").len() == 1
+    });
+    host.stop();
+    let line = &s.ledger("ledger.jsonl")[0];
+    assert_eq!(line["event"], "hello.relayed.receiver");
+    assert_eq!(line["body"], r#"{"id":9}"#);
+}
