@@ -3,7 +3,10 @@
 //! Two implementations share one contract: [`local`] (an embedded SQLite file, the default, no
 //! AWS needed) and `aws` (SNS + SQS). A broker is bound to one service's config: its topic, its
 //! queue and its dead-letter queue.
+//!
+//! [`aws`] is the real engine; [`local`] exists so the main job runs on a fresh machine.
 
+pub mod aws;
 pub mod local;
 
 use std::sync::Arc;
@@ -138,10 +141,6 @@ pub trait Broker: Send + Sync + 'static {
 pub async fn open(config: &Config) -> Result<Arc<dyn Broker>, BrokerError> {
     match config.broker.kind {
         BrokerKind::Local => Ok(Arc::new(local::LocalBroker::open(config).await?)),
-        BrokerKind::Aws => Err(BrokerError::Aws {
-            operation: "open",
-            message: "the AWS broker is not built yet; use broker.kind = \"local\"".into(),
-            retryable: false,
-        }),
+        BrokerKind::Aws => Ok(Arc::new(aws::AwsBroker::connect(config).await)),
     }
 }

@@ -1,0 +1,429 @@
+//! AWS SNS + SQS through the official SDK.
+//!
+//! Publishing is an SNS `Publish` of the body as `Message` with String/Number/Binary message
+//! attributes; consuming is SQS long polling with all message and system attributes, batched
+//! deletes, visibility changes, and dead letters sent to the configured DLQ then deleted.
+//! Credentials and region come from the standard AWS chain (environment, profile, instance
+//! role) with `broker.region` / `broker.endpoint_url` overrides. Credentials are never logged.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeName};
+use base64::Engine as _;
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+
+use super::{Broker, BrokerError, DeleteFailure, Received};
+use crate::config::Config;
+use crate::wire::{Attribute, Attributes, Outgoing};
+
+/// The attribute a dead letter carries its reason in.
+pub const DEAD_LETTER_REASON: &str = "iniesta_dead_letter_reason";
+
+/// SNS and SQS clients bound to one service's topic and queues.
+pub struct AwsBroker {
+    sns: aws_sdk_sns::Client,
+    sqs: aws_sdk_sqs::Client,
+    topic_arn: Option<String>,
+    queue: String,
+    dead_letter_queue: Option<String>,
+    queue_url: OnceCell<String>,
+    dead_letter_url: OnceCell<String>,
+    endpoint: String,
+}
+
+/// Load the SDK configuration for a config: standard chain plus overrides, with timeouts that
+/// outlast a long poll so a dead endpoint is noticed instead of hanging.
+pub async fn sdk_config(config: &Config) -> aws_config::SdkConfig {
+    let wait = u64::from(config.sqs.wait_time_seconds);
+    let timeouts = aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .operation_attempt_timeout(Duration::from_secs(wait + 10))
+        .operation_timeout(Duration::from_secs(wait + 30))
+        .build();
+    let mut loader =
+        aws_config::defaults(aws_config::BehaviorVersion::latest()).timeout_config(timeouts);
+    if let Some(region) = &config.broker.region {
+        loader = loader.region(aws_config::Region::new(region.clone()));
+    }
+    if let Some(endpoint) = &config.broker.endpoint_url {
+        loader = loader.endpoint_url(endpoint.clone());
+    }
+    loader.load().await
+}
+
+/// Map an SDK error to a broker error, keeping its context and whether a retry may help.
+pub fn sdk_error<E, R>(operation: &'static str, error: SdkError<E, R>) -> BrokerError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug,
+{
+    let retryable = match &error {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        SdkError::ServiceError(service) => {
+            let code = service.err().code().unwrap_or("");
+            code.contains("Throttl")
+                || matches!(
+                    code,
+                    "RequestThrottled" | "ServiceUnavailable" | "InternalError" | "InternalFailure"
+                )
+        }
+        _ => false,
+    };
+    BrokerError::Aws {
+        operation,
+        message: DisplayErrorContext(&error).to_string(),
+        retryable,
+    }
+}
+
+impl AwsBroker {
+    /// Build the clients (no network call yet).
+    pub async fn connect(config: &Config) -> AwsBroker {
+        let sdk = sdk_config(config).await;
+        AwsBroker {
+            sns: aws_sdk_sns::Client::new(&sdk),
+            sqs: aws_sdk_sqs::Client::new(&sdk),
+            topic_arn: config.sns.topic_arn.clone(),
+            queue: config.queue_name(),
+            dead_letter_queue: config.sqs.dead_letter_queue.clone(),
+            queue_url: OnceCell::new(),
+            dead_letter_url: OnceCell::new(),
+            endpoint: config
+                .broker
+                .endpoint_url
+                .clone()
+                .unwrap_or_else(|| "the AWS default endpoint".into()),
+        }
+    }
+
+    /// The SNS client.
+    pub fn sns(&self) -> &aws_sdk_sns::Client {
+        &self.sns
+    }
+
+    /// The SQS client.
+    pub fn sqs(&self) -> &aws_sdk_sqs::Client {
+        &self.sqs
+    }
+
+    /// The URL of a queue by name; `NoSuchQueue` names it when it does not exist.
+    pub async fn url_of(&self, queue: &str) -> Result<String, BrokerError> {
+        match self.sqs.get_queue_url().queue_name(queue).send().await {
+            Ok(out) => out
+                .queue_url()
+                .map(str::to_string)
+                .ok_or_else(|| BrokerError::NoSuchQueue(queue.to_string())),
+            Err(e)
+                if e.as_service_error()
+                    .map(|s| s.is_queue_does_not_exist())
+                    .unwrap_or(false) =>
+            {
+                Err(BrokerError::NoSuchQueue(queue.to_string()))
+            }
+            Err(e) => Err(sdk_error("GetQueueUrl", e)),
+        }
+    }
+
+    /// This service's queue URL (resolved once).
+    pub async fn queue_url(&self) -> Result<&str, BrokerError> {
+        self.queue_url
+            .get_or_try_init(|| self.url_of(&self.queue))
+            .await
+            .map(String::as_str)
+    }
+
+    async fn dead_letter_url(&self) -> Result<&str, BrokerError> {
+        let Some(dlq) = &self.dead_letter_queue else {
+            return Err(BrokerError::NoDeadLetterQueue);
+        };
+        self.dead_letter_url
+            .get_or_try_init(|| self.url_of(dlq))
+            .await
+            .map(String::as_str)
+    }
+
+    async fn send_to_url(&self, url: &str, message: &Outgoing) -> Result<String, BrokerError> {
+        let body = body_text(message)?;
+        let mut request = self.sqs.send_message().queue_url(url).message_body(body);
+        for (name, attribute) in &message.attributes {
+            request = request.message_attributes(name, sqs_attribute(name, attribute)?);
+        }
+        let out = request
+            .send()
+            .await
+            .map_err(|e| sdk_error("SendMessage", e))?;
+        Ok(out.message_id().unwrap_or_default().to_string())
+    }
+}
+
+fn body_text(message: &Outgoing) -> Result<String, BrokerError> {
+    String::from_utf8(message.body.clone()).map_err(|_| BrokerError::Aws {
+        operation: "Publish",
+        message: format!(
+            "the body of `{}` is not UTF-8 text; SNS and SQS carry text (base64-encode binary payloads)",
+            message.event
+        ),
+        retryable: false,
+    })
+}
+
+fn bad_attribute(name: &str, e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Aws {
+        operation: "Publish",
+        message: format!("attribute `{name}`: {e}"),
+        retryable: false,
+    }
+}
+
+fn decode_binary(name: &str, value: &str) -> Result<Vec<u8>, BrokerError> {
+    base64::engine::general_purpose::STANDARD
+        .decode(value)
+        .map_err(|e| bad_attribute(name, format!("Binary values are base64: {e}")))
+}
+
+fn sqs_attribute(
+    name: &str,
+    attribute: &Attribute,
+) -> Result<aws_sdk_sqs::types::MessageAttributeValue, BrokerError> {
+    let mut builder =
+        aws_sdk_sqs::types::MessageAttributeValue::builder().data_type(&attribute.data_type);
+    builder = if attribute.base_type() == "Binary" {
+        builder.binary_value(aws_sdk_sqs::primitives::Blob::new(decode_binary(
+            name,
+            &attribute.value,
+        )?))
+    } else {
+        builder.string_value(&attribute.value)
+    };
+    builder.build().map_err(|e| bad_attribute(name, e))
+}
+
+fn sns_attribute(
+    name: &str,
+    attribute: &Attribute,
+) -> Result<aws_sdk_sns::types::MessageAttributeValue, BrokerError> {
+    let mut builder =
+        aws_sdk_sns::types::MessageAttributeValue::builder().data_type(&attribute.data_type);
+    builder = if attribute.base_type() == "Binary" {
+        builder.binary_value(aws_sdk_sns::primitives::Blob::new(decode_binary(
+            name,
+            &attribute.value,
+        )?))
+    } else {
+        builder.string_value(&attribute.value)
+    };
+    builder.build().map_err(|e| bad_attribute(name, e))
+}
+
+fn from_sqs_attributes(
+    attributes: Option<&HashMap<String, aws_sdk_sqs::types::MessageAttributeValue>>,
+) -> Attributes {
+    let mut out = Attributes::new();
+    for (name, value) in attributes.into_iter().flatten() {
+        let text = match (value.string_value(), value.binary_value()) {
+            (Some(s), _) => s.to_string(),
+            (None, Some(b)) => base64::engine::general_purpose::STANDARD.encode(b.as_ref()),
+            (None, None) => String::new(),
+        };
+        out.insert(
+            name.clone(),
+            Attribute {
+                data_type: value.data_type().to_string(),
+                value: text,
+            },
+        );
+    }
+    out
+}
+
+#[async_trait]
+impl Broker for AwsBroker {
+    async fn publish(&self, message: &Outgoing) -> Result<String, BrokerError> {
+        let topic = self.topic_arn.as_deref().ok_or(BrokerError::NoTopic)?;
+        let mut request = self
+            .sns
+            .publish()
+            .topic_arn(topic)
+            .message(body_text(message)?);
+        for (name, attribute) in &message.attributes {
+            request = request.message_attributes(name, sns_attribute(name, attribute)?);
+        }
+        match request.send().await {
+            Ok(out) => Ok(out.message_id().unwrap_or_default().to_string()),
+            Err(e)
+                if e.as_service_error()
+                    .map(|s| s.is_not_found_exception())
+                    .unwrap_or(false) =>
+            {
+                Err(BrokerError::NoSuchTopic(topic.to_string()))
+            }
+            Err(e) => Err(sdk_error("Publish", e)),
+        }
+    }
+
+    async fn send_to_queue(
+        &self,
+        queue: Option<&str>,
+        message: &Outgoing,
+    ) -> Result<String, BrokerError> {
+        match queue {
+            None => {
+                let url = self.queue_url().await?.to_string();
+                self.send_to_url(&url, message).await
+            }
+            Some(name) => {
+                let url = self.url_of(name).await?;
+                self.send_to_url(&url, message).await
+            }
+        }
+    }
+
+    async fn receive(
+        &self,
+        max: u32,
+        wait: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<Received>, BrokerError> {
+        let url = self.queue_url().await?.to_string();
+        let request = self
+            .sqs
+            .receive_message()
+            .queue_url(url)
+            .max_number_of_messages(i32::try_from(max.clamp(1, 10)).unwrap_or(10))
+            .wait_time_seconds(i32::try_from(wait.as_secs().min(20)).unwrap_or(20))
+            .message_attribute_names("All")
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .send();
+        let out = tokio::select! {
+            // A cancelled long poll may have taken messages in flight; SQS returns them to the
+            // queue when their visibility timeout ends, so nothing is lost.
+            _ = cancel.cancelled() => return Ok(Vec::new()),
+            out = request => out.map_err(|e| {
+                if e.as_service_error().map(|s| s.is_queue_does_not_exist()).unwrap_or(false) {
+                    BrokerError::NoSuchQueue(self.queue.clone())
+                } else {
+                    sdk_error("ReceiveMessage", e)
+                }
+            })?,
+        };
+        let mut received = Vec::new();
+        for message in out.messages() {
+            let (Some(id), Some(receipt)) = (message.message_id(), message.receipt_handle()) else {
+                tracing::warn!("SQS returned a message without id or receipt handle; skipping it");
+                continue;
+            };
+            let system = message.attributes();
+            let system_value = |name: MessageSystemAttributeName| {
+                system
+                    .and_then(|a| a.get(&name))
+                    .and_then(|v| v.parse::<u64>().ok())
+            };
+            received.push(Received {
+                message_id: id.to_string(),
+                receipt: receipt.to_string(),
+                body: message.body().unwrap_or_default().as_bytes().to_vec(),
+                attributes: from_sqs_attributes(message.message_attributes()),
+                receive_count: system_value(MessageSystemAttributeName::ApproximateReceiveCount)
+                    .and_then(|n| u32::try_from(n).ok())
+                    .unwrap_or(1),
+                sent_timestamp_ms: system_value(MessageSystemAttributeName::SentTimestamp)
+                    .unwrap_or(0),
+            });
+        }
+        Ok(received)
+    }
+
+    async fn delete_batch(&self, receipts: &[String]) -> Result<Vec<DeleteFailure>, BrokerError> {
+        let url = self.queue_url().await?.to_string();
+        let mut failures = Vec::new();
+        for chunk in receipts.chunks(10) {
+            let mut request = self.sqs.delete_message_batch().queue_url(&url);
+            for (i, receipt) in chunk.iter().enumerate() {
+                let entry = DeleteMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(receipt)
+                    .build()
+                    .map_err(|e| BrokerError::Aws {
+                        operation: "DeleteMessageBatch",
+                        message: e.to_string(),
+                        retryable: false,
+                    })?;
+                request = request.entries(entry);
+            }
+            let out = request
+                .send()
+                .await
+                .map_err(|e| sdk_error("DeleteMessageBatch", e))?;
+            for failed in out.failed() {
+                let receipt = failed
+                    .id()
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|i| chunk.get(i))
+                    .cloned()
+                    .unwrap_or_default();
+                failures.push(DeleteFailure {
+                    receipt,
+                    reason: format!("{}: {}", failed.code(), failed.message().unwrap_or("")),
+                    retryable: !failed.sender_fault(),
+                });
+            }
+        }
+        Ok(failures)
+    }
+
+    async fn change_visibility(&self, receipt: &str, secs: u32) -> Result<(), BrokerError> {
+        let url = self.queue_url().await?.to_string();
+        self.sqs
+            .change_message_visibility()
+            .queue_url(url)
+            .receipt_handle(receipt)
+            .visibility_timeout(i32::try_from(secs.min(43_200)).unwrap_or(43_200))
+            .send()
+            .await
+            .map_err(|e| sdk_error("ChangeMessageVisibility", e))?;
+        Ok(())
+    }
+
+    async fn dead_letter(&self, message: &Received, reason: &str) -> Result<(), BrokerError> {
+        let dlq = self.dead_letter_url().await?.to_string();
+        let mut attributes = message.attributes.clone();
+        // SQS allows 10 message attributes; keep the reason when there is room.
+        if attributes.len() < 10 {
+            attributes.insert(DEAD_LETTER_REASON.into(), Attribute::string(reason));
+        } else {
+            tracing::warn!(message_id = %message.message_id, "no room for the dead-letter reason attribute (10 attributes already)");
+        }
+        let outgoing = Outgoing {
+            event: message.message_id.clone(),
+            body: message.body.clone(),
+            attributes,
+        };
+        self.send_to_url(&dlq, &outgoing).await?;
+        // Only after the copy is safely in the DLQ is the original deleted.
+        let url = self.queue_url().await?.to_string();
+        self.sqs
+            .delete_message()
+            .queue_url(url)
+            .receipt_handle(&message.receipt)
+            .send()
+            .await
+            .map_err(|e| sdk_error("DeleteMessage", e))?;
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "AWS SNS/SQS at {} (queue {}, topic {})",
+            self.endpoint,
+            self.queue,
+            self.topic_arn.as_deref().unwrap_or("none")
+        )
+    }
+}

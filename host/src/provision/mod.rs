@@ -1,0 +1,83 @@
+//! Resource checks and setup: `iniesta check` and `iniesta setup`.
+//!
+//! A check reports every resource by name — topic, queue, dead-letter queue, subscription and
+//! its filter policy — with the command that fixes each problem.
+
+use std::fmt;
+
+mod aws;
+mod local;
+
+use crate::broker::BrokerError;
+use crate::config::{BrokerKind, Config};
+
+/// One checked resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    /// What was checked, e.g. `queue iniesta-development-receiver`.
+    pub resource: String,
+    /// Whether it is as the config wants it.
+    pub ok: bool,
+    /// What was found.
+    pub detail: String,
+    /// The command that fixes it.
+    pub fix: Option<String>,
+}
+
+/// A check's findings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Every checked resource, in order.
+    pub items: Vec<Item>,
+}
+
+impl Report {
+    /// Whether every item is fine.
+    pub fn ok(&self) -> bool {
+        self.items.iter().all(|i| i.ok)
+    }
+
+    pub(crate) fn push(&mut self, resource: String, ok: bool, detail: String, fix: Option<&str>) {
+        self.items.push(Item {
+            resource,
+            ok,
+            detail,
+            fix: fix.map(str::to_string),
+        });
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for item in &self.items {
+            let mark = if item.ok { "ok     " } else { "PROBLEM" };
+            write!(f, "{mark} {}: {}", item.resource, item.detail)?;
+            if let (false, Some(fix)) = (item.ok, &item.fix) {
+                write!(f, " (fix: {fix})")?;
+            }
+            writeln!(f)?;
+        }
+        let problems = self.items.iter().filter(|i| !i.ok).count();
+        if problems == 0 {
+            write!(f, "all {} resources are in place", self.items.len())
+        } else {
+            write!(f, "{problems} problem(s)")
+        }
+    }
+}
+
+/// Check the resources a config needs.
+pub async fn check(config: &Config) -> Result<Report, BrokerError> {
+    match config.broker.kind {
+        BrokerKind::Local => local::check(config).await,
+        BrokerKind::Aws => aws::check(config).await,
+    }
+}
+
+/// Create or update the resources a config needs; idempotent. Returns the check after.
+pub async fn setup(config: &Config) -> Result<Report, BrokerError> {
+    match config.broker.kind {
+        BrokerKind::Local => local::setup(config).await,
+        BrokerKind::Aws => aws::setup(config).await,
+    }
+}
