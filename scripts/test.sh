@@ -7,6 +7,20 @@ cd "$(dirname "$0")/.."
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
+# moto (a real SNS/SQS server from PyPI) for the AWS tests, in a venv of its own.
+MOTO_VERSION="5.2.5"
+MOTO_VENV="target/moto-venv"
+if [ ! -x "$MOTO_VENV/bin/moto_server" ] || ! "$MOTO_VENV/bin/pip" show moto 2>/dev/null | grep -q "^Version: $MOTO_VERSION\$"; then
+    echo "==> installing moto[server]==$MOTO_VERSION into $MOTO_VENV"
+    mkdir -p target
+    if ! python3 -m venv "$MOTO_VENV"; then
+        apt-get update -qq && apt-get install -y -qq python3-venv
+        python3 -m venv "$MOTO_VENV"
+    fi
+    "$MOTO_VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
+fi
+export INIESTA_MOTO_SERVER="$PWD/$MOTO_VENV/bin/moto_server"
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -217,6 +217,8 @@ impl Drop for Host {
     }
 }
 
+pub mod aws;
+
 pub fn strip_ansi(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut chars = text.chars().peekable();

@@ -1,0 +1,175 @@
+//! A real moto server (SNS + SQS) per test, a TCP proxy to cut the network, SDK clients.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The moto_server binary: `$INIESTA_MOTO_SERVER`, else the venv scripts/test.sh installs.
+pub fn moto_binary() -> PathBuf {
+    let path = std::env::var_os("INIESTA_MOTO_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| super::workspace_root().join("target/moto-venv/bin/moto_server"));
+    assert!(
+        path.exists(),
+        "{} not found: run scripts/test.sh, which installs moto into target/moto-venv (or set INIESTA_MOTO_SERVER)",
+        path.display()
+    );
+    path
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A moto server on its own port, killed on drop.
+pub struct Moto {
+    child: Child,
+    pub port: u16,
+}
+
+impl Moto {
+    pub fn start() -> Moto {
+        let port = free_port();
+        let child = Command::new(moto_binary())
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server starts");
+        let moto = Moto { child, port };
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "moto did not start on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        moto
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Environment every `iniesta` child needs against moto (dummy static credentials).
+pub fn aws_env(cmd: &mut Command) -> &mut Command {
+    cmd.env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env_remove("AWS_PROFILE")
+}
+
+pub fn sqs(endpoint: &str) -> aws_sdk_sqs::Client {
+    let conf = aws_sdk_sqs::Config::builder()
+        .behavior_version_latest()
+        .region(aws_sdk_sqs::config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "test", "test", None, None, "test",
+        ))
+        .build();
+    aws_sdk_sqs::Client::from_conf(conf)
+}
+
+pub fn sns(endpoint: &str) -> aws_sdk_sns::Client {
+    let conf = aws_sdk_sns::Config::builder()
+        .behavior_version_latest()
+        .region(aws_sdk_sns::config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_sns::config::Credentials::new(
+            "test", "test", None, None, "test",
+        ))
+        .build();
+    aws_sdk_sns::Client::from_conf(conf)
+}
+
+/// A loopback TCP proxy that can be cut and restored on the same port.
+pub struct Proxy {
+    pub port: u16,
+    target: u16,
+    runtime: tokio::runtime::Runtime,
+    tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Proxy {
+    pub fn start(target: u16) -> Proxy {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let proxy = Proxy {
+            port: free_port(),
+            target,
+            runtime,
+            tasks: Arc::new(Mutex::new(Vec::new())),
+        };
+        proxy.up();
+        proxy
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Accept connections again.
+    pub fn up(&self) {
+        let (port, target, tasks) = (self.port, self.target, self.tasks.clone());
+        let listener = self.runtime.block_on(async move {
+            let start = Instant::now();
+            loop {
+                match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+                    Ok(l) => break l,
+                    Err(e) => {
+                        assert!(
+                            start.elapsed() < Duration::from_secs(10),
+                            "cannot rebind proxy port: {e}"
+                        );
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        });
+        let inner = tasks.clone();
+        let accept = self.runtime.spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let conn = tokio::spawn(async move {
+                    if let Ok(mut server) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                inner.lock().expect("lock").push(conn);
+            }
+        });
+        tasks.lock().expect("lock").push(accept);
+    }
+
+    /// Refuse new connections and cut every open one.
+    pub fn down(&self) {
+        for task in self.tasks.lock().expect("lock").drain(..) {
+            task.abort();
+        }
+        // Let the aborted tasks drop their sockets.
+        self.runtime
+            .block_on(async { tokio::time::sleep(Duration::from_millis(100)).await });
+    }
+}
