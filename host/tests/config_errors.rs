@@ -125,3 +125,26 @@ fn printing_commands_match_the_python_iniesta() {
         "SNS_PRODUCER|EVENT_POLLING"
     );
 }
+
+#[test]
+fn the_shipped_configs_are_valid() {
+    let root = common::workspace_root();
+    let mut files = vec![root.join("iniesta.toml")];
+    for entry in std::fs::read_dir(root.join("examples")).expect("examples dir") {
+        let path = entry.expect("entry").path();
+        if path.extension().and_then(|e| e.to_str()) == Some("toml") {
+            files.push(path);
+        }
+    }
+    assert!(files.len() >= 4, "{files:?}");
+    for file in files {
+        let config = iniesta::config::Config::read(&file).unwrap_or_else(|e| panic!("{e}"));
+        // Plugin directories may not be built yet (target/release) or be the user's own.
+        let problems: Vec<_> = config
+            .problems()
+            .into_iter()
+            .filter(|p| !p.key.starts_with("plugins.dirs["))
+            .collect();
+        assert!(problems.is_empty(), "{}: {problems:?}", file.display());
+    }
+}

@@ -317,3 +317,34 @@ fn a_handler_publishes_through_its_context() {
     assert_eq!(line["event"], "hello.relayed.receiver");
     assert_eq!(line["body"], r#"{"id":9}"#);
 }
+
+#[test]
+fn a_slow_handler_does_not_hold_up_the_next_message() {
+    let s = Scratch::new();
+    let ledger = s.path("ledger.jsonl").display().to_string();
+    let bindings = format!(
+        "[[bindings]]\nevents = [\"Slow.*\"]\nplugin = \"panicky\"\nhandler = \"sleepy\"\ntimeout_secs = 60\nconfig = {{ sleep_ms = 8000 }}\n{}",
+        ledger_binding("fast", r#"["Order.*"]"#, &ledger)
+    );
+    let config = s.config("visibility_timeout = 60\nmax_messages = 1", &bindings);
+    let host = Host::start(&config, s.path("host.log"));
+    publish(&config, &["Slow.Job", "{}"]);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    // Wait until the slow message is in flight (received, invisible) before sending the next.
+    s.wait_for("the slow message to be taken", LIMIT, || {
+        rt.block_on(queue_messages(&config, "iniesta-test-receiver"))
+            .iter()
+            .any(|m| !m.visible)
+    });
+    publish(&config, &["Order.Fast", "{}"]);
+    s.wait_for("the fast message", LIMIT, || {
+        s.ledger("ledger.jsonl").len() == 1
+    });
+    let still_running = rt.block_on(queue_messages(&config, "iniesta-test-receiver"));
+    assert_eq!(
+        still_running.len(),
+        1,
+        "the slow message is still being handled while the fast one is done"
+    );
+    host.stop();
+}
