@@ -337,13 +337,16 @@ fn a_slow_handler_does_not_hold_up_the_next_message() {
             .any(|m| !m.visible)
     });
     publish(&config, &["Order.Fast", "{}"]);
-    s.wait_for("the fast message", LIMIT, || {
+    s.wait_for("the fast message to be handled and deleted", LIMIT, || {
         s.ledger("ledger.jsonl").len() == 1
+            && rt
+                .block_on(queue_messages(&config, "iniesta-test-receiver"))
+                .len()
+                == 1
     });
-    let still_running = rt.block_on(queue_messages(&config, "iniesta-test-receiver"));
+    let left = rt.block_on(queue_messages(&config, "iniesta-test-receiver"));
     assert_eq!(
-        still_running.len(),
-        1,
+        left[0].attributes["iniesta_pass"].value, "Slow.Job.receiver",
         "the slow message is still being handled while the fast one is done"
     );
     host.stop();
