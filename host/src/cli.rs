@@ -277,7 +277,9 @@ async fn run(path: &Path, no_check: bool) -> anyhow::Result<ExitCode> {
         tracing::info!(binding = %binding.label, plugin_version = %binding.plugin.version, "bound");
     }
     let routes = Arc::new(ArcSwap::from_pointee(routes));
-    let locks: Arc<dyn crate::lock::Locks> = Arc::new(crate::lock::LocalLocks::new());
+    let locks = crate::lock::from_config(&config.lock)
+        .await
+        .context("cannot set up the idempotency locks ([lock] urls)")?;
     let shutdown = CancellationToken::new();
     tokio::spawn(watch_signals(shutdown.clone()));
     let pipeline = Pipeline::new(broker, routes, locks, Settings::from_config(&config));
