@@ -160,7 +160,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = load(path)?;
             let set = PluginSet::scan(&config.plugin_dirs());
             print!("{}", render_plugins(&set));
-            Ok(ExitCode::SUCCESS)
+            // Non-zero when a file was refused, so deploy scripts notice.
+            Ok(if set.refused.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Config {
             command: ConfigCommand::Check,
@@ -234,7 +239,7 @@ pub fn render_plugins(set: &PluginSet) -> String {
         ));
     }
     for refusal in &set.refused {
-        out.push_str(&format!("refused: {}\n", refusal.error));
+        out.push_str(&format!("REFUSED {}\n", refusal.error));
     }
     if set.plugins.is_empty() {
         out.push_str(
@@ -266,15 +271,16 @@ async fn run(path: &Path, no_check: bool) -> anyhow::Result<ExitCode> {
     let routes = crate::route::bind(
         &config,
         &set,
-        Some(publisher),
+        Some(publisher.clone()),
         Some(tokio::runtime::Handle::current()),
     )
     .map_err(|problems| crate::config::ConfigError::Invalid {
         path: path.to_path_buf(),
         problems,
     })?;
+    warn_about_timeouts(&config);
     for binding in routes.bindings() {
-        tracing::info!(binding = %binding.label, plugin_version = %binding.plugin.version, "bound");
+        tracing::info!(binding = %binding.label, plugin_version = %binding.plugin.version, generation = binding.plugin.generation, "bound");
     }
     let routes = Arc::new(ArcSwap::from_pointee(routes));
     let locks = crate::lock::from_config(&config.lock)
@@ -282,10 +288,36 @@ async fn run(path: &Path, no_check: bool) -> anyhow::Result<ExitCode> {
         .context("cannot set up the idempotency locks ([lock] urls)")?;
     let shutdown = CancellationToken::new();
     tokio::spawn(watch_signals(shutdown.clone()));
+    let reloader = crate::plugins::watch::Reloader::new(
+        path.to_path_buf(),
+        config.clone(),
+        set,
+        routes.clone(),
+        publisher,
+        tokio::runtime::Handle::current(),
+    );
+    let _reloads = crate::plugins::watch::start(reloader, shutdown.clone());
     let pipeline = Pipeline::new(broker, routes, locks, Settings::from_config(&config));
     pipeline.run(shutdown).await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Point out timeouts that do not fit together (a message may be redelivered, or its lock
+/// expire, while its handler still runs).
+fn warn_about_timeouts(config: &Config) {
+    let longest = config
+        .bindings
+        .iter()
+        .map(|b| b.timeout_secs.unwrap_or(config.sqs.handler_timeout_secs))
+        .max()
+        .unwrap_or(config.sqs.handler_timeout_secs);
+    if longest > u64::from(config.sqs.visibility_timeout) {
+        tracing::warn!(
+            handler_timeout_secs = longest, visibility_timeout = config.sqs.visibility_timeout,
+            "a handler may run longer than the visibility timeout: its message can be delivered again while it runs; raise sqs.visibility_timeout or lower the handler timeout"
+        );
+    }
 }
 
 /// First Ctrl-C/SIGTERM: drain. Second: exit at once.
@@ -425,7 +457,7 @@ pub fn parse_event_line(line: &str) -> anyhow::Result<Event> {
 }
 
 async fn publish(path: &Path, args: PublishArgs) -> anyhow::Result<ExitCode> {
-    let config = load(path)?;
+    let config = Config::load_for_publishing(path)?;
     // Validate everything before publishing anything.
     let events: Vec<Event> = match &args.file {
         Some(file) => {
@@ -469,6 +501,31 @@ async fn publish(path: &Path, args: PublishArgs) -> anyhow::Result<ExitCode> {
     for text in &args.attributes {
         let (name, attribute) = parse_attribute(text)?;
         extra.insert(name, attribute);
+    }
+    // Every event must encode (size, attribute types) before the first one is sent.
+    for (n, event) in events.iter().enumerate() {
+        let mut attributes = event.attributes.clone();
+        for (name, attribute) in &extra {
+            attributes
+                .entry(name.clone())
+                .or_insert_with(|| attribute.clone());
+        }
+        crate::wire::encode(
+            &event.event,
+            &config.service,
+            &config.sns.event_key,
+            event.body.clone(),
+            attributes,
+        )
+        .with_context(|| match &args.file {
+            Some(file) => format!(
+                "{}: event {} (`{}`); nothing was published",
+                file.display(),
+                n + 1,
+                event.event
+            ),
+            None => format!("cannot publish `{}`", event.event),
+        })?;
     }
     let broker = crate::broker::open(&config)
         .await

@@ -15,7 +15,7 @@ use crate::route::Pattern;
 pub const DEFAULT_CONFIG: &str = "iniesta.toml";
 
 /// The whole `iniesta.toml`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// This service's name; appended to published events as `{event}.{service}`.
@@ -87,7 +87,7 @@ impl InitializationType {
 }
 
 /// `[broker]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BrokerConfig {
     /// `local` (embedded SQLite) or `aws`.
@@ -131,13 +131,14 @@ pub enum BrokerKind {
 }
 
 /// `[sns]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SnsConfig {
     /// The global topic's ARN.
     #[serde(default)]
     pub topic_arn: Option<String>,
-    /// The attribute that carries the event name. Will NOT want to change this.
+    /// The attribute that carries the event name; keep the default (`iniesta_pass`) to stay
+    /// compatible with the Python iniesta.
     #[serde(default = "default_event_key")]
     pub event_key: String,
 }
@@ -156,7 +157,7 @@ fn default_event_key() -> String {
 }
 
 /// `[sqs]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SqsConfig {
     /// Template for the queue name; `{env}` and `{service_name}` are filled in.
@@ -189,7 +190,8 @@ pub struct SqsConfig {
     /// Concurrent receive loops.
     #[serde(default = "default_pollers")]
     pub pollers: usize,
-    /// Handler calls running at once, across pollers.
+    /// Messages being handled at once, across pollers (one slot covers all of a message's
+    /// bindings); receiving pauses while every slot is taken.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
     /// A handler running longer than this is abandoned and its message retried (s).
@@ -249,18 +251,22 @@ fn default_shutdown_timeout() -> u64 {
 }
 
 /// `[lock]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LockConfig {
     /// Redis URLs: none = in-process locks.
     #[serde(default)]
     pub urls: Vec<String>,
-    /// Attempts to take a lock before leaving the message for redelivery.
+    /// Extra attempts to take a lock (1 + retry_count in all) before leaving the message.
     #[serde(default = "default_lock_retry")]
     pub retry_count: u32,
     /// Lock validity (s).
     #[serde(default = "default_lock_timeout")]
     pub timeout_secs: u64,
+    /// How long a completion record (message id, binding) is kept after the binding acked,
+    /// so a redelivered duplicate skips it (s); 0 turns completion records off.
+    #[serde(default = "default_completion_ttl")]
+    pub completion_ttl_secs: u64,
 }
 
 impl Default for LockConfig {
@@ -269,6 +275,7 @@ impl Default for LockConfig {
             urls: Vec::new(),
             retry_count: default_lock_retry(),
             timeout_secs: default_lock_timeout(),
+            completion_ttl_secs: default_completion_ttl(),
         }
     }
 }
@@ -279,9 +286,12 @@ fn default_lock_retry() -> u32 {
 fn default_lock_timeout() -> u64 {
     10
 }
+fn default_completion_ttl() -> u64 {
+    3600
+}
 
 /// `[plugins]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginsConfig {
     /// Directories scanned for plugins, merged in order: a later one overrides a plugin of the
@@ -307,7 +317,7 @@ fn default_true() -> bool {
 }
 
 /// One `[[bindings]]` entry: events → a plugin's handler.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BindingConfig {
     /// Exact event names or globs (`*` matches any run of characters, dots included).
@@ -358,12 +368,12 @@ impl fmt::Display for Problem {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read config file {path}: {source} (create it, or pass another with -c FILE or $INIESTA_CONFIG)")]
+    #[error("cannot read config file {path}: {cause} (create it, or pass another with -c FILE or $INIESTA_CONFIG)")]
     Read {
         /// The file.
         path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
+        /// The cause (in the message, not chained, so it is printed once).
+        cause: std::io::Error,
     },
     /// The file is not valid TOML or has unknown/mistyped keys.
     #[error("{path}: {message}")]
@@ -397,12 +407,30 @@ impl Config {
         Ok(config)
     }
 
+    /// Load for publishing: the checks that matter to a producer, not the consumer's
+    /// (plugin directories and bindings may not exist where events are only published).
+    pub fn load_for_publishing(path: &Path) -> Result<Config, ConfigError> {
+        let config = Config::read(path)?;
+        let problems: Vec<Problem> = config
+            .problems()
+            .into_iter()
+            .filter(|p| !p.key.starts_with("plugins.") && !p.key.starts_with("bindings"))
+            .collect();
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                problems,
+            });
+        }
+        Ok(config)
+    }
+
     /// Read and parse a config file without the consistency checks (for commands that only
     /// print settings, like `filter-policies`).
     pub fn read(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
         let base = path
             .parent()
@@ -753,12 +781,11 @@ fn check_filter(filter: &str) -> Result<(), String> {
     if filter.trim().is_empty() {
         return Err("is empty".into());
     }
-    if let Some(star) = filter.find('*') {
-        if star != filter.len() - 1 {
-            return Err(format!(
-                "`{filter}`: a filter may only end in `*` (`Order.*` subscribes by prefix); SNS filter policies have no inner wildcards"
-            ));
-        }
+    let head = filter.strip_suffix(".*").unwrap_or(filter);
+    if head.contains('*') {
+        return Err(format!(
+            "`{filter}`: only a trailing `.*` subscribes by prefix (`Order.*` -> {{\"prefix\": \"Order.\"}}, as the Python iniesta builds it); any other `*` would be matched literally by SNS"
+        ));
     }
     Ok(())
 }

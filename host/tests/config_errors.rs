@@ -68,6 +68,8 @@ fn each_error_names_its_key() {
             vec!["sqs.filters", "EVENT_POLLING"]),
         ("missing topic", format!("service = \"receiver\"\n[sqs]\nfilters = [\"A.*\"]\n{p}[[bindings]]\ndefault = true\nplugin = \"echo\"\n"),
             vec!["sns.topic_arn", "required"]),
+        ("star without a dot", format!("service = \"receiver\"\n[sns]\ntopic_arn = \"arn:aws:sns:us-east-1:0:global\"\n[sqs]\nfilters = [\"Order*\"]\n{p}[[bindings]]\ndefault = true\nplugin = \"echo\"\n"),
+            vec!["sqs.filters[0]", "trailing `.*`"]),
         ("inner wildcard filter", format!("service = \"receiver\"\n[sns]\ntopic_arn = \"arn:aws:sns:us-east-1:0:global\"\n[sqs]\nfilters = [\"Or*er\"]\n{p}[[bindings]]\ndefault = true\nplugin = \"echo\"\n"),
             vec!["sqs.filters"]),
     ];

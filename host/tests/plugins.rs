@@ -3,7 +3,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use abi_stable::std_types::{RString, RVec};
 use common::{plugin_dir, Scratch};
@@ -147,7 +146,7 @@ fn files_that_are_not_plugins_are_skipped_and_truncated_ones_refused() {
 
 #[test]
 fn a_plugin_built_against_another_plugin_api_is_refused_while_others_run() {
-    let incompatible = build_incompatible_fixture();
+    let incompatible = common::build_incompatible_fixture();
     let s = Scratch::new();
     let dir = s.path("plugins");
     std::fs::create_dir_all(&dir).expect("mkdir");
@@ -228,40 +227,4 @@ fn find_system_library() -> Option<PathBuf> {
         }
     }
     None
-}
-
-/// Build `fixtures/incompatible` against a copy of plugin-api whose version is 0.99.0.
-fn build_incompatible_fixture() -> PathBuf {
-    let root = common::workspace_root();
-    let work = root.join("target/fixtures/incompatible");
-    let api = work.join("api");
-    std::fs::create_dir_all(api.join("src")).expect("mkdir");
-    std::fs::create_dir_all(work.join("src")).expect("mkdir");
-    for entry in std::fs::read_dir(root.join("plugin-api/src")).expect("plugin-api sources") {
-        let entry = entry.expect("entry");
-        std::fs::copy(entry.path(), api.join("src").join(entry.file_name())).expect("copy source");
-    }
-    std::fs::write(
-        api.join("Cargo.toml"),
-        "[package]\nname = \"iniesta-plugin-api\"\nversion = \"0.99.0\"\nedition = \"2021\"\n\n[dependencies]\n\
-         abi_stable = \"=0.11.3\"\nserde = { version = \"1\", features = [\"derive\"] }\nserde_json = \"1\"\n",
-    )
-    .expect("write api manifest");
-    let fixture = root.join("host/tests/fixtures/incompatible");
-    std::fs::copy(fixture.join("Cargo.toml.in"), work.join("Cargo.toml")).expect("manifest");
-    std::fs::copy(fixture.join("src/lib.rs"), work.join("src/lib.rs")).expect("source");
-    // Same dependency versions as the workspace, so the build reuses what is cached.
-    let _ = std::fs::copy(root.join("Cargo.lock"), work.join("Cargo.lock"));
-    let cargo = option_env!("CARGO").unwrap_or("cargo");
-    let status = Command::new(cargo)
-        .args(["build", "--quiet", "--manifest-path"])
-        .arg(work.join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(root.join("target/fixtures/target"))
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "building the incompatible fixture failed");
-    let so = root.join("target/fixtures/target/debug/libincompatible.so");
-    assert!(so.exists(), "{} was not built", so.display());
-    so
 }

@@ -265,6 +265,22 @@ fn publish_from_a_file_and_straight_to_the_queue() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("line 2") && err.contains("event"), "{err}");
+    // So does an event that would fail to encode (here: a Number attribute that is not one).
+    let bad = s.write(
+        "bad2.jsonl",
+        "{\"event\":\"Order.Fine\"}\n{\"event\":\"Order.Bad\",\"attributes\":{\"n\":{\"type\":\"Number\",\"value\":\"abc\"}}}\n",
+    );
+    let out = common::iniesta(&config, &["publish", "--file", &bad.display().to_string()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("event 2") && err.contains("nothing was published"),
+        "{err}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).trim().is_empty(),
+        "no id printed"
+    );
 }
 
 #[test]

@@ -27,8 +27,9 @@ impl<'a> Context<'a> {
         Self { raw }
     }
 
-    /// Publish `event` with a body and no extra attributes. The host appends its service name
-    /// (`{event}.{service}`) and sends it to every configured destination. Returns the message id.
+    /// Publish `event` with a body and no extra attributes to the host's topic (the host's
+    /// config needs `SNS_PRODUCER`). The host appends its service name (`{event}.{service}`)
+    /// and adds the `version` attribute. Returns the message id.
     pub fn publish(&self, event: &str, body: impl AsRef<[u8]>) -> Result<String, PublishError> {
         self.publish_with(event, body, &[])
     }

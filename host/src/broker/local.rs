@@ -225,11 +225,16 @@ impl LocalBroker {
             None
         };
         let subscribe = config.does(InitializationType::EventPolling);
+        let consumes = config.consumes();
         self.db
             .call(move |conn| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 if let Some(topic) = &topic {
                     tx.execute("INSERT OR IGNORE INTO topics (name) VALUES (?1)", params![topic])?;
+                }
+                if !consumes {
+                    // A producer has no queue of its own.
+                    return tx.commit();
                 }
                 if let Some(dlq) = &dlq {
                     tx.execute(

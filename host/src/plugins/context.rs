@@ -77,13 +77,14 @@ impl HostContextFfi for HostContext {
     }
 
     fn log(&self, level: u8, message: RStr<'_>) {
-        let (plugin, binding, message) = (&self.plugin, &self.binding, message.as_str());
+        // The handler's span already names the message, event and binding.
+        let (plugin, message) = (&self.plugin, message.as_str());
         match level {
-            1 => tracing::error!(plugin = %plugin, binding = %binding, "{message}"),
-            2 => tracing::warn!(plugin = %plugin, binding = %binding, "{message}"),
-            3 => tracing::info!(plugin = %plugin, binding = %binding, "{message}"),
-            4 => tracing::debug!(plugin = %plugin, binding = %binding, "{message}"),
-            _ => tracing::trace!(plugin = %plugin, binding = %binding, "{message}"),
+            1 => tracing::error!(plugin = %plugin, "{message}"),
+            2 => tracing::warn!(plugin = %plugin, "{message}"),
+            3 => tracing::info!(plugin = %plugin, "{message}"),
+            4 => tracing::debug!(plugin = %plugin, "{message}"),
+            _ => tracing::trace!(plugin = %plugin, "{message}"),
         }
     }
 }

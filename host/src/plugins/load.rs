@@ -19,6 +19,41 @@ pub const HOST_API_VERSION: &str = iniesta_plugin_api::ABI_VERSION;
 
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 
+/// What identifies one version of a file on disk: device, inode, size and modification time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+}
+
+impl Fingerprint {
+    /// The fingerprint of `path` now, if it can be read.
+    pub fn of(path: &Path) -> Option<Fingerprint> {
+        let meta = std::fs::metadata(path).ok()?;
+        let mtime_ns = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos() as i128)
+            .unwrap_or(0);
+        #[cfg(unix)]
+        let (dev, ino) = {
+            use std::os::unix::fs::MetadataExt;
+            (meta.dev(), meta.ino())
+        };
+        #[cfg(not(unix))]
+        let (dev, ino) = (0, 0);
+        Some(Fingerprint {
+            dev,
+            ino,
+            len: meta.len(),
+            mtime_ns,
+        })
+    }
+}
+
 /// A loaded, checked plugin.
 pub struct LoadedPlugin {
     /// Name used in bindings.
@@ -35,6 +70,14 @@ pub struct LoadedPlugin {
     pub origin_dir: PathBuf,
     /// Load generation, unique in this process (libraries are never unloaded).
     pub generation: u64,
+    /// The file's identity when it was loaded; a different one means a new version.
+    pub fingerprint: Option<Fingerprint>,
+    /// Size of the loaded file: roughly what this generation keeps mapped forever.
+    pub file_size: u64,
+    /// When this generation was loaded.
+    pub loaded_at: std::time::SystemTime,
+    /// How long loading and checking took.
+    pub load_time: std::time::Duration,
     module: PluginModRef,
 }
 
@@ -97,6 +140,14 @@ pub enum LoadError {
         host_api: String,
         /// abi_stable's explanation (shortened).
         detail: String,
+    },
+    /// The file or its directory is writable by other users: anyone could swap in code.
+    #[error("{}: refused: {what} is writable by other users, so anyone could replace the code this host runs; remove the write bit (chmod o-w)", file.display())]
+    Insecure {
+        /// The file.
+        file: PathBuf,
+        /// The file or directory at fault.
+        what: String,
     },
     /// Anything else: unreadable file, missing shared-library dependency, failing root module.
     #[error("{}: cannot load: {reason}", file.display())]
@@ -178,10 +229,13 @@ pub fn inspect_elf(file: &Path, bytes: &[u8]) -> Result<(), LoadError> {
 /// The file is read once, checked, copied to a private per-generation path, loaded from the
 /// copy, and the copy removed (the mapping stays). The original can then be replaced freely.
 pub fn load_file(file: &Path, origin_dir: &Path) -> Result<LoadedPlugin, LoadError> {
+    let started = std::time::Instant::now();
     let broken = |reason: String| LoadError::Broken {
         file: file.to_path_buf(),
         reason,
     };
+    check_not_world_writable(file)?;
+    let fingerprint = Fingerprint::of(file);
     let bytes = std::fs::read(file).map_err(|e| broken(format!("cannot read: {e}")))?;
     if cfg!(target_os = "linux") {
         inspect_elf(file, &bytes)?;
@@ -229,8 +283,41 @@ pub fn load_file(file: &Path, origin_dir: &Path) -> Result<LoadedPlugin, LoadErr
         file: file.to_path_buf(),
         origin_dir: origin_dir.to_path_buf(),
         generation,
+        fingerprint,
+        file_size: bytes.len() as u64,
+        loaded_at: std::time::SystemTime::now(),
+        load_time: started.elapsed(),
         module,
     })
+}
+
+/// Refuse a plugin file (or its directory) that users other than its owner can write.
+pub fn check_not_world_writable(file: &Path) -> Result<(), LoadError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let writable = |p: &Path| {
+            std::fs::metadata(p)
+                .map(|m| m.permissions().mode() & 0o002 != 0)
+                .unwrap_or(false)
+        };
+        if writable(file) {
+            return Err(LoadError::Insecure {
+                file: file.to_path_buf(),
+                what: "the file".into(),
+            });
+        }
+        if let Some(dir) = file.parent() {
+            // A sticky world-writable directory (like /tmp) still lets anyone add files.
+            if writable(dir) {
+                return Err(LoadError::Insecure {
+                    file: file.to_path_buf(),
+                    what: format!("its directory {}", dir.display()),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 fn classify(file: &Path, error: LibraryError) -> LoadError {

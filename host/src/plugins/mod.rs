@@ -4,6 +4,7 @@
 pub mod context;
 pub mod load;
 pub mod registry;
+pub mod watch;
 
 pub use load::{LoadError, LoadedPlugin};
 pub use registry::PluginSet;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::load::{is_library_name, load_file, LoadError, LoadedPlugin};
+use super::load::{is_library_name, load_file, Fingerprint, LoadError, LoadedPlugin};
 
 /// A plugin file that was refused, with the reason.
 #[derive(Debug)]
@@ -27,19 +27,28 @@ pub struct PluginSet {
     pub refused: Vec<Refusal>,
     /// Library files that are not iniesta plugins.
     pub skipped: Vec<(PathBuf, String)>,
+    /// Every loaded plugin by file, overridden ones included.
+    pub files: BTreeMap<PathBuf, Arc<LoadedPlugin>>,
 }
 
 impl PluginSet {
     /// Scan `dirs` in order and load every plugin.
     pub fn scan(dirs: &[PathBuf]) -> PluginSet {
+        PluginSet::default().rescan(dirs)
+    }
+
+    /// Scan again: files unchanged since this set loaded them keep their generation; changed
+    /// and new files are loaded as new generations; a changed file that is refused (broken,
+    /// incompatible, still being written) keeps serving its previous generation.
+    pub fn rescan(&self, dirs: &[PathBuf]) -> PluginSet {
         let mut set = PluginSet::default();
         for dir in dirs {
-            set.scan_dir(dir);
+            set.scan_dir(dir, self);
         }
         set
     }
 
-    fn scan_dir(&mut self, dir: &Path) {
+    fn scan_dir(&mut self, dir: &Path, previous: &PluginSet) {
         let entries = match std::fs::read_dir(dir) {
             Ok(entries) => entries,
             Err(e) => {
@@ -53,33 +62,65 @@ impl PluginSet {
             .collect();
         files.sort();
         for file in files {
-            self.add_file(&file, dir);
+            let old = previous.files.get(&file).filter(|p| p.origin_dir == dir);
+            match old {
+                Some(old)
+                    if old.fingerprint.is_some() && old.fingerprint == Fingerprint::of(&file) =>
+                {
+                    self.insert(old.clone());
+                }
+                _ => self.add_file(&file, dir, old.cloned()),
+            }
         }
     }
 
-    /// Load one file into the set; a same-named plugin already present is overridden.
-    pub fn add_file(&mut self, file: &Path, origin_dir: &Path) {
+    fn insert(&mut self, plugin: Arc<LoadedPlugin>) {
+        self.files.insert(plugin.file.clone(), plugin.clone());
+        if let Some(previous) = self.plugins.insert(plugin.name.clone(), plugin.clone()) {
+            tracing::debug!(
+                plugin = %plugin.name, file = %plugin.file.display(),
+                overrides = %previous.file.display(), "plugin overrides one of the same name from an earlier directory"
+            );
+            self.overridden.push(previous);
+        }
+    }
+
+    /// Load one file into the set; a same-named plugin already present is overridden. If the
+    /// file is refused and `fallback` (its previous generation) is given, that keeps serving.
+    pub fn add_file(
+        &mut self,
+        file: &Path,
+        origin_dir: &Path,
+        fallback: Option<Arc<LoadedPlugin>>,
+    ) {
         match load_file(file, origin_dir) {
             Ok(plugin) => {
                 tracing::info!(
-                    plugin = %plugin.name, version = %plugin.version, file = %file.display(),
-                    handlers = ?plugin.handlers, "loaded plugin"
+                    plugin = %plugin.name, version = %plugin.version, generation = plugin.generation,
+                    file = %file.display(), handlers = ?plugin.handlers,
+                    load_ms = plugin.load_time.as_millis() as u64, "loaded plugin"
                 );
-                let plugin = Arc::new(plugin);
-                if let Some(previous) = self.plugins.insert(plugin.name.clone(), plugin.clone()) {
-                    tracing::info!(
-                        plugin = %plugin.name, file = %plugin.file.display(),
-                        overrides = %previous.file.display(), "plugin overrides one of the same name from an earlier directory"
-                    );
-                    self.overridden.push(previous);
-                }
+                self.insert(Arc::new(plugin));
             }
             Err(error) if error.is_not_a_plugin() => {
                 tracing::debug!(file = %file.display(), reason = %error, "skipping: not an iniesta plugin");
                 self.skipped.push((file.to_path_buf(), error.to_string()));
             }
             Err(error) => {
-                tracing::error!("{error}");
+                match (&error, &fallback) {
+                    (LoadError::Incomplete { .. }, Some(old)) => tracing::info!(
+                        plugin = %old.name, generation = old.generation,
+                        "{error}; generation {} keeps serving until it is complete", old.generation
+                    ),
+                    (_, Some(old)) => tracing::error!(
+                        plugin = %old.name, generation = old.generation,
+                        "{error}; the previous generation {} keeps serving", old.generation
+                    ),
+                    (_, None) => tracing::error!("{error}"),
+                }
+                if let Some(old) = fallback {
+                    self.insert(old);
+                }
                 self.refused.push(Refusal {
                     file: file.to_path_buf(),
                     error,

@@ -219,6 +219,43 @@ impl Drop for Host {
 
 pub mod aws;
 
+/// Build `fixtures/incompatible` against a copy of plugin-api whose version is 0.99.0.
+pub fn build_incompatible_fixture() -> PathBuf {
+    let root = workspace_root();
+    // Test binaries run in parallel: one builds, the others wait on the same cargo lock.
+    let work = root.join("target/fixtures/incompatible");
+    let api = work.join("api");
+    std::fs::create_dir_all(api.join("src")).expect("mkdir");
+    std::fs::create_dir_all(work.join("src")).expect("mkdir");
+    for entry in std::fs::read_dir(root.join("plugin-api/src")).expect("plugin-api sources") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), api.join("src").join(entry.file_name())).expect("copy source");
+    }
+    std::fs::write(
+        api.join("Cargo.toml"),
+        "[package]\nname = \"iniesta-plugin-api\"\nversion = \"0.99.0\"\nedition = \"2021\"\n\n[dependencies]\n\
+         abi_stable = \"=0.11.3\"\nserde = { version = \"1\", features = [\"derive\"] }\nserde_json = \"1\"\n",
+    )
+    .expect("write api manifest");
+    let fixture = root.join("host/tests/fixtures/incompatible");
+    std::fs::copy(fixture.join("Cargo.toml.in"), work.join("Cargo.toml")).expect("manifest");
+    std::fs::copy(fixture.join("src/lib.rs"), work.join("src/lib.rs")).expect("source");
+    // Same dependency versions as the workspace, so the build reuses what is cached.
+    let _ = std::fs::copy(root.join("Cargo.lock"), work.join("Cargo.lock"));
+    let cargo = option_env!("CARGO").unwrap_or("cargo");
+    let status = std::process::Command::new(cargo)
+        .args(["build", "--quiet", "--manifest-path"])
+        .arg(work.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(root.join("target/fixtures/target"))
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "building the incompatible fixture failed");
+    let so = root.join("target/fixtures/target/debug/libincompatible.so");
+    assert!(so.exists(), "{} was not built", so.display());
+    so
+}
+
 pub fn strip_ansi(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut chars = text.chars().peekable();

@@ -2,7 +2,11 @@
 //!
 //! Binding config: `path` (required) — the file to append to; `label` (optional) — written
 //! into every line so several bindings can share one file. Each line holds `label`, `id`,
-//! `event`, `body` (text), `receive_count` and `attributes`.
+//! `event`, `body` (text), `receive_count`, `attributes` and `mark`.
+//!
+//! `mark` is read from [`BUILD_MARK`], a fixed-width string in the library's read-only data.
+//! Tests patch those digits in a copy of the `.so` to make distinct plugin versions without
+//! rebuilding, then hot-reload them and see which version handled each message.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -19,6 +23,15 @@ pub struct Ledger {
 }
 
 static WRITE_LOCK: Mutex<()> = Mutex::new(());
+
+/// A build mark: `iniesta-ledger-mark:` followed by 8 digits that tests may patch.
+pub static BUILD_MARK: &[u8; 28] = b"iniesta-ledger-mark:00000000";
+
+fn build_mark() -> String {
+    // Read through black_box so the digits come from the library's data, not a constant.
+    let mark: &[u8; 28] = std::hint::black_box(BUILD_MARK);
+    String::from_utf8_lossy(&mark[20..]).to_string()
+}
 
 impl Ledger {
     /// Requires `path`; `label` defaults to `"ledger"`.
@@ -45,6 +58,7 @@ impl Handler for Ledger {
             "body": String::from_utf8_lossy(message.body()),
             "receive_count": message.receive_count(),
             "attributes": attributes,
+            "mark": build_mark(),
         });
         // One write call per line (O_APPEND keeps whole lines from interleaving across
         // bindings and processes), and one writer at a time within this plugin.

@@ -1,0 +1,516 @@
+//! Hot reload: watch the plugin directories and the config file, then reload safely.
+//!
+//! A change (or SIGHUP) is debounced for 300 ms, then the [`Reloader`] rescans: unchanged
+//! plugin files keep their generation, changed ones load as new generations from private
+//! copies (never from the file being written), and the config file is validated. Every
+//! binding's handler is then constructed against the new generation; only if that succeeds is
+//! the routing table swapped, atomically. In-flight calls finish on the generation they
+//! started with. Anything refused — a bad ABI, a truncated file, a constructor error, an
+//! invalid config — is logged with the file and the reason, and what was serving keeps serving.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use notify::{EventKind, RecursiveMode, Watcher};
+use tokio_util::sync::CancellationToken;
+
+use super::registry::PluginSet;
+use super::LoadedPlugin;
+use crate::config::{Config, Problem};
+use crate::egress::Publisher;
+use crate::route::Routes;
+
+/// How long the files must be quiet before a reload.
+pub const DEBOUNCE: Duration = Duration::from_millis(300);
+
+/// What one reload did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Plugins now served by a new generation: (name, old generation, new generation).
+    pub reloaded: Vec<(String, Option<u64>, u64)>,
+    /// Plugins that disappeared.
+    pub removed: Vec<String>,
+    /// Refusals, as logged.
+    pub refused: Vec<String>,
+    /// Whether a new config was applied.
+    pub config_applied: bool,
+    /// The new config's problems, if it was refused.
+    pub config_refused: Vec<Problem>,
+    /// Keys that changed but need a restart.
+    pub needs_restart: Vec<String>,
+    /// Whether the routing table was swapped.
+    pub swapped: bool,
+}
+
+/// Running totals across reloads, per plugin name.
+#[derive(Debug, Default, Clone)]
+pub struct ReloadStats {
+    /// Reloads per plugin.
+    pub reloads: BTreeMap<String, u64>,
+    /// Refused loads in total.
+    pub refusals: u64,
+    /// Bytes of old generations still mapped (libraries are never unloaded).
+    pub retained_bytes: u64,
+    /// Old generations still mapped.
+    pub retained_generations: u64,
+}
+
+/// Holds what is running and knows how to replace it.
+pub struct Reloader {
+    config_path: PathBuf,
+    config: Config,
+    plugins: PluginSet,
+    routes: Arc<ArcSwap<Routes>>,
+    publisher: Arc<Publisher>,
+    runtime: tokio::runtime::Handle,
+    stats: ReloadStats,
+}
+
+impl Reloader {
+    /// A reloader for a running host.
+    pub fn new(
+        config_path: PathBuf,
+        config: Config,
+        plugins: PluginSet,
+        routes: Arc<ArcSwap<Routes>>,
+        publisher: Arc<Publisher>,
+        runtime: tokio::runtime::Handle,
+    ) -> Reloader {
+        Reloader {
+            config_path,
+            config,
+            plugins,
+            routes,
+            publisher,
+            runtime,
+            stats: ReloadStats::default(),
+        }
+    }
+
+    /// The config being served.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The plugins being served.
+    pub fn plugins(&self) -> &PluginSet {
+        &self.plugins
+    }
+
+    /// Totals so far.
+    pub fn stats(&self) -> &ReloadStats {
+        &self.stats
+    }
+
+    /// Look at the files again and swap in whatever changed and is valid.
+    pub fn reload(&mut self) -> ReloadReport {
+        let mut report = ReloadReport::default();
+        let candidate = match Config::load(&self.config_path) {
+            Ok(c) if c == self.config => None,
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::error!("config change refused; the running config keeps serving: {e}");
+                if let crate::config::ConfigError::Invalid { problems, .. } = &e {
+                    report.config_refused = problems.clone();
+                } else {
+                    report.config_refused = vec![Problem {
+                        key: self.config_path.display().to_string(),
+                        message: e.to_string(),
+                    }];
+                }
+                None
+            }
+        };
+        if let Some(new) = &candidate {
+            report.needs_restart = needs_restart(&self.config, new);
+            if !report.needs_restart.is_empty() {
+                tracing::warn!(keys = ?report.needs_restart, "these settings changed but only take effect after a restart");
+            }
+            if new.sqs.filters != self.config.sqs.filters {
+                self.update_subscription(new);
+            }
+        }
+        let config = candidate.clone().unwrap_or_else(|| self.config.clone());
+        let mut plugins = self.plugins.rescan(&config.plugin_dirs());
+        report.refused = plugins
+            .refused
+            .iter()
+            .map(|r| r.error.to_string())
+            .collect();
+        self.stats.refusals += plugins.refused.len() as u64;
+
+        // Bind; on failure, fall back step by step: keep old generations of plugins whose new
+        // generation failed to construct, unbind removed plugins, then keep the old config.
+        let mut bound = self.try_bind(&config, &mut plugins);
+        let mut applied_config = candidate.is_some();
+        if let (Err(problems), Some(_)) = (&bound, &candidate) {
+            tracing::error!(
+                "config change refused; the running config keeps serving:\n{}",
+                problems
+                    .iter()
+                    .map(|p| format!("  - {p}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            report.config_refused = problems.clone();
+            applied_config = false;
+            let old = self.config.clone();
+            plugins = self.plugins.rescan(&old.plugin_dirs());
+            bound = self.try_bind(&old, &mut plugins);
+        }
+        let routes = match bound {
+            Ok(routes) => routes,
+            Err(problems) => {
+                tracing::error!(
+                    "reload refused; everything that was serving keeps serving:\n{}",
+                    problems
+                        .iter()
+                        .map(|p| format!("  - {p}"))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                );
+                return report;
+            }
+        };
+        for (name, plugin) in &plugins.plugins {
+            let old = self.plugins.plugins.get(name);
+            if old.map(|o| o.generation) != Some(plugin.generation) {
+                report
+                    .reloaded
+                    .push((name.clone(), old.map(|o| o.generation), plugin.generation));
+                if let Some(old) = old {
+                    *self.stats.reloads.entry(name.clone()).or_default() += 1;
+                    self.stats.retained_bytes += old.file_size;
+                    self.stats.retained_generations += 1;
+                    tracing::info!(
+                        plugin = %name, from = old.generation, to = plugin.generation,
+                        file = %plugin.file.display(), load_ms = plugin.load_time.as_millis() as u64,
+                        reloads = self.stats.reloads[name], retained_mb = self.stats.retained_bytes as f64 / 1e6,
+                        "plugin reloaded; new deliveries go to the new generation"
+                    );
+                } else {
+                    tracing::info!(plugin = %name, generation = plugin.generation, file = %plugin.file.display(), "new plugin available");
+                }
+            }
+        }
+        for name in self.plugins.plugins.keys() {
+            if !plugins.plugins.contains_key(name) {
+                report.removed.push(name.clone());
+                tracing::warn!(plugin = %name, "plugin removed; its bindings are unbound (their events go to the default binding, or wait on the queue)");
+            }
+        }
+        self.routes.store(Arc::new(routes));
+        report.swapped = true;
+        report.config_applied = applied_config;
+        if applied_config {
+            if let Some(new) = candidate {
+                self.config = new;
+                tracing::info!(config = %self.config_path.display(), "config reloaded; bindings swapped");
+            }
+        }
+        self.plugins = plugins;
+        report
+    }
+
+    /// Bind `config` to `plugins`, reverting plugins whose new generation was refused by a
+    /// constructor and unbinding bindings whose plugin was removed.
+    fn try_bind(&self, config: &Config, plugins: &mut PluginSet) -> Result<Routes, Vec<Problem>> {
+        let mut config = config.clone();
+        for _ in 0..3 {
+            let problems = match crate::route::bind(
+                &config,
+                plugins,
+                Some(self.publisher.clone()),
+                Some(self.runtime.clone()),
+            ) {
+                Ok(routes) => return Ok(routes),
+                Err(problems) => problems,
+            };
+            let mut changed = false;
+            let failing: BTreeSet<usize> = problems
+                .iter()
+                .filter_map(|p| binding_index(&p.key))
+                .collect();
+            let mut unbind = BTreeSet::new();
+            for index in &failing {
+                let Some(binding) = config.bindings.get(*index) else {
+                    continue;
+                };
+                let name = binding.plugin.clone();
+                let new = plugins.plugins.get(&name).cloned();
+                let old = self.plugins.plugins.get(&name).cloned();
+                match (new, old) {
+                    (Some(new), Some(old)) if new.generation != old.generation => {
+                        tracing::error!(
+                            plugin = %name, generation = new.generation, file = %new.file.display(),
+                            "the new generation's handlers refused their config; generation {} keeps serving", old.generation
+                        );
+                        plugins.plugins.insert(name, old);
+                        changed = true;
+                    }
+                    (None, Some(_)) => {
+                        unbind.insert(*index);
+                    }
+                    _ => {}
+                }
+            }
+            if !unbind.is_empty() {
+                let mut i = 0;
+                config.bindings.retain(|_| {
+                    let keep = !unbind.contains(&i);
+                    i += 1;
+                    keep
+                });
+                changed = true;
+            }
+            if !changed {
+                return Err(problems);
+            }
+        }
+        crate::route::bind(
+            &config,
+            plugins,
+            Some(self.publisher.clone()),
+            Some(self.runtime.clone()),
+        )
+    }
+
+    fn update_subscription(&self, new: &Config) {
+        match new.broker.kind {
+            crate::config::BrokerKind::Local => {
+                let new = new.clone();
+                let result = self.runtime.block_on(async move {
+                    crate::broker::local::LocalBroker::open(&new).await.map(|_| ())
+                });
+                match result {
+                    Ok(()) => tracing::info!("sqs.filters changed: the local subscription's filter policy is updated"),
+                    Err(e) => tracing::error!(error = %e, "sqs.filters changed but the local subscription could not be updated"),
+                }
+            }
+            crate::config::BrokerKind::Aws => tracing::warn!(
+                "sqs.filters changed: run `iniesta setup` to update the SNS subscription's filter policy (until then the queue receives what the old policy lets through)"
+            ),
+        }
+    }
+
+    /// Directories and the config file to watch.
+    fn watched(&self) -> (Vec<PathBuf>, PathBuf) {
+        (self.config.plugin_dirs(), self.config_path.clone())
+    }
+}
+
+fn binding_index(key: &str) -> Option<usize> {
+    let rest = key.strip_prefix("bindings[")?;
+    rest.split(']').next()?.parse().ok()
+}
+
+/// Keys whose change only takes effect after a restart.
+pub fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut check = |key: &str, same: bool| {
+        if !same {
+            keys.push(key.to_string());
+        }
+    };
+    check("service", old.service == new.service);
+    check("env", old.env == new.env);
+    check("initialization", old.initialization == new.initialization);
+    check("broker", old.broker == new.broker);
+    check("sns", old.sns == new.sns);
+    check("lock", old.lock == new.lock);
+    check("sqs.queue_name", old.queue_name() == new.queue_name());
+    check(
+        "sqs.dead_letter_queue",
+        old.sqs.dead_letter_queue == new.sqs.dead_letter_queue,
+    );
+    check(
+        "sqs.max_messages",
+        old.sqs.max_messages == new.sqs.max_messages,
+    );
+    check(
+        "sqs.wait_time_seconds",
+        old.sqs.wait_time_seconds == new.sqs.wait_time_seconds,
+    );
+    check(
+        "sqs.visibility_timeout",
+        old.sqs.visibility_timeout == new.sqs.visibility_timeout,
+    );
+    check(
+        "sqs.delay_seconds",
+        old.sqs.delay_seconds == new.sqs.delay_seconds,
+    );
+    check(
+        "sqs.max_receive_count",
+        old.sqs.max_receive_count == new.sqs.max_receive_count,
+    );
+    check("sqs.pollers", old.sqs.pollers == new.sqs.pollers);
+    check(
+        "sqs.max_in_flight",
+        old.sqs.max_in_flight == new.sqs.max_in_flight,
+    );
+    check(
+        "sqs.shutdown_timeout_secs",
+        old.sqs.shutdown_timeout_secs == new.sqs.shutdown_timeout_secs,
+    );
+    check("plugins.watch", old.plugins.watch == new.plugins.watch);
+    keys
+}
+
+fn relevant(event: &notify::Event, config_name: Option<&std::ffi::OsStr>) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    let kind_matters = matches!(
+        event.kind,
+        EventKind::Create(_)
+            | EventKind::Modify(_)
+            | EventKind::Remove(_)
+            | EventKind::Access(AccessKind::Close(AccessMode::Write))
+    );
+    kind_matters
+        && event.paths.iter().any(|p| {
+            super::load::is_library_name(p)
+                || (config_name.is_some() && p.file_name() == config_name)
+        })
+}
+
+/// Start the reloader: the file watches are registered before this returns (so no change
+/// made after it is missed); reloads then run on file changes (when `plugins.watch`) and on
+/// SIGHUP, until `shutdown`.
+pub fn start(reloader: Reloader, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+    let reloader = Arc::new(Mutex::new(reloader));
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let watch = lock(&reloader).config.plugins.watch;
+    let (dirs, config_path) = lock(&reloader).watched();
+    let config_name = config_path.file_name().map(|n| n.to_os_string());
+    let mut watcher = if watch {
+        let tx = tx.clone();
+        let name = config_name.clone();
+        match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if let Ok(event) = event {
+                if relevant(&event, name.as_deref()) {
+                    let _ = tx.send(());
+                }
+            }
+        }) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch files; reload with SIGHUP instead");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let mut watching: BTreeSet<PathBuf> = BTreeSet::new();
+    if let Some(w) = watcher.as_mut() {
+        let config_dir = config_path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        for dir in dirs.iter().chain(std::iter::once(&config_dir)) {
+            watch_dir(w, dir, &mut watching);
+        }
+        tracing::info!(dirs = ?watching, "watching plugins and config for changes (SIGHUP also reloads)");
+    }
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let tx = tx.clone();
+        let shutdown = shutdown.clone();
+        // Registered here, before start returns, so an early SIGHUP is not the default (exit).
+        let hup = signal(SignalKind::hangup());
+        tokio::spawn(async move {
+            let Ok(mut hup) = hup else {
+                tracing::error!("cannot listen for SIGHUP");
+                return;
+            };
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    got = hup.recv() => {
+                        if got.is_none() { return; }
+                        tracing::info!("SIGHUP: reloading");
+                        let _ = tx.send(());
+                    }
+                }
+            }
+        });
+    }
+    tokio::spawn(reload_loop(reloader, rx, watcher, watching, shutdown))
+}
+
+async fn reload_loop(
+    reloader: Arc<Mutex<Reloader>>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<()>,
+    mut watcher: Option<notify::RecommendedWatcher>,
+    mut watching: BTreeSet<PathBuf>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            got = rx.recv() => if got.is_none() { return; },
+        }
+        // Debounce: wait until nothing has changed for DEBOUNCE.
+        loop {
+            match tokio::time::timeout(DEBOUNCE, rx.recv()).await {
+                Ok(Some(())) => continue,
+                Ok(None) => return,
+                Err(_) => break,
+            }
+        }
+        let worker = reloader.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let mut reloader = lock(&worker);
+            let report = reloader.reload();
+            (report, reloader.config.plugin_dirs())
+        })
+        .await;
+        match result {
+            Ok((_report, dirs)) => {
+                if let Some(w) = watcher.as_mut() {
+                    for dir in &dirs {
+                        watch_dir(w, dir, &mut watching);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reload task failed; the running plugins keep serving")
+            }
+        }
+    }
+}
+
+fn watch_dir(
+    watcher: &mut notify::RecommendedWatcher,
+    dir: &Path,
+    watching: &mut BTreeSet<PathBuf>,
+) {
+    if watching.contains(dir) {
+        return;
+    }
+    match watcher.watch(dir, RecursiveMode::NonRecursive) {
+        Ok(()) => {
+            watching.insert(dir.to_path_buf());
+        }
+        Err(e) => tracing::error!(dir = %dir.display(), error = %e, "cannot watch directory"),
+    }
+}
+
+fn lock(reloader: &Mutex<Reloader>) -> std::sync::MutexGuard<'_, Reloader> {
+    reloader.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A one-line summary of a plugin generation for logs and `iniesta plugins`.
+pub fn describe(plugin: &LoadedPlugin) -> String {
+    format!(
+        "{} {} generation {} from {}",
+        plugin.name,
+        plugin.version,
+        plugin.generation,
+        plugin.file.display()
+    )
+}
