@@ -160,6 +160,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = load(path)?;
             let set = PluginSet::scan(&config.plugin_dirs());
             print!("{}", render_plugins(&set));
+            print!(
+                "{}",
+                render_running(&crate::plugins::watch::running_hosts(&config))
+            );
             // Non-zero when a file was refused, so deploy scripts notice.
             Ok(if set.refused.is_empty() {
                 ExitCode::SUCCESS
@@ -249,6 +253,43 @@ pub fn render_plugins(set: &PluginSet) -> String {
     out
 }
 
+/// What running hosts of this config serve, from their state files.
+pub fn render_running(hosts: &[crate::plugins::watch::HostState]) -> String {
+    let mut out = String::new();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    for host in hosts {
+        out.push_str(&format!(
+            "\nrunning host pid {} ({}), updated {}s ago: {} refused load(s), ~{:.1} MB kept by {} old generation(s) (libraries are never unloaded)\n",
+            host.pid,
+            host.config.display(),
+            now.saturating_sub(host.updated_at),
+            host.refusals,
+            host.retained_bytes as f64 / 1e6,
+            host.retained_generations
+        ));
+        for p in &host.plugins {
+            let loaded =
+                aws_smithy_types::DateTime::from_secs(i64::try_from(p.loaded_at).unwrap_or(0))
+                    .fmt(aws_smithy_types::date_time::Format::DateTime)
+                    .unwrap_or_default();
+            out.push_str(&format!(
+                "  {} {} generation {} loaded {} in {} ms, reloaded {} time(s), from {}\n",
+                p.name,
+                p.version,
+                p.generation,
+                loaded,
+                p.load_ms,
+                p.reloads,
+                p.file.display()
+            ));
+        }
+    }
+    out
+}
+
 async fn run(path: &Path, no_check: bool) -> anyhow::Result<ExitCode> {
     let config = load(path)?;
     if !config.consumes() {
@@ -296,9 +337,10 @@ async fn run(path: &Path, no_check: bool) -> anyhow::Result<ExitCode> {
         publisher,
         tokio::runtime::Handle::current(),
     );
-    let _reloads = crate::plugins::watch::start(reloader, shutdown.clone());
+    let reloads = crate::plugins::watch::start(reloader, shutdown.clone());
     let pipeline = Pipeline::new(broker, routes, locks, Settings::from_config(&config));
     pipeline.run(shutdown).await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), reloads).await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }

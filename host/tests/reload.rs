@@ -372,6 +372,14 @@ fn sighup_reloads_when_watching_is_off() {
     common::publish(&config, &["Order.After", "{}"]);
     s.wait_for("ledger", LIMIT, || s.ledger("ledger.jsonl").len() == 1);
     assert_eq!(s.ledger("ledger.jsonl")[0]["mark"], "00000002");
+    // `iniesta plugins` shows what the running host serves.
+    let out = common::iniesta(&config, &["plugins"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("running host pid {pid}")), "{text}");
+    assert!(
+        text.contains("reloaded 1 time(s)") && text.contains("old generation(s)"),
+        "{text}"
+    );
     let seen: BTreeSet<String> = s
         .ledger("ledger.jsonl")
         .iter()

@@ -58,6 +58,80 @@ pub struct ReloadStats {
     pub retained_generations: u64,
 }
 
+/// What a running host publishes about its plugins for `iniesta plugins` (a JSON file per
+/// host process in `.iniesta/hosts/` beside the config; removed when the host stops).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct HostState {
+    /// The host's process id.
+    pub pid: u32,
+    /// The config it runs.
+    pub config: PathBuf,
+    /// When this was written (s since the Unix epoch).
+    pub updated_at: u64,
+    /// Serving plugins.
+    pub plugins: Vec<PluginState>,
+    /// Refused loads so far.
+    pub refusals: u64,
+    /// Bytes of old generations still mapped.
+    pub retained_bytes: u64,
+    /// Old generations still mapped.
+    pub retained_generations: u64,
+}
+
+/// One serving plugin in [`HostState`].
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PluginState {
+    /// Name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// Serving generation.
+    pub generation: u64,
+    /// File it was loaded from.
+    pub file: PathBuf,
+    /// When it was loaded (s since the Unix epoch).
+    pub loaded_at: u64,
+    /// How long loading took (ms).
+    pub load_ms: u64,
+    /// Reloads of this plugin since the host started.
+    pub reloads: u64,
+}
+
+/// The directory host state files live in for a config.
+pub fn state_dir(config: &Config) -> PathBuf {
+    config.base_dir.join(".iniesta").join("hosts")
+}
+
+fn unix_secs(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Host states of running hosts for this config (stale files of dead processes are removed).
+pub fn running_hosts(config: &Config) -> Vec<HostState> {
+    let Ok(entries) = std::fs::read_dir(state_dir(config)) else {
+        return Vec::new();
+    };
+    let mut hosts = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let Ok(state) = serde_json::from_str::<HostState>(&text) else {
+            continue;
+        };
+        if cfg!(target_os = "linux") && !Path::new(&format!("/proc/{}", state.pid)).exists() {
+            let _ = std::fs::remove_file(&path);
+            continue;
+        }
+        hosts.push(state);
+    }
+    hosts.sort_by_key(|h| h.pid);
+    hosts
+}
+
 /// Holds what is running and knows how to replace it.
 pub struct Reloader {
     config_path: PathBuf,
@@ -88,6 +162,49 @@ impl Reloader {
             runtime,
             stats: ReloadStats::default(),
         }
+    }
+
+    /// Write this host's state file for `iniesta plugins`; failures are only logged.
+    pub fn write_state(&self) {
+        let state = HostState {
+            pid: std::process::id(),
+            config: self.config_path.clone(),
+            updated_at: unix_secs(std::time::SystemTime::now()),
+            plugins: self
+                .plugins
+                .plugins
+                .values()
+                .map(|p| PluginState {
+                    name: p.name.clone(),
+                    version: p.version.clone(),
+                    generation: p.generation,
+                    file: p.file.clone(),
+                    loaded_at: unix_secs(p.loaded_at),
+                    load_ms: p.load_time.as_millis() as u64,
+                    reloads: self.stats.reloads.get(&p.name).copied().unwrap_or(0),
+                })
+                .collect(),
+            refusals: self.stats.refusals,
+            retained_bytes: self.stats.retained_bytes,
+            retained_generations: self.stats.retained_generations,
+        };
+        let dir = state_dir(&self.config);
+        let path = dir.join(format!("host-{}.json", state.pid));
+        let tmp = dir.join(format!(".host-{}.json.tmp", state.pid));
+        let result = std::fs::create_dir_all(&dir)
+            .and_then(|()| {
+                std::fs::write(&tmp, serde_json::to_vec_pretty(&state).unwrap_or_default())
+            })
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = result {
+            tracing::debug!(path = %path.display(), error = %e, "cannot write the host state file");
+        }
+    }
+
+    /// Remove this host's state file (on shutdown).
+    pub fn remove_state(&self) {
+        let path = state_dir(&self.config).join(format!("host-{}.json", std::process::id()));
+        let _ = std::fs::remove_file(path);
     }
 
     /// The config being served.
@@ -212,6 +329,7 @@ impl Reloader {
             }
         }
         self.plugins = plugins;
+        self.write_state();
         report
     }
 
@@ -379,6 +497,7 @@ fn relevant(event: &notify::Event, config_name: Option<&std::ffi::OsStr>) -> boo
 /// made after it is missed); reloads then run on file changes (when `plugins.watch`) and on
 /// SIGHUP, until `shutdown`.
 pub fn start(reloader: Reloader, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+    reloader.write_state();
     let reloader = Arc::new(Mutex::new(reloader));
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let watch = lock(&reloader).config.plugins.watch;
@@ -451,8 +570,8 @@ async fn reload_loop(
 ) {
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => return,
-            got = rx.recv() => if got.is_none() { return; },
+            _ = shutdown.cancelled() => break,
+            got = rx.recv() => if got.is_none() { break; },
         }
         // Debounce: wait until nothing has changed for DEBOUNCE.
         loop {
