@@ -95,6 +95,7 @@ mod message;
 mod outcome;
 
 pub mod ffi;
+pub mod testing;
 
 #[doc(hidden)]
 pub mod export;

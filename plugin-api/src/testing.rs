@@ -1,0 +1,407 @@
+//! A test kit: call a handler the way the host does, without the host, a broker or AWS.
+//!
+//! ```
+//! use iniesta_plugin_api::testing::{Harness, TestMessage, TestOutcome};
+//! use iniesta_plugin_api::{Context, Handler, HandlerResult, Message, Outcome};
+//!
+//! struct Shipper;
+//!
+//! impl Handler for Shipper {
+//!     fn handle(&self, message: &Message<'_>, ctx: &Context<'_>) -> HandlerResult {
+//!         let order: serde_json::Value = message.json()?;
+//!         ctx.info("shipping");
+//!         ctx.publish_json("Order.Shipped", &serde_json::json!({ "id": order["id"] }))?;
+//!         Ok(Outcome::Ack)
+//!     }
+//! }
+//!
+//! let harness = Harness::new(Shipper);
+//! let result = harness.call(&TestMessage::new("Order.Created.shop").json(serde_json::json!({ "id": 7 })));
+//! assert_eq!(result.outcome, TestOutcome::Ack);
+//! assert_eq!(result.published[0].event, "Order.Shipped");
+//! assert_eq!(result.published[0].body, br#"{"id":7}"#);
+//! assert!(result.logged("shipping"));
+//!
+//! // A body that is not JSON: the `?` above returns an error, so the host would redeliver.
+//! let result = harness.call(&TestMessage::new("Order.Created.shop").text("oops"));
+//! assert!(matches!(result.outcome, TestOutcome::Failed { .. }));
+//! ```
+
+use std::sync::{Arc, Mutex};
+
+use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::std_types::{RResult, RSlice, RStr, RString, RVec};
+
+use crate::ffi::{
+    AttributeFfi, HandlerBox, HostContextFfi, HostContextFfi_TO, MessageFfi, OutcomeFfi,
+};
+use crate::{Config, Handler};
+
+/// A message to hand to a handler in a test.
+#[derive(Debug, Clone)]
+pub struct TestMessage {
+    id: String,
+    event: String,
+    body: Vec<u8>,
+    attributes: Vec<(String, String, String)>,
+    receive_count: u32,
+    sent_timestamp_ms: u64,
+}
+
+impl TestMessage {
+    /// A message for `event` (give the full name, e.g. `Order.Created.shop`) with body `{}`,
+    /// the `iniesta_pass` and `version` attributes the host would see, delivery 1.
+    pub fn new(event: &str) -> TestMessage {
+        TestMessage {
+            id: "test-message-1".into(),
+            event: event.into(),
+            body: b"{}".to_vec(),
+            attributes: vec![
+                ("iniesta_pass".into(), "String".into(), event.into()),
+                ("version".into(), "Number".into(), "1".into()),
+            ],
+            receive_count: 1,
+            sent_timestamp_ms: 0,
+        }
+    }
+
+    /// Set the body to a JSON value.
+    pub fn json(mut self, body: serde_json::Value) -> Self {
+        self.body = body.to_string().into_bytes();
+        self
+    }
+
+    /// Set the body to text.
+    pub fn text(mut self, body: &str) -> Self {
+        self.body = body.as_bytes().to_vec();
+        self
+    }
+
+    /// Set the body to raw bytes.
+    pub fn bytes(mut self, body: impl Into<Vec<u8>>) -> Self {
+        self.body = body.into();
+        self
+    }
+
+    /// Add (or replace) a `String` attribute.
+    pub fn attribute(self, name: &str, value: &str) -> Self {
+        self.typed_attribute(name, "String", value)
+    }
+
+    /// Add (or replace) an attribute of any data type (`Number`, `Binary` in base64, ...).
+    pub fn typed_attribute(mut self, name: &str, data_type: &str, value: &str) -> Self {
+        self.attributes.retain(|(n, _, _)| n != name);
+        self.attributes
+            .push((name.into(), data_type.into(), value.into()));
+        self
+    }
+
+    /// Set the message id.
+    pub fn id(mut self, id: &str) -> Self {
+        self.id = id.into();
+        self
+    }
+
+    /// Set the delivery count (1 on the first delivery).
+    pub fn receive_count(mut self, count: u32) -> Self {
+        self.receive_count = count;
+        self
+    }
+
+    /// Set the sent timestamp (ms since the Unix epoch).
+    pub fn sent_timestamp_ms(mut self, ms: u64) -> Self {
+        self.sent_timestamp_ms = ms;
+        self
+    }
+
+    fn to_ffi(&self) -> MessageFfi {
+        MessageFfi {
+            id: self.id.as_str().into(),
+            event: self.event.as_str().into(),
+            body: RVec::from(self.body.clone()),
+            attributes: self
+                .attributes
+                .iter()
+                .map(|(name, data_type, value)| AttributeFfi {
+                    name: name.as_str().into(),
+                    data_type: data_type.as_str().into(),
+                    value: value.as_str().into(),
+                })
+                .collect(),
+            receive_count: self.receive_count,
+            sent_timestamp_ms: self.sent_timestamp_ms,
+        }
+    }
+}
+
+/// What a handler call came to, as the host sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TestOutcome {
+    /// Acked: the host deletes the message once every binding acked.
+    Ack,
+    /// The host makes the message visible again after `after_secs`.
+    Retry {
+        /// Seconds.
+        after_secs: u32,
+    },
+    /// The host moves the message to the dead-letter queue with this reason.
+    DeadLetter {
+        /// Why.
+        reason: String,
+    },
+    /// The handler returned an error: redelivered after the visibility timeout.
+    Failed {
+        /// The error text.
+        reason: String,
+    },
+    /// The handler panicked: caught, logged, redelivered like `Failed`.
+    Panicked {
+        /// The panic message.
+        message: String,
+    },
+}
+
+impl From<OutcomeFfi> for TestOutcome {
+    fn from(outcome: OutcomeFfi) -> Self {
+        match outcome {
+            OutcomeFfi::Ack => TestOutcome::Ack,
+            OutcomeFfi::Retry { after_secs } => TestOutcome::Retry { after_secs },
+            OutcomeFfi::DeadLetter { reason } => TestOutcome::DeadLetter {
+                reason: reason.into_string(),
+            },
+            OutcomeFfi::Failed { reason } => TestOutcome::Failed {
+                reason: reason.into_string(),
+            },
+            OutcomeFfi::Panicked { message } => TestOutcome::Panicked {
+                message: message.into_string(),
+            },
+        }
+    }
+}
+
+/// An event the handler published through its context.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedEvent {
+    /// The event name as the handler gave it (the host would append `.{service}`).
+    pub event: String,
+    /// The body.
+    pub body: Vec<u8>,
+    /// Extra attributes: (name, data type, value).
+    pub attributes: Vec<(String, String, String)>,
+}
+
+/// A line the handler logged through its context.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    /// 1 error, 2 warn, 3 info, 4 debug, 5 trace.
+    pub level: u8,
+    /// The text.
+    pub message: String,
+}
+
+/// What one call did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallResult {
+    /// The outcome.
+    pub outcome: TestOutcome,
+    /// Events published during the call.
+    pub published: Vec<PublishedEvent>,
+    /// Lines logged during the call.
+    pub logs: Vec<LogLine>,
+}
+
+impl CallResult {
+    /// Whether any logged line contains `text`.
+    pub fn logged(&self, text: &str) -> bool {
+        self.logs.iter().any(|l| l.message.contains(text))
+    }
+}
+
+#[derive(Default)]
+struct Recording {
+    published: Vec<PublishedEvent>,
+    logs: Vec<LogLine>,
+    fail_publish: Option<String>,
+    next_id: u64,
+}
+
+#[derive(Clone, Default)]
+struct RecordingContext(Arc<Mutex<Recording>>);
+
+impl RecordingContext {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Recording> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl HostContextFfi for RecordingContext {
+    fn publish(
+        &self,
+        event: RStr<'_>,
+        body: RSlice<'_, u8>,
+        attributes: RSlice<'_, AttributeFfi>,
+    ) -> RResult<RString, RString> {
+        let mut recording = self.lock();
+        if let Some(error) = &recording.fail_publish {
+            return RResult::RErr(error.as_str().into());
+        }
+        recording.next_id += 1;
+        let id = format!("test-published-{}", recording.next_id);
+        recording.published.push(PublishedEvent {
+            event: event.as_str().into(),
+            body: body.to_vec(),
+            attributes: attributes
+                .iter()
+                .map(|a| {
+                    (
+                        a.name.to_string(),
+                        a.data_type.to_string(),
+                        a.value.to_string(),
+                    )
+                })
+                .collect(),
+        });
+        RResult::ROk(id.into())
+    }
+
+    fn log(&self, level: u8, message: RStr<'_>) {
+        self.lock().logs.push(LogLine {
+            level,
+            message: message.as_str().into(),
+        });
+    }
+}
+
+/// Calls one handler the way the host does: through the plugin boundary's panic guard, with a
+/// context that records what was published and logged.
+pub struct Harness {
+    handler: HandlerBox,
+    context: RecordingContext,
+}
+
+impl Harness {
+    /// Wrap a handler you constructed yourself.
+    pub fn new<H: Handler>(handler: H) -> Harness {
+        let handler = match crate::export::build(Ok::<H, String>(handler)) {
+            Ok(h) => h,
+            Err(_) => unreachable!("building from Ok never fails"),
+        };
+        Harness {
+            handler,
+            context: RecordingContext::default(),
+        }
+    }
+
+    /// Construct a handler from a binding config, as the host would with `config = { ... }`.
+    pub fn from_config<H, E>(
+        constructor: impl FnOnce(Config) -> Result<H, E>,
+        config: serde_json::Value,
+    ) -> Result<Harness, String>
+    where
+        H: Handler,
+        E: std::fmt::Display,
+    {
+        let handler = constructor(Config::from_value(config)).map_err(|e| e.to_string())?;
+        Ok(Harness::new(handler))
+    }
+
+    /// Make every publish through the context fail with `error` (to test error paths).
+    pub fn fail_publish(&self, error: &str) -> &Self {
+        self.context.lock().fail_publish = Some(error.into());
+        self
+    }
+
+    /// Call the handler with `message`; returns the outcome and what was published and logged
+    /// during this call.
+    pub fn call(&self, message: &TestMessage) -> CallResult {
+        let ctx = HostContextFfi_TO::from_value(self.context.clone(), TD_Opaque);
+        let outcome = self.handler.handle(&message.to_ffi(), &ctx);
+        let mut recording = self.context.lock();
+        CallResult {
+            outcome: outcome.into(),
+            published: std::mem::take(&mut recording.published),
+            logs: std::mem::take(&mut recording.logs),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Context, HandlerResult, Message, Outcome};
+
+    struct Boom;
+
+    impl Handler for Boom {
+        fn handle(&self, message: &Message<'_>, ctx: &Context<'_>) -> HandlerResult {
+            match message.body_str() {
+                Some("panic") => panic!("boom"),
+                Some("retry") => Ok(Outcome::retry(5)),
+                Some("dead") => Ok(Outcome::dead_letter("bad")),
+                Some("publish") => {
+                    ctx.publish_with("Next", "x", &[("k", "v")])?;
+                    Ok(Outcome::Ack)
+                }
+                _ => Ok(Outcome::Ack),
+            }
+        }
+    }
+
+    #[test]
+    fn outcomes_panics_and_publishes_are_recorded() {
+        let h = Harness::new(Boom);
+        assert_eq!(
+            h.call(&TestMessage::new("E").text("ok")).outcome,
+            TestOutcome::Ack
+        );
+        assert_eq!(
+            h.call(&TestMessage::new("E").text("retry")).outcome,
+            TestOutcome::Retry { after_secs: 5 }
+        );
+        assert_eq!(
+            h.call(&TestMessage::new("E").text("dead")).outcome,
+            TestOutcome::DeadLetter {
+                reason: "bad".into()
+            }
+        );
+        match h.call(&TestMessage::new("E").text("panic")).outcome {
+            TestOutcome::Panicked { message } => assert_eq!(message, "boom"),
+            other => panic!("{other:?}"),
+        }
+        let r = h.call(&TestMessage::new("E").text("publish"));
+        assert_eq!(r.published.len(), 1);
+        assert_eq!(
+            r.published[0].attributes,
+            vec![("k".into(), "String".into(), "v".into())]
+        );
+        h.fail_publish("down");
+        match h.call(&TestMessage::new("E").text("publish")).outcome {
+            TestOutcome::Failed { reason } => assert!(reason.contains("down")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn messages_carry_what_the_host_would_give() {
+        struct Echo;
+        impl Handler for Echo {
+            fn handle(&self, m: &Message<'_>, ctx: &Context<'_>) -> HandlerResult {
+                ctx.info(&format!(
+                    "{}|{}|{:?}|{}",
+                    m.id(),
+                    m.event(),
+                    m.attribute("tenant"),
+                    m.receive_count()
+                ));
+                Ok(Outcome::Ack)
+            }
+        }
+        let r = Harness::new(Echo).call(
+            &TestMessage::new("A.b")
+                .id("m9")
+                .attribute("tenant", "acme")
+                .receive_count(3),
+        );
+        assert!(r.logged("m9|A.b|Some(\"acme\")|3"), "{:?}", r.logs);
+    }
+}
