@@ -47,13 +47,40 @@ pub enum Command {
     FilterPolicies,
     /// Print the initialization type, e.g. `SNS_PRODUCER|EVENT_POLLING`.
     InitializationType,
-    /// List the merged plugin view: name, version, handlers, file, origin dir.
-    Plugins,
+    /// List the merged plugin view (name, version, handlers, file, origin dir) and what running
+    /// hosts serve; `plugins check FILE` checks one file.
+    Plugins {
+        /// `check FILE.so`.
+        #[command(subcommand)]
+        command: Option<PluginsCommand>,
+    },
+    /// Write a ready-to-build handler plugin crate.
+    NewPlugin {
+        /// The plugin's name (also its crate and handler name).
+        name: String,
+        /// Where to create it (default: ./NAME).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The plugin-api to depend on (default: the one this binary was built from).
+        #[arg(long)]
+        api_path: Option<PathBuf>,
+    },
     /// Config commands.
     Config {
         /// What to do with the config.
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+}
+
+/// `iniesta plugins ...`.
+#[derive(Debug, Subcommand)]
+pub enum PluginsCommand {
+    /// Load one file the way the host would, without starting anything: print its name,
+    /// version, plugin-api version and handlers, or why it is refused (exit 1).
+    Check {
+        /// The shared library.
+        file: PathBuf,
     },
 }
 
@@ -156,7 +183,19 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", config.initialization_type());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Plugins => {
+        Command::Plugins {
+            command: Some(PluginsCommand::Check { file }),
+        } => Ok(plugins_check(&file)),
+        Command::NewPlugin {
+            name,
+            dir,
+            api_path,
+        } => {
+            let created = crate::scaffold::create(&name, dir.as_deref(), api_path.as_deref())?;
+            print!("{}", crate::scaffold::next_steps(&created));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plugins { command: None } => {
             let config = load(path)?;
             let set = PluginSet::scan(&config.plugin_dirs());
             print!("{}", render_plugins(&set));
@@ -211,6 +250,35 @@ fn config_check(path: &Path) -> anyhow::Result<ExitCode> {
                 path: path.to_path_buf(),
                 problems
             })
+        }
+    }
+}
+
+/// `iniesta plugins check FILE`.
+fn plugins_check(file: &Path) -> ExitCode {
+    let origin = file.parent().unwrap_or_else(|| Path::new("."));
+    match crate::plugins::load::load_file(file, origin) {
+        Ok(plugin) => {
+            println!("ok: {}", file.display());
+            println!("  plugin    {}", plugin.name);
+            println!("  version   {}", plugin.version);
+            println!(
+                "  api       iniesta-plugin-api {} (this host: {})",
+                plugin.abi_version,
+                crate::plugins::load::HOST_API_VERSION
+            );
+            println!("  handlers  {}", plugin.handlers.join(", "));
+            println!("  load      {} ms", plugin.load_time.as_millis());
+            ExitCode::SUCCESS
+        }
+        Err(e) if e.is_not_a_plugin() => {
+            println!("not an iniesta plugin: {e}");
+            println!("  fix: build it as a cdylib that calls iniesta_plugin_api::export_plugin!");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            println!("REFUSED {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -3,7 +3,7 @@
 //! A host for event messaging over AWS SNS/SQS (or an embedded local broker) that runs the
 //! business logic from handler plugins. One module per concern: [`config`], [`wire`],
 //! [`filter`], [`route`], [`broker`], [`lock`], [`plugins`], [`pipeline`], [`egress`],
-//! [`provision`], [`cli`].
+//! [`provision`], [`scaffold`], [`cli`].
 
 pub mod broker;
 pub mod cli;
@@ -15,4 +15,5 @@ pub mod pipeline;
 pub mod plugins;
 pub mod provision;
 pub mod route;
+pub mod scaffold;
 pub mod wire;
