@@ -21,6 +21,17 @@ if [ ! -x "$MOTO_VENV/bin/moto_server" ] || ! "$MOTO_VENV/bin/pip" show moto 2>/
 fi
 export INIESTA_MOTO_SERVER="$PWD/$MOTO_VENV/bin/moto_server"
 
+# --- redis-server for the idempotency lock tests (host/tests/locks.rs) -----------------------
+# The tests start their own redis-server processes on free loopback ports (one, or three for
+# the Redlock quorum) and never touch a Redis already running on 6379.
+if ! command -v redis-server >/dev/null 2>&1; then
+    echo "==> installing redis-server (apt-get)"
+    apt-get update -qq && apt-get install -y -qq redis-server
+fi
+export INIESTA_REDIS_SERVER="${INIESTA_REDIS_SERVER:-$(command -v redis-server)}"
+echo "==> redis-server: $INIESTA_REDIS_SERVER ($("$INIESTA_REDIS_SERVER" --version | cut -d' ' -f1-3))"
+# --- end redis-server -----------------------------------------------------------------------
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -1,0 +1,241 @@
+//! Idempotency: message locks on `sqs:event:{message_id}` and completion records beside them.
+//!
+//! The lock stops two consumers running the same message at once; a completion record per
+//! (message id, binding) stops a redelivered duplicate from running a handler that already
+//! acked. Both live in one store, chosen by `[lock] urls`:
+//!
+//! - none: in-process ([`local::LocalLocks`]), enough for one host with several pollers;
+//! - one: a single Redis ([`redis::RedisLocks`]): `SET NX PX`, compare-and-delete release,
+//!   compare-and-extend;
+//! - three or more: the Redlock quorum over independent Redis servers ([`redlock::Redlock`]).
+//!
+//! A receive batch takes all its locks in one pipelined round trip per Redis node, and the
+//! same round trip reads the batch's completion records. Redis only ever sees message ids,
+//! random tokens and binding ids, never a message body.
+//!
+//! Settings follow the Python iniesta (aioredlock): `retry_count` is the number of attempts
+//! (at least one) with a random 100–300 ms pause between them, and `timeout_secs` is the
+//! lock's lifetime, extended while a handler runs.
+
+pub mod completion;
+pub mod local;
+pub mod redis;
+pub mod redlock;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::time::Instant;
+
+pub use completion::binding_id;
+pub use local::LocalLocks;
+
+/// The lock key for a message, as the Python iniesta names it.
+pub fn key_for(message_id: &str) -> String {
+    format!("sqs:event:{message_id}")
+}
+
+/// The Redis hash holding a message's completion records (field = binding id).
+pub fn completion_key_for(message_id: &str) -> String {
+    format!("sqs:event:{message_id}:done")
+}
+
+/// A held lock; pass it back to extend or release it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    /// The message the lock guards.
+    pub message_id: String,
+    /// The key (`sqs:event:{message_id}`).
+    pub key: String,
+    /// This holder's random token: only the holder can extend or release.
+    pub token: String,
+    /// Until when the lock is surely ours (the Redlock validity time, drift deducted).
+    pub valid_until: Instant,
+}
+
+impl Held {
+    /// A new lock on `message_id` with a fresh random token.
+    pub fn new(message_id: &str, valid_until: Instant) -> Held {
+        Held {
+            message_id: message_id.to_string(),
+            key: key_for(message_id),
+            token: uuid::Uuid::new_v4().to_string(),
+            valid_until,
+        }
+    }
+}
+
+/// A taken lock together with the bindings already completed for its message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// The lock.
+    pub held: Held,
+    /// Binding ids ([`binding_id`]) recorded as completed for this message.
+    pub completed: BTreeSet<String>,
+}
+
+/// Lock failures. A lock held by someone else is not an error: it is `Ok(None)`.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// Too few Redis nodes answered to decide anything.
+    #[error("lock service unavailable: {reachable} of {nodes} Redis node(s) answered, {needed} needed ({detail})")]
+    Unavailable {
+        /// Nodes that answered.
+        reachable: usize,
+        /// Nodes configured.
+        nodes: usize,
+        /// Nodes needed (the quorum).
+        needed: usize,
+        /// What the others said (node addresses only, never credentials).
+        detail: String,
+    },
+    /// A `lock.urls` entry cannot be used.
+    #[error("lock.urls[{index}] `{url}`: {reason}")]
+    BadUrl {
+        /// Position in `lock.urls`.
+        index: usize,
+        /// The URL with any password replaced by `***`.
+        url: String,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
+    /// Any other lock service failure.
+    #[error("lock service: {0}")]
+    Service(String),
+}
+
+/// A lock service with completion records.
+#[async_trait]
+pub trait Locks: Send + Sync + 'static {
+    /// Try once to take the lock of every message for `ttl`, and read the completion records
+    /// of each; one answer per id, in order (`None`: someone else holds it). A message id may
+    /// appear twice (a duplicate in one batch): only one of them gets the lock. An error means
+    /// the service could not decide (too few nodes reachable); nothing is held then.
+    async fn try_acquire(
+        &self,
+        message_ids: &[String],
+        ttl: Duration,
+    ) -> Result<Vec<Option<Claim>>, LockError>;
+
+    /// Extend a held lock to `ttl` from now. `Ok(Some(valid_until))`: still ours;
+    /// `Ok(None)`: lost (expired, or someone else holds it); an error: undecided, try again
+    /// while `held.valid_until` has not passed.
+    async fn extend(&self, held: &Held, ttl: Duration) -> Result<Option<Instant>, LockError>;
+
+    /// Release locks this holder took (a lock that expired and was taken by someone else is
+    /// left alone).
+    async fn release(&self, held: &[Held]) -> Result<(), LockError>;
+
+    /// Record that `bindings` completed (acked) `message_id`; the records expire after `ttl`.
+    async fn record_completions(
+        &self,
+        message_id: &str,
+        bindings: &[String],
+        ttl: Duration,
+    ) -> Result<(), LockError>;
+
+    /// Whether enough of the service is reachable to take locks.
+    async fn check(&self) -> Result<(), LockError>;
+
+    /// One line for logs: `in-process locks`, `Redis 127.0.0.1:6379`, `Redlock over 3 ...`.
+    fn describe(&self) -> String;
+}
+
+/// The longest lifetime taken from the config for a lock or a completion record (a year):
+/// larger values are clamped so time arithmetic cannot overflow.
+pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// A configured lifetime in seconds as a [`Duration`], at most [`MAX_TTL`].
+pub fn ttl_from_secs(secs: u64) -> Duration {
+    Duration::from_secs(secs).min(MAX_TTL)
+}
+
+/// Attempts per lock, as aioredlock counts `retry_count`: the total number of tries, at least 1.
+pub fn attempts(retry_count: u32) -> u32 {
+    retry_count.max(1)
+}
+
+/// The pause before another attempt: random in 100–300 ms (aioredlock's defaults), so that
+/// contending hosts do not retry in lock step.
+pub fn retry_delay() -> Duration {
+    let random = uuid::Uuid::new_v4().as_u128();
+    Duration::from_millis(100 + (random % 201) as u64)
+}
+
+/// Replace the password (and user) of a URL with `***`, for logs and errors.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rfind('@') {
+        Some(at) => format!("{scheme}://***@{}{tail}", &authority[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
+/// The lock service a config names: in-process for no URLs, a single Redis for one, the
+/// Redlock quorum for three or more. Connections are made lazily: a Redis that is down at
+/// start is logged, not fatal, and used once it answers.
+pub async fn from_config(config: &crate::config::LockConfig) -> Result<Arc<dyn Locks>, LockError> {
+    let ttl = ttl_from_secs(config.timeout_secs.max(1));
+    let locks: Arc<dyn Locks> = match config.urls.len() {
+        0 => Arc::new(LocalLocks::new()),
+        1 => Arc::new(redis::RedisLocks::new(redis::Node::open(
+            0,
+            &config.urls[0],
+            redis::Node::timeout_for(ttl),
+        )?)),
+        2 => return Err(LockError::Service(
+            "two Redis servers cannot form a quorum: use none (in-process), one, or three or more"
+                .into(),
+        )),
+        _ => {
+            let nodes = config
+                .urls
+                .iter()
+                .enumerate()
+                .map(|(i, url)| redis::Node::open(i, url, redis::Node::timeout_for(ttl)))
+                .collect::<Result<Vec<_>, _>>()?;
+            Arc::new(redlock::Redlock::new(nodes))
+        }
+    };
+    match locks.check().await {
+        Ok(()) => tracing::info!(locks = %locks.describe(), "idempotency locks ready"),
+        Err(e) => tracing::error!(locks = %locks.describe(), error = %e,
+            "the lock service is not reachable yet; messages wait (not run, not deleted) until it is"),
+    }
+    Ok(locks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_redaction() {
+        assert_eq!(key_for("abc"), "sqs:event:abc");
+        assert_eq!(completion_key_for("abc"), "sqs:event:abc:done");
+        assert_eq!(
+            redact("redis://user:s3cret@host:6379/0"),
+            "redis://***@host:6379/0"
+        );
+        assert_eq!(redact("redis://:p@ss@h:1"), "redis://***@h:1");
+        assert_eq!(redact("redis://h:1/2"), "redis://h:1/2");
+        assert_eq!(redact("not a url"), "not a url");
+    }
+
+    #[test]
+    fn retry_count_counts_attempts_like_aioredlock() {
+        assert_eq!(attempts(0), 1);
+        assert_eq!(attempts(1), 1);
+        assert_eq!(attempts(3), 3);
+        for _ in 0..100 {
+            let d = retry_delay();
+            assert!(d >= Duration::from_millis(100) && d <= Duration::from_millis(300));
+        }
+    }
+}

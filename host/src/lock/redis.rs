@@ -1,0 +1,520 @@
+//! One Redis server: the lock primitives, each one pipelined round trip, and the single-node
+//! lock service ([`RedisLocks`], `lock.urls` with one entry).
+//!
+//! - take: `SET key token NX PX ttl` per key, MULTI-less, with `HKEYS` of each message's
+//!   completion hash in the same pipeline (read after the `SET` on that server);
+//! - release: a Lua compare-and-delete (delete only if the value is still our token);
+//! - extend: a Lua compare-and-extend (re-arm only our own token; re-create the key if the
+//!   server lost it, e.g. after a restart, which is safe while our validity has not passed);
+//! - record: `HSET sqs:event:{id}:done binding now` + `PEXPIRE` in one MULTI.
+//!
+//! A [`Node`] keeps one multiplexed connection, made lazily and remade after any failure,
+//! with a short back-off while the server is down so a dead node costs nothing per batch.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use ::redis::aio::MultiplexedConnection;
+use ::redis::{AsyncConnectionConfig, Client, Pipeline, Value};
+use async_trait::async_trait;
+use tokio::time::Instant;
+
+use super::{completion_key_for, redact, redlock, Claim, Held, LockError, Locks};
+
+/// Compare-and-delete: release only our own lock.
+const RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
+
+/// Compare-and-extend: re-arm our own lock; re-create it if the key is gone; else 0.
+const EXTEND: &str = "local v = redis.call('GET', KEYS[1]) \
+if v == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) \
+elseif not v then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 \
+else return 0 end";
+
+/// A failure talking to one node.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{node}: {detail}")]
+pub struct NodeError {
+    /// The node's address (never its credentials).
+    pub node: String,
+    /// What went wrong.
+    pub detail: String,
+}
+
+#[derive(Default)]
+struct Connection {
+    conn: Option<MultiplexedConnection>,
+    generation: u64,
+    /// While the server is down: no new attempt before this.
+    retry_at: Option<Instant>,
+    backoff: Duration,
+    last_error: String,
+    down: bool,
+}
+
+/// One Redis server.
+pub struct Node {
+    label: String,
+    client: Client,
+    timeout: Duration,
+    connection: tokio::sync::Mutex<Connection>,
+    round_trips: AtomicU64,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.label)
+    }
+}
+
+/// How one lock's answer came back from one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeAnswer {
+    /// Whether `SET NX` took the key.
+    pub acquired: bool,
+    /// The completion records this node holds for the message.
+    pub completed: BTreeSet<String>,
+}
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+impl Node {
+    /// The per-request timeout for a lock lifetime: a quarter of it, within 250 ms–1 s, so a
+    /// hung node cannot eat the lock's validity.
+    pub fn timeout_for(ttl: Duration) -> Duration {
+        (ttl / 4).clamp(Duration::from_millis(250), Duration::from_secs(1))
+    }
+
+    /// A node for `lock.urls[index]`; nothing is connected yet.
+    pub fn open(index: usize, url: &str, timeout: Duration) -> Result<Node, LockError> {
+        let bad = |reason: String| LockError::BadUrl {
+            index,
+            url: redact(url),
+            reason,
+        };
+        if url.starts_with("rediss://") || url.starts_with("valkeys://") {
+            return Err(bad(
+                "TLS Redis URLs are not supported yet: use redis:// (a TLS tunnel or a private network)".into(),
+            ));
+        }
+        let client = Client::open(url).map_err(|e| {
+            bad(format!(
+                "not a Redis URL ({e}); expected redis://[:PASSWORD@]HOST[:PORT][/DB]"
+            ))
+        })?;
+        let info = client.get_connection_info();
+        let db = info.redis_settings().db();
+        let label = if db == 0 {
+            info.addr().to_string()
+        } else {
+            format!("{}/{db}", info.addr())
+        };
+        Ok(Node {
+            label,
+            client,
+            timeout,
+            connection: tokio::sync::Mutex::new(Connection::default()),
+            round_trips: AtomicU64::new(0),
+        })
+    }
+
+    /// `host:port` (with `/db` when not 0): safe to log.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Pipelines sent to this node so far (each is one network round trip).
+    pub fn round_trips(&self) -> u64 {
+        self.round_trips.load(Ordering::Relaxed)
+    }
+
+    fn error(&self, detail: impl Into<String>) -> NodeError {
+        NodeError {
+            node: self.label.clone(),
+            detail: detail.into(),
+        }
+    }
+
+    async fn connect(&self) -> Result<(MultiplexedConnection, u64), NodeError> {
+        let mut state = self.connection.lock().await;
+        if let Some(conn) = &state.conn {
+            return Ok((conn.clone(), state.generation));
+        }
+        if let Some(at) = state.retry_at {
+            if Instant::now() < at {
+                return Err(self.error(format!("down ({})", state.last_error)));
+            }
+        }
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout));
+        let attempt = tokio::time::timeout(
+            self.timeout,
+            self.client
+                .get_multiplexed_async_connection_with_config(&config),
+        )
+        .await;
+        let failure = match attempt {
+            Ok(Ok(conn)) => {
+                if state.down {
+                    tracing::info!(node = %self.label, "Redis node reachable again");
+                }
+                state.generation += 1;
+                state.conn = Some(conn.clone());
+                state.retry_at = None;
+                state.backoff = Duration::ZERO;
+                state.down = false;
+                return Ok((conn, state.generation));
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no connection within {} ms", self.timeout.as_millis()),
+        };
+        self.mark_down(&mut state, failure.clone());
+        Err(self.error(failure))
+    }
+
+    fn mark_down(&self, state: &mut Connection, failure: String) {
+        state.conn = None;
+        state.backoff = (state.backoff * 2).clamp(MIN_BACKOFF, MAX_BACKOFF);
+        state.retry_at = Some(Instant::now() + state.backoff);
+        if !state.down {
+            tracing::warn!(node = %self.label, error = %failure, "Redis node unreachable; reconnecting on later requests, with back-off");
+        }
+        state.down = true;
+        state.last_error = failure;
+    }
+
+    /// Send one pipeline: one round trip. Any transport failure drops the connection so the
+    /// next request reconnects.
+    async fn send(&self, pipe: &Pipeline) -> Result<Vec<Value>, NodeError> {
+        let (mut conn, generation) = self.connect().await?;
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        let outcome = tokio::time::timeout(self.timeout, pipe.query_async::<Vec<Value>>(&mut conn))
+            .await
+            .map_err(|_| format!("no answer within {} ms", self.timeout.as_millis()))
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        match outcome {
+            Ok(values) => {
+                if let Some(Value::ServerError(e)) =
+                    values.iter().find(|v| matches!(v, Value::ServerError(_)))
+                {
+                    return Err(self.error(format!("server error: {e}")));
+                }
+                Ok(values)
+            }
+            Err(failure) => {
+                let mut state = self.connection.lock().await;
+                if state.generation == generation && state.conn.is_some() {
+                    self.mark_down(&mut state, failure.clone());
+                }
+                Err(self.error(failure))
+            }
+        }
+    }
+
+    /// `SET NX PX` every `(key, token)`, then `HKEYS` every completion hash, in one round trip.
+    pub async fn acquire(
+        &self,
+        locks: &[(&str, &str, &str)],
+        ttl: Duration,
+    ) -> Result<Vec<NodeAnswer>, NodeError> {
+        let mut pipe = ::redis::pipe();
+        pipe.ignore_errors();
+        let ttl_ms = millis(ttl);
+        for (key, token, _) in locks {
+            pipe.cmd("SET")
+                .arg(*key)
+                .arg(*token)
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl_ms);
+        }
+        for (_, _, done) in locks {
+            pipe.cmd("HKEYS").arg(*done);
+        }
+        let values = self.send(&pipe).await?;
+        if values.len() != locks.len() * 2 {
+            return Err(self.error(format!(
+                "expected {} replies, got {}",
+                locks.len() * 2,
+                values.len()
+            )));
+        }
+        let (sets, hkeys) = values.split_at(locks.len());
+        Ok(sets
+            .iter()
+            .zip(hkeys)
+            .map(|(set, done)| NodeAnswer {
+                acquired: is_ok(set),
+                completed: strings(done),
+            })
+            .collect())
+    }
+
+    /// Compare-and-extend one lock; `true` if it is ours for `ttl` from now.
+    pub async fn extend(&self, key: &str, token: &str, ttl: Duration) -> Result<bool, NodeError> {
+        let mut pipe = ::redis::pipe();
+        pipe.ignore_errors();
+        pipe.cmd("EVAL")
+            .arg(EXTEND)
+            .arg(1)
+            .arg(key)
+            .arg(token)
+            .arg(millis(ttl));
+        let values = self.send(&pipe).await?;
+        Ok(matches!(values.first(), Some(Value::Int(1))))
+    }
+
+    /// Compare-and-delete every `(key, token)` in one round trip.
+    pub async fn release(&self, locks: &[(&str, &str)]) -> Result<(), NodeError> {
+        if locks.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = ::redis::pipe();
+        pipe.ignore_errors();
+        for (key, token) in locks {
+            pipe.cmd("EVAL").arg(RELEASE).arg(1).arg(*key).arg(*token);
+        }
+        self.send(&pipe).await.map(|_| ())
+    }
+
+    /// Record completions of `message_id` by `bindings`, expiring after `ttl`.
+    pub async fn record(
+        &self,
+        message_id: &str,
+        bindings: &[String],
+        ttl: Duration,
+    ) -> Result<(), NodeError> {
+        if bindings.is_empty() {
+            return Ok(());
+        }
+        let key = completion_key_for(message_id);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let mut pipe = ::redis::pipe();
+        pipe.atomic().ignore_errors();
+        let hset = pipe.cmd("HSET").arg(&key);
+        for binding in bindings {
+            hset.arg(binding).arg(now_ms);
+        }
+        pipe.cmd("PEXPIRE").arg(&key).arg(millis(ttl));
+        self.send(&pipe).await.map(|_| ())
+    }
+
+    /// `PING`.
+    pub async fn ping(&self) -> Result<(), NodeError> {
+        let mut pipe = ::redis::pipe();
+        pipe.ignore_errors().cmd("PING");
+        self.send(&pipe).await.map(|_| ())
+    }
+}
+
+fn is_ok(value: &Value) -> bool {
+    match value {
+        Value::Okay => true,
+        Value::SimpleString(s) => s == "OK",
+        _ => false,
+    }
+}
+
+fn strings(value: &Value) -> BTreeSet<String> {
+    match value {
+        Value::Array(items) | Value::Set(items) => items
+            .iter()
+            .filter_map(|v| match v {
+                Value::BulkString(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
+                Value::SimpleString(s) => Some(s.clone()),
+                _ => None,
+            })
+            .collect(),
+        _ => BTreeSet::new(),
+    }
+}
+
+/// Locks on one Redis server (`lock.urls` with one entry).
+#[derive(Debug)]
+pub struct RedisLocks {
+    node: Node,
+}
+
+impl RedisLocks {
+    /// Locks on `node`.
+    pub fn new(node: Node) -> RedisLocks {
+        RedisLocks { node }
+    }
+
+    /// The server.
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    fn unavailable(&self, e: NodeError) -> LockError {
+        LockError::Unavailable {
+            reachable: 0,
+            nodes: 1,
+            needed: 1,
+            detail: e.to_string(),
+        }
+    }
+}
+
+#[async_trait]
+impl Locks for RedisLocks {
+    async fn try_acquire(
+        &self,
+        message_ids: &[String],
+        ttl: Duration,
+    ) -> Result<Vec<Option<Claim>>, LockError> {
+        if message_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let start = Instant::now();
+        let candidates: Vec<(Held, String)> = message_ids
+            .iter()
+            .map(|id| (Held::new(id, start), completion_key_for(id)))
+            .collect();
+        let requests: Vec<(&str, &str, &str)> = candidates
+            .iter()
+            .map(|(h, done)| (h.key.as_str(), h.token.as_str(), done.as_str()))
+            .collect();
+        let answers = self
+            .node
+            .acquire(&requests, ttl)
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        let validity = redlock::validity(ttl, start.elapsed());
+        let mut claims = Vec::with_capacity(answers.len());
+        let mut undo = Vec::new();
+        for ((mut held, _), answer) in candidates.into_iter().zip(answers) {
+            match (answer.acquired, validity) {
+                (true, Some(_)) => {
+                    held.valid_until = start + redlock::valid_for(ttl);
+                    claims.push(Some(Claim {
+                        held,
+                        completed: answer.completed,
+                    }));
+                }
+                (true, None) => {
+                    undo.push(held);
+                    claims.push(None);
+                }
+                (false, _) => claims.push(None),
+            }
+        }
+        if !undo.is_empty() {
+            let _ = self.release(&undo).await;
+        }
+        Ok(claims)
+    }
+
+    async fn extend(&self, held: &Held, ttl: Duration) -> Result<Option<Instant>, LockError> {
+        let start = Instant::now();
+        if start >= held.valid_until {
+            return Ok(None);
+        }
+        let ours = self
+            .node
+            .extend(&held.key, &held.token, ttl)
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        Ok(redlock::extended(
+            usize::from(ours),
+            1,
+            ttl,
+            start,
+            Instant::now(),
+            held.valid_until,
+        ))
+    }
+
+    async fn release(&self, held: &[Held]) -> Result<(), LockError> {
+        let pairs: Vec<(&str, &str)> = held
+            .iter()
+            .map(|h| (h.key.as_str(), h.token.as_str()))
+            .collect();
+        self.node
+            .release(&pairs)
+            .await
+            .map_err(|e| self.unavailable(e))
+    }
+
+    async fn record_completions(
+        &self,
+        message_id: &str,
+        bindings: &[String],
+        ttl: Duration,
+    ) -> Result<(), LockError> {
+        self.node
+            .record(message_id, bindings, ttl)
+            .await
+            .map_err(|e| self.unavailable(e))
+    }
+
+    async fn check(&self) -> Result<(), LockError> {
+        self.node.ping().await.map_err(|e| self.unavailable(e))
+    }
+
+    fn describe(&self) -> String {
+        format!("Redis {}", self.node.label)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_checked_and_never_leak_a_password() {
+        let t = Duration::from_secs(1);
+        let node = Node::open(0, "redis://:s3cret@127.0.0.1:6390/2", t).expect("valid");
+        assert_eq!(node.label(), "127.0.0.1:6390/2");
+        let err = Node::open(1, "redis://:s3cret@", t).expect_err("no host");
+        let text = err.to_string();
+        assert!(text.contains("lock.urls[1]"), "{text}");
+        assert!(!text.contains("s3cret"), "{text}");
+        let tls = Node::open(0, "rediss://u:s3cret@h:1", t).expect_err("tls");
+        assert!(!tls.to_string().contains("s3cret") && tls.to_string().contains("TLS"));
+        assert!(Node::open(0, "http://h:1", t).is_err());
+    }
+
+    #[test]
+    fn request_timeout_scales_with_the_lock() {
+        assert_eq!(
+            Node::timeout_for(Duration::from_secs(10)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            Node::timeout_for(Duration::from_secs(1)),
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            Node::timeout_for(Duration::from_secs(2)),
+            Duration::from_millis(500)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_dead_node_fails_fast_and_never_panics() {
+        // Port 1 on loopback: nothing listens there.
+        let locks = RedisLocks::new(
+            Node::open(0, "redis://127.0.0.1:1", Duration::from_millis(250)).expect("valid"),
+        );
+        let err = locks
+            .try_acquire(&["m".into()], Duration::from_secs(5))
+            .await
+            .expect_err("down");
+        assert!(matches!(err, LockError::Unavailable { .. }), "{err}");
+        assert!(locks.check().await.is_err());
+        // Within the back-off the node is not even dialled.
+        let before = locks.node().round_trips();
+        assert!(locks.check().await.is_err());
+        assert_eq!(locks.node().round_trips(), before);
+    }
+}
