@@ -71,6 +71,21 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Dry run: print which bindings a message would reach and why (patterns, media types,
+    /// match conditions, schemas). Loads no plugin, publishes nothing; exit 0.
+    Route(RouteArgs),
+}
+
+/// `iniesta route` arguments.
+#[derive(Debug, clap::Args)]
+pub struct RouteArgs {
+    /// The full event name as it arrives, e.g. `Order.Created.shop` (nothing is appended).
+    pub event: String,
+    /// The body (JSON or text; `-` reads standard input). Default `{}`.
+    pub body: Option<String>,
+    /// An attribute: `KEY=VALUE` (String), `KEY:Number=5`, `KEY:Binary=BASE64`.
+    #[arg(short = 'a', long = "attribute", value_name = "KEY=VALUE")]
+    pub attributes: Vec<String>,
 }
 
 /// `iniesta plugins ...`.
@@ -108,6 +123,10 @@ pub struct PublishArgs {
     /// Publish every line of a JSONL file: {"event": .., "body": .., "attributes": {..}}.
     #[arg(long, value_name = "EVENTS.jsonl", conflicts_with_all = ["event", "body"])]
     pub file: Option<PathBuf>,
+    /// Encode JSON object bodies as BSON (sent as base64 with `iniesta_content_type =
+    /// application/bson`; receivers hand handlers the JSON again).
+    #[arg(long)]
+    pub binary: bool,
 }
 
 /// Entry point: parse, run, map errors to exit codes.
@@ -151,6 +170,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let path = cli.config.as_path();
     match cli.command {
         Command::Run { no_check } => run(path, no_check).await,
+        Command::Route(args) => route(path, args),
         Command::Publish(args) => publish(path, args).await,
         Command::Check => {
             let config = load(path)?;
@@ -607,6 +627,11 @@ async fn publish(path: &Path, args: PublishArgs) -> anyhow::Result<ExitCode> {
             }]
         }
     };
+    let events = if args.binary {
+        to_bson_events(events)?
+    } else {
+        events
+    };
     let mut extra = Attributes::new();
     for text in &args.attributes {
         let (name, attribute) = parse_attribute(text)?;
@@ -659,6 +684,57 @@ async fn publish(path: &Path, args: PublishArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("cannot publish `{}`", event.event))?;
         println!("{} {}", published.message_id, published.event);
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `publish --binary`: every body becomes a BSON document, marked with the content type.
+fn to_bson_events(events: Vec<Event>) -> anyhow::Result<Vec<Event>> {
+    use iniesta_plugin_api::payload::{BSON_CONTENT_TYPE, CONTENT_TYPE_ATTRIBUTE};
+    events
+        .into_iter()
+        .map(|mut event| {
+            let value: serde_json::Value = serde_json::from_slice(&event.body).with_context(|| {
+                format!("--binary: the body of `{}` is not JSON; only JSON objects are encoded as BSON", event.event)
+            })?;
+            event.body = crate::wire::payload::json_to_bson(&value)
+                .map_err(|e| anyhow::anyhow!("--binary: the body of `{}` cannot be encoded as BSON: {e}", event.event))?;
+            event.attributes.insert(
+                CONTENT_TYPE_ATTRIBUTE.to_string(),
+                Attribute::string(BSON_CONTENT_TYPE),
+            );
+            Ok(event)
+        })
+        .collect()
+}
+
+/// `iniesta route`: the dry run of routing one message.
+fn route(path: &Path, args: RouteArgs) -> anyhow::Result<ExitCode> {
+    let config = crate::route::explain::load_config(path)?;
+    let body = match args.body.as_deref() {
+        None => b"{}".to_vec(),
+        Some("-") => {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .context("cannot read the body from standard input")?;
+            buf
+        }
+        Some(text) => text.as_bytes().to_vec(),
+    };
+    let mut attributes = Attributes::new();
+    for text in &args.attributes {
+        let (name, attribute) = parse_attribute(text)?;
+        attributes.insert(name, attribute);
+    }
+    let envelope = crate::route::explain::message(&config, &args.event, body, attributes)
+        .with_context(|| format!("cannot build the message `{}`", args.event))?;
+    let report = crate::route::explain::explain(&config, &envelope).map_err(|problems| {
+        crate::config::ConfigError::Invalid {
+            path: path.to_path_buf(),
+            problems,
+        }
+    })?;
+    print!("{report}");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -257,7 +257,8 @@ pub struct LockConfig {
     /// Redis URLs: none = in-process locks.
     #[serde(default)]
     pub urls: Vec<String>,
-    /// Extra attempts to take a lock (1 + retry_count in all) before leaving the message.
+    /// Attempts to take a lock, as aioredlock counts them (1 = one try, 0 is treated as 1),
+    /// with a random 100–300 ms pause between attempts, before leaving the message.
     #[serde(default = "default_lock_retry")]
     pub retry_count: u32,
     /// Lock validity (s).
@@ -337,6 +338,17 @@ pub struct BindingConfig {
     /// Per-binding handler timeout (s), overriding `sqs.handler_timeout_secs`.
     #[serde(default)]
     pub timeout_secs: Option<u64>,
+    /// The match DSL: conditions on the body (on the event for MEGA payloads) that must all
+    /// hold for this binding to take a message (see `route::matcher`).
+    #[serde(default, rename = "match")]
+    pub r#match: Option<toml::Table>,
+    /// Media types this binding takes, matched against a `media_type` attribute or body field.
+    #[serde(default)]
+    pub media_types: Vec<String>,
+    /// A JSON Schema file (relative to the config file) bodies must satisfy; failing ones are
+    /// dead-lettered before any handler runs.
+    #[serde(default)]
+    pub schema: Option<PathBuf>,
 }
 
 impl BindingConfig {
@@ -727,6 +739,11 @@ impl Config {
                         &format!("{key}.config"),
                         "must be a table, e.g. config = { path = \"x\" }".into(),
                     );
+                }
+            }
+            if let Err(found) = crate::route::Rules::compile(binding, &key, &self.base_dir) {
+                for problem in found {
+                    bad(&problem.key, problem.message);
                 }
             }
             for (j, event) in binding.events.iter().enumerate() {

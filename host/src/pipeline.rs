@@ -415,11 +415,17 @@ impl Pipeline {
         let permit = permit.map(Arc::new);
         let held = claim.held.clone();
         let routes = self.routes.load_full();
-        let bindings: Vec<Arc<Binding>> =
-            routes.route(&envelope.event).into_iter().cloned().collect();
+        let bindings: Vec<Arc<Binding>> = routes.route(&envelope).into_iter().cloned().collect();
         if bindings.is_empty() {
             tracing::warn!(message_id = %envelope.message_id, event = %envelope.event, receive_count = message.receive_count,
                 "no binding takes this event and there is no default binding; left on the queue for the redrive policy (add a binding or a default)");
+        } else if let Some(reason) = crate::route::schema::rejection(&envelope, &bindings) {
+            // Validation (route/schema.rs): a body failing a binding's JSON Schema is
+            // dead-lettered with the errors as the reason; no handler runs.
+            let invalid = CallResult::Outcome(OutcomeFfi::DeadLetter {
+                reason: reason.into(),
+            });
+            self.settle(&message, &envelope, &[invalid], &deletes).await;
         } else {
             let records = !self.settings.completion_ttl.is_zero();
             let (done, todo): (Vec<_>, Vec<_>) = bindings

@@ -36,7 +36,8 @@ pub struct MessageFfi {
     pub id: RString,
     /// The event name, e.g. `Order.Created.shop`; empty when the message carried none.
     pub event: RString,
-    /// The message body exactly as published (the SNS `Message` for wrapped messages).
+    /// The message body as published (the SNS `Message` for wrapped messages), with its
+    /// transport encoding undone: raw bytes for binary bodies, JSON text for BSON bodies.
     pub body: RVec<u8>,
     /// Message attributes, `iniesta_pass` and `version` included.
     pub attributes: RVec<AttributeFfi>,

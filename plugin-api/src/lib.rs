@@ -95,6 +95,7 @@ mod message;
 mod outcome;
 
 pub mod ffi;
+pub mod payload;
 pub mod testing;
 
 #[doc(hidden)]
@@ -104,6 +105,7 @@ pub use config::{Config, ConfigError};
 pub use context::{Context, PublishError};
 pub use message::{Attribute, Message};
 pub use outcome::Outcome;
+pub use payload::{Encoding, MegaEvent, MegaObject, MegaPayload, PayloadError, PayloadKind};
 
 /// The plugin-api version a plugin is built against; the host refuses incompatible ones.
 pub const ABI_VERSION: &str = env!("CARGO_PKG_VERSION");

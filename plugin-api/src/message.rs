@@ -1,6 +1,7 @@
 //! The message a handler receives.
 
 use crate::ffi::{AttributeFfi, MessageFfi};
+use crate::payload::{self, MegaPayload, Payload, PayloadError, PayloadKind};
 
 /// A received message, borrowed for the duration of one handler call.
 #[derive(Clone, Copy)]
@@ -35,7 +36,8 @@ impl<'a> Message<'a> {
         self.raw.event.as_str()
     }
 
-    /// The body bytes exactly as published.
+    /// The payload bytes as published, after the host undid the transport encoding: a binary
+    /// body arrives as its raw bytes (it travels as base64), a BSON-encoded body as JSON text.
     pub fn body(&self) -> &'a [u8] {
         self.raw.body.as_slice()
     }
@@ -46,8 +48,82 @@ impl<'a> Message<'a> {
     }
 
     /// Deserialize the body as JSON into any `serde` type (`serde_json::Value` works too).
+    /// BSON-encoded bodies work too: the host hands them over as JSON text.
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
         serde_json::from_slice(self.body())
+    }
+
+    /// The body classified: its [`PayloadKind`], how it travelled, and the parsed JSON for
+    /// JSON and MEGA bodies. Parses the body on every call: call once and keep the result.
+    pub fn payload(&self) -> Payload {
+        payload::inspect(self.body(), self.attribute(payload::CONTENT_TYPE_ATTRIBUTE))
+    }
+
+    /// What the body holds: JSON, MEGA, text or binary.
+    pub fn payload_kind(&self) -> PayloadKind {
+        self.payload().kind
+    }
+
+    /// Whether the body travelled BSON-encoded (it is handed over as JSON text either way).
+    pub fn is_bson(&self) -> bool {
+        self.payload().encoding == payload::Encoding::Bson
+    }
+
+    /// The body as a JSON value, for JSON and MEGA bodies.
+    pub fn json_value(&self) -> Result<serde_json::Value, PayloadError> {
+        let payload = self.payload();
+        payload
+            .json
+            .ok_or(PayloadError::NotJson { kind: payload.kind })
+    }
+
+    /// The body as a MEGA event, with typed `event`, `object` and `extra` sections.
+    ///
+    /// ```
+    /// use iniesta_plugin_api::{Context, Handler, HandlerResult, Message, Outcome, PayloadKind};
+    ///
+    /// struct Carts;
+    ///
+    /// impl Handler for Carts {
+    ///     fn handle(&self, message: &Message<'_>, ctx: &Context<'_>) -> HandlerResult {
+    ///         match message.payload_kind() {
+    ///             PayloadKind::Mega => {
+    ///                 let mega = message.mega()?; // typed event, object and extra
+    ///                 let cart = mega.object.and_then(|o| o.id).unwrap_or_default();
+    ///                 let quantity = mega.event.attribute("quantity").cloned();
+    ///                 ctx.info(&format!("{} on cart {cart}: {quantity:?}", mega.event.name));
+    ///             }
+    ///             PayloadKind::Json => {
+    ///                 let user = message.json_path("user.id"); // Option<serde_json::Value>
+    ///                 ctx.info(&format!("user {user:?}"));
+    ///             }
+    ///             PayloadKind::Text => ctx.info(message.body_str().unwrap_or_default()),
+    ///             PayloadKind::Binary => ctx.info(&format!("{} bytes", message.body().len())),
+    ///         }
+    ///         Ok(Outcome::Ack)
+    ///     }
+    /// }
+    ///
+    /// use iniesta_plugin_api::testing::{Harness, TestMessage, TestOutcome};
+    /// let body = serde_json::json!({
+    ///     "protocol": "mega", "version": 1,
+    ///     "event": {"name": "item.added", "domain": "shopping_cart", "quantity": 5},
+    ///     "object": {"type": "shopping_cart", "id": "c1", "current": {}}
+    /// });
+    /// let result = Harness::new(Carts).call(&TestMessage::new("Cart.Updated.shop").json(body));
+    /// assert_eq!(result.outcome, TestOutcome::Ack);
+    /// assert!(result.logged("item.added on cart c1: Some(Number(5))"));
+    /// ```
+    pub fn mega(&self) -> Result<MegaPayload, PayloadError> {
+        MegaPayload::from_value(&self.json_value()?)
+    }
+
+    /// The JSON value at a dotted path from the body's root (`"object.current.user_id"`,
+    /// `"items.0.price"`; numeric segments index arrays). `None` when the body is not JSON or
+    /// the path leads nowhere.
+    pub fn json_path(&self, path: &str) -> Option<serde_json::Value> {
+        let value = self.json_value().ok()?;
+        payload::json_path(&value, path).cloned()
     }
 
     /// The value of attribute `name`, if present.

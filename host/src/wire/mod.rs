@@ -6,8 +6,16 @@
 //! either the raw body with SQS message attributes (`RawMessageDelivery=true`), an SNS
 //! notification envelope (`Type`, `MessageId`, `Message`, `MessageAttributes {name: {Type,
 //! Value}}`, `Timestamp`), or a plain SQS message.
+//!
+//! Bodies that are not text (binary, BSON) travel as base64 with an `iniesta_content_type`
+//! attribute: see [`payload`].
+
+pub mod payload;
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use iniesta_plugin_api::payload::Payload;
 
 use serde::{Deserialize, Serialize};
 
@@ -71,7 +79,8 @@ pub struct Envelope {
     pub message_id: String,
     /// The event name from the event-key attribute; empty if the message carried none.
     pub event: String,
-    /// The body as published (the SNS `Message` when the delivery was wrapped).
+    /// The body as published (the SNS `Message` when the delivery was wrapped), with its
+    /// transport encoding undone: raw bytes for binary bodies, JSON text for BSON ones.
     pub body: Vec<u8>,
     /// The message attributes (from the SNS envelope when wrapped).
     pub attributes: Attributes,
@@ -79,6 +88,20 @@ pub struct Envelope {
     pub delivery: Delivery,
     /// When the message was sent, ms since the Unix epoch (0 if unknown).
     pub sent_timestamp_ms: u64,
+    /// The body classified, parsed on first use (routing on content, schemas).
+    payload: OnceLock<Payload>,
+}
+
+impl Envelope {
+    /// The body's kind and, for JSON and MEGA, its parsed value; parsed once, on first use.
+    pub fn payload(&self) -> &Payload {
+        self.payload.get_or_init(|| {
+            iniesta_plugin_api::payload::inspect(
+                &self.body,
+                payload::content_type(&self.attributes),
+            )
+        })
+    }
 }
 
 /// How a message arrived on the queue.
@@ -98,6 +121,9 @@ pub enum DecodeError {
     /// An SNS notification envelope missing a required field.
     #[error("SNS notification envelope is malformed: {0}")]
     MalformedSns(String),
+    /// The body does not decode as its content-type attribute says.
+    #[error("{0}; the publisher must base64-encode binary and BSON bodies (iniesta publish does)")]
+    BadBody(String),
     /// The event attribute is not text.
     #[error("attribute `{key}` has type {data_type}; the event name must be a String")]
     EventNotString {
@@ -122,6 +148,9 @@ pub enum EncodeError {
     /// An empty event name.
     #[error("the event name must not be empty")]
     EmptyEvent,
+    /// A body that cannot be sent as its content-type attribute says.
+    #[error("{0}")]
+    BadBody(String),
     /// An attribute value that does not fit its type.
     #[error("attribute `{name}`: {problem}")]
     BadAttribute {
@@ -173,6 +202,7 @@ pub fn encode(
         }
         attributes.insert(name, attribute);
     }
+    let body = payload::encode_body(body, &mut attributes)?;
     let size = body.len()
         + attributes
             .iter()
@@ -197,15 +227,17 @@ pub fn decode(
     event_key: &str,
 ) -> Result<Envelope, DecodeError> {
     if let Some(wrapped) = unwrap_sns(body)? {
-        let (inner_body, inner_attributes, timestamp) = wrapped;
+        let (inner_body, mut inner_attributes, timestamp) = wrapped;
         let event = event_of(&inner_attributes, event_key)?;
+        let body = payload::decode_body(inner_body, &mut inner_attributes)?;
         return Ok(Envelope {
             message_id: message_id.to_string(),
             event,
-            body: inner_body,
+            body,
             attributes: inner_attributes,
             delivery: Delivery::SnsWrapped,
             sent_timestamp_ms: timestamp.unwrap_or(sent_timestamp_ms),
+            payload: OnceLock::new(),
         });
     }
     let event = event_of(attributes, event_key)?;
@@ -214,13 +246,16 @@ pub fn decode(
     } else {
         Delivery::Raw
     };
+    let mut attributes = attributes.clone();
+    let body = payload::decode_body(body.to_vec(), &mut attributes)?;
     Ok(Envelope {
         message_id: message_id.to_string(),
         event,
-        body: body.to_vec(),
-        attributes: attributes.clone(),
+        body,
+        attributes,
         delivery,
         sent_timestamp_ms,
+        payload: OnceLock::new(),
     })
 }
 

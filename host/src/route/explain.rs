@@ -1,0 +1,396 @@
+//! `iniesta route EVENT [BODY] [-a K=V]...`: which bindings a message would reach, and why.
+//!
+//! A dry run for debugging `[[bindings]]`: the message goes through the same wire encoding
+//! and decoding as a real one (so binary bodies, BSON and attributes behave the same), then
+//! every binding is checked the way the pipeline checks it: event patterns, media types, the
+//! match DSL condition by condition, the default binding, and the schemas of the bindings that
+//! take it. Plugins are not loaded and nothing is published.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::config::{BindingConfig, Config, ConfigError, InitializationType, Problem};
+use crate::wire::{self, Attributes, Envelope};
+
+use super::{media_type_of, Pattern, RouteTable, Rules};
+
+/// Read a config for a dry run: every check except those about plugin directories (plugins
+/// are not loaded).
+pub fn load_config(path: &Path) -> Result<Config, ConfigError> {
+    let config = Config::read(path)?;
+    let problems: Vec<Problem> = config
+        .problems()
+        .into_iter()
+        .filter(|p| !p.key.starts_with("plugins."))
+        .collect();
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigError::Invalid {
+            path: path.to_path_buf(),
+            problems,
+        })
+    }
+}
+
+/// Build the message as a consumer would receive it: `event` is the full event name as it
+/// arrives (nothing is appended), the body and attributes go through the wire encoding.
+pub fn message(
+    config: &Config,
+    event: &str,
+    body: Vec<u8>,
+    attributes: Attributes,
+) -> anyhow::Result<Envelope> {
+    let key = &config.sns.event_key;
+    let outgoing = wire::encode(event, "", key, body, attributes)?;
+    Ok(wire::decode(
+        "dry-run",
+        &outgoing.body,
+        &outgoing.attributes,
+        0,
+        key,
+    )?)
+}
+
+/// The report `iniesta route` prints.
+pub fn explain(config: &Config, envelope: &Envelope) -> Result<String, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let mut entries = Vec::new();
+    for (index, binding) in config.bindings.iter().enumerate() {
+        let patterns: Vec<Pattern> = binding
+            .events
+            .iter()
+            .filter_map(|e| Pattern::parse(e).ok())
+            .collect();
+        match Rules::compile(binding, &format!("bindings[{index}]"), &config.base_dir) {
+            Ok(rules) => entries.push((index, patterns, binding.default, rules)),
+            Err(found) => problems.extend(found),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let table = RouteTable::with_rules(entries);
+    let takers: Vec<usize> = table.route(envelope).into_iter().copied().collect();
+    let mut out = String::new();
+    header(&mut out, config, envelope);
+    let mut rejections = Vec::new();
+    for (index, binding) in config.bindings.iter().enumerate() {
+        let Some(rules) = table.rules(index) else {
+            continue;
+        };
+        let label = label(index, binding);
+        let takes = takers.contains(&index);
+        if binding.default && takers.iter().any(|t| *t != index) {
+            let _ = writeln!(
+                out,
+                "\n{label} (default): not needed, other bindings take the message"
+            );
+            continue;
+        }
+        let status = if takes {
+            "TAKES the message"
+        } else {
+            "skipped"
+        };
+        let default = if binding.default { " (default)" } else { "" };
+        let _ = writeln!(out, "\n{label}{default}: {status}");
+        if binding.default {
+            let _ = writeln!(out, "  ok    no other binding takes the message");
+        } else if !events_line(&mut out, binding, envelope) {
+            // The event is not this binding's: its content rules do not matter.
+            continue;
+        }
+        content_lines(&mut out, rules, envelope);
+        if takes {
+            if let Some(schema) = &rules.schema {
+                match schema.check(envelope.payload()) {
+                    Ok(()) => {
+                        let _ = writeln!(out, "  ok    schema {}: valid", schema.path.display());
+                    }
+                    Err(errors) => {
+                        let _ = writeln!(out, "  FAIL  schema {}: {errors}", schema.path.display());
+                        rejections.push(label.clone());
+                    }
+                }
+            }
+        }
+    }
+    out.push('\n');
+    let labels: Vec<String> = takers
+        .iter()
+        .filter_map(|i| config.bindings.get(*i).map(|b| label(*i, b)))
+        .collect();
+    if labels.is_empty() {
+        out.push_str("result: no binding takes the message; it would stay on the queue until the redrive policy moves it (add a binding, widen one, or add a default)\n");
+    } else if !rejections.is_empty() {
+        let _ = writeln!(
+            out,
+            "result: taken by {}, but dead-lettered before any handler runs: the body fails the schema of {}",
+            labels.join(", "),
+            rejections.join(", ")
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "result: {} binding(s) take the message: {}",
+            labels.len(),
+            labels.join(", ")
+        );
+    }
+    Ok(out)
+}
+
+fn label(index: usize, binding: &BindingConfig) -> String {
+    match &binding.handler {
+        Some(handler) => format!("bindings[{index}] {}/{handler}", binding.plugin),
+        None => format!("bindings[{index}] {}", binding.plugin),
+    }
+}
+
+fn header(out: &mut String, config: &Config, envelope: &Envelope) {
+    let payload = envelope.payload();
+    let event = if envelope.event.is_empty() {
+        "(none: a plain queue message)".to_string()
+    } else {
+        format!("`{}`", envelope.event)
+    };
+    let _ = writeln!(out, "event       {event}");
+    let _ = writeln!(
+        out,
+        "payload     {} ({} encoding), {} bytes",
+        payload.kind,
+        payload.encoding.as_str(),
+        envelope.body.len()
+    );
+    match media_type_of(envelope) {
+        Some((media_type, source)) => {
+            let _ = writeln!(out, "media type  {media_type} ({source} `media_type`)");
+        }
+        None => {
+            let _ = writeln!(out, "media type  none");
+        }
+    }
+    if config.does(InitializationType::EventPolling)
+        && !config.does(InitializationType::QueuePolling)
+        && !config.sqs.filters.is_empty()
+    {
+        let through = config
+            .sqs
+            .filters
+            .iter()
+            .find(|filter| match filter.strip_suffix('*') {
+                Some(prefix) => envelope.event.starts_with(prefix),
+                None => envelope.event == **filter,
+            });
+        match through {
+            Some(filter) => {
+                let _ = writeln!(
+                    out,
+                    "queue       the subscription lets it in (sqs.filters `{filter}`)"
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "queue       NOTE: sqs.filters {:?} keep it off the queue when it is published to the topic (publish --queue bypasses them)",
+                    config.sqs.filters
+                );
+            }
+        }
+    }
+}
+
+/// Report the event patterns; whether one matches.
+fn events_line(out: &mut String, binding: &BindingConfig, envelope: &Envelope) -> bool {
+    let matched = binding
+        .events
+        .iter()
+        .find(|e| Pattern::parse(e).is_ok_and(|p| p.matches(&envelope.event)));
+    match matched {
+        Some(pattern) => {
+            let _ = writeln!(out, "  ok    events: `{pattern}` matches");
+            true
+        }
+        None => {
+            let listed: Vec<String> = binding.events.iter().map(|e| format!("`{e}`")).collect();
+            let _ = writeln!(out, "  FAIL  events: none of {} matches", listed.join(", "));
+            false
+        }
+    }
+}
+
+fn content_lines(out: &mut String, rules: &Rules, envelope: &Envelope) {
+    if !rules.media_types.is_empty() {
+        let wanted: Vec<String> = rules
+            .media_types
+            .iter()
+            .map(|p| format!("`{}`", p.as_str()))
+            .collect();
+        match media_type_of(envelope) {
+            Some((found, _)) => match rules.media_types.iter().find(|p| p.matches(&found)) {
+                Some(pattern) => {
+                    let _ = writeln!(
+                        out,
+                        "  ok    media_types: `{}` matches {found}",
+                        pattern.as_str()
+                    );
+                }
+                None => {
+                    let _ = writeln!(
+                        out,
+                        "  FAIL  media_types: none of {} matches {found}",
+                        wanted.join(", ")
+                    );
+                }
+            },
+            None => {
+                let _ = writeln!(
+                    out,
+                    "  FAIL  media_types: the message has no media type (no `media_type` attribute or body field); wants {}",
+                    wanted.join(", ")
+                );
+            }
+        }
+    }
+    let Some(matcher) = &rules.matcher else {
+        return;
+    };
+    if matcher.is_empty() {
+        return;
+    }
+    let payload = envelope.payload();
+    if !payload.kind.is_json() {
+        let _ = writeln!(
+            out,
+            "  FAIL  match: the body is {}; match conditions apply to JSON and MEGA bodies",
+            payload.kind
+        );
+        return;
+    }
+    for check in matcher.explain(payload) {
+        let mark = if check.holds { "ok  " } else { "FAIL" };
+        let place = if check.resolved == check.path {
+            String::new()
+        } else {
+            format!(" ({})", check.resolved)
+        };
+        let actual = check.actual.as_deref().unwrap_or("missing");
+        let _ = writeln!(
+            out,
+            "  {mark}  match {}{place} {}: found {actual}",
+            check.path, check.condition
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(bindings: &str) -> Config {
+        Config::parse(
+            &format!(
+                "service = \"s\"\n[sns]\ntopic_arn = \"arn:aws:sns:us-east-1:0:global\"\n[sqs]\nfilters = [\"Order.*\", \"user.*\"]\n{bindings}"
+            ),
+            Path::new("."),
+        )
+        .expect("parses")
+    }
+
+    fn report(config: &Config, event: &str, body: &str, attributes: &[(&str, &str)]) -> String {
+        let attributes: Attributes = attributes
+            .iter()
+            .map(|(k, v)| (k.to_string(), wire::Attribute::string(*v)))
+            .collect();
+        let envelope =
+            message(config, event, body.as_bytes().to_vec(), attributes).expect("message");
+        explain(config, &envelope).expect("explains")
+    }
+
+    #[test]
+    fn says_which_binding_takes_it_and_why() {
+        let c = config(
+            "[[bindings]]\nevents = [\"user.*\"]\nplugin = \"ledger\"\n[bindings.match]\nname = { match = 'user:(.*)' }\nemail = { not = { empty = true } }\n\
+             [[bindings]]\nevents = [\"Order.*\"]\nplugin = \"echo\"\n\
+             [[bindings]]\ndefault = true\nplugin = \"echo\"\nhandler = \"echo\"\n",
+        );
+        let body =
+            r#"{"protocol":"mega","event":{"name":"user:updated","attributes":{"email":"j@x"}}}"#;
+        let out = report(&c, "user.updated.svc", body, &[]);
+        assert!(out.contains("payload     mega (plain encoding)"), "{out}");
+        assert!(
+            out.contains("bindings[0] ledger: TAKES the message"),
+            "{out}"
+        );
+        assert!(
+            out.contains("ok    match name (event.name) match 'user:(.*)': found \"user:updated\""),
+            "{out}"
+        );
+        assert!(
+            out.contains("ok    match email (event.attributes.email)"),
+            "{out}"
+        );
+        assert!(out.contains("bindings[1] echo: skipped"), "{out}");
+        assert!(
+            out.contains("FAIL  events: none of `Order.*` matches"),
+            "{out}"
+        );
+        assert!(
+            out.contains("bindings[2] echo/echo (default): not needed"),
+            "{out}"
+        );
+        assert!(
+            out.contains("result: 1 binding(s) take the message: bindings[0] ledger"),
+            "{out}"
+        );
+        // A failing condition: the default takes it instead.
+        let body = r#"{"protocol":"mega","event":{"name":"cart:updated"}}"#;
+        let out = report(&c, "user.updated.svc", body, &[]);
+        assert!(out.contains("FAIL  match name (event.name)"), "{out}");
+        assert!(
+            out.contains("FAIL  match email (event.email) not (empty = true): found missing"),
+            "{out}"
+        );
+        assert!(
+            out.contains("bindings[2] echo/echo (default): TAKES"),
+            "{out}"
+        );
+        // Off the subscription's filters: noted.
+        let out = report(&c, "Payment.Done.svc", "{}", &[]);
+        assert!(out.contains("NOTE: sqs.filters"), "{out}");
+    }
+
+    #[test]
+    fn text_bodies_media_types_and_no_taker() {
+        let c = config(
+            "[[bindings]]\nevents = [\"Order.*\"]\nplugin = \"a\"\nmedia_types = [\"application/vnd.acme.*\"]\n\
+             [[bindings]]\nevents = [\"Order.*\"]\nplugin = \"b\"\nmatch = { id = 1 }\n",
+        );
+        let out = report(
+            &c,
+            "Order.X.s",
+            "just text",
+            &[("media_type", "application/vnd.acme.order")],
+        );
+        assert!(
+            out.contains("media type  application/vnd.acme.order (attribute `media_type`)"),
+            "{out}"
+        );
+        assert!(
+            out.contains("ok    media_types: `application/vnd.acme.*` matches"),
+            "{out}"
+        );
+        assert!(out.contains("FAIL  match: the body is text"), "{out}");
+        assert!(out.contains("result: 1 binding(s)"), "{out}");
+        let out = report(&c, "Order.X.s", r#"{"id": 2}"#, &[]);
+        assert!(
+            out.contains("FAIL  media_types: the message has no media type"),
+            "{out}"
+        );
+        assert!(
+            out.contains("result: no binding takes the message"),
+            "{out}"
+        );
+    }
+}

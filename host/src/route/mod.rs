@@ -1,0 +1,575 @@
+//! Routing: which bindings take a message.
+//!
+//! Event patterns are exact names or globs where `*` matches any run of characters, dots
+//! included (`Order.*` takes `Order.Created.shop`). A binding may also look at the content:
+//! `media_types` (a `media_type` attribute or body field, see [`Rules`]) and a `match` table
+//! (the match DSL, [`matcher`]); it takes a message only when its pattern, media types and
+//! match conditions all agree. A message goes to every binding that takes it (fan-out); the
+//! default binding takes only messages no other binding takes (and only if its own content
+//! rules agree). A binding's `schema` ([`schema`]) does not route: a body that fails it is
+//! dead-lettered before any handler runs. [`explain`] is the `iniesta route` dry run.
+
+pub mod explain;
+pub mod matcher;
+pub mod schema;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::config::{BindingConfig, Problem};
+use crate::wire::Envelope;
+use matcher::Matcher;
+use schema::Schema;
+
+/// An event pattern: an exact name or a `*` glob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pattern {
+    text: String,
+    /// The literal pieces between `*`s; a single piece means an exact name.
+    pieces: Vec<String>,
+}
+
+impl Pattern {
+    /// Parse a pattern; empty names and whitespace are refused.
+    pub fn parse(text: &str) -> Result<Pattern, String> {
+        if text.is_empty() {
+            return Err("an event pattern must not be empty".into());
+        }
+        if text.chars().any(char::is_whitespace) {
+            return Err(format!(
+                "`{text}` contains whitespace; event names never do"
+            ));
+        }
+        Ok(Pattern {
+            text: text.to_string(),
+            pieces: text.split('*').map(str::to_string).collect(),
+        })
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Whether the pattern has no `*`.
+    pub fn is_exact(&self) -> bool {
+        self.pieces.len() == 1
+    }
+
+    /// Whether `event` matches.
+    pub fn matches(&self, event: &str) -> bool {
+        let (first, rest) = match self.pieces.split_first() {
+            Some(split) => split,
+            None => return false,
+        };
+        if rest.is_empty() {
+            return event == first;
+        }
+        let Some(mut remaining) = event.strip_prefix(first.as_str()) else {
+            return false;
+        };
+        let (last, middle) = match rest.split_last() {
+            Some(split) => split,
+            None => return false,
+        };
+        for piece in middle {
+            match remaining.find(piece.as_str()) {
+                Some(at) => remaining = &remaining[at + piece.len()..],
+                None => return false,
+            }
+        }
+        remaining.len() >= last.len() && remaining.ends_with(last.as_str())
+    }
+
+    /// Whether some event starting with `prefix` matches this pattern.
+    pub fn can_match_prefix(&self, prefix: &str) -> bool {
+        if self.is_exact() {
+            return self.text.starts_with(prefix);
+        }
+        // The literal head before the first `*` must agree with the prefix; the `*` after it
+        // can absorb the rest of the prefix, and any tail can follow.
+        let head = self.pieces.first().map(String::as_str).unwrap_or("");
+        head.starts_with(prefix) || prefix.starts_with(head)
+    }
+}
+
+/// The attribute (or, failing that, top-level body field) `media_types` are matched against.
+pub const MEDIA_TYPE_KEY: &str = "media_type";
+
+/// What a binding asks of a message's content, compiled from its `[[bindings]]` entry.
+#[derive(Debug, Default)]
+pub struct Rules {
+    /// `match = { ... }`: conditions on the body (MEGA: on its event).
+    pub matcher: Option<Matcher>,
+    /// `media_types = [...]`, lower-cased; `*` globs allowed.
+    pub media_types: Vec<Pattern>,
+    /// `schema = "..."`: checked before handlers run, not for routing.
+    pub schema: Option<Arc<Schema>>,
+}
+
+impl Rules {
+    /// Compile a binding's `match`, `media_types` and `schema`; problems are keyed under
+    /// `key` (`bindings[2]`), e.g. `bindings[2].match.object.current.user_id`.
+    pub fn compile(
+        binding: &BindingConfig,
+        key: &str,
+        base_dir: &Path,
+    ) -> Result<Rules, Vec<Problem>> {
+        let mut problems = Vec::new();
+        let mut rules = Rules::default();
+        if let Some(table) = &binding.r#match {
+            match Matcher::compile(table) {
+                Ok(matcher) => rules.matcher = Some(matcher),
+                Err(errors) => problems.extend(errors.into_iter().map(|e| Problem {
+                    key: format!("{key}.match.{}", e.key),
+                    message: e.message,
+                })),
+            }
+        }
+        for (i, media_type) in binding.media_types.iter().enumerate() {
+            match Pattern::parse(&normal_media_type(media_type)) {
+                Ok(pattern) => rules.media_types.push(pattern),
+                Err(_) => problems.push(Problem {
+                    key: format!("{key}.media_types[{i}]"),
+                    message: format!(
+                        "`{media_type}` is not a media type: it must be non-empty, without spaces, e.g. \"application/vnd.acme.order+json\" (`*` matches any run of characters)"
+                    ),
+                }),
+            }
+        }
+        if let Some(path) = &binding.schema {
+            match Schema::load(path, base_dir) {
+                Ok(schema) => rules.schema = Some(Arc::new(schema)),
+                Err(message) => problems.push(Problem {
+                    key: format!("{key}.schema"),
+                    message,
+                }),
+            }
+        }
+        if problems.is_empty() {
+            Ok(rules)
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// Whether the content rules (media types, then match) take this message.
+    pub fn accepts(&self, envelope: &Envelope) -> bool {
+        self.media_type_accepts(envelope)
+            && self
+                .matcher
+                .as_ref()
+                .is_none_or(|m| m.matches(envelope.payload()))
+    }
+
+    /// Whether `media_types` is unset or the message's media type matches one of them.
+    pub fn media_type_accepts(&self, envelope: &Envelope) -> bool {
+        if self.media_types.is_empty() {
+            return true;
+        }
+        media_type_of(envelope)
+            .is_some_and(|(found, _)| self.media_types.iter().any(|p| p.matches(&found)))
+    }
+}
+
+/// The message's media type, normalised (lower case, parameters such as `; charset=utf-8`
+/// dropped), and where it came from: the `media_type` attribute, else the body's top-level
+/// `media_type` field.
+pub fn media_type_of(envelope: &Envelope) -> Option<(String, &'static str)> {
+    if let Some(attribute) = envelope.attributes.get(MEDIA_TYPE_KEY) {
+        return Some((normal_media_type(&attribute.value), "attribute"));
+    }
+    envelope
+        .payload()
+        .json
+        .as_ref()
+        .and_then(|json| json.get(MEDIA_TYPE_KEY))
+        .and_then(|v| v.as_str())
+        .map(|text| (normal_media_type(text), "body field"))
+}
+
+fn normal_media_type(text: &str) -> String {
+    text.split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// A routing table over bindings of any type `B`.
+#[derive(Debug)]
+pub struct RouteTable<B> {
+    bindings: Vec<B>,
+    rules: Vec<Rules>,
+    exact: HashMap<String, Vec<usize>>,
+    globs: Vec<(Pattern, usize)>,
+    default: Option<usize>,
+}
+
+impl<B> RouteTable<B> {
+    /// Build a table from bindings with their patterns; `default` marks the default binding.
+    /// No binding has content rules.
+    pub fn new(entries: Vec<(B, Vec<Pattern>, bool)>) -> Self {
+        Self::with_rules(
+            entries
+                .into_iter()
+                .map(|(b, patterns, default)| (b, patterns, default, Rules::default()))
+                .collect(),
+        )
+    }
+
+    /// Build a table from bindings with their patterns, default flag and content rules.
+    pub fn with_rules(entries: Vec<(B, Vec<Pattern>, bool, Rules)>) -> Self {
+        let mut table = RouteTable {
+            bindings: Vec::with_capacity(entries.len()),
+            rules: Vec::with_capacity(entries.len()),
+            exact: HashMap::new(),
+            globs: Vec::new(),
+            default: None,
+        };
+        for (index, (binding, patterns, is_default, rules)) in entries.into_iter().enumerate() {
+            table.bindings.push(binding);
+            table.rules.push(rules);
+            if is_default && table.default.is_none() {
+                table.default = Some(index);
+            }
+            for pattern in patterns {
+                if pattern.is_exact() {
+                    let slot = table.exact.entry(pattern.text.clone()).or_default();
+                    if !slot.contains(&index) {
+                        slot.push(index);
+                    }
+                } else {
+                    table.globs.push((pattern, index));
+                }
+            }
+        }
+        table
+    }
+
+    /// Every binding that takes the message, each once, in config order: its event pattern
+    /// matches and its content rules agree. The default binding if none does (and its own
+    /// content rules agree).
+    pub fn route(&self, envelope: &Envelope) -> Vec<&B> {
+        let mut hits: Vec<usize> = self
+            .by_event(&envelope.event)
+            .into_iter()
+            .filter(|i| self.rules[*i].accepts(envelope))
+            .collect();
+        if hits.is_empty() {
+            if let Some(default) = self.default {
+                if self.rules[default].accepts(envelope) {
+                    hits.push(default);
+                }
+            }
+        }
+        hits.into_iter().map(|i| &self.bindings[i]).collect()
+    }
+
+    /// Positions of the bindings whose event patterns match `event`, in config order
+    /// (content rules and the default binding not considered).
+    pub fn by_event(&self, event: &str) -> Vec<usize> {
+        let mut hits: Vec<usize> = self.exact.get(event).cloned().unwrap_or_default();
+        for (pattern, index) in &self.globs {
+            if !hits.contains(index) && pattern.matches(event) {
+                hits.push(*index);
+            }
+        }
+        hits.sort_unstable();
+        hits
+    }
+
+    /// The content rules of the binding at `index`.
+    pub fn rules(&self, index: usize) -> Option<&Rules> {
+        self.rules.get(index)
+    }
+
+    /// The default binding's position, if there is one.
+    pub fn default_index(&self) -> Option<usize> {
+        self.default
+    }
+
+    /// All bindings, in config order.
+    pub fn bindings(&self) -> &[B] {
+        &self.bindings
+    }
+
+    /// Whether a default binding exists.
+    pub fn has_default(&self) -> bool {
+        self.default.is_some()
+    }
+}
+
+/// A binding with its handler constructed and ready to call.
+pub struct Binding {
+    /// Position in `[[bindings]]`.
+    pub index: usize,
+    /// `bindings[0] (echo/echo)`, for logs.
+    pub label: String,
+    /// The plugin generation serving this binding.
+    pub plugin: std::sync::Arc<crate::plugins::LoadedPlugin>,
+    /// The handler's name.
+    pub handler_name: String,
+    /// The constructed handler.
+    pub handler: iniesta_plugin_api::ffi::HandlerBox,
+    /// The context handed to every call.
+    pub context: iniesta_plugin_api::ffi::HostContextBox,
+    /// Per-call timeout.
+    pub timeout: std::time::Duration,
+    /// Whether this is the default binding.
+    pub is_default: bool,
+    /// `schema = "..."`: bodies that fail it are dead-lettered before any handler runs.
+    pub schema: Option<Arc<Schema>>,
+}
+
+impl std::fmt::Debug for Binding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.label)
+    }
+}
+
+/// The live routing table.
+pub type Routes = RouteTable<std::sync::Arc<Binding>>;
+
+/// Construct every binding's handler from the loaded plugins; every problem is reported with
+/// its key (`bindings[1].plugin`, `bindings[1].handler`, `bindings[1].config`).
+pub fn bind(
+    config: &crate::config::Config,
+    plugins: &crate::plugins::PluginSet,
+    publisher: Option<std::sync::Arc<crate::egress::Publisher>>,
+    runtime: Option<tokio::runtime::Handle>,
+) -> Result<Routes, Vec<crate::config::Problem>> {
+    let mut problems = Vec::new();
+    let mut entries = Vec::new();
+    for (index, b) in config.bindings.iter().enumerate() {
+        let key = format!("bindings[{index}]");
+        let Some(plugin) = plugins.get(&b.plugin) else {
+            problems.push(Problem {
+                key: format!("{key}.plugin"),
+                message: plugins.missing_hint(&b.plugin),
+            });
+            continue;
+        };
+        let handler_name = match (&b.handler, plugin.handlers.as_slice()) {
+            (Some(h), known) if known.contains(h) => h.clone(),
+            (Some(h), known) => {
+                problems.push(Problem {
+                    key: format!("{key}.handler"),
+                    message: format!(
+                        "plugin `{}` has no handler `{h}` (it exports: {})",
+                        plugin.name,
+                        known.join(", ")
+                    ),
+                });
+                continue;
+            }
+            (None, [only]) => only.clone(),
+            (None, known) => {
+                problems.push(Problem {
+                    key: format!("{key}.handler"),
+                    message: format!(
+                        "plugin `{}` exports several handlers ({}); name one with `handler = \"...\"`",
+                        plugin.name,
+                        known.join(", ")
+                    ),
+                });
+                continue;
+            }
+        };
+        let handler = match plugin.new_handler(&handler_name, &b.config_json()) {
+            Ok(h) => h,
+            Err(e) => {
+                problems.push(Problem {
+                    key: format!("{key}.config"),
+                    message: format!(
+                        "handler `{}/{handler_name}` refused its config: {e}",
+                        plugin.name
+                    ),
+                });
+                continue;
+            }
+        };
+        let rules = match Rules::compile(b, &key, &config.base_dir) {
+            Ok(rules) => rules,
+            Err(found) => {
+                problems.extend(found);
+                continue;
+            }
+        };
+        let label = format!("{key} ({}/{handler_name})", plugin.name);
+        let patterns: Vec<Pattern> = b
+            .events
+            .iter()
+            .filter_map(|e| Pattern::parse(e).ok())
+            .collect();
+        let context = crate::plugins::context::HostContext::boxed(
+            publisher.clone(),
+            runtime.clone(),
+            &plugin.name,
+            &label,
+        );
+        let binding = Binding {
+            index,
+            label,
+            plugin: plugin.clone(),
+            handler_name,
+            handler,
+            context,
+            timeout: std::time::Duration::from_secs(
+                b.timeout_secs.unwrap_or(config.sqs.handler_timeout_secs),
+            ),
+            is_default: b.default,
+            schema: rules.schema.clone(),
+        };
+        entries.push((std::sync::Arc::new(binding), patterns, b.default, rules));
+    }
+    if problems.is_empty() {
+        Ok(RouteTable::with_rules(entries))
+    } else {
+        Err(problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Pattern {
+        Pattern::parse(s).expect("valid")
+    }
+
+    #[test]
+    fn glob_semantics() {
+        assert!(p("Order.*").matches("Order.Created.shop"));
+        assert!(p("Order.*").matches("Order."));
+        assert!(!p("Order.*").matches("Order"));
+        assert!(p("*.shop").matches("Order.Created.shop"));
+        assert!(p("Order.*.shop").matches("Order.Created.shop"));
+        assert!(!p("Order.*.shop").matches("Order.Created.cart"));
+        assert!(p("*").matches("anything.at.all"));
+        assert!(p("a*a").matches("aa"));
+        assert!(!p("a*a").matches("a"));
+        assert!(p("hello.iniesta").matches("hello.iniesta"));
+        assert!(!p("hello.iniesta").matches("hello.iniestas"));
+        assert!(Pattern::parse("").is_err());
+        assert!(Pattern::parse("a b").is_err());
+    }
+
+    #[test]
+    fn prefix_reachability() {
+        assert!(p("Order.*").can_match_prefix("Order."));
+        assert!(p("Order.Created.*").can_match_prefix("Order."));
+        assert!(p("Ord*").can_match_prefix("Order."));
+        assert!(p("*").can_match_prefix("Order."));
+        assert!(!p("Payment.*").can_match_prefix("Order."));
+        assert!(p("Order.Created.shop").can_match_prefix("Order."));
+        assert!(!p("Order").can_match_prefix("Order."));
+    }
+
+    fn envelope(event: &str, body: &str, attributes: &[(&str, &str)]) -> Envelope {
+        let mut attrs: crate::wire::Attributes = attributes
+            .iter()
+            .map(|(k, v)| (k.to_string(), crate::wire::Attribute::string(*v)))
+            .collect();
+        attrs.insert("iniesta_pass".into(), crate::wire::Attribute::string(event));
+        crate::wire::decode("m", body.as_bytes(), &attrs, 0, "iniesta_pass").expect("decodes")
+    }
+
+    fn event(name: &str) -> Envelope {
+        envelope(name, "{}", &[])
+    }
+
+    fn rules(toml_text: &str) -> Rules {
+        let binding: BindingConfig =
+            toml::from_str(&format!("plugin = \"x\"\n{toml_text}")).expect("toml");
+        Rules::compile(&binding, "bindings[0]", Path::new(".")).expect("compiles")
+    }
+
+    #[test]
+    fn fan_out_exact_glob_then_default() {
+        let table = RouteTable::new(vec![
+            ("exact", vec![p("Order.Created.shop")], false),
+            ("glob", vec![p("Order.*"), p("Order.Created.*")], false),
+            ("fallback", vec![], true),
+        ]);
+        assert_eq!(
+            table.route(&event("Order.Created.shop")),
+            vec![&"exact", &"glob"]
+        );
+        assert_eq!(table.route(&event("Order.Paid.shop")), vec![&"glob"]);
+        assert_eq!(table.route(&event("Payment.Done.bank")), vec![&"fallback"]);
+        let no_default = RouteTable::new(vec![("only", vec![p("A")], false)]);
+        assert!(no_default.route(&event("B")).is_empty());
+    }
+
+    #[test]
+    fn content_rules_filter_and_fall_back_to_the_default() {
+        let table = RouteTable::with_rules(vec![
+            ("added", vec![p("Cart.*")], false, rules("match = { name = \"item.added\" }")),
+            ("orders", vec![p("Cart.*")], false, rules("media_types = [\"application/vnd.acme.order+json\", \"application/vnd.acme.v2.*\"]")),
+            ("fallback", vec![], true, Rules::default()),
+        ]);
+        let added = r#"{"name": "item.added"}"#;
+        assert_eq!(table.route(&envelope("Cart.X", added, &[])), vec![&"added"]);
+        assert_eq!(
+            table.route(&envelope("Cart.X", "{}", &[])),
+            vec![&"fallback"]
+        );
+        assert_eq!(
+            table.route(&envelope(
+                "Cart.X",
+                added,
+                &[(
+                    "media_type",
+                    "Application/Vnd.Acme.Order+JSON; charset=utf-8"
+                )]
+            )),
+            vec![&"added", &"orders"],
+            "attribute, case and parameters ignored"
+        );
+        assert_eq!(
+            table.route(&envelope(
+                "Cart.X",
+                r#"{"media_type": "application/vnd.acme.v2.cart"}"#,
+                &[]
+            )),
+            vec![&"orders"],
+            "body field, glob"
+        );
+        assert_eq!(
+            table.route(&envelope(
+                "Cart.X",
+                r#"{"media_type": "application/vnd.acme.v2.cart"}"#,
+                &[("media_type", "text/plain")]
+            )),
+            vec![&"fallback"],
+            "the attribute wins over the body field"
+        );
+        // A default with content rules takes only what they accept.
+        let picky = RouteTable::with_rules(vec![("d", vec![], true, rules("match = { a = 1 }"))]);
+        assert_eq!(picky.route(&envelope("E", r#"{"a": 1}"#, &[])), vec![&"d"]);
+        assert!(picky.route(&envelope("E", r#"{"a": 2}"#, &[])).is_empty());
+    }
+
+    #[test]
+    fn rule_problems_name_their_keys() {
+        let binding: BindingConfig = toml::from_str(
+            "plugin = \"x\"\nmedia_types = [\"\", \"a b\"]\nschema = \"nope.json\"\n[match]\nsubject = { match = \"(\" }\n",
+        )
+        .expect("toml");
+        let problems =
+            Rules::compile(&binding, "bindings[3]", Path::new(".")).expect_err("refused");
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec![
+                "bindings[3].match.subject",
+                "bindings[3].media_types[0]",
+                "bindings[3].media_types[1]",
+                "bindings[3].schema"
+            ],
+            "{problems:?}"
+        );
+    }
+}
