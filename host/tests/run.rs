@@ -401,3 +401,55 @@ fn the_python_iniesta_example_runs_as_shipped() {
     });
     host.stop();
 }
+
+#[test]
+fn the_content_routed_seed_examples_run_as_shipped() {
+    let s = Scratch::new();
+    let root = common::workspace_root();
+    let text = std::fs::read_to_string(root.join("examples/seeds.toml"))
+        .expect("example")
+        .replace(
+            "\"../target/release\"",
+            &format!("\"{}\"", common::plugin_dir().display()),
+        )
+        .replace(
+            "../.iniesta/seeds.db",
+            &s.path("broker.db").display().to_string(),
+        )
+        .replace(
+            "schemas/simple.json",
+            &root
+                .join("examples/schemas/simple.json")
+                .display()
+                .to_string(),
+        )
+        .replace("[sqs]\n", "[sqs]\nwait_time_seconds = 1\n");
+    let config = s.write("seeds.toml", &text);
+    let host = Host::start(&config, s.path("host.log"));
+    let cart =
+        std::fs::read_to_string(root.join("examples/events/cart-item-added.json")).expect("event");
+    publish(&config, &["ShoppingCart.ItemAdded", &cart]);
+    let media = "media_type=application/vnd.globality.pubsub.simple";
+    publish(
+        &config,
+        &[
+            "Simple.Sent",
+            r#"{"message": "hi", "timestamp": 1.5}"#,
+            "-a",
+            media,
+        ],
+    );
+    publish(&config, &["Simple.Sent", r#"{"message": 5}"#, "-a", media]);
+    s.wait_for(
+        "the cart and simple handlers and the schema rejection",
+        LIMIT,
+        || {
+            let log = host.log_text();
+            log.contains(
+                "5 x item 61fcc874-624e-40f8-8fd7-0e663c7837e8 added, value 277.42 -> 377.37",
+            ) && log.contains(r#"did something with "hi" sent at 1.5"#)
+                && log.contains("moved to the dead-letter queue")
+        },
+    );
+    host.stop();
+}

@@ -16,6 +16,13 @@
 //! - `shipper` — a handler that publishes a follow-up event through the host: on an order
 //!   event it publishes `Order.Shipped` with the order id. If the publish fails the message is
 //!   redelivered (the follow-up is never silently lost).
+//! - `simple` — microcosm-pubsub's `SimpleHandler`: takes messages of media type
+//!   `application/vnd.globality.pubsub.simple` whose body the binding's JSON Schema
+//!   (`examples/schemas/simple.json`, the port of `SimpleSchema`: `message` string and
+//!   `timestamp` number, both required) has already validated, and hands them to a collaborator.
+//! - `cart_item_added` — sqs-mega's `ShoppingCartItemAdded` subscriber: the binding's `match`
+//!   rules select the MEGA events (`examples/seeds.toml`); the handler reads the event and the
+//!   cart object through the plugin-api's MEGA helpers.
 
 use iniesta_plugin_api::{
     export_plugin, Config, Context, Handler, HandlerResult, Message, Outcome,
@@ -85,12 +92,72 @@ impl Handler for Shipper {
     }
 }
 
+/// microcosm-pubsub's `SimpleHandler`: `collaborator.do_something(message)`, then ack.
+pub struct Simple;
+
+impl Handler for Simple {
+    fn handle(&self, message: &Message<'_>, ctx: &Context<'_>) -> HandlerResult {
+        // The schema guarantees the shape; reading it can still fail on a misbound message.
+        let body: serde_json::Value = message.json()?;
+        let text = body["message"].as_str().unwrap_or_default();
+        let timestamp = body["timestamp"].as_f64().unwrap_or_default();
+        ctx.info(&format!(
+            "collaborator did something with {text:?} sent at {timestamp}"
+        ));
+        Ok(Outcome::Ack)
+    }
+}
+
+/// sqs-mega's `ShoppingCartItemAdded` subscriber.
+pub struct CartItemAdded;
+
+impl Handler for CartItemAdded {
+    fn handle(&self, message: &Message<'_>, ctx: &Context<'_>) -> HandlerResult {
+        let mega = match message.mega() {
+            Ok(mega) => mega,
+            Err(e) => return Ok(Outcome::dead_letter(format!("not a MEGA event: {e}"))),
+        };
+        let item = mega
+            .event
+            .attribute("item_id")
+            .and_then(|v| v.as_str())
+            .unwrap_or("?");
+        let quantity = mega
+            .event
+            .attribute("quantity")
+            .and_then(|v| v.as_i64())
+            .unwrap_or(0);
+        let Some(cart) = mega.object.as_ref() else {
+            return Ok(Outcome::dead_letter("a cart event needs its `object`"));
+        };
+        let now = cart
+            .current
+            .get("value")
+            .and_then(|v| v.as_str())
+            .unwrap_or("?");
+        let before = cart
+            .previous
+            .as_ref()
+            .and_then(|p| p.get("value"))
+            .and_then(|v| v.as_str())
+            .unwrap_or("?");
+        ctx.info(&format!(
+            "cart {} of user {}: {quantity} x item {item} added, value {before} -> {now}",
+            cart.id.as_deref().unwrap_or("?"),
+            mega.event.subject.as_deref().unwrap_or("?"),
+        ));
+        Ok(Outcome::Ack)
+    }
+}
+
 export_plugin! {
     name: "seeds",
     handlers: {
         "event_happened" => |_config: Config| Ok::<_, String>(EventHappened),
         "default" => |_config: Config| Ok::<_, String>(Default),
         "shipper" => Shipper::new,
+        "simple" => |_config: Config| Ok::<_, String>(Simple),
+        "cart_item_added" => |_config: Config| Ok::<_, String>(CartItemAdded),
     },
 }
 
@@ -124,6 +191,37 @@ mod tests {
             Harness::new(Default).call(&TestMessage::new("Something.else").bytes(vec![0, 1, 2]));
         assert_eq!(r.outcome, TestOutcome::Ack);
         assert!(r.logged("no specific handler for `Something.else` (3 bytes)"));
+    }
+
+    #[test]
+    fn simple_hands_the_message_to_its_collaborator() {
+        let r = Harness::new(Simple).call(
+            &TestMessage::new("Simple.sent")
+                .attribute("media_type", "application/vnd.globality.pubsub.simple")
+                .json(json!({ "message": "hello", "timestamp": 1.5 })),
+        );
+        assert_eq!(r.outcome, TestOutcome::Ack);
+        assert!(
+            r.logged(r#"did something with "hello" sent at 1.5"#),
+            "{:?}",
+            r.logs
+        );
+    }
+
+    #[test]
+    fn cart_item_added_reads_the_mega_event() {
+        let event = include_str!("../../../examples/events/cart-item-added.json");
+        let r = Harness::new(CartItemAdded)
+            .call(&TestMessage::new("ShoppingCart.ItemAdded.shop").text(event));
+        assert_eq!(r.outcome, TestOutcome::Ack);
+        assert!(
+            r.logged("cart 18a3f92e-1fbf-45eb-8769-d836d0a1be55 of user 987650: 5 x item 61fcc874-624e-40f8-8fd7-0e663c7837e8 added, value 277.42 -> 377.37"),
+            "{:?}",
+            r.logs
+        );
+        let not_mega = Harness::new(CartItemAdded)
+            .call(&TestMessage::new("ShoppingCart.ItemAdded.shop").json(json!({ "a": 1 })));
+        assert!(matches!(not_mega.outcome, TestOutcome::DeadLetter { .. }));
     }
 
     #[test]
