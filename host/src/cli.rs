@@ -23,9 +23,22 @@ pub struct Cli {
     /// The config file.
     #[arg(short = 'c', long = "config", env = "INIESTA_CONFIG", default_value = crate::config::DEFAULT_CONFIG, global = true)]
     pub config: PathBuf,
+    /// Log format on stderr: `human` (default) or `json` (one JSON object per line).
+    #[arg(long = "log-format", env = "INIESTA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human, global = true)]
+    pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Text for people: level, message, then `key=value` fields.
+    Human,
+    /// One JSON object per line: `timestamp`, `level`, `message`, the fields, and `span` (the
+    /// current span's fields, e.g. `binding` inside a handler call).
+    Json,
 }
 
 /// The commands.
@@ -132,38 +145,67 @@ pub struct PublishArgs {
 /// Entry point: parse, run, map errors to exit codes.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    let format = cli.log_format;
+    init_tracing(format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            fatal(format, &format!("cannot start the async runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dispatch(cli)) {
+    let code = match runtime.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            fatal(format, &format!("{e:#}"));
             ExitCode::FAILURE
         }
+    };
+    // Do not wait for handler threads abandoned at their timeout: their messages are not
+    // settled and come back after their visibility timeout.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    code
+}
+
+/// The last word of a failed command: `error: ...` on stderr, or a JSON log line.
+fn fatal(format: LogFormat, message: &str) {
+    match format {
+        LogFormat::Human => eprintln!("error: {message}"),
+        LogFormat::Json => tracing::error!(error = %message, "command failed"),
     }
 }
 
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("INIESTA_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    use std::io::IsTerminal;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+    let _ = match format {
+        LogFormat::Human => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr)
+            .with_target(false)
+            .try_init(),
+        LogFormat::Json => {
+            let json = tracing_subscriber::fmt()
+                .json()
+                .flatten_event(true)
+                .with_current_span(true)
+                .with_span_list(false)
+                .with_env_filter(filter)
+                .with_target(false);
+            // Plugins' own stderr (their panic messages) is wrapped into JSON lines too.
+            match crate::ops::logs::capture_stderr() {
+                Ok(stderr) => json.with_writer(stderr).try_init(),
+                Err(_) => json.with_writer(std::io::stderr).try_init(),
+            }
+        }
+    };
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -386,6 +428,18 @@ async fn run(path: &Path, no_check: bool) -> anyhow::Result<ExitCode> {
             path.display()
         );
     }
+    // Metrics and /health come first, so readiness is observable from the start.
+    let health = crate::ops::health::Health::new();
+    if let Some(listen) = &config.metrics.listen {
+        let listener = crate::ops::server::bind(listen).await?;
+        let metrics = crate::ops::metrics::install()?;
+        let endpoint = Arc::new(crate::ops::server::Endpoint {
+            metrics,
+            health: health.clone(),
+        });
+        crate::ops::server::serve(listener, endpoint);
+        tracing::info!(listen = %listen, "serving /metrics and /health");
+    }
     let broker = crate::broker::open(&config)
         .await
         .with_context(|| format!("cannot open the broker for {}", path.display()))?;
@@ -394,6 +448,7 @@ async fn run(path: &Path, no_check: bool) -> anyhow::Result<ExitCode> {
         if !report.ok() {
             bail!("resource check failed (run `iniesta setup`, or `iniesta run --no-check`):\n{report}");
         }
+        health.broker_answered();
     }
     let set = PluginSet::scan(&config.plugin_dirs());
     let publisher = Arc::new(Publisher::new(&config, broker.clone()));
@@ -412,9 +467,11 @@ async fn run(path: &Path, no_check: bool) -> anyhow::Result<ExitCode> {
         tracing::info!(binding = %binding.label, plugin_version = %binding.plugin.version, generation = binding.plugin.generation, "bound");
     }
     let routes = Arc::new(ArcSwap::from_pointee(routes));
+    health.watch_routes(routes.clone());
     let locks = crate::lock::from_config(&config.lock)
         .await
         .context("cannot set up the idempotency locks ([lock] urls)")?;
+    let errors = crate::ops::errors::ErrorReporter::start(&config)?;
     let shutdown = CancellationToken::new();
     tokio::spawn(watch_signals(shutdown.clone()));
     let reloader = crate::plugins::watch::Reloader::new(
@@ -426,15 +483,25 @@ async fn run(path: &Path, no_check: bool) -> anyhow::Result<ExitCode> {
         tokio::runtime::Handle::current(),
     );
     let reloads = crate::plugins::watch::start(reloader, shutdown.clone());
-    let pipeline = Pipeline::new(broker, routes, locks, Settings::from_config(&config));
+    let pipeline = Pipeline::new(broker, routes, locks, Settings::from_config(&config))
+        .with_health(health)
+        .with_error_reporter(errors.clone());
     pipeline.run(shutdown).await;
+    if let Some(errors) = errors {
+        errors
+            .flush(std::time::Duration::from_secs(
+                config.errors.timeout_secs.max(1),
+            ))
+            .await;
+    }
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), reloads).await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
 
-/// Point out timeouts that do not fit together (a message may be redelivered, or its lock
-/// expire, while its handler still runs).
+/// Point out timeouts that do not fit together (a message may be redelivered while its
+/// handler still runs). The visibility heartbeat keeps a message invisible while its handlers
+/// run, up to `sqs.max_visibility_extension_secs`.
 fn warn_about_timeouts(config: &Config) {
     let longest = config
         .bindings
@@ -442,10 +509,17 @@ fn warn_about_timeouts(config: &Config) {
         .map(|b| b.timeout_secs.unwrap_or(config.sqs.handler_timeout_secs))
         .max()
         .unwrap_or(config.sqs.handler_timeout_secs);
-    if longest > u64::from(config.sqs.visibility_timeout) {
+    let visibility = u64::from(config.sqs.visibility_timeout);
+    let kept = if config.sqs.max_visibility_extension_secs == 0 {
+        visibility
+    } else {
+        config.sqs.max_visibility_extension_secs.max(visibility)
+    };
+    if longest > kept {
         tracing::warn!(
-            handler_timeout_secs = longest, visibility_timeout = config.sqs.visibility_timeout,
-            "a handler may run longer than the visibility timeout: its message can be delivered again while it runs; raise sqs.visibility_timeout or lower the handler timeout"
+            handler_timeout_secs = longest, visibility_timeout = visibility,
+            max_visibility_extension_secs = config.sqs.max_visibility_extension_secs,
+            "a handler may run longer than its message is kept invisible: it can be delivered again while it runs; raise sqs.max_visibility_extension_secs (or sqs.visibility_timeout) or lower the handler timeout"
         );
     }
 }

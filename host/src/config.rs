@@ -44,6 +44,12 @@ pub struct Config {
     /// Which handler runs for which events.
     #[serde(default)]
     pub bindings: Vec<BindingConfig>,
+    /// The Prometheus `/metrics` and `/health` endpoint (off when absent).
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// Where handler failures are reported (off when absent).
+    #[serde(default)]
+    pub errors: ErrorsConfig,
     /// The directory relative paths are resolved against (the config file's directory).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -200,6 +206,26 @@ pub struct SqsConfig {
     /// On shutdown, how long running handlers get to finish (s).
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout_secs: u64,
+    /// The visibility heartbeat: a message whose handlers still run at half the visibility
+    /// timeout gets its visibility extended, again and again, until its handlers return or it
+    /// has been invisible this long since it was received (s); 0 turns the heartbeat off.
+    #[serde(default = "default_max_visibility_extension")]
+    pub max_visibility_extension_secs: u64,
+    /// FIFO queues and topics: the message attribute whose value is a published message's
+    /// `MessageGroupId` (checked first).
+    #[serde(default)]
+    pub fifo_group_attribute: Option<String>,
+    /// FIFO: the top-level body field (JSON bodies) whose value is the `MessageGroupId`
+    /// (checked when the attribute is absent).
+    #[serde(default)]
+    pub fifo_group_field: Option<String>,
+    /// FIFO: the `MessageGroupId` when neither the attribute nor the field gives one.
+    #[serde(default = "default_fifo_group")]
+    pub fifo_default_group: String,
+    /// FIFO: the message attribute whose value is the `MessageDeduplicationId`; without it (or
+    /// when a message lacks it) the id is the SHA-256 of the event name and the body.
+    #[serde(default)]
+    pub fifo_deduplication_attribute: Option<String>,
 }
 
 impl Default for SqsConfig {
@@ -218,6 +244,11 @@ impl Default for SqsConfig {
             max_in_flight: default_max_in_flight(),
             handler_timeout_secs: default_handler_timeout(),
             shutdown_timeout_secs: default_shutdown_timeout(),
+            max_visibility_extension_secs: default_max_visibility_extension(),
+            fifo_group_attribute: None,
+            fifo_group_field: None,
+            fifo_default_group: default_fifo_group(),
+            fifo_deduplication_attribute: None,
         }
     }
 }
@@ -248,6 +279,50 @@ fn default_handler_timeout() -> u64 {
 }
 fn default_shutdown_timeout() -> u64 {
     30
+}
+fn default_max_visibility_extension() -> u64 {
+    43_200
+}
+fn default_fifo_group() -> String {
+    "default".into()
+}
+
+/// `[metrics]`: Prometheus text at `/metrics` and readiness at `/health`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// The address to serve on, e.g. `"127.0.0.1:9090"`; none turns the endpoint off.
+    #[serde(default)]
+    pub listen: Option<String>,
+}
+
+/// `[errors]`: a structured record of every handler failure, POSTed as JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorsConfig {
+    /// Where records are POSTed (`http://` or `https://`); none turns reporting off.
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+    /// Whether records carry the message body (redacted by default).
+    #[serde(default)]
+    pub include_bodies: bool,
+    /// How long one POST may take (s).
+    #[serde(default = "default_webhook_timeout")]
+    pub timeout_secs: u64,
+}
+
+impl Default for ErrorsConfig {
+    fn default() -> Self {
+        Self {
+            webhook_url: None,
+            include_bodies: false,
+            timeout_secs: default_webhook_timeout(),
+        }
+    }
+}
+
+fn default_webhook_timeout() -> u64 {
+    5
 }
 
 /// `[lock]`.
@@ -665,6 +740,34 @@ impl Config {
         if self.sqs.handler_timeout_secs == 0 {
             bad("sqs.handler_timeout_secs", "must be at least 1".into());
         }
+        if self.sqs.max_visibility_extension_secs > 43_200 {
+            bad(
+                "sqs.max_visibility_extension_secs",
+                format!(
+                    "{} is over 43200 s (12 h, the longest SQS keeps a received message invisible); 0 turns the heartbeat off",
+                    self.sqs.max_visibility_extension_secs
+                ),
+            );
+        }
+        for problem in self.fifo_problems(&queue) {
+            bad(&problem.key, problem.message);
+        }
+        if let Some(listen) = &self.metrics.listen {
+            if listen.parse::<std::net::SocketAddr>().is_err() {
+                bad(
+                    "metrics.listen",
+                    format!("`{listen}` is not an address and port, e.g. \"127.0.0.1:9090\" (remove the key to turn metrics off)"),
+                );
+            }
+        }
+        if let Some(url) = &self.errors.webhook_url {
+            if let Err(e) = check_webhook_url(url) {
+                bad("errors.webhook_url", e);
+            }
+        }
+        if self.errors.timeout_secs == 0 {
+            bad("errors.timeout_secs", "must be at least 1".into());
+        }
         if self.lock.timeout_secs == 0 {
             bad("lock.timeout_secs", "must be at least 1".into());
         }
@@ -794,6 +897,88 @@ impl Config {
     }
 }
 
+impl Config {
+    /// What is wrong with the FIFO settings: a FIFO queue needs a FIFO dead-letter queue and,
+    /// when subscribed, a FIFO topic (SNS delivers FIFO topics only to FIFO queues and
+    /// standard topics only to standard queues).
+    fn fifo_problems(&self, queue: &str) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let fifo_queue = crate::broker::fifo::is_fifo(queue);
+        if let Some(dlq) = &self.sqs.dead_letter_queue {
+            if self.consumes() && crate::broker::fifo::is_fifo(dlq) != fifo_queue {
+                problems.push(Problem {
+                    key: "sqs.dead_letter_queue".into(),
+                    message: if fifo_queue {
+                        format!("`{dlq}` must be a FIFO queue too (end in `.fifo`): the dead-letter queue of a FIFO queue is a FIFO queue")
+                    } else {
+                        format!("`{dlq}` is a FIFO queue but `{queue}` is not; use a standard dead-letter queue")
+                    },
+                });
+            }
+        }
+        let fifo_topic = self
+            .topic_name()
+            .map(|t| crate::broker::fifo::is_fifo(&t))
+            .unwrap_or(false);
+        if self.does(InitializationType::EventPolling) && self.sns.topic_arn.is_some() {
+            if fifo_queue && !fifo_topic {
+                problems.push(Problem {
+                    key: "sns.topic_arn".into(),
+                    message: format!("the queue `{queue}` is a FIFO queue, which only a FIFO topic (a name ending in `.fifo`) can deliver to; use a FIFO topic or QUEUE_POLLING"),
+                });
+            } else if fifo_topic && !fifo_queue {
+                problems.push(Problem {
+                    key: "sqs.queue_name".into(),
+                    message: format!("`{queue}` must be a FIFO queue (end in `.fifo`): a FIFO topic only delivers to FIFO queues"),
+                });
+            }
+        }
+        for (key, value) in [
+            ("sqs.fifo_group_attribute", &self.sqs.fifo_group_attribute),
+            ("sqs.fifo_group_field", &self.sqs.fifo_group_field),
+            (
+                "sqs.fifo_deduplication_attribute",
+                &self.sqs.fifo_deduplication_attribute,
+            ),
+        ] {
+            if value
+                .as_deref()
+                .map(|v| v.trim().is_empty())
+                .unwrap_or(false)
+            {
+                problems.push(Problem {
+                    key: key.into(),
+                    message: "must not be empty (remove the key instead)".into(),
+                });
+            }
+        }
+        if let Err(e) = crate::broker::fifo::check_id(&self.sqs.fifo_default_group) {
+            problems.push(Problem {
+                key: "sqs.fifo_default_group".into(),
+                message: format!("`{}` {e}", self.sqs.fifo_default_group),
+            });
+        }
+        problems
+    }
+}
+
+fn check_webhook_url(url: &str) -> Result<(), String> {
+    let parsed = url.parse::<hyper::Uri>().map_err(|e| {
+        format!("is not a URL ({e}); e.g. \"http://127.0.0.1:8080/iniesta-errors\"")
+    })?;
+    match parsed.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => return Err(
+            "must start with http:// or https:// (e.g. \"http://127.0.0.1:8080/iniesta-errors\")"
+                .into(),
+        ),
+    }
+    if parsed.host().map(str::is_empty).unwrap_or(true) {
+        return Err("names no host".into());
+    }
+    Ok(())
+}
+
 fn check_filter(filter: &str) -> Result<(), String> {
     if filter.trim().is_empty() {
         return Err("is empty".into());
@@ -868,6 +1053,48 @@ mod tests {
             !keys.iter().any(|k| k.starts_with("bindings[1]")),
             "{problems:?}"
         );
+    }
+
+    #[test]
+    fn fifo_metrics_and_error_keys_are_checked() {
+        let c = parse(
+            "service = \"s\"\n[sns]\ntopic_arn = \"arn:aws:sns:us-east-1:1:global\"\n\
+             [sqs]\nfilters = [\"Order.*\"]\nqueue_name = \"q.fifo\"\ndead_letter_queue = \"d\"\n\
+             max_visibility_extension_secs = 50000\nfifo_default_group = \"a b\"\nfifo_group_field = \"\"\n\
+             [metrics]\nlisten = \"nowhere\"\n[errors]\nwebhook_url = \"ftp://x\"\ntimeout_secs = 0\n",
+        );
+        let keys: Vec<_> = c.problems().into_iter().map(|p| p.key).collect();
+        for k in [
+            "sns.topic_arn",
+            "sqs.dead_letter_queue",
+            "sqs.max_visibility_extension_secs",
+            "sqs.fifo_default_group",
+            "sqs.fifo_group_field",
+            "metrics.listen",
+            "errors.webhook_url",
+            "errors.timeout_secs",
+        ] {
+            assert!(keys.iter().any(|x| x == k), "missing {k} in {keys:?}");
+        }
+        let good = parse(
+            "service = \"s\"\n[sns]\ntopic_arn = \"arn:aws:sns:us-east-1:1:global.fifo\"\n\
+             [sqs]\nfilters = [\"Order.*\"]\nqueue_name = \"q.fifo\"\ndead_letter_queue = \"d.fifo\"\n\
+             fifo_group_field = \"customer\"\n[metrics]\nlisten = \"127.0.0.1:9090\"\n\
+             [errors]\nwebhook_url = \"https://hooks.example.com/iniesta?token=x\"\n",
+        );
+        let keys: Vec<_> = good.problems().into_iter().map(|p| p.key).collect();
+        for k in keys {
+            assert!(
+                k.starts_with("plugins") || k == "bindings",
+                "unexpected problem with {k}"
+            );
+        }
+        // A standard queue under a FIFO topic is refused the other way round.
+        let c = parse(
+            "service = \"s\"\n[sns]\ntopic_arn = \"arn:aws:sns:us-east-1:1:global.fifo\"\n\
+             [sqs]\nfilters = [\"Order.*\"]\nqueue_name = \"q\"\n",
+        );
+        assert!(c.problems().iter().any(|p| p.key == "sqs.queue_name"));
     }
 
     #[test]

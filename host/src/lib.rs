@@ -3,7 +3,7 @@
 //! A host for event messaging over AWS SNS/SQS (or an embedded local broker) that runs the
 //! business logic from handler plugins. One module per concern: [`config`], [`wire`],
 //! [`filter`], [`route`], [`broker`], [`lock`], [`plugins`], [`pipeline`], [`egress`],
-//! [`provision`], [`scaffold`], [`cli`].
+//! [`provision`], [`ops`] (metrics, health, error reports), [`scaffold`], [`cli`].
 
 pub mod broker;
 pub mod cli;
@@ -11,6 +11,7 @@ pub mod config;
 pub mod egress;
 pub mod filter;
 pub mod lock;
+pub mod ops;
 pub mod pipeline;
 pub mod plugins;
 pub mod provision;

@@ -12,8 +12,30 @@
 //! acked a message (a completion record) is not run again for a duplicate. While handlers
 //! run, the lock is extended; if it is lost, the message is not settled. When the lock
 //! service cannot decide (too few Redis nodes), pollers stop receiving until it answers.
+//!
+//! Production behaviour:
+//!
+//! - **Backpressure.** A poller asks for at most as many messages as there are free slots of
+//!   `sqs.max_in_flight`; a message holds its slot from receipt until it is settled (its
+//!   delete done), so a poller waits instead of receiving what it cannot run. Every message
+//!   runs and settles in its own task: a slow handler never holds up its batch-mates.
+//! - **Visibility heartbeat.** One keeper task per message extends its lock (with half of its
+//!   lifetime left) and, while its handlers run, its visibility: at half the visibility
+//!   timeout after receipt, and again at half of each extension, up to
+//!   `sqs.max_visibility_extension_secs` after receipt. It stops the moment the handlers
+//!   return, so a long handler is not run twice because its message reappeared.
+//! - **Graceful drain.** On shutdown the pollers stop receiving at once; a long poll already
+//!   sent is awaited (the broker cannot recall it) and whatever it brings is given back with
+//!   visibility 0. Running handlers get `sqs.shutdown_timeout_secs` to finish and settle;
+//!   every received message that has not started — waiting for a lock retry, or behind an
+//!   earlier message of its FIFO group — is given back at once, so another host takes it now.
+//! - **FIFO.** Messages carrying a group id (FIFO queues) run one at a time per group, in
+//!   their order in the batch (the broker delivers nothing more of a group while some of it is
+//!   in flight). When a message of a group is not settled (an error, a retry, a lock held
+//!   elsewhere), the rest of its group in the batch is given back so the order holds.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,10 +43,14 @@ use abi_stable::std_types::{RString, RVec};
 use arc_swap::ArcSwap;
 use iniesta_plugin_api::ffi::{AttributeFfi, MessageFfi, OutcomeFfi};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{Broker, Received};
+use crate::broker::{Broker, BrokerError, Received};
 use crate::lock::{self, completion, Claim, Held, LockError, Locks};
+use crate::ops::errors::{ErrorReporter, FailureKind};
+use crate::ops::health::Health;
+use crate::ops::metrics as m;
 use crate::route::{Binding, Routes};
 use crate::wire::{self, Envelope};
 
@@ -49,6 +75,11 @@ pub struct Settings {
     pub lock_retry_count: u32,
     /// How long completion records are kept; zero turns them off.
     pub completion_ttl: Duration,
+    /// The queue's visibility timeout: the heartbeat extends by this much, at half of it.
+    pub visibility_timeout: Duration,
+    /// The longest a message is kept invisible by heartbeats, counted from its receipt; zero
+    /// turns the heartbeat off.
+    pub max_visibility_extension: Duration,
 }
 
 impl Settings {
@@ -64,6 +95,8 @@ impl Settings {
             lock_ttl: lock::ttl_from_secs(config.lock.timeout_secs.max(1)),
             lock_retry_count: config.lock.retry_count,
             completion_ttl: lock::ttl_from_secs(config.lock.completion_ttl_secs),
+            visibility_timeout: Duration::from_secs(u64::from(config.sqs.visibility_timeout)),
+            max_visibility_extension: Duration::from_secs(config.sqs.max_visibility_extension_secs),
         }
     }
 }
@@ -137,15 +170,88 @@ pub struct Pipeline {
     routes: Arc<ArcSwap<Routes>>,
     locks: Arc<dyn Locks>,
     settings: Settings,
+    health: Arc<Health>,
+    errors: Option<ErrorReporter>,
+}
+
+/// A running pipeline's shared state.
+struct Inner {
+    broker: Arc<dyn Broker>,
+    routes: Arc<ArcSwap<Routes>>,
+    locks: Arc<dyn Locks>,
+    settings: Settings,
+    health: Arc<Health>,
+    errors: Option<ErrorReporter>,
     /// Set while the lock service cannot decide: pollers stop receiving until it answers.
     lock_outage: AtomicBool,
+    /// `max_in_flight` slots.
+    in_flight: Arc<Semaphore>,
+    /// Messages received and not yet settled or given back.
+    messages: Arc<AtomicUsize>,
+    /// To the batch deleter.
+    deletes: mpsc::UnboundedSender<Delete>,
+    /// Fires on the first shutdown signal.
+    shutdown: CancellationToken,
+}
+
+/// A message's in-flight slot: one of the `max_in_flight` permits, counted in the in-flight
+/// gauge. It is held from receipt until the message is settled (its delete included) or
+/// given back; a timed-out handler's thread keeps a reference until it really returns.
+struct Slot {
+    _permit: Option<OwnedSemaphorePermit>,
+    count: Arc<AtomicUsize>,
+}
+
+impl Slot {
+    fn new(permit: Option<OwnedSemaphorePermit>, count: &Arc<AtomicUsize>) -> Arc<Slot> {
+        count.fetch_add(1, Ordering::AcqRel);
+        metrics::gauge!(m::IN_FLIGHT).increment(1.0);
+        Arc::new(Slot {
+            _permit: permit,
+            count: count.clone(),
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
+        metrics::gauge!(m::IN_FLIGHT).decrement(1.0);
+    }
 }
 
 /// A received, decoded message waiting for its lock, with its in-flight slot.
 struct Taken {
     message: Received,
     envelope: Envelope,
-    permit: Option<OwnedSemaphorePermit>,
+    slot: Arc<Slot>,
+    /// Taken just before the receive call: the visibility timeout runs from (after) here.
+    received_at: Instant,
+}
+
+/// An acked message for the batch deleter.
+struct Delete {
+    receipt: String,
+    message_id: String,
+    event: String,
+    _slot: Arc<Slot>,
+}
+
+/// A received message to give back (visibility 0).
+struct GiveBack {
+    receipt: String,
+    message_id: String,
+    event: String,
+}
+
+impl From<&Taken> for GiveBack {
+    fn from(t: &Taken) -> GiveBack {
+        GiveBack {
+            receipt: t.message.receipt.clone(),
+            message_id: t.envelope.message_id.clone(),
+            event: t.envelope.event.clone(),
+        }
+    }
 }
 
 impl Pipeline {
@@ -161,91 +267,147 @@ impl Pipeline {
             routes,
             locks,
             settings,
-            lock_outage: AtomicBool::new(false),
+            health: Health::new(),
+            errors: None,
         }
     }
 
-    /// Run until `shutdown` fires, then stop receiving, let running handlers finish (up to the
-    /// shutdown timeout), flush pending deletes and return.
+    /// Report readiness through `health` (`/health`).
+    pub fn with_health(mut self, health: Arc<Health>) -> Pipeline {
+        self.health = health;
+        self
+    }
+
+    /// Report handler failures through `errors` (`[errors] webhook_url`).
+    pub fn with_error_reporter(mut self, errors: Option<ErrorReporter>) -> Pipeline {
+        self.errors = errors;
+        self
+    }
+
+    /// Run until `shutdown` fires, then drain: stop receiving, give back what has not
+    /// started, let running handlers finish and settle (up to the shutdown timeout), flush
+    /// pending deletes and return.
     pub async fn run(self, shutdown: CancellationToken) {
-        let this = Arc::new(self);
-        let in_flight = Arc::new(Semaphore::new(this.settings.max_in_flight));
-        let (delete_tx, delete_rx) = mpsc::unbounded_channel::<String>();
-        let deleter = tokio::spawn(run_deleter(this.broker.clone(), delete_rx));
+        let in_flight = Arc::new(Semaphore::new(self.settings.max_in_flight));
+        let (delete_tx, delete_rx) = mpsc::unbounded_channel::<Delete>();
+        let flush = CancellationToken::new();
+        let messages = Arc::new(AtomicUsize::new(0));
+        let deleter = tokio::spawn(run_deleter(self.broker.clone(), delete_rx, flush.clone()));
+        let inner = Arc::new(Inner {
+            broker: self.broker,
+            routes: self.routes,
+            locks: self.locks,
+            settings: self.settings,
+            health: self.health,
+            errors: self.errors,
+            lock_outage: AtomicBool::new(false),
+            in_flight: in_flight.clone(),
+            messages: messages.clone(),
+            deletes: delete_tx,
+            shutdown: shutdown.clone(),
+        });
         let mut pollers = Vec::new();
-        for poller in 0..this.settings.pollers {
-            pollers.push(tokio::spawn(this.clone().poll(
-                poller,
-                in_flight.clone(),
-                delete_tx.clone(),
-                shutdown.clone(),
-            )));
+        for poller in 0..inner.settings.pollers {
+            pollers.push(tokio::spawn(inner.clone().poll(poller)));
         }
-        drop(delete_tx);
-        tracing::info!(broker = %this.broker.describe(), locks = %this.locks.describe(), pollers = this.settings.pollers, max_in_flight = this.settings.max_in_flight, "consuming");
-        for poller in pollers {
-            let _ = poller.await;
-        }
-        let all = u32::try_from(this.settings.max_in_flight).unwrap_or(u32::MAX);
-        match tokio::time::timeout(this.settings.shutdown_timeout, in_flight.acquire_many(all))
-            .await
-        {
-            Ok(_) => tracing::info!("all running handlers finished"),
+        inner.health.polling_started();
+        tracing::info!(broker = %inner.broker.describe(), locks = %inner.locks.describe(), pollers = inner.settings.pollers, max_in_flight = inner.settings.max_in_flight, "consuming");
+        shutdown.cancelled().await;
+
+        inner.health.draining();
+        let settings = inner.settings.clone();
+        let started = Instant::now();
+        let deadline = started + settings.shutdown_timeout;
+        tracing::info!(
+            in_flight = messages.load(Ordering::Acquire),
+            shutdown_timeout_secs = settings.shutdown_timeout.as_secs(),
+            "draining: receiving stopped; running handlers may finish, and unstarted messages go back to the queue"
+        );
+        drop(inner);
+        // A poller waiting for a long poll's answer stops when it comes (at most the poll's
+        // wait), giving back what it brought; the handlers drain meanwhile.
+        let pollers_done = async {
+            let bound = settings.wait + Duration::from_secs(15);
+            if tokio::time::timeout(bound, futures_util::future::join_all(pollers))
+                .await
+                .is_err()
+            {
+                tracing::warn!("a receive did not answer after shutdown; what it took returns after its visibility timeout");
+            }
+        };
+        let all = u32::try_from(settings.max_in_flight).unwrap_or(u32::MAX);
+        let handlers_done = tokio::time::timeout_at(deadline, in_flight.acquire_many(all));
+        let ((), drained) = tokio::join!(pollers_done, handlers_done);
+        match drained {
+            Ok(_) => tracing::info!(
+                drain_ms = started.elapsed().as_millis() as u64,
+                "drained: all running handlers finished and their messages are settled"
+            ),
             Err(_) => tracing::warn!(
-                timeout_secs = this.settings.shutdown_timeout.as_secs(),
-                "handlers still running at the shutdown timeout; their messages will be redelivered"
+                still_running = messages.load(Ordering::Acquire),
+                timeout_secs = settings.shutdown_timeout.as_secs(),
+                "handlers still running at the shutdown timeout; their messages will be redelivered after their visibility timeout"
             ),
         }
-        // The deleter ends when every sender (pollers and message tasks) is gone.
-        let _ = tokio::time::timeout(Duration::from_secs(10), deleter).await;
+        // Send what is queued for deletion, then stop the deleter.
+        flush.cancel();
+        if tokio::time::timeout(Duration::from_secs(10), deleter)
+            .await
+            .is_err()
+        {
+            tracing::warn!("pending deletes did not finish; those messages will be redelivered");
+        }
     }
+}
 
-    async fn poll(
-        self: Arc<Self>,
-        poller: usize,
-        in_flight: Arc<Semaphore>,
-        deletes: mpsc::UnboundedSender<String>,
-        shutdown: CancellationToken,
-    ) {
+impl Inner {
+    async fn poll(self: Arc<Self>, poller: usize) {
         let mut backoff = Duration::from_millis(100);
         loop {
+            if self.shutdown.is_cancelled() {
+                break;
+            }
             // While the lock service is down, receiving would only raise receive counts
             // towards the redrive policy: wait for it instead.
-            if self.lock_outage.load(Ordering::Acquire)
-                && !self.wait_for_locks(poller, &shutdown).await
-            {
+            if self.lock_outage.load(Ordering::Acquire) && !self.wait_for_locks(poller).await {
                 break;
             }
             // Receive only as many messages as there is room to run.
             let first = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                permit = in_flight.clone().acquire_owned() => match permit {
+                biased;
+                _ = self.shutdown.cancelled() => break,
+                permit = self.in_flight.clone().acquire_owned() => match permit {
                     Ok(p) => p,
                     Err(_) => break,
                 },
             };
             let mut permits = vec![first];
             while permits.len() < self.settings.max_messages as usize {
-                match in_flight.clone().try_acquire_owned() {
+                match self.in_flight.clone().try_acquire_owned() {
                     Ok(p) => permits.push(p),
                     Err(_) => break,
                 }
             }
             let want = u32::try_from(permits.len()).unwrap_or(1);
+            let received_at = Instant::now();
             let batch = match self
                 .broker
-                .receive(want, self.settings.wait, &shutdown)
+                .receive(want, self.settings.wait, &self.shutdown)
                 .await
             {
                 Ok(batch) => {
+                    self.health.broker_answered();
                     backoff = Duration::from_millis(100);
                     batch
                 }
                 Err(e) => {
+                    self.health.broker_failed();
+                    metrics::counter!(m::POLL_ERRORS).increment(1);
                     tracing::error!(poller, error = %e, retry_in_ms = backoff.as_millis() as u64, "receive failed; retrying");
                     drop(permits);
                     tokio::select! {
-                        _ = shutdown.cancelled() => break,
+                        biased;
+                        _ = self.shutdown.cancelled() => break,
                         _ = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(30));
@@ -255,8 +417,25 @@ impl Pipeline {
             if batch.is_empty() {
                 continue;
             }
+            metrics::counter!(m::RECEIVED).increment(batch.len() as u64);
+            if self.shutdown.is_cancelled() {
+                // The long poll pending at shutdown brought these: none has started.
+                let back = batch
+                    .iter()
+                    .map(|r| GiveBack {
+                        receipt: r.receipt.clone(),
+                        message_id: r.message_id.clone(),
+                        event: String::new(),
+                    })
+                    .collect();
+                self.give_back(back, Vec::new(), "shutdown").await;
+                break;
+            }
             let count = batch.len();
-            if let Err(e) = self.dispatch(batch, permits, &deletes).await {
+            if let Err(e) = self.dispatch(batch, permits, received_at).await {
+                metrics::counter!(m::LOCK_FAILURES, "reason" => "unavailable")
+                    .increment(count as u64);
+                self.health.lock_outage(true);
                 if !self.lock_outage.swap(true, Ordering::AcqRel) {
                     tracing::error!(poller, count, locks = %self.locks.describe(), error = %e,
                         "the lock service is unavailable: the received messages are left on the queue (not run, not deleted) and receiving pauses until it answers again");
@@ -269,12 +448,13 @@ impl Pipeline {
     }
 
     /// Wait until the lock service answers again; `false` if shutdown came first.
-    async fn wait_for_locks(&self, poller: usize, shutdown: &CancellationToken) -> bool {
+    async fn wait_for_locks(&self, poller: usize) -> bool {
         let mut pause = Duration::from_millis(250);
-        let mut last_report = tokio::time::Instant::now();
+        let mut last_report = Instant::now();
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => return false,
+                biased;
+                _ = self.shutdown.cancelled() => return false,
                 _ = tokio::time::sleep(pause) => {}
             }
             if !self.lock_outage.load(Ordering::Acquire) {
@@ -285,12 +465,13 @@ impl Pipeline {
                     if self.lock_outage.swap(false, Ordering::AcqRel) {
                         tracing::info!(poller, locks = %self.locks.describe(), "the lock service answers again; receiving resumes");
                     }
+                    self.health.lock_outage(false);
                     return true;
                 }
                 Err(e) => {
                     if last_report.elapsed() >= Duration::from_secs(30) {
                         tracing::warn!(poller, error = %e, "the lock service is still unavailable; messages wait on the queue");
-                        last_report = tokio::time::Instant::now();
+                        last_report = Instant::now();
                     }
                     pause = (pause * 2).min(Duration::from_secs(2));
                 }
@@ -299,21 +480,26 @@ impl Pipeline {
     }
 
     /// Decode a receive batch, take all its locks (one round trip per Redis node, which also
-    /// reads the completion records), and start a task per locked message. An error means
-    /// the lock service could not decide: every message of the batch is left on the queue.
+    /// reads the completion records), and start a task per locked message, or per FIFO group.
+    /// An error means the lock service could not decide: every message of the batch is left
+    /// on the queue.
     async fn dispatch(
         self: &Arc<Self>,
         batch: Vec<Received>,
         mut permits: Vec<OwnedSemaphorePermit>,
-        deletes: &mpsc::UnboundedSender<String>,
+        received_at: Instant,
     ) -> Result<(), LockError> {
         let mut taken = Vec::with_capacity(batch.len());
+        // FIFO groups whose order is already broken in this batch: the rest of them go back.
+        let mut broken: HashSet<String> = HashSet::new();
+        let mut back: Vec<GiveBack> = Vec::new();
         for message in batch {
             let permit = permits.pop();
             if permit.is_none() {
                 // Never more than asked for; if a broker overdelivers, handle it anyway.
-                tracing::warn!("broker returned more messages than asked for");
+                tracing::warn!(message_id = %message.message_id, "broker returned more messages than asked for");
             }
+            let slot = Slot::new(permit, &self.messages);
             match wire::decode(
                 &message.message_id,
                 &message.body,
@@ -321,18 +507,32 @@ impl Pipeline {
                 message.sent_timestamp_ms,
                 &self.settings.event_key,
             ) {
-                Ok(envelope) => taken.push(Taken {
-                    message,
-                    envelope,
-                    permit,
-                }),
+                Ok(envelope) => {
+                    let t = Taken {
+                        message,
+                        envelope,
+                        slot,
+                        received_at,
+                    };
+                    match &t.message.group_id {
+                        Some(group) if broken.contains(group) => back.push(GiveBack::from(&t)),
+                        _ => taken.push(t),
+                    }
+                }
                 Err(e) => {
+                    metrics::counter!(m::RETRIED, "reason" => "undecodable").increment(1);
                     tracing::error!(message_id = %message.message_id, receive_count = message.receive_count, error = %e,
                         "cannot decode message; left on the queue for the redrive policy");
+                    if let Some(group) = &message.group_id {
+                        broken.insert(group.clone());
+                    }
                 }
             }
         }
         drop(permits);
+        if !back.is_empty() {
+            self.give_back(back, Vec::new(), "fifo_order").await;
+        }
         if taken.is_empty() {
             return Ok(());
         }
@@ -341,17 +541,64 @@ impl Pipeline {
             .map(|t| t.envelope.message_id.clone())
             .collect();
         let claims = self.locks.try_acquire(&ids, self.settings.lock_ttl).await?;
-        let busy = self.start_claimed(taken, claims, deletes);
+        let mut claims = claims.into_iter();
+        let mut busy = Vec::new();
+        let mut groups: Vec<(String, Vec<(Taken, Claim)>)> = Vec::new();
+        let mut back = Vec::new();
+        let mut back_held = Vec::new();
+        for t in taken {
+            let claim = claims.next().flatten();
+            let Some(group) = t.message.group_id.clone() else {
+                match claim {
+                    Some(claim) => self.start(t, claim),
+                    None => busy.push(t),
+                }
+                continue;
+            };
+            if broken.contains(&group) {
+                if let Some(claim) = claim {
+                    back_held.push(claim.held);
+                }
+                back.push(GiveBack::from(&t));
+                continue;
+            }
+            match claim {
+                Some(claim) => match groups.iter_mut().find(|(g, _)| *g == group) {
+                    Some((_, entries)) => entries.push((t, claim)),
+                    None => groups.push((group, vec![(t, claim)])),
+                },
+                None => {
+                    // Locked elsewhere: left; what follows it in its group must wait for it.
+                    leave_locked(&t);
+                    broken.insert(group);
+                }
+            }
+        }
+        if !back.is_empty() {
+            self.give_back(back, back_held, "fifo_order").await;
+        }
+        for (group, entries) in groups {
+            tokio::spawn(self.clone().run_group(group, entries));
+        }
         if busy.is_empty() {
             return Ok(());
         }
         let attempts = lock::attempts(self.settings.lock_retry_count);
         if attempts > 1 {
-            tokio::spawn(self.clone().retry_busy(busy, attempts - 1, deletes.clone()));
+            tokio::spawn(self.clone().retry_busy(busy, attempts - 1));
         } else {
             busy.iter().for_each(leave_locked);
         }
         Ok(())
+    }
+
+    /// Run one (non-FIFO) locked message in its own task.
+    fn start(self: &Arc<Self>, taken: Taken, claim: Claim) {
+        let keeper = Keeper::start(self, &taken, claim.held.clone());
+        let this = self.clone();
+        tokio::spawn(async move {
+            this.run_message(taken, claim, keeper).await;
+        });
     }
 
     /// Start a task for every message whose lock was taken; return the others.
@@ -359,17 +606,12 @@ impl Pipeline {
         self: &Arc<Self>,
         taken: Vec<Taken>,
         claims: Vec<Option<Claim>>,
-        deletes: &mpsc::UnboundedSender<String>,
     ) -> Vec<Taken> {
         let mut busy = Vec::new();
         let mut claims = claims.into_iter();
         for t in taken {
             match claims.next().flatten() {
-                Some(claim) => {
-                    let this = self.clone();
-                    let deletes = deletes.clone();
-                    tokio::spawn(async move { this.process(t, claim, deletes).await });
-                }
+                Some(claim) => self.start(t, claim),
                 None => busy.push(t),
             }
         }
@@ -377,20 +619,24 @@ impl Pipeline {
     }
 
     /// Try again, after a random pause, the locks another consumer held (aioredlock's
-    /// `retry_count`); what is still held after the last attempt is left for redelivery.
-    async fn retry_busy(
-        self: Arc<Self>,
-        mut busy: Vec<Taken>,
-        attempts: u32,
-        deletes: mpsc::UnboundedSender<String>,
-    ) {
+    /// `retry_count`); what is still held after the last attempt is left for redelivery. At
+    /// shutdown, what still waits is given back at once.
+    async fn retry_busy(self: Arc<Self>, mut busy: Vec<Taken>, attempts: u32) {
         for _ in 0..attempts {
-            tokio::time::sleep(lock::retry_delay()).await;
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => {
+                    let back = busy.iter().map(GiveBack::from).collect();
+                    self.give_back(back, Vec::new(), "shutdown").await;
+                    return;
+                }
+                _ = tokio::time::sleep(lock::retry_delay()) => {}
+            }
             let ids: Vec<String> = busy.iter().map(|t| t.envelope.message_id.clone()).collect();
             match self.locks.try_acquire(&ids, self.settings.lock_ttl).await {
-                Ok(claims) => busy = self.start_claimed(busy, claims, &deletes),
+                Ok(claims) => busy = self.start_claimed(busy, claims),
                 Err(e) => {
-                    tracing::warn!(count = busy.len(), error = %e, "cannot retry the message locks; the messages are left for redelivery");
+                    tracing::warn!(count = busy.len(), message_ids = ?ids, error = %e, "cannot retry the message locks; the messages are left for redelivery");
                     return;
                 }
             }
@@ -401,62 +647,176 @@ impl Pipeline {
         busy.iter().for_each(leave_locked);
     }
 
-    async fn process(
-        self: Arc<Self>,
-        taken: Taken,
-        claim: Claim,
-        deletes: mpsc::UnboundedSender<String>,
+    /// Run a FIFO group's messages of one batch one after another, in order. Their locks and
+    /// visibility are kept alive while they wait. When one is not settled, or at shutdown,
+    /// the ones still waiting are given back.
+    async fn run_group(self: Arc<Self>, group: String, entries: Vec<(Taken, Claim)>) {
+        let mut waiting: VecDeque<(Taken, Claim, Keeper)> = entries
+            .into_iter()
+            .map(|(t, claim)| {
+                let keeper = Keeper::start(&self, &t, claim.held.clone());
+                (t, claim, keeper)
+            })
+            .collect();
+        while let Some((t, claim, keeper)) = waiting.pop_front() {
+            let message_id = t.envelope.message_id.clone();
+            let run = self.run_message(t, claim, keeper);
+            tokio::pin!(run);
+            let gone = tokio::select! {
+                gone = &mut run => gone,
+                _ = self.shutdown.cancelled(), if !waiting.is_empty() => {
+                    self.give_back_waiting(std::mem::take(&mut waiting), "shutdown").await;
+                    run.await
+                }
+            };
+            if !gone && !waiting.is_empty() {
+                tracing::info!(group = %group, message_id = %message_id, waiting = waiting.len(),
+                    "FIFO: the message was not settled, so the rest of its group in this batch is given back to keep the group's order");
+                self.give_back_waiting(std::mem::take(&mut waiting), "fifo_order")
+                    .await;
+            }
+        }
+    }
+
+    async fn give_back_waiting(
+        &self,
+        waiting: VecDeque<(Taken, Claim, Keeper)>,
+        reason: &'static str,
     ) {
+        let mut back = Vec::new();
+        let mut held = Vec::new();
+        let mut slots = Vec::new();
+        for (t, claim, keeper) in waiting {
+            // Stopped first, so no late heartbeat hides the message again.
+            keeper.stop().await;
+            back.push(GiveBack::from(&t));
+            held.push(claim.held);
+            slots.push(t.slot);
+        }
+        self.give_back(back, held, reason).await;
+        drop(slots);
+    }
+
+    /// Give received, unstarted messages back to the queue (visibility 0) so any consumer
+    /// can take them now, and release their locks.
+    async fn give_back(&self, back: Vec<GiveBack>, held: Vec<Held>, reason: &'static str) {
+        if back.is_empty() {
+            return;
+        }
+        let receipts: Vec<String> = back.iter().map(|b| b.receipt.clone()).collect();
+        let failed: HashMap<String, String> =
+            match self.broker.change_visibility_batch(&receipts, 0).await {
+                Ok(failures) => failures
+                    .into_iter()
+                    .map(|f| (f.receipt, f.reason))
+                    .collect(),
+                Err(e) => receipts
+                    .iter()
+                    .map(|r| (r.clone(), e.to_string()))
+                    .collect(),
+            };
+        let mut given = 0u64;
+        for b in &back {
+            match failed.get(&b.receipt) {
+                None => {
+                    given += 1;
+                    tracing::info!(message_id = %b.message_id, event = %b.event, reason, "given back unstarted: visible again at once");
+                }
+                Some(error) => {
+                    tracing::warn!(message_id = %b.message_id, event = %b.event, reason, error = %error,
+                        "cannot give the message back; it returns after its visibility timeout")
+                }
+            }
+        }
+        metrics::counter!(m::RELEASED, "reason" => reason).increment(given);
+        if !held.is_empty() {
+            if let Err(e) = self.locks.release(&held).await {
+                tracing::warn!(count = held.len(), error = %e, "cannot release the message locks; they will expire");
+            }
+        }
+    }
+
+    /// Route, run and settle one locked message; `true` when it is gone from the queue
+    /// (deleted or dead-lettered), which lets the rest of its FIFO group go on.
+    async fn run_message(self: &Arc<Self>, taken: Taken, claim: Claim, keeper: Keeper) -> bool {
         let Taken {
             message,
             envelope,
-            permit,
+            slot,
+            ..
         } = taken;
-        let permit = permit.map(Arc::new);
         let held = claim.held.clone();
+        if self.shutdown.is_cancelled() {
+            // Unstarted at shutdown: give it back at once.
+            keeper.stop().await;
+            self.give_back(
+                vec![GiveBack {
+                    receipt: message.receipt.clone(),
+                    message_id: envelope.message_id.clone(),
+                    event: envelope.event.clone(),
+                }],
+                vec![held],
+                "shutdown",
+            )
+            .await;
+            return false;
+        }
         let routes = self.routes.load_full();
         let bindings: Vec<Arc<Binding>> = routes.route(&envelope).into_iter().cloned().collect();
-        if bindings.is_empty() {
+        let gone = if bindings.is_empty() {
+            keeper.stop().await;
+            metrics::counter!(m::RETRIED, "reason" => "unbound").increment(1);
             tracing::warn!(message_id = %envelope.message_id, event = %envelope.event, receive_count = message.receive_count,
                 "no binding takes this event and there is no default binding; left on the queue for the redrive policy (add a binding or a default)");
+            false
         } else if let Some(reason) = crate::route::schema::rejection(&envelope, &bindings) {
             // Validation (route/schema.rs): a body failing a binding's JSON Schema is
             // dead-lettered with the errors as the reason; no handler runs.
+            keeper.stop().await;
+            self.report(FailureKind::DeadLetter, None, &message, &envelope, &reason);
             let invalid = CallResult::Outcome(OutcomeFfi::DeadLetter {
                 reason: reason.into(),
             });
-            self.settle(&message, &envelope, &[invalid], &deletes).await;
+            self.settle(&message, &envelope, &bindings, &[invalid], &slot)
+                .await
         } else {
             let records = !self.settings.completion_ttl.is_zero();
             let (done, todo): (Vec<_>, Vec<_>) = bindings
                 .into_iter()
                 .partition(|b| records && claim.completed.contains(&completion::id_of(b)));
             if todo.is_empty() {
-                tracing::info!(message_id = %envelope.message_id, receive_count = message.receive_count, bindings = %labels(&done),
+                keeper.stop().await;
+                tracing::info!(message_id = %envelope.message_id, event = %envelope.event, receive_count = message.receive_count, bindings = %labels(&done),
                     "every binding already completed this message (a redelivered duplicate); deleting it without running anything");
-                if deletes.send(message.receipt.clone()).is_err() {
-                    tracing::error!(message_id = %envelope.message_id, "delete queue closed; the message will be redelivered");
-                }
+                self.delete(&message, &envelope, &slot)
             } else {
                 if !done.is_empty() {
-                    tracing::info!(message_id = %envelope.message_id, receive_count = message.receive_count, skipped = %labels(&done),
+                    tracing::info!(message_id = %envelope.message_id, event = %envelope.event, receive_count = message.receive_count, skipped = %labels(&done),
                         "bindings that already completed this message are not run again");
                 }
-                let lease = Lease::keep(self.locks.clone(), held.clone(), self.settings.lock_ttl);
-                let results = self.call_all(&envelope, &message, &todo, &permit).await;
+                let results = self.call_all(&envelope, &message, &todo, &slot).await;
                 log_results(&message, &envelope, &todo, &results);
-                match lease.finish().await {
-                    Ok(()) => self.settle(&message, &envelope, &results, &deletes).await,
+                self.report_results(&message, &envelope, &todo, &results);
+                // The heartbeat stops the moment the handlers return.
+                match keeper.finish().await {
+                    Ok(()) => {
+                        self.settle(&message, &envelope, &todo, &results, &slot)
+                            .await
+                    }
                     Err(reason) => {
-                        tracing::error!(message_id = %envelope.message_id, reason = %reason,
-                        "the message lock was lost while its handlers ran; not settling the message (no delete, retry or dead letter): it will be redelivered, and bindings that acked will not run again")
+                        metrics::counter!(m::LOCK_FAILURES, "reason" => "lost").increment(1);
+                        metrics::counter!(m::RETRIED, "reason" => "lock_lost").increment(1);
+                        tracing::error!(message_id = %envelope.message_id, event = %envelope.event, bindings = %labels(&todo), reason = %reason,
+                            "the message lock was lost while its handlers ran; not settling the message (no delete, retry or dead letter): it will be redelivered, and bindings that acked will not run again");
+                        false
                     }
                 }
             }
-        }
+        };
         if let Err(e) = self.locks.release(&[held]).await {
-            tracing::warn!(message_id = %envelope.message_id, error = %e, "cannot release the message lock; it will expire");
+            tracing::warn!(message_id = %envelope.message_id, event = %envelope.event, error = %e, "cannot release the message lock; it will expire");
         }
+        gone
     }
 
     async fn call_all(
@@ -464,7 +824,7 @@ impl Pipeline {
         envelope: &Envelope,
         message: &Received,
         bindings: &[Arc<Binding>],
-        permit: &Option<Arc<OwnedSemaphorePermit>>,
+        slot: &Arc<Slot>,
     ) -> Vec<CallResult> {
         let ffi = Arc::new(MessageFfi {
             id: RString::from(envelope.message_id.as_str()),
@@ -484,27 +844,29 @@ impl Pipeline {
         });
         let records = !self.settings.completion_ttl.is_zero();
         // Start every binding's call at once on the blocking pool, then collect them in order.
-        let started = tokio::time::Instant::now();
+        let started = Instant::now();
         let calls: Vec<_> = bindings
             .iter()
             .map(|binding| {
                 let call_binding = binding.clone();
                 let ffi = ffi.clone();
-                // The permit travels with the call: a timed-out handler keeps its slot until
-                // its thread really returns, so stuck handlers cannot pile up threads.
-                let permit = permit.clone();
+                // The slot travels with the call: a timed-out handler keeps it until its
+                // thread really returns, so stuck handlers cannot pile up threads.
+                let slot = slot.clone();
                 let span = tracing::info_span!("handle", message_id = %envelope.message_id, event = %envelope.event, binding = %binding.label);
                 let task = tokio::task::spawn_blocking(move || {
-                    let _permit = permit;
+                    let _slot = slot;
                     let _entered = span.enter();
                     call_binding.handler.handle(&ffi, &call_binding.context)
                 });
                 let deadline = started + binding.timeout;
+                let label = binding.label.clone();
                 // Each ack is recorded as soon as it comes, before the lock is released, so a
                 // duplicate delivered later skips this binding even if a sibling fails.
                 let record = records.then(|| Completion {
                     locks: self.locks.clone(),
                     message_id: envelope.message_id.clone(),
+                    event: envelope.event.clone(),
                     binding: completion::id_of(binding),
                     label: binding.label.clone(),
                     ttl: self.settings.completion_ttl,
@@ -515,6 +877,10 @@ impl Pipeline {
                         Ok(Err(e)) => CallResult::Crashed(e.to_string()),
                         Err(_) => CallResult::TimedOut,
                     };
+                    metrics::histogram!(m::HANDLER_DURATION, "binding" => label.clone())
+                        .record(started.elapsed().as_secs_f64());
+                    metrics::counter!(m::HANDLER_CALLS, "binding" => label, "result" => result_label(&result))
+                        .increment(1);
                     if let (CallResult::Outcome(OutcomeFfi::Ack), Some(record)) = (&result, record)
                     {
                         record.write().await;
@@ -533,41 +899,136 @@ impl Pipeline {
         results
     }
 
+    /// Send every failing result to the error webhook (when configured).
+    fn report_results(
+        &self,
+        message: &Received,
+        envelope: &Envelope,
+        bindings: &[Arc<Binding>],
+        results: &[CallResult],
+    ) {
+        for (binding, result) in bindings.iter().zip(results) {
+            let (kind, reason) = match result {
+                CallResult::Outcome(OutcomeFfi::Ack | OutcomeFfi::Retry { .. }) => continue,
+                CallResult::Outcome(OutcomeFfi::DeadLetter { reason }) => {
+                    (FailureKind::DeadLetter, reason.to_string())
+                }
+                CallResult::Outcome(OutcomeFfi::Failed { reason }) => {
+                    (FailureKind::Error, reason.to_string())
+                }
+                CallResult::Outcome(OutcomeFfi::Panicked { message }) => {
+                    (FailureKind::Panic, message.to_string())
+                }
+                CallResult::TimedOut => (
+                    FailureKind::Timeout,
+                    format!("ran past its timeout of {} s", binding.timeout.as_secs()),
+                ),
+                CallResult::Crashed(e) => (FailureKind::Crashed, e.clone()),
+            };
+            self.report(kind, Some(binding), message, envelope, &reason);
+        }
+    }
+
+    fn report(
+        &self,
+        kind: FailureKind,
+        binding: Option<&Arc<Binding>>,
+        message: &Received,
+        envelope: &Envelope,
+        reason: &str,
+    ) {
+        if let Some(errors) = &self.errors {
+            errors.report(errors.record(
+                kind,
+                binding.map(|b| b.as_ref()),
+                &envelope.event,
+                &envelope.message_id,
+                message.receive_count,
+                reason,
+                &envelope.body,
+            ));
+        }
+    }
+
+    /// Queue an acked message for the batch deleter; `false` if the deleter is gone.
+    fn delete(&self, message: &Received, envelope: &Envelope, slot: &Arc<Slot>) -> bool {
+        let sent = self.deletes.send(Delete {
+            receipt: message.receipt.clone(),
+            message_id: envelope.message_id.clone(),
+            event: envelope.event.clone(),
+            _slot: slot.clone(),
+        });
+        if sent.is_err() {
+            tracing::error!(message_id = %envelope.message_id, event = %envelope.event, "delete queue closed; the message will be redelivered");
+            return false;
+        }
+        metrics::counter!(m::ACKED).increment(1);
+        true
+    }
+
+    /// Settle a message by its results; `true` when it is gone from the queue.
     async fn settle(
         &self,
         message: &Received,
         envelope: &Envelope,
+        bindings: &[Arc<Binding>],
         results: &[CallResult],
-        deletes: &mpsc::UnboundedSender<String>,
-    ) {
+        slot: &Arc<Slot>,
+    ) -> bool {
         let id = &envelope.message_id;
+        let event = &envelope.event;
+        let labels = labels(bindings);
         match settle(results) {
             Settlement::Delete => {
-                if deletes.send(message.receipt.clone()).is_err() {
-                    tracing::error!(message_id = %id, "delete queue closed; the message will be redelivered");
-                }
+                tracing::debug!(message_id = %id, event = %event, bindings = %labels, "every binding acked; deleting");
+                self.delete(message, envelope, slot)
             }
-            Settlement::Leave => {}
+            Settlement::Leave => {
+                metrics::counter!(m::RETRIED, "reason" => "failed").increment(1);
+                tracing::info!(message_id = %id, event = %event, bindings = %labels, receive_count = message.receive_count,
+                    "not settled: left for redelivery after the visibility timeout");
+                false
+            }
             Settlement::RetryAfter(secs) => {
+                metrics::counter!(m::RETRIED, "reason" => "retry").increment(1);
                 if let Err(e) = self.broker.change_visibility(&message.receipt, secs).await {
-                    tracing::warn!(message_id = %id, error = %e, "cannot change visibility; the message returns after its visibility timeout");
+                    tracing::warn!(message_id = %id, event = %event, bindings = %labels, error = %e, "cannot change visibility; the message returns after its visibility timeout");
+                } else {
+                    tracing::debug!(message_id = %id, event = %event, bindings = %labels, after_secs = secs, "retry: visible again after the delay");
                 }
+                false
             }
             Settlement::DeadLetter(reason) => match self.broker.dead_letter(message, &reason).await
             {
                 Ok(()) => {
-                    tracing::info!(message_id = %id, event = %envelope.event, reason = %reason, "moved to the dead-letter queue")
+                    metrics::counter!(m::DEAD_LETTERED).increment(1);
+                    tracing::info!(message_id = %id, event = %event, bindings = %labels, reason = %reason, "moved to the dead-letter queue");
+                    true
                 }
                 Err(e) => {
-                    tracing::error!(message_id = %id, error = %e, "cannot dead-letter the message; it stays on the queue for redelivery")
+                    tracing::error!(message_id = %id, event = %event, bindings = %labels, error = %e, "cannot dead-letter the message; it stays on the queue for redelivery");
+                    false
                 }
             },
         }
     }
 }
 
+fn result_label(result: &CallResult) -> &'static str {
+    match result {
+        CallResult::Outcome(OutcomeFfi::Ack) => "ack",
+        CallResult::Outcome(OutcomeFfi::Retry { .. }) => "retry",
+        CallResult::Outcome(OutcomeFfi::DeadLetter { .. }) => "dead_letter",
+        CallResult::Outcome(OutcomeFfi::Failed { .. }) => "error",
+        CallResult::Outcome(OutcomeFfi::Panicked { .. }) => "panic",
+        CallResult::TimedOut => "timeout",
+        CallResult::Crashed(_) => "crashed",
+    }
+}
+
 fn leave_locked(taken: &Taken) {
-    tracing::info!(message_id = %taken.envelope.message_id, receive_count = taken.message.receive_count,
+    metrics::counter!(m::LOCK_FAILURES, "reason" => "held_elsewhere").increment(1);
+    tracing::info!(message_id = %taken.envelope.message_id, event = %taken.envelope.event, receive_count = taken.message.receive_count,
         "message is locked by another consumer; leaving it");
 }
 
@@ -586,28 +1047,29 @@ fn log_results(
     results: &[CallResult],
 ) {
     let id = &envelope.message_id;
+    let event = &envelope.event;
     for (binding, result) in bindings.iter().zip(results) {
         match result {
             CallResult::Outcome(OutcomeFfi::Ack) => {
-                tracing::debug!(message_id = %id, binding = %binding.label, "acked")
+                tracing::debug!(message_id = %id, event = %event, binding = %binding.label, "acked")
             }
             CallResult::Outcome(OutcomeFfi::Retry { after_secs }) => {
-                tracing::info!(message_id = %id, binding = %binding.label, after_secs, "handler asked to retry")
+                tracing::info!(message_id = %id, event = %event, binding = %binding.label, after_secs, "handler asked to retry")
             }
             CallResult::Outcome(OutcomeFfi::DeadLetter { reason }) => {
-                tracing::warn!(message_id = %id, binding = %binding.label, reason = %reason, "handler dead-lettered the message")
+                tracing::warn!(message_id = %id, event = %event, binding = %binding.label, reason = %reason, "handler dead-lettered the message")
             }
             CallResult::Outcome(OutcomeFfi::Failed { reason }) => {
-                tracing::warn!(message_id = %id, binding = %binding.label, error = %reason, receive_count = message.receive_count, "handler failed; the message will be redelivered")
+                tracing::warn!(message_id = %id, event = %event, binding = %binding.label, error = %reason, receive_count = message.receive_count, "handler failed; the message will be redelivered")
             }
             CallResult::Outcome(OutcomeFfi::Panicked { message: text }) => {
-                tracing::error!(message_id = %id, binding = %binding.label, panic = %text, receive_count = message.receive_count, "handler panicked; the message will be redelivered")
+                tracing::error!(message_id = %id, event = %event, binding = %binding.label, panic = %text, receive_count = message.receive_count, "handler panicked; the message will be redelivered")
             }
             CallResult::TimedOut => {
-                tracing::error!(message_id = %id, binding = %binding.label, timeout_secs = binding.timeout.as_secs(), "handler timed out; the message will be redelivered")
+                tracing::error!(message_id = %id, event = %event, binding = %binding.label, timeout_secs = binding.timeout.as_secs(), "handler timed out; the message will be redelivered")
             }
             CallResult::Crashed(e) => {
-                tracing::error!(message_id = %id, binding = %binding.label, error = %e, "handler task failed; the message will be redelivered")
+                tracing::error!(message_id = %id, event = %event, binding = %binding.label, error = %e, "handler task failed; the message will be redelivered")
             }
         }
     }
@@ -617,6 +1079,7 @@ fn log_results(
 struct Completion {
     locks: Arc<dyn Locks>,
     message_id: String,
+    event: String,
     binding: String,
     label: String,
     ttl: Duration,
@@ -629,35 +1092,50 @@ impl Completion {
             .record_completions(&self.message_id, &[self.binding], self.ttl)
             .await
         {
-            tracing::warn!(message_id = %self.message_id, binding = %self.label, error = %e,
+            tracing::warn!(message_id = %self.message_id, event = %self.event, binding = %self.label, error = %e,
                 "cannot record the completion; a redelivered duplicate may run this binding again");
         }
     }
 }
 
-/// Keeps a message lock alive while its handlers run: extends it when half of its lifetime
-/// is left, retries a failed extension while the lock is still valid, and reports whether the
-/// lock was still ours at the end.
-struct Lease {
-    state: Arc<std::sync::Mutex<LeaseState>>,
+/// Keeps a message alive while it waits or its handlers run, in one task: extends its lock
+/// when half of the lock's lifetime is left (retrying a failed extension while the lock is
+/// still valid), and its visibility — the heartbeat — at half the visibility timeout after
+/// receipt and at half of each extension, up to the configured maximum. It reports whether
+/// the lock was still ours at the end.
+struct Keeper {
+    state: Arc<std::sync::Mutex<KeepState>>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
 
-struct LeaseState {
-    valid_until: tokio::time::Instant,
+struct KeepState {
+    lock_valid_until: Instant,
     lost: Option<String>,
 }
 
-impl Lease {
-    fn keep(locks: Arc<dyn Locks>, held: Held, ttl: Duration) -> Lease {
-        let state = Arc::new(std::sync::Mutex::new(LeaseState {
-            valid_until: held.valid_until,
+impl Keeper {
+    fn start(inner: &Inner, taken: &Taken, held: Held) -> Keeper {
+        let state = Arc::new(std::sync::Mutex::new(KeepState {
+            lock_valid_until: held.valid_until,
             lost: None,
         }));
         let stop = CancellationToken::new();
-        let task = tokio::spawn(keep_alive(locks, held, ttl, state.clone(), stop.clone()));
-        Lease { state, stop, task }
+        let heartbeat = Heartbeat::new(&inner.settings, taken);
+        let services = KeepServices {
+            locks: inner.locks.clone(),
+            broker: inner.broker.clone(),
+            event: taken.envelope.event.clone(),
+            ttl: inner.settings.lock_ttl,
+        };
+        let task = tokio::spawn(keep_alive(
+            services,
+            held,
+            heartbeat,
+            state.clone(),
+            stop.clone(),
+        ));
+        Keeper { state, stop, task }
     }
 
     /// Stop extending; `Err(reason)` if the lock was lost or ran out.
@@ -668,74 +1146,214 @@ impl Lease {
         if let Some(reason) = &state.lost {
             return Err(reason.clone());
         }
-        if tokio::time::Instant::now() >= state.valid_until {
+        if Instant::now() >= state.lock_valid_until {
             return Err("its validity ran out before the handlers finished".into());
         }
         Ok(())
     }
+
+    /// Stop extending (the message is settled or given back another way).
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
 }
 
 /// When to extend a lock valid until `valid_until`: with half its lifetime left.
-fn renew_at(valid_until: tokio::time::Instant, ttl: Duration) -> tokio::time::Instant {
+fn renew_at(valid_until: Instant, ttl: Duration) -> Instant {
     valid_until.checked_sub(ttl / 2).unwrap_or(valid_until)
 }
 
-async fn keep_alive(
+/// The visibility heartbeat of one delivery.
+struct Heartbeat {
+    receipt: String,
+    message_id: String,
+    event: String,
+    /// The visibility timeout: each extension asks for this much.
+    visibility: Duration,
+    /// No extension past this (receipt + the maximum).
+    until_max: Instant,
+    /// Until when the message is surely invisible (as far as we know).
+    invisible_until: Instant,
+    /// The next extension.
+    next: Instant,
+    max_secs: u64,
+}
+
+impl Heartbeat {
+    fn new(settings: &Settings, taken: &Taken) -> Option<Heartbeat> {
+        let visibility = settings.visibility_timeout;
+        if visibility.is_zero() || settings.max_visibility_extension.is_zero() {
+            return None;
+        }
+        Some(Heartbeat {
+            receipt: taken.message.receipt.clone(),
+            message_id: taken.envelope.message_id.clone(),
+            event: taken.envelope.event.clone(),
+            visibility,
+            until_max: taken.received_at + settings.max_visibility_extension,
+            invisible_until: taken.received_at + visibility,
+            next: taken.received_at + visibility / 2,
+            max_secs: settings.max_visibility_extension.as_secs(),
+        })
+    }
+
+    /// Extend the visibility once (or retry); `false` when the heartbeat is over.
+    async fn beat(&mut self, broker: &dyn Broker) -> bool {
+        let now = Instant::now();
+        let left = self.until_max.saturating_duration_since(now);
+        if left.as_secs() == 0 {
+            tracing::warn!(message_id = %self.message_id, event = %self.event, max_visibility_extension_secs = self.max_secs,
+                "handlers still running at sqs.max_visibility_extension_secs: no more visibility extensions, so the message may be delivered again while they run");
+            return false;
+        }
+        let extension = Duration::from_secs(self.visibility.min(left).as_secs().max(1));
+        let secs = u32::try_from(extension.as_secs()).unwrap_or(u32::MAX);
+        // Not cancelled midway: a request already sent could land after the message is
+        // settled or given back and hide it again, so stopping waits for its answer.
+        let answer = broker.change_visibility(&self.receipt, secs).await;
+        match answer {
+            Ok(()) => {
+                metrics::counter!(m::VISIBILITY_EXTENSIONS).increment(1);
+                tracing::debug!(message_id = %self.message_id, event = %self.event, visibility_secs = secs, "handlers still running: message visibility extended");
+                self.invisible_until = now + extension;
+                self.next = if extension < self.visibility {
+                    // The last one: the next tick finds the maximum reached.
+                    self.invisible_until
+                } else {
+                    now + extension / 2
+                };
+                true
+            }
+            Err(BrokerError::StaleReceipt) => {
+                tracing::warn!(message_id = %self.message_id, event = %self.event,
+                    "cannot extend the message's visibility: its receipt is stale (it was redelivered or deleted)");
+                false
+            }
+            Err(e) => {
+                let now = Instant::now();
+                if now >= self.invisible_until {
+                    tracing::warn!(message_id = %self.message_id, event = %self.event, error = %e,
+                        "could not extend the message's visibility in time; it may be delivered again while its handlers run");
+                    return false;
+                }
+                tracing::warn!(message_id = %self.message_id, event = %self.event, error = %e,
+                    "cannot extend the message's visibility yet; retrying while it is invisible");
+                let retry = (self.visibility / 10)
+                    .clamp(Duration::from_millis(100), Duration::from_secs(1));
+                self.next = (now + retry).min(self.invisible_until);
+                true
+            }
+        }
+    }
+}
+
+/// What a keeper task extends through.
+struct KeepServices {
     locks: Arc<dyn Locks>,
-    mut held: Held,
+    broker: Arc<dyn Broker>,
+    /// The message's event, for log lines.
+    event: String,
+    /// The lock's lifetime.
     ttl: Duration,
-    state: Arc<std::sync::Mutex<LeaseState>>,
+}
+
+async fn keep_alive(
+    services: KeepServices,
+    mut held: Held,
+    mut heartbeat: Option<Heartbeat>,
+    state: Arc<std::sync::Mutex<KeepState>>,
     stop: CancellationToken,
 ) {
+    let KeepServices {
+        locks,
+        broker,
+        event,
+        ttl,
+    } = services;
     let retry = (ttl / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
-    let mut next = renew_at(held.valid_until, ttl);
+    let mut lock_next = Some(renew_at(held.valid_until, ttl));
     let lose = |reason: String| {
         state.lock().unwrap_or_else(|p| p.into_inner()).lost = Some(reason);
     };
     loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep_until(next) => {}
+        let beat_next = heartbeat.as_ref().map(|h| h.next);
+        if lock_next.is_none() && beat_next.is_none() {
+            // Nothing left to extend: wait to be stopped.
+            stop.cancelled().await;
+            return;
         }
-        let answer = tokio::select! {
+        let far = Instant::now() + Duration::from_secs(86_400);
+        tokio::select! {
+            biased;
             _ = stop.cancelled() => return,
-            answer = locks.extend(&held, ttl) => answer,
-        };
-        match answer {
-            Ok(Some(valid_until)) => {
-                held.valid_until = valid_until;
-                state.lock().unwrap_or_else(|p| p.into_inner()).valid_until = valid_until;
-                next = renew_at(valid_until, ttl);
-                tracing::debug!(message_id = %held.message_id, "message lock extended");
-            }
-            Ok(None) => {
-                tracing::warn!(message_id = %held.message_id, "the message lock was lost: it expired or another consumer holds it");
-                lose("another consumer holds it, or it expired".into());
-                return;
-            }
-            Err(e) => {
-                let now = tokio::time::Instant::now();
-                if now >= held.valid_until {
-                    tracing::error!(message_id = %held.message_id, error = %e, "the message lock expired: it could not be extended in time");
-                    lose(format!("it could not be extended before it expired ({e})"));
-                    return;
+            _ = tokio::time::sleep_until(lock_next.unwrap_or(far)), if lock_next.is_some() => {
+                let answer = tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => return,
+                    answer = locks.extend(&held, ttl) => answer,
+                };
+                match answer {
+                    Ok(Some(valid_until)) => {
+                        held.valid_until = valid_until;
+                        state.lock().unwrap_or_else(|p| p.into_inner()).lock_valid_until = valid_until;
+                        lock_next = Some(renew_at(valid_until, ttl));
+                        tracing::debug!(message_id = %held.message_id, event = %event, "message lock extended");
+                    }
+                    Ok(None) => {
+                        tracing::warn!(message_id = %held.message_id, event = %event, "the message lock was lost: it expired or another consumer holds it");
+                        lose("another consumer holds it, or it expired".into());
+                        lock_next = None;
+                    }
+                    Err(e) => {
+                        let now = Instant::now();
+                        if now >= held.valid_until {
+                            tracing::error!(message_id = %held.message_id, event = %event, error = %e, "the message lock expired: it could not be extended in time");
+                            lose(format!("it could not be extended before it expired ({e})"));
+                            lock_next = None;
+                        } else {
+                            tracing::warn!(message_id = %held.message_id, event = %event, error = %e, "cannot extend the message lock yet; retrying while it is valid");
+                            lock_next = Some((now + retry).min(held.valid_until));
+                        }
+                    }
                 }
-                tracing::warn!(message_id = %held.message_id, error = %e, "cannot extend the message lock yet; retrying while it is valid");
-                next = (now + retry).min(held.valid_until);
+            }
+            _ = tokio::time::sleep_until(beat_next.unwrap_or(far)), if beat_next.is_some() => {
+                if let Some(beat) = heartbeat.as_mut() {
+                    if !beat.beat(broker.as_ref()).await {
+                        heartbeat = None;
+                    }
+                }
             }
         }
     }
 }
 
 /// Batch deletes: up to 10 receipts per call, gathered for at most 20 ms; retryable failures
-/// are retried with backoff, never dropped silently.
-async fn run_deleter(broker: Arc<dyn Broker>, mut rx: mpsc::UnboundedReceiver<String>) {
-    while let Some(first) = rx.recv().await {
+/// are retried with backoff, never dropped silently. `flush` ends it once what is queued is
+/// sent.
+async fn run_deleter(
+    broker: Arc<dyn Broker>,
+    mut rx: mpsc::UnboundedReceiver<Delete>,
+    flush: CancellationToken,
+) {
+    loop {
+        let first = tokio::select! {
+            biased;
+            next = rx.recv() => next,
+            _ = flush.cancelled() => {
+                rx.close();
+                rx.recv().await
+            }
+        };
+        let Some(first) = first else {
+            break;
+        };
         let mut batch = vec![first];
-        let gather_until = tokio::time::Instant::now() + Duration::from_millis(20);
+        let gather_until = Instant::now() + Duration::from_millis(20);
         while batch.len() < 10 {
             match tokio::time::timeout_at(gather_until, rx.recv()).await {
-                Ok(Some(receipt)) => batch.push(receipt),
+                Ok(Some(delete)) => batch.push(delete),
                 _ => break,
             }
         }
@@ -743,17 +1361,27 @@ async fn run_deleter(broker: Arc<dyn Broker>, mut rx: mpsc::UnboundedReceiver<St
     }
 }
 
-async fn delete_with_retry(broker: &dyn Broker, mut batch: Vec<String>) {
+async fn delete_with_retry(broker: &dyn Broker, mut batch: Vec<Delete>) {
     let mut backoff = Duration::from_millis(100);
     for attempt in 1..=8 {
-        match broker.delete_batch(&batch).await {
+        let receipts: Vec<String> = batch.iter().map(|d| d.receipt.clone()).collect();
+        match broker.delete_batch(&receipts).await {
             Ok(failures) => {
+                let mut failed: HashMap<String, (String, bool)> = failures
+                    .into_iter()
+                    .map(|f| (f.receipt, (f.reason, f.retryable)))
+                    .collect();
                 let mut retry = Vec::new();
-                for failure in failures {
-                    if failure.retryable {
-                        retry.push(failure.receipt);
-                    } else {
-                        tracing::warn!(reason = %failure.reason, "delete failed; the message will be redelivered");
+                for delete in batch {
+                    match failed.remove(&delete.receipt) {
+                        None => {
+                            tracing::debug!(message_id = %delete.message_id, event = %delete.event, "deleted")
+                        }
+                        Some((_, true)) => retry.push(delete),
+                        Some((reason, false)) => {
+                            metrics::counter!(m::DELETE_FAILURES).increment(1);
+                            tracing::warn!(message_id = %delete.message_id, event = %delete.event, reason = %reason, "delete failed; the message will be redelivered");
+                        }
                     }
                 }
                 if retry.is_empty() {
@@ -762,16 +1390,18 @@ async fn delete_with_retry(broker: &dyn Broker, mut batch: Vec<String>) {
                 batch = retry;
             }
             Err(e) => {
-                tracing::warn!(attempt, error = %e, "batch delete failed; retrying");
+                let ids: Vec<&str> = batch.iter().map(|d| d.message_id.as_str()).collect();
+                tracing::warn!(attempt, message_ids = ?ids, error = %e, "batch delete failed; retrying");
             }
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
-    tracing::error!(
-        count = batch.len(),
-        "giving up deleting acked messages; they will be redelivered"
-    );
+    metrics::counter!(m::DELETE_FAILURES).increment(batch.len() as u64);
+    for delete in &batch {
+        tracing::error!(message_id = %delete.message_id, event = %delete.event,
+            "giving up deleting an acked message; it will be redelivered");
+    }
 }
 
 #[cfg(test)]

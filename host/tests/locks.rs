@@ -715,7 +715,11 @@ fn a_long_handler_keeps_its_lock_alive() {
          [[bindings]]\nevents = [\"Slow.*\"]\nplugin = \"echo\"\nconfig = {{ prefix = \"seen\" }}\n",
         lock_section(&[server.url()], "timeout_secs = 1"),
     );
-    let config = s.config("visibility_timeout = 1", &rest);
+    // The visibility heartbeat is off so that the message does come back while it runs.
+    let config = s.config(
+        "visibility_timeout = 1\nmax_visibility_extension_secs = 0",
+        &rest,
+    );
     let host = Host::start(&config, s.path("host.log"));
     common::publish(&config, &["Slow.Job", "{}"]);
     s.wait_for("the message to be gone", LIMIT, || {

@@ -11,11 +11,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeName};
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
+    MessageSystemAttributeName,
+};
 use base64::Engine as _;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
+use super::fifo::{is_fifo, FifoSettings};
 use super::{Broker, BrokerError, DeleteFailure, Received};
 use crate::config::Config;
 use crate::wire::{Attribute, Attributes, Outgoing};
@@ -33,6 +37,7 @@ pub struct AwsBroker {
     queue_url: OnceCell<String>,
     dead_letter_url: OnceCell<String>,
     endpoint: String,
+    fifo: FifoSettings,
 }
 
 /// Load the SDK configuration for a config: standard chain plus overrides, with timeouts that
@@ -99,6 +104,7 @@ impl AwsBroker {
                 .endpoint_url
                 .clone()
                 .unwrap_or_else(|| "the AWS default endpoint".into()),
+            fifo: FifoSettings::from_config(config),
         }
     }
 
@@ -149,10 +155,29 @@ impl AwsBroker {
     }
 
     async fn send_to_url(&self, url: &str, message: &Outgoing) -> Result<String, BrokerError> {
+        self.send_to_url_in_group(url, message, None).await
+    }
+
+    /// Send to a queue; a FIFO queue gets a group id (`group`, else the configured rule) and a
+    /// deduplication id.
+    async fn send_to_url_in_group(
+        &self,
+        url: &str,
+        message: &Outgoing,
+        group: Option<&str>,
+    ) -> Result<String, BrokerError> {
         let body = body_text(message)?;
         let mut request = self.sqs.send_message().queue_url(url).message_body(body);
         for (name, attribute) in &message.attributes {
             request = request.message_attributes(name, sqs_attribute(name, attribute)?);
+        }
+        if is_fifo(url) {
+            let group = group
+                .map(str::to_string)
+                .unwrap_or_else(|| self.fifo.group_of(message));
+            request = request
+                .message_group_id(group)
+                .message_deduplication_id(self.fifo.deduplication_id_of(message));
         }
         let out = request
             .send()
@@ -254,6 +279,11 @@ impl Broker for AwsBroker {
         for (name, attribute) in &message.attributes {
             request = request.message_attributes(name, sns_attribute(name, attribute)?);
         }
+        if is_fifo(topic) {
+            request = request
+                .message_group_id(self.fifo.group_of(message))
+                .message_deduplication_id(self.fifo.deduplication_id_of(message));
+        }
         match request.send().await {
             Ok(out) => Ok(out.message_id().unwrap_or_default().to_string()),
             Err(e)
@@ -300,18 +330,29 @@ impl Broker for AwsBroker {
             .message_attribute_names("All")
             .message_system_attribute_names(MessageSystemAttributeName::All)
             .send();
+        tokio::pin!(request);
         let out = tokio::select! {
-            // A cancelled long poll may have taken messages in flight; SQS returns them to the
-            // queue when their visibility timeout ends, so nothing is lost.
-            _ = cancel.cancelled() => return Ok(Vec::new()),
-            out = request => out.map_err(|e| {
-                if e.as_service_error().map(|s| s.is_queue_does_not_exist()).unwrap_or(false) {
-                    BrokerError::NoSuchQueue(self.queue.clone())
-                } else {
-                    sdk_error("ReceiveMessage", e)
-                }
-            })?,
-        };
+            biased;
+            out = &mut request => out,
+            _ = cancel.cancelled() => {
+                // A long poll cannot be recalled: SQS may already have taken messages for it,
+                // and dropping the request would strand them, invisible, until their visibility
+                // timeout. Wait for its answer (at most the poll's wait) and hand back what it
+                // brought, for the caller to give back at once.
+                tracing::debug!(wait_secs = wait.as_secs(), "stopping: waiting for the pending long poll's answer so nothing it took is stranded");
+                request.await
+            }
+        }
+        .map_err(|e| {
+            if e.as_service_error()
+                .map(|s| s.is_queue_does_not_exist())
+                .unwrap_or(false)
+            {
+                BrokerError::NoSuchQueue(self.queue.clone())
+            } else {
+                sdk_error("ReceiveMessage", e)
+            }
+        })?;
         let mut received = Vec::new();
         for message in out.messages() {
             let (Some(id), Some(receipt)) = (message.message_id(), message.receipt_handle()) else {
@@ -334,6 +375,12 @@ impl Broker for AwsBroker {
                     .unwrap_or(1),
                 sent_timestamp_ms: system_value(MessageSystemAttributeName::SentTimestamp)
                     .unwrap_or(0),
+                // Only FIFO queues order by group (a standard queue may carry group ids
+                // for fairness, which do not ask for order).
+                group_id: system
+                    .filter(|_| is_fifo(&self.queue))
+                    .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId))
+                    .cloned(),
             });
         }
         Ok(received)
@@ -391,6 +438,51 @@ impl Broker for AwsBroker {
         Ok(())
     }
 
+    async fn change_visibility_batch(
+        &self,
+        receipts: &[String],
+        secs: u32,
+    ) -> Result<Vec<DeleteFailure>, BrokerError> {
+        let url = self.queue_url().await?.to_string();
+        let secs = i32::try_from(secs.min(43_200)).unwrap_or(43_200);
+        let mut failures = Vec::new();
+        for chunk in receipts.chunks(10) {
+            let mut request = self.sqs.change_message_visibility_batch().queue_url(&url);
+            for (i, receipt) in chunk.iter().enumerate() {
+                let entry = ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(receipt)
+                    .visibility_timeout(secs)
+                    .build()
+                    .map_err(|e| BrokerError::Aws {
+                        operation: "ChangeMessageVisibilityBatch",
+                        message: e.to_string(),
+                        retryable: false,
+                    })?;
+                request = request.entries(entry);
+            }
+            let out = request
+                .send()
+                .await
+                .map_err(|e| sdk_error("ChangeMessageVisibilityBatch", e))?;
+            for failed in out.failed() {
+                let receipt = failed
+                    .id()
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|i| chunk.get(i))
+                    .cloned()
+                    .unwrap_or_default();
+                failures.push(DeleteFailure {
+                    receipt,
+                    reason: format!("{}: {}", failed.code(), failed.message().unwrap_or("")),
+                    retryable: !failed.sender_fault(),
+                });
+            }
+        }
+        Ok(failures)
+    }
+
     async fn dead_letter(&self, message: &Received, reason: &str) -> Result<(), BrokerError> {
         let dlq = self.dead_letter_url().await?.to_string();
         let mut attributes = message.attributes.clone();
@@ -405,7 +497,9 @@ impl Broker for AwsBroker {
             body: message.body.clone(),
             attributes,
         };
-        self.send_to_url(&dlq, &outgoing).await?;
+        // A FIFO dead-letter queue keeps the message's group.
+        self.send_to_url_in_group(&dlq, &outgoing, message.group_id.as_deref())
+            .await?;
         // Only after the copy is safely in the DLQ is the original deleted.
         let url = self.queue_url().await?.to_string();
         self.sqs

@@ -6,6 +6,11 @@
 //! `max_receive_count`, and deliveries are settled by receipt handle. Several processes can
 //! share the file at once (WAL mode, immediate transactions), so `iniesta publish` in one
 //! terminal reaches `iniesta run` in another.
+//!
+//! Queues whose name ends in `.fifo` behave like SQS FIFO queues: messages carry a group id
+//! ([`super::fifo`]), a group with a message in flight delivers nothing else until that
+//! message is settled or visible again, and a deduplication id seen on the queue within the
+//! last five minutes makes a send return the first message's id without storing a copy.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -15,6 +20,7 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tokio_util::sync::CancellationToken;
 
+use super::fifo::{is_fifo, FifoSettings};
 use super::{Broker, BrokerError, DeleteFailure, Received};
 use crate::config::{Config, InitializationType};
 use crate::filter::{FilterPolicy, Scope};
@@ -50,7 +56,28 @@ CREATE TABLE IF NOT EXISTS messages (
     dead_letter_reason TEXT
 );
 CREATE INDEX IF NOT EXISTS messages_by_queue ON messages (queue, visible_ms, seq);
+CREATE TABLE IF NOT EXISTS fifo_dedup (
+    queue TEXT NOT NULL,
+    dedup_id TEXT NOT NULL,
+    id TEXT NOT NULL,
+    sent_ms INTEGER NOT NULL,
+    PRIMARY KEY (queue, dedup_id)
+);
 ";
+
+/// How long a FIFO deduplication id is remembered (the SQS interval).
+const DEDUP_WINDOW_MS: i64 = 5 * 60 * 1000;
+
+/// Columns added after the first release, for files created before them.
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let has_group: bool = conn
+        .prepare("SELECT 1 FROM pragma_table_info('messages') WHERE name = 'group_id'")?
+        .exists([])?;
+    if !has_group {
+        conn.execute_batch("ALTER TABLE messages ADD COLUMN group_id TEXT;")?;
+    }
+    Ok(())
+}
 
 /// A queue's settings as the local broker stores them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,6 +115,7 @@ pub struct LocalBroker {
     topic: Option<String>,
     queue: String,
     dead_letter_queue: Option<String>,
+    fifo: FifoSettings,
 }
 
 /// A shared SQLite connection used from blocking threads.
@@ -129,6 +157,7 @@ impl Db {
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
+        migrate(&conn).map_err(err)?;
         Ok(Db {
             path: path.to_path_buf(),
             conn: Arc::new(Mutex::new(conn)),
@@ -171,6 +200,7 @@ fn insert_message(
     queue: &str,
     message: &Outgoing,
     now: i64,
+    fifo: &FifoSettings,
 ) -> rusqlite::Result<Option<String>> {
     let delay: Option<i64> = tx
         .query_row(
@@ -183,9 +213,34 @@ fn insert_message(
         return Ok(None);
     };
     let id = uuid::Uuid::new_v4().to_string();
+    let group = if is_fifo(queue) {
+        let dedup = fifo.deduplication_id_of(message);
+        tx.execute(
+            "DELETE FROM fifo_dedup WHERE sent_ms <= ?1",
+            params![now - DEDUP_WINDOW_MS],
+        )?;
+        let seen: Option<String> = tx
+            .query_row(
+                "SELECT id FROM fifo_dedup WHERE queue = ?1 AND dedup_id = ?2",
+                params![queue, dedup],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(first) = seen {
+            tracing::debug!(queue, message_id = %first, "duplicate FIFO message (same deduplication id within five minutes): not stored again");
+            return Ok(Some(first));
+        }
+        tx.execute(
+            "INSERT INTO fifo_dedup (queue, dedup_id, id, sent_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![queue, dedup, id, now],
+        )?;
+        Some(fifo.group_of(message))
+    } else {
+        None
+    };
     tx.execute(
-        "INSERT INTO messages (id, queue, body, attributes, sent_ms, visible_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![id, queue, message.body, encode_attributes(&message.attributes), now, now + delay * 1000],
+        "INSERT INTO messages (id, queue, body, attributes, sent_ms, visible_ms, group_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![id, queue, message.body, encode_attributes(&message.attributes), now, now + delay * 1000, group],
     )?;
     Ok(Some(id))
 }
@@ -200,6 +255,7 @@ impl LocalBroker {
             topic: config.topic_name(),
             queue: config.queue_name(),
             dead_letter_queue: config.sqs.dead_letter_queue.clone(),
+            fifo: FifoSettings::from_config(config),
         };
         broker.setup(config).await?;
         Ok(broker)
@@ -314,6 +370,7 @@ impl LocalBroker {
         let topic = topic.to_string();
         let message = message.clone();
         let missing = topic.clone();
+        let fifo = self.fifo.clone();
         let result = self
             .db
             .call(move |conn| {
@@ -335,7 +392,7 @@ impl LocalBroker {
                 let mut reached = Vec::new();
                 for (queue, policy, scope) in subscriptions {
                     if accepts(policy.as_deref(), &scope, &message) {
-                        insert_message(&tx, &queue, &message, now)?;
+                        insert_message(&tx, &queue, &message, now, &fifo)?;
                         reached.push(queue);
                     }
                 }
@@ -392,10 +449,17 @@ impl LocalBroker {
             return Ok(None);
         };
         let now = now_ms();
-        let candidates: Vec<(i64, String, Vec<u8>, String, i64, u32)> = {
+        type Row = (i64, String, Vec<u8>, String, i64, u32, Option<String>);
+        let candidates: Vec<Row> = {
+            // A FIFO group with a message in flight (received, not yet visible again)
+            // delivers nothing else until that message is settled.
             let mut stmt = tx.prepare_cached(
-                "SELECT seq, id, body, attributes, sent_ms, receive_count FROM messages
-                 WHERE queue = ?1 AND visible_ms <= ?2 ORDER BY seq LIMIT ?3",
+                "SELECT seq, id, body, attributes, sent_ms, receive_count, group_id FROM messages
+                 WHERE queue = ?1 AND visible_ms <= ?2
+                   AND (group_id IS NULL OR group_id NOT IN (
+                        SELECT group_id FROM messages WHERE queue = ?1 AND group_id IS NOT NULL
+                          AND receipt IS NOT NULL AND visible_ms > ?2))
+                 ORDER BY seq LIMIT ?3",
             )?;
             // Ask for more than `max` so messages redriven to the DLQ don't shrink the batch.
             let rows = stmt.query_map(params![queue, now, i64::from(max) * 2], |r| {
@@ -406,12 +470,13 @@ impl LocalBroker {
                     r.get(3)?,
                     r.get(4)?,
                     r.get(5)?,
+                    r.get(6)?,
                 ))
             })?;
             rows.collect::<rusqlite::Result<_>>()?
         };
         let mut out = Vec::new();
-        for (seq, id, body, attributes, sent_ms, receive_count) in candidates {
+        for (seq, id, body, attributes, sent_ms, receive_count, group_id) in candidates {
             if out.len() >= max as usize {
                 break;
             }
@@ -446,6 +511,7 @@ impl LocalBroker {
                 attributes: decode_attributes(&attributes),
                 receive_count: receive_count + 1,
                 sent_timestamp_ms: u64::try_from(sent_ms).unwrap_or(0),
+                group_id,
             });
         }
         tx.commit()?;
@@ -494,11 +560,12 @@ impl Broker for LocalBroker {
         let queue = queue.unwrap_or(&self.queue).to_string();
         let missing = queue.clone();
         let message = message.clone();
+        let fifo = self.fifo.clone();
         let id = self
             .db
             .call(move |conn| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let id = insert_message(&tx, &queue, &message, now_ms())?;
+                let id = insert_message(&tx, &queue, &message, now_ms(), &fifo)?;
                 tx.commit()?;
                 Ok(id)
             })

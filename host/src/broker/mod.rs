@@ -7,6 +7,7 @@
 //! [`aws`] is the real engine; [`local`] exists so the main job runs on a fresh machine.
 
 pub mod aws;
+pub mod fifo;
 pub mod local;
 
 use std::sync::Arc;
@@ -33,9 +34,11 @@ pub struct Received {
     pub receive_count: u32,
     /// When it was sent, ms since the Unix epoch.
     pub sent_timestamp_ms: u64,
+    /// Its FIFO message group, when it came from a FIFO queue.
+    pub group_id: Option<String>,
 }
 
-/// One receipt a batch delete could not delete.
+/// One receipt a batch call (delete, change visibility) could not settle.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeleteFailure {
     /// The receipt handle.
@@ -115,8 +118,10 @@ pub trait Broker: Send + Sync + 'static {
         message: &Outgoing,
     ) -> Result<String, BrokerError>;
 
-    /// Receive up to `max` messages, waiting up to `wait` for the first; returns early (maybe
-    /// empty) when `cancel` fires, never dropping a message it already took.
+    /// Receive up to `max` messages, waiting up to `wait` for the first. When `cancel` fires
+    /// it stops waiting as soon as it can, but never drops a message it already took: a
+    /// request already sent is awaited (at most `wait`) and what it brought is returned, for
+    /// the caller to run or give back.
     async fn receive(
         &self,
         max: u32,
@@ -129,6 +134,26 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Make a delivery visible again after `secs` seconds.
     async fn change_visibility(&self, receipt: &str, secs: u32) -> Result<(), BrokerError>;
+
+    /// Make several deliveries visible again after `secs` seconds (0: at once); returns the
+    /// receipts that could not be changed, with why.
+    async fn change_visibility_batch(
+        &self,
+        receipts: &[String],
+        secs: u32,
+    ) -> Result<Vec<DeleteFailure>, BrokerError> {
+        let mut failures = Vec::new();
+        for receipt in receipts {
+            if let Err(e) = self.change_visibility(receipt, secs).await {
+                failures.push(DeleteFailure {
+                    receipt: receipt.clone(),
+                    retryable: e.is_retryable(),
+                    reason: e.to_string(),
+                });
+            }
+        }
+        Ok(failures)
+    }
 
     /// Move a delivery to the dead-letter queue with `reason`, then delete it.
     async fn dead_letter(&self, message: &Received, reason: &str) -> Result<(), BrokerError>;

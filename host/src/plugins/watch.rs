@@ -230,6 +230,7 @@ impl Reloader {
             Ok(c) => Some(c),
             Err(e) => {
                 tracing::error!("config change refused; the running config keeps serving: {e}");
+                metrics::counter!(crate::ops::metrics::CONFIG_REFUSALS).increment(1);
                 if let crate::config::ConfigError::Invalid { problems, .. } = &e {
                     report.config_refused = problems.clone();
                 } else {
@@ -258,6 +259,8 @@ impl Reloader {
             .map(|r| r.error.to_string())
             .collect();
         self.stats.refusals += plugins.refused.len() as u64;
+        metrics::counter!(crate::ops::metrics::PLUGIN_REFUSALS)
+            .increment(plugins.refused.len() as u64);
 
         // Bind; on failure, fall back step by step: keep old generations of plugins whose new
         // generation failed to construct, unbind removed plugins, then keep the old config.
@@ -273,6 +276,7 @@ impl Reloader {
                     .join("\n")
             );
             report.config_refused = problems.clone();
+            metrics::counter!(crate::ops::metrics::CONFIG_REFUSALS).increment(1);
             applied_config = false;
             let old = self.config.clone();
             plugins = self.plugins.rescan(&old.plugin_dirs());
@@ -300,6 +304,8 @@ impl Reloader {
                     .push((name.clone(), old.map(|o| o.generation), plugin.generation));
                 if let Some(old) = old {
                     *self.stats.reloads.entry(name.clone()).or_default() += 1;
+                    metrics::counter!(crate::ops::metrics::PLUGIN_RELOADS, "plugin" => name.clone())
+                        .increment(1);
                     self.stats.retained_bytes += old.file_size;
                     self.stats.retained_generations += 1;
                     tracing::info!(
@@ -473,6 +479,19 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
         "sqs.shutdown_timeout_secs",
         old.sqs.shutdown_timeout_secs == new.sqs.shutdown_timeout_secs,
     );
+    check(
+        "sqs.max_visibility_extension_secs",
+        old.sqs.max_visibility_extension_secs == new.sqs.max_visibility_extension_secs,
+    );
+    check(
+        "sqs.fifo_*",
+        old.sqs.fifo_group_attribute == new.sqs.fifo_group_attribute
+            && old.sqs.fifo_group_field == new.sqs.fifo_group_field
+            && old.sqs.fifo_default_group == new.sqs.fifo_default_group
+            && old.sqs.fifo_deduplication_attribute == new.sqs.fifo_deduplication_attribute,
+    );
+    check("metrics", old.metrics == new.metrics);
+    check("errors", old.errors == new.errors);
     check("plugins.watch", old.plugins.watch == new.plugins.watch);
     keys
 }

@@ -303,6 +303,10 @@ async fn ensure_queue(
     for (key, value) in attributes {
         create = create.attributes(key.clone(), value);
     }
+    if crate::broker::fifo::is_fifo(name) {
+        // Only settable at creation; deduplication ids are always sent (broker/fifo.rs).
+        create = create.attributes(QueueAttributeName::FifoQueue, "true");
+    }
     match create.send().await {
         Ok(_) => {}
         Err(e)
@@ -335,10 +339,11 @@ pub async fn setup(config: &Config) -> Result<Report, BrokerError> {
     let topic_arn = config.sns.topic_arn.clone().unwrap_or_default();
     if needs_topic {
         let name = config.topic_name().unwrap_or_default();
-        let created = broker
-            .sns()
-            .create_topic()
-            .name(&name)
+        let mut create = broker.sns().create_topic().name(&name);
+        if crate::broker::fifo::is_fifo(&name) {
+            create = create.attributes("FifoTopic", "true");
+        }
+        let created = create
             .send()
             .await
             .map_err(|e| sdk_error("CreateTopic", e))?;

@@ -1,0 +1,190 @@
+//! FIFO queues and topics: the `MessageGroupId` and `MessageDeduplicationId` of what is sent.
+//!
+//! A queue or topic whose name ends in `.fifo` is FIFO. Everything sent to one gets a group
+//! id, from the `sqs.fifo_group_attribute` attribute, else the `sqs.fifo_group_field` body
+//! field, else `sqs.fifo_default_group`; and a deduplication id, from the
+//! `sqs.fifo_deduplication_attribute` attribute, else the SHA-256 of the event name and the
+//! body (so the same event with the same body sent twice within five minutes is delivered
+//! once, as SQS content-based deduplication does with the body alone). Values SQS would
+//! refuse (over 128 characters, or characters outside printable ASCII) are replaced by their
+//! SHA-256, so any value works as a key.
+
+use sha2::{Digest, Sha256};
+
+use crate::config::Config;
+use crate::wire::Outgoing;
+
+/// Whether a queue name, queue URL or topic ARN names a FIFO queue or topic.
+pub fn is_fifo(name: &str) -> bool {
+    name.ends_with(".fifo")
+}
+
+/// How group and deduplication ids are chosen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FifoSettings {
+    /// The attribute holding the group id.
+    pub group_attribute: Option<String>,
+    /// The top-level body field holding the group id.
+    pub group_field: Option<String>,
+    /// The group id when neither gives one.
+    pub default_group: String,
+    /// The attribute holding the deduplication id.
+    pub deduplication_attribute: Option<String>,
+}
+
+impl Default for FifoSettings {
+    fn default() -> Self {
+        FifoSettings {
+            group_attribute: None,
+            group_field: None,
+            default_group: "default".into(),
+            deduplication_attribute: None,
+        }
+    }
+}
+
+/// Why a value cannot be a group or deduplication id as it is.
+pub fn check_id(value: &str) -> Result<(), &'static str> {
+    if value.is_empty() || value.len() > 128 {
+        return Err("must be 1 to 128 characters");
+    }
+    if !value.chars().all(|c| c.is_ascii_graphic()) {
+        return Err("may only hold printable ASCII characters without spaces");
+    }
+    Ok(())
+}
+
+fn usable(value: &str) -> String {
+    match check_id(value) {
+        Ok(()) => value.to_string(),
+        Err(_) => hex_sha256(&[value.as_bytes()]),
+    }
+}
+
+fn hex_sha256(parts: &[&[u8]]) -> String {
+    let mut hasher = Sha256::new();
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            hasher.update([0u8]);
+        }
+        hasher.update(part);
+    }
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl FifoSettings {
+    /// From `[sqs]`.
+    pub fn from_config(config: &Config) -> FifoSettings {
+        FifoSettings {
+            group_attribute: config.sqs.fifo_group_attribute.clone(),
+            group_field: config.sqs.fifo_group_field.clone(),
+            default_group: config.sqs.fifo_default_group.clone(),
+            deduplication_attribute: config.sqs.fifo_deduplication_attribute.clone(),
+        }
+    }
+
+    /// The `MessageGroupId` of a message.
+    pub fn group_of(&self, message: &Outgoing) -> String {
+        if let Some(value) = self
+            .group_attribute
+            .as_ref()
+            .and_then(|name| message.attributes.get(name))
+            .filter(|a| !a.value.is_empty())
+        {
+            return usable(&value.value);
+        }
+        if let Some(field) = &self.group_field {
+            if let Ok(serde_json::Value::Object(body)) =
+                serde_json::from_slice::<serde_json::Value>(&message.body)
+            {
+                let text = match body.get(field) {
+                    Some(serde_json::Value::String(s)) if !s.is_empty() => Some(s.clone()),
+                    Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
+                        Some(v.to_string())
+                    }
+                    _ => None,
+                };
+                if let Some(text) = text {
+                    return usable(&text);
+                }
+            }
+        }
+        usable(&self.default_group)
+    }
+
+    /// The `MessageDeduplicationId` of a message.
+    pub fn deduplication_id_of(&self, message: &Outgoing) -> String {
+        if let Some(value) = self
+            .deduplication_attribute
+            .as_ref()
+            .and_then(|name| message.attributes.get(name))
+            .filter(|a| !a.value.is_empty())
+        {
+            return usable(&value.value);
+        }
+        hex_sha256(&[message.event.as_bytes(), &message.body])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{Attribute, Attributes};
+
+    fn outgoing(body: &str, attributes: &[(&str, &str)]) -> Outgoing {
+        let mut attrs = Attributes::new();
+        for (k, v) in attributes {
+            attrs.insert((*k).to_string(), Attribute::string(*v));
+        }
+        Outgoing {
+            event: "Order.Created.shop".into(),
+            body: body.as_bytes().to_vec(),
+            attributes: attrs,
+        }
+    }
+
+    #[test]
+    fn group_from_attribute_then_field_then_default() {
+        let fifo = FifoSettings {
+            group_attribute: Some("tenant".into()),
+            group_field: Some("customer".into()),
+            default_group: "all".into(),
+            deduplication_attribute: None,
+        };
+        assert_eq!(
+            fifo.group_of(&outgoing(r#"{"customer":"c1"}"#, &[("tenant", "t9")])),
+            "t9"
+        );
+        assert_eq!(fifo.group_of(&outgoing(r#"{"customer":"c1"}"#, &[])), "c1");
+        assert_eq!(fifo.group_of(&outgoing(r#"{"customer":42}"#, &[])), "42");
+        assert_eq!(fifo.group_of(&outgoing("not json", &[])), "all");
+        assert_eq!(fifo.group_of(&outgoing(r#"{"other":1}"#, &[])), "all");
+        // Unusable values become their hash.
+        let spaced = fifo.group_of(&outgoing(r#"{"customer":"a b"}"#, &[]));
+        assert_eq!(spaced.len(), 64);
+        assert!(check_id(&spaced).is_ok());
+    }
+
+    #[test]
+    fn deduplication_by_content_or_attribute() {
+        let fifo = FifoSettings {
+            deduplication_attribute: Some("request_id".into()),
+            ..FifoSettings::default()
+        };
+        let a = fifo.deduplication_id_of(&outgoing(r#"{"n":1}"#, &[]));
+        let b = fifo.deduplication_id_of(&outgoing(r#"{"n":1}"#, &[]));
+        let c = fifo.deduplication_id_of(&outgoing(r#"{"n":2}"#, &[]));
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(
+            fifo.deduplication_id_of(&outgoing(r#"{"n":1}"#, &[("request_id", "r-1")])),
+            "r-1"
+        );
+        assert!(is_fifo("q.fifo") && !is_fifo("q"));
+        assert!(check_id("").is_err() && check_id(&"x".repeat(129)).is_err());
+    }
+}

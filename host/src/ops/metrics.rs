@@ -1,0 +1,129 @@
+//! The metrics a host exports, with the Prometheus recorder behind them.
+//!
+//! The pipeline records through the `metrics` facade; [`install`] puts a Prometheus recorder
+//! behind it (only when `[metrics] listen` is set) and [`super::server`] renders it at
+//! `/metrics`. Names follow the Prometheus conventions: counters end in `_total`, durations are
+//! in seconds. Per-binding series are labelled `binding` with the binding's label as the
+//! host logs it (`bindings[0] (ledger/ledger)`).
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use super::OpsError;
+
+/// Messages taken from the queue (every delivery, duplicates included).
+pub const RECEIVED: &str = "iniesta_messages_received_total";
+/// Messages deleted because every binding acked (or had acked before: a duplicate).
+pub const ACKED: &str = "iniesta_messages_acked_total";
+/// Messages left for redelivery: label `reason` = `retry` (a handler asked for it, visibility
+/// set to its delay), `failed` (an error, panic or timeout: back after the visibility
+/// timeout), `unbound` (no binding takes the event), `undecodable`, `lock_lost`.
+pub const RETRIED: &str = "iniesta_messages_retried_total";
+/// Messages moved to the dead-letter queue.
+pub const DEAD_LETTERED: &str = "iniesta_messages_dead_lettered_total";
+/// Received messages given back unstarted with visibility 0: label `reason` = `shutdown`
+/// or `fifo_order` (an earlier message of their FIFO group was not settled).
+pub const RELEASED: &str = "iniesta_messages_released_total";
+/// Handler calls: labels `binding` and `result` = `ack`, `retry`, `dead_letter`, `error`,
+/// `panic`, `timeout`, `crashed`.
+pub const HANDLER_CALLS: &str = "iniesta_handler_calls_total";
+/// How long handler calls took (s), a histogram labelled `binding`.
+pub const HANDLER_DURATION: &str = "iniesta_handler_duration_seconds";
+/// Idempotency lock failures: label `reason` = `held_elsewhere` (another consumer holds the
+/// message), `lost` (lost while handlers ran), `unavailable` (the lock service could not
+/// decide for a whole batch).
+pub const LOCK_FAILURES: &str = "iniesta_lock_failures_total";
+/// Messages received and not yet settled (gauge).
+pub const IN_FLIGHT: &str = "iniesta_in_flight";
+/// Failed receive calls.
+pub const POLL_ERRORS: &str = "iniesta_poll_errors_total";
+/// Visibility heartbeats sent for messages whose handlers were still running.
+pub const VISIBILITY_EXTENSIONS: &str = "iniesta_visibility_extensions_total";
+/// Acked messages the broker failed to delete (they will be redelivered).
+pub const DELETE_FAILURES: &str = "iniesta_delete_failures_total";
+/// Plugin generations swapped in by hot reload: label `plugin`.
+pub const PLUGIN_RELOADS: &str = "iniesta_plugin_reloads_total";
+/// Plugin files refused at load (bad ABI, missing symbol, incomplete file...).
+pub const PLUGIN_REFUSALS: &str = "iniesta_plugin_refusals_total";
+/// Config changes refused by hot reload.
+pub const CONFIG_REFUSALS: &str = "iniesta_config_refusals_total";
+/// Failure records for `[errors] webhook_url`: label `result` = `sent`, `failed`, `dropped`.
+pub const ERROR_REPORTS: &str = "iniesta_error_reports_total";
+
+/// Upper bounds of the handler duration buckets (s).
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+/// Install the Prometheus recorder for this process and describe every metric; the handle
+/// renders the text format.
+pub fn install() -> Result<PrometheusHandle, OpsError> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(HANDLER_DURATION.into()), DURATION_BUCKETS)
+        .map_err(|e| OpsError::Recorder(e.to_string()))?
+        .install_recorder()
+        .map_err(|e| OpsError::Recorder(e.to_string()))?;
+    describe();
+    // Series without labels start at zero so dashboards see them before the first event.
+    for name in [
+        RECEIVED,
+        ACKED,
+        DEAD_LETTERED,
+        POLL_ERRORS,
+        VISIBILITY_EXTENSIONS,
+        DELETE_FAILURES,
+        PLUGIN_REFUSALS,
+        CONFIG_REFUSALS,
+    ] {
+        metrics::counter!(name).absolute(0);
+    }
+    for reason in ["held_elsewhere", "lost", "unavailable"] {
+        metrics::counter!(LOCK_FAILURES, "reason" => reason).absolute(0);
+    }
+    for reason in ["retry", "failed", "unbound", "undecodable", "lock_lost"] {
+        metrics::counter!(RETRIED, "reason" => reason).absolute(0);
+    }
+    for reason in ["shutdown", "fifo_order"] {
+        metrics::counter!(RELEASED, "reason" => reason).absolute(0);
+    }
+    metrics::gauge!(IN_FLIGHT).set(0.0);
+    Ok(handle)
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(RECEIVED, "Messages taken from the queue (every delivery)");
+    describe_counter!(ACKED, "Messages deleted after every binding acked");
+    describe_counter!(
+        RETRIED,
+        "Messages left for redelivery, by reason (retry, failed, unbound, undecodable, lock_lost)"
+    );
+    describe_counter!(DEAD_LETTERED, "Messages moved to the dead-letter queue");
+    describe_counter!(
+        RELEASED,
+        "Received messages given back unstarted with visibility 0, by reason"
+    );
+    describe_counter!(HANDLER_CALLS, "Handler calls by binding and result");
+    describe_histogram!(
+        HANDLER_DURATION,
+        Unit::Seconds,
+        "Handler call durations by binding"
+    );
+    describe_counter!(LOCK_FAILURES, "Idempotency lock failures by reason");
+    describe_gauge!(IN_FLIGHT, "Messages received and not yet settled");
+    describe_counter!(POLL_ERRORS, "Failed receive calls");
+    describe_counter!(
+        VISIBILITY_EXTENSIONS,
+        "Visibility extensions sent for messages still being handled"
+    );
+    describe_counter!(
+        DELETE_FAILURES,
+        "Acked messages the broker failed to delete"
+    );
+    describe_counter!(PLUGIN_RELOADS, "Plugin generations swapped in, by plugin");
+    describe_counter!(PLUGIN_REFUSALS, "Plugin files refused at load");
+    describe_counter!(CONFIG_REFUSALS, "Config changes refused by hot reload");
+    describe_counter!(
+        ERROR_REPORTS,
+        "Failure records for the error webhook, by result"
+    );
+}

@@ -1,0 +1,123 @@
+//! The HTTP endpoint for `[metrics] listen`: `GET /metrics` (Prometheus text format) and
+//! `GET /health` (`200 ready`, or `503` with the reason). HTTP/1.1 over plain TCP: bind it to
+//! a loopback or private address, or put a proxy in front of it.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+
+use super::health::Health;
+use super::OpsError;
+
+/// What the endpoint serves.
+pub struct Endpoint {
+    /// Renders `/metrics`.
+    pub metrics: PrometheusHandle,
+    /// Answers `/health`.
+    pub health: Arc<Health>,
+}
+
+/// Bind the configured address (before anything else starts, so a taken port fails start-up).
+pub async fn bind(addr: &str) -> Result<TcpListener, OpsError> {
+    let parsed: SocketAddr = addr
+        .parse()
+        .map_err(|_| OpsError::Address(addr.to_string()))?;
+    TcpListener::bind(parsed)
+        .await
+        .map_err(|source| OpsError::Bind {
+            addr: addr.to_string(),
+            source,
+        })
+}
+
+/// Serve until the runtime stops; also keeps the recorder's histograms tidy.
+pub fn serve(listener: TcpListener, endpoint: Arc<Endpoint>) -> tokio::task::JoinHandle<()> {
+    let upkeep = endpoint.metrics.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = match listener.accept().await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics endpoint: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let endpoint = endpoint.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request| {
+                    let endpoint = endpoint.clone();
+                    async move { Ok::<_, Infallible>(answer(&endpoint, &request)) }
+                });
+                let served = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10))
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+                if let Err(e) = served {
+                    tracing::debug!(error = %e, "metrics endpoint: connection ended with an error");
+                }
+            });
+        }
+    })
+}
+
+fn text(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    if let Ok(value) = hyper::header::HeaderValue::from_str(content_type) {
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, value);
+    }
+    response
+}
+
+fn answer(endpoint: &Endpoint, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain; charset=utf-8",
+            "only GET\n".into(),
+        );
+    }
+    match request.uri().path() {
+        "/metrics" => text(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            endpoint.metrics.render(),
+        ),
+        "/health" => match endpoint.health.status() {
+            Ok(()) => text(
+                StatusCode::OK,
+                "text/plain; charset=utf-8",
+                "ready\n".into(),
+            ),
+            Err(reason) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain; charset=utf-8",
+                format!("not ready: {reason}\n"),
+            ),
+        },
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "not found: try /metrics or /health\n".into(),
+        ),
+    }
+}
