@@ -413,6 +413,10 @@ pub struct BindingConfig {
     /// Per-binding handler timeout (s), overriding `sqs.handler_timeout_secs`.
     #[serde(default)]
     pub timeout_secs: Option<u64>,
+    /// Set by a hot reload when the binding's plugin was removed: the binding keeps its
+    /// position (and so its identity) but takes no events until the plugin returns.
+    #[serde(skip)]
+    pub disabled: bool,
     /// The match DSL: conditions on the body (on the event for MEGA payloads) that must all
     /// hold for this binding to take a message (see `route::matcher`).
     #[serde(default, rename = "match")]

@@ -271,6 +271,7 @@ fn config_edits_rebind_without_restart_and_invalid_edits_are_refused() {
     });
     assert_eq!(s.ledger("ledger.jsonl")[0]["label"], "second");
     // An invalid edit is refused with the config-check errors; the running config serves on.
+    // (The refused edit also widens sqs.filters: a refused config must not change anything.)
     s.write(
         "iniesta.toml",
         &config_text(
@@ -278,12 +279,20 @@ fn config_edits_rebind_without_restart_and_invalid_edits_are_refused() {
             &dir,
             "",
             "[[bindings]]\nevents = [\"Other.*\"]\nplugin = \"nope\"\n",
+        )
+        .replace(
+            "filters = [\"Order.*\", \"Other.*\"]",
+            "filters = [\"Order.*\", \"Other.*\", \"Sneaky.*\"]",
         ),
     );
     s.wait_for("the refusal", LIMIT, || {
         host.log_text().contains("config change refused")
     });
     assert!(host.log_text().contains("bindings[0].plugin"));
+    assert!(
+        !host.log_text().contains("filter policy is updated"),
+        "a refused config must not touch the subscription"
+    );
     common::publish(&config, &["Other.Again", "{}"]);
     s.wait_for("Other.Again", LIMIT, || s.ledger("ledger.jsonl").len() == 2);
     assert_eq!(s.ledger("ledger.jsonl")[1]["label"], "second");
@@ -333,6 +342,13 @@ fn a_removed_plugin_is_unbound_and_its_events_go_to_the_default() {
         host.log_text()
             .contains("fallback: Order.Orphaned.receiver")
     });
+    // The default keeps its position (and so its identity): still bindings[1].
+    let log = host.log_text();
+    let handled = log
+        .lines()
+        .find(|l| l.contains("fallback: Order.Orphaned.receiver"))
+        .unwrap_or_default();
+    assert!(handled.contains("bindings[1] (echo/echo)"), "{handled}");
     // A new plugin file appearing is loaded and bindable again.
     deploy(&dir, "libledger.so", &ledger_with_mark(2));
     s.wait_for("the plugin to come back", LIMIT, || {

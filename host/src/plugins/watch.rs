@@ -247,9 +247,6 @@ impl Reloader {
             if !report.needs_restart.is_empty() {
                 tracing::warn!(keys = ?report.needs_restart, "these settings changed but only take effect after a restart");
             }
-            if new.sqs.filters != self.config.sqs.filters {
-                self.update_subscription(new);
-            }
         }
         let config = candidate.clone().unwrap_or_else(|| self.config.clone());
         let mut plugins = self.plugins.rescan(&config.plugin_dirs());
@@ -330,6 +327,10 @@ impl Reloader {
         report.config_applied = applied_config;
         if applied_config {
             if let Some(new) = candidate {
+                // Only a config that was accepted may change the subscription.
+                if new.sqs.filters != self.config.sqs.filters {
+                    self.update_subscription(&new);
+                }
                 self.config = new;
                 tracing::info!(config = %self.config_path.display(), "config reloaded; bindings swapped");
             }
@@ -382,12 +383,13 @@ impl Reloader {
                 }
             }
             if !unbind.is_empty() {
-                let mut i = 0;
-                config.bindings.retain(|_| {
-                    let keep = !unbind.contains(&i);
-                    i += 1;
-                    keep
-                });
+                // Disable rather than remove: a binding's position is part of its identity
+                // (log labels, completion records), so the others must keep theirs.
+                for index in &unbind {
+                    if let Some(binding) = config.bindings.get_mut(*index) {
+                        binding.disabled = true;
+                    }
+                }
                 changed = true;
             }
             if !changed {

@@ -343,6 +343,9 @@ pub fn bind(
     let mut problems = Vec::new();
     let mut entries = Vec::new();
     for (index, b) in config.bindings.iter().enumerate() {
+        if b.disabled {
+            continue;
+        }
         let key = format!("bindings[{index}]");
         let Some(plugin) = plugins.get(&b.plugin) else {
             problems.push(Problem {
