@@ -1362,6 +1362,10 @@ async fn run_deleter(
 }
 
 async fn delete_with_retry(broker: &dyn Broker, mut batch: Vec<Delete>) {
+    // A message delivered twice in one receive can bring the same receipt twice; SQS refuses
+    // a batch with repeated entries (BatchEntryIdsNotDistinct), so send each receipt once.
+    let mut seen = std::collections::HashSet::new();
+    batch.retain(|d| seen.insert(d.receipt.clone()));
     let mut backoff = Duration::from_millis(100);
     for attempt in 1..=8 {
         let receipts: Vec<String> = batch.iter().map(|d| d.receipt.clone()).collect();
