@@ -414,7 +414,7 @@ fn retry_dead_letter_and_redrive_to_the_dlq() {
     let config = consumer(
         &s,
         &moto.url(),
-        "max_receive_count = 2\nvisibility_timeout = 1",
+        "max_receive_count = 2\nvisibility_timeout = 3",
         &rest,
     );
     ok(&config, &["setup"]);
