@@ -1,0 +1,56 @@
+//! The canned SQS endpoint answers the real SDK correctly: the host (debug build, as
+//! scripts/test.sh builds it) consumes 100 messages from it and deletes each exactly once.
+//! No timing is asserted; this only keeps the benchmark from rotting silently.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bench::canned::Canned;
+use bench::setup::{self, SqsHost};
+
+#[test]
+fn the_host_consumes_and_deletes_every_canned_message() {
+    let host = setup::host_binary().expect("build the workspace first (cargo build --workspace)");
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let plugins = setup::plugin_dir_with(scratch.path(), &["libecho.so"]).expect("echo plugin");
+    let canned = Canned::start(100, 1).expect("canned server");
+    let config = SqsHost {
+        endpoint: canned.url(),
+        queue: "bench-queue".into(),
+        pollers: 2,
+        max_in_flight: 40,
+        lock_urls: Vec::new(),
+        plugins,
+    };
+    let path = scratch.path().join("iniesta.toml");
+    std::fs::write(&path, config.config()).expect("config");
+    let log = scratch.path().join("host.log");
+    let mut child = setup::spawn_host(&host, &path, &log).expect("host starts");
+    canned.stats.watch(child.id());
+    let all = canned.stats.wait_all_deleted(Duration::from_secs(60));
+    let status = setup::terminate(&mut child, Duration::from_secs(20)).expect("terminate");
+    let stats = &canned.stats;
+    assert!(
+        all,
+        "only {} of 100 deleted (bad requests: {:?}):\n{}",
+        stats.deleted.load(Ordering::SeqCst),
+        stats.last_bad.lock().map(|l| l.clone()).unwrap_or_default(),
+        setup::tail(&log, 40)
+    );
+    assert_eq!(stats.deleted.load(Ordering::SeqCst), 100);
+    assert_eq!(stats.duplicate_deletes.load(Ordering::SeqCst), 0);
+    assert_eq!(stats.unknown_deletes.load(Ordering::SeqCst), 0);
+    assert_eq!(stats.bad_requests.load(Ordering::SeqCst), 0);
+    assert_eq!(stats.handed_out.load(Ordering::SeqCst), 100);
+    assert!(stats.queue_url_calls.load(Ordering::SeqCst) >= 1);
+    assert!(stats.batches.load(Ordering::SeqCst) >= 10);
+    let marks = stats.marks();
+    assert!(marks.first_receive.is_some() && marks.last_delete.is_some());
+    assert!(marks.cpu_at_first_receive.is_some() && marks.cpu_at_last_delete.is_some());
+    let status = status.expect("the host stops on SIGTERM");
+    assert!(
+        status.success(),
+        "host exited with {status}:\n{}",
+        setup::tail(&log, 40)
+    );
+}
