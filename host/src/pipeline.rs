@@ -323,6 +323,7 @@ impl Pipeline {
             shutdown_timeout_secs = settings.shutdown_timeout.as_secs(),
             "draining: receiving stopped; running handlers may finish, and unstarted messages go back to the queue"
         );
+        let locks = inner.locks.clone();
         drop(inner);
         // A poller waiting for a long poll's answer stops when it comes (at most the poll's
         // wait), giving back what it brought; the handlers drain meanwhile.
@@ -357,6 +358,8 @@ impl Pipeline {
         {
             tracing::warn!("pending deletes did not finish; those messages will be redelivered");
         }
+        // Releases and completion records still queued for the next acquire.
+        locks.flush().await;
     }
 }
 

@@ -239,6 +239,105 @@ async fn a_batch_takes_its_locks_in_one_round_trip_per_node() {
     assert!(both[0].is_some() && both[1].is_none());
 }
 
+/// What `iniesta run` uses: releases and completion records ride along with the next batch's
+/// acquire, so a steady consumer costs one round trip per node per batch, and they keep their
+/// order (record before release before the next `SET NX`/`HKEYS`).
+#[tokio::test(flavor = "multi_thread")]
+async fn releases_and_records_ride_along_with_the_next_acquire() {
+    let servers = RedisServer::three();
+    let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+    let quorum = Redlock::new(
+        servers
+            .iter()
+            .map(|s| node(&s.url()).defer_writes(wake.clone()))
+            .collect(),
+    );
+    let first = unique_ids(10);
+    let claims: Vec<_> = quorum
+        .try_acquire(&first, TEN)
+        .await
+        .expect("answers")
+        .into_iter()
+        .map(|c| c.expect("free"))
+        .collect();
+    let trips: Vec<u64> = quorum.nodes().iter().map(Node::round_trips).collect();
+    for (id, claim) in first.iter().zip(&claims) {
+        quorum
+            .record_completions(id, &["0:ledger/ledger".into()], TEN)
+            .await
+            .expect("queued");
+        quorum
+            .release(std::slice::from_ref(&claim.held))
+            .await
+            .expect("queued");
+    }
+    for (i, server) in servers.iter().enumerate() {
+        assert_eq!(
+            quorum.nodes()[i].round_trips(),
+            trips[i],
+            "nothing sent yet"
+        );
+        assert_eq!(
+            quorum.nodes()[i].pending_writes(),
+            20,
+            "ten records, ten releases"
+        );
+        assert_eq!(
+            server.cmd(&["EXISTS", &key_for(&first[0])]),
+            "1",
+            "still held"
+        );
+    }
+    // The next batch carries them: one round trip per node. Its first id is a redelivery of a
+    // message just released: it finds the lock free and its completion record.
+    let mut next = unique_ids(9);
+    next.insert(0, first[0].clone());
+    let claims = quorum.try_acquire(&next, TEN).await.expect("answers");
+    for (i, server) in servers.iter().enumerate() {
+        assert_eq!(quorum.nodes()[i].round_trips(), trips[i] + 1, "node {i}");
+        assert_eq!(quorum.nodes()[i].pending_writes(), 0);
+        assert_eq!(
+            server.cmd(&["EXISTS", &key_for(&first[1])]),
+            "0",
+            "released"
+        );
+        assert_eq!(
+            server.cmd(&["HKEYS", &completion_key_for(&first[1])]),
+            "0:ledger/ledger"
+        );
+    }
+    let redelivered = claims[0].as_ref().expect("released before this SET NX");
+    assert!(redelivered.completed.contains("0:ledger/ledger"));
+    // With no acquire coming, `flush` sends them (the host's flusher calls it after
+    // `LINGER`, and the pipeline at shutdown).
+    let held: Vec<_> = claims.into_iter().flatten().map(|c| c.held).collect();
+    quorum.release(&held).await.expect("queued");
+    assert_eq!(servers[0].cmd(&["EXISTS", &key_for(&next[1])]), "1");
+    quorum.flush().await;
+    for server in &servers {
+        assert_eq!(server.cmd(&["EXISTS", &key_for(&next[1])]), "0");
+    }
+}
+
+/// The lock service `iniesta run` builds flushes deferred writes on its own when no acquire
+/// comes (an idle consumer does not hold released locks).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_host_releases_without_waiting_for_another_batch() {
+    let server = RedisServer::start();
+    let config = iniesta::config::LockConfig {
+        urls: vec![server.url()],
+        ..Default::default()
+    };
+    let locks = iniesta::lock::from_config(&config).await.expect("locks");
+    let id = uuid::Uuid::new_v4().to_string();
+    let claim = take_one(locks.as_ref(), &id, TEN).await.expect("free");
+    locks.release(&[claim.held]).await.expect("released");
+    eventually("the flusher to release the lock", async || {
+        server.cmd(&["EXISTS", &key_for(&id)]) == "0"
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn completion_records_come_back_with_the_lock_and_expire() {
     let servers = RedisServer::three();

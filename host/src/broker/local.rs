@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS messages (
     dead_letter_reason TEXT
 );
 CREATE INDEX IF NOT EXISTS messages_by_queue ON messages (queue, visible_ms, seq);
+CREATE INDEX IF NOT EXISTS messages_in_order ON messages (queue, seq);
 CREATE TABLE IF NOT EXISTS fifo_dedup (
     queue TEXT NOT NULL,
     dedup_id TEXT NOT NULL,
@@ -64,6 +65,24 @@ CREATE TABLE IF NOT EXISTS fifo_dedup (
     PRIMARY KEY (queue, dedup_id)
 );
 ";
+
+/// The next visible messages of queue `?1` at time `?2`, oldest first, at most `?3`.
+///
+/// A FIFO group with a message in flight (received, not yet visible again)
+/// delivers nothing else until that message is settled.
+///
+/// `+visible_ms` keeps SQLite from using `messages_by_queue` here: that range
+/// (every visible message) then needs a sort by `seq`, which makes each receive
+/// O(backlog). Walking `messages_in_order` instead stops after `?3` rows, skipping
+/// only the messages in flight or delayed at the head. The subquery reads only
+/// the messages in flight (`visible_ms > ?2`) and runs once per statement.
+const RECEIVE_SQL: &str =
+    "SELECT seq, id, body, attributes, sent_ms, receive_count, group_id FROM messages
+     WHERE queue = ?1 AND +visible_ms <= ?2
+       AND (group_id IS NULL OR group_id NOT IN (
+            SELECT group_id FROM messages WHERE queue = ?1 AND group_id IS NOT NULL
+              AND receipt IS NOT NULL AND visible_ms > ?2))
+     ORDER BY seq LIMIT ?3";
 
 /// How long a FIFO deduplication id is remembered (the SQS interval).
 const DEDUP_WINDOW_MS: i64 = 5 * 60 * 1000;
@@ -451,16 +470,7 @@ impl LocalBroker {
         let now = now_ms();
         type Row = (i64, String, Vec<u8>, String, i64, u32, Option<String>);
         let candidates: Vec<Row> = {
-            // A FIFO group with a message in flight (received, not yet visible again)
-            // delivers nothing else until that message is settled.
-            let mut stmt = tx.prepare_cached(
-                "SELECT seq, id, body, attributes, sent_ms, receive_count, group_id FROM messages
-                 WHERE queue = ?1 AND visible_ms <= ?2
-                   AND (group_id IS NULL OR group_id NOT IN (
-                        SELECT group_id FROM messages WHERE queue = ?1 AND group_id IS NOT NULL
-                          AND receipt IS NOT NULL AND visible_ms > ?2))
-                 ORDER BY seq LIMIT ?3",
-            )?;
+            let mut stmt = tx.prepare_cached(RECEIVE_SQL)?;
             // Ask for more than `max` so messages redriven to the DLQ don't shrink the batch.
             let rows = stmt.query_map(params![queue, now, i64::from(max) * 2], |r| {
                 Ok((
@@ -681,5 +691,35 @@ impl Broker for LocalBroker {
             self.queue,
             self.topic.as_deref().unwrap_or("none")
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The receive query must walk the queue in `seq` order and stop at its limit: a plan
+    /// with a temporary B-tree sorts the whole visible backlog on every receive.
+    #[test]
+    fn receive_walks_the_queue_in_order_without_sorting() {
+        let conn = Connection::open_in_memory().expect("in-memory database");
+        conn.execute_batch(SCHEMA).expect("schema");
+        migrate(&conn).expect("migrate");
+        let mut stmt = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {RECEIVE_SQL}"))
+            .expect("plan");
+        let plan: Vec<String> = stmt
+            .query_map(params!["q", 0_i64, 10_i64], |r| r.get::<_, String>(3))
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows");
+        assert!(
+            plan.iter().any(|step| step.contains("messages_in_order")),
+            "{plan:?}"
+        );
+        assert!(
+            !plan.iter().any(|step| step.contains("TEMP B-TREE")),
+            "{plan:?}"
+        );
     }
 }

@@ -10,7 +10,8 @@
 //! - three or more: the Redlock quorum over independent Redis servers ([`redlock::Redlock`]).
 //!
 //! A receive batch takes all its locks in one pipelined round trip per Redis node, and the
-//! same round trip reads the batch's completion records. Redis only ever sees message ids,
+//! same round trip reads the batch's completion records and carries the releases and
+//! completion records queued since the previous batch (see [`redis`], "Deferred writes"). Redis only ever sees message ids,
 //! random tokens and binding ids, never a message body.
 //!
 //! Settings follow the Python iniesta (aioredlock): `retry_count` is the number of attempts
@@ -139,6 +140,10 @@ pub trait Locks: Send + Sync + 'static {
     /// Whether enough of the service is reachable to take locks.
     async fn check(&self) -> Result<(), LockError>;
 
+    /// Send any releases and completion records held back to ride along with the next
+    /// acquire ([`redis::Node::defer_writes`]). Called by the flusher and at shutdown.
+    async fn flush(&self) {}
+
     /// One line for logs: `in-process locks`, `Redis 127.0.0.1:6379`, `Redlock over 3 ...`.
     fn describe(&self) -> String;
 }
@@ -182,13 +187,15 @@ pub fn redact(url: &str) -> String {
 /// start is logged, not fatal, and used once it answers.
 pub async fn from_config(config: &crate::config::LockConfig) -> Result<Arc<dyn Locks>, LockError> {
     let ttl = ttl_from_secs(config.timeout_secs.max(1));
+    // Releases and completion records ride along with the next acquire; the flusher below
+    // sends them when none comes within `redis::LINGER`.
+    let wake = Arc::new(tokio::sync::Notify::new());
     let locks: Arc<dyn Locks> = match config.urls.len() {
         0 => Arc::new(LocalLocks::new()),
-        1 => Arc::new(redis::RedisLocks::new(redis::Node::open(
-            0,
-            &config.urls[0],
-            redis::Node::timeout_for(ttl),
-        )?)),
+        1 => Arc::new(redis::RedisLocks::new(
+            redis::Node::open(0, &config.urls[0], redis::Node::timeout_for(ttl))?
+                .defer_writes(wake.clone()),
+        )),
         2 => return Err(LockError::Service(
             "two Redis servers cannot form a quorum: use none (in-process), one, or three or more"
                 .into(),
@@ -198,17 +205,38 @@ pub async fn from_config(config: &crate::config::LockConfig) -> Result<Arc<dyn L
                 .urls
                 .iter()
                 .enumerate()
-                .map(|(i, url)| redis::Node::open(i, url, redis::Node::timeout_for(ttl)))
+                .map(|(i, url)| {
+                    redis::Node::open(i, url, redis::Node::timeout_for(ttl))
+                        .map(|node| node.defer_writes(wake.clone()))
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             Arc::new(redlock::Redlock::new(nodes))
         }
     };
+    if !config.urls.is_empty() {
+        spawn_flusher(Arc::downgrade(&locks), wake);
+    }
     match locks.check().await {
         Ok(()) => tracing::info!(locks = %locks.describe(), "idempotency locks ready"),
         Err(e) => tracing::error!(locks = %locks.describe(), error = %e,
             "the lock service is not reachable yet; messages wait (not run, not deleted) until it is"),
     }
     Ok(locks)
+}
+
+/// Send deferred writes [`redis::LINGER`] after the first one queued into an empty queue,
+/// until the lock service is dropped.
+fn spawn_flusher(locks: std::sync::Weak<dyn Locks>, wake: Arc<tokio::sync::Notify>) {
+    tokio::spawn(async move {
+        loop {
+            wake.notified().await;
+            tokio::time::sleep(redis::LINGER).await;
+            match locks.upgrade() {
+                Some(locks) => locks.flush().await,
+                None => return,
+            }
+        }
+    });
 }
 
 #[cfg(test)]

@@ -6,18 +6,30 @@
 //! - release: a Lua compare-and-delete (delete only if the value is still our token);
 //! - extend: a Lua compare-and-extend (re-arm only our own token; re-create the key if the
 //!   server lost it, e.g. after a restart, which is safe while our validity has not passed);
-//! - record: `HSET sqs:event:{id}:done binding now` + `PEXPIRE` in one MULTI.
+//! - record: `HSET sqs:event:{id}:done binding now` + `PEXPIRE`, atomically in one Lua call.
 //!
 //! A [`Node`] keeps one multiplexed connection, made lazily and remade after any failure,
 //! with a short back-off while the server is down so a dead node costs nothing per batch.
+//!
+//! **Deferred writes.** A node made with [`Node::defer_writes`] (what `iniesta run` uses) does
+//! not send completion records and releases on their own: it queues them, in order, and sends
+//! them at the head of the next batch's acquire pipeline, so a steady consumer costs one round
+//! trip per node per receive batch. Queued writes are also sent by [`Node::flush`], which the
+//! lock service's flusher calls [`LINGER`] after the first write queued into an empty buffer
+//! (an idle consumer's releases are not held back longer than that) and the pipeline calls at
+//! shutdown. Order is what makes this safe: a binding's record always precedes its message's
+//! release, and both precede any later `SET NX`/`HKEYS` for the same message on that server,
+//! so a duplicate never sees the lock free without also seeing the record.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ::redis::aio::MultiplexedConnection;
 use ::redis::{AsyncConnectionConfig, Client, Pipeline, Value};
 use async_trait::async_trait;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::{completion_key_for, redact, redlock, Claim, Held, LockError, Locks};
@@ -30,6 +42,52 @@ const EXTEND: &str = "local v = redis.call('GET', KEYS[1]) \
 if v == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) \
 elseif not v then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 \
 else return 0 end";
+
+/// Record completions: `HSET KEYS[1]` with the (field, time) pairs in `ARGV[2..]`, then
+/// `PEXPIRE KEYS[1] ARGV[1]`, atomically (a record never outlives its expiry by accident).
+const RECORD: &str = "redis.call('HSET', KEYS[1], unpack(ARGV, 2)) \
+return redis.call('PEXPIRE', KEYS[1], ARGV[1])";
+
+/// How long a deferred write may wait for the next acquire before it is sent on its own.
+pub const LINGER: Duration = Duration::from_millis(10);
+
+/// A write that can ride along with the next acquire ([`Node::defer_writes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Write {
+    /// Completion records of one message.
+    Record {
+        key: String,
+        /// `field, now_ms` pairs, flattened.
+        pairs: Vec<String>,
+        ttl_ms: u64,
+    },
+    /// Compare-and-delete of one lock.
+    Release { key: String, token: String },
+}
+
+impl Write {
+    fn add_to(&self, pipe: &mut Pipeline) {
+        match self {
+            Write::Record { key, pairs, ttl_ms } => {
+                pipe.cmd("EVAL")
+                    .arg(RECORD)
+                    .arg(1)
+                    .arg(key)
+                    .arg(*ttl_ms)
+                    .arg(pairs);
+            }
+            Write::Release { key, token } => {
+                pipe.cmd("EVAL").arg(RELEASE).arg(1).arg(key).arg(token);
+            }
+        }
+    }
+}
+
+/// Writes queued for the next acquire or flush, and who to wake when the queue fills.
+struct Deferred {
+    writes: std::sync::Mutex<Vec<Write>>,
+    wake: Arc<Notify>,
+}
 
 /// A failure talking to one node.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -59,6 +117,7 @@ pub struct Node {
     timeout: Duration,
     connection: tokio::sync::Mutex<Connection>,
     round_trips: AtomicU64,
+    deferred: Option<Deferred>,
 }
 
 impl std::fmt::Debug for Node {
@@ -120,6 +179,91 @@ impl Node {
             timeout,
             connection: tokio::sync::Mutex::new(Connection::default()),
             round_trips: AtomicU64::new(0),
+            deferred: None,
+        })
+    }
+
+    /// Queue completion records and releases for the next acquire instead of sending each
+    /// on its own (see the module docs); `wake` is notified when a write is queued into an
+    /// empty queue, so a flusher can send it after [`LINGER`] if no acquire comes first.
+    pub fn defer_writes(mut self, wake: Arc<Notify>) -> Node {
+        self.deferred = Some(Deferred {
+            writes: std::sync::Mutex::new(Vec::new()),
+            wake,
+        });
+        self
+    }
+
+    /// Queue `writes` when deferring, else send them now.
+    async fn write(&self, writes: Vec<Write>) -> Result<(), NodeError> {
+        if let Some(deferred) = &self.deferred {
+            let mut queue = deferred
+                .writes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let was_empty = queue.is_empty();
+            queue.extend(writes);
+            if was_empty {
+                deferred.wake.notify_one();
+            }
+            return Ok(());
+        }
+        self.send_writes(&writes).await
+    }
+
+    fn take_deferred(&self) -> Vec<Write> {
+        match &self.deferred {
+            Some(deferred) => std::mem::take(
+                &mut *deferred
+                    .writes
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            ),
+            None => Vec::new(),
+        }
+    }
+
+    async fn send_writes(&self, writes: &[Write]) -> Result<(), NodeError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = ::redis::pipe();
+        pipe.ignore_errors();
+        for write in writes {
+            write.add_to(&mut pipe);
+        }
+        self.send(&pipe).await.map(|_| ())
+    }
+
+    /// Writes this node could not send (a failed pipeline): logged, never fatal. Unsent
+    /// releases expire with their locks; unsent records mean a duplicate may run again.
+    fn lost(&self, writes: &[Write], error: &str) {
+        if writes.is_empty() {
+            return;
+        }
+        let records = writes
+            .iter()
+            .filter(|w| matches!(w, Write::Record { .. }))
+            .count();
+        tracing::warn!(node = %self.label, records, releases = writes.len() - records, error,
+            "deferred lock writes not stored; those locks expire on their own and a duplicate of those messages may run again");
+    }
+
+    /// Send the queued writes now (no-op when nothing is queued or not deferring).
+    pub async fn flush(&self) {
+        let writes = self.take_deferred();
+        if let Err(e) = self.send_writes(&writes).await {
+            self.lost(&writes, &e.detail);
+        }
+    }
+
+    /// Writes queued and not yet sent.
+    pub fn pending_writes(&self) -> usize {
+        self.deferred.as_ref().map_or(0, |d| {
+            d.writes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .len()
         })
     }
 
@@ -189,9 +333,23 @@ impl Node {
         state.last_error = failure;
     }
 
-    /// Send one pipeline: one round trip. Any transport failure drops the connection so the
-    /// next request reconnects.
+    /// Send one pipeline: one round trip. A server error in any reply fails the whole call.
     async fn send(&self, pipe: &Pipeline) -> Result<Vec<Value>, NodeError> {
+        let values = self.send_raw(pipe).await?;
+        self.no_server_error(&values)?;
+        Ok(values)
+    }
+
+    fn no_server_error(&self, values: &[Value]) -> Result<(), NodeError> {
+        match values.iter().find(|v| matches!(v, Value::ServerError(_))) {
+            Some(Value::ServerError(e)) => Err(self.error(format!("server error: {e}"))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Send one pipeline: one round trip; replies as they came (server errors included). Any
+    /// transport failure drops the connection so the next request reconnects.
+    async fn send_raw(&self, pipe: &Pipeline) -> Result<Vec<Value>, NodeError> {
         let (mut conn, generation) = self.connect().await?;
         self.round_trips.fetch_add(1, Ordering::Relaxed);
         let outcome = tokio::time::timeout(self.timeout, pipe.query_async::<Vec<Value>>(&mut conn))
@@ -199,14 +357,7 @@ impl Node {
             .map_err(|_| format!("no answer within {} ms", self.timeout.as_millis()))
             .and_then(|r| r.map_err(|e| e.to_string()));
         match outcome {
-            Ok(values) => {
-                if let Some(Value::ServerError(e)) =
-                    values.iter().find(|v| matches!(v, Value::ServerError(_)))
-                {
-                    return Err(self.error(format!("server error: {e}")));
-                }
-                Ok(values)
-            }
+            Ok(values) => Ok(values),
             Err(failure) => {
                 let mut state = self.connection.lock().await;
                 if state.generation == generation && state.conn.is_some() {
@@ -217,14 +368,19 @@ impl Node {
         }
     }
 
-    /// `SET NX PX` every `(key, token)`, then `HKEYS` every completion hash, in one round trip.
+    /// `SET NX PX` every `(key, token)`, then `HKEYS` every completion hash, in one round trip,
+    /// preceded by any deferred writes.
     pub async fn acquire(
         &self,
         locks: &[(&str, &str, &str)],
         ttl: Duration,
     ) -> Result<Vec<NodeAnswer>, NodeError> {
+        let writes = self.take_deferred();
         let mut pipe = ::redis::pipe();
         pipe.ignore_errors();
+        for write in &writes {
+            write.add_to(&mut pipe);
+        }
         let ttl_ms = millis(ttl);
         for (key, token, _) in locks {
             pipe.cmd("SET")
@@ -237,14 +393,26 @@ impl Node {
         for (_, _, done) in locks {
             pipe.cmd("HKEYS").arg(*done);
         }
-        let values = self.send(&pipe).await?;
-        if values.len() != locks.len() * 2 {
+        let values = match self.send_raw(&pipe).await {
+            Ok(values) => values,
+            Err(e) => {
+                self.lost(&writes, &e.detail);
+                return Err(e);
+            }
+        };
+        if values.len() != writes.len() + locks.len() * 2 {
+            self.lost(&writes, "unexpected reply count");
             return Err(self.error(format!(
                 "expected {} replies, got {}",
-                locks.len() * 2,
+                writes.len() + locks.len() * 2,
                 values.len()
             )));
         }
+        let (written, values) = values.split_at(writes.len());
+        if let Err(e) = self.no_server_error(written) {
+            self.lost(&writes, &e.detail);
+        }
+        self.no_server_error(values)?;
         let (sets, hkeys) = values.split_at(locks.len());
         Ok(sets
             .iter()
@@ -270,20 +438,29 @@ impl Node {
         Ok(matches!(values.first(), Some(Value::Int(1))))
     }
 
-    /// Compare-and-delete every `(key, token)` in one round trip.
+    /// Compare-and-delete every `(key, token)` now, in one round trip (with any deferred
+    /// writes ahead of them, to keep their order).
     pub async fn release(&self, locks: &[(&str, &str)]) -> Result<(), NodeError> {
         if locks.is_empty() {
             return Ok(());
         }
-        let mut pipe = ::redis::pipe();
-        pipe.ignore_errors();
-        for (key, token) in locks {
-            pipe.cmd("EVAL").arg(RELEASE).arg(1).arg(*key).arg(*token);
+        let mut writes = self.take_deferred();
+        let deferred = writes.len();
+        writes.extend(releases(locks));
+        let result = self.send_writes(&writes).await;
+        if let Err(e) = &result {
+            self.lost(&writes[..deferred], &e.detail);
         }
-        self.send(&pipe).await.map(|_| ())
+        result
     }
 
-    /// Record completions of `message_id` by `bindings`, expiring after `ttl`.
+    /// Compare-and-delete every `(key, token)`: queued when deferring, else now.
+    pub async fn release_later(&self, locks: &[(&str, &str)]) -> Result<(), NodeError> {
+        self.write(releases(locks)).await
+    }
+
+    /// Record completions of `message_id` by `bindings`, expiring after `ttl`: queued when
+    /// deferring, else now.
     pub async fn record(
         &self,
         message_id: &str,
@@ -293,19 +470,20 @@ impl Node {
         if bindings.is_empty() {
             return Ok(());
         }
-        let key = completion_key_for(message_id);
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        let mut pipe = ::redis::pipe();
-        pipe.atomic().ignore_errors();
-        let hset = pipe.cmd("HSET").arg(&key);
-        for binding in bindings {
-            hset.arg(binding).arg(now_ms);
-        }
-        pipe.cmd("PEXPIRE").arg(&key).arg(millis(ttl));
-        self.send(&pipe).await.map(|_| ())
+            .map(|d| d.as_millis().to_string())
+            .unwrap_or_else(|_| "0".into());
+        let pairs = bindings
+            .iter()
+            .flat_map(|binding| [binding.clone(), now_ms.clone()])
+            .collect();
+        self.write(vec![Write::Record {
+            key: completion_key_for(message_id),
+            pairs,
+            ttl_ms: millis(ttl),
+        }])
+        .await
     }
 
     /// `PING`.
@@ -314,6 +492,16 @@ impl Node {
         pipe.ignore_errors().cmd("PING");
         self.send(&pipe).await.map(|_| ())
     }
+}
+
+fn releases(locks: &[(&str, &str)]) -> Vec<Write> {
+    locks
+        .iter()
+        .map(|(key, token)| Write::Release {
+            key: (*key).to_string(),
+            token: (*token).to_string(),
+        })
+        .collect()
 }
 
 fn is_ok(value: &Value) -> bool {
@@ -409,7 +597,11 @@ impl Locks for RedisLocks {
             }
         }
         if !undo.is_empty() {
-            let _ = self.release(&undo).await;
+            let pairs: Vec<(&str, &str)> = undo
+                .iter()
+                .map(|h| (h.key.as_str(), h.token.as_str()))
+                .collect();
+            let _ = self.node.release(&pairs).await;
         }
         Ok(claims)
     }
@@ -440,7 +632,7 @@ impl Locks for RedisLocks {
             .map(|h| (h.key.as_str(), h.token.as_str()))
             .collect();
         self.node
-            .release(&pairs)
+            .release_later(&pairs)
             .await
             .map_err(|e| self.unavailable(e))
     }
@@ -459,6 +651,10 @@ impl Locks for RedisLocks {
 
     async fn check(&self) -> Result<(), LockError> {
         self.node.ping().await.map_err(|e| self.unavailable(e))
+    }
+
+    async fn flush(&self) {
+        self.node.flush().await;
     }
 
     fn describe(&self) -> String {

@@ -227,7 +227,8 @@ impl Locks for Redlock {
             .iter()
             .map(|h| (h.key.as_str(), h.token.as_str()))
             .collect();
-        let (ok, errors) = self.release_pairs(&pairs).await;
+        let (ok, errors) =
+            split(join_all(self.nodes.iter().map(|n| n.release_later(&pairs))).await);
         if ok == 0 {
             return Err(self.unavailable(0, &errors));
         }
@@ -253,6 +254,10 @@ impl Locks for Redlock {
             return Err(self.unavailable(0, &errors));
         }
         Ok(())
+    }
+
+    async fn flush(&self) {
+        join_all(self.nodes.iter().map(Node::flush)).await;
     }
 
     async fn check(&self) -> Result<(), LockError> {
