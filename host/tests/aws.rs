@@ -758,3 +758,66 @@ fn run_without_checks_survives_a_missing_queue_and_says_so() {
     assert!(host.is_alive());
     host.stop();
 }
+
+/// A heartbeat for a message that is gone (deleted, or its receipt replaced) must stop at
+/// once rather than retry until the visibility ends: what the server answers for such a
+/// receipt is recognised as stale.
+#[test]
+fn a_stale_receipt_is_recognised_as_stale() {
+    let moto = Moto::start();
+    let endpoint = moto.url();
+    rt().block_on(async {
+        let client = sqs(&endpoint);
+        let url = client
+            .create_queue()
+            .queue_name("stale-receipts")
+            .send()
+            .await
+            .expect("queue")
+            .queue_url()
+            .unwrap_or_default()
+            .to_string();
+        client
+            .send_message()
+            .queue_url(&url)
+            .message_body("{}")
+            .send()
+            .await
+            .expect("sent");
+        let received = client
+            .receive_message()
+            .queue_url(&url)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .expect("received");
+        let receipt = received.messages()[0]
+            .receipt_handle()
+            .unwrap_or_default()
+            .to_string();
+        client
+            .delete_message()
+            .queue_url(&url)
+            .receipt_handle(&receipt)
+            .send()
+            .await
+            .expect("deleted");
+        for receipt in [receipt.as_str(), "not-a-receipt-handle"] {
+            let err = client
+                .change_message_visibility()
+                .queue_url(&url)
+                .receipt_handle(receipt)
+                .visibility_timeout(30)
+                .send()
+                .await
+                .expect_err("the message is gone");
+            use aws_sdk_sqs::error::ProvideErrorMetadata as _;
+            assert!(
+                iniesta::broker::aws::is_stale_receipt(err.code(), err.message()),
+                "{receipt}: {:?} {:?}",
+                err.code(),
+                err.message()
+            );
+        }
+    });
+}

@@ -87,6 +87,21 @@ where
     }
 }
 
+/// Whether SQS refused a receipt handle because it no longer names a message in flight: it
+/// was deleted, redelivered to someone else (a newer receipt exists), or its visibility
+/// already ended. Retrying such a request cannot succeed.
+pub fn is_stale_receipt(code: Option<&str>, message: Option<&str>) -> bool {
+    let code = code.unwrap_or("");
+    let message = message.unwrap_or("").to_ascii_lowercase();
+    code.ends_with("ReceiptHandleIsInvalid")
+        || code.ends_with("MessageNotInflight")
+        || (code.ends_with("InvalidParameterValue")
+            && message.contains("receipthandle")
+            && (message.contains("expired")
+                || message.contains("does not exist")
+                || message.contains("not available")))
+}
+
 impl AwsBroker {
     /// Build the clients (no network call yet).
     pub async fn connect(config: &Config) -> AwsBroker {
@@ -434,7 +449,13 @@ impl Broker for AwsBroker {
             .visibility_timeout(i32::try_from(secs.min(43_200)).unwrap_or(43_200))
             .send()
             .await
-            .map_err(|e| sdk_error("ChangeMessageVisibility", e))?;
+            .map_err(|e| {
+                if is_stale_receipt(e.code(), e.message()) {
+                    BrokerError::StaleReceipt
+                } else {
+                    sdk_error("ChangeMessageVisibility", e)
+                }
+            })?;
         Ok(())
     }
 
@@ -519,5 +540,34 @@ impl Broker for AwsBroker {
             self.queue,
             self.topic_arn.as_deref().unwrap_or("none")
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_receipts_are_recognised_and_nothing_else() {
+        assert!(is_stale_receipt(Some("ReceiptHandleIsInvalid"), None));
+        assert!(is_stale_receipt(
+            Some("AWS.SimpleQueueService.MessageNotInflight"),
+            Some("Message not inflight")
+        ));
+        // What SQS answers for a deleted message or an expired receipt.
+        assert!(is_stale_receipt(
+            Some("InvalidParameterValue"),
+            Some("Value abc for parameter ReceiptHandle is invalid. Reason: Message does not exist or is not available for visibility timeout change.")
+        ));
+        assert!(is_stale_receipt(
+            Some("InvalidParameterValue"),
+            Some("Value abc for parameter ReceiptHandle is invalid. Reason: The receipt handle has expired.")
+        ));
+        assert!(!is_stale_receipt(
+            Some("InvalidParameterValue"),
+            Some("Value 50000 for parameter VisibilityTimeout is invalid.")
+        ));
+        assert!(!is_stale_receipt(Some("ServiceUnavailable"), None));
+        assert!(!is_stale_receipt(None, None));
     }
 }

@@ -456,6 +456,19 @@ impl LocalBroker {
         queue: &str,
         max: u32,
     ) -> rusqlite::Result<Option<Vec<Received>>> {
+        // An idle poll only reads: the write lock (shared with every publisher and other
+        // host on this file) is taken only when something is there to receive.
+        let ready: bool = conn
+            .prepare_cached(
+                "SELECT EXISTS(SELECT 1 FROM messages WHERE queue = ?1 AND +visible_ms <= ?2)",
+            )?
+            .query_row(params![queue, now_ms()], |r| r.get(0))?;
+        if !ready {
+            let exists = conn
+                .prepare_cached("SELECT 1 FROM queues WHERE name = ?1")?
+                .exists(params![queue])?;
+            return Ok(exists.then(Vec::new));
+        }
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let settings: Option<(u32, Option<String>, u32)> = tx
             .query_row(
