@@ -87,6 +87,12 @@ pub enum Command {
     /// Dry run: print which bindings a message would reach and why (patterns, media types,
     /// match conditions, schemas). Loads no plugin, publishes nothing; exit 0.
     Route(RouteArgs),
+    /// The dead-letter queue: list, redrive to the main queue, purge.
+    Dlq {
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::dlq::cli::DlqCommand,
+    },
 }
 
 /// `iniesta route` arguments.
@@ -213,6 +219,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run { no_check } => run(path, no_check).await,
         Command::Route(args) => route(path, args),
+        Command::Dlq { command } => crate::dlq::cli::run(path, command).await,
         Command::Publish(args) => publish(path, args).await,
         Command::Check => {
             let config = load(path)?;
