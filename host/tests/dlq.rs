@@ -77,7 +77,12 @@ impl Broker {
                     QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
                 ]
                 .iter()
-                .map(|k| attrs.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0))
+                .map(|k| {
+                    attrs
+                        .get(k)
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap_or(0)
+                })
                 .sum()
             }),
         }
@@ -146,15 +151,27 @@ fn scenario(broker: Broker) {
     for n in 1..=3 {
         let body = format!(r#"{{"order":{n},"secret":"card-{n}"}}"#);
         if n == 1 {
-            ok(&config, &["publish", "Order.Created", &body, "-a", "trace=t-1"]);
+            ok(
+                &config,
+                &["publish", "Order.Created", &body, "-a", "trace=t-1"],
+            );
         } else {
             ok(&config, &["publish", "Order.Created", &body]);
         }
     }
     for n in 1..=2 {
-        ok(&config, &["publish", "Bad.Input", &format!(r#"{{"bad":{n},"secret":"pin-{n}"}}"#)]);
+        ok(
+            &config,
+            &[
+                "publish",
+                "Bad.Input",
+                &format!(r#"{{"bad":{n},"secret":"pin-{n}"}}"#),
+            ],
+        );
     }
-    s.wait_for("five dead letters", LIMIT, || broker.dlq_depth(&config) == 5);
+    s.wait_for("five dead letters", LIMIT, || {
+        broker.dlq_depth(&config) == 5
+    });
     host.stop();
 
     // 2. List: every one with its reason, bodies hidden unless asked for.
@@ -163,27 +180,60 @@ fn scenario(broker: Broker) {
     assert_eq!(listed.len(), 5, "{table}");
     assert!(table.contains("5 message(s)"), "{table}");
     for row in &listed {
-        assert!(row.contains("flaky dead-letters") && row.contains("by design"), "reason shown: {row}");
+        assert!(
+            row.contains("flaky dead-letters") && row.contains("by design"),
+            "reason shown: {row}"
+        );
         assert!(row.contains("bytes hidden>"), "body hidden: {row}");
     }
-    assert_eq!(listed.iter().filter(|r| r.contains("Order.Created.receiver")).count(), 3, "{table}");
-    assert_eq!(listed.iter().filter(|r| r.contains("Bad.Input.receiver")).count(), 2, "{table}");
-    assert!(!table.contains("card-") && !table.contains("pin-"), "no body unless --show-bodies: {table}");
+    assert_eq!(
+        listed
+            .iter()
+            .filter(|r| r.contains("Order.Created.receiver"))
+            .count(),
+        3,
+        "{table}"
+    );
+    assert_eq!(
+        listed
+            .iter()
+            .filter(|r| r.contains("Bad.Input.receiver"))
+            .count(),
+        2,
+        "{table}"
+    );
+    assert!(
+        !table.contains("card-") && !table.contains("pin-"),
+        "no body unless --show-bodies: {table}"
+    );
     let shown = ok(&config, &["dlq", "list", "--show-bodies"]);
-    assert!(shown.contains("card-2") && shown.contains("pin-1"), "{shown}");
+    assert!(
+        shown.contains("card-2") && shown.contains("pin-1"),
+        "{shown}"
+    );
     let two = ok(&config, &["dlq", "list", "--limit", "2"]);
     assert_eq!(rows(&two).len(), 2, "{two}");
     // Listing leaves every message in the DLQ (on SQS: received, then made visible again).
     assert_eq!(broker.dlq_depth(&config), 5);
-    assert_eq!(rows(&ok(&config, &["dlq", "list"])).len(), 5, "a second listing sees them all again");
+    assert_eq!(
+        rows(&ok(&config, &["dlq", "list"])).len(),
+        5,
+        "a second listing sees them all again"
+    );
 
     // 3. Purge asks for --yes and touches nothing without it; a bad glob is named.
     let refused = iniesta(&config, &["dlq", "purge"]);
     assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("--yes"), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--yes"),
+        "{refused:?}"
+    );
     let bad_glob = iniesta(&config, &["dlq", "redrive", "--event", "Order. *"]);
     assert!(!bad_glob.status.success());
-    assert!(String::from_utf8_lossy(&bad_glob.stderr).contains("--event `Order. *`"), "{bad_glob:?}");
+    assert!(
+        String::from_utf8_lossy(&bad_glob.stderr).contains("--event `Order. *`"),
+        "{bad_glob:?}"
+    );
     assert_eq!(broker.dlq_depth(&config), 5);
 
     // 4. The orders' handler is fixed (a ledger acks them); redrive only the orders.
@@ -196,15 +246,23 @@ fn scenario(broker: Broker) {
     let config = broker.config(&s, &fixed);
     let report = ok(&config, &["dlq", "redrive", "--event", "Order.*"]);
     assert!(report.contains("redriven 3 message(s)"), "{report}");
-    assert!(report.contains("2 left in the dead-letter queue"), "{report}");
+    assert!(
+        report.contains("2 left in the dead-letter queue"),
+        "{report}"
+    );
     let rest = ok(&config, &["dlq", "list"]);
     let rest_rows = rows(&rest);
     assert_eq!(rest_rows.len(), 2, "{rest}");
-    assert!(rest_rows.iter().all(|r| r.contains("Bad.Input.receiver")), "{rest}");
+    assert!(
+        rest_rows.iter().all(|r| r.contains("Bad.Input.receiver")),
+        "{rest}"
+    );
 
     // 5. The handler acks the redriven orders, with their attributes kept; the rest stay.
     let host = start_host(&config, s.path("host2.log"));
-    s.wait_for("the ledger to ack three orders", LIMIT, || s.ledger("ledger.jsonl").len() >= 3);
+    s.wait_for("the ledger to ack three orders", LIMIT, || {
+        s.ledger("ledger.jsonl").len() >= 3
+    });
     host.stop();
     let lines = s.ledger("ledger.jsonl");
     assert_eq!(lines.len(), 3, "{lines:?}");
@@ -212,7 +270,10 @@ fn scenario(broker: Broker) {
         .iter()
         .map(|l| {
             assert_eq!(l["event"], "Order.Created.receiver", "{l}");
-            assert_eq!(l["receive_count"], 1, "a redriven message starts counting again: {l}");
+            assert_eq!(
+                l["receive_count"], 1,
+                "a redriven message starts counting again: {l}"
+            );
             let body: serde_json::Value =
                 serde_json::from_str(l["body"].as_str().expect("body text")).expect("json body");
             body["order"].as_i64().expect("order number")
@@ -224,13 +285,23 @@ fn scenario(broker: Broker) {
         .iter()
         .find(|l| l["body"].as_str().unwrap_or("").contains("card-1"))
         .expect("order 1");
-    assert_eq!(first["attributes"]["trace"], "t-1", "attributes kept: {first}");
+    assert_eq!(
+        first["attributes"]["trace"], "t-1",
+        "attributes kept: {first}"
+    );
     assert_eq!(broker.dlq_depth(&config), 2, "the bad ones stay");
 
     // 6. Redrive one by id, then purge the last one.
-    let id = rest_rows[0].split_whitespace().next().expect("id column").to_string();
+    let id = rest_rows[0]
+        .split_whitespace()
+        .next()
+        .expect("id column")
+        .to_string();
     let one = ok(&config, &["dlq", "redrive", "--id", &id]);
-    assert!(one.contains("redriven 1 message(s)") && one.contains("1 left"), "{one}");
+    assert!(
+        one.contains("redriven 1 message(s)") && one.contains("1 left"),
+        "{one}"
+    );
     let left = ok(&config, &["dlq", "list"]);
     assert_eq!(rows(&left).len(), 1, "{left}");
     assert!(!left.contains(&id), "{left}");
@@ -294,9 +365,15 @@ fn a_broker_file_from_before_the_dlq_columns_still_opens() {
         .expect("old schema");
     }
     let table = ok(&config, &["dlq", "list"]);
-    assert!(table.contains("old-1") && table.contains("Order.Old.receiver"), "{table}");
+    assert!(
+        table.contains("old-1") && table.contains("Order.Old.receiver"),
+        "{table}"
+    );
     assert!(table.contains("received 5 times"), "{table}");
-    assert!(table.contains("2023-11-14T22:13:21Z"), "first seen from the old column: {table}");
+    assert!(
+        table.contains("2023-11-14T22:13:21Z"),
+        "first seen from the old column: {table}"
+    );
     let report = ok(&config, &["dlq", "redrive", "--event", "Order.*"]);
     assert!(report.contains("redriven 1 message(s)"), "{report}");
 }

@@ -82,7 +82,9 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
             .prepare("SELECT 1 FROM pragma_table_info('messages') WHERE name = ?1")?
             .exists(params![column])?;
         if !has {
-            conn.execute_batch(&format!("ALTER TABLE messages ADD COLUMN {column} INTEGER;"))?;
+            conn.execute_batch(&format!(
+                "ALTER TABLE messages ADD COLUMN {column} INTEGER;"
+            ))?;
         }
     }
     Ok(())

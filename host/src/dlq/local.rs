@@ -53,7 +53,9 @@ impl LocalDlq {
 
     async fn rows(&self, limit: Option<usize>) -> Result<Vec<Row>, DlqError> {
         let dlq = self.dlq.clone();
-        let limit = limit.map(|l| i64::try_from(l).unwrap_or(i64::MAX)).unwrap_or(-1);
+        let limit = limit
+            .map(|l| i64::try_from(l).unwrap_or(i64::MAX))
+            .unwrap_or(-1);
         let rows = self
             .db
             .call(move |conn| {
@@ -152,9 +154,9 @@ impl DeadLetterQueue for LocalDlq {
                 .await?;
             let gone = batch.len() as u64 - moved;
             if gone > 0 {
-                report
-                    .failed
-                    .push(format!("{gone} message(s) were no longer in the dead-letter queue"));
+                report.failed.push(format!(
+                    "{gone} message(s) were no longer in the dead-letter queue"
+                ));
             }
             report.redriven += moved;
             progress.advance(batch.len() as u64);

@@ -278,8 +278,9 @@ impl Console {
 
     /// Answer a console request (auth, CSRF, then the route).
     pub async fn answer(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
-        if let Err(refusal) = self.authorize(&request) {
-            return refusal;
+        if let Err((status, why)) = self.authorize(&request) {
+            tracing::debug!(path = %request.uri().path(), status = status.as_u16(), why, "console request refused");
+            return respond(status, "text/plain; charset=utf-8", format!("{why}\n"));
         }
         let path = request.uri().path().to_string();
         match (request.method().clone(), path.as_str()) {
@@ -306,11 +307,9 @@ impl Console {
                     INDEX_HTML.replace("{{CSRF}}", &self.csrf),
                 )
             }
-            (Method::GET, "/console.js") => respond(
-                StatusCode::OK,
-                "text/javascript; charset=utf-8",
-                CONSOLE_JS,
-            ),
+            (Method::GET, "/console.js") => {
+                respond(StatusCode::OK, "text/javascript; charset=utf-8", CONSOLE_JS)
+            }
             (Method::GET, "/console.css") => {
                 respond(StatusCode::OK, "text/css; charset=utf-8", CONSOLE_CSS)
             }
@@ -342,15 +341,8 @@ impl Console {
     }
 
     /// The token (every request) and, for POSTs, the CSRF token and the origin.
-    fn authorize(&self, request: &Request<Incoming>) -> Result<(), Response<Full<Bytes>>> {
-        let refuse = |status: StatusCode, why: &str| {
-            tracing::debug!(path = %request.uri().path(), status = status.as_u16(), why, "console request refused");
-            Err(respond(
-                status,
-                "text/plain; charset=utf-8",
-                format!("{why}\n"),
-            ))
-        };
+    fn authorize(&self, request: &Request<Incoming>) -> Result<(), (StatusCode, &'static str)> {
+        let refuse = |status: StatusCode, why: &'static str| Err((status, why));
         match &self.settings.token {
             Some(token) => {
                 let offered = query_param(request, "token")
@@ -558,7 +550,11 @@ impl Console {
         };
         let ask: Ask = match serde_json::from_slice(&body) {
             Ok(a) => a,
-            Err(e) => return bad(format!("expected {{\"ids\": [..]}}, {{\"events\": [..]}} or {{\"all\": true}}: {e}")),
+            Err(e) => {
+                return bad(format!(
+                    "expected {{\"ids\": [..]}}, {{\"events\": [..]}} or {{\"all\": true}}: {e}"
+                ))
+            }
         };
         if !ask.all && ask.ids.is_empty() && ask.events.is_empty() {
             return bad("nothing selected: give ids, events, or all = true".into());
@@ -659,7 +655,11 @@ fn cookie_safe(value: &str) -> String {
 }
 
 fn bearer(request: &Request<Incoming>) -> Option<String> {
-    let value = request.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let value = request
+        .headers()
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     value.strip_prefix("Bearer ").map(|t| t.trim().to_string())
 }
 
@@ -794,7 +794,13 @@ mod tests {
 
     #[test]
     fn loopback_hosts() {
-        for host in ["localhost:9090", "127.0.0.1:1", "[::1]:9090", "LOCALHOST", "127.0.0.2"] {
+        for host in [
+            "localhost:9090",
+            "127.0.0.1:1",
+            "[::1]:9090",
+            "LOCALHOST",
+            "127.0.0.2",
+        ] {
             assert!(is_loopback_host(host), "{host}");
         }
         for host in ["example.com:9090", "10.0.0.1:80", "", "localhost.evil.com"] {

@@ -69,19 +69,24 @@ function drawChart(series) {
     rates.push({ t: b.t, received: Math.max(b.received - a.received, 0) / dt,
       acked: Math.max(b.acked - a.acked, 0) / dt, in_flight: b.in_flight });
   }
-  const now = Date.now(), span = 10 * 60 * 1000;
+  // The window grows with the data: at least a minute, at most the ten minutes kept.
+  const now = Date.now();
+  const oldest = series.length ? series[0].t : now;
+  const span = Math.min(10 * 60 * 1000, Math.max(60 * 1000, now - oldest));
   let max = 1;
   for (const p of rates) max = Math.max(max, p.received, p.acked, p.in_flight);
-  max = Math.ceil(max * 1.1);
+  max = Math.max(4, Math.ceil(max * 1.1 / 4) * 4); // four whole-number grid steps
   g.strokeStyle = "#e3e6ec"; g.fillStyle = "#6b7385"; g.font = "11px system-ui"; g.lineWidth = 1;
   for (let k = 0; k <= 4; k++) {
     const y = pad.t + (h - pad.t - pad.b) * k / 4;
     g.beginPath(); g.moveTo(pad.l, y); g.lineTo(w - pad.r, y); g.stroke();
     g.fillText(String(Math.round(max * (4 - k) / 4)), 4, y + 4);
   }
-  for (let m = 0; m <= 10; m += 2) {
-    const x = pad.l + (w - pad.l - pad.r) * (1 - m / 10);
-    g.fillText(m ? "-" + m + "m" : "now", x - 12, h - 4);
+  for (let k = 0; k <= 5; k++) {
+    const ago = span * k / 5 / 1000;
+    const label = k === 0 ? "now" : ago >= 120 ? "-" + Math.round(ago / 60) + "m" : "-" + Math.round(ago) + "s";
+    const x = pad.l + (w - pad.l - pad.r) * (1 - k / 5);
+    g.fillText(label, x - 12, h - 4);
   }
   const x = (t) => pad.l + (w - pad.l - pad.r) * (1 - (now - t) / span);
   const y = (v) => pad.t + (h - pad.t - pad.b) * (1 - v / max);
@@ -107,7 +112,7 @@ async function refreshState() {
   fill("plugins", s.plugins.map((p) => row([[p.name, "mono"], p.version, [p.generation, "num"], [p.reloads, "num"], [p.file, "mono"]])));
   fill("bindings", s.bindings.map((b) => row([[b.label, "mono"], b.plugin + " " + b.version,
     [b.acked, "num"], [b.retried, "num"], [b.failed, "num"], [b.dead_lettered, "num"]])));
-  fill("failures", s.failures.map((f) => row([time(f.at_ms), f.kind.replace("_", " "), [f.binding || "-", "mono"],
+  fill("failures", s.failures.map((f) => row([[time(f.at_ms), "when"], f.kind.replace("_", " "), [f.binding || "-", "mono"],
     f.event || "-", [f.message_id, "mono"], [f.receive_count, "num"], [f.reason, "reason"]])));
   document.getElementById("no-failures").hidden = s.failures.length > 0;
   drawChart(s.series);
@@ -144,8 +149,8 @@ async function refreshDlq() {
     b.type = "button";
     b.dataset.id = m.id;
     b.addEventListener("click", () => redrive({ ids: [m.id] }, b));
-    const tr = row([[m.id, "mono"], m.event || "-", [m.receive_count, "num"], time(m.first_seen_ms),
-      time(m.last_seen_ms), [m.reason || "-", "reason"], [m.body, "mono"], b]);
+    const tr = row([[m.id, "mono"], m.event || "-", [m.receive_count, "num"], [time(m.first_seen_ms), "when"],
+      [time(m.last_seen_ms), "when"], [m.reason || "-", "reason"], [m.body, "mono"], b]);
     tr.dataset.id = m.id;
     return tr;
   }));
