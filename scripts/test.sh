@@ -32,6 +32,17 @@ export INIESTA_REDIS_SERVER="${INIESTA_REDIS_SERVER:-$(command -v redis-server)}
 echo "==> redis-server: $INIESTA_REDIS_SERVER ($("$INIESTA_REDIS_SERVER" --version | cut -d' ' -f1-3))"
 # --- end redis-server -----------------------------------------------------------------------
 
+# --- chromium + chromedriver for the operator console's browser test (host/tests/console.rs) --
+# Debian's packages; the test drives headless Chromium over WebDriver (fantoccini).
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    echo "==> installing chromium and chromium-driver (apt-get)"
+    apt-get update -qq && apt-get install -y -qq chromium chromium-driver
+fi
+export INIESTA_CHROMIUM="${INIESTA_CHROMIUM:-$(command -v chromium)}"
+export INIESTA_CHROMEDRIVER="${INIESTA_CHROMEDRIVER:-$(command -v chromedriver)}"
+echo "==> chromium: $INIESTA_CHROMIUM ($("$INIESTA_CHROMIUM" --version 2>/dev/null | head -1))"
+# --- end chromium ----------------------------------------------------------------------------
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 

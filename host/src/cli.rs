@@ -87,6 +87,12 @@ pub enum Command {
     /// Dry run: print which bindings a message would reach and why (patterns, media types,
     /// match conditions, schemas). Loads no plugin, publishes nothing; exit 0.
     Route(RouteArgs),
+    /// The dead-letter queue: list, redrive to the main queue, purge.
+    Dlq {
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::dlq::cli::DlqCommand,
+    },
 }
 
 /// `iniesta route` arguments.
@@ -213,6 +219,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run { no_check } => run(path, no_check).await,
         Command::Route(args) => route(path, args),
+        Command::Dlq { command } => crate::dlq::cli::run(path, command).await,
         Command::Publish(args) => publish(path, args).await,
         Command::Check => {
             let config = load(path)?;
@@ -430,12 +437,31 @@ async fn run(path: &Path, no_check: bool) -> anyhow::Result<ExitCode> {
     }
     // Metrics and /health come first, so readiness is observable from the start.
     let health = crate::ops::health::Health::new();
-    if let Some(listen) = &config.metrics.listen {
+    let console_settings = crate::ops::console::ConsoleSettings::from_config(&config)?;
+    let mut console = None;
+    let listen = config
+        .metrics
+        .listen
+        .clone()
+        .or_else(|| console_settings.as_ref().map(|c| c.listen.clone()));
+    if let Some(listen) = &listen {
         let listener = crate::ops::server::bind(listen).await?;
         let metrics = crate::ops::metrics::install()?;
+        if let Some(settings) = console_settings {
+            console = Some(
+                crate::ops::console::Console::start(
+                    settings,
+                    &config,
+                    metrics.clone(),
+                    health.clone(),
+                )
+                .await?,
+            );
+        }
         let endpoint = Arc::new(crate::ops::server::Endpoint {
             metrics,
             health: health.clone(),
+            console: console.clone(),
         });
         crate::ops::server::serve(listener, endpoint);
         tracing::info!(listen = %listen, "serving /metrics and /health");
@@ -468,6 +494,9 @@ async fn run(path: &Path, no_check: bool) -> anyhow::Result<ExitCode> {
     }
     let routes = Arc::new(ArcSwap::from_pointee(routes));
     health.watch_routes(routes.clone());
+    if let Some(console) = &console {
+        console.watch_routes(routes.clone());
+    }
     let locks = crate::lock::from_config(&config.lock)
         .await
         .context("cannot set up the idempotency locks ([lock] urls)")?;
@@ -485,7 +514,8 @@ async fn run(path: &Path, no_check: bool) -> anyhow::Result<ExitCode> {
     let reloads = crate::plugins::watch::start(reloader, shutdown.clone());
     let pipeline = Pipeline::new(broker, routes, locks, Settings::from_config(&config))
         .with_health(health)
-        .with_error_reporter(errors.clone());
+        .with_error_reporter(errors.clone())
+        .with_recent_failures(console.as_ref().map(|c| c.failures()));
     pipeline.run(shutdown).await;
     if let Some(errors) = errors {
         errors

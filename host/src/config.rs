@@ -50,6 +50,9 @@ pub struct Config {
     /// Where handler failures are reported (off when absent).
     #[serde(default)]
     pub errors: ErrorsConfig,
+    /// The operator web console on the metrics server (off unless enabled).
+    #[serde(default)]
+    pub console: ConsoleConfig,
     /// The directory relative paths are resolved against (the config file's directory).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -294,6 +297,24 @@ pub struct MetricsConfig {
     /// The address to serve on, e.g. `"127.0.0.1:9090"`; none turns the endpoint off.
     #[serde(default)]
     pub listen: Option<String>,
+}
+
+/// `[console]`: the operator page at `/` of the metrics server (plugins, bindings, throughput,
+/// failures, the dead-letter queue with redrive). Served on `metrics.listen`, or on
+/// `127.0.0.1:9090` when that is unset.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// Serve the console.
+    #[serde(default)]
+    pub enabled: bool,
+    /// The environment variable holding the access token; required when the server listens
+    /// on a non-loopback address. Every console request must carry it.
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// Show message bodies in the dead-letter list (hidden by default).
+    #[serde(default)]
+    pub show_bodies: bool,
 }
 
 /// `[errors]`: a structured record of every handler failure, POSTed as JSON.

@@ -3,11 +3,13 @@
 //! A host for event messaging over AWS SNS/SQS (or an embedded local broker) that runs the
 //! business logic from handler plugins. One module per concern: [`config`], [`wire`],
 //! [`filter`], [`route`], [`broker`], [`lock`], [`plugins`], [`pipeline`], [`egress`],
-//! [`provision`], [`ops`] (metrics, health, error reports), [`scaffold`], [`cli`].
+//! [`provision`], [`dlq`] (list, redrive, purge dead letters), [`ops`] (metrics, health,
+//! error reports, the operator console), [`scaffold`], [`cli`].
 
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod dlq;
 pub mod egress;
 pub mod filter;
 pub mod lock;

@@ -48,6 +48,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Broker, BrokerError, Received};
 use crate::lock::{self, completion, Claim, Held, LockError, Locks};
+use crate::ops::console::RecentFailures;
 use crate::ops::errors::{ErrorReporter, FailureKind};
 use crate::ops::health::Health;
 use crate::ops::metrics as m;
@@ -172,6 +173,7 @@ pub struct Pipeline {
     settings: Settings,
     health: Arc<Health>,
     errors: Option<ErrorReporter>,
+    failures: Option<Arc<RecentFailures>>,
 }
 
 /// A running pipeline's shared state.
@@ -182,6 +184,8 @@ struct Inner {
     settings: Settings,
     health: Arc<Health>,
     errors: Option<ErrorReporter>,
+    /// The console's list of recent failures.
+    failures: Option<Arc<RecentFailures>>,
     /// Set while the lock service cannot decide: pollers stop receiving until it answers.
     lock_outage: AtomicBool,
     /// `max_in_flight` slots.
@@ -269,6 +273,7 @@ impl Pipeline {
             settings,
             health: Health::new(),
             errors: None,
+            failures: None,
         }
     }
 
@@ -281,6 +286,12 @@ impl Pipeline {
     /// Report handler failures through `errors` (`[errors] webhook_url`).
     pub fn with_error_reporter(mut self, errors: Option<ErrorReporter>) -> Pipeline {
         self.errors = errors;
+        self
+    }
+
+    /// Keep the latest handler failures for the operator console.
+    pub fn with_recent_failures(mut self, failures: Option<Arc<RecentFailures>>) -> Pipeline {
+        self.failures = failures;
         self
     }
 
@@ -300,6 +311,7 @@ impl Pipeline {
             settings: self.settings,
             health: self.health,
             errors: self.errors,
+            failures: self.failures,
             lock_outage: AtomicBool::new(false),
             in_flight: in_flight.clone(),
             messages: messages.clone(),
@@ -940,6 +952,16 @@ impl Inner {
         envelope: &Envelope,
         reason: &str,
     ) {
+        if let Some(failures) = &self.failures {
+            failures.push(
+                kind,
+                binding.map(|b| b.label.as_str()),
+                &envelope.event,
+                &envelope.message_id,
+                message.receive_count,
+                reason,
+            );
+        }
         if let Some(errors) = &self.errors {
             errors.report(errors.record(
                 kind,

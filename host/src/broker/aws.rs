@@ -175,7 +175,7 @@ impl AwsBroker {
 
     /// Send to a queue; a FIFO queue gets a group id (`group`, else the configured rule) and a
     /// deduplication id.
-    async fn send_to_url_in_group(
+    pub(crate) async fn send_to_url_in_group(
         &self,
         url: &str,
         message: &Outgoing,
@@ -261,7 +261,7 @@ fn sns_attribute(
     builder.build().map_err(|e| bad_attribute(name, e))
 }
 
-fn from_sqs_attributes(
+pub(crate) fn from_sqs_attributes(
     attributes: Option<&HashMap<String, aws_sdk_sqs::types::MessageAttributeValue>>,
 ) -> Attributes {
     let mut out = Attributes::new();

@@ -95,6 +95,17 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     if !has_group {
         conn.execute_batch("ALTER TABLE messages ADD COLUMN group_id TEXT;")?;
     }
+    // For `iniesta dlq list`: when a message was last delivered and when it was dead-lettered.
+    for column in ["last_receive_ms", "dead_lettered_ms"] {
+        let has: bool = conn
+            .prepare("SELECT 1 FROM pragma_table_info('messages') WHERE name = ?1")?
+            .exists(params![column])?;
+        if !has {
+            conn.execute_batch(&format!(
+                "ALTER TABLE messages ADD COLUMN {column} INTEGER;"
+            ))?;
+        }
+    }
     Ok(())
 }
 
@@ -507,7 +518,7 @@ impl LocalBroker {
                 if receive_count >= max_receive {
                     tx.execute(
                         "UPDATE messages SET queue = ?1, visible_ms = ?2, receipt = NULL,
-                            dead_letter_reason = COALESCE(dead_letter_reason, ?3) WHERE seq = ?4",
+                            dead_letter_reason = COALESCE(dead_letter_reason, ?3), dead_lettered_ms = ?2 WHERE seq = ?4",
                         params![
                             dlq,
                             now,
@@ -524,7 +535,7 @@ impl LocalBroker {
             let receipt = format!("{seq}:{}", uuid::Uuid::new_v4());
             tx.execute(
                 "UPDATE messages SET receive_count = receive_count + 1, visible_ms = ?1, receipt = ?2,
-                    first_receive_ms = COALESCE(first_receive_ms, ?3) WHERE seq = ?4",
+                    first_receive_ms = COALESCE(first_receive_ms, ?3), last_receive_ms = ?3 WHERE seq = ?4",
                 params![now + i64::from(visibility) * 1000, receipt, now, seq],
             )?;
             out.push(Received {
@@ -685,7 +696,8 @@ impl Broker for LocalBroker {
             .db
             .call(move |conn| {
                 conn.execute(
-                    "UPDATE messages SET queue = ?1, visible_ms = ?2, receipt = NULL, dead_letter_reason = ?3
+                    "UPDATE messages SET queue = ?1, visible_ms = ?2, receipt = NULL, dead_letter_reason = ?3,
+                        dead_lettered_ms = ?2
                      WHERE seq = ?4 AND receipt = ?5",
                     params![dlq, now_ms(), reason, seq, full],
                 )

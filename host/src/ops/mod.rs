@@ -1,11 +1,13 @@
 //! Operating a running host: Prometheus metrics and readiness over HTTP ([`metrics`],
 //! [`health`], [`server`]), structured reports of handler failures ([`errors`]) and JSON
-//! logs that stay JSON when plugins write to stderr ([`logs`]).
+//! logs that stay JSON when plugins write to stderr ([`logs`]), and the operator web page
+//! ([`console`]) on the same server.
 //!
 //! All of it is optional and off by default: `[metrics] listen` turns the endpoint on,
 //! `[errors] webhook_url` the reports. Without a listener no metrics recorder is installed and
 //! every metric call in the pipeline is a no-op.
 
+pub mod console;
 pub mod errors;
 pub mod health;
 pub mod logs;
@@ -29,6 +31,9 @@ pub enum OpsError {
     /// The Prometheus recorder could not be installed.
     #[error("cannot install the metrics recorder: {0}")]
     Recorder(String),
+    /// The console cannot be served as configured.
+    #[error("console: {0}")]
+    Console(String),
     /// The webhook URL cannot be used.
     #[error("errors.webhook_url: {0}")]
     Webhook(String),

@@ -1,6 +1,7 @@
 //! The HTTP endpoint for `[metrics] listen`: `GET /metrics` (Prometheus text format) and
 //! `GET /health` (`200 ready`, or `503` with the reason). HTTP/1.1 over plain TCP: bind it to
-//! a loopback or private address, or put a proxy in front of it.
+//! a loopback or private address, or put a proxy in front of it. With `[console] enabled` it
+//! also serves the operator console (`/`, `/api/...`; see [`super::console`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -23,6 +24,8 @@ pub struct Endpoint {
     pub metrics: PrometheusHandle,
     /// Answers `/health`.
     pub health: Arc<Health>,
+    /// Serves `/` and `/api/...` when `[console] enabled`.
+    pub console: Option<Arc<super::console::Console>>,
 }
 
 /// Bind the configured address (before anything else starts, so a taken port fails start-up).
@@ -62,7 +65,14 @@ pub fn serve(listener: TcpListener, endpoint: Arc<Endpoint>) -> tokio::task::Joi
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |request| {
                     let endpoint = endpoint.clone();
-                    async move { Ok::<_, Infallible>(answer(&endpoint, &request)) }
+                    async move {
+                        if let Some(console) = &endpoint.console {
+                            if super::console::Console::handles(request.uri().path()) {
+                                return Ok::<_, Infallible>(console.answer(request).await);
+                            }
+                        }
+                        Ok::<_, Infallible>(answer(&endpoint, &request))
+                    }
                 });
                 let served = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())

@@ -494,6 +494,7 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
     );
     check("metrics", old.metrics == new.metrics);
     check("errors", old.errors == new.errors);
+    check("console", old.console == new.console);
     check("plugins.watch", old.plugins.watch == new.plugins.watch);
     keys
 }

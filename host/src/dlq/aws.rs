@@ -1,0 +1,330 @@
+//! The SQS dead-letter queue.
+//!
+//! SQS has no peek, so `list` receives with a visibility timeout and then makes every message
+//! it saw visible again at once (`ChangeMessageVisibility` to 0): the messages stay in the
+//! DLQ, but while a listing runs they are invisible to other listers and redrives, and each
+//! listing adds one to their receive count. A redrive receives, sends each chosen message to
+//! the main queue with its body, attributes (less `iniesta_dead_letter_reason`) and FIFO
+//! group, and deletes it from the DLQ only after that send succeeded; messages not chosen are
+//! made visible again when it ends.
+
+use std::collections::{HashMap, HashSet};
+
+use async_trait::async_trait;
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
+    MessageSystemAttributeName, QueueAttributeName,
+};
+
+use super::{event_of, DeadLetter, DeadLetterQueue, DlqError, Progress, RedriveReport, Selection};
+use crate::broker::aws::{from_sqs_attributes, sdk_error, AwsBroker, DEAD_LETTER_REASON};
+use crate::broker::BrokerError;
+use crate::config::Config;
+use crate::wire::Outgoing;
+
+/// How long messages stay invisible while a listing or redrive pages through the queue (s).
+const HOLD_SECS: i32 = 120;
+
+/// The dead-letter queue on SQS.
+pub struct AwsDlq {
+    broker: AwsBroker,
+    dlq: String,
+    event_key: String,
+    fifo: bool,
+}
+
+/// A received DLQ message.
+struct Taken {
+    receipt: String,
+    group: Option<String>,
+    letter: DeadLetter,
+}
+
+impl AwsDlq {
+    /// SQS clients for the config (no network call yet).
+    pub async fn connect(config: &Config, dlq: String) -> AwsDlq {
+        AwsDlq {
+            broker: AwsBroker::connect(config).await,
+            fifo: crate::broker::fifo::is_fifo(&dlq),
+            dlq,
+            event_key: config.sns.event_key.clone(),
+        }
+    }
+
+    fn taken(&self, message: &Message) -> Option<Taken> {
+        let id = message.message_id()?.to_string();
+        let receipt = message.receipt_handle()?.to_string();
+        let system = message.attributes();
+        let number = |name: MessageSystemAttributeName| {
+            system
+                .and_then(|a| a.get(&name))
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        let body = message.body().unwrap_or_default().as_bytes().to_vec();
+        let attributes = from_sqs_attributes(message.message_attributes());
+        let reason = attributes.get(DEAD_LETTER_REASON).map(|a| a.value.clone());
+        let sent = number(MessageSystemAttributeName::SentTimestamp);
+        // A copy iniesta dead-lettered was sent to the DLQ when it was dead-lettered; a message
+        // SQS moved by its redrive policy keeps its original send time.
+        let (first_seen_ms, last_seen_ms) = if reason.is_some() {
+            (None, sent)
+        } else {
+            (sent, None)
+        };
+        let event = event_of(&id, &body, &attributes, &self.event_key);
+        Some(Taken {
+            receipt,
+            group: system
+                .filter(|_| self.fifo)
+                .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId))
+                .cloned(),
+            letter: DeadLetter {
+                id,
+                event,
+                // This receive is counted too; show the ones before it.
+                receive_count: number(MessageSystemAttributeName::ApproximateReceiveCount)
+                    .and_then(|n| u32::try_from(n).ok())
+                    .unwrap_or(1)
+                    .saturating_sub(1),
+                first_seen_ms,
+                last_seen_ms,
+                reason,
+                body,
+                attributes,
+            },
+        })
+    }
+
+    async fn receive(&self, url: &str, max: usize) -> Result<Vec<Message>, BrokerError> {
+        let out = self
+            .broker
+            .sqs()
+            .receive_message()
+            .queue_url(url)
+            .max_number_of_messages(i32::try_from(max.clamp(1, 10)).unwrap_or(10))
+            .wait_time_seconds(1)
+            .visibility_timeout(HOLD_SECS)
+            .message_attribute_names("All")
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .send()
+            .await
+            .map_err(|e| sdk_error("ReceiveMessage", e))?;
+        Ok(out.messages().to_vec())
+    }
+
+    /// Make messages visible again at once; failures are only logged (they come back by
+    /// themselves after the hold).
+    async fn release(&self, url: &str, receipts: &[String]) {
+        for chunk in receipts.chunks(10) {
+            let mut request = self
+                .broker
+                .sqs()
+                .change_message_visibility_batch()
+                .queue_url(url);
+            for (i, receipt) in chunk.iter().enumerate() {
+                if let Ok(entry) = ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(receipt)
+                    .visibility_timeout(0)
+                    .build()
+                {
+                    request = request.entries(entry);
+                }
+            }
+            match request.send().await {
+                Ok(out) if out.failed().is_empty() => {}
+                Ok(out) => {
+                    tracing::warn!(failed = out.failed().len(), hold_secs = HOLD_SECS, "some dead letters could not be made visible again; they will be after the hold")
+                }
+                Err(e) => {
+                    let e = sdk_error("ChangeMessageVisibilityBatch", e);
+                    tracing::warn!(error = %e, hold_secs = HOLD_SECS, "dead letters could not be made visible again; they will be after the hold");
+                }
+            }
+        }
+    }
+
+    async fn delete(&self, url: &str, receipt: &str) -> Result<(), BrokerError> {
+        self.broker
+            .sqs()
+            .delete_message()
+            .queue_url(url)
+            .receipt_handle(receipt)
+            .send()
+            .await
+            .map_err(|e| sdk_error("DeleteMessage", e))?;
+        Ok(())
+    }
+
+    async fn approximate_count(&self, url: &str) -> Option<u64> {
+        let out = self
+            .broker
+            .sqs()
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .send()
+            .await
+            .ok()?;
+        out.attributes()?
+            .get(&QueueAttributeName::ApproximateNumberOfMessages)?
+            .parse()
+            .ok()
+    }
+}
+
+#[async_trait]
+impl DeadLetterQueue for AwsDlq {
+    async fn list(&self, limit: usize) -> Result<Vec<DeadLetter>, DlqError> {
+        let url = self.broker.url_of(&self.dlq).await?;
+        let mut letters: Vec<DeadLetter> = Vec::new();
+        let mut seen = HashSet::new();
+        let mut receipts = Vec::new();
+        let result = async {
+            while letters.len() < limit {
+                let batch = self.receive(&url, limit - letters.len()).await?;
+                if batch.is_empty() {
+                    break;
+                }
+                for message in &batch {
+                    let Some(taken) = self.taken(message) else {
+                        continue;
+                    };
+                    receipts.push(taken.receipt);
+                    if seen.insert(taken.letter.id.clone()) {
+                        letters.push(taken.letter);
+                    }
+                }
+            }
+            Ok::<(), BrokerError>(())
+        }
+        .await;
+        // Whatever happened, what was taken goes back at once.
+        self.release(&url, &receipts).await;
+        result?;
+        letters.sort_by_key(|l| (l.first_seen_ms.or(l.last_seen_ms), l.id.clone()));
+        Ok(letters)
+    }
+
+    async fn redrive(
+        &self,
+        selection: &Selection,
+        progress: &dyn Progress,
+    ) -> Result<RedriveReport, DlqError> {
+        let url = self.broker.url_of(&self.dlq).await?;
+        let main = self.broker.queue_url().await?.to_string();
+        if let Some(total) = self.approximate_count(&url).await {
+            progress.total(total);
+        }
+        let mut report = RedriveReport::default();
+        let mut keep: Vec<String> = Vec::new();
+        let mut seen: HashMap<String, ()> = HashMap::new();
+        let result = async {
+            loop {
+                let batch = self.receive(&url, 10).await?;
+                if batch.is_empty() {
+                    break;
+                }
+                let mut new = 0;
+                for message in &batch {
+                    let Some(taken) = self.taken(message) else {
+                        continue;
+                    };
+                    if seen.insert(taken.letter.id.clone(), ()).is_some() {
+                        // Seen before (its hold ran out during a long redrive): leave it.
+                        keep.push(taken.receipt);
+                        continue;
+                    }
+                    new += 1;
+                    progress.advance(1);
+                    if !selection.matches(&taken.letter.id, &taken.letter.event) {
+                        report.kept += 1;
+                        keep.push(taken.receipt);
+                        continue;
+                    }
+                    let mut attributes = taken.letter.attributes;
+                    attributes.remove(DEAD_LETTER_REASON);
+                    let outgoing = Outgoing {
+                        event: taken.letter.event.clone(),
+                        body: taken.letter.body,
+                        attributes,
+                    };
+                    match self
+                        .broker
+                        .send_to_url_in_group(&main, &outgoing, taken.group.as_deref())
+                        .await
+                    {
+                        Ok(new_id) => match self.delete(&url, &taken.receipt).await {
+                            Ok(()) => {
+                                tracing::debug!(message_id = %taken.letter.id, new_message_id = %new_id, event = %taken.letter.event, "redriven");
+                                report.redriven += 1;
+                            }
+                            Err(e) => report.failed.push(format!(
+                                "{}: sent to the main queue as {new_id} but not deleted from the dead-letter queue ({e}); it may be handled twice",
+                                taken.letter.id
+                            )),
+                        },
+                        Err(e) => {
+                            report
+                                .failed
+                                .push(format!("{}: not sent, left in the DLQ: {e}", taken.letter.id));
+                            keep.push(taken.receipt);
+                        }
+                    }
+                }
+                if new == 0 {
+                    break;
+                }
+            }
+            Ok::<(), BrokerError>(())
+        }
+        .await;
+        self.release(&url, &keep).await;
+        result?;
+        tracing::info!(redriven = report.redriven, kept = report.kept, failed = report.failed.len(), dead_letter_queue = %self.dlq, "redrive finished");
+        Ok(report)
+    }
+
+    async fn purge(&self) -> Result<u64, DlqError> {
+        let url = self.broker.url_of(&self.dlq).await?;
+        let mut deleted = 0u64;
+        loop {
+            let batch = self.receive(&url, 10).await?;
+            if batch.is_empty() {
+                break;
+            }
+            let mut request = self.broker.sqs().delete_message_batch().queue_url(&url);
+            let mut n = 0;
+            for (i, message) in batch.iter().enumerate() {
+                let Some(receipt) = message.receipt_handle() else {
+                    continue;
+                };
+                let entry = DeleteMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(receipt)
+                    .build()
+                    .map_err(|e| BrokerError::Aws {
+                        operation: "DeleteMessageBatch",
+                        message: e.to_string(),
+                        retryable: false,
+                    })?;
+                request = request.entries(entry);
+                n += 1;
+            }
+            if n == 0 {
+                continue;
+            }
+            let out = request
+                .send()
+                .await
+                .map_err(|e| sdk_error("DeleteMessageBatch", e))?;
+            deleted += out.successful().len() as u64;
+        }
+        tracing::info!(deleted, dead_letter_queue = %self.dlq, "dead-letter queue purged");
+        Ok(deleted)
+    }
+
+    fn describe(&self) -> String {
+        format!("dead-letter queue {} on SQS", self.dlq)
+    }
+}

@@ -1,0 +1,185 @@
+//! The local broker's dead-letter queue: the same SQLite tables the broker uses.
+//!
+//! A redrive moves rows back to the main queue in one transaction per batch (so a message is
+//! never in both queues, nor in neither), visible at once, with its body, attributes and FIFO
+//! group kept and its receive count reset, as SQS counts a redriven message as a new one.
+
+use async_trait::async_trait;
+use rusqlite::{params, TransactionBehavior};
+
+use super::{event_of, DeadLetter, DeadLetterQueue, DlqError, Progress, RedriveReport, Selection};
+use crate::broker::local::{Db, LocalBroker};
+use crate::config::Config;
+
+/// Rows moved per transaction.
+const BATCH: usize = 100;
+
+/// The dead-letter queue in the local broker's file.
+pub struct LocalDlq {
+    db: Db,
+    queue: String,
+    dlq: String,
+    event_key: String,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn ms(value: Option<i64>) -> Option<u64> {
+    value.and_then(|v| u64::try_from(v).ok())
+}
+
+/// A stored dead letter with its row number.
+struct Row {
+    seq: i64,
+    letter: DeadLetter,
+}
+
+impl LocalDlq {
+    /// Open the broker file (creating this service's queues, as the broker does).
+    pub async fn open(config: &Config, dlq: String) -> Result<LocalDlq, DlqError> {
+        let broker = LocalBroker::open(config).await?;
+        Ok(LocalDlq {
+            db: broker.db().clone(),
+            queue: broker.queue().to_string(),
+            dlq,
+            event_key: config.sns.event_key.clone(),
+        })
+    }
+
+    async fn rows(&self, limit: Option<usize>) -> Result<Vec<Row>, DlqError> {
+        let dlq = self.dlq.clone();
+        let limit = limit
+            .map(|l| i64::try_from(l).unwrap_or(i64::MAX))
+            .unwrap_or(-1);
+        let rows = self
+            .db
+            .call(move |conn| {
+                let mut stmt = conn.prepare(
+                    "SELECT seq, id, body, attributes, receive_count, sent_ms, first_receive_ms,
+                            last_receive_ms, dead_lettered_ms, dead_letter_reason
+                     FROM messages WHERE queue = ?1 ORDER BY seq LIMIT ?2",
+                )?;
+                let rows = stmt.query_map(params![dlq, limit], |r| {
+                    let attributes: String = r.get(3)?;
+                    let sent: Option<i64> = r.get(5)?;
+                    let first: Option<i64> = r.get(6)?;
+                    let last: Option<i64> = r.get(7)?;
+                    let dead: Option<i64> = r.get(8)?;
+                    Ok(Row {
+                        seq: r.get(0)?,
+                        letter: DeadLetter {
+                            id: r.get(1)?,
+                            event: String::new(),
+                            receive_count: r.get(4)?,
+                            first_seen_ms: ms(first.or(sent)),
+                            last_seen_ms: ms(last.max(dead).or(first)),
+                            reason: r.get(9)?,
+                            body: r.get(2)?,
+                            attributes: serde_json::from_str(&attributes).unwrap_or_default(),
+                        },
+                    })
+                })?;
+                rows.collect::<rusqlite::Result<Vec<Row>>>()
+            })
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|mut row| {
+                row.letter.event = event_of(
+                    &row.letter.id,
+                    &row.letter.body,
+                    &row.letter.attributes,
+                    &self.event_key,
+                );
+                row
+            })
+            .collect())
+    }
+}
+
+#[async_trait]
+impl DeadLetterQueue for LocalDlq {
+    async fn list(&self, limit: usize) -> Result<Vec<DeadLetter>, DlqError> {
+        Ok(self
+            .rows(Some(limit))
+            .await?
+            .into_iter()
+            .map(|r| r.letter)
+            .collect())
+    }
+
+    async fn redrive(
+        &self,
+        selection: &Selection,
+        progress: &dyn Progress,
+    ) -> Result<RedriveReport, DlqError> {
+        let rows = self.rows(None).await?;
+        progress.total(rows.len() as u64);
+        let mut report = RedriveReport::default();
+        let mut chosen = Vec::new();
+        for row in &rows {
+            if selection.matches(&row.letter.id, &row.letter.event) {
+                chosen.push(row.seq);
+            } else {
+                report.kept += 1;
+                progress.advance(1);
+            }
+        }
+        for batch in chosen.chunks(BATCH) {
+            let (seqs, queue, dlq) = (batch.to_vec(), self.queue.clone(), self.dlq.clone());
+            let moved = self
+                .db
+                .call(move |conn| {
+                    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                    let now = now_ms();
+                    let mut moved = 0u64;
+                    for seq in seqs {
+                        // Only if it is still in the DLQ (another operator may have moved it).
+                        moved += tx.execute(
+                            "UPDATE messages SET queue = ?1, visible_ms = ?2, receipt = NULL,
+                                receive_count = 0, first_receive_ms = NULL, last_receive_ms = NULL,
+                                dead_letter_reason = NULL, dead_lettered_ms = NULL
+                             WHERE seq = ?3 AND queue = ?4",
+                            params![queue, now, seq, dlq],
+                        )? as u64;
+                    }
+                    tx.commit()?;
+                    Ok(moved)
+                })
+                .await?;
+            let gone = batch.len() as u64 - moved;
+            if gone > 0 {
+                report.failed.push(format!(
+                    "{gone} message(s) were no longer in the dead-letter queue"
+                ));
+            }
+            report.redriven += moved;
+            progress.advance(batch.len() as u64);
+        }
+        tracing::info!(redriven = report.redriven, kept = report.kept, dead_letter_queue = %self.dlq, queue = %self.queue, "redrive finished");
+        Ok(report)
+    }
+
+    async fn purge(&self) -> Result<u64, DlqError> {
+        let dlq = self.dlq.clone();
+        let deleted = self
+            .db
+            .call(move |conn| conn.execute("DELETE FROM messages WHERE queue = ?1", params![dlq]))
+            .await?;
+        tracing::info!(deleted, dead_letter_queue = %self.dlq, "dead-letter queue purged");
+        Ok(deleted as u64)
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "dead-letter queue {} of the local broker {}",
+            self.dlq,
+            self.db.path().display()
+        )
+    }
+}

@@ -1,0 +1,829 @@
+//! The operator console: a small web page at `/` of the metrics server.
+//!
+//! It shows the plugins (version, generation, reloads, file), the bindings with what each
+//! acked, retried, failed and dead-lettered, throughput and in-flight messages over the last
+//! ten minutes, the latest handler failures with their reasons, and the dead-letter queue with
+//! redrive buttons. The page, its script and its style are compiled into the binary.
+//!
+//! Security: without a token the console must listen on a loopback address and only answers
+//! requests whose `Host` is a loopback name (a guard against DNS rebinding). With
+//! `console.token_env`, every console request must carry the token — as the
+//! `iniesta_console` cookie the page sets after `/?token=...`, or `Authorization: Bearer` —
+//! compared in constant time. Actions are POSTs that must carry the page's per-process CSRF
+//! token in `X-CSRF-Token` and, when the browser sends one, an `Origin` of this server.
+//! Bodies are never shown unless `console.show_bodies = true`.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Serialize;
+use subtle::ConstantTimeEq;
+
+use super::errors::FailureKind;
+use super::health::Health;
+use super::metrics as m;
+use super::OpsError;
+use crate::config::{BrokerKind, Config};
+use crate::dlq::{DeadLetterQueue, Selection};
+use crate::route::Routes;
+
+/// Where the console listens when `[metrics] listen` is unset.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9090";
+/// The cookie that carries the token after `/?token=...`.
+const COOKIE: &str = "iniesta_console";
+/// Failures kept for the page.
+const RECENT_FAILURES: usize = 50;
+/// Throughput samples kept (one every [`SAMPLE_EVERY`]: ten minutes).
+const SAMPLES: usize = 300;
+const SAMPLE_EVERY: Duration = Duration::from_secs(2);
+
+const INDEX_HTML: &str = include_str!("console/index.html");
+const CONSOLE_JS: &str = include_str!("console/console.js");
+const CONSOLE_CSS: &str = include_str!("console/console.css");
+
+/// The console's settings, checked before anything starts.
+#[derive(Clone)]
+pub struct ConsoleSettings {
+    /// Where the server listens.
+    pub listen: String,
+    token: Option<String>,
+    show_bodies: bool,
+}
+
+impl std::fmt::Debug for ConsoleSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsoleSettings")
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("show_bodies", &self.show_bodies)
+            .finish()
+    }
+}
+
+impl ConsoleSettings {
+    /// `None` when the console is off. Refuses a token variable that is unset or empty, and a
+    /// non-loopback address without a token.
+    pub fn from_config(config: &Config) -> Result<Option<ConsoleSettings>, OpsError> {
+        if !config.console.enabled {
+            return Ok(None);
+        }
+        let listen = config
+            .metrics
+            .listen
+            .clone()
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+        let addr: SocketAddr = listen
+            .parse()
+            .map_err(|_| OpsError::Address(listen.clone()))?;
+        let token = match &config.console.token_env {
+            None => None,
+            Some(var) => match std::env::var(var) {
+                Ok(value) if !value.trim().is_empty() => Some(value),
+                _ => {
+                    return Err(OpsError::Console(format!(
+                        "console.token_env = \"{var}\", but ${var} is unset or empty: export the token (e.g. `export {var}=$(openssl rand -hex 32)`), or remove console.token_env to serve on loopback only"
+                    )))
+                }
+            },
+        };
+        if token.is_none() && !addr.ip().is_loopback() {
+            return Err(OpsError::Console(format!(
+                "the console would listen on {listen}, which is not a loopback address, without a token: set console.token_env = \"INIESTA_CONSOLE_TOKEN\" and export that variable, or listen on 127.0.0.1"
+            )));
+        }
+        Ok(Some(ConsoleSettings {
+            listen,
+            token,
+            show_bodies: config.console.show_bodies,
+        }))
+    }
+}
+
+/// One recent handler failure, as the page shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailureView {
+    /// When (ms since the Unix epoch).
+    pub at_ms: u64,
+    /// What happened.
+    pub kind: FailureKind,
+    /// The binding's label, if a handler ran.
+    pub binding: Option<String>,
+    /// The event.
+    pub event: String,
+    /// The message id.
+    pub message_id: String,
+    /// Deliveries so far.
+    pub receive_count: u32,
+    /// The error, panic message, timeout or dead-letter reason.
+    pub reason: String,
+}
+
+/// The latest handler failures (a bounded list; the oldest drops out).
+#[derive(Debug, Default)]
+pub struct RecentFailures {
+    items: Mutex<VecDeque<FailureView>>,
+}
+
+impl RecentFailures {
+    /// Record one failure.
+    pub fn push(
+        &self,
+        kind: FailureKind,
+        binding: Option<&str>,
+        event: &str,
+        message_id: &str,
+        receive_count: u32,
+        reason: &str,
+    ) {
+        let mut items = self.items.lock().unwrap_or_else(|p| p.into_inner());
+        if items.len() >= RECENT_FAILURES {
+            items.pop_front();
+        }
+        items.push_back(FailureView {
+            at_ms: now_ms(),
+            kind,
+            binding: binding.map(str::to_string),
+            event: event.to_string(),
+            message_id: message_id.to_string(),
+            receive_count,
+            reason: reason.to_string(),
+        });
+    }
+
+    /// Newest first.
+    pub fn snapshot(&self) -> Vec<FailureView> {
+        let items = self.items.lock().unwrap_or_else(|p| p.into_inner());
+        items.iter().rev().cloned().collect()
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Counters at one moment, for the throughput chart.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct Sample {
+    t: u64,
+    received: f64,
+    acked: f64,
+    dead_lettered: f64,
+    in_flight: f64,
+}
+
+/// The console of one host.
+pub struct Console {
+    settings: ConsoleSettings,
+    csrf: String,
+    config: Config,
+    metrics: PrometheusHandle,
+    health: Arc<Health>,
+    routes: OnceLock<Arc<ArcSwap<Routes>>>,
+    failures: Arc<RecentFailures>,
+    dlq: Option<Arc<dyn DeadLetterQueue>>,
+    series: Mutex<VecDeque<Sample>>,
+    started: std::time::Instant,
+}
+
+impl Console {
+    /// The console for a host; opens the dead-letter queue (if one is configured) and starts
+    /// sampling the counters.
+    pub async fn start(
+        settings: ConsoleSettings,
+        config: &Config,
+        metrics: PrometheusHandle,
+        health: Arc<Health>,
+    ) -> Result<Arc<Console>, OpsError> {
+        let dlq = match crate::dlq::open(config).await {
+            Ok(dlq) => Some(dlq),
+            Err(crate::dlq::DlqError::NotConfigured) => None,
+            Err(e) => return Err(OpsError::Console(format!("the dead-letter queue: {e}"))),
+        };
+        let console = Arc::new(Console {
+            settings,
+            csrf: uuid::Uuid::new_v4().simple().to_string(),
+            config: config.clone(),
+            metrics,
+            health,
+            routes: OnceLock::new(),
+            failures: Arc::new(RecentFailures::default()),
+            dlq,
+            series: Mutex::new(VecDeque::new()),
+            started: std::time::Instant::now(),
+        });
+        let weak = Arc::downgrade(&console);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SAMPLE_EVERY);
+            loop {
+                tick.tick().await;
+                let Some(console) = weak.upgrade() else {
+                    break;
+                };
+                console.sample();
+            }
+        });
+        tracing::info!(listen = %console.settings.listen, token = console.settings.token.is_some(), show_bodies = console.settings.show_bodies, "operator console at http://{}/", console.settings.listen);
+        Ok(console)
+    }
+
+    /// The routing table to show (swapped by hot reload).
+    pub fn watch_routes(&self, routes: Arc<ArcSwap<Routes>>) {
+        let _ = self.routes.set(routes);
+    }
+
+    /// Where the pipeline records failures for the page.
+    pub fn failures(&self) -> Arc<RecentFailures> {
+        self.failures.clone()
+    }
+
+    /// Whether `path` is the console's.
+    pub fn handles(path: &str) -> bool {
+        matches!(path, "/" | "/console.js" | "/console.css") || path.starts_with("/api/")
+    }
+
+    fn sample(&self) {
+        let text = self.metrics.render();
+        let series = parse_prometheus(&text);
+        let sum = |name: &str| {
+            series
+                .iter()
+                .filter(|s| s.name == name)
+                .map(|s| s.value)
+                .sum::<f64>()
+        };
+        let sample = Sample {
+            t: now_ms(),
+            received: sum(m::RECEIVED),
+            acked: sum(m::ACKED),
+            dead_lettered: sum(m::DEAD_LETTERED),
+            in_flight: sum(m::IN_FLIGHT),
+        };
+        let mut samples = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        if samples.len() >= SAMPLES {
+            samples.pop_front();
+        }
+        samples.push_back(sample);
+    }
+
+    /// Answer a console request (auth, CSRF, then the route).
+    pub async fn answer(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        if let Err((status, why)) = self.authorize(&request) {
+            tracing::debug!(path = %request.uri().path(), status = status.as_u16(), why, "console request refused");
+            return respond(status, "text/plain; charset=utf-8", format!("{why}\n"));
+        }
+        let path = request.uri().path().to_string();
+        match (request.method().clone(), path.as_str()) {
+            (Method::GET, "/") => {
+                if self.settings.token.is_some() && query_param(&request, "token").is_some() {
+                    // The token was good (authorize checked it): keep it in a cookie and drop
+                    // it from the address bar and history.
+                    let mut response = respond(StatusCode::SEE_OTHER, "text/plain", "see /\n");
+                    response
+                        .headers_mut()
+                        .insert(header::LOCATION, HeaderValue::from_static("/"));
+                    let token = self.settings.token.as_deref().unwrap_or_default();
+                    if let Ok(cookie) = HeaderValue::from_str(&format!(
+                        "{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict",
+                        cookie_safe(token)
+                    )) {
+                        response.headers_mut().insert(header::SET_COOKIE, cookie);
+                    }
+                    return response;
+                }
+                respond(
+                    StatusCode::OK,
+                    "text/html; charset=utf-8",
+                    INDEX_HTML.replace("{{CSRF}}", &self.csrf),
+                )
+            }
+            (Method::GET, "/console.js") => {
+                respond(StatusCode::OK, "text/javascript; charset=utf-8", CONSOLE_JS)
+            }
+            (Method::GET, "/console.css") => {
+                respond(StatusCode::OK, "text/css; charset=utf-8", CONSOLE_CSS)
+            }
+            (Method::GET, "/api/state") => json(StatusCode::OK, &self.state()),
+            (Method::GET, "/api/dlq") => {
+                let limit = query_param(&request, "limit")
+                    .and_then(|l| l.parse::<usize>().ok())
+                    .unwrap_or(100)
+                    .clamp(1, 1000);
+                self.dlq_list(limit).await
+            }
+            (Method::POST, "/api/dlq/redrive") => self.redrive(request).await,
+            (_, "/" | "/console.js" | "/console.css" | "/api/state" | "/api/dlq") => respond(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain; charset=utf-8",
+                "only GET\n",
+            ),
+            (_, "/api/dlq/redrive") => respond(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain; charset=utf-8",
+                "only POST\n",
+            ),
+            _ => respond(
+                StatusCode::NOT_FOUND,
+                "text/plain; charset=utf-8",
+                "not found\n",
+            ),
+        }
+    }
+
+    /// The token (every request) and, for POSTs, the CSRF token and the origin.
+    fn authorize(&self, request: &Request<Incoming>) -> Result<(), (StatusCode, &'static str)> {
+        let refuse = |status: StatusCode, why: &'static str| Err((status, why));
+        match &self.settings.token {
+            Some(token) => {
+                let offered = query_param(request, "token")
+                    .filter(|_| request.uri().path() == "/" && request.method() == Method::GET)
+                    .or_else(|| bearer(request))
+                    .or_else(|| cookie(request, COOKIE));
+                let good = offered
+                    .map(|o| bool::from(o.as_bytes().ct_eq(token.as_bytes())))
+                    .unwrap_or(false);
+                if !good {
+                    return refuse(
+                        StatusCode::UNAUTHORIZED,
+                        "the console needs its token: open /?token=TOKEN once (it is then kept in a cookie), or send Authorization: Bearer TOKEN",
+                    );
+                }
+            }
+            None => {
+                // Loopback only: refuse names that could point here by DNS rebinding.
+                let host = request
+                    .headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .unwrap_or("");
+                if !is_loopback_host(host) {
+                    return refuse(
+                        StatusCode::FORBIDDEN,
+                        "without console.token_env the console answers only requests addressed to localhost or a loopback address",
+                    );
+                }
+            }
+        }
+        if request.method() == Method::POST {
+            let csrf = request
+                .headers()
+                .get("x-csrf-token")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if !bool::from(csrf.as_bytes().ct_eq(self.csrf.as_bytes())) {
+                return refuse(
+                    StatusCode::FORBIDDEN,
+                    "missing or wrong X-CSRF-Token: actions must come from the console page",
+                );
+            }
+            if let Some(origin) = request.headers().get(header::ORIGIN) {
+                let host = request
+                    .headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .unwrap_or("");
+                let same = origin
+                    .to_str()
+                    .ok()
+                    .and_then(|o| o.strip_prefix("http://"))
+                    .map(|o| o.eq_ignore_ascii_case(host))
+                    .unwrap_or(false);
+                if !same {
+                    return refuse(
+                        StatusCode::FORBIDDEN,
+                        "cross-origin action refused (Origin is not this console)",
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn state(&self) -> serde_json::Value {
+        let series = parse_prometheus(&self.metrics.render());
+        let count = |binding: &str, results: &[&str]| -> u64 {
+            series
+                .iter()
+                .filter(|s| {
+                    s.name == m::HANDLER_CALLS
+                        && s.label("binding") == Some(binding)
+                        && s.label("result").is_some_and(|r| results.contains(&r))
+                })
+                .map(|s| s.value as u64)
+                .sum()
+        };
+        let host = crate::plugins::watch::running_hosts(&self.config)
+            .into_iter()
+            .find(|h| h.pid == std::process::id());
+        let routes = self.routes.get().map(|r| r.load_full());
+        let bindings: Vec<serde_json::Value> = routes
+            .iter()
+            .flat_map(|r| r.bindings().iter())
+            .map(|b| {
+                serde_json::json!({
+                    "label": b.label,
+                    "plugin": b.plugin.name,
+                    "version": b.plugin.version,
+                    "handler": b.handler_name,
+                    "default": b.is_default,
+                    "acked": count(&b.label, &["ack"]),
+                    "retried": count(&b.label, &["retry"]),
+                    "failed": count(&b.label, &["error", "panic", "timeout", "crashed"]),
+                    "dead_lettered": count(&b.label, &["dead_letter"]),
+                })
+            })
+            .collect();
+        // Plugins as the host's state file has them (with reload counts), else as bound.
+        let plugins: Vec<serde_json::Value> = match &host {
+            Some(host) => host
+                .plugins
+                .iter()
+                .map(|p| {
+                    serde_json::json!({
+                        "name": p.name, "version": p.version, "generation": p.generation,
+                        "reloads": p.reloads, "file": p.file.display().to_string(),
+                        "loaded_at_ms": p.loaded_at * 1000,
+                    })
+                })
+                .collect(),
+            None => {
+                let mut seen = std::collections::BTreeMap::new();
+                for b in routes.iter().flat_map(|r| r.bindings().iter()) {
+                    seen.entry(b.plugin.name.clone()).or_insert_with(|| {
+                        serde_json::json!({
+                            "name": b.plugin.name, "version": b.plugin.version,
+                            "generation": b.plugin.generation, "reloads": 0,
+                            "file": b.plugin.file.display().to_string(),
+                            "loaded_at_ms": b.plugin.loaded_at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+                        })
+                    });
+                }
+                seen.into_values().collect()
+            }
+        };
+        let samples: Vec<Sample> = self
+            .series
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .copied()
+            .collect();
+        serde_json::json!({
+            "service": self.config.service,
+            "queue": self.config.queue_name(),
+            "dead_letter_queue": self.config.sqs.dead_letter_queue,
+            "broker": match self.config.broker.kind { BrokerKind::Local => "local", BrokerKind::Aws => "aws" },
+            "health": match self.health.status() { Ok(()) => "ready".to_string(), Err(why) => format!("not ready: {why}") },
+            "pid": std::process::id(),
+            "uptime_secs": self.started.elapsed().as_secs(),
+            "show_bodies": self.settings.show_bodies,
+            "plugins": plugins,
+            "bindings": bindings,
+            "series": samples,
+            "failures": self.failures.snapshot(),
+            "retained_mb": host.as_ref().map(|h| h.retained_bytes as f64 / 1e6).unwrap_or(0.0),
+        })
+    }
+
+    async fn dlq_list(&self, limit: usize) -> Response<Full<Bytes>> {
+        let Some(dlq) = &self.dlq else {
+            return json(
+                StatusCode::OK,
+                &serde_json::json!({"configured": false, "messages": []}),
+            );
+        };
+        match dlq.list(limit).await {
+            Ok(letters) => {
+                let messages: Vec<serde_json::Value> = letters
+                    .iter()
+                    .map(|l| {
+                        serde_json::json!({
+                            "id": l.id, "event": l.event, "receive_count": l.receive_count,
+                            "first_seen_ms": l.first_seen_ms, "last_seen_ms": l.last_seen_ms,
+                            "reason": l.reason, "body": l.body_preview(self.settings.show_bodies, 200),
+                        })
+                    })
+                    .collect();
+                json(
+                    StatusCode::OK,
+                    &serde_json::json!({"configured": true, "messages": messages, "limit": limit}),
+                )
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "console: cannot list the dead-letter queue");
+                json(
+                    StatusCode::BAD_GATEWAY,
+                    &serde_json::json!({"error": e.to_string()}),
+                )
+            }
+        }
+    }
+
+    async fn redrive(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Ask {
+            #[serde(default)]
+            ids: Vec<String>,
+            #[serde(default)]
+            events: Vec<String>,
+            #[serde(default)]
+            all: bool,
+        }
+        let bad = |why: String| json(StatusCode::BAD_REQUEST, &serde_json::json!({"error": why}));
+        let Some(dlq) = &self.dlq else {
+            return bad("no dead-letter queue is configured (set sqs.dead_letter_queue)".into());
+        };
+        let body = match Limited::new(request.into_body(), 64 * 1024).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => return bad(format!("cannot read the request: {e}")),
+        };
+        let ask: Ask = match serde_json::from_slice(&body) {
+            Ok(a) => a,
+            Err(e) => {
+                return bad(format!(
+                    "expected {{\"ids\": [..]}}, {{\"events\": [..]}} or {{\"all\": true}}: {e}"
+                ))
+            }
+        };
+        if !ask.all && ask.ids.is_empty() && ask.events.is_empty() {
+            return bad("nothing selected: give ids, events, or all = true".into());
+        }
+        let selection = match Selection::new(&ask.events, &ask.ids) {
+            Ok(s) => s,
+            Err(e) => return bad(e.to_string()),
+        };
+        match dlq.redrive(&selection, &crate::dlq::NoProgress).await {
+            Ok(report) => {
+                tracing::info!(redriven = report.redriven, kept = report.kept, ids = ?ask.ids, events = ?ask.events, "console: redrive");
+                json(StatusCode::OK, &report)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "console: redrive failed");
+                json(
+                    StatusCode::BAD_GATEWAY,
+                    &serde_json::json!({"error": e.to_string()}),
+                )
+            }
+        }
+    }
+}
+
+fn respond(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    headers.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'none'",
+        ),
+    );
+    response
+}
+
+fn json(status: StatusCode, value: &impl Serialize) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
+    respond(status, "application/json", body)
+}
+
+fn query_param(request: &Request<Incoming>, name: &str) -> Option<String> {
+    let query = request.uri().query()?;
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(hi), Some(lo)) => {
+                    out.push(hi * 16 + lo);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Cookie values may not hold `;`, `,`, spaces or quotes: percent-encode anything else.
+fn cookie_safe(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~!$&'()*+/:=?@[]^`{|}".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn bearer(request: &Request<Incoming>) -> Option<String> {
+    let value = request
+        .headers()
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    value.strip_prefix("Bearer ").map(|t| t.trim().to_string())
+}
+
+fn cookie(request: &Request<Incoming>, name: &str) -> Option<String> {
+    for value in request.headers().get_all(header::COOKIE) {
+        let Ok(text) = value.to_str() else { continue };
+        for pair in text.split(';') {
+            if let Some((k, v)) = pair.trim().split_once('=') {
+                if k == name {
+                    return Some(percent_decode(v));
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Whether a `Host` header names this machine's loopback (`localhost`, `127.x`, `[::1]`).
+fn is_loopback_host(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host)
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false)
+}
+
+/// One series of the Prometheus text format.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    /// The metric name.
+    pub name: String,
+    /// Its labels.
+    pub labels: Vec<(String, String)>,
+    /// Its value.
+    pub value: f64,
+}
+
+impl Series {
+    fn label(&self, name: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Parse the Prometheus text format (counters and gauges; comments and malformed lines are
+/// skipped).
+pub fn parse_prometheus(text: &str) -> Vec<Series> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Some(series) = parse_line(line) {
+            out.push(series);
+        }
+    }
+    out
+}
+
+fn parse_line(line: &str) -> Option<Series> {
+    let name_end = line.find(|c: char| c == '{' || c.is_whitespace())?;
+    let name = line[..name_end].to_string();
+    let mut rest = &line[name_end..];
+    let mut labels = Vec::new();
+    if let Some(inner) = rest.strip_prefix('{') {
+        let mut chars = inner.char_indices();
+        let mut key = String::new();
+        loop {
+            let (i, c) = chars.next()?;
+            match c {
+                '}' => {
+                    rest = &inner[i + 1..];
+                    break;
+                }
+                ',' | ' ' => {}
+                '=' => {
+                    if chars.next()?.1 != '"' {
+                        return None;
+                    }
+                    let mut value = String::new();
+                    loop {
+                        let (_, c) = chars.next()?;
+                        match c {
+                            '\\' => match chars.next()?.1 {
+                                'n' => value.push('\n'),
+                                other => value.push(other),
+                            },
+                            '"' => break,
+                            other => value.push(other),
+                        }
+                    }
+                    labels.push((std::mem::take(&mut key), value));
+                }
+                other => key.push(other),
+            }
+        }
+    }
+    let value = rest.split_whitespace().next()?.parse::<f64>().ok()?;
+    Some(Series {
+        name,
+        labels,
+        value,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_text_parses_with_escaped_labels() {
+        let text = "# HELP x y\n# TYPE x counter\niniesta_in_flight 3\n\
+            iniesta_handler_calls_total{binding=\"bindings[0] (a/b)\",result=\"ack\"} 12\n\
+            weird{l=\"q\\\"uote, \\\\ back\"} 1.5\nnot a line\n";
+        let series = parse_prometheus(text);
+        assert_eq!(series.len(), 3);
+        assert_eq!(series[0].name, "iniesta_in_flight");
+        assert_eq!(series[0].value, 3.0);
+        assert_eq!(series[1].label("binding"), Some("bindings[0] (a/b)"));
+        assert_eq!(series[1].label("result"), Some("ack"));
+        assert_eq!(series[1].value, 12.0);
+        assert_eq!(series[2].label("l"), Some("q\"uote, \\ back"));
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        for host in [
+            "localhost:9090",
+            "127.0.0.1:1",
+            "[::1]:9090",
+            "LOCALHOST",
+            "127.0.0.2",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in ["example.com:9090", "10.0.0.1:80", "", "localhost.evil.com"] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
+    }
+
+    #[test]
+    fn percent_decoding_and_cookie_encoding() {
+        assert_eq!(percent_decode("a%20b+c"), "a b c");
+        assert_eq!(percent_decode("bad%zz%"), "bad%zz%");
+        assert_eq!(cookie_safe("a b;c"), "a%20b%3Bc");
+        assert_eq!(percent_decode(&cookie_safe("t ok;,\"")), "t ok;,\"");
+    }
+
+    #[test]
+    fn recent_failures_are_bounded_newest_first() {
+        let f = RecentFailures::default();
+        for i in 0..(RECENT_FAILURES + 5) {
+            f.push(FailureKind::Error, None, "E", &i.to_string(), 1, "boom");
+        }
+        let snap = f.snapshot();
+        assert_eq!(snap.len(), RECENT_FAILURES);
+        assert_eq!(snap[0].message_id, (RECENT_FAILURES + 4).to_string());
+    }
+}

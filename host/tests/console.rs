@@ -1,0 +1,437 @@
+//! The operator console end to end: a real host serves it, headless Chromium (Debian's
+//! `chromium`, driven through `chromedriver` over WebDriver) loads the page with the token,
+//! sees the plugins and a handler failure, clicks a redrive button and sees the dead-letter
+//! list shrink. Requests without the token, without the CSRF token or from another origin are
+//! refused; a console on a non-loopback address without a token refuses to start.
+//!
+//! Chromium and chromedriver come from `$INIESTA_CHROMIUM` / `$INIESTA_CHROMEDRIVER`, else
+//! /usr/bin (scripts/test.sh installs them with apt-get).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::aws::free_port;
+use common::Scratch;
+use fantoccini::{ClientBuilder, Locator};
+
+const LIMIT: Duration = Duration::from_secs(60);
+const TOKEN: &str = "t0k3n-for-the-console-test";
+const DLQ: &str = "iniesta-test-receiver-dlq";
+
+fn tool(var: &str, default: &str) -> PathBuf {
+    let path = std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(default));
+    assert!(
+        path.exists(),
+        "{} not found: run scripts/test.sh, which installs chromium and chromium-driver (apt-get), or set {var}",
+        path.display()
+    );
+    path
+}
+
+/// A process killed on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_port(port: u16, what: &str) {
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(start.elapsed() < LIMIT, "{what} did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One HTTP/1.1 request over a fresh connection: (status, body).
+fn http(port: u16, request: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn get(port: u16, path: &str, headers: &str) -> (u16, String) {
+    http(
+        port,
+        &format!(
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{headers}Connection: close\r\n\r\n"
+        ),
+    )
+}
+
+fn post(port: u16, path: &str, headers: &str, body: &str) -> (u16, String) {
+    http(
+        port,
+        &format!(
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{headers}Content-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+}
+
+fn bearer() -> String {
+    format!("Authorization: Bearer {TOKEN}\r\n")
+}
+
+fn dlq_depth(config: &Path) -> usize {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let config = iniesta::config::Config::load(config).expect("config");
+        let broker = iniesta::broker::local::LocalBroker::open(&config)
+            .await
+            .expect("broker");
+        broker.messages(DLQ).await.expect("messages").len()
+    })
+}
+
+fn console_config(s: &Scratch, port: u16, bindings: &str) -> PathBuf {
+    s.config(
+        "",
+        &format!(
+            "[metrics]\nlisten = \"127.0.0.1:{port}\"\n[console]\nenabled = true\n\
+             token_env = \"INIESTA_CONSOLE_TOKEN\"\n{bindings}"
+        ),
+    )
+}
+
+fn start_host(config: &Path, log: PathBuf) -> common::Host {
+    let file = std::fs::File::create(&log).expect("log");
+    let child = Command::new(common::bin())
+        .arg("-c")
+        .arg(config)
+        .arg("run")
+        .env("INIESTA_LOG", "info")
+        .env("NO_COLOR", "1")
+        .env("INIESTA_CONSOLE_TOKEN", TOKEN)
+        .stdout(Stdio::null())
+        .stderr(file)
+        .spawn()
+        .expect("host starts");
+    let host = common::Host { child, log };
+    let start = Instant::now();
+    while !host.log_text().contains("consuming") {
+        assert!(
+            start.elapsed() < LIMIT,
+            "host did not start:\n{}",
+            host.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    host
+}
+
+#[test]
+fn the_console_shows_plugins_and_failures_and_redrives_from_the_browser() {
+    let chromium = tool("INIESTA_CHROMIUM", "/usr/bin/chromium");
+    let chromedriver = tool("INIESTA_CHROMEDRIVER", "/usr/bin/chromedriver");
+    let s = Scratch::new();
+    let port = free_port();
+    // Orders are dead-lettered by the flaky handler.
+    let config = console_config(
+        &s,
+        port,
+        "[[bindings]]\nevents = [\"Order.*\"]\nplugin = \"flaky\"\nconfig = { mode = \"dead-letter\" }\n",
+    );
+    let host = start_host(&config, s.path("host.log"));
+    for n in 1..=3 {
+        common::publish(
+            &config,
+            &[
+                "Order.Created",
+                &format!(r#"{{"order":{n},"card":"4111-{n}"}}"#),
+            ],
+        );
+    }
+    s.wait_for("three dead letters", LIMIT, || dlq_depth(&config) == 3);
+
+    // Without the token, with a wrong one, without CSRF, from another origin: refused.
+    let (status, body) = get(port, "/", "");
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(get(port, "/api/state", "").0, 401);
+    assert_eq!(
+        get(port, "/api/dlq", "Authorization: Bearer wrong\r\n").0,
+        401
+    );
+    assert_eq!(get(port, "/?token=wrong", "").0, 401);
+    assert_eq!(
+        get(port, "/api/dlq", "Cookie: iniesta_console=wrong\r\n").0,
+        401
+    );
+    assert_eq!(
+        post(port, "/api/dlq/redrive", "", r#"{"all":true}"#).0,
+        401,
+        "actions need the token too"
+    );
+    let (status, page) = get(port, "/", &bearer());
+    assert_eq!(status, 200);
+    let csrf = page
+        .split("name=\"csrf-token\" content=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the page carries a CSRF token")
+        .to_string();
+    let (status, body) = post(port, "/api/dlq/redrive", &bearer(), r#"{"all":true}"#);
+    assert_eq!(status, 403, "no CSRF token: {body}");
+    let (status, body) = post(
+        port,
+        "/api/dlq/redrive",
+        &format!(
+            "{}X-CSRF-Token: {csrf}\r\nOrigin: http://evil.example\r\n",
+            bearer()
+        ),
+        r#"{"all":true}"#,
+    );
+    assert_eq!(status, 403, "cross-origin: {body}");
+    let (status, body) = get(port, "/api/state", &bearer());
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("\"flaky\"") && body.contains("by design"),
+        "{body}"
+    );
+    assert!(
+        !body.contains("4111-"),
+        "bodies are never in the state: {body}"
+    );
+    let (_, dlq) = get(port, "/api/dlq", &bearer());
+    assert!(
+        !dlq.contains("4111-") && dlq.contains("bytes hidden"),
+        "bodies hidden: {dlq}"
+    );
+    assert_eq!(
+        dlq_depth(&config),
+        3,
+        "nothing was redriven by the refused requests"
+    );
+
+    // The handler is fixed: orders are now acked by echo (SIGHUP reloads the config).
+    console_config(
+        &s,
+        port,
+        "[[bindings]]\nevents = [\"Order.*\"]\nplugin = \"echo\"\n",
+    );
+    let pid = host.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    s.wait_for("the config reload", LIMIT, || {
+        get(port, "/api/state", &bearer())
+            .1
+            .contains("bindings[0] (echo/echo)")
+    });
+
+    // Some traffic for the throughput chart: bursts of events the echo binding acks, one per
+    // sample of the console's counters.
+    let mut sent = 0;
+    for burst in 0..4 {
+        let lines: String = (0..(6 + 6 * burst))
+            .map(|n| format!("{{\"event\":\"Order.Viewed\",\"body\":{{\"n\":{n}}}}}\n"))
+            .collect();
+        sent += 6 + 6 * burst;
+        let file = s.write("burst.jsonl", &lines);
+        let samples = |s: &str| {
+            serde_json::from_str::<serde_json::Value>(s).expect("state is JSON")["series"]
+                .as_array()
+                .map(|a| a.last().map(|x| x["t"].as_u64()))
+                .unwrap_or_default()
+        };
+        let before = samples(&get(port, "/api/state", &bearer()).1);
+        common::publish(&config, &["--file", file.to_str().expect("utf-8 path")]);
+        s.wait_for("the next sample", LIMIT, || {
+            samples(&get(port, "/api/state", &bearer()).1) != before
+        });
+    }
+    s.wait_for("echo to ack the bursts", LIMIT, || {
+        let (_, state) = get(port, "/api/state", &bearer());
+        let state: serde_json::Value = serde_json::from_str(&state).expect("state is JSON");
+        state["bindings"][0]["acked"] == sent
+    });
+
+    // The browser.
+    let driver_port = free_port();
+    let _driver = Proc(
+        Command::new(&chromedriver)
+            .arg(format!("--port={driver_port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver starts"),
+    );
+    wait_port(driver_port, "chromedriver");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let shot = rt.block_on(async {
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            serde_json::json!({
+                "binary": chromium.display().to_string(),
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                         "--window-size=1280,1400", "--hide-scrollbars"],
+            }),
+        );
+        let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps)
+            .connect(&format!("http://127.0.0.1:{driver_port}"))
+            .await
+            .expect("a WebDriver session in headless Chromium");
+        let result = async {
+            // The token once in the address; the console keeps it in a cookie and redirects.
+            client.goto(&format!("http://127.0.0.1:{port}/?token={TOKEN}")).await?;
+            let url = client.current_url().await?;
+            assert_eq!(url.path(), "/");
+            assert!(url.query().is_none(), "the token is dropped from the address: {url}");
+            let wait = || client.wait().at_most(LIMIT);
+            wait()
+                .for_element(Locator::XPath("//table[@id='plugins']//td[text()='flaky']"))
+                .await?;
+            wait()
+                .for_element(Locator::XPath("//table[@id='plugins']//td[text()='echo']"))
+                .await?;
+            wait()
+                .for_element(Locator::XPath(
+                    "//table[@id='failures']//td[contains(., 'flaky dead-letters') and contains(., 'by design')]",
+                ))
+                .await?;
+            let rows = |n: usize| {
+                let client = client.clone();
+                async move {
+                    let start = Instant::now();
+                    loop {
+                        let found = client.find_all(Locator::Css("#dlq tbody tr")).await?.len();
+                        if found == n {
+                            return Ok::<(), fantoccini::error::CmdError>(());
+                        }
+                        assert!(start.elapsed() < LIMIT, "the DLQ table has {found} rows, expected {n}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            };
+            rows(3).await?;
+            let page = client.source().await?;
+            assert!(!page.contains("4111-"), "bodies are not shown unless enabled");
+            let shot = client.screenshot().await?;
+            let buttons = client.find_all(Locator::Css("#dlq button.redrive")).await?;
+            assert_eq!(buttons.len(), 3);
+            let chosen = buttons[0].attr("data-id").await?.expect("the button names its message");
+            buttons[0].click().await?;
+            rows(2).await?;
+            let left = client.find(Locator::Css("#dlq tbody")).await?.text().await?;
+            assert!(!left.contains(&chosen), "the redriven message left the list: {left}");
+            Ok::<_, fantoccini::error::CmdError>(shot)
+        }
+        .await;
+        let _ = client.close().await;
+        result.expect("the console works in the browser")
+    });
+    // The redriven message is acked by the fixed handler; the other two stay.
+    s.wait_for("echo to ack the redriven message", LIMIT, || {
+        let (_, state) = get(port, "/api/state", &bearer());
+        let state: serde_json::Value = serde_json::from_str(&state).expect("state is JSON");
+        state["bindings"][0]["acked"] == sent + 1
+    });
+    assert_eq!(dlq_depth(&config), 2);
+    host.stop();
+    let out = common::workspace_root().join("target/console-e2e.png");
+    std::fs::write(&out, shot).expect("write the screenshot");
+}
+
+#[test]
+fn the_console_refuses_to_start_exposed_without_a_token() {
+    let s = Scratch::new();
+    let bind = |listen: &str, token: &str| {
+        s.config(
+            "",
+            &format!(
+                "[metrics]\nlisten = \"{listen}\"\n[console]\nenabled = true\n{token}\n\
+                 [[bindings]]\nevents = [\"Order.*\"]\nplugin = \"echo\"\n"
+            ),
+        )
+    };
+    let port = free_port();
+    let config = bind(&format!("0.0.0.0:{port}"), "");
+    let out = Command::new(common::bin())
+        .arg("-c")
+        .arg(&config)
+        .arg("run")
+        .env_remove("INIESTA_CONSOLE_TOKEN")
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not a loopback address") && err.contains("console.token_env"),
+        "{err}"
+    );
+    // A token variable that is named but unset is refused too.
+    let config = bind(
+        &format!("127.0.0.1:{port}"),
+        "token_env = \"INIESTA_CONSOLE_TOKEN\"",
+    );
+    let out = Command::new(common::bin())
+        .arg("-c")
+        .arg(&config)
+        .arg("run")
+        .env_remove("INIESTA_CONSOLE_TOKEN")
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("$INIESTA_CONSOLE_TOKEN is unset or empty"),
+        "{err}"
+    );
+}
+
+#[test]
+fn without_a_token_the_console_answers_only_loopback_names() {
+    let s = Scratch::new();
+    let port = free_port();
+    let config = s.config(
+        "",
+        &format!(
+            "[metrics]\nlisten = \"127.0.0.1:{port}\"\n[console]\nenabled = true\n\
+             [[bindings]]\nevents = [\"Order.*\"]\nplugin = \"echo\"\n"
+        ),
+    );
+    let host = start_host(&config, s.path("host.log"));
+    assert_eq!(get(port, "/api/state", "").0, 200);
+    let (status, _) = http(
+        port,
+        "GET /api/state HTTP/1.1\r\nHost: rebound.example:80\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 403, "a DNS-rebound name is refused");
+    assert_eq!(
+        post(port, "/api/dlq/redrive", "", r#"{"all":true}"#).0,
+        403,
+        "no CSRF token"
+    );
+    assert_eq!(get(port, "/metrics", "").0, 200, "/metrics is unchanged");
+    host.stop();
+}

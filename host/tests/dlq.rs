@@ -1,0 +1,379 @@
+//! `iniesta dlq list | redrive | purge` on both brokers: the local SQLite one and SQS (a real
+//! moto server per test). Messages are dead-lettered by a real host running the `flaky`
+//! plugin, listed with their reasons, a subset is redriven by event glob and acked by the
+//! handler the config now binds, the rest stays, then one is redriven by id and the rest purged.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_sqs::types::QueueAttributeName;
+use common::aws::{aws_env, sqs, Moto};
+use common::Scratch;
+
+const LIMIT: Duration = Duration::from_secs(90);
+const TOPIC: &str = "arn:aws:sns:us-east-1:123456789012:global";
+const DLQ: &str = "iniesta-test-receiver-dlq";
+
+/// Which broker a scenario runs on.
+enum Broker {
+    Local,
+    Aws(Moto),
+}
+
+impl Broker {
+    /// Write `iniesta.toml` with these bindings.
+    fn config(&self, s: &Scratch, bindings: &str) -> PathBuf {
+        match self {
+            Broker::Local => s.config("", bindings),
+            Broker::Aws(moto) => s.write(
+                "iniesta.toml",
+                &format!(
+                    "service = \"receiver\"\nenv = \"test\"\n[broker]\nkind = \"aws\"\nregion = \"us-east-1\"\n\
+                     endpoint_url = \"{}\"\n[sns]\ntopic_arn = \"{TOPIC}\"\n[sqs]\nwait_time_seconds = 1\n\
+                     visibility_timeout = 2\nfilters = [\"Order.*\", \"Bad.*\"]\ndead_letter_queue = \"{DLQ}\"\n\
+                     [plugins]\ndirs = [\"{}\"]\n{bindings}\n",
+                    moto.url(),
+                    common::plugin_dir().display()
+                ),
+            ),
+        }
+    }
+
+    /// Messages in the dead-letter queue, counted without receiving them.
+    fn dlq_depth(&self, config: &Path) -> u64 {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        match self {
+            Broker::Local => rt.block_on(async {
+                let config = iniesta::config::Config::load(config).expect("config");
+                let broker = iniesta::broker::local::LocalBroker::open(&config)
+                    .await
+                    .expect("broker");
+                broker.messages(DLQ).await.expect("messages").len() as u64
+            }),
+            Broker::Aws(moto) => rt.block_on(async {
+                let client = sqs(&moto.url());
+                let url = client
+                    .get_queue_url()
+                    .queue_name(DLQ)
+                    .send()
+                    .await
+                    .expect("dlq exists")
+                    .queue_url()
+                    .unwrap_or_default()
+                    .to_string();
+                let out = client
+                    .get_queue_attributes()
+                    .queue_url(url)
+                    .attribute_names(QueueAttributeName::All)
+                    .send()
+                    .await
+                    .expect("attributes");
+                let attrs = out.attributes().cloned().unwrap_or_default();
+                [
+                    QueueAttributeName::ApproximateNumberOfMessages,
+                    QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+                ]
+                .iter()
+                .map(|k| {
+                    attrs
+                        .get(k)
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap_or(0)
+                })
+                .sum()
+            }),
+        }
+    }
+}
+
+fn iniesta(config: &Path, args: &[&str]) -> Output {
+    aws_env(Command::new(common::bin()).arg("-c").arg(config).args(args))
+        .env("INIESTA_LOG", "info")
+        .output()
+        .expect("iniesta runs")
+}
+
+fn ok(config: &Path, args: &[&str]) -> String {
+    let out = iniesta(config, args);
+    assert!(
+        out.status.success(),
+        "iniesta {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn start_host(config: &Path, log: PathBuf) -> common::Host {
+    let file = std::fs::File::create(&log).expect("log");
+    let child = aws_env(Command::new(common::bin()).arg("-c").arg(config).arg("run"))
+        .env("INIESTA_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(file)
+        .spawn()
+        .expect("host starts");
+    let host = common::Host { child, log };
+    let start = Instant::now();
+    while !host.log_text().contains("consuming") {
+        assert!(
+            start.elapsed() < LIMIT,
+            "host did not start:\n{}",
+            host.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    host
+}
+
+/// The rows of a `dlq list` table (header and summary left out).
+fn rows(table: &str) -> Vec<String> {
+    table
+        .lines()
+        .filter(|l| !l.starts_with("ID ") && !l.ends_with("message(s)") && !l.contains("is empty"))
+        .map(str::to_string)
+        .collect()
+}
+
+const DEAD_LETTER_ALL: &str = "[[bindings]]\nevents = [\"Order.*\", \"Bad.*\"]\nplugin = \"flaky\"\nconfig = { mode = \"dead-letter\" }\n";
+
+fn scenario(broker: Broker) {
+    let s = Scratch::new();
+    let config = broker.config(&s, DEAD_LETTER_ALL);
+    if let Broker::Aws(_) = broker {
+        ok(&config, &["setup"]);
+    }
+    // 1. A host dead-letters everything: three orders (one with an extra attribute), two bad.
+    let host = start_host(&config, s.path("host1.log"));
+    for n in 1..=3 {
+        let body = format!(r#"{{"order":{n},"secret":"card-{n}"}}"#);
+        if n == 1 {
+            ok(
+                &config,
+                &["publish", "Order.Created", &body, "-a", "trace=t-1"],
+            );
+        } else {
+            ok(&config, &["publish", "Order.Created", &body]);
+        }
+    }
+    for n in 1..=2 {
+        ok(
+            &config,
+            &[
+                "publish",
+                "Bad.Input",
+                &format!(r#"{{"bad":{n},"secret":"pin-{n}"}}"#),
+            ],
+        );
+    }
+    s.wait_for("five dead letters", LIMIT, || {
+        broker.dlq_depth(&config) == 5
+    });
+    host.stop();
+
+    // 2. List: every one with its reason, bodies hidden unless asked for.
+    let table = ok(&config, &["dlq", "list"]);
+    let listed = rows(&table);
+    assert_eq!(listed.len(), 5, "{table}");
+    assert!(table.contains("5 message(s)"), "{table}");
+    for row in &listed {
+        assert!(
+            row.contains("flaky dead-letters") && row.contains("by design"),
+            "reason shown: {row}"
+        );
+        assert!(row.contains("bytes hidden>"), "body hidden: {row}");
+    }
+    assert_eq!(
+        listed
+            .iter()
+            .filter(|r| r.contains("Order.Created.receiver"))
+            .count(),
+        3,
+        "{table}"
+    );
+    assert_eq!(
+        listed
+            .iter()
+            .filter(|r| r.contains("Bad.Input.receiver"))
+            .count(),
+        2,
+        "{table}"
+    );
+    assert!(
+        !table.contains("card-") && !table.contains("pin-"),
+        "no body unless --show-bodies: {table}"
+    );
+    let shown = ok(&config, &["dlq", "list", "--show-bodies"]);
+    assert!(
+        shown.contains("card-2") && shown.contains("pin-1"),
+        "{shown}"
+    );
+    let two = ok(&config, &["dlq", "list", "--limit", "2"]);
+    assert_eq!(rows(&two).len(), 2, "{two}");
+    // Listing leaves every message in the DLQ (on SQS: received, then made visible again).
+    assert_eq!(broker.dlq_depth(&config), 5);
+    assert_eq!(
+        rows(&ok(&config, &["dlq", "list"])).len(),
+        5,
+        "a second listing sees them all again"
+    );
+
+    // 3. Purge asks for --yes and touches nothing without it; a bad glob is named.
+    let refused = iniesta(&config, &["dlq", "purge"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--yes"),
+        "{refused:?}"
+    );
+    let bad_glob = iniesta(&config, &["dlq", "redrive", "--event", "Order. *"]);
+    assert!(!bad_glob.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad_glob.stderr).contains("--event `Order. *`"),
+        "{bad_glob:?}"
+    );
+    assert_eq!(broker.dlq_depth(&config), 5);
+
+    // 4. The orders' handler is fixed (a ledger acks them); redrive only the orders.
+    let book = s.path("ledger.jsonl");
+    let fixed = format!(
+        "[[bindings]]\nevents = [\"Order.*\"]\nplugin = \"ledger\"\nconfig = {{ path = \"{}\" }}\n\
+         [[bindings]]\nevents = [\"Bad.*\"]\nplugin = \"flaky\"\nconfig = {{ mode = \"dead-letter\" }}\n",
+        book.display()
+    );
+    let config = broker.config(&s, &fixed);
+    let report = ok(&config, &["dlq", "redrive", "--event", "Order.*"]);
+    assert!(report.contains("redriven 3 message(s)"), "{report}");
+    assert!(
+        report.contains("2 left in the dead-letter queue"),
+        "{report}"
+    );
+    let rest = ok(&config, &["dlq", "list"]);
+    let rest_rows = rows(&rest);
+    assert_eq!(rest_rows.len(), 2, "{rest}");
+    assert!(
+        rest_rows.iter().all(|r| r.contains("Bad.Input.receiver")),
+        "{rest}"
+    );
+
+    // 5. The handler acks the redriven orders, with their attributes kept; the rest stay.
+    let host = start_host(&config, s.path("host2.log"));
+    s.wait_for("the ledger to ack three orders", LIMIT, || {
+        s.ledger("ledger.jsonl").len() >= 3
+    });
+    host.stop();
+    let lines = s.ledger("ledger.jsonl");
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    let mut orders: Vec<i64> = lines
+        .iter()
+        .map(|l| {
+            assert_eq!(l["event"], "Order.Created.receiver", "{l}");
+            assert_eq!(
+                l["receive_count"], 1,
+                "a redriven message starts counting again: {l}"
+            );
+            let body: serde_json::Value =
+                serde_json::from_str(l["body"].as_str().expect("body text")).expect("json body");
+            body["order"].as_i64().expect("order number")
+        })
+        .collect();
+    orders.sort();
+    assert_eq!(orders, vec![1, 2, 3]);
+    let first = lines
+        .iter()
+        .find(|l| l["body"].as_str().unwrap_or("").contains("card-1"))
+        .expect("order 1");
+    assert_eq!(
+        first["attributes"]["trace"], "t-1",
+        "attributes kept: {first}"
+    );
+    assert_eq!(broker.dlq_depth(&config), 2, "the bad ones stay");
+
+    // 6. Redrive one by id, then purge the last one.
+    let id = rest_rows[0]
+        .split_whitespace()
+        .next()
+        .expect("id column")
+        .to_string();
+    let one = ok(&config, &["dlq", "redrive", "--id", &id]);
+    assert!(
+        one.contains("redriven 1 message(s)") && one.contains("1 left"),
+        "{one}"
+    );
+    let left = ok(&config, &["dlq", "list"]);
+    assert_eq!(rows(&left).len(), 1, "{left}");
+    assert!(!left.contains(&id), "{left}");
+    let purged = ok(&config, &["dlq", "purge", "--yes"]);
+    assert!(purged.contains("purged 1 message(s)"), "{purged}");
+    let empty = ok(&config, &["dlq", "list"]);
+    assert!(empty.contains("the dead-letter queue is empty"), "{empty}");
+    assert_eq!(broker.dlq_depth(&config), 0);
+}
+
+#[test]
+fn dlq_list_redrive_by_glob_and_id_purge_on_the_local_broker() {
+    scenario(Broker::Local);
+}
+
+#[test]
+fn dlq_list_redrive_by_glob_and_id_purge_on_sqs() {
+    scenario(Broker::Aws(Moto::start()));
+}
+
+#[test]
+fn dlq_commands_without_a_dead_letter_queue_say_what_to_set() {
+    let s = Scratch::new();
+    let config = s.write(
+        "iniesta.toml",
+        &format!(
+            "service = \"receiver\"\ninitialization = [\"QUEUE_POLLING\"]\n[broker]\nkind = \"local\"\npath = \"broker.db\"\n\
+             [plugins]\ndirs = [\"{}\"]\n[[bindings]]\ndefault = true\nplugin = \"echo\"\n",
+            common::plugin_dir().display()
+        ),
+    );
+    let out = iniesta(&config, &["dlq", "list"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("sqs.dead_letter_queue"), "{err}");
+}
+
+/// A broker file written before the dead-letter columns existed still opens, and its dead
+/// letters are listed and redriven.
+#[test]
+fn a_broker_file_from_before_the_dlq_columns_still_opens() {
+    let s = Scratch::new();
+    let config = s.config("", DEAD_LETTER_ALL);
+    {
+        let conn = rusqlite::Connection::open(s.path("broker.db")).expect("sqlite");
+        conn.execute_batch(
+            "CREATE TABLE queues (name TEXT PRIMARY KEY, visibility_timeout INTEGER NOT NULL,
+                delay_seconds INTEGER NOT NULL DEFAULT 0, dead_letter_queue TEXT,
+                max_receive_count INTEGER NOT NULL DEFAULT 5);
+             CREATE TABLE messages (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL,
+                queue TEXT NOT NULL, body BLOB NOT NULL, attributes TEXT NOT NULL,
+                sent_ms INTEGER NOT NULL, visible_ms INTEGER NOT NULL,
+                receive_count INTEGER NOT NULL DEFAULT 0, first_receive_ms INTEGER,
+                receipt TEXT, dead_letter_reason TEXT);
+             INSERT INTO messages (id, queue, body, attributes, sent_ms, visible_ms, receive_count,
+                first_receive_ms, dead_letter_reason)
+             VALUES ('old-1', 'iniesta-test-receiver-dlq', CAST('{}' AS BLOB),
+                '{\"iniesta_pass\":{\"data_type\":\"String\",\"value\":\"Order.Old.receiver\"}}',
+                1700000000000, 0, 5, 1700000001000, 'received 5 times (max_receive_count 5)');",
+        )
+        .expect("old schema");
+    }
+    let table = ok(&config, &["dlq", "list"]);
+    assert!(
+        table.contains("old-1") && table.contains("Order.Old.receiver"),
+        "{table}"
+    );
+    assert!(table.contains("received 5 times"), "{table}");
+    assert!(
+        table.contains("2023-11-14T22:13:21Z"),
+        "first seen from the old column: {table}"
+    );
+    let report = ok(&config, &["dlq", "redrive", "--event", "Order.*"]);
+    assert!(report.contains("redriven 1 message(s)"), "{report}");
+}
