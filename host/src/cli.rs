@@ -87,6 +87,13 @@ pub enum Command {
     /// Dry run: print which bindings a message would reach and why (patterns, media types,
     /// match conditions, schemas). Loads no plugin, publishes nothing; exit 0.
     Route(RouteArgs),
+    /// Internal: serve one isolated plugin to its host over stdin/stdout.
+    #[command(hide = true)]
+    PluginWorker {
+        /// The plugin file.
+        #[arg(long)]
+        file: PathBuf,
+    },
 }
 
 /// `iniesta route` arguments.
@@ -145,6 +152,9 @@ pub struct PublishArgs {
 /// Entry point: parse, run, map errors to exit codes.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::PluginWorker { file } = &cli.command {
+        return crate::isolate::worker::main(file);
+    }
     let format = cli.log_format;
     init_tracing(format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -275,6 +285,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Config {
             command: ConfigCommand::Check,
         } => config_check(path),
+        Command::PluginWorker { file } => Ok(crate::isolate::worker::main(&file)),
     }
 }
 
@@ -416,6 +427,7 @@ pub fn render_running(hosts: &[crate::plugins::watch::HostState]) -> String {
                 p.file.display()
             ));
         }
+        out.push_str(&crate::isolate::render_status(&host.workers));
     }
     out
 }

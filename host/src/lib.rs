@@ -3,13 +3,14 @@
 //! A host for event messaging over AWS SNS/SQS (or an embedded local broker) that runs the
 //! business logic from handler plugins. One module per concern: [`config`], [`wire`],
 //! [`filter`], [`route`], [`broker`], [`lock`], [`plugins`], [`pipeline`], [`egress`],
-//! [`provision`], [`ops`] (metrics, health, error reports), [`scaffold`], [`cli`].
+//! [`provision`], [`isolate`] (plugins in worker processes), [`ops`] (metrics, health, error reports), [`scaffold`], [`cli`].
 
 pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod egress;
 pub mod filter;
+pub mod isolate;
 pub mod lock;
 pub mod ops;
 pub mod pipeline;
