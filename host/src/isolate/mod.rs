@@ -4,12 +4,14 @@
 //! ([`supervisor::IsolatedHandler`]) instead of the cdylib in the host. The proxy talks to a
 //! child process — this same binary's hidden `plugin-worker` subcommand ([`worker`]) — that
 //! loads the plugin file and runs its handlers. Calls, outcomes, log lines and publishes cross
-//! the worker's stdin/stdout as length-delimited `postcard` frames ([`protocol`]). One worker
-//! per plugin generation serves every binding of it, many calls at once (request ids; a thread
-//! pool in the worker).
+//! the worker's stdin/stdout as length-delimited `postcard` frames ([`protocol`]). A pool of up
+//! to `workers` processes per plugin generation serves every binding of it, one call per
+//! process at a time, so a crash fails only the call that caused it (the protocol carries
+//! request ids and the worker runs calls on a thread pool, so one process could serve many
+//! calls; the pool does not use that, on purpose).
 //!
 //! A worker that dies (segfault, abort, exit, OOM) or hangs past a binding's timeout fails
-//! every call in flight on it (the messages are redelivered, their receive count grows, the
+//! the call in flight on it (the messages are redelivered, their receive count grows, the
 //! DLQ takes a true poison message) and is restarted with backoff; nothing else in the host
 //! notices. Workers start with a cleared environment and optional resource limits
 //! ([`sandbox`]); their stderr goes to the host's log with the plugin's name. A new generation
@@ -39,6 +41,10 @@ pub struct IsolateConfig {
     /// Plugins (by name) that run in a worker process each instead of inside the host.
     #[serde(default)]
     pub names: Vec<String>,
+    /// The most worker processes per isolated plugin; each runs one call at a time, so a crash
+    /// fails only the call that caused it. Calls beyond this wait for a free process.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
     /// Environment variables every worker gets besides the basics (`PATH`, `HOME`, `LANG`,
     /// `LC_*`, `TZ`, `TMPDIR`, `RUST_BACKTRACE`); nothing else is inherited.
     #[serde(default)]
@@ -53,7 +59,9 @@ pub struct IsolateConfig {
     #[serde(default)]
     pub open_files: Option<u64>,
     /// The longest wait between restarts of a worker that keeps dying (s); the wait starts at
-    /// 100 ms and doubles with each crash in a row.
+    /// 100 ms and doubles with each crash in a row. Calls wait out the backoff when it ends
+    /// before their handler timeout, so keep this below `sqs.handler_timeout_secs`: otherwise a
+    /// good message that arrives during a long backoff fails (and is redelivered) unrun.
     #[serde(default = "default_max_backoff")]
     pub max_backoff_secs: u64,
 }
@@ -62,6 +70,7 @@ impl Default for IsolateConfig {
     fn default() -> Self {
         IsolateConfig {
             names: Vec::new(),
+            workers: default_workers(),
             env: Vec::new(),
             plugin_env: BTreeMap::new(),
             memory_limit_mb: None,
@@ -71,8 +80,12 @@ impl Default for IsolateConfig {
     }
 }
 
+fn default_workers() -> usize {
+    4
+}
+
 fn default_max_backoff() -> u64 {
-    30
+    5
 }
 
 /// The smallest memory limit accepted: the worker is the whole `iniesta` binary, and glibc
@@ -134,6 +147,12 @@ impl IsolateConfig {
                 );
             }
         }
+        if self.workers == 0 || self.workers > 256 {
+            bad(
+                "plugins.isolate.workers",
+                format!("{} is out of range: give 1 to 256 processes per plugin", self.workers),
+            );
+        }
         if self.open_files == Some(0) {
             bad(
                 "plugins.isolate.open_files",
@@ -153,6 +172,8 @@ impl IsolateConfig {
 pub struct Settings {
     /// The binary with the `plugin-worker` subcommand (this one).
     pub binary: PathBuf,
+    /// `plugins.isolate.workers`.
+    pub max_workers: usize,
     /// `plugins.isolate.env`.
     pub env: Vec<String>,
     /// `plugins.isolate.plugin_env`.
@@ -172,6 +193,7 @@ impl Settings {
     pub fn new(isolate: &IsolateConfig, binary: PathBuf, state_dir: Option<PathBuf>) -> Self {
         Settings {
             binary,
+            max_workers: isolate.workers.max(1),
             env: isolate.env.clone(),
             plugin_env: isolate.plugin_env.clone(),
             memory_limit_mb: isolate.memory_limit_mb,
@@ -237,9 +259,11 @@ pub struct WorkerStatus {
     pub plugin: String,
     /// The plugin generation it serves.
     pub generation: u64,
-    /// Its process id, while running.
-    pub pid: Option<u32>,
-    /// `running`, `restarting` (waiting out the backoff) or `stopped`.
+    /// Its processes' ids.
+    pub pids: Vec<u32>,
+    /// The most processes it runs at once (`plugins.isolate.workers`).
+    pub max_workers: u64,
+    /// `running`, `restarting` (waiting out the backoff) or `stopped` (no process now).
     pub state: String,
     /// Restarts after a death.
     pub restarts: u64,
@@ -296,7 +320,20 @@ pub fn render_status(workers: &[WorkerStatus]) -> String {
             w.plugin,
             w.generation,
             w.state,
-            w.pid.map(|p| format!(" pid {p}")).unwrap_or_default(),
+            if w.pids.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " pid {} ({} of at most {} processes)",
+                    w.pids
+                        .iter()
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    w.pids.len(),
+                    w.max_workers
+                )
+            },
             w.restarts,
             w.crashes,
             if w.crashes_in_a_row >= 3 {

@@ -1,22 +1,24 @@
-//! The host side of an isolated plugin: one worker process per plugin generation, restarted
-//! with backoff when it dies, and a handler proxy the pipeline calls like any other handler.
+//! The host side of an isolated plugin: a pool of worker processes per plugin generation,
+//! restarted with backoff when they die, and a handler proxy the pipeline calls like any other
+//! handler.
 //!
-//! Each call is a request with an id over the worker's stdin; the worker answers on its stdout
-//! with log lines, publish requests and finally the outcome, all tagged with that id. The
-//! proxy runs on the pipeline's blocking thread for the call, so context calls (publish, log)
-//! run there with the call's own context and span. When the worker dies, every call in flight
-//! on it is answered `Failed` with the cause (signal, exit status, hang) — never `Ack` — so its
-//! message is redelivered and its receive count grows until the DLQ takes a true poison
-//! message. A call that runs past its binding's timeout kills the worker (it is stuck) and
-//! fails the same way.
+//! A call takes a free process from the pool (starting one while the pool is below
+//! `plugins.isolate.workers`), sends the request with an id over its stdin, and reads log
+//! lines, publish requests and finally the outcome, all tagged with that id, from its stdout.
+//! The proxy runs on the pipeline's blocking thread for the call, so context calls (publish,
+//! log) run there with the call's own context and span. Each process runs one call at a time:
+//! when it dies, only that call fails, answered `Failed` with the cause (signal, exit status,
+//! hang) — never `Ack` — so its message is redelivered and its receive count grows until the
+//! DLQ takes a true poison message. A call that runs past its binding's timeout kills its
+//! process (it is stuck) and fails the same way.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use abi_stable::std_types::RSlice;
@@ -59,11 +61,16 @@ struct Process {
     child: Mutex<Option<Child>>,
     kill_reason: Mutex<Option<String>>,
     retiring: AtomicBool,
+    /// Handler ids constructed in this process.
+    handlers: Mutex<BTreeSet<u64>>,
 }
 
 impl Process {
-    fn is_dead(&self) -> bool {
-        lock(&self.pending).is_none()
+    /// Whether it can take another call: alive, not being killed, not retired.
+    fn usable(&self) -> bool {
+        lock(&self.pending).is_some()
+            && lock(&self.kill_reason).is_none()
+            && !self.retiring.load(Ordering::SeqCst)
     }
 
     /// Register a request and send it; the receiver gets what the worker says about it.
@@ -121,18 +128,27 @@ struct Stats {
 }
 
 struct Inner {
-    process: Option<Arc<Process>>,
-    /// Constructed handlers by id, replayed into every new process.
+    /// Processes waiting for a call.
+    idle: Vec<Arc<Process>>,
+    /// Every serving process, idle or busy.
+    live: Vec<Arc<Process>>,
+    /// Processes being started (they count against the pool size).
+    starting: usize,
+    /// Handlers by id: (handler name, config JSON). A process constructs one before its
+    /// first call of it.
     handlers: BTreeMap<u64, (String, String)>,
 }
 
-/// The worker serving one plugin generation with one set of isolation settings.
+/// The worker processes serving one plugin generation with one set of isolation settings: a
+/// pool of up to `plugins.isolate.workers` processes, each running one call at a time, so a
+/// crash takes down only the call that caused it.
 pub struct Worker {
     name: String,
     generation: u64,
     file: PathBuf,
     settings: Arc<Settings>,
     inner: Mutex<Inner>,
+    freed: Condvar,
     stats: Mutex<Stats>,
     next_id: AtomicU64,
     in_flight: AtomicU64,
@@ -142,7 +158,7 @@ pub struct Worker {
 static REGISTRY: Mutex<Vec<Weak<Worker>>> = Mutex::new(Vec::new());
 static STATE_WRITE: Mutex<()> = Mutex::new(());
 
-/// The worker for this plugin generation and settings, shared by every binding of it.
+/// The worker pool for this plugin generation and settings, shared by every binding of it.
 pub fn worker_for(plugin: &crate::plugins::LoadedPlugin, settings: &Arc<Settings>) -> Arc<Worker> {
     let mut registry = lock(&REGISTRY);
     registry.retain(|w| w.strong_count() > 0);
@@ -162,9 +178,12 @@ pub fn worker_for(plugin: &crate::plugins::LoadedPlugin, settings: &Arc<Settings
         file: plugin.file.clone(),
         settings: settings.clone(),
         inner: Mutex::new(Inner {
-            process: None,
+            idle: Vec::new(),
+            live: Vec::new(),
+            starting: 0,
             handlers: BTreeMap::new(),
         }),
+        freed: Condvar::new(),
         stats: Mutex::default(),
         next_id: AtomicU64::new(1),
         in_flight: AtomicU64::new(0),
@@ -174,22 +193,27 @@ pub fn worker_for(plugin: &crate::plugins::LoadedPlugin, settings: &Arc<Settings
     worker
 }
 
-/// The state of every live worker in this process.
+/// The state of every live worker pool in this process.
 pub fn status() -> Vec<WorkerStatus> {
     let workers: Vec<Arc<Worker>> = lock(&REGISTRY).iter().filter_map(Weak::upgrade).collect();
     workers.iter().map(|w| w.status()).collect()
 }
 
 impl Worker {
-    /// Construct `handler` with `config` (JSON) in the worker; the id names it in calls.
+    /// Construct `handler` with `config` (JSON) in a worker process; the id names it in calls.
+    /// Other processes construct it before their first call of it.
     pub fn construct(&self, handler: &str, config: &str) -> Result<u64, String> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         lock(&self.inner)
             .handlers
             .insert(id, (handler.to_string(), config.to_string()));
         let result = self
-            .ensure(Instant::now() + START_TIMEOUT)
-            .and_then(|process| construct_in(&process, id, handler, config));
+            .checkout(Instant::now() + START_TIMEOUT)
+            .and_then(|process| {
+                let result = self.prepare(&process, id);
+                self.checkin(process);
+                result
+            });
         if result.is_err() {
             lock(&self.inner).handlers.remove(&id);
         }
@@ -198,17 +222,32 @@ impl Worker {
 
     /// Forget a handler (its binding was dropped).
     fn forget(&self, id: u64) {
-        let process = {
+        let live = {
             let mut inner = lock(&self.inner);
             inner.handlers.remove(&id);
-            inner.process.clone()
+            inner.live.clone()
         };
-        if let Some(process) = process {
-            let _ = process.send(&ToWorker::Forget { id });
+        for process in live {
+            if lock(&process.handlers).remove(&id) {
+                let _ = process.send(&ToWorker::Forget { id });
+            }
         }
     }
 
-    /// Run one call in the worker; context calls are served with `ctx` on this thread.
+    /// Make sure `process` has constructed handler `id`.
+    fn prepare(&self, process: &Process, id: u64) -> Result<(), String> {
+        if lock(&process.handlers).contains(&id) {
+            return Ok(());
+        }
+        let Some((handler, config)) = lock(&self.inner).handlers.get(&id).cloned() else {
+            return Err(format!("handler {id} is no longer bound"));
+        };
+        construct_in(process, id, &handler, &config)?;
+        lock(&process.handlers).insert(id);
+        Ok(())
+    }
+
+    /// Run one call in a worker process; context calls are served with `ctx` on this thread.
     fn call(
         &self,
         handler: u64,
@@ -217,7 +256,7 @@ impl Worker {
         timeout: Duration,
     ) -> OutcomeFfi {
         let deadline = Instant::now() + timeout;
-        let process = match self.ensure(deadline) {
+        let process = match self.checkout(deadline) {
             Ok(process) => process,
             Err(reason) => {
                 return failed(format!(
@@ -226,6 +265,13 @@ impl Worker {
                 ))
             }
         };
+        if let Err(reason) = self.prepare(&process, handler) {
+            self.checkin(process);
+            return failed(format!(
+                "plugin worker for `{}` could not construct the handler: {reason}",
+                self.name
+            ));
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let request = ToWorker::Call {
             id,
@@ -235,6 +281,7 @@ impl Worker {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         let outcome = self.await_call(&process, id, &request, ctx, deadline, timeout);
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.checkin(process);
         outcome
     }
 
@@ -295,7 +342,7 @@ impl Worker {
                         timeout.as_secs()
                     );
                     tracing::error!(plugin = %self.name, pid = process.pid, timeout_secs = timeout.as_secs(),
-                        "plugin worker call hung past the handler timeout; killing the worker (it restarts)");
+                        "plugin worker call hung past the handler timeout; killing that worker process");
                     process.kill(reason.clone());
                     return failed(format!(
                         "the plugin worker for `{}` was {reason}; the message will be redelivered",
@@ -312,48 +359,76 @@ impl Worker {
         }
     }
 
-    /// A running process, starting one (after the crash backoff) when there is none.
-    fn ensure(&self, deadline: Instant) -> Result<Arc<Process>, String> {
+    /// A free process: an idle one, a new one while the pool is not full (after the crash
+    /// backoff), or the next one freed — whichever comes first before `deadline`.
+    fn checkout(&self, deadline: Instant) -> Result<Arc<Process>, String> {
+        let mut inner = lock(&self.inner);
         loop {
-            let mut inner = lock(&self.inner);
-            if let Some(process) = &inner.process {
-                if !process.is_dead() {
-                    return Ok(process.clone());
-                }
-            }
-            let next_start = lock(&self.stats).next_start;
-            let now = Instant::now();
-            if let Some(at) = next_start.filter(|at| *at > now) {
-                drop(inner);
-                if at > deadline {
-                    return Err(format!(
-                        "it is restarting after a crash (next start in {} ms)",
-                        at.duration_since(now).as_millis()
-                    ));
-                }
-                std::thread::sleep(at.duration_since(now));
-                continue;
-            }
-            let handlers = inner.handlers.clone();
-            match self.start(&handlers) {
-                Ok(process) => {
-                    inner.process = Some(process.clone());
-                    drop(inner);
-                    self.write_state();
+            while let Some(process) = inner.idle.pop() {
+                if process.usable() {
                     return Ok(process);
                 }
-                Err(reason) => {
-                    inner.process = None;
-                    drop(inner);
-                    self.crashed(None, &reason);
-                    return Err(reason);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(format!(
+                    "no worker process became free in time ({} busy, at most {})",
+                    inner.live.len(),
+                    self.settings.max_workers
+                ));
+            }
+            if inner.live.len() + inner.starting < self.settings.max_workers {
+                let next_start = lock(&self.stats).next_start.filter(|at| *at > now);
+                match next_start {
+                    Some(at) if at > deadline => {
+                        return Err(format!(
+                            "it is restarting after a crash (next start in {} ms)",
+                            at.duration_since(now).as_millis()
+                        ))
+                    }
+                    Some(at) => {
+                        inner = wait(&self.freed, inner, at.duration_since(now));
+                        continue;
+                    }
+                    None => {
+                        inner.starting += 1;
+                        drop(inner);
+                        let started = self.start();
+                        let mut inner = lock(&self.inner);
+                        inner.starting -= 1;
+                        return match started {
+                            Ok(process) => {
+                                inner.live.push(process.clone());
+                                drop(inner);
+                                self.write_state();
+                                Ok(process)
+                            }
+                            Err(reason) => {
+                                drop(inner);
+                                self.crashed(None, &reason);
+                                Err(reason)
+                            }
+                        };
+                    }
                 }
             }
+            inner = wait(&self.freed, inner, deadline.duration_since(now));
         }
     }
 
-    /// Spawn a process, wait for it to load the plugin, and construct every handler in it.
-    fn start(&self, handlers: &BTreeMap<u64, (String, String)>) -> Result<Arc<Process>, String> {
+    /// A call is done with `process`: it serves the next one, unless it died or was killed.
+    fn checkin(&self, process: Arc<Process>) {
+        {
+            let mut inner = lock(&self.inner);
+            if process.usable() && inner.live.iter().any(|p| Arc::ptr_eq(p, &process)) {
+                inner.idle.push(process);
+            }
+        }
+        self.freed.notify_one();
+    }
+
+    /// Spawn a process and wait for it to load the plugin.
+    fn start(&self) -> Result<Arc<Process>, String> {
         let mut command = Command::new(&self.settings.binary);
         command
             .arg("plugin-worker")
@@ -392,6 +467,7 @@ impl Worker {
             child: Mutex::new(Some(child)),
             kill_reason: Mutex::new(None),
             retiring: AtomicBool::new(false),
+            handlers: Mutex::new(BTreeSet::new()),
         });
         let (ready_tx, ready_rx) = mpsc::channel();
         {
@@ -416,33 +492,22 @@ impl Worker {
             Ok(Ok(FromWorker::LoadFailed { reason })) => Err(reason),
             Ok(Ok(other)) => Err(format!("unexpected first message {other:?}")),
             Ok(Err(reason)) => Err(reason),
-            Err(_) => Err(format!(
-                "not ready after {} s",
-                START_TIMEOUT.as_secs()
-            )),
+            Err(_) => Err(format!("not ready after {} s", START_TIMEOUT.as_secs())),
         };
         if let Err(reason) = ready {
             process.kill(reason.clone());
             return Err(format!("the worker did not start: {reason}"));
         }
-        for (id, (handler, config)) in handlers {
-            if let Err(reason) = construct_in(&process, *id, handler, config) {
-                process.kill(reason.clone());
-                return Err(format!(
-                    "the restarted worker could not construct handler `{handler}`: {reason}"
-                ));
-            }
-        }
         let restart = {
             let mut stats = lock(&self.stats);
             stats.starts += 1;
-            stats.starts > 1
+            stats.crashes > 0
         };
         if restart {
             metrics::counter!(crate::ops::metrics::WORKER_RESTARTS, "plugin" => self.name.clone())
                 .increment(1);
         }
-        tracing::info!(plugin = %self.name, generation = self.generation, pid, restart, "plugin worker started");
+        tracing::info!(plugin = %self.name, generation = self.generation, pid, after_crash = restart, "plugin worker started");
         Ok(process)
     }
 
@@ -464,7 +529,7 @@ impl Worker {
         tracing::error!(
             plugin = %self.name, generation = self.generation, pid = pid.unwrap_or(0), reason = %reason,
             crashes_in_a_row = consecutive, restart_in_ms = backoff.as_millis() as u64,
-            "plugin worker died; the messages it was handling will be redelivered"
+            "plugin worker died; the message it was handling will be redelivered"
         );
         if consecutive >= CRASH_LOOP {
             tracing::error!(
@@ -473,32 +538,38 @@ impl Worker {
             );
         }
         self.write_state();
+        // Keep one process warm: start one after the backoff if none is left.
         let me = self.me.clone();
         let _ = std::thread::Builder::new()
             .name("worker-restart".into())
             .spawn(move || {
                 std::thread::sleep(backoff);
                 if let Some(worker) = me.upgrade() {
-                    let _ = worker.ensure(Instant::now() + START_TIMEOUT);
+                    let empty = {
+                        let inner = lock(&worker.inner);
+                        inner.live.is_empty() && inner.starting == 0
+                    };
+                    if empty {
+                        if let Ok(process) = worker.checkout(Instant::now() + START_TIMEOUT) {
+                            worker.checkin(process);
+                        }
+                    }
                 }
             });
     }
 
-    /// A process ended. Only the serving process counts as a crash: one that failed to start
-    /// was counted by `ensure`, and a retired one is no longer the serving one.
+    /// A process ended. Only a serving process counts as a crash: one that failed to start
+    /// was counted by `checkout`, and a retired one no longer serves.
     fn exited(&self, process: &Arc<Process>, reason: String, clean: bool) {
-        let current = {
+        let serving = {
             let mut inner = lock(&self.inner);
-            let current = inner
-                .process
-                .as_ref()
-                .is_some_and(|p| Arc::ptr_eq(p, process));
-            if current {
-                inner.process = None;
-            }
-            current
+            let before = inner.live.len();
+            inner.live.retain(|p| !Arc::ptr_eq(p, process));
+            inner.idle.retain(|p| !Arc::ptr_eq(p, process));
+            inner.live.len() != before
         };
-        if current {
+        self.freed.notify_all();
+        if serving {
             self.crashed(Some(process.pid), &reason);
         } else if clean {
             tracing::info!(plugin = %self.name, generation = self.generation, pid = process.pid, "plugin worker retired");
@@ -509,21 +580,21 @@ impl Worker {
     }
 
     fn status(&self) -> WorkerStatus {
-        let process = lock(&self.inner).process.clone();
+        let pids: Vec<u32> = lock(&self.inner).live.iter().map(|p| p.pid).collect();
         let stats = lock(&self.stats);
-        let alive = process.as_ref().filter(|p| !p.is_dead());
         WorkerStatus {
             plugin: self.name.clone(),
             generation: self.generation,
-            pid: alive.map(|p| p.pid),
-            state: if alive.is_some() {
+            state: if !pids.is_empty() {
                 "running".into()
             } else if stats.next_start.is_some_and(|at| at > Instant::now()) {
                 "restarting".into()
             } else {
                 "stopped".into()
             },
-            restarts: stats.starts.saturating_sub(1),
+            pids,
+            max_workers: self.settings.max_workers as u64,
+            restarts: stats.starts.saturating_sub(1).min(stats.crashes),
             crashes: stats.crashes,
             crashes_in_a_row: stats.consecutive,
             last_crash: stats.last_crash.clone(),
@@ -543,10 +614,23 @@ impl Worker {
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        // No binding uses this generation any more: the process finishes and exits.
-        if let Some(process) = lock(&self.inner).process.take() {
+        // No binding uses this generation any more: its processes finish and exit.
+        let mut inner = lock(&self.inner);
+        inner.idle.clear();
+        for process in inner.live.drain(..) {
             process.retire();
         }
+    }
+}
+
+fn wait<'a, T>(
+    condvar: &Condvar,
+    guard: std::sync::MutexGuard<'a, T>,
+    timeout: Duration,
+) -> std::sync::MutexGuard<'a, T> {
+    match condvar.wait_timeout(guard, timeout) {
+        Ok((guard, _)) => guard,
+        Err(poisoned) => poisoned.into_inner().0,
     }
 }
 

@@ -42,7 +42,12 @@ pub fn main(file: &Path) -> ExitCode {
     };
     let writer: Writer = Arc::new(Mutex::new(FrameWriter::new(out)));
     let origin = file.parent().unwrap_or(Path::new("."));
-    let plugin = match crate::plugins::load::load_file(file, origin) {
+    let loaded = crate::plugins::load::load_file(file, origin);
+    // The private copy is gone once loaded; so is its directory, which is this process's own.
+    let _ = std::fs::remove_dir(
+        std::env::temp_dir().join(format!("iniesta-plugins-{}", std::process::id())),
+    );
+    let plugin = match loaded {
         Ok(plugin) => plugin,
         Err(e) => {
             let _ = send(
