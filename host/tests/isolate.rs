@@ -109,10 +109,7 @@ plugin = "ledger"
 config = {{ path = "{ledger}" }}
 "#
     );
-    let config = s.config(
-        "max_receive_count = 3\nhandler_timeout_secs = 2",
-        &rest,
-    );
+    let config = s.config("max_receive_count = 3\nhandler_timeout_secs = 2", &rest);
     let mut host = start_host(
         &config,
         s.path("host.log"),
@@ -171,7 +168,10 @@ config = {{ path = "{ledger}" }}
         .map(|m| String::from_utf8_lossy(&m.body).to_string())
         .collect();
     let poison: BTreeSet<String> = POISON.iter().map(|p| p.to_string()).collect();
-    assert_eq!(dead, poison, "exactly the poison messages are dead-lettered");
+    assert_eq!(
+        dead, poison,
+        "exactly the poison messages are dead-lettered"
+    );
     assert!(
         dlq.iter().all(|m| m.receive_count == 3),
         "each after max_receive_count deliveries: {:?}",
@@ -198,7 +198,11 @@ config = {{ path = "{ledger}" }}
         })
         .collect();
     flow.sort();
-    assert_eq!(flow, (0..10).collect::<Vec<_>>(), "the in-process binding saw each message once");
+    assert_eq!(
+        flow,
+        (0..10).collect::<Vec<_>>(),
+        "the in-process binding saw each message once"
+    );
 
     for cause in [
         "killed by signal 11 (SIGSEGV)",
@@ -218,13 +222,20 @@ config = {{ path = "{ledger}" }}
     // a plugin's stdout cannot corrupt the pipe and ends in the log with the plugin's name.
     assert!(log.contains("env ISOLATE_VISIBLE=yes"), "{log}");
     assert!(log.contains("env ISOLATE_SECRET unset"), "{log}");
-    assert!(!log.contains("hunter2"), "the secret never reaches the worker");
     assert!(
-        log.lines().any(|l| l.contains("worker stderr: crashy says hello on stdout")
-            && l.contains("plugin=crashy")),
+        !log.contains("hunter2"),
+        "the secret never reaches the worker"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("worker stderr: crashy says hello on stdout")
+                && l.contains("plugin=crashy")),
         "{log}"
     );
-    assert!(log.contains("published") && log.contains("Crashy.Published"), "{log}");
+    assert!(
+        log.contains("published") && log.contains("Crashy.Published"),
+        "{log}"
+    );
     // The workers left with the host.
     let start = Instant::now();
     while pids.iter().any(|p| process_alive(*p)) {
@@ -246,7 +257,10 @@ struct Load {
 impl Load {
     fn start(config: &Path) -> Load {
         let config = Config::load(config).expect("config");
-        let (stop, sent) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+        let (stop, sent) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU64::new(0)),
+        );
         let (s2, n2) = (stop.clone(), sent.clone());
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -324,7 +338,9 @@ fn reloading_an_isolated_plugin_under_load_swaps_workers_and_loses_nothing() {
     let mut old_pids = BTreeSet::new();
     const RELOADS: u32 = 5;
     for generation in 1..=RELOADS {
-        s.wait_for("a worker serving", LIMIT, || !worker_pids(&config, "ledger").is_empty());
+        s.wait_for("a worker serving", LIMIT, || {
+            !worker_pids(&config, "ledger").is_empty()
+        });
         old_pids.extend(worker_pids(&config, "ledger"));
         deploy(&dir, &ledger_with_mark(generation));
         let want = format!("{generation:08}");
@@ -342,7 +358,10 @@ fn reloading_an_isolated_plugin_under_load_swaps_workers_and_loses_nothing() {
     std::thread::sleep(Duration::from_millis(500));
     // Old generations' workers finished their calls and exited.
     let retired: Vec<u32> = old_pids.difference(&current).copied().collect();
-    assert!(!retired.is_empty(), "old workers: {old_pids:?}, now: {current:?}");
+    assert!(
+        !retired.is_empty(),
+        "old workers: {old_pids:?}, now: {current:?}"
+    );
     let start = Instant::now();
     while retired.iter().any(|p| process_alive(*p)) {
         assert!(
@@ -362,19 +381,38 @@ fn reloading_an_isolated_plugin_under_load_swaps_workers_and_loses_nothing() {
         *per_seq.entry(seq).or_default() += 1;
     }
     assert_eq!(per_seq.len() as u64, sent, "no message lost");
-    assert!(per_seq.values().all(|n| *n == 1), "no message handled twice");
+    assert!(
+        per_seq.values().all(|n| *n == 1),
+        "no message handled twice"
+    );
     let mut marks = Vec::new();
     for line in &lines {
-        let mark: u32 = line["mark"].as_str().and_then(|m| m.parse().ok()).expect("mark");
+        let mark: u32 = line["mark"]
+            .as_str()
+            .and_then(|m| m.parse().ok())
+            .expect("mark");
         if !marks.contains(&mark) {
             marks.push(mark);
         }
     }
-    assert!(marks.windows(2).all(|w| w[0] < w[1]), "generations in order: {marks:?}");
+    assert!(
+        marks.windows(2).all(|w| w[0] < w[1]),
+        "generations in order: {marks:?}"
+    );
     assert_eq!(marks.last(), Some(&RELOADS));
-    assert_eq!(log.matches("plugin reloaded").count(), RELOADS as usize, "{log}");
-    assert!(log.matches("plugin worker retired").count() >= RELOADS as usize, "{log}");
-    assert!(!log.contains("plugin worker died"), "no worker crashed:\n{log}");
+    assert_eq!(
+        log.matches("plugin reloaded").count(),
+        RELOADS as usize,
+        "{log}"
+    );
+    assert!(
+        log.matches("plugin worker retired").count() >= RELOADS as usize,
+        "{log}"
+    );
+    assert!(
+        !log.contains("plugin worker died"),
+        "no worker crashed:\n{log}"
+    );
 }
 
 #[test]

@@ -150,7 +150,10 @@ impl IsolateConfig {
         if self.workers == 0 || self.workers > 256 {
             bad(
                 "plugins.isolate.workers",
-                format!("{} is out of range: give 1 to 256 processes per plugin", self.workers),
+                format!(
+                    "{} is out of range: give 1 to 256 processes per plugin",
+                    self.workers
+                ),
             );
         }
         if self.open_files == Some(0) {
@@ -160,7 +163,10 @@ impl IsolateConfig {
             );
         }
         if self.max_backoff_secs == 0 {
-            bad("plugins.isolate.max_backoff_secs", "must be at least 1".into());
+            bad(
+                "plugins.isolate.max_backoff_secs",
+                "must be at least 1".into(),
+            );
         }
         problems
     }

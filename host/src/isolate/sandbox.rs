@@ -42,7 +42,9 @@ pub fn apply(command: &mut Command, settings: &Settings, plugin: &str) {
         // Its own process group: a Ctrl-C at the terminal goes to the host, which then
         // retires its workers in order, instead of killing them mid-call.
         command.process_group(0);
-        let memory = settings.memory_limit_mb.map(|mb| mb.saturating_mul(1024 * 1024));
+        let memory = settings
+            .memory_limit_mb
+            .map(|mb| mb.saturating_mul(1024 * 1024));
         let files = settings.open_files;
         // SAFETY: the closure runs in the forked child before exec and only calls setrlimit,
         // which is async-signal-safe; it allocates nothing.

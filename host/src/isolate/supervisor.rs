@@ -25,8 +25,7 @@ use abi_stable::std_types::RSlice;
 use iniesta_plugin_api::ffi::{HandlerFfi, HostContextBox, MessageFfi, OutcomeFfi};
 
 use super::protocol::{
-    attributes_into_ffi, FrameReader, FrameWriter, FromWorker, ToWorker, WireMessage,
-    WireOutcome,
+    attributes_into_ffi, FrameReader, FrameWriter, FromWorker, ToWorker, WireMessage, WireOutcome,
 };
 use super::{Settings, WorkerStatus};
 
@@ -41,7 +40,10 @@ const CRASH_LOOP: u32 = 3;
 
 /// What the reader thread tells the call waiting on a request.
 enum Event {
-    Log { level: u8, text: String },
+    Log {
+        level: u8,
+        text: String,
+    },
     Publish {
         event: String,
         body: Vec<u8>,
@@ -751,9 +753,7 @@ fn wait_for_exit(process: &Process) -> Option<ExitStatus> {
     let started = Instant::now();
     loop {
         let mut guard = lock(&process.child);
-        let Some(child) = guard.as_mut() else {
-            return None;
-        };
+        let child = guard.as_mut()?;
         match child.try_wait() {
             Ok(Some(status)) => {
                 guard.take();

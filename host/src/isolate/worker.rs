@@ -121,7 +121,8 @@ pub fn main(file: &Path) -> ExitCode {
                     .get(&handler)
                     .cloned();
                 let Some(found) = found else {
-                    let outcome = WireOutcome::Failed(format!("the worker has no handler {handler}"));
+                    let outcome =
+                        WireOutcome::Failed(format!("the worker has no handler {handler}"));
                     if send(&writer, &FromWorker::Outcome { id, outcome }).is_err() {
                         break;
                     }

@@ -127,7 +127,8 @@ pub fn running_hosts(config: &Config) -> Vec<HostState> {
         };
         if cfg!(target_os = "linux") && !Path::new(&format!("/proc/{}", state.pid)).exists() {
             let _ = std::fs::remove_file(&path);
-            let _ = std::fs::remove_file(crate::isolate::status_path(&state_dir(config), state.pid));
+            let _ =
+                std::fs::remove_file(crate::isolate::status_path(&state_dir(config), state.pid));
             continue;
         }
         state.workers = crate::isolate::read_status(&state_dir(config), state.pid);

@@ -381,8 +381,7 @@ pub fn bind(
             }
         };
         let running = publisher.is_some();
-        let handler = match crate::isolate::new_handler(config, b, plugin, &handler_name, running)
-        {
+        let handler = match crate::isolate::new_handler(config, b, plugin, &handler_name, running) {
             Ok(h) => h,
             Err(e) => {
                 problems.push(Problem {

@@ -20,7 +20,9 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::sync::Mutex;
 
-use iniesta_plugin_api::{export_plugin, Config, Context, Handler, HandlerResult, Message, Outcome};
+use iniesta_plugin_api::{
+    export_plugin, Config, Context, Handler, HandlerResult, Message, Outcome,
+};
 
 /// Crashes, hangs or acks, by body.
 pub struct Crashy {
@@ -71,7 +73,10 @@ impl Handler for Crashy {
         } else if body.contains("oom") {
             let mut v: Vec<u8> = Vec::with_capacity(self.oom_mb * 1024 * 1024);
             v.resize(self.oom_mb * 1024 * 1024, 1);
-            ctx.info(&format!("allocated {} MiB", std::hint::black_box(&v).len() >> 20));
+            ctx.info(&format!(
+                "allocated {} MiB",
+                std::hint::black_box(&v).len() >> 20
+            ));
         } else if body.contains("print") {
             println!("crashy says hello on stdout");
             eprintln!("crashy says hello on stderr");
