@@ -78,6 +78,25 @@ fn worker_pids(config: &Path, name: &str) -> Vec<u32> {
         .collect()
 }
 
+/// `GET path` on a loopback port: the body.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics answer");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("response");
+    text.split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default()
+}
+
 fn bodies(lines: &[serde_json::Value]) -> Vec<String> {
     lines
         .iter()
@@ -90,26 +109,39 @@ fn crashing_and_hanging_messages_end_in_the_dlq_and_nothing_else_is_lost_or_run_
     let s = Scratch::new();
     let crashy = s.path("crashy.jsonl").display().to_string();
     let ledger = s.path("ledger.jsonl").display().to_string();
+    let port = common::aws::free_port();
     let rest = format!(
         r#"[plugins.isolate]
 names = ["crashy"]
-workers = 3
+workers = 4
 env = ["ISOLATE_VISIBLE"]
 memory_limit_mb = 512
 max_backoff_secs = 1
 
+# Poison: a hang is killed after 2 s.
 [[bindings]]
-events = ["Boom.*"]
+events = ["Boom.Bad.*"]
 plugin = "crashy"
+timeout_secs = 2
+
+# Good messages to the same plugin (the same worker pool); a long timeout, so that waiting for
+# a free or restarted worker under load never fails them.
+[[bindings]]
+events = ["Boom.Good.*"]
+plugin = "crashy"
+timeout_secs = 30
 config = {{ path = "{crashy}", env = ["ISOLATE_VISIBLE", "ISOLATE_SECRET"] }}
 
 [[bindings]]
 events = ["Order.*"]
 plugin = "ledger"
 config = {{ path = "{ledger}" }}
+
+[metrics]
+listen = "127.0.0.1:{port}"
 "#
     );
-    let config = s.config("max_receive_count = 3\nhandler_timeout_secs = 2", &rest);
+    let config = s.config("max_receive_count = 3", &rest);
     let mut host = start_host(
         &config,
         s.path("host.log"),
@@ -153,11 +185,28 @@ config = {{ path = "{ledger}" }}
         .and_then(|n| n.parse().ok())
         .expect("a crash count");
     assert!(
-        crashes >= 3 * POISON.len() as u64,
-        "each poison delivery killed its worker: {crashes}\n{plugins}"
+        crashes >= POISON.len() as u64,
+        "each poison message killed a worker: {crashes}\n{plugins}"
     );
     let pids = worker_pids(&config, "crashy");
     assert!(!pids.is_empty(), "{plugins}");
+    let metrics = http_get(port, "/metrics");
+    let counter = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}{{plugin=\"crashy\"}} ")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} is exported:\n{metrics}"))
+    };
+    assert!(
+        counter("iniesta_plugin_worker_crashes_total") >= crashes as f64,
+        "{metrics}"
+    );
+    assert!(
+        counter("iniesta_plugin_worker_restarts_total") >= 1.0,
+        "{metrics}"
+    );
     // Let any late redelivery happen before the final count.
     std::thread::sleep(Duration::from_secs(3));
     let log = host.stop();

@@ -248,7 +248,7 @@ pub fn isolated_handler(
     config_json: &str,
     timeout: Duration,
 ) -> Result<HandlerBox, String> {
-    let worker = supervisor::worker_for(plugin, settings);
+    let worker = supervisor::worker_for(plugin, settings)?;
     let id = worker
         .construct(handler, config_json)
         .map_err(|e| format!("(in its isolated worker) {e}"))?;

@@ -161,7 +161,10 @@ static REGISTRY: Mutex<Vec<Weak<Worker>>> = Mutex::new(Vec::new());
 static STATE_WRITE: Mutex<()> = Mutex::new(());
 
 /// The worker pool for this plugin generation and settings, shared by every binding of it.
-pub fn worker_for(plugin: &crate::plugins::LoadedPlugin, settings: &Arc<Settings>) -> Arc<Worker> {
+pub fn worker_for(
+    plugin: &crate::plugins::LoadedPlugin,
+    settings: &Arc<Settings>,
+) -> Result<Arc<Worker>, String> {
     let mut registry = lock(&REGISTRY);
     registry.retain(|w| w.strong_count() > 0);
     for weak in registry.iter() {
@@ -170,14 +173,15 @@ pub fn worker_for(plugin: &crate::plugins::LoadedPlugin, settings: &Arc<Settings
                 && worker.generation == plugin.generation
                 && *worker.settings == **settings
             {
-                return worker;
+                return Ok(worker);
             }
         }
     }
+    let copy = private_copy(plugin)?;
     let worker = Arc::new_cyclic(|me| Worker {
         name: plugin.name.clone(),
         generation: plugin.generation,
-        file: plugin.file.clone(),
+        file: copy,
         settings: settings.clone(),
         inner: Mutex::new(Inner {
             idle: Vec::new(),
@@ -192,7 +196,49 @@ pub fn worker_for(plugin: &crate::plugins::LoadedPlugin, settings: &Arc<Settings
         me: me.clone(),
     });
     registry.push(Arc::downgrade(&worker));
-    worker
+    Ok(worker)
+}
+
+/// A private copy of exactly the file the host loaded as this generation, for its workers to
+/// load: the original may be replaced at any time (that is how a new version is deployed), and
+/// a worker started later must not run the next version under this generation's name.
+fn private_copy(plugin: &crate::plugins::LoadedPlugin) -> Result<PathBuf, String> {
+    let unchanged = || {
+        plugin.fingerprint.is_some()
+            && crate::plugins::load::Fingerprint::of(&plugin.file) == plugin.fingerprint
+    };
+    let changed = || {
+        format!(
+            "{} changed since generation {} was loaded from it; the reload that follows the change serves the new file",
+            plugin.file.display(),
+            plugin.generation
+        )
+    };
+    if !unchanged() {
+        return Err(changed());
+    }
+    let bytes = std::fs::read(&plugin.file)
+        .map_err(|e| format!("cannot read {}: {e}", plugin.file.display()))?;
+    if !unchanged() {
+        return Err(changed());
+    }
+    let dir = std::env::temp_dir().join(format!("iniesta-isolated-{}", std::process::id()));
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(&dir)
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let name = plugin
+        .file
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "plugin.so".into());
+    let copy = dir.join(format!("g{}-{name}", plugin.generation));
+    std::fs::write(&copy, &bytes)
+        .map_err(|e| format!("cannot copy the plugin to {}: {e}", copy.display()))?;
+    Ok(copy)
 }
 
 /// The state of every live worker pool in this process.
@@ -616,12 +662,14 @@ impl Worker {
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        // No binding uses this generation any more: its processes finish and exit.
+        // No binding uses this generation any more: its processes finish and exit. They have
+        // loaded the plugin already, so its private copy can go.
         let mut inner = lock(&self.inner);
         inner.idle.clear();
         for process in inner.live.drain(..) {
             process.retire();
         }
+        let _ = std::fs::remove_file(&self.file);
     }
 }
 

@@ -99,7 +99,8 @@ impl Handler for Crashy {
             });
             let _guard = WRITE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
             let mut file = OpenOptions::new().create(true).append(true).open(path)?;
-            writeln!(file, "{line}")?;
+            // One write per line: workers are separate processes sharing the file.
+            file.write_all(format!("{line}\n").as_bytes())?;
         }
         Ok(Outcome::Ack)
     }
