@@ -7,7 +7,8 @@
 //! (it finds `iniesta` and `libpanicky.so` beside itself):
 //!
 //! ```text
-//! cargo build --release -p iniesta -p iniesta-plugin-panicky -p bench --bin isolate_call
+//! cargo build --release -p iniesta -p iniesta-plugin-panicky
+//! cargo build --release -p bench --bin isolate_call
 //! target/release/isolate_call [--calls N] [--runs R]
 //! ```
 
@@ -113,7 +114,7 @@ fn main() -> anyhow::Result<()> {
     for file in [&binary, &plugin_file] {
         if !file.exists() {
             bail!(
-                "{} is missing: cargo build --release -p iniesta -p iniesta-plugin-panicky -p bench --bin isolate_call",
+                "{} is missing: cargo build --release -p iniesta -p iniesta-plugin-panicky (then run this from target/release)",
                 file.display()
             );
         }
