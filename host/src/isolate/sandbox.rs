@@ -20,6 +20,17 @@ pub const BASE_ENV: &[&str] = &[
 /// The environment for `plugin`'s worker: [`BASE_ENV`], every `LC_*`, then
 /// `plugins.isolate.env` and `plugins.isolate.plugin_env.<plugin>`.
 pub fn environment(settings: &Settings, plugin: &str) -> Vec<(String, String)> {
+    let host = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+    select(settings, plugin, host)
+}
+
+/// The variables of `host` a worker of `plugin` gets.
+fn select(
+    settings: &Settings,
+    plugin: &str,
+    host: impl Iterator<Item = (String, String)>,
+) -> Vec<(String, String)> {
     let extra = settings.plugin_env.get(plugin);
     let wanted = |name: &str| {
         BASE_ENV.contains(&name)
@@ -27,10 +38,7 @@ pub fn environment(settings: &Settings, plugin: &str) -> Vec<(String, String)> {
             || settings.env.iter().any(|e| e == name)
             || extra.is_some_and(|names| names.iter().any(|e| e == name))
     };
-    std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-        .filter(|(k, _)| wanted(k))
-        .collect()
+    host.filter(|(k, _)| wanted(k)).collect()
 }
 
 /// Clear the environment, set the worker's, and apply the limits in the child before exec.
@@ -90,14 +98,17 @@ mod tests {
                 .collect(),
             ..Settings::for_tests()
         };
-        // SAFETY: this test owns these variable names; no other test reads or writes them.
-        unsafe {
-            std::env::set_var("ISOLATE_TEST_SHARED", "1");
-            std::env::set_var("ISOLATE_TEST_RISKY", "2");
-            std::env::set_var("ISOLATE_TEST_SECRET", "3");
-        }
+        let host = [
+            ("PATH", "/usr/bin"),
+            ("LC_ALL", "C.UTF-8"),
+            ("AWS_SECRET_ACCESS_KEY", "x"),
+            ("ISOLATE_TEST_SHARED", "1"),
+            ("ISOLATE_TEST_RISKY", "2"),
+            ("ISOLATE_TEST_SECRET", "3"),
+        ];
         let names = |plugin: &str| -> Vec<String> {
-            environment(&settings, plugin)
+            let vars = host.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+            select(&settings, plugin, vars)
                 .into_iter()
                 .map(|(k, _)| k)
                 .collect()
@@ -106,6 +117,8 @@ mod tests {
         assert!(risky.contains(&"ISOLATE_TEST_SHARED".to_string()));
         assert!(risky.contains(&"ISOLATE_TEST_RISKY".to_string()));
         assert!(!risky.contains(&"ISOLATE_TEST_SECRET".to_string()));
+        assert!(!risky.contains(&"AWS_SECRET_ACCESS_KEY".to_string()));
+        assert!(risky.contains(&"PATH".to_string()) && risky.contains(&"LC_ALL".to_string()));
         let other = names("other");
         assert!(other.contains(&"ISOLATE_TEST_SHARED".to_string()));
         assert!(!other.contains(&"ISOLATE_TEST_RISKY".to_string()));
