@@ -93,6 +93,13 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::dlq::cli::DlqCommand,
     },
+    /// Internal: serve one isolated plugin to its host over stdin/stdout.
+    #[command(hide = true)]
+    PluginWorker {
+        /// The plugin file.
+        #[arg(long)]
+        file: PathBuf,
+    },
 }
 
 /// `iniesta route` arguments.
@@ -151,6 +158,9 @@ pub struct PublishArgs {
 /// Entry point: parse, run, map errors to exit codes.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::PluginWorker { file } = &cli.command {
+        return crate::isolate::worker::main(file);
+    }
     let format = cli.log_format;
     init_tracing(format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -282,6 +292,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Config {
             command: ConfigCommand::Check,
         } => config_check(path),
+        Command::PluginWorker { file } => Ok(crate::isolate::worker::main(&file)),
     }
 }
 
@@ -423,6 +434,7 @@ pub fn render_running(hosts: &[crate::plugins::watch::HostState]) -> String {
                 p.file.display()
             ));
         }
+        out.push_str(&crate::isolate::render_status(&host.workers));
     }
     out
 }

@@ -398,6 +398,9 @@ pub struct PluginsConfig {
     /// Reload plugins and config when their files change.
     #[serde(default = "default_true")]
     pub watch: bool,
+    /// `[plugins.isolate]`: plugins that run in a worker process of their own.
+    #[serde(default)]
+    pub isolate: crate::isolate::IsolateConfig,
 }
 
 impl Default for PluginsConfig {
@@ -405,6 +408,7 @@ impl Default for PluginsConfig {
         Self {
             dirs: Vec::new(),
             watch: true,
+            isolate: Default::default(),
         }
     }
 }
@@ -792,6 +796,9 @@ impl Config {
         }
         if self.errors.timeout_secs == 0 {
             bad("errors.timeout_secs", "must be at least 1".into());
+        }
+        for problem in self.plugins.isolate.problems() {
+            bad(&problem.key, problem.message);
         }
         if self.lock.timeout_secs == 0 {
             bad("lock.timeout_secs", "must be at least 1".into());

@@ -3,8 +3,9 @@
 //! A host for event messaging over AWS SNS/SQS (or an embedded local broker) that runs the
 //! business logic from handler plugins. One module per concern: [`config`], [`wire`],
 //! [`filter`], [`route`], [`broker`], [`lock`], [`plugins`], [`pipeline`], [`egress`],
-//! [`provision`], [`dlq`] (list, redrive, purge dead letters), [`ops`] (metrics, health,
-//! error reports, the operator console), [`scaffold`], [`cli`].
+//! [`provision`], [`dlq`] (list, redrive, purge dead letters), [`isolate`] (plugins in worker
+//! processes), [`ops`] (metrics, health, error reports, the operator console), [`scaffold`],
+//! [`cli`].
 
 pub mod broker;
 pub mod cli;
@@ -12,6 +13,7 @@ pub mod config;
 pub mod dlq;
 pub mod egress;
 pub mod filter;
+pub mod isolate;
 pub mod lock;
 pub mod ops;
 pub mod pipeline;

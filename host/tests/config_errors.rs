@@ -43,7 +43,7 @@ fn each_error_names_its_key() {
     let p = plugins();
     let cases: Vec<(&str, String, Vec<&str>)> = vec![
         ("unknown plugin", format!("{HEADER}{p}[[bindings]]\nevents = [\"Order.*\"]\nplugin = \"ech\"\n"),
-            vec!["bindings[0].plugin", "no plugin named `ech`", "loaded: echo"]),
+            vec!["bindings[0].plugin", "no plugin named `ech`", "loaded: ", "echo"]),
         ("unknown handler", format!("{HEADER}{p}[[bindings]]\nevents = [\"Order.*\"]\nplugin = \"panicky\"\nhandler = \"nap\"\n"),
             vec!["bindings[0].handler", "no handler `nap`", "panicky, sleepy"]),
         ("ambiguous handler", format!("{HEADER}{p}[[bindings]]\nevents = [\"Order.*\"]\nplugin = \"panicky\"\n"),

@@ -49,6 +49,12 @@ pub const CONFIG_REFUSALS: &str = "iniesta_config_refusals_total";
 /// Failure records for `[errors] webhook_url`: label `result` = `sent`, `failed`, `dropped`.
 pub const ERROR_REPORTS: &str = "iniesta_error_reports_total";
 
+/// Isolated plugins' worker processes that died (crash, abort, exit, OOM, killed after a
+/// hang): label `plugin`.
+pub const WORKER_CRASHES: &str = "iniesta_plugin_worker_crashes_total";
+/// Isolated plugins' worker processes started again after one died: label `plugin`.
+pub const WORKER_RESTARTS: &str = "iniesta_plugin_worker_restarts_total";
+
 /// Upper bounds of the handler duration buckets (s).
 pub const DURATION_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
@@ -122,6 +128,14 @@ fn describe() {
     describe_counter!(PLUGIN_RELOADS, "Plugin generations swapped in, by plugin");
     describe_counter!(PLUGIN_REFUSALS, "Plugin files refused at load");
     describe_counter!(CONFIG_REFUSALS, "Config changes refused by hot reload");
+    describe_counter!(
+        WORKER_CRASHES,
+        "Isolated plugin worker processes that died, by plugin"
+    );
+    describe_counter!(
+        WORKER_RESTARTS,
+        "Isolated plugin worker processes restarted, by plugin"
+    );
     describe_counter!(
         ERROR_REPORTS,
         "Failure records for the error webhook, by result"

@@ -76,6 +76,9 @@ pub struct HostState {
     pub retained_bytes: u64,
     /// Old generations still mapped.
     pub retained_generations: u64,
+    /// Isolated plugins' worker processes (read from their own state file).
+    #[serde(default, skip_serializing)]
+    pub workers: Vec<crate::isolate::WorkerStatus>,
 }
 
 /// One serving plugin in [`HostState`].
@@ -119,13 +122,16 @@ pub fn running_hosts(config: &Config) -> Vec<HostState> {
         let Ok(text) = std::fs::read_to_string(&path) else {
             continue;
         };
-        let Ok(state) = serde_json::from_str::<HostState>(&text) else {
+        let Ok(mut state) = serde_json::from_str::<HostState>(&text) else {
             continue;
         };
         if cfg!(target_os = "linux") && !Path::new(&format!("/proc/{}", state.pid)).exists() {
             let _ = std::fs::remove_file(&path);
+            let _ =
+                std::fs::remove_file(crate::isolate::status_path(&state_dir(config), state.pid));
             continue;
         }
+        state.workers = crate::isolate::read_status(&state_dir(config), state.pid);
         hosts.push(state);
     }
     hosts.sort_by_key(|h| h.pid);
@@ -187,6 +193,7 @@ impl Reloader {
             refusals: self.stats.refusals,
             retained_bytes: self.stats.retained_bytes,
             retained_generations: self.stats.retained_generations,
+            workers: Vec::new(),
         };
         let dir = state_dir(&self.config);
         let path = dir.join(format!("host-{}.json", state.pid));
@@ -205,6 +212,10 @@ impl Reloader {
     pub fn remove_state(&self) {
         let path = state_dir(&self.config).join(format!("host-{}.json", std::process::id()));
         let _ = std::fs::remove_file(path);
+        let _ = std::fs::remove_file(crate::isolate::status_path(
+            &state_dir(&self.config),
+            std::process::id(),
+        ));
     }
 
     /// The config being served.

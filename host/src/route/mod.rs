@@ -380,7 +380,8 @@ pub fn bind(
                 continue;
             }
         };
-        let handler = match plugin.new_handler(&handler_name, &b.config_json()) {
+        let running = publisher.is_some();
+        let handler = match crate::isolate::new_handler(config, b, plugin, &handler_name, running) {
             Ok(h) => h,
             Err(e) => {
                 problems.push(Problem {

@@ -1,0 +1,357 @@
+//! Crash isolation: run a plugin that can't be trusted in a worker process of its own.
+//!
+//! `[plugins.isolate] names = ["risky"]` makes every binding of `risky` call a proxy
+//! ([`supervisor::IsolatedHandler`]) instead of the cdylib in the host. The proxy talks to a
+//! child process — this same binary's hidden `plugin-worker` subcommand ([`worker`]) — that
+//! loads the plugin file and runs its handlers. Calls, outcomes, log lines and publishes cross
+//! the worker's stdin/stdout as length-delimited `postcard` frames ([`protocol`]). A pool of up
+//! to `workers` processes per plugin generation serves every binding of it, one call per
+//! process at a time, so a crash fails only the call that caused it (the protocol carries
+//! request ids and the worker runs calls on a thread pool, so one process could serve many
+//! calls; the pool does not use that, on purpose).
+//!
+//! A worker that dies (segfault, abort, exit, OOM) or hangs past a binding's timeout fails
+//! the call in flight on it (the messages are redelivered, their receive count grows, the
+//! DLQ takes a true poison message) and is restarted with backoff; nothing else in the host
+//! notices. Workers start with a cleared environment and optional resource limits
+//! ([`sandbox`]); their stderr goes to the host's log with the plugin's name. A new generation
+//! of the plugin (hot reload) gets a new worker; the old one finishes its calls and exits.
+
+pub mod protocol;
+pub mod sandbox;
+pub mod supervisor;
+pub mod worker;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use abi_stable::sabi_trait::TD_Opaque;
+use iniesta_plugin_api::ffi::{HandlerBox, HandlerFfi_TO};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{BindingConfig, Config, Problem};
+use crate::plugins::LoadedPlugin;
+
+/// `[plugins.isolate]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IsolateConfig {
+    /// Plugins (by name) that run in a worker process each instead of inside the host.
+    #[serde(default)]
+    pub names: Vec<String>,
+    /// The most worker processes per isolated plugin; each runs one call at a time, so a crash
+    /// fails only the call that caused it. Calls beyond this wait for a free process.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+    /// Environment variables every worker gets besides the basics (`PATH`, `HOME`, `LANG`,
+    /// `LC_*`, `TZ`, `TMPDIR`, `RUST_BACKTRACE`); nothing else is inherited.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Per plugin: more variables only that plugin's worker gets.
+    #[serde(default)]
+    pub plugin_env: BTreeMap<String, Vec<String>>,
+    /// Address-space limit per worker (MiB, `RLIMIT_AS`: virtual memory, not resident).
+    #[serde(default)]
+    pub memory_limit_mb: Option<u64>,
+    /// Open-file limit per worker (`RLIMIT_NOFILE`).
+    #[serde(default)]
+    pub open_files: Option<u64>,
+    /// The longest wait between restarts of a worker that keeps dying (s); the wait starts at
+    /// 100 ms and doubles with each crash in a row. Calls wait out the backoff when it ends
+    /// before their handler timeout, so keep this below `sqs.handler_timeout_secs`: otherwise a
+    /// good message that arrives during a long backoff fails (and is redelivered) unrun.
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff_secs: u64,
+}
+
+impl Default for IsolateConfig {
+    fn default() -> Self {
+        IsolateConfig {
+            names: Vec::new(),
+            workers: default_workers(),
+            env: Vec::new(),
+            plugin_env: BTreeMap::new(),
+            memory_limit_mb: None,
+            open_files: None,
+            max_backoff_secs: default_max_backoff(),
+        }
+    }
+}
+
+fn default_workers() -> usize {
+    4
+}
+
+fn default_max_backoff() -> u64 {
+    5
+}
+
+/// The smallest memory limit accepted: the worker is the whole `iniesta` binary, and glibc
+/// reserves address space per thread (stacks, malloc arenas).
+pub const MIN_MEMORY_LIMIT_MB: u64 = 256;
+
+impl IsolateConfig {
+    /// Whether plugin `name` runs in a worker.
+    pub fn isolates(&self, name: &str) -> bool {
+        self.names.iter().any(|n| n == name)
+    }
+
+    /// Problems found without loading anything.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let mut bad = |key: &str, message: String| {
+            problems.push(Problem {
+                key: key.to_string(),
+                message,
+            })
+        };
+        for (i, name) in self.names.iter().enumerate() {
+            if name.trim().is_empty() {
+                bad(
+                    &format!("plugins.isolate.names[{i}]"),
+                    "is empty: name a plugin as bindings do (`plugin = \"...\"`)".into(),
+                );
+            }
+        }
+        let variables = self
+            .env
+            .iter()
+            .map(|v| ("plugins.isolate.env".to_string(), v))
+            .chain(self.plugin_env.iter().flat_map(|(plugin, vars)| {
+                vars.iter()
+                    .map(move |v| (format!("plugins.isolate.plugin_env.{plugin}"), v))
+            }));
+        for (key, var) in variables {
+            if var.is_empty() || var.contains('=') || var.contains('\0') {
+                bad(
+                    &key,
+                    format!("`{var}` is not an environment variable name (give names only; values come from the host's environment)"),
+                );
+            }
+        }
+        for plugin in self.plugin_env.keys() {
+            if !self.isolates(plugin) {
+                bad(
+                    &format!("plugins.isolate.plugin_env.{plugin}"),
+                    format!("`{plugin}` is not in plugins.isolate.names, so it runs in the host and this has no effect"),
+                );
+            }
+        }
+        if let Some(mb) = self.memory_limit_mb {
+            if mb < MIN_MEMORY_LIMIT_MB {
+                bad(
+                    "plugins.isolate.memory_limit_mb",
+                    format!("{mb} MiB is below {MIN_MEMORY_LIMIT_MB}: it limits virtual memory (RLIMIT_AS), and the worker reserves more than that before it runs a handler"),
+                );
+            }
+        }
+        if self.workers == 0 || self.workers > 256 {
+            bad(
+                "plugins.isolate.workers",
+                format!(
+                    "{} is out of range: give 1 to 256 processes per plugin",
+                    self.workers
+                ),
+            );
+        }
+        if self.open_files == Some(0) {
+            bad(
+                "plugins.isolate.open_files",
+                "must be at least 1 (the worker needs its pipes)".into(),
+            );
+        }
+        if self.max_backoff_secs == 0 {
+            bad(
+                "plugins.isolate.max_backoff_secs",
+                "must be at least 1".into(),
+            );
+        }
+        problems
+    }
+}
+
+/// What a worker is started with; workers with equal settings for the same plugin
+/// generation are shared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// The binary with the `plugin-worker` subcommand (this one).
+    pub binary: PathBuf,
+    /// `plugins.isolate.workers`.
+    pub max_workers: usize,
+    /// `plugins.isolate.env`.
+    pub env: Vec<String>,
+    /// `plugins.isolate.plugin_env`.
+    pub plugin_env: BTreeMap<String, Vec<String>>,
+    /// `plugins.isolate.memory_limit_mb`.
+    pub memory_limit_mb: Option<u64>,
+    /// `plugins.isolate.open_files`.
+    pub open_files: Option<u64>,
+    /// `plugins.isolate.max_backoff_secs`.
+    pub max_backoff: Duration,
+    /// Where to write worker states for `iniesta plugins` (a running host only).
+    pub state_dir: Option<PathBuf>,
+}
+
+impl Settings {
+    /// Settings from the config; `binary` runs the workers.
+    pub fn new(isolate: &IsolateConfig, binary: PathBuf, state_dir: Option<PathBuf>) -> Self {
+        Settings {
+            binary,
+            max_workers: isolate.workers.max(1),
+            env: isolate.env.clone(),
+            plugin_env: isolate.plugin_env.clone(),
+            memory_limit_mb: isolate.memory_limit_mb,
+            open_files: isolate.open_files,
+            max_backoff: Duration::from_secs(isolate.max_backoff_secs),
+            state_dir,
+        }
+    }
+
+    #[cfg(test)]
+    fn for_tests() -> Self {
+        Settings::new(&IsolateConfig::default(), PathBuf::from("iniesta"), None)
+    }
+}
+
+/// Construct the handler for a binding: in the host, or — for an isolated plugin — in its
+/// worker, returning a proxy. `running` says whether this is a running host (worker states
+/// are then published for `iniesta plugins`).
+pub fn new_handler(
+    config: &Config,
+    binding: &BindingConfig,
+    plugin: &Arc<LoadedPlugin>,
+    handler: &str,
+    running: bool,
+) -> Result<HandlerBox, String> {
+    if !config.plugins.isolate.isolates(&plugin.name) {
+        return plugin.new_handler(handler, &binding.config_json());
+    }
+    let binary = std::env::current_exe()
+        .map_err(|e| format!("cannot find this binary to start a plugin worker: {e}"))?;
+    let state_dir = running.then(|| crate::plugins::watch::state_dir(config));
+    let settings = Arc::new(Settings::new(&config.plugins.isolate, binary, state_dir));
+    let timeout = Duration::from_secs(
+        binding
+            .timeout_secs
+            .unwrap_or(config.sqs.handler_timeout_secs),
+    );
+    isolated_handler(plugin, &settings, handler, &binding.config_json(), timeout)
+}
+
+/// A proxy handler for `handler` of `plugin` running in a worker started with `settings`.
+pub fn isolated_handler(
+    plugin: &LoadedPlugin,
+    settings: &Arc<Settings>,
+    handler: &str,
+    config_json: &str,
+    timeout: Duration,
+) -> Result<HandlerBox, String> {
+    let worker = supervisor::worker_for(plugin, settings)?;
+    let id = worker
+        .construct(handler, config_json)
+        .map_err(|e| format!("(in its isolated worker) {e}"))?;
+    Ok(HandlerFfi_TO::from_value(
+        supervisor::IsolatedHandler::new(worker, id, timeout),
+        TD_Opaque,
+    ))
+}
+
+/// One worker in `iniesta plugins` output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    /// The plugin.
+    pub plugin: String,
+    /// The plugin generation it serves.
+    pub generation: u64,
+    /// Its processes' ids.
+    pub pids: Vec<u32>,
+    /// The most processes it runs at once (`plugins.isolate.workers`).
+    pub max_workers: u64,
+    /// `running`, `restarting` (waiting out the backoff) or `stopped` (no process now).
+    pub state: String,
+    /// Restarts after a death.
+    pub restarts: u64,
+    /// Deaths (crash, abort, exit, OOM, killed after a hang, failed start).
+    pub crashes: u64,
+    /// Deaths since the last call that returned; 3 or more is a crash loop.
+    pub crashes_in_a_row: u32,
+    /// What the last death was.
+    pub last_crash: Option<String>,
+    /// When (s since the Unix epoch).
+    pub last_crash_at: Option<u64>,
+    /// Calls running in it now.
+    pub in_flight: u64,
+}
+
+fn unix_secs(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The worker state file of host `pid` in `dir`.
+pub fn status_path(dir: &Path, pid: u32) -> PathBuf {
+    dir.join(format!("workers-{pid}.json"))
+}
+
+/// Write this host's worker states (failures are only logged).
+pub fn write_status(dir: &Path, workers: &[WorkerStatus]) {
+    let pid = std::process::id();
+    let path = status_path(dir, pid);
+    let tmp = dir.join(format!(".workers-{pid}.json.tmp"));
+    let result = std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(&tmp, serde_json::to_vec_pretty(workers).unwrap_or_default()))
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = result {
+        tracing::debug!(path = %path.display(), error = %e, "cannot write the worker state file");
+    }
+}
+
+/// Host `pid`'s worker states, if it wrote any.
+pub fn read_status(dir: &Path, pid: u32) -> Vec<WorkerStatus> {
+    std::fs::read_to_string(status_path(dir, pid))
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or_default()
+}
+
+/// Lines for `iniesta plugins` under a running host.
+pub fn render_status(workers: &[WorkerStatus]) -> String {
+    let mut out = String::new();
+    for w in workers {
+        out.push_str(&format!(
+            "  isolated {} generation {}: {}{}, {} restart(s), {} crash(es){}{}\n",
+            w.plugin,
+            w.generation,
+            w.state,
+            if w.pids.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " pid {} ({} of at most {} processes)",
+                    w.pids
+                        .iter()
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    w.pids.len(),
+                    w.max_workers
+                )
+            },
+            w.restarts,
+            w.crashes,
+            if w.crashes_in_a_row >= 3 {
+                format!(", CRASH LOOP ({} in a row)", w.crashes_in_a_row)
+            } else {
+                String::new()
+            },
+            w.last_crash
+                .as_ref()
+                .map(|c| format!(", last: {c}"))
+                .unwrap_or_default()
+        ));
+    }
+    out
+}

@@ -1,0 +1,516 @@
+//! Crash isolation: plugins in worker processes that segfault, abort, exit, run out of memory
+//! and hang, against real `iniesta run` processes on the local broker.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{iniesta, plugin_dir, Host, Scratch};
+use iniesta::broker::local::LocalBroker;
+use iniesta::broker::Broker;
+use iniesta::config::Config;
+
+const LIMIT: Duration = Duration::from_secs(90);
+const POISON: &[&str] = &["segfault", "abort", "exit", "oom", "hang"];
+
+/// `iniesta run` with extra environment variables (a secret among them).
+fn start_host(config: &Path, log: PathBuf, env: &[(&str, &str)]) -> Host {
+    let file = std::fs::File::create(&log).expect("log file");
+    let child = Command::new(common::bin())
+        .arg("-c")
+        .arg(config)
+        .arg("run")
+        .env("INIESTA_LOG", "info")
+        .env("NO_COLOR", "1")
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(file)
+        .spawn()
+        .expect("iniesta run starts");
+    let host = Host { child, log };
+    let start = Instant::now();
+    while !host.log_text().contains("consuming") {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "host did not start:\n{}",
+            host.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    host
+}
+
+async fn queue_messages(config: &Path, queue: &str) -> Vec<iniesta::broker::local::StoredMessage> {
+    let config = Config::load(config).expect("config loads");
+    let broker = LocalBroker::open(&config).await.expect("broker opens");
+    broker.messages(queue).await.expect("messages")
+}
+
+fn process_alive(pid: u32) -> bool {
+    // A zombie is dead for our purposes.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Worker pids listed by `iniesta plugins` for isolated plugin `name`.
+fn worker_pids(config: &Path, name: &str) -> Vec<u32> {
+    let out = iniesta(config, &["plugins"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    text.lines()
+        .filter(|l| l.contains(&format!("isolated {name} ")))
+        .filter_map(|l| l.split(" pid ").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .flat_map(|pids| {
+            pids.split(',')
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+/// `GET path` on a loopback port: the body.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics answer");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("response");
+    text.split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default()
+}
+
+fn bodies(lines: &[serde_json::Value]) -> Vec<String> {
+    lines
+        .iter()
+        .map(|l| l["body"].as_str().expect("body").to_string())
+        .collect()
+}
+
+#[test]
+fn crashing_and_hanging_messages_end_in_the_dlq_and_nothing_else_is_lost_or_run_twice() {
+    let s = Scratch::new();
+    let crashy = s.path("crashy.jsonl").display().to_string();
+    let ledger = s.path("ledger.jsonl").display().to_string();
+    let port = common::aws::free_port();
+    let rest = format!(
+        r#"[plugins.isolate]
+names = ["crashy"]
+workers = 4
+env = ["ISOLATE_VISIBLE"]
+memory_limit_mb = 512
+max_backoff_secs = 1
+
+# Poison: a hang is killed after 2 s.
+[[bindings]]
+events = ["Boom.Bad.*"]
+plugin = "crashy"
+timeout_secs = 2
+
+# Good messages to the same plugin (the same worker pool); a long timeout, so that waiting for
+# a free or restarted worker under load never fails them.
+[[bindings]]
+events = ["Boom.Good.*"]
+plugin = "crashy"
+timeout_secs = 30
+config = {{ path = "{crashy}", env = ["ISOLATE_VISIBLE", "ISOLATE_SECRET"] }}
+
+[[bindings]]
+events = ["Order.*"]
+plugin = "ledger"
+config = {{ path = "{ledger}" }}
+
+[metrics]
+listen = "127.0.0.1:{port}"
+"#
+    );
+    let config = s.config("max_receive_count = 3", &rest);
+    let mut host = start_host(
+        &config,
+        s.path("host.log"),
+        &[("ISOLATE_VISIBLE", "yes"), ("ISOLATE_SECRET", "hunter2")],
+    );
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    // Poison and good messages to the isolated plugin interleaved, and a steady flow to an
+    // in-process binding.
+    let mut good = Vec::new();
+    for i in 0..10 {
+        if let Some(poison) = POISON.get(i / 2).filter(|_| i % 2 == 0) {
+            common::publish(&config, &["Boom.Bad", poison]);
+        }
+        let body = format!("fine-{i}");
+        common::publish(&config, &["Boom.Good", &body]);
+        good.push(body);
+        common::publish(&config, &["Order.Flow", &format!("{{\"n\":{i}}}")]);
+    }
+    for body in ["env", "print", "publish"] {
+        common::publish(&config, &["Boom.Good", body]);
+        good.push(body.to_string());
+    }
+    s.wait_for("every poison message in the DLQ", LIMIT, || {
+        rt.block_on(queue_messages(&config, "iniesta-test-receiver-dlq"))
+            .len()
+            >= POISON.len()
+    });
+    s.wait_for("every good message handled", LIMIT, || {
+        s.ledger("crashy.jsonl").len() >= good.len() && s.ledger("ledger.jsonl").len() >= 10
+    });
+    assert!(host.is_alive(), "the host survives its plugin's crashes");
+    let plugins = String::from_utf8_lossy(&iniesta(&config, &["plugins"]).stdout).to_string();
+    assert!(
+        plugins.contains("isolated crashy generation"),
+        "plugins shows the worker:\n{plugins}"
+    );
+    let crashes: u64 = plugins
+        .split(" crash(es)")
+        .next()
+        .and_then(|head| head.rsplit(", ").next())
+        .and_then(|n| n.parse().ok())
+        .expect("a crash count");
+    assert!(
+        crashes >= POISON.len() as u64,
+        "each poison message killed a worker: {crashes}\n{plugins}"
+    );
+    let pids = worker_pids(&config, "crashy");
+    assert!(!pids.is_empty(), "{plugins}");
+    let metrics = http_get(port, "/metrics");
+    let counter = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}{{plugin=\"crashy\"}} ")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} is exported:\n{metrics}"))
+    };
+    assert!(
+        counter("iniesta_plugin_worker_crashes_total") >= crashes as f64,
+        "{metrics}"
+    );
+    assert!(
+        counter("iniesta_plugin_worker_restarts_total") >= 1.0,
+        "{metrics}"
+    );
+    // Let any late redelivery happen before the final count.
+    std::thread::sleep(Duration::from_secs(3));
+    let log = host.stop();
+
+    let dlq = rt.block_on(queue_messages(&config, "iniesta-test-receiver-dlq"));
+    let dead: BTreeSet<String> = dlq
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.body).to_string())
+        .collect();
+    let poison: BTreeSet<String> = POISON.iter().map(|p| p.to_string()).collect();
+    assert_eq!(
+        dead, poison,
+        "exactly the poison messages are dead-lettered"
+    );
+    assert!(
+        dlq.iter().all(|m| m.receive_count == 3),
+        "each after max_receive_count deliveries: {:?}",
+        dlq.iter().map(|m| m.receive_count).collect::<Vec<_>>()
+    );
+    assert!(
+        rt.block_on(queue_messages(&config, "iniesta-test-receiver"))
+            .is_empty(),
+        "nothing left behind"
+    );
+    let mut handled = bodies(&s.ledger("crashy.jsonl"));
+    handled.sort();
+    let mut want = good.clone();
+    want.sort();
+    assert_eq!(handled, want, "every good message ran once, none twice");
+    let mut flow: Vec<u64> = s
+        .ledger("ledger.jsonl")
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l["body"].as_str().expect("body"))
+                .expect("json")["n"]
+                .as_u64()
+                .expect("n")
+        })
+        .collect();
+    flow.sort();
+    assert_eq!(
+        flow,
+        (0..10).collect::<Vec<_>>(),
+        "the in-process binding saw each message once"
+    );
+
+    for cause in [
+        "killed by signal 11 (SIGSEGV)",
+        "killed by signal 6 (SIGABRT",
+        "exited with status 3",
+        "a call hung past the handler timeout of 2 s",
+        "memory allocation of 4294967296 bytes failed",
+    ] {
+        assert!(log.contains(cause), "the log names `{cause}`:\n{log}");
+    }
+    assert!(
+        log.contains("will be redelivered"),
+        "crashes are retried:\n{log}"
+    );
+    assert!(log.contains("plugin worker is crash-looping"), "{log}");
+    // The context crosses the pipe; the environment is cleared but for what the config names;
+    // a plugin's stdout cannot corrupt the pipe and ends in the log with the plugin's name.
+    assert!(log.contains("env ISOLATE_VISIBLE=yes"), "{log}");
+    assert!(log.contains("env ISOLATE_SECRET unset"), "{log}");
+    assert!(
+        !log.contains("hunter2"),
+        "the secret never reaches the worker"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("worker stderr: crashy says hello on stdout")
+                && l.contains("plugin=crashy")),
+        "{log}"
+    );
+    assert!(
+        log.contains("published") && log.contains("Crashy.Published"),
+        "{log}"
+    );
+    // The workers left with the host.
+    let start = Instant::now();
+    while pids.iter().any(|p| process_alive(*p)) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "worker processes {pids:?} outlived the host"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Publishes `Order.Load` messages with increasing `seq` until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(config: &Path) -> Load {
+        let config = Config::load(config).expect("config");
+        let (stop, sent) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU64::new(0)),
+        );
+        let (s2, n2) = (stop.clone(), sent.clone());
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().expect("runtime");
+            rt.block_on(async move {
+                let broker = LocalBroker::open(&config).await.expect("broker");
+                while !s2.load(Ordering::SeqCst) {
+                    let seq = n2.load(Ordering::SeqCst);
+                    let message = iniesta::wire::encode(
+                        "Order.Load",
+                        "receiver",
+                        "iniesta_pass",
+                        format!("{{\"seq\":{seq}}}").into_bytes(),
+                        Default::default(),
+                    )
+                    .expect("encode");
+                    broker.publish(&message).await.expect("publish");
+                    n2.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(15)).await;
+                }
+            });
+        });
+        Load {
+            stop,
+            sent,
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(mut self) -> u64 {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.join().expect("load thread");
+        }
+        self.sent.load(Ordering::SeqCst)
+    }
+}
+
+const MARK: &[u8] = b"iniesta-ledger-mark:";
+
+fn ledger_with_mark(mark: u32) -> Vec<u8> {
+    let mut bytes = std::fs::read(plugin_dir().join("libledger.so")).expect("ledger built");
+    let at = bytes
+        .windows(MARK.len())
+        .position(|w| w == MARK)
+        .expect("ledger has a build mark");
+    bytes[at + MARK.len()..at + MARK.len() + 8].copy_from_slice(format!("{mark:08}").as_bytes());
+    bytes
+}
+
+fn deploy(dir: &Path, bytes: &[u8]) {
+    let tmp = dir.join(".libledger.so.tmp");
+    std::fs::write(&tmp, bytes).expect("write temp");
+    std::fs::rename(&tmp, dir.join("libledger.so")).expect("rename");
+}
+
+#[test]
+fn reloading_an_isolated_plugin_under_load_swaps_workers_and_loses_nothing() {
+    let s = Scratch::new();
+    let dir = s.path("plugins");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    deploy(&dir, &ledger_with_mark(0));
+    let text = format!(
+        "service = \"receiver\"\nenv = \"test\"\ninitialization = [\"EVENT_POLLING\", \"SNS_PRODUCER\"]\n\
+         [broker]\npath = \"{}\"\n[sns]\ntopic_arn = \"arn:aws:sns:us-east-1:0:global\"\n\
+         [sqs]\nfilters = [\"Order.*\"]\nwait_time_seconds = 1\nvisibility_timeout = 10\n\
+         [plugins]\ndirs = [\"{}\"]\n[plugins.isolate]\nnames = [\"ledger\"]\n\
+         [[bindings]]\nevents = [\"Order.*\"]\nplugin = \"ledger\"\nconfig = {{ path = \"{}\" }}\n",
+        s.path("broker.db").display(),
+        dir.display(),
+        s.path("ledger.jsonl").display()
+    );
+    let config = s.write("iniesta.toml", &text);
+    let host = start_host(&config, s.path("host.log"), &[]);
+    let load = Load::start(&config);
+    let mut old_pids = BTreeSet::new();
+    const RELOADS: u32 = 5;
+    for generation in 1..=RELOADS {
+        s.wait_for("a worker serving", LIMIT, || {
+            !worker_pids(&config, "ledger").is_empty()
+        });
+        old_pids.extend(worker_pids(&config, "ledger"));
+        deploy(&dir, &ledger_with_mark(generation));
+        let want = format!("{generation:08}");
+        s.wait_for(&format!("generation {generation} to serve"), LIMIT, || {
+            s.ledger("ledger.jsonl")
+                .iter()
+                .any(|l| l["mark"] == want.as_str())
+        });
+    }
+    let sent = load.stop();
+    s.wait_for("every message handled", LIMIT, || {
+        s.ledger("ledger.jsonl").len() as u64 >= sent
+    });
+    let current: BTreeSet<u32> = worker_pids(&config, "ledger").into_iter().collect();
+    std::thread::sleep(Duration::from_millis(500));
+    // Old generations' workers finished their calls and exited.
+    let retired: Vec<u32> = old_pids.difference(&current).copied().collect();
+    assert!(
+        !retired.is_empty(),
+        "old workers: {old_pids:?}, now: {current:?}"
+    );
+    let start = Instant::now();
+    while retired.iter().any(|p| process_alive(*p)) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "old workers {retired:?} still run"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = host.stop();
+    let lines = s.ledger("ledger.jsonl");
+    let mut per_seq: BTreeMap<u64, usize> = BTreeMap::new();
+    for line in &lines {
+        let seq = serde_json::from_str::<serde_json::Value>(line["body"].as_str().unwrap_or("{}"))
+            .expect("body")["seq"]
+            .as_u64()
+            .expect("seq");
+        *per_seq.entry(seq).or_default() += 1;
+    }
+    assert_eq!(per_seq.len() as u64, sent, "no message lost");
+    assert!(
+        per_seq.values().all(|n| *n == 1),
+        "no message handled twice"
+    );
+    let mut marks = Vec::new();
+    for line in &lines {
+        let mark: u32 = line["mark"]
+            .as_str()
+            .and_then(|m| m.parse().ok())
+            .expect("mark");
+        if !marks.contains(&mark) {
+            marks.push(mark);
+        }
+    }
+    assert!(
+        marks.windows(2).all(|w| w[0] < w[1]),
+        "generations in order: {marks:?}"
+    );
+    assert_eq!(marks.last(), Some(&RELOADS));
+    assert_eq!(
+        log.matches("plugin reloaded").count(),
+        RELOADS as usize,
+        "{log}"
+    );
+    assert!(
+        log.matches("plugin worker retired").count() >= RELOADS as usize,
+        "{log}"
+    );
+    assert!(
+        !log.contains("plugin worker died"),
+        "no worker crashed:\n{log}"
+    );
+}
+
+#[test]
+fn bad_isolation_settings_and_constructor_errors_are_reported_with_their_keys() {
+    let s = Scratch::new();
+    let rest = r#"[plugins.isolate]
+names = ["crashy", ""]
+workers = 0
+memory_limit_mb = 10
+env = ["A=B"]
+plugin_env = { echo = ["X"] }
+
+[[bindings]]
+events = ["Boom.*"]
+plugin = "crashy"
+"#;
+    let config = s.config("", rest);
+    let out = iniesta(&config, &["config", "check"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for key in [
+        "plugins.isolate.names[1]",
+        "plugins.isolate.workers",
+        "plugins.isolate.memory_limit_mb",
+        "plugins.isolate.env",
+        "plugins.isolate.plugin_env.echo",
+    ] {
+        assert!(err.contains(key), "names {key}:\n{err}");
+    }
+    // A constructor error inside the worker is reported like an in-process one.
+    let s = Scratch::new();
+    let rest = "[plugins.isolate]\nnames = [\"crashy\"]\n\n[[bindings]]\nevents = [\"Boom.*\"]\nplugin = \"crashy\"\nconfig = { env = 5 }\n";
+    let config = s.config("", rest);
+    let out = iniesta(&config, &["config", "check"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bindings[0].config")
+            && err.contains("in its isolated worker")
+            && err.contains("`env` must be a list of names"),
+        "{err}"
+    );
+    // The same config with a good value checks fine (the worker starts and constructs).
+    let rest = "[plugins.isolate]\nnames = [\"crashy\"]\n\n[[bindings]]\nevents = [\"Boom.*\"]\nplugin = \"crashy\"\nconfig = { env = [\"A\"] }\n";
+    let config = s.config("", rest);
+    let out = iniesta(&config, &["config", "check"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
