@@ -50,6 +50,15 @@ pub struct Config {
     /// Where handler failures are reported (off when absent).
     #[serde(default)]
     pub errors: ErrorsConfig,
+    /// Where every published event goes (egress/); none: the topic, as without this key.
+    #[serde(default)]
+    pub egress: Vec<crate::egress::config::EgressConfig>,
+    /// Consumers from ingress plugins that feed the bindings (egress/ and ingress/).
+    #[serde(default)]
+    pub ingress: Vec<crate::egress::config::IngressConfig>,
+    /// Where events an egress could not take wait for redelivery.
+    #[serde(default)]
+    pub outbox: crate::egress::config::OutboxConfig,
     /// The directory relative paths are resolved against (the config file's directory).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -962,6 +971,7 @@ impl Config {
                 message: format!("`{}` {e}", self.sqs.fifo_default_group),
             });
         }
+        crate::egress::config::problems(self, &mut problems);
         problems
     }
 }

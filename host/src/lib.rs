@@ -2,14 +2,17 @@
 //!
 //! A host for event messaging over AWS SNS/SQS (or an embedded local broker) that runs the
 //! business logic from handler plugins. One module per concern: [`config`], [`wire`],
-//! [`filter`], [`route`], [`broker`], [`lock`], [`plugins`], [`pipeline`], [`egress`],
+//! [`filter`], [`route`], [`broker`], [`lock`], [`plugins`], [`pipeline`], [`egress`] (with
+//! [`acct`] credential profiles), [`ingress`],
 //! [`provision`], [`ops`] (metrics, health, error reports), [`scaffold`], [`cli`].
 
+pub mod acct;
 pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod egress;
 pub mod filter;
+pub mod ingress;
 pub mod lock;
 pub mod ops;
 pub mod pipeline;
