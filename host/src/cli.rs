@@ -385,7 +385,7 @@ pub fn render_plugins(set: &PluginSet) -> String {
             plugin.version,
             plugin.abi_version,
             plugin.generation,
-            plugin.handlers.join(","),
+            crate::egress::exports(plugin),
             plugin.file.display(),
             plugin.origin_dir.display()
         ));

@@ -214,7 +214,13 @@ impl Fanout {
             .collect();
         if !failed.is_empty() {
             self.outbox
-                .put(failed.clone(), &event_id, message, self.settings.backoff(1))
+                .put(
+                    failed.clone(),
+                    &event_id,
+                    message,
+                    self.settings.attempts,
+                    self.settings.backoff(self.settings.attempts),
+                )
                 .await?;
             self.wake.notify_one();
         }

@@ -298,6 +298,18 @@ pub fn build_fanout(
     )))
 }
 
+/// What a plugin exports, for the `plugins` table: handlers, `egress:NAME`, `ingress:NAME`.
+pub fn exports(plugin: &crate::plugins::LoadedPlugin) -> String {
+    plugin
+        .handlers
+        .iter()
+        .cloned()
+        .chain(plugin.egresses.iter().map(|e| format!("egress:{e}")))
+        .chain(plugin.ingresses.iter().map(|i| format!("ingress:{i}")))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// The `[[egress]]` and `[[ingress]]` part of `iniesta plugins`: names, plugins and profile
 /// names (never a profile's values), and what waits in the outbox.
 pub async fn render_configured(config: &Config) -> String {

@@ -143,12 +143,14 @@ impl Outbox {
         .map_err(|e| OutboxError::Worker(e.to_string()))?
     }
 
-    /// Keep `message` for each of `egresses` (one transaction), due after `retry_after`.
+    /// Keep `message` for each of `egresses` (name, last error; one transaction) after
+    /// `attempts` failed attempts, due after `retry_after`.
     pub async fn put(
         &self,
         egresses: Vec<(String, String)>,
         event_id: &str,
         message: &Outgoing,
+        attempts: u32,
         retry_after: Duration,
     ) -> Result<(), OutboxError> {
         let event_id = event_id.to_string();
@@ -162,8 +164,8 @@ impl Outbox {
             for (egress, error) in &egresses {
                 tx.execute(
                     "INSERT INTO outbox (egress, event_id, event, body, attributes, created_at, attempts, next_attempt_at, last_error)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?8)",
-                    params![egress, event_id, event, body, attributes, now, due, error],
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    params![egress, event_id, event, body, attributes, now, attempts, due, error],
                 )?;
             }
             tx.commit()

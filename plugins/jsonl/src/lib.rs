@@ -8,11 +8,13 @@
 //! config = { path = "/var/log/iniesta/events.jsonl" }
 //! ```
 //!
-//! A relative `path` is relative to the host's working directory. Each line is written with
-//! one `write` and flushed to disk (`fsync`) before `publish` returns, so an event the host
-//! counts as delivered is in the file.
+//! A relative `path` is relative to the host's working directory. The file is opened (created
+//! if missing) for every event, so a file that cannot be written now (a missing directory, a
+//! full disk) fails that publish and the host keeps the event in its outbox until it can.
+//! Each line is written with one `write` and flushed to disk (`fsync`) before `publish`
+//! returns, so an event the host counts as delivered is in the file.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -31,21 +33,20 @@ struct Settings {
 /// Appends events to one file.
 pub struct JsonlEgress {
     path: PathBuf,
-    file: Mutex<File>,
+    /// Serialises this process's appends.
+    writing: Mutex<()>,
 }
 
 impl JsonlEgress {
-    /// Open (creating) the file named by `config.path`.
+    /// Read `config.path`; the file is opened when events come.
     pub fn new(config: Config) -> Result<Self, String> {
         let settings: Settings = config.parse().map_err(|e| e.to_string())?;
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&settings.path)
-            .map_err(|e| format!("cannot open {}: {e}", settings.path.display()))?;
+        if settings.path.as_os_str().is_empty() {
+            return Err("jsonl: `path` must not be empty".into());
+        }
         Ok(Self {
             path: settings.path,
-            file: Mutex::new(file),
+            writing: Mutex::new(()),
         })
     }
 }
@@ -81,12 +82,18 @@ impl Egress for JsonlEgress {
     fn publish(&self, event: &Event<'_>) -> Result<String, EgressError> {
         let mut text = line(event).to_string();
         text.push('\n');
-        let mut file = self
-            .file
+        let _writing = self
+            .writing
             .lock()
             .map_err(|_| format!("{}: a previous write panicked", self.path.display()))?;
-        file.write_all(text.as_bytes())
-            .and_then(|()| file.sync_data())
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .and_then(|mut file| {
+                file.write_all(text.as_bytes())?;
+                file.sync_data()
+            })
             .map_err(|e| format!("cannot append to {}: {e}", self.path.display()))?;
         Ok(String::new())
     }
