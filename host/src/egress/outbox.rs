@@ -250,7 +250,7 @@ impl Outbox {
             let due = now_ms() + retry_after.as_millis() as i64;
             let tx = conn.transaction()?;
             tx.execute(
-                "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?1, leased_until = 0, last_error = ?2 WHERE seq = ?3",
+                "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = MAX(next_attempt_at, ?1), leased_until = 0, last_error = ?2 WHERE seq = ?3",
                 params![due, error, seq],
             )?;
             tx.execute(
@@ -299,4 +299,90 @@ impl Outbox {
 /// Milliseconds since the epoch, as the outbox stores times.
 pub fn epoch_ms() -> i64 {
     now_ms()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Attribute;
+
+    fn message(event: &str) -> Outgoing {
+        let mut attributes = Attributes::new();
+        attributes.insert("k".into(), Attribute::string("v"));
+        Outgoing {
+            event: event.into(),
+            body: b"{}".to_vec(),
+            attributes,
+        }
+    }
+
+    #[tokio::test]
+    async fn rows_are_leased_in_order_held_back_together_and_removed_once_delivered() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let outbox = Outbox::open(&dir.path().join("sub/outbox.db")).expect("opens");
+        let now = Duration::ZERO;
+        for (id, event) in [("e1", "A"), ("e2", "B")] {
+            outbox
+                .put(
+                    vec![("x".into(), "down".into())],
+                    id,
+                    &message(event),
+                    3,
+                    now,
+                )
+                .await
+                .expect("put");
+        }
+        let lease = Duration::from_secs(60);
+        let first = outbox
+            .lease_next("x", true, lease)
+            .await
+            .expect("ok")
+            .expect("A");
+        assert_eq!((first.event_id.as_str(), first.attempts), ("e1", 3));
+        assert_eq!(first.message, message("A"));
+        // A leased row is not handed out again; the next one is.
+        let second = outbox
+            .lease_next("x", true, lease)
+            .await
+            .expect("ok")
+            .expect("B");
+        assert_eq!(second.event_id, "e2");
+        assert!(outbox
+            .lease_next("x", false, lease)
+            .await
+            .expect("ok")
+            .is_none());
+        assert!(outbox
+            .lease_next("other", false, lease)
+            .await
+            .expect("ok")
+            .is_none());
+        // A failure pushes the egress's whole backlog back.
+        outbox
+            .failed(&first, "still down", Duration::from_secs(60))
+            .await
+            .expect("failed");
+        outbox
+            .failed(&second, "still down", Duration::ZERO)
+            .await
+            .expect("failed");
+        assert!(outbox
+            .lease_next("x", true, lease)
+            .await
+            .expect("ok")
+            .is_none());
+        // ...but not for a drain that ignores the schedule (`iniesta publish`).
+        let again = outbox
+            .lease_next("x", false, lease)
+            .await
+            .expect("ok")
+            .expect("A");
+        assert_eq!((again.event_id.as_str(), again.attempts), ("e1", 4));
+        outbox.delivered(again.seq).await.expect("delivered");
+        let backlog = outbox.backlog().await.expect("backlog");
+        assert_eq!(backlog.len(), 1);
+        assert_eq!(backlog[0].pending, 1);
+        assert_eq!(backlog[0].last_error.as_deref(), Some("still down"));
+    }
 }
