@@ -239,33 +239,37 @@ pub struct RunningWithIngress {
 }
 
 impl RunningWithIngress {
-    /// Start draining the outbox until `shutdown`.
+    /// Drain the outbox until `shutdown`; when it fires, stop the ingresses at once (no new
+    /// messages, like the pollers) and let their running handlers finish.
     pub fn serve(self, shutdown: CancellationToken) -> Serving {
         let drainer = self
             .fanout
             .map(|f| tokio::spawn(f.run_drainer(shutdown.clone())));
-        Serving {
-            drainer,
-            ingresses: self.ingresses,
-        }
+        let ingresses = self.ingresses.map(|ingresses| {
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                ingresses.stop().await;
+            })
+        });
+        Serving { drainer, ingresses }
     }
 }
 
 /// Egress and ingress while the host runs.
 pub struct Serving {
     drainer: Option<tokio::task::JoinHandle<()>>,
-    ingresses: Option<Ingresses>,
+    ingresses: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Serving {
-    /// Stop the ingresses (letting their running handlers finish) and the outbox drainer
-    /// (whose shutdown token has fired).
+    /// Wait for the ingresses and the outbox drainer to stop (the shutdown token has fired).
     pub async fn stop(self) {
+        let bound = std::time::Duration::from_secs(60);
         if let Some(ingresses) = self.ingresses {
-            ingresses.stop().await;
+            let _ = tokio::time::timeout(bound, ingresses).await;
         }
         if let Some(drainer) = self.drainer {
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(15), drainer).await;
+            let _ = tokio::time::timeout(bound, drainer).await;
         }
     }
 }
