@@ -310,6 +310,7 @@ fn load(path: &Path) -> anyhow::Result<Config> {
 
 fn config_check(path: &Path) -> anyhow::Result<ExitCode> {
     let config = load(path)?;
+    crate::egress::cli::check_exports(&config)?;
     if config.bindings.is_empty() {
         println!(
             "{}: ok (no bindings: this config only publishes)",

@@ -606,3 +606,43 @@ fn an_ingress_message_is_handled_by_the_bound_handler() {
     assert!(log.contains("ingress stopped"), "{log}");
     assert_eq!(s.ledger("ledger.jsonl").len(), 2);
 }
+
+#[test]
+fn config_check_names_egress_and_ingress_entries_no_plugin_serves() {
+    let s = Scratch::new();
+    let config = local_config(
+        &s,
+        "[[egress]]\nplugin = \"kafka\"\n\
+         [[egress]]\nplugin = \"jsonl\"\nconfig = { path = \"x.jsonl\" }\n\
+         [[egress]]\nplugin = \"sqs\"\n\
+         [[ingress]]\nplugin = \"jsonl\"\n\
+         [[ingress]]\nplugin = \"nats\"\ningress = \"jetstream\"\n",
+    );
+    let out = iniesta_env(&config, &["config", "check"], &[]);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("egress[2].config: the built-in `sqs` egress needs the queue: config = { queue = \"name\" }"),
+        "{stderr}"
+    );
+    // Fixed the config-level problem: the plugin-level ones are named next.
+    let config = local_config(
+        &s,
+        "[[egress]]\nplugin = \"kafka\"\n\
+         [[egress]]\nplugin = \"jsonl\"\nconfig = { path = \"x.jsonl\" }\n\
+         [[ingress]]\nplugin = \"jsonl\"\n\
+         [[ingress]]\nplugin = \"nats\"\ningress = \"jetstream\"\n\
+         [[bindings]]\ndefault = true\nplugin = \"echo\"\n",
+    );
+    let out = iniesta_env(&config, &["config", "check"], &[]);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    for expected in [
+        "egress[0].plugin: no plugin named `kafka` is loaded",
+        "ingress[0].plugin: plugin `jsonl` exports no ingress",
+        "ingress[1].ingress: plugin `nats` has no ingress `jetstream` (it exports: nats)",
+    ] {
+        assert!(stderr.contains(expected), "{expected}\n{stderr}");
+    }
+    assert!(!stderr.contains("egress[1]"), "{stderr}");
+}

@@ -93,6 +93,65 @@ fn invalid(config: &Config, e: super::SetupError) -> anyhow::Error {
     }
 }
 
+/// For `iniesta config check`: every `[[egress]]`/`[[ingress]]` names a loaded plugin that
+/// exports that kind (nothing is constructed: no connection, no profile needed).
+pub fn check_exports(config: &Config) -> anyhow::Result<()> {
+    if !needs_plugins(config) {
+        return Ok(());
+    }
+    let set = PluginSet::scan(&config.plugin_dirs());
+    let mut problems = Vec::new();
+    let entries = config
+        .egress
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| {
+            e.plugin != super::config::BUILTIN_SNS && e.plugin != super::config::BUILTIN_SQS
+        })
+        .map(|(i, e)| {
+            (
+                format!("egress[{i}]"),
+                &e.plugin,
+                "egress",
+                e.egress.as_deref(),
+            )
+        })
+        .chain(config.ingress.iter().enumerate().map(|(i, e)| {
+            (
+                format!("ingress[{i}]"),
+                &e.plugin,
+                "ingress",
+                e.ingress.as_deref(),
+            )
+        }));
+    for (key, plugin, kind, wanted) in entries {
+        let Some(loaded) = set.get(plugin) else {
+            problems.push(crate::config::Problem {
+                key: format!("{key}.plugin"),
+                message: set.missing_hint(plugin),
+            });
+            continue;
+        };
+        let known = if kind == "egress" {
+            &loaded.egresses
+        } else {
+            &loaded.ingresses
+        };
+        if let Err(problem) = super::pick_export(plugin, kind, wanted, known, &key) {
+            problems.push(problem);
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(crate::config::ConfigError::Invalid {
+            path: config.source_name(),
+            problems,
+        }
+        .into())
+    }
+}
+
 /// For `iniesta publish`: the fan-out when `[[egress]]` is configured, after delivering what
 /// waits in the outbox from earlier publishes.
 pub async fn fanout_for_publish(
