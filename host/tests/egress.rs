@@ -89,6 +89,33 @@ fn local_config(s: &Scratch, rest: &str) -> PathBuf {
     s.config("", rest)
 }
 
+/// `GET /metrics` on a loopback port.
+fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    );
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text);
+    text
+}
+
+/// The value of one series, written exactly as Prometheus prints it (labels sorted).
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
 #[test]
 fn one_publish_reaches_sns_a_queue_the_jsonl_file_and_nats() {
     let Some(binary) = nats_or_skip("one_publish_reaches_sns_a_queue_the_jsonl_file_and_nats")
@@ -314,16 +341,19 @@ fn a_running_host_redelivers_from_the_outbox_and_handler_publishes_fan_out() {
     let s = Scratch::new();
     let all = s.path("all.jsonl");
     let late = s.path("later/late.jsonl");
+    let metrics_port = common::aws::free_port();
     let config = local_config(
         &s,
         &format!(
-            "[outbox]\nattempts = 1\nmin_backoff_ms = 100\nmax_backoff_secs = 1\n\
+            "[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n\
+             [outbox]\nattempts = 1\nmin_backoff_ms = 100\nmax_backoff_secs = 1\n\
              [[egress]]\nplugin = \"sns\"\n\
              [[egress]]\nplugin = \"jsonl\"\nname = \"all\"\nconfig = {{ path = \"{}\" }}\n\
              [[egress]]\nplugin = \"jsonl\"\nname = \"late\"\nconfig = {{ path = \"{}\" }}\n\
              [[bindings]]\nevents = [\"Order.*\"]\nplugin = \"echo\"\nconfig = {{ publish = \"Echoed\" }}\n",
             all.display(),
-            late.display()
+            late.display(),
+            metrics = metrics_port,
         ),
     );
     let host = Host::start(&config, s.path("host.log"));
@@ -375,6 +405,36 @@ fn a_running_host_redelivers_from_the_outbox_and_handler_publishes_fan_out() {
     s.wait_for("the outbox to empty", LIMIT, || {
         ok(&config, &["outbox"], &[]).0.contains("empty")
     });
+    // Reported in the metrics: the host's own publish queued for `late`, both redelivered,
+    // nothing pending.
+    s.wait_for("the pending gauge to reach 0", LIMIT, || {
+        metric(
+            &scrape(metrics_port),
+            "iniesta_egress_outbox_pending{egress=\"late\"}",
+        ) == Some(0.0)
+    });
+    let text = scrape(metrics_port);
+    let series = |labels: &str| {
+        metric(
+            &text,
+            &format!("iniesta_egress_deliveries_total{{{labels}}}"),
+        )
+    };
+    assert_eq!(
+        series("egress=\"late\",result=\"queued\""),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        series("egress=\"late\",result=\"redelivered\""),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        series("egress=\"all\",result=\"delivered\""),
+        Some(1.0),
+        "{text}"
+    );
     let log = host.stop();
     assert!(log.contains("delivered from the outbox"), "{log}");
     assert!(log.contains("egress failed every attempt"), "{log}");
