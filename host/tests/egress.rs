@@ -706,3 +706,59 @@ fn config_check_names_egress_and_ingress_entries_no_plugin_serves() {
     }
     assert!(!stderr.contains("egress[1]"), "{stderr}");
 }
+
+#[test]
+fn a_running_host_delivers_to_nats_once_it_is_back() {
+    let Some(binary) = nats_or_skip("a_running_host_delivers_to_nats_once_it_is_back") else {
+        return;
+    };
+    let s = Scratch::new();
+    // A JetStream stream captures what the host publishes on `Order.>` (plain core publishes),
+    // and keeps it across the server restart: the test reads it whenever it likes, so no
+    // subscriber has to race the host's reconnect.
+    let mut nats = Nats::start_with_jetstream(binary, s.path("js"));
+    let admin = Subscription::new(&nats.url(), None, "unused.subject");
+    let created = admin.request(
+        "$JS.API.STREAM.CREATE.EVENTS",
+        r#"{"name":"EVENTS","subjects":["Order.>"],"storage":"file"}"#,
+    );
+    assert!(created.get("error").is_none(), "{created}");
+    drop(admin);
+    let config = local_config(
+        &s,
+        &format!(
+            "[outbox]\nattempts = 1\nmin_backoff_ms = 100\nmax_backoff_secs = 1\n\
+             [[egress]]\nplugin = \"nats\"\nconfig = {{ url = \"{}\", timeout_ms = 2000 }}\n\
+             [[bindings]]\ndefault = true\nplugin = \"ledger\"\nconfig = {{ path = \"{}\" }}\n",
+            nats.url(),
+            s.path("ledger.jsonl").display()
+        ),
+    );
+    let host = Host::start(&config, s.path("host.log"));
+    nats.down();
+    let (_, stderr) = ok(&config, &["publish", "Order.Created", r#"{"id":9}"#], &[]);
+    assert!(stderr.contains("queued: nats"), "{stderr}");
+    // The host tries, fails, backs off...
+    s.wait_for("the host to retry the down broker", LIMIT, || {
+        host.log_text()
+            .contains("egress still failing; the event stays in the outbox")
+    });
+    // ...and delivers once the broker is back.
+    nats.up();
+    s.wait_for("the host to drain the outbox into NATS", LIMIT, || {
+        ok(&config, &["outbox"], &[]).0.contains("empty")
+    });
+    let admin = Subscription::new(&nats.url(), None, "unused.subject");
+    let got = admin.request("$JS.API.STREAM.MSG.GET.EVENTS", r#"{"seq":1}"#);
+    let message = &got["message"];
+    assert_eq!(message["subject"], "Order.Created.receiver", "{got}");
+    use base64::Engine as _;
+    let data = base64::engine::general_purpose::STANDARD
+        .decode(message["data"].as_str().expect("data"))
+        .expect("base64");
+    assert_eq!(data, br#"{"id":9}"#);
+    let info = admin.request("$JS.API.STREAM.INFO.EVENTS", "");
+    assert_eq!(info["state"]["messages"], 1, "delivered once: {info}");
+    let log = host.stop();
+    assert!(log.contains("delivered from the outbox"), "{log}");
+}

@@ -48,6 +48,7 @@ pub struct Nats {
     binary: PathBuf,
     pub port: u16,
     auth: Option<(String, String)>,
+    jetstream: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -58,6 +59,20 @@ impl Nats {
             binary,
             port: super::aws::free_port(),
             auth: auth.map(|(u, p)| (u.to_string(), p.to_string())),
+            jetstream: None,
+            child: None,
+        };
+        nats.up();
+        nats
+    }
+
+    /// Start with JetStream storing in `store` (kept across restarts).
+    pub fn start_with_jetstream(binary: PathBuf, store: PathBuf) -> Nats {
+        let mut nats = Nats {
+            binary,
+            port: super::aws::free_port(),
+            auth: None,
+            jetstream: Some(store),
             child: None,
         };
         nats.up();
@@ -75,6 +90,9 @@ impl Nats {
         cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string()]);
         if let Some((user, pass)) = &self.auth {
             cmd.args(["--user", user, "--pass", pass]);
+        }
+        if let Some(store) = &self.jetstream {
+            cmd.arg("-js").arg("-sd").arg(store);
         }
         let start = Instant::now();
         loop {
@@ -209,6 +227,23 @@ impl Subscription {
                 headers,
                 body: message.payload.to_vec(),
             })
+        })
+    }
+
+    /// A request (e.g. to the JetStream API): the reply's body as JSON.
+    pub fn request(&self, subject: &str, body: &str) -> serde_json::Value {
+        let (client, subject, body) = (
+            self.client.clone(),
+            subject.to_string(),
+            bytes::Bytes::copy_from_slice(body.as_bytes()),
+        );
+        self.runtime.block_on(async move {
+            let reply =
+                tokio::time::timeout(Duration::from_secs(10), client.request(subject, body))
+                    .await
+                    .expect("a reply in time")
+                    .expect("request");
+            serde_json::from_slice(&reply.payload).expect("a JSON reply")
         })
     }
 
