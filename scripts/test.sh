@@ -42,6 +42,23 @@ export INIESTA_CHROMIUM="${INIESTA_CHROMIUM:-$(command -v chromium)}"
 export INIESTA_CHROMEDRIVER="${INIESTA_CHROMEDRIVER:-$(command -v chromedriver)}"
 echo "==> chromium: $INIESTA_CHROMIUM ($("$INIESTA_CHROMIUM" --version 2>/dev/null | head -1))"
 # --- end chromium ----------------------------------------------------------------------------
+# --- nats-server for the egress/ingress tests (host/tests/egress.rs) --------------------------
+# The tests start their own nats-server on free loopback ports (stopping and restarting it to
+# show a broker outage) and never touch one already running on 4222. Without a binary they
+# print why and skip the NATS parts.
+NATS_BIN="$(command -v nats-server || true)"
+[ -z "$NATS_BIN" ] && [ -x /usr/sbin/nats-server ] && NATS_BIN=/usr/sbin/nats-server
+if [ -z "$NATS_BIN" ]; then
+    echo "==> installing nats-server (apt-get)"
+    (apt-get update -qq && apt-get install -y -qq nats-server) || echo "==> nats-server could not be installed; the NATS tests will skip"
+    NATS_BIN="$(command -v nats-server || true)"
+    [ -z "$NATS_BIN" ] && [ -x /usr/sbin/nats-server ] && NATS_BIN=/usr/sbin/nats-server
+fi
+if [ -n "$NATS_BIN" ]; then
+    export INIESTA_NATS_SERVER="${INIESTA_NATS_SERVER:-$NATS_BIN}"
+    echo "==> nats-server: $INIESTA_NATS_SERVER ($("$INIESTA_NATS_SERVER" --version))"
+fi
+# --- end nats-server ------------------------------------------------------------------------
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check

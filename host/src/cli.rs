@@ -26,6 +26,17 @@ pub struct Cli {
     /// Log format on stderr: `human` (default) or `json` (one JSON object per line).
     #[arg(long = "log-format", env = "INIESTA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human, global = true)]
     pub log_format: LogFormat,
+    /// The encrypted credential profiles for egress/ingress plugins (`iniesta acct encrypt`).
+    #[arg(long = "acct-file", env = "INIESTA_ACCT_FILE", global = true)]
+    pub acct_file: Option<PathBuf>,
+    /// The key of the acct file (never printed).
+    #[arg(
+        long = "acct-key",
+        env = "INIESTA_ACCT_KEY",
+        hide_env_values = true,
+        global = true
+    )]
+    pub acct_key: Option<crate::acct::Secret>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -100,6 +111,14 @@ pub enum Command {
         #[arg(long)]
         file: PathBuf,
     },
+    /// Credential profiles for egress/ingress plugins: `encrypt FILE`, `show`.
+    Acct {
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::egress::cli::AcctCommand,
+    },
+    /// The outbox of `[[egress]]`: what waits per egress; `--drain` delivers it now.
+    Outbox(crate::egress::cli::OutboxArgs),
 }
 
 /// `iniesta route` arguments.
@@ -226,11 +245,17 @@ fn init_tracing(format: LogFormat) {
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let path = cli.config.as_path();
+    let acct = crate::acct::AcctSource {
+        file: cli.acct_file.clone(),
+        key: cli.acct_key.clone(),
+    };
     match cli.command {
-        Command::Run { no_check } => run(path, no_check).await,
+        Command::Run { no_check } => run(path, no_check, &acct).await,
         Command::Route(args) => route(path, args),
         Command::Dlq { command } => crate::dlq::cli::run(path, command).await,
-        Command::Publish(args) => publish(path, args).await,
+        Command::Publish(args) => publish(path, args, &acct).await,
+        Command::Acct { command } => crate::egress::cli::acct(command, &acct),
+        Command::Outbox(args) => crate::egress::cli::outbox(path, args, &acct).await,
         Command::Check => {
             let config = load(path)?;
             let report = crate::provision::check(&config).await?;
@@ -278,6 +303,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = load(path)?;
             let set = PluginSet::scan(&config.plugin_dirs());
             print!("{}", render_plugins(&set));
+            print!("{}", crate::egress::render_configured(&config).await);
             print!(
                 "{}",
                 render_running(&crate::plugins::watch::running_hosts(&config))
@@ -302,6 +328,7 @@ fn load(path: &Path) -> anyhow::Result<Config> {
 
 fn config_check(path: &Path) -> anyhow::Result<ExitCode> {
     let config = load(path)?;
+    crate::egress::cli::check_exports(&config)?;
     if config.bindings.is_empty() {
         println!(
             "{}: ok (no bindings: this config only publishes)",
@@ -377,7 +404,7 @@ pub fn render_plugins(set: &PluginSet) -> String {
             plugin.version,
             plugin.abi_version,
             plugin.generation,
-            plugin.handlers.join(","),
+            crate::egress::exports(plugin),
             plugin.file.display(),
             plugin.origin_dir.display()
         ));
@@ -439,7 +466,11 @@ pub fn render_running(hosts: &[crate::plugins::watch::HostState]) -> String {
     out
 }
 
-async fn run(path: &Path, no_check: bool) -> anyhow::Result<ExitCode> {
+async fn run(
+    path: &Path,
+    no_check: bool,
+    acct: &crate::acct::AcctSource,
+) -> anyhow::Result<ExitCode> {
     let config = load(path)?;
     if !config.consumes() {
         bail!(
@@ -489,7 +520,8 @@ async fn run(path: &Path, no_check: bool) -> anyhow::Result<ExitCode> {
         health.broker_answered();
     }
     let set = PluginSet::scan(&config.plugin_dirs());
-    let publisher = Arc::new(Publisher::new(&config, broker.clone()));
+    let egress = crate::egress::cli::Running::start(&config, &set, acct, broker.clone()).await?;
+    let publisher = Arc::new(Publisher::new(&config, broker.clone()).with_fanout(egress.fanout()));
     let routes = crate::route::bind(
         &config,
         &set,
@@ -509,6 +541,7 @@ async fn run(path: &Path, no_check: bool) -> anyhow::Result<ExitCode> {
     if let Some(console) = &console {
         console.watch_routes(routes.clone());
     }
+    let egress = egress.start_ingress(&config, &set, routes.clone())?;
     let locks = crate::lock::from_config(&config.lock)
         .await
         .context("cannot set up the idempotency locks ([lock] urls)")?;
@@ -528,7 +561,9 @@ async fn run(path: &Path, no_check: bool) -> anyhow::Result<ExitCode> {
         .with_health(health)
         .with_error_reporter(errors.clone())
         .with_recent_failures(console.as_ref().map(|c| c.failures()));
+    let egress = egress.serve(shutdown.clone());
     pipeline.run(shutdown).await;
+    egress.stop().await;
     if let Some(errors) = errors {
         errors
             .flush(std::time::Duration::from_secs(
@@ -702,7 +737,11 @@ pub fn parse_event_line(line: &str) -> anyhow::Result<Event> {
     })
 }
 
-async fn publish(path: &Path, args: PublishArgs) -> anyhow::Result<ExitCode> {
+async fn publish(
+    path: &Path,
+    args: PublishArgs,
+    acct: &crate::acct::AcctSource,
+) -> anyhow::Result<ExitCode> {
     let config = Config::load_for_publishing(path)?;
     // Validate everything before publishing anything.
     let events: Vec<Event> = match &args.file {
@@ -781,7 +820,8 @@ async fn publish(path: &Path, args: PublishArgs) -> anyhow::Result<ExitCode> {
     let broker = crate::broker::open(&config)
         .await
         .with_context(|| format!("cannot open the broker for {}", path.display()))?;
-    let publisher = Publisher::new(&config, broker);
+    let fanout = crate::egress::cli::fanout_for_publish(&config, acct, broker.clone()).await?;
+    let publisher = Publisher::new(&config, broker).with_fanout(fanout);
     let destination = if args.queue {
         Destination::OwnQueue
     } else {
@@ -799,6 +839,7 @@ async fn publish(path: &Path, args: PublishArgs) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("cannot publish `{}`", event.event))?;
         println!("{} {}", published.message_id, published.event);
+        crate::egress::cli::report_queued(&published);
     }
     Ok(ExitCode::SUCCESS)
 }

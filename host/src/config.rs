@@ -53,6 +53,15 @@ pub struct Config {
     /// The operator web console on the metrics server (off unless enabled).
     #[serde(default)]
     pub console: ConsoleConfig,
+    /// Where every published event goes (egress/); none: the topic, as without this key.
+    #[serde(default)]
+    pub egress: Vec<crate::egress::config::EgressConfig>,
+    /// Consumers from ingress plugins that feed the bindings (egress/ and ingress/).
+    #[serde(default)]
+    pub ingress: Vec<crate::egress::config::IngressConfig>,
+    /// Where events an egress could not take wait for redelivery.
+    #[serde(default)]
+    pub outbox: crate::egress::config::OutboxConfig,
     /// The directory relative paths are resolved against (the config file's directory).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -990,6 +999,7 @@ impl Config {
                 message: format!("`{}` {e}", self.sqs.fifo_default_group),
             });
         }
+        crate::egress::config::problems(self, &mut problems);
         problems
     }
 }

@@ -4,7 +4,12 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use abi_stable::sabi_trait::TD_Opaque;
 
-use crate::ffi::{HandlerBox, HandlerFfi, HandlerFfi_TO, HostContextBox, MessageFfi, OutcomeFfi};
+use crate::egress::{Egress, Event};
+use crate::ffi::{
+    EgressBox, EgressFfi, EgressFfi_TO, EventFfi, HandlerBox, HandlerFfi, HandlerFfi_TO,
+    HostContextBox, IngressBox, IngressFfi, IngressFfi_TO, IngressSinkBox, MessageFfi, OutcomeFfi,
+};
+use crate::ingress::{Ingress, IngressSink};
 use crate::{Config, Context, Handler, Message, Outcome};
 
 pub use crate::ffi::{PluginMod, PluginModRef};
@@ -93,6 +98,107 @@ pub fn construct(
             RResult::RErr(format!("constructor panicked: {}", panic_text(payload.as_ref())).into())
         }
     }
+}
+
+/// Wraps an author's egress so that no panic ever crosses the boundary.
+struct GuardedEgress<E>(E);
+
+impl<E: Egress> EgressFfi for GuardedEgress<E> {
+    fn publish(&self, event: &EventFfi) -> RResult<RString, RString> {
+        let result = catch_unwind(AssertUnwindSafe(|| self.0.publish(&Event::from_ffi(event))));
+        match result {
+            Ok(Ok(id)) => RResult::ROk(id.into()),
+            Ok(Err(error)) => RResult::RErr(error.to_string().into()),
+            Err(payload) => {
+                RResult::RErr(format!("egress panicked: {}", panic_text(payload.as_ref())).into())
+            }
+        }
+    }
+}
+
+/// Turn an egress constructor's result into a boxed, guarded egress.
+pub fn build_egress<E, X>(result: Result<E, X>) -> Result<EgressBox, String>
+where
+    E: Egress,
+    X: std::fmt::Display,
+{
+    match result {
+        Ok(egress) => Ok(EgressFfi_TO::from_value(GuardedEgress(egress), TD_Opaque)),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Run an egress constructor dispatch with the config parsed and panics caught.
+pub fn construct_egress(
+    config: RStr<'_>,
+    dispatch: impl FnOnce(Config) -> Result<EgressBox, String>,
+) -> RResult<EgressBox, RString> {
+    guard_constructor(config, dispatch)
+}
+
+/// Wraps an author's ingress so that no panic ever crosses the boundary.
+struct GuardedIngress<I>(I);
+
+impl<I: Ingress> IngressFfi for GuardedIngress<I> {
+    fn stop(&self) {
+        // A panic while stopping is swallowed: the host is shutting the ingress down anyway.
+        let _ = catch_unwind(AssertUnwindSafe(|| self.0.stop()));
+    }
+}
+
+/// Turn an ingress constructor's result into a boxed, guarded ingress.
+pub fn build_ingress<I, X>(result: Result<I, X>) -> Result<IngressBox, String>
+where
+    I: Ingress,
+    X: std::fmt::Display,
+{
+    match result {
+        Ok(ingress) => Ok(IngressFfi_TO::from_value(
+            GuardedIngress(ingress),
+            TD_Opaque,
+        )),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Run an ingress constructor dispatch with the config parsed, the sink wrapped and panics
+/// caught.
+pub fn start_ingress(
+    config: RStr<'_>,
+    sink: IngressSinkBox,
+    dispatch: impl FnOnce(Config, IngressSink) -> Result<IngressBox, String>,
+) -> RResult<IngressBox, RString> {
+    let sink = IngressSink::from_ffi(sink);
+    guard_constructor(config, move |config| dispatch(config, sink))
+}
+
+fn guard_constructor<T>(
+    config: RStr<'_>,
+    dispatch: impl FnOnce(Config) -> Result<T, String>,
+) -> RResult<T, RString> {
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        let config = Config::from_json(config.as_str()).map_err(|e| e.to_string())?;
+        dispatch(config)
+    }));
+    match result {
+        Ok(Ok(built)) => RResult::ROk(built),
+        Ok(Err(e)) => RResult::RErr(e.into()),
+        Err(payload) => {
+            RResult::RErr(format!("constructor panicked: {}", panic_text(payload.as_ref())).into())
+        }
+    }
+}
+
+/// The error for an egress or ingress name the plugin does not export.
+pub fn unknown_kind(plugin: &str, kind: &str, name: &str, known: &[&str]) -> String {
+    format!(
+        "plugin `{plugin}` has no {kind} `{name}` (it exports: {})",
+        if known.is_empty() {
+            "none".to_string()
+        } else {
+            known.join(", ")
+        }
+    )
 }
 
 /// The error for a handler name the plugin does not export.

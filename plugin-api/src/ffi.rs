@@ -105,6 +105,80 @@ pub trait HandlerFfi: Send + Sync {
 /// An owned handler trait object.
 pub type HandlerBox = HandlerFfi_TO<'static, RBox<()>>;
 
+/// An event on its way out, as it crosses the boundary to an egress plugin.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone)]
+pub struct EventFfi {
+    /// The event's id, the same on every attempt to deliver it (usable for deduplication).
+    pub id: RString,
+    /// The full event name, e.g. `Order.Created.shop`.
+    pub name: RString,
+    /// The body as published.
+    pub body: RVec<u8>,
+    /// The attributes, the event key (`iniesta_pass`) and `version` included.
+    pub attributes: RVec<AttributeFfi>,
+}
+
+/// A constructed egress (publisher), as the host holds it.
+#[sabi_trait]
+pub trait EgressFfi: Send + Sync {
+    /// Deliver one event; returns the destination's message id (or an empty text) or an
+    /// error text. Never unwinds: the plugin side catches panics.
+    #[sabi(last_prefix_field)]
+    fn publish(&self, event: &EventFfi) -> RResult<RString, RString>;
+}
+
+/// An owned egress trait object.
+pub type EgressBox = EgressFfi_TO<'static, RBox<()>>;
+
+/// What became of a message an ingress submitted, once the bound handlers ran.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
+pub enum IngressOutcomeFfi {
+    /// Every binding that took it acked: acknowledge it at the source.
+    Ack,
+    /// Not handled now (a handler failed or asked for a retry, no binding takes it, the host
+    /// is stopping): redeliver it after `after_secs` if the source can.
+    Retry {
+        /// The delay a handler asked for (0: as soon as the source redelivers).
+        after_secs: u32,
+        /// Why.
+        reason: RString,
+    },
+    /// Never going to work (a handler dead-lettered it, its body fails a schema): do not
+    /// redeliver.
+    DeadLetter {
+        /// Why.
+        reason: RString,
+    },
+}
+
+/// The host side of an ingress: where received messages go.
+#[sabi_trait]
+pub trait IngressSinkFfi: Send + Sync {
+    /// Hand one received message to the host's bindings and wait until they ran. Call it
+    /// from a plain thread (not from inside an async runtime): it blocks.
+    fn submit(&self, event: &EventFfi) -> IngressOutcomeFfi;
+
+    /// Log a line through the host's logger. `level`: 1 error, 2 warn, 3 info, 4 debug, 5 trace.
+    #[sabi(last_prefix_field)]
+    fn log(&self, level: u8, message: RStr<'_>);
+}
+
+/// An owned sink trait object.
+pub type IngressSinkBox = IngressSinkFfi_TO<'static, RBox<()>>;
+
+/// A started ingress (consumer), as the host holds it.
+#[sabi_trait]
+pub trait IngressFfi: Send + Sync {
+    /// Stop consuming: return once no more messages will be submitted. Never unwinds.
+    #[sabi(last_prefix_field)]
+    fn stop(&self);
+}
+
+/// An owned ingress trait object.
+pub type IngressBox = IngressFfi_TO<'static, RBox<()>>;
+
 /// The root module every iniesta plugin exports.
 #[repr(C)]
 #[derive(StableAbi)]
@@ -120,9 +194,22 @@ pub struct PluginMod {
     /// The names of the handlers this plugin can construct.
     pub handlers: RSlice<'static, RStr<'static>>,
     /// Construct handler `name` with the binding's config (JSON text).
-    #[sabi(last_prefix_field)]
     pub new_handler:
         extern "C" fn(name: RStr<'_>, config: RStr<'_>) -> RResult<HandlerBox, RString>,
+    /// The names of the egresses (publishers) this plugin can construct.
+    pub egresses: RSlice<'static, RStr<'static>>,
+    /// Construct egress `name` with its config (JSON text: the `[[egress]]` entry's `config`
+    /// table merged over its credential profile).
+    pub new_egress: extern "C" fn(name: RStr<'_>, config: RStr<'_>) -> RResult<EgressBox, RString>,
+    /// The names of the ingresses (consumers) this plugin can start.
+    pub ingresses: RSlice<'static, RStr<'static>>,
+    /// Start ingress `name` with its config (JSON text), submitting what it receives to `sink`.
+    #[sabi(last_prefix_field)]
+    pub start_ingress: extern "C" fn(
+        name: RStr<'_>,
+        config: RStr<'_>,
+        sink: IngressSinkBox,
+    ) -> RResult<IngressBox, RString>,
 }
 
 impl RootModule for PluginModRef {

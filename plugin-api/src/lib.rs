@@ -91,6 +91,8 @@
 
 mod config;
 mod context;
+mod egress;
+mod ingress;
 mod message;
 mod outcome;
 
@@ -103,6 +105,8 @@ pub mod export;
 
 pub use config::{Config, ConfigError};
 pub use context::{Context, PublishError};
+pub use egress::{Egress, EgressError, Event};
+pub use ingress::{Incoming, Ingress, IngressOutcome, IngressSink};
 pub use message::{Attribute, Message};
 pub use outcome::Outcome;
 pub use payload::{Encoding, MegaEvent, MegaObject, MegaPayload, PayloadError, PayloadKind};
@@ -125,7 +129,7 @@ pub trait Handler: Send + Sync + 'static {
     fn handle(&self, message: &Message<'_>, ctx: &Context<'_>) -> HandlerResult;
 }
 
-/// Export this crate's handlers as an iniesta plugin.
+/// Export this crate's handlers, egresses and ingresses as an iniesta plugin.
 ///
 /// ```ignore
 /// export_plugin! {
@@ -134,15 +138,25 @@ pub trait Handler: Send + Sync + 'static {
 ///         "first" => First::new,         // fn(Config) -> Result<impl Handler, impl Display>
 ///         "second" => |_config| Ok::<_, String>(Second),
 ///     },
+///     egress: {                          // optional: `[[egress]] plugin = "my-plugin"`
+///         "my-plugin" => MyEgress::new,  // fn(Config) -> Result<impl Egress, impl Display>
+///     },
+///     ingress: {                         // optional: `[[ingress]] plugin = "my-plugin"`
+///         "my-plugin" => MyIngress::start, // fn(Config, IngressSink) -> Result<impl Ingress, impl Display>
+///     },
 /// }
 /// ```
 ///
-/// Use it once per crate. The plugin's version is the crate's `CARGO_PKG_VERSION`.
+/// Use it once per crate; every section but `name` is optional. The plugin's version is the
+/// crate's `CARGO_PKG_VERSION`.
 #[macro_export]
 macro_rules! export_plugin {
     (
-        name: $name:literal,
-        handlers: { $( $handler:literal => $ctor:expr ),+ $(,)? } $(,)?
+        name: $name:literal
+        $(, handlers: { $( $handler:literal => $ctor:expr ),* $(,)? } )?
+        $(, egress: { $( $egress:literal => $ector:expr ),* $(,)? } )?
+        $(, ingress: { $( $ingress:literal => $ictor:expr ),* $(,)? } )?
+        $(,)?
     ) => {
         #[doc(hidden)]
         #[allow(non_upper_case_globals)]
@@ -157,7 +171,15 @@ macro_rules! export_plugin {
 
         #[doc(hidden)]
         const __INIESTA_HANDLER_NAMES: &[$crate::export::RStr<'static>] =
-            &[$( $crate::export::RStr::from_str($handler) ),+];
+            &[$($( $crate::export::RStr::from_str($handler) ),*)?];
+
+        #[doc(hidden)]
+        const __INIESTA_EGRESS_NAMES: &[$crate::export::RStr<'static>] =
+            &[$($( $crate::export::RStr::from_str($egress) ),*)?];
+
+        #[doc(hidden)]
+        const __INIESTA_INGRESS_NAMES: &[$crate::export::RStr<'static>] =
+            &[$($( $crate::export::RStr::from_str($ingress) ),*)?];
 
         #[doc(hidden)]
         fn __iniesta_root_module() -> $crate::export::PluginModRef {
@@ -168,6 +190,10 @@ macro_rules! export_plugin {
                 abi_version: $crate::export::RStr::from_str($crate::ABI_VERSION),
                 handlers: $crate::export::RSlice::from_slice(__INIESTA_HANDLER_NAMES),
                 new_handler: __iniesta_new_handler,
+                egresses: $crate::export::RSlice::from_slice(__INIESTA_EGRESS_NAMES),
+                new_egress: __iniesta_new_egress,
+                ingresses: $crate::export::RSlice::from_slice(__INIESTA_INGRESS_NAMES),
+                start_ingress: __iniesta_start_ingress,
             }
             .leak_into_prefix()
         }
@@ -177,9 +203,41 @@ macro_rules! export_plugin {
             name: $crate::export::RStr<'_>,
             config: $crate::export::RStr<'_>,
         ) -> $crate::export::RResult<$crate::ffi::HandlerBox, $crate::export::RString> {
-            $crate::export::construct(config, move |config| match name.as_str() {
-                $( $handler => $crate::export::build(($ctor)(config)), )+
-                other => Err($crate::export::unknown_handler($name, other, &[$($handler),+])),
+            $crate::export::construct(config, move |config| {
+                let _ = &config;
+                match name.as_str() {
+                    $($( $handler => $crate::export::build(($ctor)(config)), )*)?
+                    other => Err($crate::export::unknown_handler($name, other, &[$($($handler),*)?])),
+                }
+            })
+        }
+
+        #[doc(hidden)]
+        extern "C" fn __iniesta_new_egress(
+            name: $crate::export::RStr<'_>,
+            config: $crate::export::RStr<'_>,
+        ) -> $crate::export::RResult<$crate::ffi::EgressBox, $crate::export::RString> {
+            $crate::export::construct_egress(config, move |config| {
+                let _ = &config;
+                match name.as_str() {
+                    $($( $egress => $crate::export::build_egress(($ector)(config)), )*)?
+                    other => Err($crate::export::unknown_kind($name, "egress", other, &[$($($egress),*)?])),
+                }
+            })
+        }
+
+        #[doc(hidden)]
+        extern "C" fn __iniesta_start_ingress(
+            name: $crate::export::RStr<'_>,
+            config: $crate::export::RStr<'_>,
+            sink: $crate::ffi::IngressSinkBox,
+        ) -> $crate::export::RResult<$crate::ffi::IngressBox, $crate::export::RString> {
+            $crate::export::start_ingress(config, sink, move |config, sink| {
+                let _ = (&config, &sink);
+                match name.as_str() {
+                    $($( $ingress => $crate::export::build_ingress(($ictor)(config, sink)), )*)?
+                    other => Err($crate::export::unknown_kind($name, "ingress", other, &[$($($ingress),*)?])),
+                }
             })
         }
     };

@@ -48,6 +48,17 @@ pub const PLUGIN_REFUSALS: &str = "iniesta_plugin_refusals_total";
 pub const CONFIG_REFUSALS: &str = "iniesta_config_refusals_total";
 /// Failure records for `[errors] webhook_url`: label `result` = `sent`, `failed`, `dropped`.
 pub const ERROR_REPORTS: &str = "iniesta_error_reports_total";
+/// Egress deliveries (egress/): labels `egress` and `result` = `delivered`, `retried` (an
+/// attempt failed while publishing), `queued` (every attempt failed: kept in the outbox),
+/// `redelivered` (from the outbox), `failed_again` (an outbox attempt failed).
+pub const EGRESS_DELIVERIES: &str = "iniesta_egress_deliveries_total";
+/// How long egress delivery attempts took (s), a histogram labelled `egress`.
+pub const EGRESS_DURATION: &str = "iniesta_egress_attempt_duration_seconds";
+/// Events waiting in the outbox, per `egress` (gauge, updated by the running host).
+pub const EGRESS_OUTBOX_PENDING: &str = "iniesta_egress_outbox_pending";
+/// Messages submitted by ingress plugins: labels `ingress` and `result` = `ack`, `retry`,
+/// `dead_letter`.
+pub const INGRESS_MESSAGES: &str = "iniesta_ingress_messages_total";
 
 /// Isolated plugins' worker processes that died (crash, abort, exit, OOM, killed after a
 /// hang): label `plugin`.
@@ -140,4 +151,15 @@ fn describe() {
         ERROR_REPORTS,
         "Failure records for the error webhook, by result"
     );
+    describe_counter!(EGRESS_DELIVERIES, "Egress deliveries by egress and result");
+    describe_histogram!(
+        EGRESS_DURATION,
+        Unit::Seconds,
+        "Egress delivery attempt durations by egress"
+    );
+    describe_gauge!(
+        EGRESS_OUTBOX_PENDING,
+        "Events waiting in the outbox, by egress"
+    );
+    describe_counter!(INGRESS_MESSAGES, "Ingress messages by ingress and result");
 }

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use abi_stable::library::{lib_header_from_path, LibraryError};
 use abi_stable::std_types::RStr;
 use iniesta_plugin_api::export::EXPORT_NAME;
-use iniesta_plugin_api::ffi::{HandlerBox, PluginModRef};
+use iniesta_plugin_api::ffi::{EgressBox, HandlerBox, IngressBox, IngressSinkBox, PluginModRef};
 
 /// The plugin-api version this host was built with.
 pub const HOST_API_VERSION: &str = iniesta_plugin_api::ABI_VERSION;
@@ -64,6 +64,10 @@ pub struct LoadedPlugin {
     pub abi_version: String,
     /// Handlers it can construct.
     pub handlers: Vec<String>,
+    /// Egresses (publishers) it can construct.
+    pub egresses: Vec<String>,
+    /// Ingresses (consumers) it can start.
+    pub ingresses: Vec<String>,
     /// The file it was loaded from.
     pub file: PathBuf,
     /// The `plugins.dirs` entry the file was found in.
@@ -97,6 +101,27 @@ impl LoadedPlugin {
     pub fn new_handler(&self, handler: &str, config_json: &str) -> Result<HandlerBox, String> {
         let construct = self.module.new_handler();
         construct(RStr::from_str(handler), RStr::from_str(config_json))
+            .into_result()
+            .map_err(|e| e.into_string())
+    }
+
+    /// Construct egress `egress` with its config (JSON text; may hold secrets: never log it).
+    pub fn new_egress(&self, egress: &str, config_json: &str) -> Result<EgressBox, String> {
+        let construct = self.module.new_egress();
+        construct(RStr::from_str(egress), RStr::from_str(config_json))
+            .into_result()
+            .map_err(|e| e.into_string())
+    }
+
+    /// Start ingress `ingress` with its config, submitting to `sink`.
+    pub fn start_ingress(
+        &self,
+        ingress: &str,
+        config_json: &str,
+        sink: IngressSinkBox,
+    ) -> Result<IngressBox, String> {
+        let start = self.module.start_ingress();
+        start(RStr::from_str(ingress), RStr::from_str(config_json), sink)
             .into_result()
             .map_err(|e| e.into_string())
     }
@@ -275,11 +300,16 @@ pub fn load_file(file: &Path, origin_dir: &Path) -> Result<LoadedPlugin, LoadErr
         .iter()
         .map(|h| h.as_str().to_string())
         .collect();
+    let names = |list: abi_stable::std_types::RSlice<'static, RStr<'static>>| {
+        list.iter().map(|h| h.as_str().to_string()).collect()
+    };
     Ok(LoadedPlugin {
         name: module.name().as_str().to_string(),
         version: module.version().as_str().to_string(),
         abi_version: module.abi_version().as_str().to_string(),
         handlers,
+        egresses: names(module.egresses()),
+        ingresses: names(module.ingresses()),
         file: file.to_path_buf(),
         origin_dir: origin_dir.to_path_buf(),
         generation,

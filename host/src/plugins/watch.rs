@@ -458,6 +458,10 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
     check("broker", old.broker == new.broker);
     check("sns", old.sns == new.sns);
     check("lock", old.lock == new.lock);
+    // Egress and ingress are set up once at start (egress/, ingress/).
+    check("egress", old.egress == new.egress);
+    check("ingress", old.ingress == new.ingress);
+    check("outbox", old.outbox == new.outbox);
     check("sqs.queue_name", old.queue_name() == new.queue_name());
     check(
         "sqs.dead_letter_queue",

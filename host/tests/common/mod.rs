@@ -218,6 +218,7 @@ impl Drop for Host {
 }
 
 pub mod aws;
+pub mod nats;
 pub mod redis;
 
 /// Build `fixtures/incompatible` against a copy of plugin-api whose version is 0.99.0.

@@ -1,0 +1,437 @@
+//! Ingress: consumers from plugins (`[[ingress]]`) that feed what they receive into the same
+//! routing table and bindings as the queue, so a handler binds to an event wherever it came
+//! from.
+//!
+//! A plugin's ingress gets a [`HostSink`] and calls `submit` for each message from its own
+//! thread; the host decodes it like a queue message (the event name becomes the event-key
+//! attribute), routes it, runs every binding that takes it (on the blocking pool, with the
+//! binding's timeout) and answers with the settlement the queue would get: `Ack` when every
+//! binding acked, `Retry` (a retry, an error, no binding), `DeadLetter` (a handler dead-lettered
+//! it, its body failed a schema). The plugin acknowledges at its source accordingly, if its
+//! source can. Ingress messages take no idempotency lock: deduplication is the source's.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::Duration;
+
+use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::std_types::{RStr, RString, RVec};
+use arc_swap::ArcSwap;
+use iniesta_plugin_api::ffi::{
+    AttributeFfi, EventFfi, IngressBox, IngressOutcomeFfi, IngressSinkFfi, IngressSinkFfi_TO,
+    MessageFfi,
+};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::acct::Profiles;
+use crate::config::{Config, Problem};
+use crate::egress::{config::constructor_config, pick_export, profile_of, SetupError};
+use crate::ops::metrics as m;
+use crate::pipeline::{settle, CallResult, Settlement};
+use crate::plugins::PluginSet;
+use crate::route::{Binding, Routes};
+use crate::wire::{self, Attribute, Attributes, Envelope};
+
+/// One message handed over by an ingress, waiting for its outcome.
+struct Submission {
+    event: EventFfi,
+    reply: std::sync::mpsc::SyncSender<IngressOutcomeFfi>,
+}
+
+/// What an ingress plugin submits to.
+pub struct HostSink {
+    name: String,
+    tx: mpsc::UnboundedSender<Submission>,
+}
+
+fn retry(reason: impl Into<String>) -> IngressOutcomeFfi {
+    IngressOutcomeFfi::Retry {
+        after_secs: 0,
+        reason: RString::from(reason.into()),
+    }
+}
+
+impl IngressSinkFfi for HostSink {
+    fn submit(&self, event: &EventFfi) -> IngressOutcomeFfi {
+        // Nothing here may unwind into the plugin's frame.
+        catch_unwind(AssertUnwindSafe(|| {
+            let (reply, answer) = std::sync::mpsc::sync_channel(1);
+            let sent = self.tx.send(Submission {
+                event: event.clone(),
+                reply,
+            });
+            if sent.is_err() {
+                return retry("the host is stopping");
+            }
+            answer
+                .recv()
+                .unwrap_or_else(|_| retry("the host stopped before the bindings ran"))
+        }))
+        .unwrap_or_else(|_| retry("the host failed to take the message"))
+    }
+
+    fn log(&self, level: u8, message: RStr<'_>) {
+        let (ingress, message) = (&self.name, message.as_str());
+        match level {
+            1 => tracing::error!(ingress = %ingress, "{message}"),
+            2 => tracing::warn!(ingress = %ingress, "{message}"),
+            3 => tracing::info!(ingress = %ingress, "{message}"),
+            4 => tracing::debug!(ingress = %ingress, "{message}"),
+            _ => tracing::trace!(ingress = %ingress, "{message}"),
+        }
+    }
+}
+
+/// Settings for running ingress messages.
+#[derive(Debug, Clone)]
+pub struct IngressSettings {
+    /// The event attribute.
+    pub event_key: String,
+    /// Messages handled at once, over all ingresses.
+    pub max_in_flight: usize,
+    /// How long running handlers get on shutdown.
+    pub shutdown_timeout: Duration,
+}
+
+impl IngressSettings {
+    /// From a config (`sns.event_key`, `sqs.max_in_flight`, `sqs.shutdown_timeout_secs`).
+    pub fn from_config(config: &Config) -> IngressSettings {
+        IngressSettings {
+            event_key: config.sns.event_key.clone(),
+            max_in_flight: config.sqs.max_in_flight.max(1),
+            shutdown_timeout: Duration::from_secs(config.sqs.shutdown_timeout_secs),
+        }
+    }
+}
+
+/// The started ingresses.
+pub struct Ingresses {
+    started: Vec<(String, Arc<IngressBox>)>,
+    settings: IngressSettings,
+    slots: Arc<Semaphore>,
+    serving: CancellationToken,
+}
+
+impl Ingresses {
+    /// How many are running.
+    pub fn len(&self) -> usize {
+        self.started.len()
+    }
+
+    /// Whether none is running.
+    pub fn is_empty(&self) -> bool {
+        self.started.is_empty()
+    }
+
+    /// Stop every ingress (no more submissions), then give running handlers the shutdown
+    /// timeout to finish.
+    pub async fn stop(self) {
+        for (name, ingress) in &self.started {
+            let ingress = ingress.clone();
+            let stopped = tokio::time::timeout(
+                Duration::from_secs(10),
+                tokio::task::spawn_blocking(move || ingress.stop()),
+            )
+            .await;
+            match stopped {
+                Ok(_) => tracing::info!(ingress = %name, "ingress stopped"),
+                Err(_) => tracing::warn!(ingress = %name, "ingress did not stop within 10 s"),
+            }
+        }
+        let all = u32::try_from(self.settings.max_in_flight).unwrap_or(u32::MAX);
+        if tokio::time::timeout(self.settings.shutdown_timeout, self.slots.acquire_many(all))
+            .await
+            .is_err()
+        {
+            tracing::warn!("ingress handlers still running at the shutdown timeout");
+        }
+        self.serving.cancel();
+    }
+}
+
+/// Start every `[[ingress]]` entry, each feeding `routes`.
+pub fn start(
+    config: &Config,
+    plugins: &PluginSet,
+    profiles: Option<&Profiles>,
+    routes: Arc<ArcSwap<Routes>>,
+    settings: IngressSettings,
+) -> Result<Ingresses, SetupError> {
+    let slots = Arc::new(Semaphore::new(settings.max_in_flight));
+    let serving = CancellationToken::new();
+    let mut started = Vec::new();
+    let mut problems = Vec::new();
+    for (index, entry) in config.ingress.iter().enumerate() {
+        let key = format!("ingress[{index}]");
+        let name = entry.label();
+        let result: Result<IngressBox, Problem> = (|| {
+            let plugin = plugins.get(&entry.plugin).ok_or_else(|| Problem {
+                key: format!("{key}.plugin"),
+                message: plugins.missing_hint(&entry.plugin),
+            })?;
+            let export = pick_export(
+                &entry.plugin,
+                "ingress",
+                entry.ingress.as_deref(),
+                &plugin.ingresses,
+                &key,
+            )?;
+            let profile = profile_of(profiles, &entry.plugin, entry.profile.as_deref(), &key)?;
+            let json = constructor_config(profile, entry.config.as_ref());
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(serve(
+                name.clone(),
+                rx,
+                routes.clone(),
+                settings.clone(),
+                slots.clone(),
+                serving.clone(),
+            ));
+            let sink = IngressSinkFfi_TO::from_value(
+                HostSink {
+                    name: name.clone(),
+                    tx,
+                },
+                TD_Opaque,
+            );
+            plugin
+                .start_ingress(&export, &json, sink)
+                .map_err(|e| Problem {
+                    key: format!("{key}.config"),
+                    message: format!("ingress `{}/{export}` did not start: {e}", entry.plugin),
+                })
+        })();
+        match result {
+            Ok(ingress) => {
+                tracing::info!(ingress = %name, plugin = %entry.plugin, "ingress started");
+                started.push((name, Arc::new(ingress)));
+            }
+            Err(problem) => problems.push(problem),
+        }
+    }
+    if !problems.is_empty() {
+        for (_, ingress) in &started {
+            ingress.stop();
+        }
+        serving.cancel();
+        return Err(SetupError::Invalid(problems));
+    }
+    Ok(Ingresses {
+        started,
+        settings,
+        slots,
+        serving,
+    })
+}
+
+async fn serve(
+    name: String,
+    mut rx: mpsc::UnboundedReceiver<Submission>,
+    routes: Arc<ArcSwap<Routes>>,
+    settings: IngressSettings,
+    slots: Arc<Semaphore>,
+    serving: CancellationToken,
+) {
+    loop {
+        let submission = tokio::select! {
+            _ = serving.cancelled() => break,
+            s = rx.recv() => match s {
+                Some(s) => s,
+                None => break,
+            },
+        };
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            let _ = submission.reply.send(retry("the host is stopping"));
+            continue;
+        };
+        let (name, routes, settings) = (name.clone(), routes.clone(), settings.clone());
+        tokio::spawn(async move {
+            let outcome = handle(&name, &submission.event, &routes, &settings).await;
+            let label = match &outcome {
+                IngressOutcomeFfi::Ack => "ack",
+                IngressOutcomeFfi::Retry { .. } => "retry",
+                IngressOutcomeFfi::DeadLetter { .. } => "dead_letter",
+            };
+            metrics::counter!(m::INGRESS_MESSAGES, "ingress" => name, "result" => label)
+                .increment(1);
+            let _ = submission.reply.send(outcome);
+            drop(permit);
+        });
+    }
+}
+
+/// Decode, route and run one ingress message; its outcome.
+async fn handle(
+    ingress: &str,
+    event: &EventFfi,
+    routes: &ArcSwap<Routes>,
+    settings: &IngressSettings,
+) -> IngressOutcomeFfi {
+    let envelope = match envelope_of(event, &settings.event_key) {
+        Ok(e) => e,
+        Err(reason) => {
+            tracing::warn!(ingress = %ingress, reason = %reason, "ingress message cannot be decoded");
+            return IngressOutcomeFfi::DeadLetter {
+                reason: reason.into(),
+            };
+        }
+    };
+    let bindings: Vec<Arc<Binding>> = routes
+        .load_full()
+        .route(&envelope)
+        .into_iter()
+        .cloned()
+        .collect();
+    if bindings.is_empty() {
+        let reason = format!(
+            "no binding takes `{}` and there is no default binding",
+            envelope.event
+        );
+        tracing::warn!(ingress = %ingress, message_id = %envelope.message_id, event = %envelope.event, "{reason}");
+        return retry(reason);
+    }
+    if let Some(reason) = crate::route::schema::rejection(&envelope, &bindings) {
+        tracing::info!(ingress = %ingress, message_id = %envelope.message_id, event = %envelope.event, reason = %reason, "rejected by a binding's schema");
+        return IngressOutcomeFfi::DeadLetter {
+            reason: reason.into(),
+        };
+    }
+    let results = call_all(&envelope, &bindings).await;
+    let labels: Vec<&str> = bindings.iter().map(|b| b.label.as_str()).collect();
+    let outcome = match settle(&results) {
+        Settlement::Delete => IngressOutcomeFfi::Ack,
+        Settlement::RetryAfter(secs) => IngressOutcomeFfi::Retry {
+            after_secs: secs,
+            reason: "a handler asked for a retry".into(),
+        },
+        Settlement::Leave => retry(failure_text(&bindings, &results)),
+        Settlement::DeadLetter(reason) => IngressOutcomeFfi::DeadLetter {
+            reason: reason.into(),
+        },
+    };
+    tracing::info!(ingress = %ingress, message_id = %envelope.message_id, event = %envelope.event, bindings = ?labels, outcome = ?outcome, "ingress message handled");
+    outcome
+}
+
+fn failure_text(bindings: &[Arc<Binding>], results: &[CallResult]) -> String {
+    bindings
+        .iter()
+        .zip(results)
+        .filter_map(|(b, r)| {
+            let why = match r {
+                CallResult::Outcome(iniesta_plugin_api::ffi::OutcomeFfi::Failed { reason }) => {
+                    reason.to_string()
+                }
+                CallResult::Outcome(iniesta_plugin_api::ffi::OutcomeFfi::Panicked { message }) => {
+                    format!("panicked: {message}")
+                }
+                CallResult::TimedOut => "timed out".to_string(),
+                CallResult::Crashed(e) => e.clone(),
+                CallResult::Outcome(_) => return None,
+            };
+            Some(format!("{}: {why}", b.label))
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// An ingress message as the pipeline sees a queue message: the event name is put under the
+/// event key, binary/BSON bodies are decoded like queue bodies.
+pub fn envelope_of(event: &EventFfi, event_key: &str) -> Result<Envelope, String> {
+    let mut attributes = Attributes::new();
+    for a in event.attributes.iter() {
+        attributes.insert(
+            a.name.to_string(),
+            Attribute {
+                data_type: a.data_type.to_string(),
+                value: a.value.to_string(),
+            },
+        );
+    }
+    if !event.name.is_empty() {
+        attributes.insert(
+            event_key.to_string(),
+            Attribute::string(event.name.as_str()),
+        );
+    }
+    let id = if event.id.is_empty() {
+        uuid::Uuid::new_v4().to_string()
+    } else {
+        event.id.to_string()
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    wire::decode(&id, event.body.as_slice(), &attributes, now, event_key).map_err(|e| e.to_string())
+}
+
+async fn call_all(envelope: &Envelope, bindings: &[Arc<Binding>]) -> Vec<CallResult> {
+    let ffi = Arc::new(MessageFfi {
+        id: RString::from(envelope.message_id.as_str()),
+        event: RString::from(envelope.event.as_str()),
+        body: RVec::from(envelope.body.clone()),
+        attributes: envelope
+            .attributes
+            .iter()
+            .map(|(name, a)| AttributeFfi {
+                name: name.as_str().into(),
+                data_type: a.data_type.as_str().into(),
+                value: a.value.as_str().into(),
+            })
+            .collect(),
+        receive_count: 1,
+        sent_timestamp_ms: envelope.sent_timestamp_ms,
+    });
+    let calls: Vec<_> = bindings
+        .iter()
+        .map(|binding| {
+            let b = binding.clone();
+            let ffi = ffi.clone();
+            let span = tracing::info_span!("handle", message_id = %envelope.message_id, event = %envelope.event, binding = %binding.label);
+            let timeout = binding.timeout;
+            let label = binding.label.clone();
+            async move {
+                let started = std::time::Instant::now();
+                let task = tokio::task::spawn_blocking(move || {
+                    let _entered = span.enter();
+                    b.handler.handle(&ffi, &b.context)
+                });
+                let result = match tokio::time::timeout(timeout, task).await {
+                    Ok(Ok(outcome)) => CallResult::Outcome(outcome),
+                    Ok(Err(e)) => CallResult::Crashed(e.to_string()),
+                    Err(_) => CallResult::TimedOut,
+                };
+                metrics::histogram!(m::HANDLER_DURATION, "binding" => label.clone())
+                    .record(started.elapsed().as_secs_f64());
+                result
+            }
+        })
+        .collect();
+    futures_util::future::join_all(calls).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_event_name_goes_under_the_event_key() {
+        let event = EventFfi {
+            id: "".into(),
+            name: "Order.Created.shop".into(),
+            body: RVec::from(b"{\"id\":1}".to_vec()),
+            attributes: RVec::from(vec![AttributeFfi {
+                name: "k".into(),
+                data_type: "String".into(),
+                value: "v".into(),
+            }]),
+        };
+        let e = envelope_of(&event, "iniesta_pass").expect("decodes");
+        assert_eq!(e.event, "Order.Created.shop");
+        assert_eq!(e.body, b"{\"id\":1}");
+        assert_eq!(e.attributes["k"].value, "v");
+        assert!(!e.message_id.is_empty());
+    }
+}
