@@ -541,13 +541,15 @@ async fn run(
     if let Some(console) = &console {
         console.watch_routes(routes.clone());
     }
-    let egress = egress.start_ingress(&config, &set, routes.clone())?;
     let locks = crate::lock::from_config(&config.lock)
         .await
         .context("cannot set up the idempotency locks ([lock] urls)")?;
     let errors = crate::ops::errors::ErrorReporter::start(&config)?;
     let shutdown = CancellationToken::new();
     tokio::spawn(watch_signals(shutdown.clone()));
+    // Ingress last: its handlers may run (and publish) as soon as it starts, so everything
+    // they need, and the signal handling that drains them, must be there first.
+    let egress = egress.start_ingress(&config, &set, routes.clone())?;
     let reloader = crate::plugins::watch::Reloader::new(
         path.to_path_buf(),
         config.clone(),

@@ -910,11 +910,14 @@ impl Config {
     /// Why no event this host receives could ever match `pattern`, if that is so.
     ///
     /// Only EVENT_POLLING without QUEUE_POLLING restricts what arrives: the subscription's
-    /// filter policy lets through only names matching `sqs.filters`.
+    /// filter policy lets through only names matching `sqs.filters`. Ingress plugins
+    /// (`[[ingress]]`) bring events that never pass that filter, so with any of them
+    /// configured every pattern may be reached.
     fn unreachable_reason(&self, pattern: &Pattern) -> Option<String> {
         if !self.does(InitializationType::EventPolling)
             || self.does(InitializationType::QueuePolling)
             || self.sqs.filters.is_empty()
+            || !self.ingress.is_empty()
         {
             return None;
         }
@@ -1093,6 +1096,20 @@ mod tests {
         assert!(keys.contains(&"bindings[0].events[0]"), "{problems:?}");
         assert!(
             !keys.iter().any(|k| k.starts_with("bindings[1]")),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn with_an_ingress_any_pattern_may_be_reached() {
+        // Ingress messages never pass the subscription's filter policy.
+        let c = parse(
+            "service = \"s\"\n[sns]\ntopic_arn = \"arn:aws:sns:us-east-1:1:global\"\n[sqs]\nfilters = [\"Order.*\"]\n\
+             [[ingress]]\nplugin = \"nats\"\n[[bindings]]\nevents = [\"Payment.*\"]\nplugin = \"echo\"\n",
+        );
+        let problems = c.problems();
+        assert!(
+            !problems.iter().any(|p| p.key.starts_with("bindings[0]")),
             "{problems:?}"
         );
     }

@@ -1039,7 +1039,8 @@ impl Inner {
     }
 }
 
-fn result_label(result: &CallResult) -> &'static str {
+/// The `result` label of a handler call in `iniesta_handler_calls_total`.
+pub(crate) fn result_label(result: &CallResult) -> &'static str {
     match result {
         CallResult::Outcome(OutcomeFfi::Ack) => "ack",
         CallResult::Outcome(OutcomeFfi::Retry { .. }) => "retry",

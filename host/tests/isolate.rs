@@ -514,3 +514,62 @@ plugin = "crashy"
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A config reload that changes `[plugins.isolate]` builds a new worker pool for the same
+/// plugin generation. Retiring the old pool must not take the new pool's plugin copy with it:
+/// workers the new pool starts later (here: after its first ones are killed) still load.
+#[test]
+fn changing_isolation_settings_on_reload_keeps_the_plugin_serving() {
+    let s = Scratch::new();
+    let dir = s.path("plugins");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    deploy(&dir, &ledger_with_mark(0));
+    let text = format!(
+        "service = \"receiver\"\nenv = \"test\"\ninitialization = [\"EVENT_POLLING\", \"SNS_PRODUCER\"]\n\
+         [broker]\npath = \"{}\"\n[sns]\ntopic_arn = \"arn:aws:sns:us-east-1:0:global\"\n\
+         [sqs]\nfilters = [\"Order.*\"]\nwait_time_seconds = 1\nvisibility_timeout = 2\n\
+         [plugins]\ndirs = [\"{}\"]\n[plugins.isolate]\nnames = [\"ledger\"]\nmax_backoff_secs = 1\n\
+         [[bindings]]\nevents = [\"Order.*\"]\nplugin = \"ledger\"\nconfig = {{ path = \"{}\" }}\n",
+        s.path("broker.db").display(),
+        dir.display(),
+        s.path("ledger.jsonl").display()
+    );
+    let config = s.write("iniesta.toml", &text);
+    let host = start_host(&config, s.path("host.log"), &[]);
+    let load = Load::start(&config);
+    s.wait_for("the first pool serving", LIMIT, || {
+        s.ledger("ledger.jsonl").len() >= 3
+    });
+    let first: BTreeSet<u32> = worker_pids(&config, "ledger").into_iter().collect();
+    s.write(
+        "iniesta.toml",
+        &text.replace(
+            "max_backoff_secs = 1\n",
+            "max_backoff_secs = 1\nworkers = 2\n",
+        ),
+    );
+    s.wait_for("the config reload", LIMIT, || {
+        host.log_text().contains("config reloaded")
+    });
+    s.wait_for("the old pool retired", LIMIT, || {
+        let now: BTreeSet<u32> = worker_pids(&config, "ledger").into_iter().collect();
+        !now.is_empty() && now.is_disjoint(&first)
+    });
+    // Kill the new pool's processes: the replacements must load the plugin again.
+    for pid in worker_pids(&config, "ledger") {
+        let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+    }
+    let handled = s.ledger("ledger.jsonl").len();
+    s.wait_for("messages handled by restarted workers", LIMIT, || {
+        s.ledger("ledger.jsonl").len() >= handled + 5
+    });
+    let sent = load.stop();
+    s.wait_for("every message handled", LIMIT, || {
+        s.ledger("ledger.jsonl").len() as u64 >= sent
+    });
+    let log = host.stop();
+    assert!(
+        !log.contains("cannot load") && !log.contains("No such file"),
+        "a restarted worker could not load its plugin copy:\n{log}"
+    );
+}

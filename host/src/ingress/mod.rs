@@ -246,8 +246,11 @@ async fn serve(
             continue;
         };
         let (name, routes, settings) = (name.clone(), routes.clone(), settings.clone());
+        // The slot travels with the calls: a timed-out handler keeps it until its thread
+        // really returns, so stuck handlers cannot pile up threads (as in the pipeline).
+        let permit = Arc::new(permit);
         tokio::spawn(async move {
-            let outcome = handle(&name, &submission.event, &routes, &settings).await;
+            let outcome = handle(&name, &submission.event, &routes, &settings, &permit).await;
             let label = match &outcome {
                 IngressOutcomeFfi::Ack => "ack",
                 IngressOutcomeFfi::Retry { .. } => "retry",
@@ -256,7 +259,6 @@ async fn serve(
             metrics::counter!(m::INGRESS_MESSAGES, "ingress" => name, "result" => label)
                 .increment(1);
             let _ = submission.reply.send(outcome);
-            drop(permit);
         });
     }
 }
@@ -267,6 +269,7 @@ async fn handle(
     event: &EventFfi,
     routes: &ArcSwap<Routes>,
     settings: &IngressSettings,
+    slot: &Arc<tokio::sync::OwnedSemaphorePermit>,
 ) -> IngressOutcomeFfi {
     let envelope = match envelope_of(event, &settings.event_key) {
         Ok(e) => e,
@@ -297,7 +300,7 @@ async fn handle(
             reason: reason.into(),
         };
     }
-    let results = call_all(&envelope, &bindings).await;
+    let results = call_all(&envelope, &bindings, slot).await;
     let labels: Vec<&str> = bindings.iter().map(|b| b.label.as_str()).collect();
     let outcome = match settle(&results) {
         Settlement::Delete => IngressOutcomeFfi::Ack,
@@ -367,7 +370,11 @@ pub fn envelope_of(event: &EventFfi, event_key: &str) -> Result<Envelope, String
     wire::decode(&id, event.body.as_slice(), &attributes, now, event_key).map_err(|e| e.to_string())
 }
 
-async fn call_all(envelope: &Envelope, bindings: &[Arc<Binding>]) -> Vec<CallResult> {
+async fn call_all(
+    envelope: &Envelope,
+    bindings: &[Arc<Binding>],
+    slot: &Arc<tokio::sync::OwnedSemaphorePermit>,
+) -> Vec<CallResult> {
     let ffi = Arc::new(MessageFfi {
         id: RString::from(envelope.message_id.as_str()),
         event: RString::from(envelope.event.as_str()),
@@ -392,9 +399,11 @@ async fn call_all(envelope: &Envelope, bindings: &[Arc<Binding>]) -> Vec<CallRes
             let span = tracing::info_span!("handle", message_id = %envelope.message_id, event = %envelope.event, binding = %binding.label);
             let timeout = binding.timeout;
             let label = binding.label.clone();
+            let slot = slot.clone();
             async move {
                 let started = std::time::Instant::now();
                 let task = tokio::task::spawn_blocking(move || {
+                    let _slot = slot;
                     let _entered = span.enter();
                     b.handler.handle(&ffi, &b.context)
                 });
@@ -405,6 +414,8 @@ async fn call_all(envelope: &Envelope, bindings: &[Arc<Binding>]) -> Vec<CallRes
                 };
                 metrics::histogram!(m::HANDLER_DURATION, "binding" => label.clone())
                     .record(started.elapsed().as_secs_f64());
+                metrics::counter!(m::HANDLER_CALLS, "binding" => label, "result" => crate::pipeline::result_label(&result))
+                    .increment(1);
                 result
             }
         })

@@ -235,7 +235,11 @@ fn private_copy(plugin: &crate::plugins::LoadedPlugin) -> Result<PathBuf, String
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_else(|| "plugin.so".into());
-    let copy = dir.join(format!("g{}-{name}", plugin.generation));
+    // One copy per pool: a config reload that changes `[plugins.isolate]` builds a second pool
+    // for the same generation, and dropping the old pool removes only its own copy.
+    static POOLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let pool = POOLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let copy = dir.join(format!("g{}-p{pool}-{name}", plugin.generation));
     std::fs::write(&copy, &bytes)
         .map_err(|e| format!("cannot copy the plugin to {}: {e}", copy.display()))?;
     Ok(copy)
