@@ -594,6 +594,24 @@ fn warn_about_timeouts(config: &Config) {
     } else {
         config.sqs.max_visibility_extension_secs.max(visibility)
     };
+    // With [[egress]], a handler's ctx.publish waits for every egress's inline attempts.
+    if !config.egress.is_empty() {
+        let o = &config.outbox;
+        let publish_secs = o.worst_inline_secs();
+        let shortest = config
+            .bindings
+            .iter()
+            .map(|b| b.timeout_secs.unwrap_or(config.sqs.handler_timeout_secs))
+            .min()
+            .unwrap_or(config.sqs.handler_timeout_secs);
+        if publish_secs >= shortest {
+            tracing::warn!(
+                worst_publish_secs = publish_secs, handler_timeout_secs = shortest,
+                outbox_attempts = o.attempts, attempt_timeout_secs = o.attempt_timeout_secs,
+                "a handler's publish can take longer than its timeout while an egress is down (outbox.attempts x outbox.attempt_timeout_secs plus back-off): the call then times out and a redelivery publishes again; lower outbox.attempts or outbox.attempt_timeout_secs, or raise the handler timeout"
+            );
+        }
+    }
     if longest > kept {
         tracing::warn!(
             handler_timeout_secs = longest, visibility_timeout = visibility,

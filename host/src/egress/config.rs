@@ -103,6 +103,24 @@ fn default_attempt_timeout_secs() -> u64 {
     10
 }
 
+impl OutboxConfig {
+    /// The longest a publish can wait for one failing egress before the event goes to the
+    /// outbox: every inline attempt timing out, plus the back-off between them (s).
+    pub fn worst_inline_secs(&self) -> u64 {
+        let attempts = self.attempts.max(1);
+        let backoff_ms: u64 = (1..attempts)
+            .map(|i| {
+                self.min_backoff_ms
+                    .saturating_mul(1 << (i - 1).min(20))
+                    .min(self.max_backoff_secs.saturating_mul(1000))
+            })
+            .sum();
+        u64::from(attempts)
+            .saturating_mul(self.attempt_timeout_secs)
+            .saturating_add(backoff_ms / 1000)
+    }
+}
+
 impl EgressConfig {
     /// The egress's name: `name`, else `plugin.profile`, else `plugin`.
     pub fn label(&self) -> String {
@@ -237,4 +255,25 @@ pub fn constructor_config(
         }
     }
     serde_json::Value::Object(merged).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worst_inline_publish_time_adds_attempts_and_back_off() {
+        let o = OutboxConfig::default();
+        // 3 attempts of 10 s, back-off 200 ms + 400 ms.
+        assert_eq!(o.worst_inline_secs(), 30);
+        let o = OutboxConfig {
+            attempts: 4,
+            min_backoff_ms: 1000,
+            max_backoff_secs: 3,
+            attempt_timeout_secs: 2,
+            ..OutboxConfig::default()
+        };
+        // 4 × 2 s + (1 + 2 + 3) s.
+        assert_eq!(o.worst_inline_secs(), 14);
+    }
 }

@@ -355,6 +355,12 @@ impl Worker {
                 ))
             }
         };
+        // Time the host spends publishing for the worker (an egress retrying, say) is not the
+        // worker hanging: it moves this deadline, up to one more timeout, so a slow publish
+        // does not get a healthy worker killed and counted as a crash. (The pipeline's own
+        // timeout still reports the call as timed out; its slot waits for this answer.)
+        let mut deadline = deadline;
+        let latest = deadline + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
@@ -365,6 +371,7 @@ impl Worker {
                     attributes,
                 }) => {
                     let attributes = attributes_into_ffi(attributes);
+                    let publishing = Instant::now();
                     let result = ctx
                         .publish(
                             event.as_str().into(),
@@ -375,6 +382,7 @@ impl Worker {
                         .map(|id| id.into_string())
                         .map_err(|e| e.into_string());
                     let _ = process.send(&ToWorker::Published { id, result });
+                    deadline = (deadline + publishing.elapsed()).min(latest);
                 }
                 Ok(Event::Outcome(outcome)) => {
                     lock(&self.stats).consecutive = 0;
