@@ -594,6 +594,16 @@ fn warn_about_timeouts(config: &Config) {
     } else {
         config.sqs.max_visibility_extension_secs.max(visibility)
     };
+    // With [[egress]], publishes go only where the entries say: the topic too only when one
+    // of them is the built-in `sns`.
+    if !config.egress.is_empty()
+        && config.does(crate::config::InitializationType::SnsProducer)
+        && !config.egress.iter().any(|e| e.plugin == "sns")
+    {
+        tracing::warn!(
+            "[[egress]] has no `plugin = \"sns\"` entry: events published here no longer reach the topic; add one to keep publishing to SNS"
+        );
+    }
     // With [[egress]], a handler's ctx.publish waits for every egress's inline attempts.
     if !config.egress.is_empty() {
         let o = &config.outbox;

@@ -56,6 +56,8 @@ fn each_error_names_its_key() {
             vec!["plugins.dirs[0]", "does not exist"]),
         ("constructor refuses config", format!("{HEADER}{p}[[bindings]]\nevents = [\"Order.*\"]\nplugin = \"ledger\"\n"),
             vec!["bindings[0].config", "missing string key `path`"]),
+        ("misspelt isolated plugin", format!("{HEADER}{p}[plugins.isolate]\nnames = [\"ech\"]\n[[bindings]]\nevents = [\"Order.*\"]\nplugin = \"echo\"\n"),
+            vec!["plugins.isolate.names[0]", "no plugin named `ech`"]),
         ("unknown key", format!("{HEADER}max_mesages = 3\n{p}"),
             vec!["max_mesages"]),
         ("bad TOML", "service = \"receiver\n".to_string(),

@@ -160,7 +160,9 @@ impl Outbox {
         self.with(move |conn| {
             let now = now_ms();
             let due = now + retry_after.as_millis() as i64;
-            let tx = conn.transaction()?;
+            // Immediate: take the write lock up front, so a concurrent drainer waits (busy
+            // timeout) instead of failing when its read turns into a write.
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             for (egress, error) in &egresses {
                 tx.execute(
                     "INSERT INTO outbox (egress, event_id, event, body, attributes, created_at, attempts, next_attempt_at, last_error)
@@ -184,7 +186,9 @@ impl Outbox {
         let egress = egress.to_string();
         self.with(move |conn| {
             let now = now_ms();
-            let tx = conn.transaction()?;
+            // Immediate: take the write lock up front, so a concurrent drainer waits (busy
+            // timeout) instead of failing when its read turns into a write.
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let row = tx
                 .query_row(
                     "SELECT seq, event_id, event, body, attributes, attempts FROM outbox
@@ -248,7 +252,9 @@ impl Outbox {
         let (seq, egress) = (pending.seq, pending.egress.clone());
         self.with(move |conn| {
             let due = now_ms() + retry_after.as_millis() as i64;
-            let tx = conn.transaction()?;
+            // Immediate: take the write lock up front, so a concurrent drainer waits (busy
+            // timeout) instead of failing when its read turns into a write.
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             tx.execute(
                 "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = MAX(next_attempt_at, ?1), leased_until = 0, last_error = ?2 WHERE seq = ?3",
                 params![due, error, seq],

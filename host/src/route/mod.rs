@@ -342,6 +342,15 @@ pub fn bind(
 ) -> Result<Routes, Vec<crate::config::Problem>> {
     let mut problems = Vec::new();
     let mut entries = Vec::new();
+    // A misspelt name in `plugins.isolate.names` would quietly run that plugin in-process.
+    for (i, name) in config.plugins.isolate.names.iter().enumerate() {
+        if !name.trim().is_empty() && plugins.get(name).is_none() {
+            problems.push(Problem {
+                key: format!("plugins.isolate.names[{i}]"),
+                message: plugins.missing_hint(name),
+            });
+        }
+    }
     for (index, b) in config.bindings.iter().enumerate() {
         if b.disabled {
             continue;
