@@ -549,7 +549,13 @@ async fn run(
     tokio::spawn(watch_signals(shutdown.clone()));
     // Ingress last: its handlers may run (and publish) as soon as it starts, so everything
     // they need, and the signal handling that drains them, must be there first.
-    let egress = egress.start_ingress(&config, &set, routes.clone())?;
+    let egress = egress.start_ingress(
+        &config,
+        &set,
+        routes.clone(),
+        errors.clone(),
+        console.as_ref().map(|c| c.failures()),
+    )?;
     let reloader = crate::plugins::watch::Reloader::new(
         path.to_path_buf(),
         config.clone(),

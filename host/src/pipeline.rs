@@ -914,7 +914,7 @@ impl Inner {
         results
     }
 
-    /// Send every failing result to the error webhook (when configured).
+    /// Send every failing result to the error webhook and the console (when configured).
     fn report_results(
         &self,
         message: &Received,
@@ -922,26 +922,14 @@ impl Inner {
         bindings: &[Arc<Binding>],
         results: &[CallResult],
     ) {
-        for (binding, result) in bindings.iter().zip(results) {
-            let (kind, reason) = match result {
-                CallResult::Outcome(OutcomeFfi::Ack | OutcomeFfi::Retry { .. }) => continue,
-                CallResult::Outcome(OutcomeFfi::DeadLetter { reason }) => {
-                    (FailureKind::DeadLetter, reason.to_string())
-                }
-                CallResult::Outcome(OutcomeFfi::Failed { reason }) => {
-                    (FailureKind::Error, reason.to_string())
-                }
-                CallResult::Outcome(OutcomeFfi::Panicked { message }) => {
-                    (FailureKind::Panic, message.to_string())
-                }
-                CallResult::TimedOut => (
-                    FailureKind::Timeout,
-                    format!("ran past its timeout of {} s", binding.timeout.as_secs()),
-                ),
-                CallResult::Crashed(e) => (FailureKind::Crashed, e.clone()),
-            };
-            self.report(kind, Some(binding), message, envelope, &reason);
-        }
+        report_failures(
+            self.errors.as_ref(),
+            self.failures.as_deref(),
+            message.receive_count,
+            envelope,
+            bindings,
+            results,
+        );
     }
 
     fn report(
@@ -952,27 +940,15 @@ impl Inner {
         envelope: &Envelope,
         reason: &str,
     ) {
-        if let Some(failures) = &self.failures {
-            failures.push(
-                kind,
-                binding.map(|b| b.label.as_str()),
-                &envelope.event,
-                &envelope.message_id,
-                message.receive_count,
-                reason,
-            );
-        }
-        if let Some(errors) = &self.errors {
-            errors.report(errors.record(
-                kind,
-                binding.map(|b| b.as_ref()),
-                &envelope.event,
-                &envelope.message_id,
-                message.receive_count,
-                reason,
-                &envelope.body,
-            ));
-        }
+        report_failure(
+            self.errors.as_ref(),
+            self.failures.as_deref(),
+            kind,
+            binding,
+            message.receive_count,
+            envelope,
+            reason,
+        );
     }
 
     /// Queue an acked message for the batch deleter; `false` if the deleter is gone.
@@ -1036,6 +1012,80 @@ impl Inner {
                 }
             },
         }
+    }
+}
+
+/// Report every failing result (error, panic, timeout, crash, dead letter) of one message's
+/// calls to the error webhook and the console's recent failures, when they are configured.
+/// Used for queue messages and ingress messages alike.
+pub(crate) fn report_failures(
+    errors: Option<&ErrorReporter>,
+    failures: Option<&RecentFailures>,
+    receive_count: u32,
+    envelope: &Envelope,
+    bindings: &[Arc<Binding>],
+    results: &[CallResult],
+) {
+    for (binding, result) in bindings.iter().zip(results) {
+        let (kind, reason) = match result {
+            CallResult::Outcome(OutcomeFfi::Ack | OutcomeFfi::Retry { .. }) => continue,
+            CallResult::Outcome(OutcomeFfi::DeadLetter { reason }) => {
+                (FailureKind::DeadLetter, reason.to_string())
+            }
+            CallResult::Outcome(OutcomeFfi::Failed { reason }) => {
+                (FailureKind::Error, reason.to_string())
+            }
+            CallResult::Outcome(OutcomeFfi::Panicked { message }) => {
+                (FailureKind::Panic, message.to_string())
+            }
+            CallResult::TimedOut => (
+                FailureKind::Timeout,
+                format!("ran past its timeout of {} s", binding.timeout.as_secs()),
+            ),
+            CallResult::Crashed(e) => (FailureKind::Crashed, e.clone()),
+        };
+        report_failure(
+            errors,
+            failures,
+            kind,
+            Some(binding),
+            receive_count,
+            envelope,
+            &reason,
+        );
+    }
+}
+
+/// Report one failure to the error webhook and the console's recent failures.
+pub(crate) fn report_failure(
+    errors: Option<&ErrorReporter>,
+    failures: Option<&RecentFailures>,
+    kind: FailureKind,
+    binding: Option<&Arc<Binding>>,
+    receive_count: u32,
+    envelope: &Envelope,
+    reason: &str,
+) {
+    if let Some(failures) = failures {
+        failures.push(
+            kind,
+            binding.map(|b| b.label.as_str()),
+            &envelope.event,
+            &envelope.message_id,
+            receive_count,
+            reason,
+        );
+    }
+    if let Some(errors) = errors {
+        errors.report(errors.record(
+            kind,
+            binding.map(|b| b.as_ref()),
+            &envelope.event,
+            &envelope.message_id,
+            receive_count,
+            reason,
+            &envelope.body,
+        ));
     }
 }
 

@@ -605,11 +605,14 @@ fn an_ingress_message_is_handled_by_the_bound_handler() {
     let nats = Nats::start(binary, None);
     let s = Scratch::new();
     let ledger = s.path("ledger.jsonl");
+    let port = common::aws::free_port();
     let config = local_config(
         &s,
         &format!(
-            "[[ingress]]\nplugin = \"nats\"\nconfig = {{ url = \"{}\", subject = \"ext.>\", strip_prefix = \"ext.\" }}\n\
-             [[bindings]]\nevents = [\"Order.*\"]\nplugin = \"ledger\"\nconfig = {{ path = \"{}\", label = \"orders\" }}\n",
+            "[metrics]\nlisten = \"127.0.0.1:{port}\"\n[console]\nenabled = true\n\
+             [[ingress]]\nplugin = \"nats\"\nconfig = {{ url = \"{}\", subject = \"ext.>\", strip_prefix = \"ext.\" }}\n\
+             [[bindings]]\nevents = [\"Order.*\"]\nplugin = \"ledger\"\nconfig = {{ path = \"{}\", label = \"orders\" }}\n\
+             [[bindings]]\nevents = [\"Boom.*\"]\nplugin = \"panicky\"\nhandler = \"panicky\"\n",
             nats.url(),
             ledger.display()
         ),
@@ -654,6 +657,24 @@ fn an_ingress_message_is_handled_by_the_bound_handler() {
         .expect("shipped");
     assert_eq!(shipped["attributes"]["tracking"], "T-1");
     assert_eq!(shipped["label"], "orders");
+
+    // Ingress calls count like queue calls, and their failures reach the console.
+    client.publish("ext.Boom.Now", &[], br#"{"please":"panic"}"#);
+    s.wait_for("the ingress failure on the console", LIMIT, || {
+        common::http_get(port, "/api/state").is_some_and(|(_, body)| {
+            body.contains("Boom.Now") && body.contains("panicky was asked to panic")
+        })
+    });
+    let (_, metrics) = common::http_get(port, "/metrics").expect("/metrics answers");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("iniesta_handler_calls_total")
+                && l.contains("ledger/ledger")
+                && l.contains("result=\"ack\"")
+                && l.ends_with(" 2")),
+        "{metrics}"
+    );
 
     // No binding takes it: the plugin learns why (core NATS cannot redeliver: dropped).
     client.publish("ext.Nobody.Cares", &[], b"{}");

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use common::aws::{aws_env, free_port, sqs, Moto, Proxy};
-use common::{Host, Scratch};
+use common::{http_get, Host, Scratch};
 
 const LIMIT: Duration = Duration::from_secs(120);
 const TOPIC: &str = "arn:aws:sns:us-east-1:123456789012:global";
@@ -207,24 +207,6 @@ async fn counts(endpoint: &str, name: &str) -> (u64, u64) {
 fn depth(rt: &tokio::runtime::Runtime, endpoint: &str, name: &str) -> u64 {
     let (visible, invisible) = rt.block_on(counts(endpoint, name));
     visible + invisible
-}
-
-/// `GET path` on a loopback port: (status, body), or `None` if nothing answers.
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).ok()?;
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n")?.1.to_string();
-    Some((status, body))
 }
 
 /// The sum of every series of `name` whose labels include `labels`, in Prometheus text.

@@ -269,6 +269,8 @@ impl Running {
         config: &Config,
         plugins: &PluginSet,
         routes: Arc<ArcSwap<Routes>>,
+        errors: Option<crate::ops::errors::ErrorReporter>,
+        failures: Option<Arc<crate::ops::console::RecentFailures>>,
     ) -> anyhow::Result<RunningWithIngress> {
         let ingresses = if config.ingress.is_empty() {
             None
@@ -279,7 +281,11 @@ impl Running {
                     plugins,
                     self.profiles.as_ref(),
                     routes,
-                    IngressSettings::from_config(config),
+                    IngressSettings {
+                        errors,
+                        failures,
+                        ..IngressSettings::from_config(config)
+                    },
                 )
                 .map_err(|e| invalid(config, e))?,
             )

@@ -84,7 +84,7 @@ impl IngressSinkFfi for HostSink {
 }
 
 /// Settings for running ingress messages.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct IngressSettings {
     /// The event attribute.
     pub event_key: String,
@@ -92,6 +92,22 @@ pub struct IngressSettings {
     pub max_in_flight: usize,
     /// How long running handlers get on shutdown.
     pub shutdown_timeout: Duration,
+    /// Where handler failures are reported (`[errors]` webhook), as for queue messages.
+    pub errors: Option<crate::ops::errors::ErrorReporter>,
+    /// The console's recent failures, as for queue messages.
+    pub failures: Option<Arc<crate::ops::console::RecentFailures>>,
+}
+
+impl std::fmt::Debug for IngressSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IngressSettings")
+            .field("event_key", &self.event_key)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("errors", &self.errors.is_some())
+            .field("failures", &self.failures.is_some())
+            .finish()
+    }
 }
 
 impl IngressSettings {
@@ -101,6 +117,8 @@ impl IngressSettings {
             event_key: config.sns.event_key.clone(),
             max_in_flight: config.sqs.max_in_flight.max(1),
             shutdown_timeout: Duration::from_secs(config.sqs.shutdown_timeout_secs),
+            errors: None,
+            failures: None,
         }
     }
 }
@@ -301,6 +319,14 @@ async fn handle(
         };
     }
     let results = call_all(&envelope, &bindings, slot).await;
+    crate::pipeline::report_failures(
+        settings.errors.as_ref(),
+        settings.failures.as_deref(),
+        1,
+        &envelope,
+        &bindings,
+        &results,
+    );
     let labels: Vec<&str> = bindings.iter().map(|b| b.label.as_str()).collect();
     let outcome = match settle(&results) {
         Settlement::Delete => IngressOutcomeFfi::Ack,
