@@ -6,13 +6,11 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::load::Load;
 use common::{iniesta, plugin_dir, Host, Scratch};
 use iniesta::broker::local::LocalBroker;
-use iniesta::broker::Broker;
 use iniesta::config::Config;
 
 const LIMIT: Duration = Duration::from_secs(90);
@@ -293,57 +291,6 @@ listen = "127.0.0.1:{port}"
             "worker processes {pids:?} outlived the host"
         );
         std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Publishes `Order.Load` messages with increasing `seq` until stopped.
-struct Load {
-    stop: Arc<AtomicBool>,
-    sent: Arc<AtomicU64>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(config: &Path) -> Load {
-        let config = Config::load(config).expect("config");
-        let (stop, sent) = (
-            Arc::new(AtomicBool::new(false)),
-            Arc::new(AtomicU64::new(0)),
-        );
-        let (s2, n2) = (stop.clone(), sent.clone());
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Runtime::new().expect("runtime");
-            rt.block_on(async move {
-                let broker = LocalBroker::open(&config).await.expect("broker");
-                while !s2.load(Ordering::SeqCst) {
-                    let seq = n2.load(Ordering::SeqCst);
-                    let message = iniesta::wire::encode(
-                        "Order.Load",
-                        "receiver",
-                        "iniesta_pass",
-                        format!("{{\"seq\":{seq}}}").into_bytes(),
-                        Default::default(),
-                    )
-                    .expect("encode");
-                    broker.publish(&message).await.expect("publish");
-                    n2.fetch_add(1, Ordering::SeqCst);
-                    tokio::time::sleep(Duration::from_millis(15)).await;
-                }
-            });
-        });
-        Load {
-            stop,
-            sent,
-            thread: Some(thread),
-        }
-    }
-
-    fn stop(mut self) -> u64 {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            t.join().expect("load thread");
-        }
-        self.sent.load(Ordering::SeqCst)
     }
 }
 

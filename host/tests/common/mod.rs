@@ -218,6 +218,7 @@ impl Drop for Host {
 }
 
 pub mod aws;
+pub mod load;
 pub mod nats;
 pub mod redis;
 
