@@ -3,11 +3,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName};
-use common::aws::{aws_env, sns, sqs, Moto, Proxy};
+use common::aws::{aws_env, iniesta, ok, sns, sqs, start_host, Moto, Proxy};
 use common::Scratch;
 
 const LIMIT: Duration = Duration::from_secs(90);
@@ -46,45 +46,6 @@ fn consumer(s: &Scratch, endpoint: &str, sqs_extra: &str, rest: &str) -> PathBuf
         &format!("filters = [\"Order.*\", \"hello.iniesta\", \"Flaky.*\", \"Bad.*\", \"Bulk.*\"]\ndead_letter_queue = \"iniesta-test-receiver-dlq\"\n{sqs_extra}"),
         rest,
     )
-}
-
-fn iniesta(config: &Path, args: &[&str]) -> Output {
-    aws_env(Command::new(common::bin()).arg("-c").arg(config).args(args))
-        .env("INIESTA_LOG", "info")
-        .output()
-        .expect("iniesta runs")
-}
-
-fn ok(config: &Path, args: &[&str]) -> String {
-    let out = iniesta(config, args);
-    assert!(
-        out.status.success(),
-        "iniesta {args:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-fn start_host(config: &Path, log: PathBuf) -> common::Host {
-    let file = std::fs::File::create(&log).expect("log");
-    let child = aws_env(Command::new(common::bin()).arg("-c").arg(config).arg("run"))
-        .env("INIESTA_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(file)
-        .spawn()
-        .expect("host starts");
-    let host = common::Host { child, log };
-    let start = std::time::Instant::now();
-    while !host.log_text().contains("consuming") {
-        assert!(
-            start.elapsed() < LIMIT,
-            "host did not start:\n{}",
-            host.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    host
 }
 
 fn ledger(path: &Path, label: &str, events: &str) -> String {

@@ -6,11 +6,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_sdk_sqs::types::QueueAttributeName;
-use common::aws::{aws_env, sqs, Moto};
+use common::aws::{iniesta, ok, sqs, start_host, Moto};
 use common::Scratch;
 
 const LIMIT: Duration = Duration::from_secs(90);
@@ -87,46 +86,6 @@ impl Broker {
             }),
         }
     }
-}
-
-fn iniesta(config: &Path, args: &[&str]) -> Output {
-    aws_env(Command::new(common::bin()).arg("-c").arg(config).args(args))
-        .env("INIESTA_LOG", "info")
-        .output()
-        .expect("iniesta runs")
-}
-
-fn ok(config: &Path, args: &[&str]) -> String {
-    let out = iniesta(config, args);
-    assert!(
-        out.status.success(),
-        "iniesta {args:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-fn start_host(config: &Path, log: PathBuf) -> common::Host {
-    let file = std::fs::File::create(&log).expect("log");
-    let child = aws_env(Command::new(common::bin()).arg("-c").arg(config).arg("run"))
-        .env("INIESTA_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(file)
-        .spawn()
-        .expect("host starts");
-    let host = common::Host { child, log };
-    let start = Instant::now();
-    while !host.log_text().contains("consuming") {
-        assert!(
-            start.elapsed() < LIMIT,
-            "host did not start:\n{}",
-            host.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    host
 }
 
 /// The rows of a `dlq list` table (header and summary left out).

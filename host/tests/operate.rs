@@ -11,12 +11,12 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
-use common::aws::{aws_env, free_port, sqs, Moto, Proxy};
+use common::aws::{aws_env, free_port, ok, sqs, Moto, Proxy};
 use common::{http_get, Host, Scratch};
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -75,24 +75,6 @@ fn sleepy_binding(events: &str, sleep_ms: u64) -> String {
     format!(
         "[[bindings]]\nevents = {events}\nplugin = \"panicky\"\nhandler = \"sleepy\"\ntimeout_secs = 120\nconfig = {{ sleep_ms = {sleep_ms} }}\n"
     )
-}
-
-fn iniesta(config: &Path, args: &[&str]) -> Output {
-    aws_env(Command::new(common::bin()).arg("-c").arg(config).args(args))
-        .env("INIESTA_LOG", "info")
-        .output()
-        .expect("iniesta runs")
-}
-
-fn ok(config: &Path, args: &[&str]) -> String {
-    let out = iniesta(config, args);
-    assert!(
-        out.status.success(),
-        "iniesta {args:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
 }
 
 /// Start `iniesta [EXTRA] -c CONFIG run [RUN_ARGS]`; waits for `consuming` unless told not to.

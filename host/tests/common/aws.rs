@@ -173,3 +173,46 @@ impl Proxy {
             .block_on(async { tokio::time::sleep(Duration::from_millis(100)).await });
     }
 }
+
+/// `iniesta -c CONFIG ARGS...` with test AWS credentials, to completion.
+pub fn iniesta(config: &std::path::Path, args: &[&str]) -> std::process::Output {
+    aws_env(Command::new(super::bin()).arg("-c").arg(config).args(args))
+        .env("INIESTA_LOG", "info")
+        .output()
+        .expect("iniesta runs")
+}
+
+/// Like [`iniesta`], failing the test unless it exits 0; its stdout.
+pub fn ok(config: &std::path::Path, args: &[&str]) -> String {
+    let out = iniesta(config, args);
+    assert!(
+        out.status.success(),
+        "iniesta {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// `iniesta run` with test AWS credentials, its stderr in `log`; returns once it consumes.
+pub fn start_host(config: &std::path::Path, log: PathBuf) -> super::Host {
+    let file = std::fs::File::create(&log).expect("log");
+    let child = aws_env(Command::new(super::bin()).arg("-c").arg(config).arg("run"))
+        .env("INIESTA_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(file)
+        .spawn()
+        .expect("host starts");
+    let host = super::Host { child, log };
+    let start = Instant::now();
+    while !host.log_text().contains("consuming") {
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "host did not start:\n{}",
+            host.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    host
+}
