@@ -841,22 +841,7 @@ impl Inner {
         bindings: &[Arc<Binding>],
         slot: &Arc<Slot>,
     ) -> Vec<CallResult> {
-        let ffi = Arc::new(MessageFfi {
-            id: RString::from(envelope.message_id.as_str()),
-            event: RString::from(envelope.event.as_str()),
-            body: RVec::from(envelope.body.clone()),
-            attributes: envelope
-                .attributes
-                .iter()
-                .map(|(name, a)| AttributeFfi {
-                    name: name.as_str().into(),
-                    data_type: a.data_type.as_str().into(),
-                    value: a.value.as_str().into(),
-                })
-                .collect(),
-            receive_count: message.receive_count,
-            sent_timestamp_ms: envelope.sent_timestamp_ms,
-        });
+        let ffi = Arc::new(message_ffi(envelope, message.receive_count));
         let records = !self.settings.completion_ttl.is_zero();
         // Start every binding's call at once on the blocking pool, then collect them in order.
         let started = Instant::now();
@@ -1012,6 +997,26 @@ impl Inner {
                 }
             },
         }
+    }
+}
+
+/// A decoded message as handlers receive it across the plugin boundary.
+pub(crate) fn message_ffi(envelope: &Envelope, receive_count: u32) -> MessageFfi {
+    MessageFfi {
+        id: RString::from(envelope.message_id.as_str()),
+        event: RString::from(envelope.event.as_str()),
+        body: RVec::from(envelope.body.clone()),
+        attributes: envelope
+            .attributes
+            .iter()
+            .map(|(name, a)| AttributeFfi {
+                name: name.as_str().into(),
+                data_type: a.data_type.as_str().into(),
+                value: a.value.as_str().into(),
+            })
+            .collect(),
+        receive_count,
+        sent_timestamp_ms: envelope.sent_timestamp_ms,
     }
 }
 

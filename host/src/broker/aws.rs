@@ -12,8 +12,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{
-    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
-    MessageSystemAttributeName,
+    BatchResultErrorEntry, ChangeMessageVisibilityBatchRequestEntry,
+    DeleteMessageBatchRequestEntry, MessageSystemAttributeName,
 };
 use base64::Engine as _;
 use tokio::sync::OnceCell;
@@ -100,6 +100,33 @@ pub fn is_stale_receipt(code: Option<&str>, message: Option<&str>) -> bool {
             && (message.contains("expired")
                 || message.contains("does not exist")
                 || message.contains("not available")))
+}
+
+/// A batch entry the SDK refused to build (never retryable).
+fn invalid_entry(operation: &'static str, error: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Aws {
+        operation,
+        message: error.to_string(),
+        retryable: false,
+    }
+}
+
+/// The failed entries of one batch request of `chunk`'s receipts (entry ids are positions).
+fn batch_failures(chunk: &[String], failed: &[BatchResultErrorEntry]) -> Vec<DeleteFailure> {
+    failed
+        .iter()
+        .map(|failed| DeleteFailure {
+            receipt: failed
+                .id()
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| chunk.get(i))
+                .cloned()
+                .unwrap_or_default(),
+            reason: format!("{}: {}", failed.code(), failed.message().unwrap_or("")),
+            retryable: !failed.sender_fault(),
+        })
+        .collect()
 }
 
 impl AwsBroker {
@@ -411,31 +438,14 @@ impl Broker for AwsBroker {
                     .id(i.to_string())
                     .receipt_handle(receipt)
                     .build()
-                    .map_err(|e| BrokerError::Aws {
-                        operation: "DeleteMessageBatch",
-                        message: e.to_string(),
-                        retryable: false,
-                    })?;
+                    .map_err(|e| invalid_entry("DeleteMessageBatch", e))?;
                 request = request.entries(entry);
             }
             let out = request
                 .send()
                 .await
                 .map_err(|e| sdk_error("DeleteMessageBatch", e))?;
-            for failed in out.failed() {
-                let receipt = failed
-                    .id()
-                    .parse::<usize>()
-                    .ok()
-                    .and_then(|i| chunk.get(i))
-                    .cloned()
-                    .unwrap_or_default();
-                failures.push(DeleteFailure {
-                    receipt,
-                    reason: format!("{}: {}", failed.code(), failed.message().unwrap_or("")),
-                    retryable: !failed.sender_fault(),
-                });
-            }
+            failures.extend(batch_failures(chunk, out.failed()));
         }
         Ok(failures)
     }
@@ -475,31 +485,14 @@ impl Broker for AwsBroker {
                     .receipt_handle(receipt)
                     .visibility_timeout(secs)
                     .build()
-                    .map_err(|e| BrokerError::Aws {
-                        operation: "ChangeMessageVisibilityBatch",
-                        message: e.to_string(),
-                        retryable: false,
-                    })?;
+                    .map_err(|e| invalid_entry("ChangeMessageVisibilityBatch", e))?;
                 request = request.entries(entry);
             }
             let out = request
                 .send()
                 .await
                 .map_err(|e| sdk_error("ChangeMessageVisibilityBatch", e))?;
-            for failed in out.failed() {
-                let receipt = failed
-                    .id()
-                    .parse::<usize>()
-                    .ok()
-                    .and_then(|i| chunk.get(i))
-                    .cloned()
-                    .unwrap_or_default();
-                failures.push(DeleteFailure {
-                    receipt,
-                    reason: format!("{}: {}", failed.code(), failed.message().unwrap_or("")),
-                    retryable: !failed.sender_fault(),
-                });
-            }
+            failures.extend(batch_failures(chunk, out.failed()));
         }
         Ok(failures)
     }

@@ -15,11 +15,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::std_types::{RStr, RString, RVec};
+use abi_stable::std_types::{RStr, RString};
 use arc_swap::ArcSwap;
 use iniesta_plugin_api::ffi::{
-    AttributeFfi, EventFfi, IngressBox, IngressOutcomeFfi, IngressSinkFfi, IngressSinkFfi_TO,
-    MessageFfi,
+    EventFfi, IngressBox, IngressOutcomeFfi, IngressSinkFfi, IngressSinkFfi_TO,
 };
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -401,22 +400,7 @@ async fn call_all(
     bindings: &[Arc<Binding>],
     slot: &Arc<tokio::sync::OwnedSemaphorePermit>,
 ) -> Vec<CallResult> {
-    let ffi = Arc::new(MessageFfi {
-        id: RString::from(envelope.message_id.as_str()),
-        event: RString::from(envelope.event.as_str()),
-        body: RVec::from(envelope.body.clone()),
-        attributes: envelope
-            .attributes
-            .iter()
-            .map(|(name, a)| AttributeFfi {
-                name: name.as_str().into(),
-                data_type: a.data_type.as_str().into(),
-                value: a.value.as_str().into(),
-            })
-            .collect(),
-        receive_count: 1,
-        sent_timestamp_ms: envelope.sent_timestamp_ms,
-    });
+    let ffi = Arc::new(crate::pipeline::message_ffi(envelope, 1));
     let calls: Vec<_> = bindings
         .iter()
         .map(|binding| {
@@ -452,6 +436,8 @@ async fn call_all(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use abi_stable::std_types::RVec;
+    use iniesta_plugin_api::ffi::AttributeFfi;
 
     #[test]
     fn the_event_name_goes_under_the_event_key() {
