@@ -3,12 +3,12 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::load::Load;
+use common::load::{handled_per_seq, marks_in_order, Load};
 use common::{iniesta, plugin_dir, Host, Scratch};
 use iniesta::broker::local::LocalBroker;
 use iniesta::config::Config;
@@ -368,29 +368,13 @@ fn reloading_an_isolated_plugin_under_load_swaps_workers_and_loses_nothing() {
     }
     let log = host.stop();
     let lines = s.ledger("ledger.jsonl");
-    let mut per_seq: BTreeMap<u64, usize> = BTreeMap::new();
-    for line in &lines {
-        let seq = serde_json::from_str::<serde_json::Value>(line["body"].as_str().unwrap_or("{}"))
-            .expect("body")["seq"]
-            .as_u64()
-            .expect("seq");
-        *per_seq.entry(seq).or_default() += 1;
-    }
+    let per_seq = handled_per_seq(&lines);
     assert_eq!(per_seq.len() as u64, sent, "no message lost");
     assert!(
         per_seq.values().all(|n| *n == 1),
         "no message handled twice"
     );
-    let mut marks = Vec::new();
-    for line in &lines {
-        let mark: u32 = line["mark"]
-            .as_str()
-            .and_then(|m| m.parse().ok())
-            .expect("mark");
-        if !marks.contains(&mark) {
-            marks.push(mark);
-        }
-    }
+    let marks = marks_in_order(&lines);
     assert!(
         marks.windows(2).all(|w| w[0] < w[1]),
         "generations in order: {marks:?}"

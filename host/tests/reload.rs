@@ -2,11 +2,11 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::load::Load;
+use common::load::{handled_per_seq, marks_in_order, Load};
 use common::{plugin_dir, Host, Scratch};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -55,20 +55,6 @@ fn ledger_binding(s: &Scratch, label: &str, events: &str) -> String {
     )
 }
 
-fn marks_in_order(lines: &[serde_json::Value]) -> Vec<u32> {
-    let mut seen = Vec::new();
-    for line in lines {
-        let mark: u32 = line["mark"]
-            .as_str()
-            .and_then(|m| m.parse().ok())
-            .expect("mark");
-        if !seen.contains(&mark) {
-            seen.push(mark);
-        }
-    }
-    seen
-}
-
 #[test]
 fn fifty_reloads_under_load_lose_nothing_and_run_nothing_twice() {
     let s = Scratch::new();
@@ -100,14 +86,7 @@ fn fifty_reloads_under_load_lose_nothing_and_run_nothing_twice() {
     std::thread::sleep(Duration::from_millis(500));
     let log = host.stop();
     let lines = s.ledger("ledger.jsonl");
-    let mut per_seq: BTreeMap<u64, usize> = BTreeMap::new();
-    for line in &lines {
-        let seq = serde_json::from_str::<serde_json::Value>(line["body"].as_str().unwrap_or("{}"))
-            .expect("body")["seq"]
-            .as_u64()
-            .expect("seq");
-        *per_seq.entry(seq).or_default() += 1;
-    }
+    let per_seq = handled_per_seq(&lines);
     assert_eq!(per_seq.len() as u64, sent, "no message lost");
     assert!(
         per_seq.values().all(|n| *n == 1),

@@ -1,5 +1,6 @@
 //! A steady publisher for reload-under-load tests.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -60,4 +61,32 @@ impl Load {
         }
         self.sent.load(Ordering::SeqCst)
     }
+}
+
+/// How many times each `seq` of a [`Load`] was handled, from ledger lines.
+pub fn handled_per_seq(lines: &[serde_json::Value]) -> BTreeMap<u64, usize> {
+    let mut per_seq = BTreeMap::new();
+    for line in lines {
+        let seq = serde_json::from_str::<serde_json::Value>(line["body"].as_str().unwrap_or("{}"))
+            .expect("body")["seq"]
+            .as_u64()
+            .expect("seq");
+        *per_seq.entry(seq).or_default() += 1;
+    }
+    per_seq
+}
+
+/// The ledger plugin generations (`mark`) in the order they first handled a message.
+pub fn marks_in_order(lines: &[serde_json::Value]) -> Vec<u32> {
+    let mut seen = Vec::new();
+    for line in lines {
+        let mark: u32 = line["mark"]
+            .as_str()
+            .and_then(|m| m.parse().ok())
+            .expect("mark");
+        if !seen.contains(&mark) {
+            seen.push(mark);
+        }
+    }
+    seen
 }
