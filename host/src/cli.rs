@@ -580,6 +580,7 @@ async fn run(
             .await;
     }
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), reloads).await;
+    crate::isolate::supervisor::remove_private_dir();
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -53,15 +53,6 @@ fn ok(config: &Path, args: &[&str], env: &[(&str, &str)]) -> (String, String) {
     (stdout, stderr)
 }
 
-fn lines(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).expect("jsonl lines are JSON"))
-        .collect()
-}
-
 /// `iniesta acct encrypt FILE`: the key it printed.
 fn encrypt(s: &Scratch, name: &str, plaintext: &str) -> (PathBuf, String) {
     let plain = s.write(name, plaintext);
@@ -219,7 +210,7 @@ fn one_publish_reaches_sns_a_queue_the_jsonl_file_and_nats() {
     }
 
     // The jsonl file.
-    let written = lines(&jsonl);
+    let written = common::json_lines(&jsonl);
     assert_eq!(written.len(), 1, "{written:?}");
     assert_eq!(written[0]["event"], "Order.Created.receiver");
     assert_eq!(written[0]["body"], serde_json::json!({ "id": 1 }));
@@ -290,7 +281,7 @@ fn a_down_broker_gets_its_events_when_it_returns_and_holds_up_no_other_egress() 
         "retried with backoff first:\n{stderr}"
     );
     // The others were not held up.
-    assert_eq!(lines(&jsonl).len(), 1);
+    assert_eq!(common::json_lines(&jsonl).len(), 1);
     let (stdout, _) = ok(&config, &["outbox"], &[]);
     assert!(
         stdout.contains("nats: 1 event(s) waiting, 2 attempt(s) so far; last error: "),
@@ -302,7 +293,7 @@ fn a_down_broker_gets_its_events_when_it_returns_and_holds_up_no_other_egress() 
     assert!(stderr.contains("queued: nats"), "{stderr}");
     let (stdout, _) = ok(&config, &["outbox"], &[]);
     assert!(stdout.contains("nats: 2 event(s) waiting"), "{stdout}");
-    assert_eq!(lines(&jsonl).len(), 2);
+    assert_eq!(common::json_lines(&jsonl).len(), 2);
 
     // Back: the next publish delivers what waited, in order, then its own event.
     nats.up();
@@ -320,7 +311,7 @@ fn a_down_broker_gets_its_events_when_it_returns_and_holds_up_no_other_egress() 
             "Order.Third.receiver"
         ]
     );
-    let ids: Vec<String> = lines(&jsonl)
+    let ids: Vec<String> = common::json_lines(&jsonl)
         .iter()
         .map(|l| l["event"].as_str().unwrap_or_default().to_string())
         .collect();
@@ -363,14 +354,17 @@ fn a_running_host_redelivers_from_the_outbox_and_handler_publishes_fan_out() {
     assert!(stderr.contains("queued: late"), "{stderr}");
     // The host consumes it from the topic's queue; the handler's own publish fans out too.
     s.wait_for("the handler's publish in all.jsonl", LIMIT, || {
-        lines(&all).len() == 2
+        common::json_lines(&all).len() == 2
     });
-    let events: Vec<String> = lines(&all)
+    let events: Vec<String> = common::json_lines(&all)
         .iter()
         .map(|l| l["event"].as_str().unwrap_or_default().to_string())
         .collect();
     assert_eq!(events, ["Order.Created.receiver", "Echoed.receiver"]);
-    assert_eq!(lines(&all)[1]["body"], serde_json::json!({ "id": 5 }));
+    assert_eq!(
+        common::json_lines(&all)[1]["body"],
+        serde_json::json!({ "id": 5 })
+    );
     s.wait_for(
         "the host to queue the handler's publish for late",
         LIMIT,
@@ -390,10 +384,10 @@ fn a_running_host_redelivers_from_the_outbox_and_handler_publishes_fan_out() {
     s.wait_for(
         "the host to drain the outbox into late.jsonl",
         LIMIT,
-        || lines(&late).len() == 2,
+        || common::json_lines(&late).len() == 2,
     );
     let ids = |p: &Path| -> Vec<String> {
-        let mut ids: Vec<String> = lines(p)
+        let mut ids: Vec<String> = common::json_lines(p)
             .iter()
             .map(|l| l["id"].as_str().unwrap_or_default().to_string())
             .collect();
@@ -535,7 +529,7 @@ fn a_wrong_key_or_a_tampered_file_is_a_clear_error_and_nothing_is_published() {
 
     let (success, _, stderr) = publish(Some(&key));
     assert!(success, "{stderr}");
-    assert_eq!(lines(&jsonl).len(), 1);
+    assert_eq!(common::json_lines(&jsonl).len(), 1);
 
     let (success, stdout, stderr) = publish(Some(&other_key));
     assert!(!success);
@@ -571,7 +565,11 @@ fn a_wrong_key_or_a_tampered_file_is_a_clear_error_and_nothing_is_published() {
     let (success, _, stderr) = publish(Some(&key));
     assert!(!success);
     assert!(stderr.contains("cannot decrypt with this key"), "{stderr}");
-    assert_eq!(lines(&jsonl).len(), 1, "nothing more was published");
+    assert_eq!(
+        common::json_lines(&jsonl).len(),
+        1,
+        "nothing more was published"
+    );
 
     // A profile the file does not have.
     let (fernet, key) = encrypt(&s, "creds2.toml", "[jsonl.other]\npath = \"/nowhere\"\n");

@@ -14,7 +14,7 @@ use iniesta::broker::local::LocalBroker;
 use iniesta::config::Config;
 
 const LIMIT: Duration = Duration::from_secs(90);
-const POISON: &[&str] = &["segfault", "abort", "exit", "oom", "hang"];
+const POISON: &[&str] = &["segfault", "abort", "exit", "oom", "hang", "orphan"];
 
 /// `iniesta run` with extra environment variables (a secret among them).
 fn start_host(config: &Path, log: PathBuf, env: &[(&str, &str)]) -> Host {
@@ -158,7 +158,9 @@ listen = "127.0.0.1:{port}"
         good.push(body);
         common::publish(&config, &["Order.Flow", &format!("{{\"n\":{i}}}")]);
     }
-    for body in ["env", "print", "publish"] {
+    // The sixth poison message: its worker exits while a process it started lives on.
+    common::publish(&config, &["Boom.Bad", POISON[5]]);
+    for body in ["env", "print", "publish", "garble"] {
         common::publish(&config, &["Boom.Good", body]);
         good.push(body.to_string());
     }
@@ -257,6 +259,9 @@ listen = "127.0.0.1:{port}"
         "exited with status 3",
         "a call hung past the handler timeout of 2 s",
         "memory allocation of 4294967296 bytes failed",
+        // Seen at once, though `sleep` (started by the worker) still runs: the protocol pipe
+        // is not inherited by what a plugin starts.
+        "exited with status 7",
     ] {
         assert!(log.contains(cause), "the log names `{cause}`:\n{log}");
     }
@@ -279,6 +284,8 @@ listen = "127.0.0.1:{port}"
                 && l.contains("plugin=crashy")),
         "{log}"
     );
+    // Bytes that are not UTF-8 on stderr neither stop the capture nor fail the plugin.
+    assert!(log.contains("crashy wrote past the garbled bytes"), "{log}");
     assert!(
         log.contains("published") && log.contains("Crashy.Published"),
         "{log}"

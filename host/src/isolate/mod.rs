@@ -228,8 +228,7 @@ pub fn new_handler(
     if !config.plugins.isolate.isolates(&plugin.name) {
         return plugin.new_handler(handler, &binding.config_json());
     }
-    let binary = std::env::current_exe()
-        .map_err(|e| format!("cannot find this binary to start a plugin worker: {e}"))?;
+    let binary = worker_binary()?;
     let state_dir = running.then(|| crate::plugins::watch::state_dir(config));
     let settings = Arc::new(Settings::new(&config.plugins.isolate, binary, state_dir));
     let timeout = Duration::from_secs(
@@ -238,6 +237,18 @@ pub fn new_handler(
             .unwrap_or(config.sqs.handler_timeout_secs),
     );
     isolated_handler(plugin, &settings, handler, &binding.config_json(), timeout)
+}
+
+/// The binary that runs plugin workers: this very one. On Linux that is `/proc/self/exe`, which
+/// stays this process's executable even when the file on disk is upgraded or deleted while the
+/// host runs (a worker from a different build would speak a different protocol).
+fn worker_binary() -> Result<PathBuf, String> {
+    let this = std::path::Path::new("/proc/self/exe");
+    if this.exists() {
+        return Ok(this.to_path_buf());
+    }
+    std::env::current_exe()
+        .map_err(|e| format!("cannot find this binary to start a plugin worker: {e}"))
 }
 
 /// A proxy handler for `handler` of `plugin` running in a worker started with `settings`.

@@ -13,7 +13,7 @@
 //! process (it is stuck) and fails the same way.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::BufRead;
+use std::io::{BufRead, Read};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -122,6 +122,10 @@ impl Process {
 #[derive(Default)]
 struct Stats {
     starts: u64,
+    /// Starts that replaced a crashed process.
+    restarts: u64,
+    /// Crashes no start has replaced yet.
+    unreplaced: u64,
     crashes: u64,
     consecutive: u32,
     last_crash: Option<String>,
@@ -222,14 +226,7 @@ fn private_copy(plugin: &crate::plugins::LoadedPlugin) -> Result<PathBuf, String
     if !unchanged() {
         return Err(changed());
     }
-    let dir = std::env::temp_dir().join(format!("iniesta-isolated-{}", std::process::id()));
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder
-        .create(&dir)
-        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let dir = private_dir()?;
     let name = plugin
         .file
         .file_name()
@@ -243,6 +240,41 @@ fn private_copy(plugin: &crate::plugins::LoadedPlugin) -> Result<PathBuf, String
     std::fs::write(&copy, &bytes)
         .map_err(|e| format!("cannot copy the plugin to {}: {e}", copy.display()))?;
     Ok(copy)
+}
+
+/// This process's private directory for the workers' plugin copies.
+static PRIVATE_DIR: Mutex<Option<tempfile::TempDir>> = Mutex::new(None);
+
+/// The private directory, created on first use with a random name and mode 0700 (a
+/// predictable name in a shared /tmp could be planted by another user).
+fn private_dir() -> Result<PathBuf, String> {
+    let mut dir = lock(&PRIVATE_DIR);
+    if let Some(dir) = dir.as_ref() {
+        return Ok(dir.path().to_path_buf());
+    }
+    let made = tempfile::Builder::new()
+        .prefix(&format!("iniesta-isolated-{}-", std::process::id()))
+        .tempdir()
+        .map_err(|e| {
+            format!(
+                "cannot create a private directory in {}: {e}",
+                std::env::temp_dir().display()
+            )
+        })?;
+    let path = made.path().to_path_buf();
+    *dir = Some(made);
+    Ok(path)
+}
+
+/// Remove the private directory with the plugin copies in it (at the host's exit: the
+/// workers have loaded their copies, so the files are no longer needed).
+pub fn remove_private_dir() {
+    if let Some(dir) = lock(&PRIVATE_DIR).take() {
+        let path = dir.path().to_path_buf();
+        if let Err(e) = dir.close() {
+            tracing::debug!(dir = %path.display(), error = %e, "cannot remove the plugin workers' directory");
+        }
+    }
 }
 
 /// The state of every live worker pool in this process.
@@ -385,7 +417,10 @@ impl Worker {
                     deadline = (deadline + publishing.elapsed()).min(latest);
                 }
                 Ok(Event::Outcome(outcome)) => {
-                    lock(&self.stats).consecutive = 0;
+                    let recovered = std::mem::take(&mut lock(&self.stats).consecutive) > 0;
+                    if recovered {
+                        self.write_state();
+                    }
                     return outcome.into();
                 }
                 Ok(Event::Died(reason)) => {
@@ -513,12 +548,7 @@ impl Worker {
             let name = self.name.clone();
             let _ = std::thread::Builder::new()
                 .name(format!("worker-stderr-{pid}"))
-                .spawn(move || {
-                    for line in std::io::BufReader::new(stderr).lines() {
-                        let Ok(line) = line else { break };
-                        tracing::warn!(plugin = %name, pid, "worker stderr: {line}");
-                    }
-                });
+                .spawn(move || forward_stderr(stderr, &name, pid));
         }
         let process = Arc::new(Process {
             pid,
@@ -539,6 +569,10 @@ impl Worker {
                 .spawn(move || read_loop(reading, stdout, ready_tx, worker, name));
             if let Err(e) = spawned {
                 process.kill(format!("no reader thread: {e}"));
+                // Nobody else will reap it.
+                if let Some(mut child) = lock(&process.child).take() {
+                    let _ = child.wait();
+                }
                 return Err(format!("cannot start a reader thread: {e}"));
             }
         }
@@ -561,7 +595,14 @@ impl Worker {
         let restart = {
             let mut stats = lock(&self.stats);
             stats.starts += 1;
-            stats.crashes > 0
+            // A start replaces a crashed process when a crash is still unreplaced; other
+            // starts grow the pool.
+            let replaces = stats.unreplaced > 0;
+            stats.unreplaced = stats.unreplaced.saturating_sub(1);
+            if replaces {
+                stats.restarts += 1;
+            }
+            replaces
         };
         if restart {
             metrics::counter!(crate::ops::metrics::WORKER_RESTARTS, "plugin" => self.name.clone())
@@ -576,6 +617,7 @@ impl Worker {
         let (consecutive, backoff) = {
             let mut stats = lock(&self.stats);
             stats.crashes += 1;
+            stats.unreplaced += 1;
             stats.consecutive += 1;
             stats.last_crash = Some(reason.to_string());
             stats.last_crash_at = Some(SystemTime::now());
@@ -654,7 +696,7 @@ impl Worker {
             },
             pids,
             max_workers: self.settings.max_workers as u64,
-            restarts: stats.starts.saturating_sub(1).min(stats.crashes),
+            restarts: stats.restarts,
             crashes: stats.crashes,
             crashes_in_a_row: stats.consecutive,
             last_crash: stats.last_crash.clone(),
@@ -676,12 +718,16 @@ impl Drop for Worker {
     fn drop(&mut self) {
         // No binding uses this generation any more: its processes finish and exit. They have
         // loaded the plugin already, so its private copy can go.
-        let mut inner = lock(&self.inner);
-        inner.idle.clear();
-        for process in inner.live.drain(..) {
-            process.retire();
+        {
+            let mut inner = lock(&self.inner);
+            inner.idle.clear();
+            for process in inner.live.drain(..) {
+                process.retire();
+            }
         }
         let _ = std::fs::remove_file(&self.file);
+        // `iniesta plugins` stops listing this pool (the registry no longer upgrades it).
+        self.write_state();
     }
 }
 
@@ -805,6 +851,37 @@ fn read_loop(
         }
         None => {
             tracing::warn!(plugin = %name, pid = process.pid, reason = %reason, "retired plugin worker ended badly")
+        }
+    }
+}
+
+/// The longest stderr line logged as one record; a longer run of bytes is cut into pieces.
+const STDERR_LINE_MAX: usize = 16 * 1024;
+
+/// Log everything a worker writes to stderr, line by line, until the pipe closes. Bytes that
+/// are not UTF-8 are shown with replacement characters, and a line with no end is logged in
+/// pieces, so the host keeps reading (a worker whose stderr is not drained would block, and
+/// one whose pipe is closed would fail on its next write).
+fn forward_stderr(stderr: impl Read, name: &str, pid: u32) {
+    let mut reader = std::io::BufReader::new(stderr);
+    let mut line = Vec::with_capacity(256);
+    loop {
+        line.clear();
+        let read = (&mut reader)
+            .take(STDERR_LINE_MAX as u64)
+            .read_until(b'\n', &mut line);
+        match read {
+            Ok(0) => return,
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&line);
+                let text = text.trim_end_matches(['\n', '\r']);
+                tracing::warn!(plugin = %name, pid, "worker stderr: {text}");
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                tracing::debug!(plugin = %name, pid, error = %e, "cannot read the worker's stderr");
+                return;
+            }
         }
     }
 }

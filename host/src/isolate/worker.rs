@@ -178,8 +178,10 @@ fn init_tracing() {
 #[cfg(unix)]
 fn take_stdout() -> std::io::Result<File> {
     use std::os::fd::FromRawFd;
-    // SAFETY: dup returns a new descriptor we own (or -1).
-    let fd = unsafe { libc::dup(libc::STDOUT_FILENO) };
+    // Close-on-exec, so a program the plugin starts does not inherit the protocol pipe (it
+    // would keep the pipe open after this worker dies, hiding the death from the host, and
+    // could write into the protocol). SAFETY: fcntl returns a new descriptor we own (or -1).
+    let fd = unsafe { libc::fcntl(libc::STDOUT_FILENO, libc::F_DUPFD_CLOEXEC, 3) };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }

@@ -93,14 +93,7 @@ dirs = ["{plugins}"]
 
     /// Lines of a ledger file as JSON values (empty if it does not exist yet).
     pub fn ledger(&self, name: &str) -> Vec<serde_json::Value> {
-        match std::fs::read_to_string(self.path(name)) {
-            Ok(text) => text
-                .lines()
-                .filter(|l| !l.trim().is_empty())
-                .map(|l| serde_json::from_str(l).expect("ledger lines are JSON"))
-                .collect(),
-            Err(_) => Vec::new(),
-        }
+        json_lines(&self.path(name))
     }
 
     /// Wait until `cond` holds, failing with `what` after `limit`.
@@ -111,6 +104,25 @@ dirs = ["{plugins}"]
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// The complete lines of a JSON-lines file that a plugin may still be appending to, as JSON
+/// values (empty if the file does not exist yet). A last line without its newline is a write in
+/// progress (a reader can see part of an append) and is left for the next read.
+pub fn json_lines(path: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let complete = match text.rfind('\n') {
+        Some(end) => &text[..end],
+        None => "",
+    };
+    complete
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("{} line is not JSON ({e}): {l}", path.display()))
+        })
+        .collect()
 }
 
 /// Run `iniesta -c CONFIG ARGS...` to completion.

@@ -2,6 +2,9 @@
 //! Never run it in the host: bind it only with `[plugins.isolate] names = ["crashy"]`.
 //!
 //! What it does depends on the body (the first marker found wins):
+//! - `orphan`: starts `sleep 20` (left running) and exits with status 7 — the worker dies
+//!   while a process it started lives on with whatever descriptors it inherited;
+//! - `garble`: writes bytes that are not UTF-8 to stderr, then a readable line;
 //! - `segfault`: writes through a null pointer (SIGSEGV);
 //! - `abort`: `std::process::abort()` (SIGABRT, as `panic = "abort"` would);
 //! - `exit`: `std::process::exit(3)`;
@@ -59,7 +62,16 @@ impl Crashy {
 impl Handler for Crashy {
     fn handle(&self, message: &Message<'_>, ctx: &Context<'_>) -> HandlerResult {
         let body = String::from_utf8_lossy(message.body()).to_string();
-        if body.contains("segfault") {
+        if body.contains("orphan") {
+            std::process::Command::new("sleep")
+                .arg("20")
+                .spawn()
+                .map_err(|e| format!("cannot start sleep: {e}"))?;
+            std::process::exit(7);
+        } else if body.contains("garble") {
+            std::io::stderr().write_all(b"\xff\xfe garbled \xc3\x28\n")?;
+            eprintln!("crashy wrote past the garbled bytes");
+        } else if body.contains("segfault") {
             // SAFETY: none — this is the point: the process dies with SIGSEGV.
             unsafe { std::ptr::null_mut::<u8>().write_volatile(1) };
         } else if body.contains("abort") {
