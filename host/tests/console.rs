@@ -84,6 +84,15 @@ fn get(port: u16, path: &str, headers: &str) -> (u16, String) {
     )
 }
 
+/// The CSRF token the console page carries.
+fn csrf_of(page: &str) -> String {
+    page.split("name=\"csrf-token\" content=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the page carries a CSRF token")
+        .to_string()
+}
+
 fn post(port: u16, path: &str, headers: &str, body: &str) -> (u16, String) {
     http(
         port,
@@ -190,12 +199,7 @@ fn the_console_shows_plugins_and_failures_and_redrives_from_the_browser() {
     );
     let (status, page) = get(port, "/", &bearer());
     assert_eq!(status, 200);
-    let csrf = page
-        .split("name=\"csrf-token\" content=\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .expect("the page carries a CSRF token")
-        .to_string();
+    let csrf = csrf_of(&page);
     let (status, body) = post(port, "/api/dlq/redrive", &bearer(), r#"{"all":true}"#);
     assert_eq!(status, 403, "no CSRF token: {body}");
     let (status, body) = post(
@@ -432,6 +436,14 @@ fn without_a_token_the_console_answers_only_loopback_names() {
         403,
         "no CSRF token"
     );
+    // Listing the DLQ (on SQS it receives the messages) cannot be triggered by another page
+    // either: it needs the page's CSRF token.
+    let (status, body) = get(port, "/api/dlq", "");
+    assert_eq!(status, 403, "a DLQ listing without the CSRF token: {body}");
+    let page = get(port, "/", "").1;
+    let csrf = csrf_of(&page);
+    let (status, body) = get(port, "/api/dlq", &format!("X-CSRF-Token: {csrf}\r\n"));
+    assert_eq!(status, 200, "{body}");
     assert_eq!(get(port, "/metrics", "").0, 200, "/metrics is unchanged");
     host.stop();
 }

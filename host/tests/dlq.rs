@@ -131,7 +131,17 @@ fn scenario(broker: Broker) {
     s.wait_for("five dead letters", LIMIT, || {
         broker.dlq_depth(&config) == 5
     });
-    host.stop();
+    let log = host.stop();
+    // The ids the host dead-lettered (the main queue's message ids, as in its logs).
+    let mut dead_lettered: Vec<String> = log
+        .lines()
+        .filter(|l| l.contains("moved to the dead-letter queue"))
+        .filter_map(|l| l.split("message_id=").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(str::to_string)
+        .collect();
+    dead_lettered.sort();
+    assert_eq!(dead_lettered.len(), 5, "{log}");
 
     // 2. List: every one with its reason, bodies hidden unless asked for.
     let table = ok(&config, &["dlq", "list"]);
@@ -144,7 +154,25 @@ fn scenario(broker: Broker) {
             "reason shown: {row}"
         );
         assert!(row.contains("bytes hidden>"), "body hidden: {row}");
+        // ID EVENT RECEIVES FIRST-SEEN LAST-SEEN: one delivery before it was dead-lettered
+        // (on SQS, not the DLQ copy's own count), and both times known.
+        let columns: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(columns[2], "1", "receive count: {row}");
+        assert!(
+            columns[3].starts_with("20") && columns[4].starts_with("20"),
+            "first and last seen: {row}"
+        );
     }
+    let mut listed_ids: Vec<String> = listed
+        .iter()
+        .filter_map(|r| r.split_whitespace().next())
+        .map(str::to_string)
+        .collect();
+    listed_ids.sort();
+    assert_eq!(
+        listed_ids, dead_lettered,
+        "listed under the ids the host logged"
+    );
     assert_eq!(
         listed
             .iter()

@@ -59,12 +59,106 @@ impl Config {
     }
 
     /// Deserialize the whole config into a `serde` type; an absent config reads as `{}`.
+    ///
+    /// The error names the field and what was expected, never the value found: a config may
+    /// hold a credential profile's secrets, and constructor errors are logged.
     pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, ConfigError> {
         let value = if self.value.is_null() {
             serde_json::Value::Object(Default::default())
         } else {
             self.value.clone()
         };
-        serde_json::from_value(value).map_err(|e| ConfigError(format!("binding config: {e}")))
+        serde_json::from_value(value).map_err(|e| {
+            ConfigError(format!(
+                "binding config: {}",
+                without_values(&e.to_string())
+            ))
+        })
+    }
+}
+
+/// A serde error message without the value it quotes: ``invalid type: integer `1234`,
+/// expected a string`` becomes `invalid type: integer, expected a string`; likewise
+/// `invalid value: …` and `unknown variant …`.
+fn without_values(message: &str) -> String {
+    for prefix in ["invalid type:", "invalid value:", "unknown variant"] {
+        let Some(rest) = message.strip_prefix(prefix) else {
+            continue;
+        };
+        let (found, expected) = match rest.split_once(", expected") {
+            Some((found, expected)) => (found, Some(expected)),
+            None => (rest, None),
+        };
+        // serde shows a value after its kind: integer `5`, string "x", character `c`.
+        let kind = found.split(['`', '"']).next().unwrap_or_default().trim();
+        let mut out = prefix.to_string();
+        if !kind.is_empty() {
+            out.push(' ');
+            out.push_str(kind);
+        }
+        if let Some(expected) = expected {
+            out.push_str(", expected");
+            out.push_str(expected);
+        }
+        return out;
+    }
+    message.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Profile {
+        url: String,
+        password: Option<String>,
+        port: Option<u16>,
+        mode: Option<Mode>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    enum Mode {
+        Plain,
+    }
+
+    fn error(json: &str) -> String {
+        Config::from_json(json)
+            .expect("json")
+            .parse::<Profile>()
+            .expect_err("invalid")
+            .to_string()
+    }
+
+    #[test]
+    fn parse_errors_name_the_field_but_never_the_value() {
+        for (json, secret, want) in [
+            (
+                r#"{"url": "nats://x", "password": 12345678}"#,
+                "12345678",
+                "invalid type: integer, expected a string",
+            ),
+            (
+                r#"{"url": "nats://x", "port": 99999999}"#,
+                "99999999",
+                "invalid value: integer, expected u16",
+            ),
+            (
+                r#"{"url": "nats://x", "mode": "hunter2"}"#,
+                "hunter2",
+                "unknown variant, expected",
+            ),
+            (r#"{"url": ["s3cret"]}"#, "s3cret", "invalid type: sequence"),
+        ] {
+            let text = error(json);
+            assert!(!text.contains(secret), "{text}");
+            assert!(text.contains(want), "{json}: {text}");
+        }
+        // Field names are not values: they stay.
+        assert!(error(r#"{"url": "x", "pasword": "p"}"#).contains("unknown field `pasword`"));
+        assert!(error(r#"{}"#).contains("missing field `url`"));
     }
 }

@@ -27,6 +27,48 @@ use crate::wire::{Attribute, Attributes, Outgoing};
 /// The attribute a dead letter carries its reason in.
 pub const DEAD_LETTER_REASON: &str = "iniesta_dead_letter_reason";
 
+/// The attribute a dead letter iniesta moved carries its origin in: the original message id,
+/// its deliveries before it was dead-lettered and when it was first sent (ms since the Unix
+/// epoch), space-separated. The copy in the DLQ is a new SQS message with a new id and a
+/// receive count of its own, so without this `dlq list` could not show them.
+pub const DEAD_LETTER_ORIGIN: &str = "iniesta_dead_letter_origin";
+
+/// A dead letter's origin (see [`DEAD_LETTER_ORIGIN`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterOrigin {
+    /// The message id on the main queue.
+    pub message_id: String,
+    /// Deliveries before it was dead-lettered.
+    pub receive_count: u32,
+    /// When it was first sent to the main queue (ms since the Unix epoch).
+    pub sent_ms: u64,
+}
+
+impl DeadLetterOrigin {
+    /// The attribute's value.
+    pub fn encode(&self) -> String {
+        format!(
+            "{} {} {}",
+            self.message_id, self.receive_count, self.sent_ms
+        )
+    }
+
+    /// Read an attribute's value; `None` if it is not one.
+    pub fn decode(value: &str) -> Option<DeadLetterOrigin> {
+        let mut parts = value.split(' ');
+        let (Some(id), Some(count), Some(sent), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        Some(DeadLetterOrigin {
+            message_id: id.to_string(),
+            receive_count: count.parse().ok()?,
+            sent_ms: sent.parse().ok()?,
+        })
+    }
+}
+
 /// SNS and SQS clients bound to one service's topic and queues.
 pub struct AwsBroker {
     sns: aws_sdk_sns::Client,
@@ -197,16 +239,17 @@ impl AwsBroker {
     }
 
     async fn send_to_url(&self, url: &str, message: &Outgoing) -> Result<String, BrokerError> {
-        self.send_to_url_in_group(url, message, None).await
+        self.send_to_url_in_group(url, message, None, None).await
     }
 
     /// Send to a queue; a FIFO queue gets a group id (`group`, else the configured rule) and a
-    /// deduplication id.
+    /// deduplication id (`deduplication_id`, else the configured rule).
     pub(crate) async fn send_to_url_in_group(
         &self,
         url: &str,
         message: &Outgoing,
         group: Option<&str>,
+        deduplication_id: Option<&str>,
     ) -> Result<String, BrokerError> {
         let body = body_text(message)?;
         let mut request = self.sqs.send_message().queue_url(url).message_body(body);
@@ -217,9 +260,11 @@ impl AwsBroker {
             let group = group
                 .map(str::to_string)
                 .unwrap_or_else(|| self.fifo.group_of(message));
-            request = request
-                .message_group_id(group)
-                .message_deduplication_id(self.fifo.deduplication_id_of(message));
+            request = request.message_group_id(group).message_deduplication_id(
+                deduplication_id
+                    .map(str::to_string)
+                    .unwrap_or_else(|| self.fifo.deduplication_id_of(message)),
+            );
         }
         let out = request
             .send()
@@ -500,11 +545,21 @@ impl Broker for AwsBroker {
     async fn dead_letter(&self, message: &Received, reason: &str) -> Result<(), BrokerError> {
         let dlq = self.dead_letter_url().await?.to_string();
         let mut attributes = message.attributes.clone();
-        // SQS allows 10 message attributes; keep the reason when there is room.
-        if attributes.len() < 10 {
-            attributes.insert(DEAD_LETTER_REASON.into(), Attribute::string(reason));
-        } else {
-            tracing::warn!(message_id = %message.message_id, "no room for the dead-letter reason attribute (10 attributes already)");
+        // SQS allows 10 message attributes; keep the reason and the origin when there is room.
+        let origin = DeadLetterOrigin {
+            message_id: message.message_id.clone(),
+            receive_count: message.receive_count,
+            sent_ms: message.sent_timestamp_ms,
+        };
+        for (name, value) in [
+            (DEAD_LETTER_REASON, reason.to_string()),
+            (DEAD_LETTER_ORIGIN, origin.encode()),
+        ] {
+            if attributes.len() < 10 {
+                attributes.insert(name.into(), Attribute::string(&value));
+            } else {
+                tracing::warn!(message_id = %message.message_id, attribute = name, "no room for this dead-letter attribute (10 attributes already)");
+            }
         }
         let outgoing = Outgoing {
             event: message.message_id.clone(),
@@ -512,7 +567,7 @@ impl Broker for AwsBroker {
             attributes,
         };
         // A FIFO dead-letter queue keeps the message's group.
-        self.send_to_url_in_group(&dlq, &outgoing, message.group_id.as_deref())
+        self.send_to_url_in_group(&dlq, &outgoing, message.group_id.as_deref(), None)
             .await?;
         // Only after the copy is safely in the DLQ is the original deleted.
         let url = self.queue_url().await?.to_string();
@@ -539,6 +594,19 @@ impl Broker for AwsBroker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dead_letter_origins_round_trip_and_other_values_are_not_origins() {
+        let origin = DeadLetterOrigin {
+            message_id: "5fea7756-0ea4-451a-a703-a558b933e274".into(),
+            receive_count: 3,
+            sent_ms: 1_764_000_000_123,
+        };
+        assert_eq!(DeadLetterOrigin::decode(&origin.encode()), Some(origin));
+        for bad in ["", "id", "id 3", "id x 5", "id 3 5 extra", "id -1 5"] {
+            assert_eq!(DeadLetterOrigin::decode(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn stale_receipts_are_recognised_and_nothing_else() {

@@ -17,7 +17,10 @@ use aws_sdk_sqs::types::{
 };
 
 use super::{event_of, DeadLetter, DeadLetterQueue, DlqError, Progress, RedriveReport, Selection};
-use crate::broker::aws::{from_sqs_attributes, sdk_error, AwsBroker, DEAD_LETTER_REASON};
+use crate::broker::aws::{
+    from_sqs_attributes, sdk_error, AwsBroker, DeadLetterOrigin, DEAD_LETTER_ORIGIN,
+    DEAD_LETTER_REASON,
+};
 use crate::broker::BrokerError;
 use crate::config::Config;
 use crate::wire::Outgoing;
@@ -63,13 +66,27 @@ impl AwsDlq {
         let body = message.body().unwrap_or_default().as_bytes().to_vec();
         let attributes = from_sqs_attributes(message.message_attributes());
         let reason = attributes.get(DEAD_LETTER_REASON).map(|a| a.value.clone());
+        let origin = attributes
+            .get(DEAD_LETTER_ORIGIN)
+            .and_then(|a| DeadLetterOrigin::decode(&a.value));
         let sent = number(MessageSystemAttributeName::SentTimestamp);
-        // A copy iniesta dead-lettered was sent to the DLQ when it was dead-lettered; a message
-        // SQS moved by its redrive policy keeps its original send time.
-        let (first_seen_ms, last_seen_ms) = if reason.is_some() {
-            (None, sent)
-        } else {
-            (sent, None)
+        // This receive is counted too; show the ones before it.
+        let receives = number(MessageSystemAttributeName::ApproximateReceiveCount)
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(1)
+            .saturating_sub(1);
+        // A copy iniesta dead-lettered was sent to the DLQ when it was dead-lettered, with its
+        // origin (the original id, deliveries and send time) in an attribute; a message SQS
+        // moved by its redrive policy keeps its id and original send time.
+        let (id, receive_count, first_seen_ms, last_seen_ms) = match (&origin, &reason) {
+            (Some(origin), _) => (
+                origin.message_id.clone(),
+                origin.receive_count,
+                Some(origin.sent_ms),
+                sent,
+            ),
+            (None, Some(_)) => (id, receives, None, sent),
+            (None, None) => (id, receives, sent, None),
         };
         let event = event_of(&id, &body, &attributes, &self.event_key);
         Some(Taken {
@@ -81,11 +98,7 @@ impl AwsDlq {
             letter: DeadLetter {
                 id,
                 event,
-                // This receive is counted too; show the ones before it.
-                receive_count: number(MessageSystemAttributeName::ApproximateReceiveCount)
-                    .and_then(|n| u32::try_from(n).ok())
-                    .unwrap_or(1)
-                    .saturating_sub(1),
+                receive_count,
                 first_seen_ms,
                 last_seen_ms,
                 reason,
@@ -244,6 +257,13 @@ impl DeadLetterQueue for AwsDlq {
                     }
                     let mut attributes = taken.letter.attributes;
                     attributes.remove(DEAD_LETTER_REASON);
+                    attributes.remove(DEAD_LETTER_ORIGIN);
+                    // On a FIFO queue, a deduplication id of its own: the original's (or an
+                    // earlier redrive's) may still be in SQS's 5-minute window, and SQS would
+                    // accept the send and drop the message, which is then deleted here.
+                    let deduplication = self
+                        .fifo
+                        .then(|| redrive_deduplication_id(&taken.letter.id));
                     let outgoing = Outgoing {
                         event: taken.letter.event.clone(),
                         body: taken.letter.body,
@@ -251,7 +271,12 @@ impl DeadLetterQueue for AwsDlq {
                     };
                     match self
                         .broker
-                        .send_to_url_in_group(&main, &outgoing, taken.group.as_deref())
+                        .send_to_url_in_group(
+                            &main,
+                            &outgoing,
+                            taken.group.as_deref(),
+                            deduplication.as_deref(),
+                        )
                         .await
                     {
                         Ok(new_id) => match self.delete(&url, &taken.receipt).await {
@@ -327,4 +352,13 @@ impl DeadLetterQueue for AwsDlq {
     fn describe(&self) -> String {
         format!("dead-letter queue {} on SQS", self.dlq)
     }
+}
+
+/// A FIFO deduplication id for one redrive of a message: its id and the time of this redrive.
+fn redrive_deduplication_id(id: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    crate::broker::fifo::hex_sha256(&[b"redrive", id.as_bytes(), now.to_string().as_bytes()])
 }

@@ -219,15 +219,21 @@ pub async fn outbox(
         return Ok(ExitCode::SUCCESS);
     }
     for b in &backlog {
+        let configured = config.egress.iter().any(|e| e.label() == b.egress);
         println!(
-            "{}: {} event(s) waiting, {} attempt(s) so far{}",
+            "{}: {} event(s) waiting, {} attempt(s) so far{}{}",
             b.egress,
             b.pending,
             b.max_attempts,
             b.last_error
                 .as_deref()
                 .map(|e| format!("; last error: {e}"))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            if configured {
+                ""
+            } else {
+                " (no [[egress]] of this name is configured: nothing delivers these until one is back)"
+            }
         );
     }
     Ok(if args.drain {

@@ -4,6 +4,9 @@
 //! egress that still fails gets the event written to the [`Outbox`] before `publish` returns,
 //! and is reported (log line, `iniesta_egress_deliveries_total{result="queued"}`). One failing
 //! egress never delays or stops the others: they run concurrently and each settles on its own.
+//! An egress that already has events waiting in the outbox is not tried while publishing: the
+//! new event is queued behind them at once, so it keeps its order and a publish does not wait
+//! out the attempts of an egress known to be down.
 //! The outbox is drained by a running host ([`Fanout::run_drainer`], backoff per row up to
 //! `outbox.max_backoff_secs`) and by the next `iniesta publish` ([`Fanout::drain_pending`]).
 
@@ -15,7 +18,7 @@ use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::outbox::{Outbox, OutboxError, Pending};
+use super::outbox::{Outbox, OutboxError, Pending, Waiting};
 use crate::ops::metrics as m;
 use crate::wire::Outgoing;
 
@@ -121,6 +124,17 @@ impl FanoutReport {
     }
 }
 
+/// Why an egress did not take an event while publishing.
+#[derive(Debug, Clone, thiserror::Error)]
+enum Failure {
+    /// Every attempt failed; the last error.
+    #[error("{0}")]
+    Failed(String),
+    /// Not tried: this many earlier events wait in the outbox for the egress.
+    #[error("queued behind {0} earlier event(s) waiting in the outbox for this egress")]
+    Behind(u64),
+}
+
 /// How many outbox rows a drain pass delivered and how many failed again.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DrainReport {
@@ -187,9 +201,23 @@ impl Fanout {
     /// in the outbox for that egress; an error only if the outbox could not keep it.
     pub async fn publish(&self, message: &Outgoing) -> Result<FanoutReport, OutboxError> {
         let event_id = uuid::Uuid::new_v4().to_string();
+        let waiting = match self.outbox.waiting().await {
+            Ok(waiting) => waiting,
+            Err(e) => {
+                tracing::warn!(error = %e, outbox = %self.outbox.path().display(), "cannot read the outbox; trying every egress");
+                Vec::new()
+            }
+        };
         let tries = self.egresses.iter().map(|egress| {
             let event_id = event_id.as_str();
+            let behind = waiting
+                .iter()
+                .find(|w| w.egress == egress.name)
+                .map(|w| w.pending);
             async move {
+                if let Some(pending) = behind {
+                    return (egress.name.clone(), Err(Failure::Behind(pending)));
+                }
                 let attempt = || self.attempt(egress, event_id, message);
                 let result = attempt
                     .retry(
@@ -204,24 +232,38 @@ impl Fanout {
                             retry_in_ms = after.as_millis() as u64, "egress failed; retrying");
                     })
                     .await;
-                (egress.name.clone(), result)
+                (egress.name.clone(), result.map_err(Failure::Failed))
             }
         });
         let results = futures_util::future::join_all(tries).await;
-        let failed: Vec<(String, String)> = results
-            .iter()
-            .filter_map(|(name, r)| r.as_ref().err().map(|e| (name.clone(), e.clone())))
-            .collect();
+        let (mut failed, mut behind) = (Vec::new(), Vec::new());
+        for (name, result) in &results {
+            match result {
+                Err(Failure::Failed(e)) => failed.push((name.clone(), e.clone())),
+                Err(failure @ Failure::Behind(_)) => {
+                    behind.push((name.clone(), failure.to_string()))
+                }
+                Ok(_) => {}
+            }
+        }
         if !failed.is_empty() {
             self.outbox
                 .put(
-                    failed.clone(),
+                    failed,
                     &event_id,
                     message,
                     self.settings.attempts,
                     self.settings.backoff(self.settings.attempts),
                 )
                 .await?;
+        }
+        if !behind.is_empty() {
+            // Due with the rows ahead of it (put never makes a row due before them).
+            self.outbox
+                .put(behind, &event_id, message, 0, Duration::ZERO)
+                .await?;
+        }
+        if results.iter().any(|(_, r)| r.is_err()) {
             self.wake.notify_one();
         }
         let mut deliveries = Vec::with_capacity(results.len());
@@ -232,12 +274,19 @@ impl Fanout {
                     tracing::debug!(egress = %name, event = %message.event, event_id = %event_id, id = %id, "delivered");
                     deliveries.push((name, Delivery::Delivered(id)));
                 }
-                Err(error) => {
+                Err(Failure::Failed(error)) => {
                     metrics::counter!(m::EGRESS_DELIVERIES, "egress" => name.clone(), "result" => "queued").increment(1);
                     tracing::error!(egress = %name, event = %message.event, event_id = %event_id, error = %error,
                         attempts = self.settings.attempts, outbox = %self.outbox.path().display(),
                         "egress failed every attempt; the event waits in the outbox and is redelivered with backoff (by a running host, or the next publish)");
                     deliveries.push((name, Delivery::Queued(error)));
+                }
+                Err(failure @ Failure::Behind(_)) => {
+                    metrics::counter!(m::EGRESS_DELIVERIES, "egress" => name.clone(), "result" => "queued").increment(1);
+                    tracing::warn!(egress = %name, event = %message.event, event_id = %event_id, reason = %failure,
+                        outbox = %self.outbox.path().display(),
+                        "queued in the outbox behind the events already waiting for this egress (not tried now, to keep their order)");
+                    deliveries.push((name, Delivery::Queued(failure.to_string())));
                 }
             }
         }
@@ -309,6 +358,23 @@ impl Fanout {
         }
     }
 
+    /// Warn once per egress name about events waiting for an egress this config does not
+    /// have (renamed or removed with events still waiting): nothing delivers them.
+    fn report_unconfigured(
+        &self,
+        waiting: &[Waiting],
+        reported: &mut std::collections::BTreeSet<String>,
+    ) {
+        for w in waiting {
+            if !self.egresses.iter().any(|e| e.name == w.egress)
+                && reported.insert(w.egress.clone())
+            {
+                tracing::warn!(egress = %w.egress, pending = w.pending, outbox = %self.outbox.path().display(),
+                    "events wait in the outbox for an egress that is not configured (renamed or removed); they are kept, and delivered once an [[egress]] of that name is back");
+            }
+        }
+    }
+
     /// Deliver everything waiting now, ignoring backoff (what `iniesta publish` does first).
     pub async fn drain_pending(&self) -> DrainReport {
         self.drain(false).await
@@ -332,6 +398,7 @@ impl Fanout {
     /// Drain the outbox with backoff until `shutdown`: wakes when a row is due or a publish
     /// queued one.
     pub async fn run_drainer(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut reported = std::collections::BTreeSet::new();
         loop {
             let report = self.drain(true).await;
             if report.delivered + report.failed > 0 {
@@ -342,12 +409,24 @@ impl Fanout {
                 );
             }
             self.record_backlog().await;
-            let wait = match self.outbox.next_due().await {
-                Ok(Some(due)) => {
-                    let ms = (due - super::outbox::epoch_ms()).max(10) as u64;
-                    Duration::from_millis(ms).min(self.settings.max_backoff)
+            let wait = match self.outbox.waiting().await {
+                Ok(waiting) => {
+                    self.report_unconfigured(&waiting, &mut reported);
+                    // Only this config's egresses: rows for one no longer configured are not
+                    // drained, so they must not keep the drainer awake.
+                    match waiting
+                        .iter()
+                        .filter(|w| self.egresses.iter().any(|e| e.name == w.egress))
+                        .map(|w| w.next_due_ms)
+                        .min()
+                    {
+                        Some(due) => {
+                            let ms = (due - super::outbox::epoch_ms()).max(10) as u64;
+                            Duration::from_millis(ms).min(self.settings.max_backoff)
+                        }
+                        None => self.settings.max_backoff,
+                    }
                 }
-                Ok(None) => self.settings.max_backoff,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot read the outbox");
                     self.settings.max_backoff

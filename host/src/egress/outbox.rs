@@ -164,9 +164,11 @@ impl Outbox {
             // timeout) instead of failing when its read turns into a write.
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             for (egress, error) in &egresses {
+                // Never due before the rows already waiting for this egress: they go first.
                 tx.execute(
                     "INSERT INTO outbox (egress, event_id, event, body, attributes, created_at, attempts, next_attempt_at, last_error)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7,
+                             MAX(?8, COALESCE((SELECT MAX(next_attempt_at) FROM outbox WHERE egress = ?1), 0)), ?9)",
                     params![egress, event_id, event, body, attributes, now, attempts, due, error],
                 )?;
             }
@@ -268,14 +270,20 @@ impl Outbox {
         .await
     }
 
-    /// When the next row of any egress is due (ms since the epoch).
-    pub async fn next_due(&self) -> Result<Option<i64>, OutboxError> {
+    /// Every egress with events waiting: how many, and when the next is due.
+    pub async fn waiting(&self) -> Result<Vec<Waiting>, OutboxError> {
         self.with(|conn| {
-            conn.query_row(
-                "SELECT MIN(MAX(next_attempt_at, leased_until)) FROM outbox",
-                [],
-                |r| r.get::<_, Option<i64>>(0),
-            )
+            let mut stmt = conn.prepare_cached(
+                "SELECT egress, COUNT(*), MIN(MAX(next_attempt_at, leased_until)) FROM outbox GROUP BY egress",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(Waiting {
+                    egress: r.get(0)?,
+                    pending: r.get::<_, i64>(1)? as u64,
+                    next_due_ms: r.get(2)?,
+                })
+            })?;
+            rows.collect()
         })
         .await
     }
@@ -300,6 +308,17 @@ impl Outbox {
         })
         .await
     }
+}
+
+/// Events waiting for one egress (see [`Outbox::waiting`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waiting {
+    /// The egress's name.
+    pub egress: String,
+    /// How many events wait for it.
+    pub pending: u64,
+    /// When the next one is due (ms since the epoch).
+    pub next_due_ms: i64,
 }
 
 /// Milliseconds since the epoch, as the outbox stores times.
@@ -390,5 +409,55 @@ mod tests {
         assert_eq!(backlog.len(), 1);
         assert_eq!(backlog[0].pending, 1);
         assert_eq!(backlog[0].last_error.as_deref(), Some("still down"));
+    }
+
+    #[tokio::test]
+    async fn a_row_put_behind_a_backlog_is_never_due_before_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let outbox = Outbox::open(&dir.path().join("outbox.db")).expect("opens");
+        assert!(outbox.waiting().await.expect("waiting").is_empty());
+        let down = || vec![("x".to_string(), "down".to_string())];
+        outbox
+            .put(down(), "e1", &message("A"), 3, Duration::from_secs(60))
+            .await
+            .expect("put");
+        // Due now by itself, but queued behind A: due with A, and handed out after it.
+        outbox
+            .put(down(), "e2", &message("B"), 0, Duration::ZERO)
+            .await
+            .expect("put");
+        let waiting = outbox.waiting().await.expect("waiting");
+        assert_eq!(waiting.len(), 1);
+        assert_eq!((waiting[0].egress.as_str(), waiting[0].pending), ("x", 2));
+        assert!(waiting[0].next_due_ms > epoch_ms() + 50_000, "{waiting:?}");
+        let lease = Duration::from_secs(60);
+        assert!(
+            outbox
+                .lease_next("x", true, lease)
+                .await
+                .expect("ok")
+                .is_none(),
+            "B is not due before A"
+        );
+        let first = outbox
+            .lease_next("x", false, lease)
+            .await
+            .expect("ok")
+            .expect("A first");
+        assert_eq!(first.event_id, "e1");
+        // Another egress's rows are its own.
+        outbox
+            .put(
+                vec![("y".into(), "down".into())],
+                "e3",
+                &message("C"),
+                1,
+                Duration::ZERO,
+            )
+            .await
+            .expect("put");
+        let waiting = outbox.waiting().await.expect("waiting");
+        let y = waiting.iter().find(|w| w.egress == "y").expect("y waits");
+        assert!(y.next_due_ms <= epoch_ms(), "{waiting:?}");
     }
 }

@@ -374,7 +374,13 @@ impl Console {
                 }
             }
         }
-        if request.method() == Method::POST {
+        // Actions, and the DLQ listing: on SQS a listing receives the messages (raising their
+        // receive counts), so another page must not be able to trigger it with an <img>. A
+        // request with an Authorization header cannot come from another page (browsers send
+        // no such header cross-site without a CORS preflight, which this server never allows).
+        let listing = request.uri().path() == "/api/dlq"
+            && request.headers().get(header::AUTHORIZATION).is_none();
+        if request.method() == Method::POST || listing {
             let csrf = request
                 .headers()
                 .get("x-csrf-token")
@@ -383,7 +389,7 @@ impl Console {
             if !bool::from(csrf.as_bytes().ct_eq(self.csrf.as_bytes())) {
                 return refuse(
                     StatusCode::FORBIDDEN,
-                    "missing or wrong X-CSRF-Token: actions must come from the console page",
+                    "missing or wrong X-CSRF-Token: actions and DLQ listings must come from the console page (or carry Authorization: Bearer TOKEN)",
                 );
             }
             if let Some(origin) = request.headers().get(header::ORIGIN) {
@@ -563,7 +569,22 @@ impl Console {
             Ok(s) => s,
             Err(e) => return bad(e.to_string()),
         };
-        match dlq.redrive(&selection, &crate::dlq::NoProgress).await {
+        // In a task of its own: a browser that goes away mid-redrive must not cancel it between
+        // a send and its delete (the message would then be in both queues).
+        let dlq = dlq.clone();
+        let redrive =
+            tokio::spawn(async move { dlq.redrive(&selection, &crate::dlq::NoProgress).await });
+        let outcome = match redrive.await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                tracing::error!(error = %e, "console: the redrive task failed");
+                return json(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &serde_json::json!({"error": format!("the redrive task failed: {e}")}),
+                );
+            }
+        };
+        match outcome {
             Ok(report) => {
                 tracing::info!(redriven = report.redriven, kept = report.kept, ids = ?ask.ids, events = ?ask.events, "console: redrive");
                 json(StatusCode::OK, &report)
@@ -632,7 +653,7 @@ fn percent_decode(text: &str) -> String {
                 }
                 _ => out.push(b'%'),
             },
-            b'+' => out.push(b' '),
+            // `+` stays `+` (not a space): tokens are often base64.
             b => out.push(b),
         }
         i += 1;
@@ -810,10 +831,14 @@ mod tests {
 
     #[test]
     fn percent_decoding_and_cookie_encoding() {
-        assert_eq!(percent_decode("a%20b+c"), "a b c");
+        assert_eq!(percent_decode("a%20b+c"), "a b+c");
         assert_eq!(percent_decode("bad%zz%"), "bad%zz%");
         assert_eq!(cookie_safe("a b;c"), "a%20b%3Bc");
         assert_eq!(percent_decode(&cookie_safe("t ok;,\"")), "t ok;,\"");
+        // A base64 token (`openssl rand -base64 24`) survives the cookie round trip.
+        let token = "q+3/Zk9w+Yh1x0T/ab+cdEFGhij4kl==";
+        assert_eq!(percent_decode(&cookie_safe(token)), token);
+        assert_eq!(percent_decode("q%2B3+x"), "q+3+x");
     }
 
     #[test]

@@ -104,7 +104,7 @@ pub fn explain(config: &Config, envelope: &Envelope) -> Result<String, Vec<Probl
         content_lines(&mut out, rules, envelope);
         if takes {
             if let Some(schema) = &rules.schema {
-                match schema.check(envelope.payload()) {
+                match schema.check_showing(envelope.payload(), true) {
                     Ok(()) => {
                         let _ = writeln!(out, "  ok    schema {}: valid", schema.path.display());
                     }

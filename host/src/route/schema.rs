@@ -65,8 +65,15 @@ impl Schema {
     }
 
     /// Check a payload; `Err` lists what is wrong (at most ten errors, each with its JSON
-    /// pointer).
+    /// pointer), with the body's values shown as `value`: this text becomes a dead-letter
+    /// reason, which is logged and listed where bodies are not.
     pub fn check(&self, payload: &Payload) -> Result<(), String> {
+        self.check_showing(payload, false)
+    }
+
+    /// [`Schema::check`], quoting the failing values when `show_values` (for a dry run on a
+    /// body the user typed).
+    pub fn check_showing(&self, payload: &Payload, show_values: bool) -> Result<(), String> {
         let Some(value) = payload.json.as_ref() else {
             return Err(format!(
                 "the body is {}, and a schema needs a JSON body",
@@ -83,7 +90,11 @@ impl Schema {
             if listed.len() < MAX_ERRORS {
                 let at = error.instance_path().as_str();
                 let at = if at.is_empty() { "/" } else { at };
-                listed.push(format!("{at}: {error}"));
+                if show_values {
+                    listed.push(format!("{at}: {error}"));
+                } else {
+                    listed.push(format!("{at}: {}", error.masked()));
+                }
             } else {
                 more += 1;
             }
@@ -165,8 +176,20 @@ mod tests {
             .check(&inspect(br#"{"id": "x", "items": []}"#, None))
             .expect_err("invalid");
         assert!(
-            errors.contains("/id: \"x\" is not of type \"integer\""),
+            errors.contains("/id: value is not of type \"integer\""),
+            "the value is masked: {errors}"
+        );
+        assert!(!errors.contains("\"x\""), "{errors}");
+        assert!(
+            errors.contains("/items: value has less than 1 item"),
             "{errors}"
+        );
+        let shown = schema
+            .check_showing(&inspect(br#"{"id": "x", "items": []}"#, None), true)
+            .expect_err("invalid");
+        assert!(
+            shown.contains("/id: \"x\" is not of type \"integer\""),
+            "{shown}"
         );
         assert!(errors.contains("/items"), "{errors}");
         let errors = schema.check(&inspect(br#"{}"#, None)).expect_err("invalid");

@@ -16,7 +16,8 @@
 //! `password` or `token`, `name`, `subject`, `queue_group`, `event_header`, `strip_prefix`,
 //! `timeout_ms` (connect and flush, default 5000). Error texts never contain credentials.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -301,10 +302,22 @@ fn consume(
         Ok(rt) => rt,
         Err(e) => return sink.error(&e),
     };
-    let options = settings.options().retry_on_initial_connect();
+    // Messages the client dropped because this consumer fell behind (its subscription buffer
+    // was full): core NATS keeps no copy, so they are reported, never silently lost.
+    let dropped = Arc::new(AtomicU64::new(0));
+    let counter = dropped.clone();
+    let options = settings
+        .options()
+        .retry_on_initial_connect()
+        .event_callback(move |event| {
+            if let async_nats::Event::SlowConsumer(_) = event {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+            std::future::ready(())
+        });
     let url = settings.url.clone();
     let (sub_subject, group) = (subject.clone(), settings.queue_group.clone());
-    let subscribed = rt.block_on(async move {
+    let connect = async move {
         let client = options.connect(url).await.map_err(|e| e.to_string())?;
         let subscriber = match group {
             Some(group) => client.queue_subscribe(sub_subject, group).await,
@@ -315,10 +328,29 @@ fn consume(
         // is missed.
         client.flush().await.map_err(|e| e.to_string())?;
         Ok::<_, String>((client, subscriber))
+    };
+    // The server may be down at start: keep trying (saying so), and stop when asked to.
+    let subscribed = rt.block_on(async {
+        tokio::pin!(connect);
+        let mut said = false;
+        loop {
+            tokio::select! {
+                result = &mut connect => return Some(result),
+                _ = stopped.changed() => return None,
+                _ = tokio::time::sleep(settings.timeout()), if !said => {
+                    said = true;
+                    sink.warn(&format!(
+                        "nats ingress: {} does not answer yet; still trying to subscribe to `{subject}`",
+                        settings.server()
+                    ));
+                }
+            }
+        }
     });
     let (client, mut subscriber) = match subscribed {
-        Ok(s) => s,
-        Err(e) => {
+        None => return rt.shutdown_background(),
+        Some(Ok(s)) => s,
+        Some(Err(e)) => {
             return sink.error(&format!(
                 "cannot subscribe to `{subject}` at {}: {e}",
                 settings.server()
@@ -337,6 +369,12 @@ fn consume(
             }
         });
         let Some(message) = next else { break };
+        let lost = dropped.swap(0, Ordering::Relaxed);
+        if lost > 0 {
+            sink.error(&format!(
+                "nats ingress on `{subject}` fell behind: the client dropped at least {lost} message(s) (slow consumer; core NATS cannot redeliver them). Handle faster, or use a queue group to share the subject among hosts"
+            ));
+        }
         let incoming = incoming(&message, &settings);
         match sink.submit(&incoming) {
             IngressOutcome::Ack => {}

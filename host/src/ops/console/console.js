@@ -38,7 +38,9 @@ function duration(secs) {
 }
 
 async function getJSON(url) {
-  const r = await fetch(url, { credentials: "same-origin", cache: "no-store" });
+  const r = await fetch(url, {
+    credentials: "same-origin", cache: "no-store", headers: { "X-CSRF-Token": csrf },
+  });
   if (!r.ok) throw new Error(url + ": HTTP " + r.status + " " + (await r.text()));
   return r.json();
 }
@@ -159,7 +161,11 @@ async function refreshDlq() {
 }
 
 document.getElementById("dlq-refresh").addEventListener("click", refreshDlq);
-document.getElementById("dlq-redrive-all").addEventListener("click", (e) => redrive({ all: true }, e.target));
+document.getElementById("dlq-redrive-all").addEventListener("click", (e) => {
+  if (window.confirm("Send every message in the dead-letter queue back to the main queue?")) {
+    redrive({ all: true }, e.target);
+  }
+});
 
 refreshState().then(refreshDlq);
 setInterval(refreshState, 2000);
