@@ -86,10 +86,13 @@ pub struct SqsHost {
     pub lock_urls: Vec<String>,
     /// The plugins directory.
     pub plugins: PathBuf,
+    /// `inline` on the echo binding: called on the async worker, no blocking-pool hand-off.
+    pub inline: bool,
 }
 
 impl SqsHost {
-    /// The config text: QUEUE_POLLING on the AWS broker, one default binding to the quiet echo.
+    /// The config text: QUEUE_POLLING on the AWS broker, one default binding to the quiet echo
+    /// (inline when `inline`).
     pub fn config(&self) -> String {
         let urls: Vec<String> = self.lock_urls.iter().map(|u| format!("{u:?}")).collect();
         format!(
@@ -120,6 +123,7 @@ watch = false
 [[bindings]]
 default = true
 plugin = "echo"
+inline = {inline}
 config = {{ quiet = true }}
 "#,
             endpoint = self.endpoint,
@@ -128,6 +132,7 @@ config = {{ quiet = true }}
             in_flight = self.max_in_flight,
             urls = urls.join(", "),
             plugins = self.plugins.display(),
+            inline = self.inline,
         )
     }
 }

@@ -1,5 +1,6 @@
 //! The canned SQS endpoint answers the real SDK correctly: the host (debug build, as
-//! scripts/test.sh builds it) consumes 100 messages from it and deletes each exactly once.
+//! scripts/test.sh builds it) consumes 100 messages from it and deletes each exactly once,
+//! with the echo binding called from the blocking pool and inline.
 //! No timing is asserted; this only keeps the benchmark from rotting silently.
 
 use std::sync::atomic::Ordering;
@@ -10,10 +11,19 @@ use bench::setup::{self, SqsHost};
 
 #[test]
 fn the_host_consumes_and_deletes_every_canned_message() {
+    consume_and_delete_everything(false);
+}
+
+#[test]
+fn the_host_consumes_and_deletes_every_canned_message_with_an_inline_binding() {
+    consume_and_delete_everything(true);
+}
+
+fn consume_and_delete_everything(inline: bool) {
     let host = setup::host_binary().expect("build the workspace first (cargo build --workspace)");
     let scratch = tempfile::tempdir().expect("tempdir");
     let plugins = setup::plugin_dir_with(scratch.path(), &["libecho.so"]).expect("echo plugin");
-    let canned = Canned::start(100, 1).expect("canned server");
+    let canned = Canned::start(100, u32::from(inline) + 1).expect("canned server");
     let config = SqsHost {
         endpoint: canned.url(),
         queue: "bench-queue".into(),
@@ -21,6 +31,7 @@ fn the_host_consumes_and_deletes_every_canned_message() {
         max_in_flight: 40,
         lock_urls: Vec::new(),
         plugins,
+        inline,
     };
     let path = scratch.path().join("iniesta.toml");
     std::fs::write(&path, config.config()).expect("config");

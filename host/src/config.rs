@@ -447,6 +447,11 @@ pub struct BindingConfig {
     /// Per-binding handler timeout (s), overriding `sqs.handler_timeout_secs`.
     #[serde(default)]
     pub timeout_secs: Option<u64>,
+    /// Call the handler on the async worker thread that holds the message, with no hand-off
+    /// to the blocking pool: faster for handlers that return in microseconds and never block,
+    /// but its timeout cannot be enforced and a slow call holds up that thread.
+    #[serde(default)]
+    pub inline: bool,
     /// Set by a hot reload when the binding's plugin was removed: the binding keeps its
     /// position (and so its identity) but takes no events until the plugin returns.
     #[serde(skip)]
@@ -876,6 +881,15 @@ impl Config {
             }
             if binding.timeout_secs == Some(0) {
                 bad(&format!("{key}.timeout_secs"), "must be at least 1".into());
+            }
+            if binding.inline && self.plugins.isolate.isolates(&binding.plugin) {
+                bad(
+                    &format!("{key}.inline"),
+                    format!(
+                        "plugin `{}` is isolated: its calls wait on a worker process, which must not happen on an async thread; remove `inline` (or the plugin from plugins.isolate.names)",
+                        binding.plugin
+                    ),
+                );
             }
             if let Some(config) = &binding.config {
                 if !config.is_table() {

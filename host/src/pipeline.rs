@@ -843,60 +843,39 @@ impl Inner {
     ) -> Vec<CallResult> {
         let ffi = Arc::new(message_ffi(envelope, message.receive_count));
         let records = !self.settings.completion_ttl.is_zero();
-        // Start every binding's call at once on the blocking pool, then collect them in order.
+        // Every binding's call at once (blocking-pool calls run in parallel), collected in
+        // order; they are futures of this task, so no task is spawned per call.
         let started = Instant::now();
-        let calls: Vec<_> = bindings
-            .iter()
-            .map(|binding| {
-                let call_binding = binding.clone();
-                let ffi = ffi.clone();
-                // The slot travels with the call: a timed-out handler keeps it until its
-                // thread really returns, so stuck handlers cannot pile up threads.
-                let slot = slot.clone();
-                let span = tracing::info_span!("handle", message_id = %envelope.message_id, event = %envelope.event, binding = %binding.label);
-                let task = tokio::task::spawn_blocking(move || {
-                    let _slot = slot;
-                    let _entered = span.enter();
-                    call_binding.handler.handle(&ffi, &call_binding.context)
-                });
-                let deadline = started + binding.timeout;
-                let label = binding.label.clone();
-                // Each ack is recorded as soon as it comes, before the lock is released, so a
-                // duplicate delivered later skips this binding even if a sibling fails.
-                let record = records.then(|| Completion {
-                    locks: self.locks.clone(),
-                    message_id: envelope.message_id.clone(),
-                    event: envelope.event.clone(),
-                    binding: completion::id_of(binding),
-                    label: binding.label.clone(),
-                    ttl: self.settings.completion_ttl,
-                });
-                tokio::spawn(async move {
-                    let result = match tokio::time::timeout_at(deadline, task).await {
-                        Ok(Ok(outcome)) => CallResult::Outcome(outcome),
-                        Ok(Err(e)) => CallResult::Crashed(e.to_string()),
-                        Err(_) => CallResult::TimedOut,
-                    };
-                    metrics::histogram!(m::HANDLER_DURATION, "binding" => label.clone())
-                        .record(started.elapsed().as_secs_f64());
-                    metrics::counter!(m::HANDLER_CALLS, "binding" => label, "result" => result_label(&result))
-                        .increment(1);
-                    if let (CallResult::Outcome(OutcomeFfi::Ack), Some(record)) = (&result, record)
-                    {
-                        record.write().await;
-                    }
-                    result
-                })
-            })
-            .collect();
-        let mut results = Vec::with_capacity(calls.len());
-        for call in calls {
-            results.push(match call.await {
-                Ok(result) => result,
-                Err(e) => CallResult::Crashed(e.to_string()),
+        let calls = bindings.iter().map(|binding| {
+            let span = tracing::info_span!("handle", message_id = %envelope.message_id, event = %envelope.event, binding = %binding.label);
+            // Each ack is recorded as soon as it comes, before the lock is released, so a
+            // duplicate delivered later skips this binding even if a sibling fails.
+            let record = records.then(|| Completion {
+                locks: self.locks.clone(),
+                message_id: envelope.message_id.clone(),
+                event: envelope.event.clone(),
+                binding: completion::id_of(binding),
+                label: binding.label.clone(),
+                ttl: self.settings.completion_ttl,
             });
-        }
-        results
+            let ffi = ffi.clone();
+            async move {
+                let result = if binding.inline {
+                    call_inline(binding, &ffi, span)
+                } else {
+                    call_blocking(binding, ffi, slot.clone(), span, started).await
+                };
+                metrics::histogram!(m::HANDLER_DURATION, "binding" => binding.label.clone())
+                    .record(started.elapsed().as_secs_f64());
+                metrics::counter!(m::HANDLER_CALLS, "binding" => binding.label.clone(), "result" => result_label(&result))
+                    .increment(1);
+                if let (CallResult::Outcome(OutcomeFfi::Ack), Some(record)) = (&result, record) {
+                    record.write().await;
+                }
+                result
+            }
+        });
+        futures_util::future::join_all(calls).await
     }
 
     /// Send every failing result to the error webhook and the console (when configured).
@@ -1095,6 +1074,46 @@ pub(crate) fn report_failure(
 }
 
 /// The `result` label of a handler call in `iniesta_handler_calls_total`.
+/// Call a handler on the blocking pool, abandoning it at its binding's timeout. The slot
+/// travels with the call: a timed-out handler keeps it until its thread really returns, so
+/// stuck handlers cannot pile up threads.
+async fn call_blocking(
+    binding: &Arc<Binding>,
+    ffi: Arc<MessageFfi>,
+    slot: Arc<Slot>,
+    span: tracing::Span,
+    started: Instant,
+) -> CallResult {
+    let call_binding = binding.clone();
+    let task = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        let _entered = span.enter();
+        call_binding.handler.handle(&ffi, &call_binding.context)
+    });
+    match tokio::time::timeout_at(started + binding.timeout, task).await {
+        Ok(Ok(outcome)) => CallResult::Outcome(outcome),
+        Ok(Err(e)) => CallResult::Crashed(e.to_string()),
+        Err(_) => CallResult::TimedOut,
+    }
+}
+
+/// Call an `inline = true` handler right here, on the async worker. It cannot be abandoned,
+/// so a call past its timeout is only reported (its outcome still counts).
+fn call_inline(binding: &Binding, ffi: &MessageFfi, span: tracing::Span) -> CallResult {
+    let started = std::time::Instant::now();
+    let outcome = {
+        let _entered = span.enter();
+        binding.handler.handle(ffi, &binding.context)
+    };
+    let took = started.elapsed();
+    if took > binding.timeout {
+        metrics::counter!(m::INLINE_OVERRUNS, "binding" => binding.label.clone()).increment(1);
+        tracing::warn!(binding = %binding.label, took_ms = took.as_millis() as u64, timeout_secs = binding.timeout.as_secs(),
+            "an inline handler ran past its timeout, holding up an async worker thread all along; bind handlers that can block without `inline`");
+    }
+    CallResult::Outcome(outcome)
+}
+
 pub(crate) fn result_label(result: &CallResult) -> &'static str {
     match result {
         CallResult::Outcome(OutcomeFfi::Ack) => "ack",

@@ -453,3 +453,64 @@ fn the_content_routed_seed_examples_run_as_shipped() {
     );
     host.stop();
 }
+
+#[test]
+fn inline_bindings_handle_and_publish_on_the_async_worker_and_overruns_are_reported() {
+    let s = Scratch::new();
+    let ledger = s.path("ledger.jsonl").display().to_string();
+    // An inline echo that publishes through its context (from an async worker thread), and an
+    // inline sleepy handler that overruns its 1 s timeout: it cannot be abandoned, so it is
+    // reported, and its outcome (ack) still settles the message.
+    let bindings = format!(
+        "[[bindings]]\nevents = [\"Order.*\"]\nplugin = \"echo\"\ninline = true\nconfig = {{ publish = \"hello.relayed\" }}\n\
+         [[bindings]]\nevents = [\"Slow.*\"]\nplugin = \"panicky\"\nhandler = \"sleepy\"\ninline = true\ntimeout_secs = 1\nconfig = {{ sleep_ms = 1500 }}\n{}",
+        ledger_binding("relay", r#"["hello.*"]"#, &ledger)
+    );
+    let config = s.config("", &bindings);
+    let host = Host::start(&config, s.path("host.log"));
+    for n in 0..20 {
+        publish(&config, &["Order.Placed", &format!(r#"{{"id":{n}}}"#)]);
+    }
+    publish(&config, &["Slow.Job", "{}"]);
+    s.wait_for("20 relayed events", LIMIT, || {
+        s.ledger("ledger.jsonl").len() == 20
+    });
+    s.wait_for("the overrun report", LIMIT, || {
+        host.log_text()
+            .contains("an inline handler ran past its timeout")
+    });
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    s.wait_for("every message deleted", LIMIT, || {
+        rt.block_on(queue_messages(&config, "iniesta-test-receiver"))
+            .is_empty()
+    });
+    let log = host.stop();
+    assert!(!log.contains("handler timed out"), "{log}");
+    let mut ids: Vec<i64> = s
+        .ledger("ledger.jsonl")
+        .iter()
+        .map(|l| {
+            assert_eq!(l["event"], "hello.relayed.receiver");
+            serde_json::from_str::<serde_json::Value>(l["body"].as_str().expect("body"))
+                .expect("json")["id"]
+                .as_i64()
+                .expect("id")
+        })
+        .collect();
+    ids.sort();
+    assert_eq!(ids, (0..20).collect::<Vec<_>>());
+
+    // An isolated plugin cannot be bound inline.
+    let bad = s.config(
+        "",
+        "[plugins.isolate]\nnames = [\"echo\"]\n[[bindings]]\nevents = [\"Order.*\"]\nplugin = \"echo\"\ninline = true\n",
+    );
+    let out = common::iniesta(&bad, &["config", "check"]);
+    assert!(!out.status.success());
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("bindings[0].inline") && text.contains("is isolated"),
+        "{text}"
+    );
+}

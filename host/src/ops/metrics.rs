@@ -28,6 +28,8 @@ pub const RELEASED: &str = "iniesta_messages_released_total";
 pub const HANDLER_CALLS: &str = "iniesta_handler_calls_total";
 /// How long handler calls took (s), a histogram labelled `binding`.
 pub const HANDLER_DURATION: &str = "iniesta_handler_duration_seconds";
+/// Calls of `inline = true` bindings that ran past their timeout (label `binding`).
+pub const INLINE_OVERRUNS: &str = "iniesta_inline_handler_overruns_total";
 /// Idempotency lock failures: label `reason` = `held_elsewhere` (another consumer holds the
 /// message), `lost` (lost while handlers ran), `unavailable` (the lock service could not
 /// decide for a whole batch).
@@ -124,6 +126,10 @@ fn describe() {
         HANDLER_DURATION,
         Unit::Seconds,
         "Handler call durations by binding"
+    );
+    describe_counter!(
+        INLINE_OVERRUNS,
+        "Calls of inline bindings that ran past their timeout (they cannot be abandoned)"
     );
     describe_counter!(LOCK_FAILURES, "Idempotency lock failures by reason");
     describe_gauge!(IN_FLIGHT, "Messages received and not yet settled");

@@ -60,13 +60,26 @@ impl HostContextFfi for HostContext {
                 )
             })
             .collect();
-        // Handlers run on the blocking pool, outside the async runtime, so blocking is allowed.
-        let result = runtime.block_on(publisher.publish(
-            Destination::Topic,
-            event.as_str(),
-            body.to_vec(),
-            attributes,
-        ));
+        let publish = || {
+            runtime.block_on(publisher.publish(
+                Destination::Topic,
+                event.as_str(),
+                body.to_vec(),
+                attributes,
+            ))
+        };
+        // Handlers run on the blocking pool, outside the async runtime, so blocking is
+        // allowed; an `inline = true` handler runs on an async worker, which must first hand
+        // its other tasks to another thread (a plain block_on there would panic).
+        let result = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Err(_) => publish(),
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(publish),
+            Ok(_) => {
+                return RResult::RErr(
+                    "cannot publish from a handler called on a single-threaded runtime".into(),
+                )
+            }
+        };
         match result {
             Ok(published) => RResult::ROk(published.message_id.into()),
             Err(e) => {

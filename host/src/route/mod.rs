@@ -317,6 +317,8 @@ pub struct Binding {
     pub context: iniesta_plugin_api::ffi::HostContextBox,
     /// Per-call timeout.
     pub timeout: std::time::Duration,
+    /// `inline = true`: called on the async worker, without a hand-off (see `BindingConfig`).
+    pub inline: bool,
     /// Whether this is the default binding.
     pub is_default: bool,
     /// `schema = "..."`: bodies that fail it are dead-lettered before any handler runs.
@@ -434,6 +436,7 @@ pub fn bind(
             ),
             is_default: b.default,
             schema: rules.schema.clone(),
+            inline: b.inline,
         };
         entries.push((std::sync::Arc::new(binding), patterns, b.default, rules));
     }
