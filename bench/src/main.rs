@@ -355,11 +355,23 @@ fn cpus(v: &[Measured]) -> Vec<f64> {
 fn scenario_sqs(ctx: &Ctx, rows: &mut Vec<Row>) -> anyhow::Result<Vec<Vec<Measured>>> {
     let n = messages(&ctx.options, 50_000);
     let mut all = Vec::new();
-    for pollers in [1, 2, 4] {
-        let label = format!("iniesta, {pollers} poller(s)");
+    // The echo binding called from the blocking pool (the default), then `inline = true`.
+    let runs = [1, 2, 4]
+        .map(|p| (p, false))
+        .into_iter()
+        .chain([(1, true), (2, true)]);
+    for (pollers, inline) in runs {
+        let how = if inline { ", inline binding" } else { "" };
+        let label = format!("iniesta, {pollers} poller(s){how}");
         eprintln!("== {label}: {n} messages per run");
-        let m = repeat(ctx, &label, &Consumer::host(pollers), n)?;
-        let scenario = format!("SQS path: iniesta, {pollers} poller(s), in-process locks (N={n})");
+        let consumer = if inline {
+            Consumer::inline_host(pollers)
+        } else {
+            Consumer::host(pollers)
+        };
+        let m = repeat(ctx, &label, &consumer, n)?;
+        let scenario =
+            format!("SQS path: iniesta, {pollers} poller(s){how}, in-process locks (N={n})");
         let mut rate = Row::new(&scenario, "messages/s", rates(&m), 0);
         if pollers == 2 {
             rate = rate.target("≥ 30,000", |x| x >= 30_000.0);
@@ -368,7 +380,7 @@ fn scenario_sqs(ctx: &Ctx, rows: &mut Vec<Row>) -> anyhow::Result<Vec<Vec<Measur
         rows.push(
             Row::new(&scenario, "host CPU µs/message", cpus(&m), 1).target("≤ 15", |x| x <= 15.0),
         );
-        if pollers == 2 {
+        if pollers == 2 && !inline {
             let rss: Vec<f64> = m
                 .iter()
                 .filter_map(|x| x.peak_rss)
@@ -376,24 +388,9 @@ fn scenario_sqs(ctx: &Ctx, rows: &mut Vec<Row>) -> anyhow::Result<Vec<Vec<Measur
                 .collect();
             rows.push(Row::new(&scenario, "loaded RSS (peak VmHWM), MB", rss, 1));
         }
-        all.push(m);
-    }
-    // The same with the echo binding `inline = true`: no hand-off to the blocking pool.
-    for pollers in [1, 2] {
-        let label = format!("iniesta, {pollers} poller(s), inline binding");
-        eprintln!("== {label}: {n} messages per run");
-        let m = repeat(ctx, &label, &Consumer::inline_host(pollers), n)?;
-        let scenario = format!(
-            "SQS path: iniesta, {pollers} poller(s), inline binding, in-process locks (N={n})"
-        );
-        let mut rate = Row::new(&scenario, "messages/s", rates(&m), 0);
-        if pollers == 2 {
-            rate = rate.target("≥ 30,000", |x| x >= 30_000.0);
+        if !inline {
+            all.push(m);
         }
-        rows.push(rate);
-        rows.push(
-            Row::new(&scenario, "host CPU µs/message", cpus(&m), 1).target("≤ 15", |x| x <= 15.0),
-        );
     }
     Ok(all)
 }

@@ -792,3 +792,62 @@ fn a_running_host_delivers_to_nats_once_it_is_back() {
     let log = host.stop();
     assert!(log.contains("delivered from the outbox"), "{log}");
 }
+
+#[test]
+fn a_hanging_egress_holds_up_no_other_egress() {
+    // A "NATS server" that accepts connections and never says a word: the nats egress hangs
+    // until its attempt times out. The jsonl egress must have the event long before that.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+    let port = silent.local_addr().expect("addr").port();
+    let held = std::thread::spawn(move || {
+        let mut open = Vec::new();
+        for stream in silent.incoming().take(4).flatten() {
+            open.push(stream);
+        }
+        std::thread::sleep(Duration::from_secs(30));
+        drop(open);
+    });
+    let s = Scratch::new();
+    let jsonl = s.path("events.jsonl");
+    let config = local_config(
+        &s,
+        &format!(
+            "[outbox]\nattempts = 1\nattempt_timeout_secs = 6\n\
+             [[egress]]\nplugin = \"nats\"\nconfig = {{ url = \"nats://127.0.0.1:{port}\", timeout_ms = 20000 }}\n\
+             [[egress]]\nplugin = \"jsonl\"\nconfig = {{ path = \"{}\" }}\n",
+            jsonl.display()
+        ),
+    );
+    let log = s.path("publish.log");
+    let mut publish = aws_env(Command::new(common::bin()).arg("-c").arg(&config).args([
+        "publish",
+        "Order.Created",
+        r#"{"n":1}"#,
+    ]))
+    .env("INIESTA_LOG", "info")
+    .env("NO_COLOR", "1")
+    .stdout(std::process::Stdio::null())
+    .stderr(std::fs::File::create(&log).expect("log file"))
+    .spawn()
+    .expect("publish starts");
+    s.wait_for("the jsonl egress to have the event", LIMIT, || {
+        common::json_lines(&jsonl).len() == 1
+    });
+    // Had the egresses been tried one after the other, the nats attempt would have timed out
+    // (and said so) before the jsonl one began.
+    let so_far = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        !so_far.contains("no answer within"),
+        "jsonl had to wait for the hanging egress:\n{so_far}"
+    );
+    let status = publish.wait().expect("publish ends");
+    let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stderr.contains("no answer within 6 s") && stderr.contains("queued: nats"),
+        "{stderr}"
+    );
+    let (stdout, _) = ok(&config, &["outbox"], &[]);
+    assert!(stdout.contains("nats: 1 event(s) waiting"), "{stdout}");
+    drop(held);
+}

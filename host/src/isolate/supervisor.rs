@@ -294,7 +294,7 @@ impl Worker {
         let result = self
             .checkout(Instant::now() + START_TIMEOUT)
             .and_then(|process| {
-                let result = self.prepare(&process, id);
+                let result = self.prepare(&process, id, Instant::now() + CONSTRUCT_TIMEOUT);
                 self.checkin(process);
                 result
             });
@@ -318,15 +318,19 @@ impl Worker {
         }
     }
 
-    /// Make sure `process` has constructed handler `id`.
-    fn prepare(&self, process: &Process, id: u64) -> Result<(), String> {
+    /// Make sure `process` has constructed handler `id`, by `deadline` (a call's own, so a
+    /// constructor on a fresh process cannot stretch the call past its timeout).
+    fn prepare(&self, process: &Process, id: u64, deadline: Instant) -> Result<(), String> {
         if lock(&process.handlers).contains(&id) {
             return Ok(());
         }
         let Some((handler, config)) = lock(&self.inner).handlers.get(&id).cloned() else {
             return Err(format!("handler {id} is no longer bound"));
         };
-        construct_in(process, id, &handler, &config)?;
+        let limit = deadline
+            .saturating_duration_since(Instant::now())
+            .min(CONSTRUCT_TIMEOUT);
+        construct_in(process, id, &handler, &config, limit)?;
         lock(&process.handlers).insert(id);
         Ok(())
     }
@@ -349,7 +353,7 @@ impl Worker {
                 ))
             }
         };
-        if let Err(reason) = self.prepare(&process, handler) {
+        if let Err(reason) = self.prepare(&process, handler, deadline) {
             self.checkin(process);
             return failed(format!(
                 "plugin worker for `{}` could not construct the handler: {reason}",
@@ -742,7 +746,13 @@ fn wait<'a, T>(
     }
 }
 
-fn construct_in(process: &Process, id: u64, handler: &str, config: &str) -> Result<(), String> {
+fn construct_in(
+    process: &Process,
+    id: u64,
+    handler: &str,
+    config: &str,
+    limit: Duration,
+) -> Result<(), String> {
     let rx = process.request(
         id,
         &ToWorker::Construct {
@@ -752,7 +762,7 @@ fn construct_in(process: &Process, id: u64, handler: &str, config: &str) -> Resu
         },
     )?;
     loop {
-        match rx.recv_timeout(CONSTRUCT_TIMEOUT) {
+        match rx.recv_timeout(limit) {
             Ok(Event::Constructed(result)) => return result,
             Ok(Event::Died(reason)) => {
                 return Err(format!("the worker died in the constructor ({reason})"))
@@ -761,8 +771,8 @@ fn construct_in(process: &Process, id: u64, handler: &str, config: &str) -> Resu
             Err(RecvTimeoutError::Timeout) => {
                 process.kill("a constructor hung".into());
                 return Err(format!(
-                    "the constructor did not return within {} s",
-                    CONSTRUCT_TIMEOUT.as_secs()
+                    "the constructor did not return within {} ms",
+                    limit.as_millis()
                 ));
             }
             Err(RecvTimeoutError::Disconnected) => {
