@@ -843,10 +843,12 @@ impl Inner {
     ) -> Vec<CallResult> {
         let ffi = Arc::new(message_ffi(envelope, message.receive_count));
         let records = !self.settings.completion_ttl.is_zero();
-        // Every binding's call at once (blocking-pool calls run in parallel), collected in
-        // order; they are futures of this task, so no task is spawned per call.
+        // Every binding's call at once, collected in order; they are futures of this task, so
+        // no task is spawned per call. The blocking-pool calls are all started (in this
+        // closure) before any inline call runs (when `join_all` first polls), so an inline
+        // sibling cannot eat into their timeouts.
         let started = Instant::now();
-        let calls = bindings.iter().map(|binding| {
+        let calls: Vec<_> = bindings.iter().map(|binding| {
             let span = tracing::info_span!("handle", message_id = %envelope.message_id, event = %envelope.event, binding = %binding.label);
             // Each ack is recorded as soon as it comes, before the lock is released, so a
             // duplicate delivered later skips this binding even if a sibling fails.
@@ -859,11 +861,16 @@ impl Inner {
                 ttl: self.settings.completion_ttl,
             });
             let ffi = ffi.clone();
+            let blocking = (!binding.inline)
+                .then(|| call_blocking(binding, ffi.clone(), slot.clone(), span.clone()));
             async move {
-                let result = if binding.inline {
-                    call_inline(binding, &ffi, span)
-                } else {
-                    call_blocking(binding, ffi, slot.clone(), span, started).await
+                let result = match blocking {
+                    Some(task) => match tokio::time::timeout_at(started + binding.timeout, task).await {
+                        Ok(Ok(outcome)) => CallResult::Outcome(outcome),
+                        Ok(Err(e)) => CallResult::Crashed(e.to_string()),
+                        Err(_) => CallResult::TimedOut,
+                    },
+                    None => call_inline(binding, &ffi, span),
                 };
                 metrics::histogram!(m::HANDLER_DURATION, "binding" => binding.label.clone())
                     .record(started.elapsed().as_secs_f64());
@@ -874,7 +881,7 @@ impl Inner {
                 }
                 result
             }
-        });
+        }).collect();
         futures_util::future::join_all(calls).await
     }
 
@@ -1074,27 +1081,21 @@ pub(crate) fn report_failure(
 }
 
 /// The `result` label of a handler call in `iniesta_handler_calls_total`.
-/// Call a handler on the blocking pool, abandoning it at its binding's timeout. The slot
+/// Start a handler call on the blocking pool (the caller abandons it at its timeout). The slot
 /// travels with the call: a timed-out handler keeps it until its thread really returns, so
 /// stuck handlers cannot pile up threads.
-async fn call_blocking(
+fn call_blocking(
     binding: &Arc<Binding>,
     ffi: Arc<MessageFfi>,
     slot: Arc<Slot>,
     span: tracing::Span,
-    started: Instant,
-) -> CallResult {
-    let call_binding = binding.clone();
-    let task = tokio::task::spawn_blocking(move || {
+) -> tokio::task::JoinHandle<OutcomeFfi> {
+    let binding = binding.clone();
+    tokio::task::spawn_blocking(move || {
         let _slot = slot;
         let _entered = span.enter();
-        call_binding.handler.handle(&ffi, &call_binding.context)
-    });
-    match tokio::time::timeout_at(started + binding.timeout, task).await {
-        Ok(Ok(outcome)) => CallResult::Outcome(outcome),
-        Ok(Err(e)) => CallResult::Crashed(e.to_string()),
-        Err(_) => CallResult::TimedOut,
-    }
+        binding.handler.handle(&ffi, &binding.context)
+    })
 }
 
 /// Call an `inline = true` handler right here, on the async worker. It cannot be abandoned,

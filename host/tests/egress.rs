@@ -294,12 +294,16 @@ fn a_down_broker_gets_its_events_when_it_returns_and_holds_up_no_other_egress() 
     let (_, stderr) = ok(&config, &["publish", "Order.Second", r#"{"n":2}"#], &[]);
     assert!(stderr.contains("queued: nats"), "{stderr}");
     assert!(
-        stderr.contains("queued behind 1 earlier event(s)"),
+        stderr.contains("queued behind the earlier events"),
         "{stderr}"
     );
     assert!(!stderr.contains("egress failed; retrying"), "{stderr}");
     let (stdout, _) = ok(&config, &["outbox"], &[]);
     assert!(stdout.contains("nats: 2 event(s) waiting"), "{stdout}");
+    assert!(
+        !stdout.contains("last error: queued behind"),
+        "the egress's own error is shown: {stdout}"
+    );
     assert_eq!(common::json_lines(&jsonl).len(), 2);
 
     // Back: the next publish delivers what waited, in order, then its own event.

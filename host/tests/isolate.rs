@@ -160,7 +160,7 @@ listen = "127.0.0.1:{port}"
     }
     // The sixth poison message: its worker exits while a process it started lives on.
     common::publish(&config, &["Boom.Bad", POISON[5]]);
-    for body in ["env", "print", "publish", "garble"] {
+    for body in ["env", "print", "publish", "garble", "inherit"] {
         common::publish(&config, &["Boom.Good", body]);
         good.push(body.to_string());
     }
@@ -284,6 +284,8 @@ listen = "127.0.0.1:{port}"
                 && l.contains("plugin=crashy")),
         "{log}"
     );
+    // A program the plugin starts gets /dev/null as stdin, not the host's requests.
+    assert!(log.contains("inherited stdin held 0 bytes"), "{log}");
     // Bytes that are not UTF-8 on stderr neither stop the capture nor fail the plugin.
     assert!(log.contains("crashy wrote past the garbled bytes"), "{log}");
     assert!(

@@ -460,10 +460,13 @@ fn inline_bindings_handle_and_publish_on_the_async_worker_and_overruns_are_repor
     let ledger = s.path("ledger.jsonl").display().to_string();
     // An inline echo that publishes through its context (from an async worker thread), and an
     // inline sleepy handler that overruns its 1 s timeout: it cannot be abandoned, so it is
-    // reported, and its outcome (ack) still settles the message.
+    // reported, and its outcome (ack) still settles the message. `Slow.Pair` also goes to a
+    // blocking-pool handler (300 ms, 1 s timeout): it starts before the inline call holds the
+    // thread, so it finishes in time.
     let bindings = format!(
         "[[bindings]]\nevents = [\"Order.*\"]\nplugin = \"echo\"\ninline = true\nconfig = {{ publish = \"hello.relayed\" }}\n\
-         [[bindings]]\nevents = [\"Slow.*\"]\nplugin = \"panicky\"\nhandler = \"sleepy\"\ninline = true\ntimeout_secs = 1\nconfig = {{ sleep_ms = 1500 }}\n{}",
+         [[bindings]]\nevents = [\"Slow.*\"]\nplugin = \"panicky\"\nhandler = \"sleepy\"\ninline = true\ntimeout_secs = 1\nconfig = {{ sleep_ms = 1500 }}\n\
+         [[bindings]]\nevents = [\"Slow.Pair.*\"]\nplugin = \"panicky\"\nhandler = \"sleepy\"\ntimeout_secs = 1\nconfig = {{ sleep_ms = 300 }}\n{}",
         ledger_binding("relay", r#"["hello.*"]"#, &ledger)
     );
     let config = s.config("", &bindings);
@@ -471,7 +474,7 @@ fn inline_bindings_handle_and_publish_on_the_async_worker_and_overruns_are_repor
     for n in 0..20 {
         publish(&config, &["Order.Placed", &format!(r#"{{"id":{n}}}"#)]);
     }
-    publish(&config, &["Slow.Job", "{}"]);
+    publish(&config, &["Slow.Pair", "{}"]);
     s.wait_for("20 relayed events", LIMIT, || {
         s.ledger("ledger.jsonl").len() == 20
     });

@@ -85,7 +85,8 @@ fn without_values(message: &str) -> String {
         let Some(rest) = message.strip_prefix(prefix) else {
             continue;
         };
-        let (found, expected) = match rest.split_once(", expected") {
+        // The last ", expected": a quoted value may hold the words too.
+        let (found, expected) = match rest.rsplit_once(", expected") {
             Some((found, expected)) => (found, Some(expected)),
             None => (rest, None),
         };
@@ -152,6 +153,11 @@ mod tests {
                 "unknown variant, expected",
             ),
             (r#"{"url": ["s3cret"]}"#, "s3cret", "invalid type: sequence"),
+            (
+                r#"{"url": "x", "mode": "a, expected b s3cret"}"#,
+                "s3cret",
+                "unknown variant, expected",
+            ),
         ] {
             let text = error(json);
             assert!(!text.contains(secret), "{text}");

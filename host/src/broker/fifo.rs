@@ -61,7 +61,7 @@ fn usable(value: &str) -> String {
     }
 }
 
-pub(crate) fn hex_sha256(parts: &[&[u8]]) -> String {
+fn hex_sha256(parts: &[&[u8]]) -> String {
     let mut hasher = Sha256::new();
     for (i, part) in parts.iter().enumerate() {
         if i > 0 {

@@ -38,6 +38,8 @@ pub struct AwsDlq {
 
 /// A received DLQ message.
 struct Taken {
+    /// Its own id in the DLQ (`letter.id` is the original's when known).
+    dlq_id: String,
     receipt: String,
     group: Option<String>,
     letter: DeadLetter,
@@ -78,6 +80,7 @@ impl AwsDlq {
         // A copy iniesta dead-lettered was sent to the DLQ when it was dead-lettered, with its
         // origin (the original id, deliveries and send time) in an attribute; a message SQS
         // moved by its redrive policy keeps its id and original send time.
+        let dlq_id = id;
         let (id, receive_count, first_seen_ms, last_seen_ms) = match (&origin, &reason) {
             (Some(origin), _) => (
                 origin.message_id.clone(),
@@ -85,11 +88,12 @@ impl AwsDlq {
                 Some(origin.sent_ms),
                 sent,
             ),
-            (None, Some(_)) => (id, receives, None, sent),
-            (None, None) => (id, receives, sent, None),
+            (None, Some(_)) => (dlq_id.clone(), receives, None, sent),
+            (None, None) => (dlq_id.clone(), receives, sent, None),
         };
         let event = event_of(&id, &body, &attributes, &self.event_key);
         Some(Taken {
+            dlq_id,
             receipt,
             group: system
                 .filter(|_| self.fifo)
@@ -204,7 +208,8 @@ impl DeadLetterQueue for AwsDlq {
                         continue;
                     };
                     receipts.push(taken.receipt);
-                    if seen.insert(taken.letter.id.clone()) {
+                    // Seen before when its hold ran out during a long listing.
+                    if seen.insert(taken.dlq_id) {
                         letters.push(taken.letter);
                     }
                 }
@@ -243,7 +248,7 @@ impl DeadLetterQueue for AwsDlq {
                     let Some(taken) = self.taken(message) else {
                         continue;
                     };
-                    if seen.insert(taken.letter.id.clone(), ()).is_some() {
+                    if seen.insert(taken.dlq_id.clone(), ()).is_some() {
                         // Seen before (its hold ran out during a long redrive): leave it.
                         keep.push(taken.receipt);
                         continue;
@@ -258,12 +263,11 @@ impl DeadLetterQueue for AwsDlq {
                     let mut attributes = taken.letter.attributes;
                     attributes.remove(DEAD_LETTER_REASON);
                     attributes.remove(DEAD_LETTER_ORIGIN);
-                    // On a FIFO queue, a deduplication id of its own: the original's (or an
-                    // earlier redrive's) may still be in SQS's 5-minute window, and SQS would
-                    // accept the send and drop the message, which is then deleted here.
-                    let deduplication = self
-                        .fifo
-                        .then(|| redrive_deduplication_id(&taken.letter.id));
+                    // On a FIFO queue, the DLQ copy's own id as the deduplication id: the
+                    // original's may still be in SQS's 5-minute window (SQS would accept the
+                    // send and drop the message, which is then deleted here), while a second
+                    // redrive of this same copy (its delete failed) is rightly dropped.
+                    let deduplication = self.fifo.then(|| taken.dlq_id.clone());
                     let outgoing = Outgoing {
                         event: taken.letter.event.clone(),
                         body: taken.letter.body,
@@ -352,13 +356,4 @@ impl DeadLetterQueue for AwsDlq {
     fn describe(&self) -> String {
         format!("dead-letter queue {} on SQS", self.dlq)
     }
-}
-
-/// A FIFO deduplication id for one redrive of a message: its id and the time of this redrive.
-fn redrive_deduplication_id(id: &str) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    crate::broker::fifo::hex_sha256(&[b"redrive", id.as_bytes(), now.to_string().as_bytes()])
 }

@@ -130,9 +130,9 @@ enum Failure {
     /// Every attempt failed; the last error.
     #[error("{0}")]
     Failed(String),
-    /// Not tried: this many earlier events wait in the outbox for the egress.
-    #[error("queued behind {0} earlier event(s) waiting in the outbox for this egress")]
-    Behind(u64),
+    /// Not tried: earlier events wait in the outbox for the egress.
+    #[error("queued behind the earlier events waiting in the outbox for this egress")]
+    Behind,
 }
 
 /// How many outbox rows a drain pass delivered and how many failed again.
@@ -201,8 +201,9 @@ impl Fanout {
     /// in the outbox for that egress; an error only if the outbox could not keep it.
     pub async fn publish(&self, message: &Outgoing) -> Result<FanoutReport, OutboxError> {
         let event_id = uuid::Uuid::new_v4().to_string();
-        let waiting = match self.outbox.waiting().await {
-            Ok(waiting) => waiting,
+        let names = self.egresses.iter().map(|e| e.name.clone()).collect();
+        let backlogged = match self.outbox.backlogged(names).await {
+            Ok(backlogged) => backlogged,
             Err(e) => {
                 tracing::warn!(error = %e, outbox = %self.outbox.path().display(), "cannot read the outbox; trying every egress");
                 Vec::new()
@@ -210,13 +211,10 @@ impl Fanout {
         };
         let tries = self.egresses.iter().map(|egress| {
             let event_id = event_id.as_str();
-            let behind = waiting
-                .iter()
-                .find(|w| w.egress == egress.name)
-                .map(|w| w.pending);
+            let behind = backlogged.contains(&egress.name);
             async move {
-                if let Some(pending) = behind {
-                    return (egress.name.clone(), Err(Failure::Behind(pending)));
+                if behind {
+                    return (egress.name.clone(), Err(Failure::Behind));
                 }
                 let attempt = || self.attempt(egress, event_id, message);
                 let result = attempt
@@ -240,9 +238,7 @@ impl Fanout {
         for (name, result) in &results {
             match result {
                 Err(Failure::Failed(e)) => failed.push((name.clone(), e.clone())),
-                Err(failure @ Failure::Behind(_)) => {
-                    behind.push((name.clone(), failure.to_string()))
-                }
+                Err(failure @ Failure::Behind) => behind.push((name.clone(), failure.to_string())),
                 Ok(_) => {}
             }
         }
@@ -281,7 +277,7 @@ impl Fanout {
                         "egress failed every attempt; the event waits in the outbox and is redelivered with backoff (by a running host, or the next publish)");
                     deliveries.push((name, Delivery::Queued(error)));
                 }
-                Err(failure @ Failure::Behind(_)) => {
+                Err(failure @ Failure::Behind) => {
                     metrics::counter!(m::EGRESS_DELIVERIES, "egress" => name.clone(), "result" => "queued").increment(1);
                     tracing::warn!(egress = %name, event = %message.event, event_id = %event_id, reason = %failure,
                         outbox = %self.outbox.path().display(),

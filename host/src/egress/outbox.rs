@@ -270,6 +270,23 @@ impl Outbox {
         .await
     }
 
+    /// Which of `egresses` have events waiting (one index lookup each, however long the
+    /// backlog: a publish asks this every time).
+    pub async fn backlogged(&self, egresses: Vec<String>) -> Result<Vec<String>, OutboxError> {
+        self.with(move |conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM outbox WHERE egress = ?1)")?;
+            let mut found = Vec::new();
+            for egress in egresses {
+                if stmt.query_row(params![egress], |r| r.get::<_, bool>(0))? {
+                    found.push(egress);
+                }
+            }
+            Ok(found)
+        })
+        .await
+    }
+
     /// Every egress with events waiting: how many, and when the next is due.
     pub async fn waiting(&self) -> Result<Vec<Waiting>, OutboxError> {
         self.with(|conn| {
@@ -293,7 +310,7 @@ impl Outbox {
         self.with(|conn| {
             let mut stmt = conn.prepare(
                 "SELECT egress, COUNT(*), MAX(attempts),
-                        (SELECT last_error FROM outbox o2 WHERE o2.egress = o.egress AND last_error IS NOT NULL ORDER BY seq DESC LIMIT 1)
+                        (SELECT last_error FROM outbox o2 WHERE o2.egress = o.egress AND last_error IS NOT NULL AND attempts > 0 ORDER BY seq DESC LIMIT 1)
                  FROM outbox o GROUP BY egress ORDER BY egress",
             )?;
             let rows = stmt.query_map([], |r| {

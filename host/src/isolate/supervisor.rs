@@ -171,17 +171,28 @@ pub fn worker_for(
 ) -> Result<Arc<Worker>, String> {
     let mut registry = lock(&REGISTRY);
     registry.retain(|w| w.strong_count() > 0);
-    for weak in registry.iter() {
-        if let Some(worker) = weak.upgrade() {
-            if worker.name == plugin.name
-                && worker.generation == plugin.generation
-                && *worker.settings == **settings
-            {
-                return Ok(worker);
-            }
-        }
+    // The pools alive now. Dropping one of these may drop its last reference, and a pool's
+    // `Drop` reads the registry: so they are dropped only after the registry is unlocked.
+    let live: Vec<Arc<Worker>> = registry.iter().filter_map(Weak::upgrade).collect();
+    let found = live
+        .iter()
+        .find(|w| {
+            w.name == plugin.name && w.generation == plugin.generation && *w.settings == **settings
+        })
+        .cloned();
+    if let Some(worker) = found {
+        drop(registry);
+        drop(live);
+        return Ok(worker);
     }
-    let copy = private_copy(plugin)?;
+    let copy = match private_copy(plugin) {
+        Ok(copy) => copy,
+        Err(e) => {
+            drop(registry);
+            drop(live);
+            return Err(e);
+        }
+    };
     let worker = Arc::new_cyclic(|me| Worker {
         name: plugin.name.clone(),
         generation: plugin.generation,
@@ -200,6 +211,8 @@ pub fn worker_for(
         me: me.clone(),
     });
     registry.push(Arc::downgrade(&worker));
+    drop(registry);
+    drop(live);
     Ok(worker)
 }
 
@@ -294,7 +307,7 @@ impl Worker {
         let result = self
             .checkout(Instant::now() + START_TIMEOUT)
             .and_then(|process| {
-                let result = self.prepare(&process, id, Instant::now() + CONSTRUCT_TIMEOUT);
+                let result = self.prepare(&process, id);
                 self.checkin(process);
                 result
             });
@@ -318,19 +331,15 @@ impl Worker {
         }
     }
 
-    /// Make sure `process` has constructed handler `id`, by `deadline` (a call's own, so a
-    /// constructor on a fresh process cannot stretch the call past its timeout).
-    fn prepare(&self, process: &Process, id: u64, deadline: Instant) -> Result<(), String> {
+    /// Make sure `process` has constructed handler `id`.
+    fn prepare(&self, process: &Process, id: u64) -> Result<(), String> {
         if lock(&process.handlers).contains(&id) {
             return Ok(());
         }
         let Some((handler, config)) = lock(&self.inner).handlers.get(&id).cloned() else {
             return Err(format!("handler {id} is no longer bound"));
         };
-        let limit = deadline
-            .saturating_duration_since(Instant::now())
-            .min(CONSTRUCT_TIMEOUT);
-        construct_in(process, id, &handler, &config, limit)?;
+        construct_in(process, id, &handler, &config)?;
         lock(&process.handlers).insert(id);
         Ok(())
     }
@@ -353,7 +362,7 @@ impl Worker {
                 ))
             }
         };
-        if let Err(reason) = self.prepare(&process, handler, deadline) {
+        if let Err(reason) = self.prepare(&process, handler) {
             self.checkin(process);
             return failed(format!(
                 "plugin worker for `{}` could not construct the handler: {reason}",
@@ -713,8 +722,11 @@ impl Worker {
         let Some(dir) = &self.settings.state_dir else {
             return;
         };
+        // The snapshot first: taking it may drop another pool's last reference, whose `Drop`
+        // writes the state too (and would wait for this lock).
+        let snapshot = status();
         let _guard = lock(&STATE_WRITE);
-        super::write_status(dir, &status());
+        super::write_status(dir, &snapshot);
     }
 }
 
@@ -746,13 +758,7 @@ fn wait<'a, T>(
     }
 }
 
-fn construct_in(
-    process: &Process,
-    id: u64,
-    handler: &str,
-    config: &str,
-    limit: Duration,
-) -> Result<(), String> {
+fn construct_in(process: &Process, id: u64, handler: &str, config: &str) -> Result<(), String> {
     let rx = process.request(
         id,
         &ToWorker::Construct {
@@ -762,7 +768,7 @@ fn construct_in(
         },
     )?;
     loop {
-        match rx.recv_timeout(limit) {
+        match rx.recv_timeout(CONSTRUCT_TIMEOUT) {
             Ok(Event::Constructed(result)) => return result,
             Ok(Event::Died(reason)) => {
                 return Err(format!("the worker died in the constructor ({reason})"))
@@ -771,8 +777,8 @@ fn construct_in(
             Err(RecvTimeoutError::Timeout) => {
                 process.kill("a constructor hung".into());
                 return Err(format!(
-                    "the constructor did not return within {} ms",
-                    limit.as_millis()
+                    "the constructor did not return within {} s",
+                    CONSTRUCT_TIMEOUT.as_secs()
                 ));
             }
             Err(RecvTimeoutError::Disconnected) => {

@@ -33,10 +33,10 @@ const DRAIN: Duration = Duration::from_secs(30);
 /// Run the worker for `file`; returns when the host closes the pipe.
 pub fn main(file: &Path) -> ExitCode {
     init_tracing();
-    let out = match take_stdout() {
-        Ok(out) => out,
+    let (input, out) = match take_protocol_pipes() {
+        Ok(pipes) => pipes,
         Err(e) => {
-            eprintln!("plugin worker: cannot set up the protocol pipe: {e}");
+            eprintln!("plugin worker: cannot set up the protocol pipes: {e}");
             return ExitCode::from(2);
         }
     };
@@ -84,7 +84,7 @@ pub fn main(file: &Path) -> ExitCode {
     let handlers: Arc<RwLock<HashMap<u64, Arc<HandlerBox>>>> = Arc::default();
     let pending: Pending = Arc::default();
     let in_flight = Arc::new(AtomicUsize::new(0));
-    let mut reader = FrameReader::new(std::io::stdin().lock());
+    let mut reader = FrameReader::new(std::io::BufReader::new(input));
     loop {
         let request = match reader.recv::<ToWorker>() {
             Ok(Some(request)) => request,
@@ -174,24 +174,36 @@ fn init_tracing() {
         .try_init();
 }
 
-/// Move stdout aside for the protocol and point descriptor 1 at stderr.
+/// Move stdin and stdout aside for the protocol — onto close-on-exec descriptors, so a program
+/// the plugin starts inherits neither pipe (it could read the host's requests, write into the
+/// protocol, or keep a pipe open after this worker dies, hiding the death from the host) — and
+/// point descriptor 0 at /dev/null and 1 at stderr. Returns (requests in, answers out).
 #[cfg(unix)]
-fn take_stdout() -> std::io::Result<File> {
+fn take_protocol_pipes() -> std::io::Result<(File, File)> {
+    use std::os::fd::AsRawFd;
+    let input = move_aside(libc::STDIN_FILENO)?;
+    let output = move_aside(libc::STDOUT_FILENO)?;
+    let null = File::open("/dev/null")?;
+    // SAFETY: both descriptors are open; dup2 atomically replaces descriptors 0 and 1.
+    if unsafe { libc::dup2(null.as_raw_fd(), libc::STDIN_FILENO) } < 0
+        || unsafe { libc::dup2(libc::STDERR_FILENO, libc::STDOUT_FILENO) } < 0
+    {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((input, output))
+}
+
+/// A close-on-exec duplicate of `fd`, owned.
+#[cfg(unix)]
+fn move_aside(fd: std::os::fd::RawFd) -> std::io::Result<File> {
     use std::os::fd::FromRawFd;
-    // Close-on-exec, so a program the plugin starts does not inherit the protocol pipe (it
-    // would keep the pipe open after this worker dies, hiding the death from the host, and
-    // could write into the protocol). SAFETY: fcntl returns a new descriptor we own (or -1).
-    let fd = unsafe { libc::fcntl(libc::STDOUT_FILENO, libc::F_DUPFD_CLOEXEC, 3) };
-    if fd < 0 {
+    // SAFETY: fcntl returns a new descriptor we own (or -1).
+    let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+    if copy < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    // SAFETY: `fd` is a freshly duplicated, open descriptor owned by nobody else.
-    let out = unsafe { File::from_raw_fd(fd) };
-    // SAFETY: both descriptors are open; dup2 atomically replaces descriptor 1.
-    if unsafe { libc::dup2(libc::STDERR_FILENO, libc::STDOUT_FILENO) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(out)
+    // SAFETY: `copy` is a freshly duplicated, open descriptor owned by nobody else.
+    Ok(unsafe { File::from_raw_fd(copy) })
 }
 
 fn send(writer: &Writer, message: &FromWorker) -> Result<(), super::protocol::FrameError> {

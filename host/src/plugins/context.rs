@@ -68,17 +68,13 @@ impl HostContextFfi for HostContext {
                 attributes,
             ))
         };
-        // Handlers run on the blocking pool, outside the async runtime, so blocking is
-        // allowed; an `inline = true` handler runs on an async worker, which must first hand
-        // its other tasks to another thread (a plain block_on there would panic).
+        // Handlers run on the blocking pool, where blocking is allowed; an `inline = true`
+        // handler runs on an async worker of the (multi-threaded) host runtime, which must
+        // first hand its other tasks to another thread (a plain block_on there would panic).
+        // On a blocking-pool thread block_in_place just runs the closure.
         let result = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-            Err(_) => publish(),
             Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(publish),
-            Ok(_) => {
-                return RResult::RErr(
-                    "cannot publish from a handler called on a single-threaded runtime".into(),
-                )
-            }
+            _ => publish(),
         };
         match result {
             Ok(published) => RResult::ROk(published.message_id.into()),

@@ -5,6 +5,7 @@
 //! - `orphan`: starts `sleep 20` (left running) and exits with status 7 — the worker dies
 //!   while a process it started lives on with whatever descriptors it inherited;
 //! - `garble`: writes bytes that are not UTF-8 to stderr, then a readable line;
+//! - `inherit`: runs `wc -c` on the stdin it inherits and logs `inherited stdin held N bytes`;
 //! - `segfault`: writes through a null pointer (SIGSEGV);
 //! - `abort`: `std::process::abort()` (SIGABRT, as `panic = "abort"` would);
 //! - `exit`: `std::process::exit(3)`;
@@ -68,6 +69,14 @@ impl Handler for Crashy {
                 .spawn()
                 .map_err(|e| format!("cannot start sleep: {e}"))?;
             std::process::exit(7);
+        } else if body.contains("inherit") {
+            let out = std::process::Command::new("wc")
+                .arg("-c")
+                .stdin(std::process::Stdio::inherit())
+                .output()
+                .map_err(|e| format!("cannot run wc: {e}"))?;
+            let bytes = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            ctx.info(&format!("inherited stdin held {bytes} bytes"));
         } else if body.contains("garble") {
             std::io::stderr().write_all(b"\xff\xfe garbled \xc3\x28\n")?;
             eprintln!("crashy wrote past the garbled bytes");
