@@ -207,6 +207,8 @@ listen = "127.0.0.1:{port}"
         counter("iniesta_plugin_worker_restarts_total") >= 1.0,
         "{metrics}"
     );
+    // Crash loops are visible in the metrics too (the value depends on what ran last).
+    counter("iniesta_plugin_worker_crashes_in_a_row");
     // Let any late redelivery happen before the final count.
     std::thread::sleep(Duration::from_secs(3));
     let log = host.stop();

@@ -432,6 +432,8 @@ impl Worker {
                 Ok(Event::Outcome(outcome)) => {
                     let recovered = std::mem::take(&mut lock(&self.stats).consecutive) > 0;
                     if recovered {
+                        metrics::gauge!(crate::ops::metrics::WORKER_CRASHES_IN_A_ROW, "plugin" => self.name.clone())
+                            .set(0.0);
                         self.write_state();
                     }
                     return outcome.into();
@@ -641,6 +643,8 @@ impl Worker {
         };
         metrics::counter!(crate::ops::metrics::WORKER_CRASHES, "plugin" => self.name.clone())
             .increment(1);
+        metrics::gauge!(crate::ops::metrics::WORKER_CRASHES_IN_A_ROW, "plugin" => self.name.clone())
+            .set(f64::from(consecutive));
         tracing::error!(
             plugin = %self.name, generation = self.generation, pid = pid.unwrap_or(0), reason = %reason,
             crashes_in_a_row = consecutive, restart_in_ms = backoff.as_millis() as u64,

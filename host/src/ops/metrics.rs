@@ -67,6 +67,9 @@ pub const INGRESS_MESSAGES: &str = "iniesta_ingress_messages_total";
 pub const WORKER_CRASHES: &str = "iniesta_plugin_worker_crashes_total";
 /// Isolated plugins' worker processes started again after one died: label `plugin`.
 pub const WORKER_RESTARTS: &str = "iniesta_plugin_worker_restarts_total";
+/// Worker deaths in a row since a call last returned (3 or more is a crash loop): label
+/// `plugin`.
+pub const WORKER_CRASHES_IN_A_ROW: &str = "iniesta_plugin_worker_crashes_in_a_row";
 
 /// Upper bounds of the handler duration buckets (s).
 pub const DURATION_BUCKETS: &[f64] = &[
@@ -152,6 +155,10 @@ fn describe() {
     describe_counter!(
         WORKER_RESTARTS,
         "Isolated plugin worker processes restarted, by plugin"
+    );
+    describe_gauge!(
+        WORKER_CRASHES_IN_A_ROW,
+        "Isolated plugin worker deaths since a call last returned (3 or more: crash loop), by plugin"
     );
     describe_counter!(
         ERROR_REPORTS,
