@@ -742,6 +742,48 @@ fn fifo_messages_waiting_behind_their_group_are_given_back_at_shutdown() {
 }
 
 #[test]
+fn a_fifo_dead_letter_is_redriven_to_its_group() {
+    // FIFO dead-lettering and redrive on SQS: the message keeps its group both ways. (On real
+    // SQS the original send's deduplication id is still in its 5-minute window here, so the
+    // redrive must not reuse it; moto forgets a deduplication id once its message is deleted,
+    // so it cannot show that difference.)
+    let moto = Moto::start();
+    let s = Scratch::new();
+    let dead = "[[bindings]]\nevents = [\"Fifo.*\"]\nplugin = \"flaky\"\nconfig = { mode = \"dead-letter\" }\n";
+    let config = fifo_config(&s, &moto.url(), "visibility_timeout = 30", dead);
+    ok(&config, &["setup"]);
+    let (queue, dlq) = ("iniesta-test-orders.fifo", "iniesta-test-orders-dlq.fifo");
+    ok(
+        &config,
+        &[
+            "publish",
+            "--queue",
+            "Fifo.Doomed",
+            r#"{"group":"g","n":1}"#,
+        ],
+    );
+    let rt = rt();
+    let host = start(&config, s.path("host.log"), &[], &[], true);
+    wait_for("the dead letter", || {
+        depth(&rt, &moto.url(), dlq) == 1 && depth(&rt, &moto.url(), queue) == 0
+    });
+    host.stop();
+    let report = ok(&config, &["dlq", "redrive"]);
+    assert!(report.contains("redriven 1 message(s)"), "{report}");
+    assert_eq!(depth(&rt, &moto.url(), dlq), 0, "{report}");
+    assert_eq!(
+        depth(&rt, &moto.url(), queue),
+        1,
+        "the redriven message is on the main queue: {report}"
+    );
+    let (group, body) = rt.block_on(peek_group(&moto.url(), queue));
+    assert_eq!(
+        (group.as_str(), body.as_str()),
+        ("g", r#"{"group":"g","n":1}"#)
+    );
+}
+
+#[test]
 fn the_local_broker_keeps_fifo_group_order_and_deduplicates() {
     let s = Scratch::new();
     let ledger = s.path("ledger.jsonl").display().to_string();
