@@ -718,6 +718,13 @@ impl Inner {
         if back.is_empty() {
             return;
         }
+        // The locks go first, while the messages are still invisible: a consumer that took one
+        // the moment it is visible must not find it locked (and spend one of its deliveries).
+        if !held.is_empty() {
+            if let Err(e) = self.locks.release(&held).await {
+                tracing::warn!(count = held.len(), error = %e, "cannot release the message locks; they will expire");
+            }
+        }
         let receipts: Vec<String> = back.iter().map(|b| b.receipt.clone()).collect();
         let failed: HashMap<String, String> =
             match self.broker.change_visibility_batch(&receipts, 0).await {
@@ -744,11 +751,6 @@ impl Inner {
             }
         }
         metrics::counter!(m::RELEASED, "reason" => reason).increment(given);
-        if !held.is_empty() {
-            if let Err(e) = self.locks.release(&held).await {
-                tracing::warn!(count = held.len(), error = %e, "cannot release the message locks; they will expire");
-            }
-        }
     }
 
     /// Route, run and settle one locked message; `true` when it is gone from the queue
@@ -760,7 +762,6 @@ impl Inner {
             slot,
             ..
         } = taken;
-        let held = claim.held.clone();
         if self.shutdown.is_cancelled() {
             // Unstarted at shutdown: give it back at once.
             keeper.stop().await;
@@ -770,12 +771,14 @@ impl Inner {
                     message_id: envelope.message_id.clone(),
                     event: envelope.event.clone(),
                 }],
-                vec![held],
+                vec![claim.held.clone()],
                 "shutdown",
             )
             .await;
             return false;
         }
+        // Taken (`None`) when a retry releases it early.
+        let mut held = Some(claim.held.clone());
         let routes = self.routes.load_full();
         let bindings: Vec<Arc<Binding>> = routes.route(&envelope).into_iter().cloned().collect();
         let gone = if bindings.is_empty() {
@@ -792,7 +795,7 @@ impl Inner {
             let invalid = CallResult::Outcome(OutcomeFfi::DeadLetter {
                 reason: reason.into(),
             });
-            self.settle(&message, &envelope, &bindings, &[invalid], &slot)
+            self.settle(&message, &envelope, &bindings, &[invalid], &slot, &mut held)
                 .await
         } else {
             let records = !self.settings.completion_ttl.is_zero();
@@ -815,7 +818,7 @@ impl Inner {
                 // The heartbeat stops the moment the handlers return.
                 match keeper.finish().await {
                     Ok(()) => {
-                        self.settle(&message, &envelope, &todo, &results, &slot)
+                        self.settle(&message, &envelope, &todo, &results, &slot, &mut held)
                             .await
                     }
                     Err(reason) => {
@@ -828,10 +831,16 @@ impl Inner {
                 }
             }
         };
+        if let Some(held) = held {
+            self.release(&envelope, held).await;
+        }
+        gone
+    }
+
+    async fn release(&self, envelope: &Envelope, held: Held) {
         if let Err(e) = self.locks.release(&[held]).await {
             tracing::warn!(message_id = %envelope.message_id, event = %envelope.event, error = %e, "cannot release the message lock; it will expire");
         }
-        gone
     }
 
     async fn call_all(
@@ -946,6 +955,7 @@ impl Inner {
         bindings: &[Arc<Binding>],
         results: &[CallResult],
         slot: &Arc<Slot>,
+        held: &mut Option<Held>,
     ) -> bool {
         let id = &envelope.message_id;
         let event = &envelope.event;
@@ -963,6 +973,12 @@ impl Inner {
             }
             Settlement::RetryAfter(secs) => {
                 metrics::counter!(m::RETRIED, "reason" => "retry").increment(1);
+                // The lock goes first: with `after_secs` 0 the message is visible at once, and a
+                // poller that took it while this lock still stood would have to leave it,
+                // spending one of its deliveries.
+                if let Some(held) = held.take() {
+                    self.release(envelope, held).await;
+                }
                 if let Err(e) = self.broker.change_visibility(&message.receipt, secs).await {
                     tracing::warn!(message_id = %id, event = %event, bindings = %labels, error = %e, "cannot change visibility; the message returns after its visibility timeout");
                 } else {
