@@ -336,6 +336,22 @@ fn a_down_broker_gets_its_events_when_it_returns_and_holds_up_no_other_egress() 
     );
     let (stdout, _) = ok(&config, &["outbox"], &[]);
     assert!(stdout.contains("empty"), "{stdout}");
+    // The topic egress (`sns`, here the local broker's topic) had each event at once too.
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let queued = rt.block_on(common::queue_messages(&config, "iniesta-test-receiver"));
+    let mut events: Vec<String> = queued
+        .iter()
+        .map(|m| m.attributes["iniesta_pass"].value.clone())
+        .collect();
+    events.sort();
+    assert_eq!(
+        events,
+        [
+            "Order.First.receiver",
+            "Order.Second.receiver",
+            "Order.Third.receiver"
+        ]
+    );
 }
 
 #[test]

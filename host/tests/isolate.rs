@@ -9,9 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::load::{handled_per_seq, marks_in_order, Load};
-use common::{iniesta, plugin_dir, Host, Scratch};
-use iniesta::broker::local::LocalBroker;
-use iniesta::config::Config;
+use common::{iniesta, plugin_dir, queue_messages, Host, Scratch};
 
 const LIMIT: Duration = Duration::from_secs(90);
 const POISON: &[&str] = &["segfault", "abort", "exit", "oom", "hang", "orphan"];
@@ -41,12 +39,6 @@ fn start_host(config: &Path, log: PathBuf, env: &[(&str, &str)]) -> Host {
         std::thread::sleep(Duration::from_millis(50));
     }
     host
-}
-
-async fn queue_messages(config: &Path, queue: &str) -> Vec<iniesta::broker::local::StoredMessage> {
-    let config = Config::load(config).expect("config loads");
-    let broker = LocalBroker::open(&config).await.expect("broker opens");
-    broker.messages(queue).await.expect("messages")
 }
 
 fn process_alive(pid: u32) -> bool {

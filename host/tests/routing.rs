@@ -10,8 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{iniesta, publish, Host, Scratch};
-use iniesta::broker::local::{LocalBroker, StoredMessage};
-use iniesta::config::Config;
+use iniesta::broker::local::StoredMessage;
 use serde_json::{json, Value};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -20,11 +19,7 @@ const DLQ: &str = "iniesta-test-receiver-dlq";
 
 fn queue_messages(config: &std::path::Path, queue: &str) -> Vec<StoredMessage> {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    rt.block_on(async {
-        let config = Config::load(config).expect("config loads");
-        let broker = LocalBroker::open(&config).await.expect("broker opens");
-        broker.messages(queue).await.expect("messages")
-    })
+    rt.block_on(common::queue_messages(config, queue))
 }
 
 fn labelled(s: &Scratch, label: &str) -> Vec<Value> {

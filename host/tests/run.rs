@@ -5,9 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{publish, Host, Scratch};
-use iniesta::broker::local::LocalBroker;
-use iniesta::config::Config;
+use common::{publish, queue_messages, Host, Scratch};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -15,15 +13,6 @@ fn ledger_binding(label: &str, events: &str, ledger: &str) -> String {
     format!(
         "[[bindings]]\nevents = {events}\nplugin = \"ledger\"\nconfig = {{ path = \"{ledger}\", label = \"{label}\" }}\n"
     )
-}
-
-async fn queue_messages(
-    config: &std::path::Path,
-    queue: &str,
-) -> Vec<iniesta::broker::local::StoredMessage> {
-    let config = Config::load(config).expect("config loads");
-    let broker = LocalBroker::open(&config).await.expect("broker opens");
-    broker.messages(queue).await.expect("messages")
 }
 
 #[test]

@@ -125,6 +125,18 @@ pub fn json_lines(path: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The messages on a queue of the local broker that `config` names.
+pub async fn queue_messages(
+    config: &Path,
+    queue: &str,
+) -> Vec<iniesta::broker::local::StoredMessage> {
+    let config = iniesta::config::Config::load_for_publishing(config).expect("config loads");
+    let broker = iniesta::broker::local::LocalBroker::open(&config)
+        .await
+        .expect("broker opens");
+    broker.messages(queue).await.expect("messages")
+}
+
 /// Run `iniesta -c CONFIG ARGS...` to completion.
 pub fn iniesta(config: &Path, args: &[&str]) -> Output {
     Command::new(bin())
