@@ -869,17 +869,19 @@ impl Inner {
                 label: binding.label.clone(),
                 ttl: self.settings.completion_ttl,
             });
-            let ffi = ffi.clone();
-            let blocking = (!binding.inline)
-                .then(|| call_blocking(binding, ffi.clone(), slot.clone(), span.clone()));
+            let call = if binding.inline {
+                Call::Inline(ffi.clone(), span)
+            } else {
+                Call::Blocking(call_blocking(binding, ffi.clone(), slot.clone(), span))
+            };
             async move {
-                let result = match blocking {
-                    Some(task) => match tokio::time::timeout_at(started + binding.timeout, task).await {
+                let result = match call {
+                    Call::Blocking(task) => match tokio::time::timeout_at(started + binding.timeout, task).await {
                         Ok(Ok(outcome)) => CallResult::Outcome(outcome),
                         Ok(Err(e)) => CallResult::Crashed(e.to_string()),
                         Err(_) => CallResult::TimedOut,
                     },
-                    None => call_inline(binding, &ffi, span),
+                    Call::Inline(ffi, span) => call_inline(binding, &ffi, span),
                 };
                 metrics::histogram!(m::HANDLER_DURATION, "binding" => binding.label.clone())
                     .record(started.elapsed().as_secs_f64());
@@ -1096,7 +1098,12 @@ pub(crate) fn report_failure(
     }
 }
 
-/// The `result` label of a handler call in `iniesta_handler_calls_total`.
+/// One binding's call: started on the blocking pool, or to be made inline when polled.
+enum Call {
+    Blocking(tokio::task::JoinHandle<OutcomeFfi>),
+    Inline(Arc<MessageFfi>, tracing::Span),
+}
+
 /// Start a handler call on the blocking pool (the caller abandons it at its timeout). The slot
 /// travels with the call: a timed-out handler keeps it until its thread really returns, so
 /// stuck handlers cannot pile up threads.
@@ -1131,6 +1138,7 @@ fn call_inline(binding: &Binding, ffi: &MessageFfi, span: tracing::Span) -> Call
     CallResult::Outcome(outcome)
 }
 
+/// The `result` label of a handler call in `iniesta_handler_calls_total`.
 pub(crate) fn result_label(result: &CallResult) -> &'static str {
     match result {
         CallResult::Outcome(OutcomeFfi::Ack) => "ack",
