@@ -122,9 +122,7 @@ impl Process {
 #[derive(Default)]
 struct Stats {
     starts: u64,
-    /// Starts that replaced a crashed process.
-    restarts: u64,
-    /// Crashes no start has replaced yet.
+    /// Crashes no start has replaced yet (restarts = crashes − unreplaced).
     unreplaced: u64,
     crashes: u64,
     consecutive: u32,
@@ -169,30 +167,19 @@ pub fn worker_for(
     plugin: &crate::plugins::LoadedPlugin,
     settings: &Arc<Settings>,
 ) -> Result<Arc<Worker>, String> {
+    // The pools alive now. Dropping one of these may drop its last reference, and a pool's
+    // `Drop` reads the registry: declared before the registry's guard, they are dropped after
+    // it, on every return.
+    let live: Vec<Arc<Worker>>;
     let mut registry = lock(&REGISTRY);
     registry.retain(|w| w.strong_count() > 0);
-    // The pools alive now. Dropping one of these may drop its last reference, and a pool's
-    // `Drop` reads the registry: so they are dropped only after the registry is unlocked.
-    let live: Vec<Arc<Worker>> = registry.iter().filter_map(Weak::upgrade).collect();
-    let found = live
-        .iter()
-        .find(|w| {
-            w.name == plugin.name && w.generation == plugin.generation && *w.settings == **settings
-        })
-        .cloned();
-    if let Some(worker) = found {
-        drop(registry);
-        drop(live);
-        return Ok(worker);
+    live = registry.iter().filter_map(Weak::upgrade).collect();
+    if let Some(worker) = live.iter().find(|w| {
+        w.name == plugin.name && w.generation == plugin.generation && *w.settings == **settings
+    }) {
+        return Ok(worker.clone());
     }
-    let copy = match private_copy(plugin) {
-        Ok(copy) => copy,
-        Err(e) => {
-            drop(registry);
-            drop(live);
-            return Err(e);
-        }
-    };
+    let copy = private_copy(plugin)?;
     let worker = Arc::new_cyclic(|me| Worker {
         name: plugin.name.clone(),
         generation: plugin.generation,
@@ -211,8 +198,6 @@ pub fn worker_for(
         me: me.clone(),
     });
     registry.push(Arc::downgrade(&worker));
-    drop(registry);
-    drop(live);
     Ok(worker)
 }
 
@@ -614,9 +599,6 @@ impl Worker {
             // starts grow the pool.
             let replaces = stats.unreplaced > 0;
             stats.unreplaced = stats.unreplaced.saturating_sub(1);
-            if replaces {
-                stats.restarts += 1;
-            }
             replaces
         };
         if restart {
@@ -713,7 +695,7 @@ impl Worker {
             },
             pids,
             max_workers: self.settings.max_workers as u64,
-            restarts: stats.restarts,
+            restarts: stats.crashes - stats.unreplaced,
             crashes: stats.crashes,
             crashes_in_a_row: stats.consecutive,
             last_crash: stats.last_crash.clone(),
