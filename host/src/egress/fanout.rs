@@ -234,11 +234,13 @@ impl Fanout {
             }
         });
         let results = futures_util::future::join_all(tries).await;
+        let queued = results.iter().any(|(_, r)| r.is_err());
         let (mut failed, mut behind) = (Vec::new(), Vec::new());
         for (name, result) in &results {
             match result {
-                Err(Failure::Failed(e)) => failed.push((name.clone(), e.clone())),
-                Err(failure @ Failure::Behind) => behind.push((name.clone(), failure.to_string())),
+                Err(Failure::Failed(e)) => failed.push((name.clone(), Some(e.clone()))),
+                // Not tried, so no error of its own: the rows ahead of it keep the egress's.
+                Err(Failure::Behind) => behind.push((name.clone(), None)),
                 Ok(_) => {}
             }
         }
@@ -259,7 +261,7 @@ impl Fanout {
                 .put(behind, &event_id, message, 0, Duration::ZERO)
                 .await?;
         }
-        if results.iter().any(|(_, r)| r.is_err()) {
+        if queued {
             self.wake.notify_one();
         }
         let mut deliveries = Vec::with_capacity(results.len());
@@ -354,6 +356,11 @@ impl Fanout {
         }
     }
 
+    /// Whether this config has an egress of this name.
+    fn configured(&self, name: &str) -> bool {
+        self.egresses.iter().any(|e| e.name == name)
+    }
+
     /// Warn once per egress name about events waiting for an egress this config does not
     /// have (renamed or removed with events still waiting): nothing delivers them.
     fn report_unconfigured(
@@ -362,9 +369,7 @@ impl Fanout {
         reported: &mut std::collections::BTreeSet<String>,
     ) {
         for w in waiting {
-            if !self.egresses.iter().any(|e| e.name == w.egress)
-                && reported.insert(w.egress.clone())
-            {
+            if !self.configured(&w.egress) && reported.insert(w.egress.clone()) {
                 tracing::warn!(egress = %w.egress, pending = w.pending, outbox = %self.outbox.path().display(),
                     "events wait in the outbox for an egress that is not configured (renamed or removed); they are kept, and delivered once an [[egress]] of that name is back");
             }
@@ -412,7 +417,7 @@ impl Fanout {
                     // drained, so they must not keep the drainer awake.
                     match waiting
                         .iter()
-                        .filter(|w| self.egresses.iter().any(|e| e.name == w.egress))
+                        .filter(|w| self.configured(&w.egress))
                         .map(|w| w.next_due_ms)
                         .min()
                     {

@@ -143,11 +143,11 @@ impl Outbox {
         .map_err(|e| OutboxError::Worker(e.to_string()))?
     }
 
-    /// Keep `message` for each of `egresses` (name, last error; one transaction) after
-    /// `attempts` failed attempts, due after `retry_after`.
+    /// Keep `message` for each of `egresses` (name, last error — none when it was not tried;
+    /// one transaction) after `attempts` failed attempts, due after `retry_after`.
     pub async fn put(
         &self,
-        egresses: Vec<(String, String)>,
+        egresses: Vec<(String, Option<String>)>,
         event_id: &str,
         message: &Outgoing,
         attempts: u32,
@@ -310,7 +310,7 @@ impl Outbox {
         self.with(|conn| {
             let mut stmt = conn.prepare(
                 "SELECT egress, COUNT(*), MAX(attempts),
-                        (SELECT last_error FROM outbox o2 WHERE o2.egress = o.egress AND last_error IS NOT NULL AND attempts > 0 ORDER BY seq DESC LIMIT 1)
+                        (SELECT last_error FROM outbox o2 WHERE o2.egress = o.egress AND last_error IS NOT NULL ORDER BY seq DESC LIMIT 1)
                  FROM outbox o GROUP BY egress ORDER BY egress",
             )?;
             let rows = stmt.query_map([], |r| {
@@ -366,7 +366,7 @@ mod tests {
         for (id, event) in [("e1", "A"), ("e2", "B")] {
             outbox
                 .put(
-                    vec![("x".into(), "down".into())],
+                    vec![("x".into(), Some("down".into()))],
                     id,
                     &message(event),
                     3,
@@ -433,7 +433,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let outbox = Outbox::open(&dir.path().join("outbox.db")).expect("opens");
         assert!(outbox.waiting().await.expect("waiting").is_empty());
-        let down = || vec![("x".to_string(), "down".to_string())];
+        let down = || vec![("x".to_string(), Some("down".to_string()))];
         outbox
             .put(down(), "e1", &message("A"), 3, Duration::from_secs(60))
             .await
@@ -465,7 +465,7 @@ mod tests {
         // Another egress's rows are its own.
         outbox
             .put(
-                vec![("y".into(), "down".into())],
+                vec![("y".into(), Some("down".into()))],
                 "e3",
                 &message("C"),
                 1,
