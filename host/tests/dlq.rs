@@ -261,9 +261,7 @@ fn scenario(broker: Broker) {
                 l["receive_count"], 1,
                 "a redriven message starts counting again: {l}"
             );
-            let body: serde_json::Value =
-                serde_json::from_str(l["body"].as_str().expect("body text")).expect("json body");
-            body["order"].as_i64().expect("order number")
+            common::body_of(l)["order"].as_i64().expect("order number")
         })
         .collect();
     orders.sort();

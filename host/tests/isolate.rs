@@ -233,12 +233,7 @@ listen = "127.0.0.1:{port}"
     let mut flow: Vec<u64> = s
         .ledger("ledger.jsonl")
         .iter()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l["body"].as_str().expect("body"))
-                .expect("json")["n"]
-                .as_u64()
-                .expect("n")
-        })
+        .map(|l| common::body_of(l)["n"].as_u64().expect("n"))
         .collect();
     flow.sort();
     assert_eq!(

@@ -643,8 +643,7 @@ fn fifo_groups_keep_their_order_under_concurrency_with_group_ids_and_deduplicati
     assert_eq!(lines.len(), total, "each message once:\n{log}");
     let mut order: BTreeMap<String, Vec<i64>> = BTreeMap::new();
     for line in &lines {
-        let body: serde_json::Value =
-            serde_json::from_str(line["body"].as_str().unwrap_or("{}")).expect("JSON body");
+        let body = common::body_of(line);
         let group = match (body.get("group"), body.get("t")) {
             (Some(g), _) => g.as_str().unwrap_or_default().to_string(),
             (None, Some(t)) => format!("t{t}"),
@@ -731,12 +730,7 @@ fn fifo_messages_waiting_behind_their_group_are_given_back_at_shutdown() {
     let seqs: Vec<i64> = s
         .ledger("ledger.jsonl")
         .iter()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l["body"].as_str().unwrap_or("{}"))
-                .expect("JSON")["seq"]
-                .as_i64()
-                .unwrap_or(-1)
-        })
+        .map(|l| common::body_of(l)["seq"].as_i64().unwrap_or(-1))
         .collect();
     assert_eq!(seqs, vec![0, 1, 2, 3]);
 }
@@ -836,8 +830,7 @@ fn the_local_broker_keeps_fifo_group_order_and_deduplicates() {
     assert_eq!(lines.len(), 16, "{log}");
     let mut order: BTreeMap<String, Vec<i64>> = BTreeMap::new();
     for line in &lines {
-        let body: serde_json::Value =
-            serde_json::from_str(line["body"].as_str().unwrap_or("{}")).expect("JSON");
+        let body = common::body_of(line);
         order
             .entry(body["group"].as_str().unwrap_or_default().to_string())
             .or_default()

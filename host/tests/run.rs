@@ -483,10 +483,7 @@ fn inline_bindings_handle_and_publish_on_the_async_worker_and_overruns_are_repor
         .iter()
         .map(|l| {
             assert_eq!(l["event"], "hello.relayed.receiver");
-            serde_json::from_str::<serde_json::Value>(l["body"].as_str().expect("body"))
-                .expect("json")["id"]
-                .as_i64()
-                .expect("id")
+            common::body_of(l)["id"].as_i64().expect("id")
         })
         .collect();
     ids.sort();

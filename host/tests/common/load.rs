@@ -67,10 +67,7 @@ impl Load {
 pub fn handled_per_seq(lines: &[serde_json::Value]) -> BTreeMap<u64, usize> {
     let mut per_seq = BTreeMap::new();
     for line in lines {
-        let seq = serde_json::from_str::<serde_json::Value>(line["body"].as_str().unwrap_or("{}"))
-            .expect("body")["seq"]
-            .as_u64()
-            .expect("seq");
+        let seq = super::body_of(line)["seq"].as_u64().expect("seq");
         *per_seq.entry(seq).or_default() += 1;
     }
     per_seq

@@ -125,6 +125,14 @@ pub fn json_lines(path: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The body of a ledger (or crashy) line, parsed as the JSON it holds.
+pub fn body_of(line: &serde_json::Value) -> serde_json::Value {
+    let text = line["body"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a text body: {line}"));
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("a JSON body ({e}): {line}"))
+}
+
 /// The messages on a queue of the local broker that `config` names.
 pub async fn queue_messages(
     config: &Path,
