@@ -199,6 +199,12 @@ pub struct SqsConfig {
     /// Seconds a new message stays invisible before its first delivery (0–900).
     #[serde(default)]
     pub delay_seconds: u32,
+    /// Whether the queue's subscription to the topic delivers raw messages (`true`: the body
+    /// as published, the event in an SQS attribute) or SNS envelopes (`false`). `setup` sets
+    /// the subscription's `RawMessageDelivery` to it and `check` compares them; the host
+    /// unwraps envelopes only when this is `false` (see [`Config::envelope_topic`]).
+    #[serde(default = "default_true")]
+    pub raw_message_delivery: bool,
     /// Where dead letters go; none means dead letters stay on the queue, logged.
     #[serde(default)]
     pub dead_letter_queue: Option<String>,
@@ -250,6 +256,7 @@ impl Default for SqsConfig {
             wait_time_seconds: default_wait(),
             visibility_timeout: default_visibility(),
             delay_seconds: 0,
+            raw_message_delivery: true,
             dead_letter_queue: None,
             max_receive_count: default_max_receive_count(),
             pollers: default_pollers(),
@@ -631,6 +638,17 @@ impl Config {
             .map(|arn| arn.rsplit(':').next().unwrap_or(arn).to_string())
     }
 
+    /// The topic whose SNS envelopes the consumed queue receives: `sns.topic_arn` when this
+    /// host polls a queue subscribed to it (`EVENT_POLLING` on AWS) with
+    /// `sqs.raw_message_delivery = false`. `None` when every message arrives raw (the local
+    /// broker always delivers raw): bodies are then never read as envelopes.
+    pub fn envelope_topic(&self) -> Option<&str> {
+        let envelopes = self.broker.kind == BrokerKind::Aws
+            && self.does(InitializationType::EventPolling)
+            && !self.sqs.raw_message_delivery;
+        self.sns.topic_arn.as_deref().filter(|_| envelopes)
+    }
+
     /// Whether this host does `kind`.
     pub fn does(&self, kind: InitializationType) -> bool {
         self.initialization.contains(&kind)
@@ -708,6 +726,19 @@ impl Config {
         for (i, filter) in self.sqs.filters.iter().enumerate() {
             if let Err(e) = check_filter(filter) {
                 bad(&format!("sqs.filters[{i}]"), e);
+            }
+        }
+        if !self.sqs.raw_message_delivery {
+            if self.broker.kind == BrokerKind::Local {
+                bad(
+                    "sqs.raw_message_delivery",
+                    "the local broker always delivers raw messages; `false` applies to broker.kind = \"aws\" only".into(),
+                );
+            } else if !self.does(InitializationType::EventPolling) {
+                bad(
+                    "sqs.raw_message_delivery",
+                    "`false` describes the queue's subscription to sns.topic_arn, which only EVENT_POLLING has".into(),
+                );
             }
         }
         if self.sqs.queue_name.is_none() {
@@ -1081,6 +1112,44 @@ mod tests {
         assert_eq!(c.initialization_type(), "SNS_PRODUCER|EVENT_POLLING");
         assert_eq!(c.sqs.max_messages, 10);
         assert_eq!(c.lock.retry_count, 1);
+    }
+
+    #[test]
+    fn envelopes_come_only_from_the_topic_of_an_aws_subscription_without_raw_delivery() {
+        let aws = "service = \"s\"\n[broker]\nkind = \"aws\"\n[sns]\ntopic_arn = \"arn:aws:sns:us-east-1:1:global\"\n[sqs]\nfilters = [\"Order.*\"]\n";
+        let raw = parse(aws);
+        assert!(raw.sqs.raw_message_delivery, "raw by default");
+        assert_eq!(raw.envelope_topic(), None);
+        let keys = |c: &Config| -> Vec<String> {
+            c.problems()
+                .into_iter()
+                .map(|p| p.key)
+                .filter(|k| k.starts_with("sqs."))
+                .collect()
+        };
+        let wrapped = parse(&format!("{aws}raw_message_delivery = false\n"));
+        assert!(keys(&wrapped).is_empty(), "{:?}", wrapped.problems());
+        assert_eq!(
+            wrapped.envelope_topic(),
+            Some("arn:aws:sns:us-east-1:1:global")
+        );
+        let queue_only = parse(&format!(
+            "initialization = [\"QUEUE_POLLING\"]\n{aws}raw_message_delivery = false\n"
+        ));
+        assert_eq!(queue_only.envelope_topic(), None);
+        assert_eq!(
+            keys(&queue_only),
+            vec!["sqs.raw_message_delivery".to_string()]
+        );
+        let local = parse(
+            "service = \"s\"\n[sns]\ntopic_arn = \"arn:aws:sns:us-east-1:1:global\"\n[sqs]\nfilters = [\"Order.*\"]\nraw_message_delivery = false\n",
+        );
+        assert_eq!(
+            local.envelope_topic(),
+            None,
+            "the local broker delivers raw"
+        );
+        assert_eq!(keys(&local), vec!["sqs.raw_message_delivery".to_string()]);
     }
 
     #[test]

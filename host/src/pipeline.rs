@@ -53,7 +53,7 @@ use crate::ops::errors::{ErrorReporter, FailureKind};
 use crate::ops::health::Health;
 use crate::ops::metrics as m;
 use crate::route::{Binding, Routes};
-use crate::wire::{self, Envelope};
+use crate::wire::{self, DecodeError, Envelope};
 
 /// Pipeline settings, taken from `[sqs]` and `[lock]`.
 #[derive(Debug, Clone)]
@@ -70,6 +70,8 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     /// The event attribute.
     pub event_key: String,
+    /// The topic whose SNS envelopes the queue receives (raw delivery off), if any.
+    pub envelope_topic: Option<String>,
     /// Lock validity (extended while handlers run).
     pub lock_ttl: Duration,
     /// Lock attempts, as aioredlock counts `retry_count` (at least one).
@@ -84,6 +86,14 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// How the queue delivers, for decoding.
+    pub fn delivery(&self) -> wire::DeliveryContext<'_> {
+        wire::DeliveryContext {
+            event_key: &self.event_key,
+            envelope_topic: self.envelope_topic.as_deref(),
+        }
+    }
+
     /// From a config.
     pub fn from_config(config: &crate::config::Config) -> Settings {
         Settings {
@@ -93,6 +103,7 @@ impl Settings {
             max_in_flight: config.sqs.max_in_flight,
             shutdown_timeout: Duration::from_secs(config.sqs.shutdown_timeout_secs),
             event_key: config.sns.event_key.clone(),
+            envelope_topic: config.envelope_topic().map(str::to_string),
             lock_ttl: lock::ttl_from_secs(config.lock.timeout_secs.max(1)),
             lock_retry_count: config.lock.retry_count,
             completion_ttl: lock::ttl_from_secs(config.lock.completion_ttl_secs),
@@ -520,7 +531,7 @@ impl Inner {
                 &message.body,
                 &message.attributes,
                 message.sent_timestamp_ms,
-                &self.settings.event_key,
+                self.settings.delivery(),
             ) {
                 Ok(envelope) => {
                     let t = Taken {
@@ -533,6 +544,13 @@ impl Inner {
                         Some(group) if broken.contains(group) => back.push(GiveBack::from(&t)),
                         _ => taken.push(t),
                     }
+                }
+                Err(e @ DecodeError::ForeignTopic { .. }) => {
+                    // Never meant for this queue: no redelivery can change that.
+                    if let Some(group) = &message.group_id {
+                        broken.insert(group.clone());
+                    }
+                    tokio::spawn(self.clone().refuse(message, e.to_string(), slot));
                 }
                 Err(e) => {
                     metrics::counter!(m::RETRIED, "reason" => "undecodable").increment(1);
@@ -605,6 +623,21 @@ impl Inner {
             busy.iter().for_each(leave_locked);
         }
         Ok(())
+    }
+
+    /// Dead-letter a message refused before any handler (an envelope from a foreign topic);
+    /// without a dead-letter queue it stays on the queue, logged.
+    async fn refuse(self: Arc<Self>, message: Received, reason: String, slot: Arc<Slot>) {
+        match self.broker.dead_letter(&message, &reason).await {
+            Ok(()) => {
+                metrics::counter!(m::DEAD_LETTERED).increment(1);
+                tracing::warn!(message_id = %message.message_id, reason = %reason, "refused before any handler: moved to the dead-letter queue");
+            }
+            Err(e) => {
+                tracing::error!(message_id = %message.message_id, reason = %reason, error = %e, "refused before any handler, but cannot dead-letter it; it stays on the queue for redelivery");
+            }
+        }
+        drop(slot);
     }
 
     /// Run one (non-FIFO) locked message in its own task.

@@ -552,37 +552,11 @@ fn wire_compatible_with_the_python_iniesta_both_ways() {
             .await
             .expect("python-style publish");
     });
-    // 2. The same through a subscription without raw delivery: the host unwraps the envelope.
-    let subscription = rt.block_on(async {
-        let subs = sns_client
-            .list_subscriptions_by_topic()
-            .topic_arn(TOPIC)
-            .send()
-            .await
-            .expect("list");
-        subs.subscriptions()[0]
-            .subscription_arn()
-            .unwrap_or_default()
-            .to_string()
-    });
+    // Envelopes (a subscription without raw delivery) are covered by
+    // `without_raw_delivery_envelopes_of_the_own_topic_route_and_others_are_dead_lettered`.
     let host = start_host(&config, s.path("host.log"));
     s.wait_for("the python message", LIMIT, || {
         !s.ledger("ledger.jsonl").is_empty()
-    });
-    rt.block_on(
-        sns_client
-            .set_subscription_attributes()
-            .subscription_arn(&subscription)
-            .attribute_name("RawMessageDelivery")
-            .attribute_value("false")
-            .send(),
-    )
-    .expect("raw off");
-    ok(&config, &["publish", "Order.Wrapped", r#"{"id":2}"#]);
-    s.wait_for("the wrapped message", LIMIT, || {
-        s.ledger("ledger.jsonl")
-            .iter()
-            .any(|l| l["event"] == "Order.Wrapped.receiver")
     });
     host.stop();
     let lines = s.ledger("ledger.jsonl");
@@ -592,16 +566,8 @@ fn wire_compatible_with_the_python_iniesta_both_ways() {
         .expect("python message handled");
     assert_eq!(py["body"], r#"{"id": 1}"#);
     assert_eq!(py["attributes"]["version"], "1");
-    let wrapped = lines
-        .iter()
-        .find(|l| l["event"] == "Order.Wrapped.receiver")
-        .expect("wrapped");
-    assert_eq!(
-        wrapped["body"], r#"{"id":2}"#,
-        "the SNS envelope is unwrapped"
-    );
 
-    // 3. What we publish carries exactly what the Python iniesta reads (raw delivery).
+    // 2. What we publish carries exactly what the Python iniesta reads (raw delivery).
     rt.block_on(async {
         let client = sqs(&moto.url());
         let url = client
@@ -781,4 +747,177 @@ fn a_stale_receipt_is_recognised_as_stale() {
             );
         }
     });
+}
+
+/// A body shaped like an SNS notification whose own attributes name another event.
+const SPOOF: &str = r#"{"Type":"Notification","MessageId":"x","Message":"{}","MessageAttributes":{"iniesta_pass":{"Type":"String","Value":"Admin.Delete"}}}"#;
+
+/// A consumer of `Probe.*` with a `probe` and an `admin` ledger binding; `sqs_extra` goes
+/// into `[sqs]`.
+fn probe_consumer(s: &Scratch, endpoint: &str, sqs_extra: &str) -> PathBuf {
+    let book = s.path("ledger.jsonl");
+    aws_config(
+        s,
+        "iniesta.toml",
+        endpoint,
+        "service = \"receiver\"\nenv = \"test\"\ninitialization = [\"EVENT_POLLING\", \"SNS_PRODUCER\"]",
+        &format!("filters = [\"Probe.*\", \"Admin.*\"]\ndead_letter_queue = \"iniesta-test-receiver-dlq\"\n{sqs_extra}"),
+        &format!(
+            "{}{}",
+            ledger(&book, "probe", r#"["Probe.*"]"#),
+            ledger(&book, "admin", r#"["Admin.*"]"#)
+        ),
+    )
+}
+
+fn labelled(s: &Scratch, label: &str) -> Vec<serde_json::Value> {
+    s.ledger("ledger.jsonl")
+        .into_iter()
+        .filter(|l| l["label"] == label)
+        .collect()
+}
+
+#[test]
+fn a_raw_delivered_body_shaped_like_an_envelope_routes_by_its_sqs_attributes() {
+    let moto = Moto::start();
+    let s = Scratch::new();
+    let config = probe_consumer(&s, &moto.url(), "");
+    ok(&config, &["setup"]);
+    let host = start_host(&config, s.path("host.log"));
+    let shape = r#"{"Type":"Notification","MessageId":"x","Message":5}"#;
+    ok(&config, &["publish", "Probe.Spoof", SPOOF]);
+    ok(&config, &["publish", "Probe.Shape", shape]);
+    s.wait_for("both bodies handled as bodies", LIMIT, || {
+        labelled(&s, "probe").len() >= 2
+    });
+    let log = host.stop();
+    let probe = labelled(&s, "probe");
+    let body_of = |event: &str| {
+        probe
+            .iter()
+            .find(|l| l["event"] == event)
+            .map(|l| l["body"].clone())
+            .unwrap_or_else(|| panic!("{event} handled: {probe:?}\n{log}"))
+    };
+    assert_eq!(
+        body_of("Probe.Spoof.receiver"),
+        SPOOF,
+        "the body is the body"
+    );
+    assert_eq!(
+        body_of("Probe.Shape.receiver"),
+        shape,
+        "not malformed: a body"
+    );
+    assert!(
+        labelled(&s, "admin").is_empty(),
+        "the body chose no handler"
+    );
+}
+
+#[test]
+fn without_raw_delivery_envelopes_of_the_own_topic_route_and_others_are_dead_lettered() {
+    let moto = Moto::start();
+    let s = Scratch::new();
+    // Set up with raw delivery (the default), then ask for envelopes: check names the drift,
+    // setup turns raw delivery off.
+    ok(&probe_consumer(&s, &moto.url(), ""), &["setup"]);
+    let config = probe_consumer(&s, &moto.url(), "raw_message_delivery = false");
+    let out = iniesta(&config, &["check"]);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{report}");
+    assert!(
+        report.contains("PROBLEM raw message delivery: RawMessageDelivery = true (want false"),
+        "{report}"
+    );
+    ok(&config, &["setup"]);
+    ok(&config, &["check"]);
+
+    let rt = rt();
+    let sns_client = sns(&moto.url());
+    // Another topic whose envelopes reach the queue: not the configured one.
+    let other = rt.block_on(async {
+        let other = sns_client
+            .create_topic()
+            .name("other")
+            .send()
+            .await
+            .expect("topic")
+            .topic_arn()
+            .unwrap_or_default()
+            .to_string();
+        sns_client
+            .subscribe()
+            .topic_arn(&other)
+            .protocol("sqs")
+            .endpoint("arn:aws:sqs:us-east-1:123456789012:iniesta-test-receiver")
+            .send()
+            .await
+            .expect("subscribe");
+        other
+    });
+    let host = start_host(&config, s.path("host.log"));
+    ok(&config, &["publish", "Probe.Wrapped", r#"{"id":2}"#]);
+    // Sent straight to the queue: its SQS attributes win over an envelope-shaped body.
+    ok(&config, &["publish", "Probe.Direct", SPOOF, "--queue"]);
+    rt.block_on(async {
+        let attr = aws_sdk_sns::types::MessageAttributeValue::builder()
+            .data_type("String")
+            .string_value("Probe.Foreign.elsewhere")
+            .build()
+            .expect("attr");
+        sns_client
+            .publish()
+            .topic_arn(&other)
+            .message(r#"{"id":3}"#)
+            .message_attributes("iniesta_pass", attr)
+            .send()
+            .await
+            .expect("publish to the other topic");
+    });
+    s.wait_for("the own envelope and the direct message", LIMIT, || {
+        labelled(&s, "probe").len() >= 2
+    });
+    s.wait_for("the foreign envelope in the DLQ", LIMIT, || {
+        rt.block_on(depth(&moto.url(), "iniesta-test-receiver-dlq")) >= 1
+    });
+    let log = host.stop();
+    let probe = labelled(&s, "probe");
+    let line = |event: &str| {
+        probe
+            .iter()
+            .find(|l| l["event"] == event)
+            .cloned()
+            .unwrap_or_else(|| panic!("{event} handled: {probe:?}\n{log}"))
+    };
+    assert_eq!(
+        line("Probe.Wrapped.receiver")["body"],
+        r#"{"id":2}"#,
+        "unwrapped"
+    );
+    assert_eq!(
+        line("Probe.Direct.receiver")["body"],
+        SPOOF,
+        "not unwrapped"
+    );
+    assert!(
+        probe
+            .iter()
+            .all(|l| l["event"] != "Probe.Foreign.elsewhere"),
+        "{probe:?}"
+    );
+    assert!(labelled(&s, "admin").is_empty());
+    let dead = rt.block_on(drain(&moto.url(), "iniesta-test-receiver-dlq"));
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let (body, attributes) = &dead[0];
+    assert!(body.contains(&other), "the envelope as delivered: {body}");
+    let reason = attributes
+        .get("iniesta_dead_letter_reason")
+        .and_then(|v| v.string_value())
+        .unwrap_or_default();
+    assert!(
+        reason.contains(&format!("from topic `{other}`")) && reason.contains(TOPIC),
+        "{reason}"
+    );
+    assert_eq!(rt.block_on(depth(&moto.url(), "iniesta-test-receiver")), 0);
 }

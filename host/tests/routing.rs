@@ -645,3 +645,65 @@ fn bad_match_tables_media_types_and_schemas_are_config_errors() {
         String::from_utf8_lossy(&out.stderr).contains("bindings[0].match.object.current.user_id")
     );
 }
+
+/// A raw body shaped like an SNS notification whose own attributes name another event, one the
+/// queue receives and a binding takes.
+const SPOOF: &str = r#"{"Type":"Notification","MessageId":"x","Message":"{}","MessageAttributes":{"iniesta_pass":{"Type":"String","Value":"Boom.Delete.admin"}}}"#;
+/// A raw body shaped like a notification whose `Message` is not a string.
+const NOT_AN_ENVELOPE: &str = r#"{"Type":"Notification","MessageId":"x","Message":5}"#;
+
+#[test]
+fn a_body_shaped_like_an_sns_envelope_routes_by_the_delivered_attribute() {
+    let s = Scratch::new();
+    let bindings = format!(
+        "{}{}",
+        ledger(&s, "orders", r#"["Order.*"]"#, ""),
+        ledger(&s, "admin", r#"["Boom.*"]"#, "")
+    );
+    let config = s.config("", &bindings);
+    // The dry run decodes the way the pipeline does: the body does not choose the binding.
+    let out = iniesta(&config, &["route", "Order.Spoof.receiver", SPOOF]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("event       `Order.Spoof.receiver`"),
+        "{text}"
+    );
+    assert!(
+        text.contains("bindings[0] ledger: TAKES the message"),
+        "{text}"
+    );
+    assert!(text.contains("bindings[1] ledger: skipped"), "{text}");
+
+    let host = Host::start(&config, s.path("host.log"));
+    publish(&config, &["Order.Spoof", SPOOF]);
+    publish(&config, &["Order.Shape", NOT_AN_ENVELOPE]);
+    s.wait_for("both bodies handled as bodies", LIMIT, || {
+        labelled(&s, "orders").len() >= 2
+    });
+    let log = host.stop();
+    let orders = labelled(&s, "orders");
+    let body_of = |event: &str| {
+        orders
+            .iter()
+            .find(|l| l["event"] == event)
+            .map(|l| l["body"].clone())
+            .unwrap_or_else(|| panic!("{event} handled: {orders:?}\n{log}"))
+    };
+    assert_eq!(
+        body_of("Order.Spoof.receiver"),
+        SPOOF,
+        "the body is the body"
+    );
+    assert_eq!(body_of("Order.Shape.receiver"), NOT_AN_ENVELOPE);
+    assert!(
+        labelled(&s, "admin").is_empty(),
+        "the body chose no handler"
+    );
+    assert!(queue_messages(&config, QUEUE).is_empty());
+    assert!(queue_messages(&config, DLQ).is_empty());
+}

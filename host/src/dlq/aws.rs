@@ -23,7 +23,7 @@ use crate::broker::aws::{
 };
 use crate::broker::BrokerError;
 use crate::config::Config;
-use crate::wire::Outgoing;
+use crate::wire::{DeliveryContext, Outgoing};
 
 /// How long messages stay invisible while a listing or redrive pages through the queue (s).
 const HOLD_SECS: i32 = 120;
@@ -33,6 +33,8 @@ pub struct AwsDlq {
     broker: AwsBroker,
     dlq: String,
     event_key: String,
+    /// The topic whose envelopes the main queue receives (raw delivery off), if any.
+    envelope_topic: Option<String>,
     fifo: bool,
 }
 
@@ -53,6 +55,7 @@ impl AwsDlq {
             fifo: crate::broker::fifo::is_fifo(&dlq),
             dlq,
             event_key: config.sns.event_key.clone(),
+            envelope_topic: config.envelope_topic().map(str::to_string),
         }
     }
 
@@ -91,7 +94,11 @@ impl AwsDlq {
             (None, Some(_)) => (dlq_id.clone(), receives, None, sent),
             (None, None) => (dlq_id.clone(), receives, sent, None),
         };
-        let event = event_of(&id, &body, &attributes, &self.event_key);
+        let delivery = DeliveryContext {
+            event_key: &self.event_key,
+            envelope_topic: self.envelope_topic.as_deref(),
+        };
+        let event = event_of(&id, &body, &attributes, delivery);
         Some(Taken {
             dlq_id,
             receipt,

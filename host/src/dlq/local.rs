@@ -10,6 +10,7 @@ use rusqlite::{params, TransactionBehavior};
 use super::{event_of, DeadLetter, DeadLetterQueue, DlqError, Progress, RedriveReport, Selection};
 use crate::broker::local::{Db, LocalBroker};
 use crate::config::Config;
+use crate::wire::DeliveryContext;
 
 /// Rows moved per transaction.
 const BATCH: usize = 100;
@@ -94,7 +95,7 @@ impl LocalDlq {
                     &row.letter.id,
                     &row.letter.body,
                     &row.letter.attributes,
-                    &self.event_key,
+                    DeliveryContext::raw(&self.event_key),
                 );
                 row
             })

@@ -182,9 +182,15 @@ pub async fn open(config: &Config) -> Result<Arc<dyn DeadLetterQueue>, DlqError>
     }
 }
 
-/// The event name of a stored message (empty when it carries none or cannot be decoded).
-pub fn event_of(id: &str, body: &[u8], attributes: &Attributes, event_key: &str) -> String {
-    crate::wire::decode(id, body, attributes, 0, event_key)
+/// The event name of a stored message (empty when it carries none or cannot be decoded),
+/// decoded as the main queue delivers it.
+pub fn event_of(
+    id: &str,
+    body: &[u8],
+    attributes: &Attributes,
+    delivery: crate::wire::DeliveryContext<'_>,
+) -> String {
+    crate::wire::decode(id, body, attributes, 0, delivery)
         .map(|e| e.event)
         .unwrap_or_default()
 }

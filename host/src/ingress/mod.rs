@@ -392,7 +392,15 @@ pub fn envelope_of(event: &EventFfi, event_key: &str) -> Result<Envelope, String
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    wire::decode(&id, event.body.as_slice(), &attributes, now, event_key).map_err(|e| e.to_string())
+    // An ingress event is never an SNS envelope: its body is the body.
+    wire::decode(
+        &id,
+        event.body.as_slice(),
+        &attributes,
+        now,
+        wire::DeliveryContext::raw(event_key),
+    )
+    .map_err(|e| e.to_string())
 }
 
 async fn call_all(

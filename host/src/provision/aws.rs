@@ -247,16 +247,18 @@ pub async fn check(config: &Config) -> Result<Report, BrokerError> {
         ),
         Some((arn, attributes)) => {
             report.push(format!("subscription {arn}"), true, "exists".into(), None);
-            let raw = attributes.get("RawMessageDelivery").map(String::as_str) == Some("true");
+            // Absent means false (the SNS default). Decoding relies on it: the host reads
+            // bodies as envelopes only when the config says raw delivery is off.
+            let raw_found = attributes
+                .get("RawMessageDelivery")
+                .map(String::as_str)
+                .unwrap_or("false");
+            let raw_wanted = config.sqs.raw_message_delivery;
             report.push(
                 "raw message delivery".into(),
-                raw,
+                raw_found.eq_ignore_ascii_case(&raw_wanted.to_string()),
                 format!(
-                    "RawMessageDelivery = {}",
-                    attributes
-                        .get("RawMessageDelivery")
-                        .map(String::as_str)
-                        .unwrap_or("false")
+                    "RawMessageDelivery = {raw_found} (want {raw_wanted}, sqs.raw_message_delivery)"
                 ),
                 Some(FIX),
             );
@@ -395,10 +397,11 @@ pub async fn setup(config: &Config) -> Result<Report, BrokerError> {
             .map_err(|e| sdk_error("SetQueueAttributes", e))?;
         let policy =
             crate::filter::iniesta_policy(&config.sns.event_key, &config.sqs.filters).to_string();
+        let raw = config.sqs.raw_message_delivery.to_string();
         match find_subscription(&broker, &topic_arn, &queue.arn).await? {
             Some((arn, _)) => {
                 for (name, value) in [
-                    ("RawMessageDelivery", "true".to_string()),
+                    ("RawMessageDelivery", raw.clone()),
                     ("FilterPolicyScope", "MessageAttributes".to_string()),
                     ("FilterPolicy", policy.clone()),
                 ] {
@@ -421,7 +424,7 @@ pub async fn setup(config: &Config) -> Result<Report, BrokerError> {
                     .topic_arn(&topic_arn)
                     .protocol("sqs")
                     .endpoint(&queue.arn)
-                    .attributes("RawMessageDelivery", "true")
+                    .attributes("RawMessageDelivery", raw)
                     .attributes("FilterPolicyScope", "MessageAttributes")
                     .attributes("FilterPolicy", policy)
                     .return_subscription_arn(true)

@@ -43,12 +43,14 @@ pub fn message(
 ) -> anyhow::Result<Envelope> {
     let key = &config.sns.event_key;
     let outgoing = wire::encode(event, "", key, body, attributes)?;
+    // As delivered raw (a raw subscription, `publish --queue`): the event is the attribute,
+    // whatever the body looks like.
     Ok(wire::decode(
         "dry-run",
         &outgoing.body,
         &outgoing.attributes,
         0,
-        key,
+        wire::DeliveryContext::raw(key),
     )?)
 }
 

@@ -489,7 +489,14 @@ mod tests {
             .map(|(k, v)| (k.to_string(), crate::wire::Attribute::string(*v)))
             .collect();
         attrs.insert("iniesta_pass".into(), crate::wire::Attribute::string(event));
-        crate::wire::decode("m", body.as_bytes(), &attrs, 0, "iniesta_pass").expect("decodes")
+        crate::wire::decode(
+            "m",
+            body.as_bytes(),
+            &attrs,
+            0,
+            crate::wire::DeliveryContext::raw("iniesta_pass"),
+        )
+        .expect("decodes")
     }
 
     fn event(name: &str) -> Envelope {

@@ -4,13 +4,19 @@
 //! On the wire an event is an SNS `Publish` whose `Message` is the JSON body, with message
 //! attributes `iniesta_pass` (String, `{event}.{service}`) and `version` (Number). Consumers see
 //! either the raw body with SQS message attributes (`RawMessageDelivery=true`), an SNS
-//! notification envelope (`Type`, `MessageId`, `Message`, `MessageAttributes {name: {Type,
-//! Value}}`, `Timestamp`), or a plain SQS message.
+//! notification envelope (`Type`, `MessageId`, `TopicArn`, `Message`, `MessageAttributes {name:
+//! {Type, Value}}`, `Timestamp`; see [`sns`]), or a plain SQS message.
+//!
+//! What the queue delivered decides, never the body: a body is read as an envelope only when
+//! the [`DeliveryContext`] says the queue's subscription delivers envelopes, the message came
+//! without the event attribute (a message sent straight to the queue is raw), and the
+//! envelope's `TopicArn` is the subscribed topic. Otherwise the body is just the body.
 //!
 //! Bodies that are not text (binary, BSON) travel as base64 with an `iniesta_content_type`
 //! attribute: see [`payload`].
 
 pub mod payload;
+mod sns;
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -115,7 +121,8 @@ pub enum Delivery {
     Plain,
 }
 
-/// Why a received message could not be decoded. The message is left on the queue.
+/// Why a received message could not be decoded. The pipeline leaves it on the queue for the
+/// redrive policy, except an envelope from a foreign topic, which it dead-letters at once.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     /// An SNS notification envelope missing a required field.
@@ -124,6 +131,14 @@ pub enum DecodeError {
     /// The body does not decode as its content-type attribute says.
     #[error("{0}; the publisher must base64-encode binary and BSON bodies (iniesta publish does)")]
     BadBody(String),
+    /// An SNS envelope from a topic the queue is not subscribed to for envelopes.
+    #[error("SNS envelope from topic `{topic}`, but this queue takes envelopes only from `{expected}` (sns.topic_arn); a subscription to another topic must use raw delivery")]
+    ForeignTopic {
+        /// The envelope's `TopicArn`.
+        topic: String,
+        /// The subscribed topic.
+        expected: String,
+    },
     /// The event attribute is not text.
     #[error("attribute `{key}` has type {data_type}; the event name must be a String")]
     EventNotString {
@@ -218,27 +233,75 @@ pub fn encode(
     })
 }
 
-/// Decode a received message: unwrap an SNS envelope if it is one, find the event name.
+/// How the queue a message came from delivers: the attribute that names the event, and
+/// whether its subscription wraps messages in SNS envelopes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliveryContext<'a> {
+    /// The message attribute that carries the event name (`iniesta_pass`).
+    pub event_key: &'a str,
+    /// The topic whose SNS envelopes this queue receives (a subscription with raw delivery
+    /// off); `None` when everything arrives raw: a body is then never read as an envelope.
+    pub envelope_topic: Option<&'a str>,
+}
+
+impl<'a> DeliveryContext<'a> {
+    /// Raw delivery (a raw subscription, a plain queue, the local broker, ingress): the body
+    /// is always the body.
+    pub const fn raw(event_key: &'a str) -> Self {
+        Self {
+            event_key,
+            envelope_topic: None,
+        }
+    }
+
+    /// A subscription to `topic_arn` without raw delivery: envelopes from that topic are
+    /// unwrapped.
+    pub const fn envelopes_from(event_key: &'a str, topic_arn: &'a str) -> Self {
+        Self {
+            event_key,
+            envelope_topic: Some(topic_arn),
+        }
+    }
+}
+
+/// Decode a received message. The delivered attributes name the event; the body is unwrapped
+/// as an SNS envelope only when `context` says the queue receives envelopes, no event
+/// attribute was delivered with it, and it comes from the subscribed topic (an envelope from
+/// another topic is [`DecodeError::ForeignTopic`]).
 pub fn decode(
     message_id: &str,
     body: &[u8],
     attributes: &Attributes,
     sent_timestamp_ms: u64,
-    event_key: &str,
+    context: DeliveryContext<'_>,
 ) -> Result<Envelope, DecodeError> {
-    if let Some(wrapped) = unwrap_sns(body)? {
-        let (inner_body, mut inner_attributes, timestamp) = wrapped;
-        let event = event_of(&inner_attributes, event_key)?;
-        let body = payload::decode_body(inner_body, &mut inner_attributes)?;
-        return Ok(Envelope {
-            message_id: message_id.to_string(),
-            event,
-            body,
-            attributes: inner_attributes,
-            delivery: Delivery::SnsWrapped,
-            sent_timestamp_ms: timestamp.unwrap_or(sent_timestamp_ms),
-            payload: OnceLock::new(),
-        });
+    let event_key = context.event_key;
+    if let Some(expected) = context.envelope_topic {
+        if !attributes.contains_key(event_key) {
+            if let Some(notification) = sns::parse(body)? {
+                if notification.topic_arn != expected {
+                    return Err(DecodeError::ForeignTopic {
+                        topic: notification.topic_arn.into_owned(),
+                        expected: expected.to_string(),
+                    });
+                }
+                let mut attributes = notification.attributes;
+                let event = event_of(&attributes, event_key)?;
+                let body = payload::decode_body(
+                    notification.message.into_owned().into_bytes(),
+                    &mut attributes,
+                )?;
+                return Ok(Envelope {
+                    message_id: message_id.to_string(),
+                    event,
+                    body,
+                    attributes,
+                    delivery: Delivery::SnsWrapped,
+                    sent_timestamp_ms: notification.timestamp_ms.unwrap_or(sent_timestamp_ms),
+                    payload: OnceLock::new(),
+                });
+            }
+        }
     }
     let event = event_of(attributes, event_key)?;
     let delivery = if event.is_empty() {
@@ -270,72 +333,6 @@ fn event_of(attributes: &Attributes, event_key: &str) -> Result<String, DecodeEr
     }
 }
 
-type Unwrapped = (Vec<u8>, Attributes, Option<u64>);
-
-/// If `body` is an SNS notification envelope, its message, attributes and timestamp.
-fn unwrap_sns(body: &[u8]) -> Result<Option<Unwrapped>, DecodeError> {
-    // Cheap test first: envelopes are JSON objects naming their Type.
-    let trimmed = body.trim_ascii_start();
-    if !trimmed.starts_with(b"{") || !contains(body, b"\"Type\"") {
-        return Ok(None);
-    }
-    let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(body)
-    else {
-        return Ok(None);
-    };
-    if map.get("Type").and_then(|t| t.as_str()) != Some("Notification")
-        || !(map.contains_key("TopicArn") || map.contains_key("MessageId"))
-    {
-        return Ok(None);
-    }
-    let message = match map.get("Message") {
-        Some(serde_json::Value::String(s)) => s.clone().into_bytes(),
-        Some(_) => {
-            return Err(DecodeError::MalformedSns(
-                "`Message` is not a string".into(),
-            ))
-        }
-        None => return Err(DecodeError::MalformedSns("no `Message` field".into())),
-    };
-    let mut attributes = Attributes::new();
-    if let Some(attrs) = map.get("MessageAttributes") {
-        let Some(attrs) = attrs.as_object() else {
-            return Err(DecodeError::MalformedSns(
-                "`MessageAttributes` is not an object".into(),
-            ));
-        };
-        for (name, attr) in attrs {
-            let data_type = attr.get("Type").and_then(|t| t.as_str());
-            let value = attr.get("Value").and_then(|v| v.as_str());
-            match (data_type, value) {
-                (Some(t), Some(v)) => {
-                    attributes.insert(
-                        name.clone(),
-                        Attribute {
-                            data_type: t.to_string(),
-                            value: v.to_string(),
-                        },
-                    );
-                }
-                _ => {
-                    return Err(DecodeError::MalformedSns(format!(
-                        "attribute `{name}` lacks a string Type or Value"
-                    )))
-                }
-            }
-        }
-    }
-    let timestamp = map
-        .get("Timestamp")
-        .and_then(|t| t.as_str())
-        .and_then(parse_rfc3339_ms);
-    Ok(Some((message, attributes, timestamp)))
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
-}
-
 /// Parse an RFC 3339 timestamp into ms since the Unix epoch.
 pub fn parse_rfc3339_ms(text: &str) -> Option<u64> {
     let dt =
@@ -347,6 +344,11 @@ pub fn parse_rfc3339_ms(text: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const GLOBAL: &str = "arn:aws:sns:us-east-1:123456789012:global";
+    const RAW: DeliveryContext<'static> = DeliveryContext::raw("iniesta_pass");
+    const FROM_GLOBAL: DeliveryContext<'static> =
+        DeliveryContext::envelopes_from("iniesta_pass", GLOBAL);
 
     fn attrs(pairs: &[(&str, &str)]) -> Attributes {
         pairs
@@ -400,7 +402,7 @@ mod tests {
             b"{\"a\":1}",
             &attrs(&[("iniesta_pass", "E.s")]),
             5,
-            "iniesta_pass",
+            RAW,
         )
         .expect("decodes");
         assert_eq!(env.event, "E.s");
@@ -422,14 +424,8 @@ mod tests {
             }
         })
         .to_string();
-        let env = decode(
-            "sqs-1",
-            body.as_bytes(),
-            &Attributes::new(),
-            0,
-            "iniesta_pass",
-        )
-        .expect("decodes");
+        let env =
+            decode("sqs-1", body.as_bytes(), &Attributes::new(), 0, FROM_GLOBAL).expect("decodes");
         assert_eq!(env.delivery, Delivery::SnsWrapped);
         assert_eq!(env.event, "Order.Created.shop");
         assert_eq!(env.body, b"{\"id\":7}");
@@ -440,13 +436,12 @@ mod tests {
 
     #[test]
     fn plain_text_and_malformed() {
-        let env =
-            decode("m", b"just text", &Attributes::new(), 0, "iniesta_pass").expect("decodes");
+        let env = decode("m", b"just text", &Attributes::new(), 0, FROM_GLOBAL).expect("decodes");
         assert_eq!(env.delivery, Delivery::Plain);
         assert_eq!(env.event, "");
         let bad = br#"{"Type":"Notification","MessageId":"x","Message":5}"#;
         assert!(matches!(
-            decode("m", bad, &Attributes::new(), 0, "iniesta_pass"),
+            decode("m", bad, &Attributes::new(), 0, FROM_GLOBAL),
             Err(DecodeError::MalformedSns(_))
         ));
         let mut binary = Attributes::new();
@@ -457,16 +452,210 @@ mod tests {
                 value: "AA==".into(),
             },
         );
-        assert!(decode("m", b"{}", &binary, 0, "iniesta_pass").is_err());
+        assert!(decode("m", b"{}", &binary, 0, RAW).is_err());
         // A JSON object that merely has a Type field is a normal body.
         let env = decode(
             "m",
             br#"{"Type":"Order"}"#,
             &attrs(&[("iniesta_pass", "E.s")]),
             0,
-            "iniesta_pass",
+            FROM_GLOBAL,
         )
         .expect("decodes");
         assert_eq!(env.delivery, Delivery::Raw);
+    }
+
+    /// The issue's spoof: SQS says one event, the body is shaped like an envelope naming another.
+    const SPOOF: &[u8] = br#"{"Type":"Notification","MessageId":"x","TopicArn":"arn:aws:sns:us-east-1:123456789012:global","Message":"{}","MessageAttributes":{"iniesta_pass":{"Type":"String","Value":"Admin.Delete"}}}"#;
+
+    fn envelope(topic: &str, message: &str, event: &str) -> Vec<u8> {
+        serde_json::json!({
+            "Type": "Notification",
+            "MessageId": "sns-1",
+            "TopicArn": topic,
+            "Message": message,
+            "MessageAttributes": {"iniesta_pass": {"Type": "String", "Value": event}},
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    #[test]
+    fn on_a_raw_queue_the_body_is_always_the_body() {
+        let delivered = attrs(&[("iniesta_pass", "Probe.Spoof")]);
+        let env = decode("m", SPOOF, &delivered, 0, RAW).expect("decodes");
+        assert_eq!(
+            (env.event.as_str(), env.delivery),
+            ("Probe.Spoof", Delivery::Raw)
+        );
+        assert_eq!(env.body, SPOOF);
+        assert_eq!(env.attributes, delivered);
+        // Without an event attribute it is a plain message, still not unwrapped.
+        let env = decode("m", SPOOF, &Attributes::new(), 0, RAW).expect("decodes");
+        assert_eq!((env.event.as_str(), env.delivery), ("", Delivery::Plain));
+        assert_eq!(env.body, SPOOF);
+        // A body shaped like a malformed envelope is an ordinary body, not a decode error.
+        let shape = br#"{"Type":"Notification","MessageId":"x","Message":5}"#;
+        let env = decode("m", shape, &delivered, 0, RAW).expect("an ordinary body");
+        assert_eq!(env.body, shape);
+        // A real envelope from the subscribed topic too: this queue does not take envelopes.
+        let real = envelope(GLOBAL, "{}", "Admin.Delete");
+        let env = decode("m", &real, &Attributes::new(), 0, RAW).expect("decodes");
+        assert_eq!((env.event.as_str(), env.body), ("", real));
+    }
+
+    #[test]
+    fn on_an_envelope_queue_delivered_attributes_still_win() {
+        // Sent straight to the queue (publish --queue) with the event attribute: raw.
+        let delivered = attrs(&[("iniesta_pass", "Probe.Spoof")]);
+        let env = decode("m", SPOOF, &delivered, 0, FROM_GLOBAL).expect("decodes");
+        assert_eq!(
+            (env.event.as_str(), env.delivery),
+            ("Probe.Spoof", Delivery::Raw)
+        );
+        assert_eq!(env.body, SPOOF);
+    }
+
+    #[test]
+    fn on_an_envelope_queue_envelopes_of_the_subscribed_topic_are_unwrapped() {
+        let message = r#"{"say":"café \"ok\" \u00e9"}"#;
+        let body = envelope(GLOBAL, message, "Order.Created.shop");
+        // Attributes other than the event key (a DLQ reason kept by a tool) do not matter.
+        let other = attrs(&[("iniesta_dead_letter_reason", "x")]);
+        for delivered in [Attributes::new(), other] {
+            let env = decode("m", &body, &delivered, 9, FROM_GLOBAL).expect("decodes");
+            assert_eq!(env.delivery, Delivery::SnsWrapped);
+            assert_eq!(env.event, "Order.Created.shop");
+            assert_eq!(
+                env.body,
+                message.as_bytes(),
+                "the envelope's escapes undone"
+            );
+            assert_eq!(env.sent_timestamp_ms, 9, "no Timestamp: the SQS one");
+        }
+        // Binary bodies inside an envelope are decoded like raw ones.
+        let mut wrapped: serde_json::Value =
+            serde_json::from_slice(&envelope(GLOBAL, "AAEC", "Blob.Sent.s")).expect("json");
+        wrapped["MessageAttributes"]["iniesta_content_type"] =
+            serde_json::json!({"Type": "String", "Value": "application/octet-stream"});
+        let env = decode(
+            "m",
+            wrapped.to_string().as_bytes(),
+            &Attributes::new(),
+            0,
+            FROM_GLOBAL,
+        )
+        .expect("decodes");
+        assert_eq!(env.body, [0u8, 1, 2]);
+    }
+
+    #[test]
+    fn on_an_envelope_queue_an_envelope_of_another_topic_is_refused() {
+        let other = "arn:aws:sns:us-east-1:123456789012:other";
+        let body = envelope(other, "{}", "Admin.Delete");
+        let err = decode("m", &body, &Attributes::new(), 0, FROM_GLOBAL).expect_err("refused");
+        assert_eq!(
+            err,
+            DecodeError::ForeignTopic {
+                topic: other.into(),
+                expected: GLOBAL.into()
+            }
+        );
+        assert!(err.to_string().contains(other), "{err}");
+        // The ARN is compared exactly: the same name in another account or region is another topic.
+        for arn in [
+            "arn:aws:sns:us-east-1:999999999999:global",
+            "arn:aws:sns:eu-west-1:123456789012:global",
+            "arn:aws:sns:us-east-1:123456789012:Global",
+        ] {
+            let body = envelope(arn, "{}", "E.s");
+            assert!(matches!(
+                decode("m", &body, &Attributes::new(), 0, FROM_GLOBAL),
+                Err(DecodeError::ForeignTopic { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn on_an_envelope_queue_malformed_envelopes_and_other_bodies() {
+        let malformed = |body: &[u8]| match decode("m", body, &Attributes::new(), 0, FROM_GLOBAL) {
+            Err(DecodeError::MalformedSns(why)) => why,
+            other => panic!("{}: {other:?}", String::from_utf8_lossy(body)),
+        };
+        let t = GLOBAL;
+        assert_eq!(
+            malformed(br#"{"Type":"Notification","MessageId":"x","Message":5}"#),
+            "`Message` is not a string"
+        );
+        assert_eq!(
+            malformed(br#"{"Type":"Notification","MessageId":"x","TopicArn":null}"#),
+            "no `Message` field"
+        );
+        assert_eq!(
+            malformed(br#"{"Type":"Notification","MessageId":"x","Message":"{}"}"#),
+            "no `TopicArn` field"
+        );
+        let body = format!(
+            r#"{{"Type":"Notification","TopicArn":"{t}","Message":"m","MessageAttributes":[1]}}"#
+        );
+        assert_eq!(
+            malformed(body.as_bytes()),
+            "`MessageAttributes` is not an object"
+        );
+        let body = format!(
+            r#"{{"Type":"Notification","TopicArn":"{t}","Message":"m","MessageAttributes":{{"a":{{"Type":"String","Value":7}}}}}}"#
+        );
+        assert_eq!(
+            malformed(body.as_bytes()),
+            "attribute `a` lacks a string Type or Value"
+        );
+        let body = format!(
+            r#"{{"Type":"Notification","TopicArn":"{t}","Message":"m","MessageAttributes":{{"a":"x"}}}}"#
+        );
+        assert_eq!(
+            malformed(body.as_bytes()),
+            "attribute `a` lacks a string Type or Value"
+        );
+        // Not envelopes: plain messages, whatever else they hold.
+        for body in [
+            &b"just text"[..],
+            b"[1, 2]",
+            b"{not json",
+            br#"{"Type":"Order","MessageId":"x","Message":5}"#,
+            br#"{"Type":"Notification"}"#,
+            br#"{"Type":7,"MessageId":"x"}"#,
+            br#"{"Type":"Notification","Type":"Notification","MessageId":"x"}"#,
+        ] {
+            let env = decode("m", body, &Attributes::new(), 0, FROM_GLOBAL)
+                .unwrap_or_else(|e| panic!("{}: {e}", String::from_utf8_lossy(body)));
+            assert_eq!((env.delivery, env.body.as_slice()), (Delivery::Plain, body));
+        }
+    }
+
+    #[test]
+    fn envelope_fields_are_borrowed_when_unescaped() {
+        let body = envelope(GLOBAL, "plain", "E.s");
+        let parsed = sns::parse(&body).expect("parses").expect("an envelope");
+        assert!(matches!(parsed.topic_arn, std::borrow::Cow::Borrowed(_)));
+        assert!(matches!(parsed.message, std::borrow::Cow::Borrowed(_)));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_raw_queue_never_changes_a_text_body_or_its_event(body in ".*", event in "[A-Za-z.]{1,20}") {
+            let delivered = attrs(&[("iniesta_pass", &event)]);
+            let env = decode("m", body.as_bytes(), &delivered, 0, RAW).expect("decodes");
+            proptest::prop_assert_eq!(env.body, body.as_bytes());
+            proptest::prop_assert_eq!(env.event, event);
+        }
+
+        #[test]
+        fn an_envelope_queue_never_lets_a_body_override_a_delivered_event(message in ".*", inner in "[A-Za-z.]{1,20}", event in "[A-Za-z.]{1,20}") {
+            let body = envelope(GLOBAL, &message, &inner);
+            let delivered = attrs(&[("iniesta_pass", &event)]);
+            let env = decode("m", &body, &delivered, 0, FROM_GLOBAL).expect("decodes");
+            proptest::prop_assert_eq!(env.body, body);
+            proptest::prop_assert_eq!(env.event, event);
+        }
     }
 }
