@@ -465,4 +465,18 @@ mod tests {
         assert_eq!(e.attributes["k"].value, "v");
         assert!(!e.message_id.is_empty());
     }
+
+    #[test]
+    fn a_body_shaped_like_an_sns_envelope_does_not_choose_the_event() {
+        let spoof = br#"{"Type":"Notification","MessageId":"x","TopicArn":"arn:aws:sns:us-east-1:1:global","Message":"{}","MessageAttributes":{"iniesta_pass":{"Type":"String","Value":"Admin.Delete"}}}"#;
+        let event = EventFfi {
+            id: "".into(),
+            name: "Probe.Spoof.web".into(),
+            body: RVec::from(spoof.to_vec()),
+            attributes: RVec::new(),
+        };
+        let e = envelope_of(&event, "iniesta_pass").expect("decodes");
+        assert_eq!(e.event, "Probe.Spoof.web");
+        assert_eq!(e.body, spoof, "the body is the body");
+    }
 }
