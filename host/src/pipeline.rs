@@ -634,6 +634,7 @@ impl Inner {
                 tracing::warn!(message_id = %message.message_id, reason = %reason, "refused before any handler: moved to the dead-letter queue");
             }
             Err(e) => {
+                metrics::counter!(m::RETRIED, "reason" => "undecodable").increment(1);
                 tracing::error!(message_id = %message.message_id, reason = %reason, error = %e, "refused before any handler, but cannot dead-letter it; it stays on the queue for redelivery");
             }
         }

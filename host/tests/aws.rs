@@ -752,18 +752,21 @@ fn a_stale_receipt_is_recognised_as_stale() {
 /// A body shaped like an SNS notification whose own attributes name another event.
 const SPOOF: &str = r#"{"Type":"Notification","MessageId":"x","Message":"{}","MessageAttributes":{"iniesta_pass":{"Type":"String","Value":"Admin.Delete"}}}"#;
 
+/// `[sqs]` lines for the test DLQ.
+const WITH_DLQ: &str = "dead_letter_queue = \"iniesta-test-receiver-dlq\"";
+
 /// A consumer of `Probe.*` with a `probe` and an `admin` ledger binding; `sqs_extra` goes
-/// into `[sqs]`.
-fn probe_consumer(s: &Scratch, endpoint: &str, sqs_extra: &str) -> PathBuf {
+/// into `[sqs]`, `rest` after the bindings.
+fn probe_consumer(s: &Scratch, endpoint: &str, sqs_extra: &str, rest: &str) -> PathBuf {
     let book = s.path("ledger.jsonl");
     aws_config(
         s,
         "iniesta.toml",
         endpoint,
         "service = \"receiver\"\nenv = \"test\"\ninitialization = [\"EVENT_POLLING\", \"SNS_PRODUCER\"]",
-        &format!("filters = [\"Probe.*\", \"Admin.*\"]\ndead_letter_queue = \"iniesta-test-receiver-dlq\"\n{sqs_extra}"),
+        &format!("filters = [\"Probe.*\", \"Admin.*\"]\n{sqs_extra}"),
         &format!(
-            "{}{}",
+            "{}{}{rest}",
             ledger(&book, "probe", r#"["Probe.*"]"#),
             ledger(&book, "admin", r#"["Admin.*"]"#)
         ),
@@ -781,7 +784,7 @@ fn labelled(s: &Scratch, label: &str) -> Vec<serde_json::Value> {
 fn a_raw_delivered_body_shaped_like_an_envelope_routes_by_its_sqs_attributes() {
     let moto = Moto::start();
     let s = Scratch::new();
-    let config = probe_consumer(&s, &moto.url(), "");
+    let config = probe_consumer(&s, &moto.url(), WITH_DLQ, "");
     ok(&config, &["setup"]);
     let host = start_host(&config, s.path("host.log"));
     let shape = r#"{"Type":"Notification","MessageId":"x","Message":5}"#;
@@ -821,8 +824,13 @@ fn without_raw_delivery_envelopes_of_the_own_topic_route_and_others_are_dead_let
     let s = Scratch::new();
     // Set up with raw delivery (the default), then ask for envelopes: check names the drift,
     // setup turns raw delivery off.
-    ok(&probe_consumer(&s, &moto.url(), ""), &["setup"]);
-    let config = probe_consumer(&s, &moto.url(), "raw_message_delivery = false");
+    ok(&probe_consumer(&s, &moto.url(), WITH_DLQ, ""), &["setup"]);
+    let config = probe_consumer(
+        &s,
+        &moto.url(),
+        &format!("{WITH_DLQ}\nraw_message_delivery = false"),
+        "",
+    );
     let out = iniesta(&config, &["check"]);
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "{report}");
@@ -834,47 +842,12 @@ fn without_raw_delivery_envelopes_of_the_own_topic_route_and_others_are_dead_let
     ok(&config, &["check"]);
 
     let rt = rt();
-    let sns_client = sns(&moto.url());
-    // Another topic whose envelopes reach the queue: not the configured one.
-    let other = rt.block_on(async {
-        let other = sns_client
-            .create_topic()
-            .name("other")
-            .send()
-            .await
-            .expect("topic")
-            .topic_arn()
-            .unwrap_or_default()
-            .to_string();
-        sns_client
-            .subscribe()
-            .topic_arn(&other)
-            .protocol("sqs")
-            .endpoint("arn:aws:sqs:us-east-1:123456789012:iniesta-test-receiver")
-            .send()
-            .await
-            .expect("subscribe");
-        other
-    });
+    let other = rt.block_on(other_topic(&moto.url()));
     let host = start_host(&config, s.path("host.log"));
     ok(&config, &["publish", "Probe.Wrapped", r#"{"id":2}"#]);
     // Sent straight to the queue: its SQS attributes win over an envelope-shaped body.
     ok(&config, &["publish", "Probe.Direct", SPOOF, "--queue"]);
-    rt.block_on(async {
-        let attr = aws_sdk_sns::types::MessageAttributeValue::builder()
-            .data_type("String")
-            .string_value("Probe.Foreign.elsewhere")
-            .build()
-            .expect("attr");
-        sns_client
-            .publish()
-            .topic_arn(&other)
-            .message(r#"{"id":3}"#)
-            .message_attributes("iniesta_pass", attr)
-            .send()
-            .await
-            .expect("publish to the other topic");
-    });
+    rt.block_on(publish_foreign(&moto.url(), &other));
     s.wait_for("the own envelope and the direct message", LIMIT, || {
         labelled(&s, "probe").len() >= 2
     });
@@ -920,4 +893,80 @@ fn without_raw_delivery_envelopes_of_the_own_topic_route_and_others_are_dead_let
         "{reason}"
     );
     assert_eq!(rt.block_on(depth(&moto.url(), "iniesta-test-receiver")), 0);
+}
+
+/// Another topic, subscribed to the test queue without raw delivery: its envelopes reach the
+/// queue, but it is not `sns.topic_arn`. Returns its ARN.
+async fn other_topic(endpoint: &str) -> String {
+    let client = sns(endpoint);
+    let other = client
+        .create_topic()
+        .name("other")
+        .send()
+        .await
+        .expect("topic")
+        .topic_arn()
+        .unwrap_or_default()
+        .to_string();
+    client
+        .subscribe()
+        .topic_arn(&other)
+        .protocol("sqs")
+        .endpoint("arn:aws:sqs:us-east-1:123456789012:iniesta-test-receiver")
+        .send()
+        .await
+        .expect("subscribe");
+    other
+}
+
+/// Publish `Probe.Foreign.elsewhere` to `topic`: a binding would take it if it were unwrapped.
+async fn publish_foreign(endpoint: &str, topic: &str) {
+    let attr = aws_sdk_sns::types::MessageAttributeValue::builder()
+        .data_type("String")
+        .string_value("Probe.Foreign.elsewhere")
+        .build()
+        .expect("attr");
+    sns(endpoint)
+        .publish()
+        .topic_arn(topic)
+        .message(r#"{"id":3}"#)
+        .message_attributes("iniesta_pass", attr)
+        .send()
+        .await
+        .expect("publish to the other topic");
+}
+
+#[test]
+fn without_a_dead_letter_queue_a_foreign_envelope_stays_on_the_queue_unhandled() {
+    let moto = Moto::start();
+    let s = Scratch::new();
+    let port = common::aws::free_port();
+    let config = probe_consumer(
+        &s,
+        &moto.url(),
+        "raw_message_delivery = false",
+        &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+    );
+    ok(&config, &["setup"]);
+    let rt = rt();
+    let other = rt.block_on(other_topic(&moto.url()));
+    let host = start_host(&config, s.path("host.log"));
+    rt.block_on(publish_foreign(&moto.url(), &other));
+    let left = "iniesta_messages_retried_total{reason=\"undecodable\"}";
+    s.wait_for("the refusal counted", LIMIT, || {
+        common::http_get(port, "/metrics").is_some_and(|(_, body)| {
+            body.lines()
+                .any(|l| l.starts_with(left) && !l.ends_with(" 0"))
+        })
+    });
+    let log = host.stop();
+    assert!(
+        s.ledger("ledger.jsonl").is_empty(),
+        "no handler ran:\n{log}"
+    );
+    assert_eq!(
+        rt.block_on(depth(&moto.url(), "iniesta-test-receiver")),
+        1,
+        "left for redelivery, not deleted"
+    );
 }

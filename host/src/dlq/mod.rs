@@ -25,7 +25,8 @@ use crate::wire::Attributes;
 pub struct DeadLetter {
     /// The broker's message id (in the dead-letter queue).
     pub id: String,
-    /// The event name, from the event-key attribute or the SNS envelope; empty if none.
+    /// The event name, from the event-key attribute or, where the main queue receives SNS
+    /// envelopes, the envelope of the subscribed topic; empty if none.
     pub event: String,
     /// Deliveries counted by the broker (on SQS this includes receives by `dlq list`).
     pub receive_count: u32,
