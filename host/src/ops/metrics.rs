@@ -34,6 +34,14 @@ pub const INLINE_OVERRUNS: &str = "iniesta_inline_handler_overruns_total";
 /// message), `lost` (lost while handlers ran), `unavailable` (the lock service could not
 /// decide for a whole batch).
 pub const LOCK_FAILURES: &str = "iniesta_lock_failures_total";
+/// Failed requests to one Redis lock server (unreachable, timed out, or answering an error):
+/// label `node` (`host:port`, with `/db` when not 0; never credentials). The log says when a
+/// node goes down and when it is back, once each; this counts every failure in between.
+pub const LOCK_NODE_ERRORS: &str = "iniesta_lock_node_errors_total";
+/// Deferred lock writes (completion records and releases) a Redis server did not store: label
+/// `node`. Unstored releases expire with their locks; an unstored record means a duplicate of
+/// that message may run a handler again if it reaches only that server.
+pub const LOCK_WRITES_LOST: &str = "iniesta_lock_writes_lost_total";
 /// Messages received and not yet settled (gauge).
 pub const IN_FLIGHT: &str = "iniesta_in_flight";
 /// Failed receive calls.
@@ -135,6 +143,14 @@ fn describe() {
         "Calls of inline bindings that ran past their timeout (they cannot be abandoned)"
     );
     describe_counter!(LOCK_FAILURES, "Idempotency lock failures by reason");
+    describe_counter!(
+        LOCK_NODE_ERRORS,
+        "Failed requests to a Redis lock server, by node"
+    );
+    describe_counter!(
+        LOCK_WRITES_LOST,
+        "Deferred lock writes (records, releases) a Redis server did not store, by node"
+    );
     describe_gauge!(IN_FLIGHT, "Messages received and not yet settled");
     describe_counter!(POLL_ERRORS, "Failed receive calls");
     describe_counter!(
