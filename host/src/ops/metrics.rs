@@ -50,6 +50,11 @@ pub const POLL_ERRORS: &str = "iniesta_poll_errors_total";
 pub const VISIBILITY_EXTENSIONS: &str = "iniesta_visibility_extensions_total";
 /// Acked messages the broker failed to delete (they will be redelivered).
 pub const DELETE_FAILURES: &str = "iniesta_delete_failures_total";
+/// Times receiving stopped because every `sqs.max_in_flight` slot held an acked message whose
+/// delete kept failing.
+pub const DELETE_STALLS: &str = "iniesta_delete_stalls_total";
+/// 1 while receiving is stopped that way, else 0 (gauge).
+pub const DELETE_STALLED: &str = "iniesta_delete_stalled";
 /// Plugin generations swapped in by hot reload: label `plugin`.
 pub const PLUGIN_RELOADS: &str = "iniesta_plugin_reloads_total";
 /// Plugin files refused at load (bad ABI, missing symbol, incomplete file...).
@@ -101,6 +106,7 @@ pub fn install() -> Result<PrometheusHandle, OpsError> {
         POLL_ERRORS,
         VISIBILITY_EXTENSIONS,
         DELETE_FAILURES,
+        DELETE_STALLS,
         PLUGIN_REFUSALS,
         CONFIG_REFUSALS,
     ] {
@@ -116,6 +122,7 @@ pub fn install() -> Result<PrometheusHandle, OpsError> {
         metrics::counter!(RELEASED, "reason" => reason).absolute(0);
     }
     metrics::gauge!(IN_FLIGHT).set(0.0);
+    metrics::gauge!(DELETE_STALLED).set(0.0);
     Ok(handle)
 }
 
@@ -160,6 +167,14 @@ fn describe() {
     describe_counter!(
         DELETE_FAILURES,
         "Acked messages the broker failed to delete"
+    );
+    describe_counter!(
+        DELETE_STALLS,
+        "Times receiving stopped because every in-flight slot waited on a failing delete"
+    );
+    describe_gauge!(
+        DELETE_STALLED,
+        "1 while every in-flight slot waits on a failing delete, else 0"
     );
     describe_counter!(PLUGIN_RELOADS, "Plugin generations swapped in, by plugin");
     describe_counter!(PLUGIN_REFUSALS, "Plugin files refused at load");
