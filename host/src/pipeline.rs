@@ -314,7 +314,12 @@ impl Pipeline {
         let (delete_tx, delete_rx) = mpsc::unbounded_channel::<Delete>();
         let flush = CancellationToken::new();
         let messages = Arc::new(AtomicUsize::new(0));
-        let deleter = tokio::spawn(run_deleter(self.broker.clone(), delete_rx, flush.clone()));
+        let deleter = tokio::spawn(run_deleter(
+            self.broker.clone(),
+            delete_rx,
+            flush.clone(),
+            self.settings.max_in_flight,
+        ));
         let inner = Arc::new(Inner {
             broker: self.broker,
             routes: self.routes,
@@ -1488,14 +1493,62 @@ async fn keep_alive(
     }
 }
 
+/// Whether receiving has stopped because every in-flight slot holds an acked message whose
+/// delete keeps failing: each message keeps its slot until its delete is done, so a broker
+/// that refuses deletes stops the pollers, and without this nothing would say why.
+struct DeleteStall {
+    /// `sqs.max_in_flight`.
+    slots: usize,
+    stalled: bool,
+}
+
+impl DeleteStall {
+    /// A delete attempt failed with `waiting` deletes queued or being retried.
+    fn failed(&mut self, waiting: usize) {
+        if self.stalled || waiting < self.slots {
+            return;
+        }
+        self.stalled = true;
+        metrics::counter!(m::DELETE_STALLS).increment(1);
+        metrics::gauge!(m::DELETE_STALLED).set(1.0);
+        tracing::warn!(
+            slots = self.slots,
+            waiting,
+            "receiving has stopped: every in-flight slot holds an acked message whose delete keeps failing; it resumes when deletes succeed (or are given up and the messages redelivered)"
+        );
+    }
+
+    /// A delete call succeeded (`deletes` = `"succeeded"`), or a batch was given up
+    /// (`"given_up"`): its slots are free again.
+    fn cleared(&mut self, waiting: usize, deletes: &'static str) {
+        if !self.stalled || waiting >= self.slots {
+            return;
+        }
+        self.stalled = false;
+        metrics::gauge!(m::DELETE_STALLED).set(0.0);
+        tracing::info!(
+            slots = self.slots,
+            waiting,
+            deletes,
+            "receiving resumes: in-flight slots are free again"
+        );
+    }
+}
+
 /// Batch deletes: up to 10 receipts per call, gathered for at most 20 ms; retryable failures
 /// are retried with backoff, never dropped silently. `flush` ends it once what is queued is
-/// sent.
+/// sent. When every one of the `slots` in-flight slots waits on a delete that failed, it says
+/// so once ([`DeleteStall`]).
 async fn run_deleter(
     broker: Arc<dyn Broker>,
     mut rx: mpsc::UnboundedReceiver<Delete>,
     flush: CancellationToken,
+    slots: usize,
 ) {
+    let mut stall = DeleteStall {
+        slots,
+        stalled: false,
+    };
     loop {
         let first = tokio::select! {
             biased;
@@ -1516,11 +1569,16 @@ async fn run_deleter(
                 _ => break,
             }
         }
-        delete_with_retry(broker.as_ref(), batch).await;
+        delete_with_retry(broker.as_ref(), batch, &rx, &mut stall).await;
     }
 }
 
-async fn delete_with_retry(broker: &dyn Broker, mut batch: Vec<Delete>) {
+async fn delete_with_retry(
+    broker: &dyn Broker,
+    mut batch: Vec<Delete>,
+    queued: &mpsc::UnboundedReceiver<Delete>,
+    stall: &mut DeleteStall,
+) {
     // A message delivered twice in one receive can bring the same receipt twice; SQS refuses
     // a batch with repeated entries (BatchEntryIdsNotDistinct), so send each receipt once.
     let mut seen = std::collections::HashSet::new();
@@ -1548,13 +1606,16 @@ async fn delete_with_retry(broker: &dyn Broker, mut batch: Vec<Delete>) {
                     }
                 }
                 if retry.is_empty() {
+                    stall.cleared(queued.len(), "succeeded");
                     return;
                 }
                 batch = retry;
+                stall.failed(batch.len() + queued.len());
             }
             Err(e) => {
                 let ids: Vec<&str> = batch.iter().map(|d| d.message_id.as_str()).collect();
                 tracing::warn!(attempt, message_ids = ?ids, error = %e, "batch delete failed; retrying");
+                stall.failed(batch.len() + queued.len());
             }
         }
         tokio::time::sleep(backoff).await;
@@ -1565,6 +1626,9 @@ async fn delete_with_retry(broker: &dyn Broker, mut batch: Vec<Delete>) {
         tracing::error!(message_id = %delete.message_id, event = %delete.event,
             "giving up deleting an acked message; it will be redelivered");
     }
+    // Their slots are free now.
+    drop(batch);
+    stall.cleared(queued.len(), "given_up");
 }
 
 #[cfg(test)]

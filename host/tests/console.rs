@@ -447,3 +447,60 @@ fn without_a_token_the_console_answers_only_loopback_names() {
     assert_eq!(get(port, "/metrics", "").0, 200, "/metrics is unchanged");
     host.stop();
 }
+
+/// The DLQ listing's CSRF check does not depend on headers the console does not verify: an
+/// `Authorization` header of any kind (`Bearer x`, `Basic …`) exempts nothing unless it is the
+/// verified console token. Without a token, or with the token in the cookie, a listing still
+/// needs the page's CSRF token.
+#[test]
+fn an_unverified_authorization_header_does_not_skip_the_csrf_check() {
+    let unverified = [
+        "Authorization: Bearer x\r\n",
+        "Authorization: Basic dXNlcjpwYXNz\r\n",
+        "Authorization: Negotiate abc\r\n",
+    ];
+    // No token: nothing in an Authorization header is checked, so nothing in it counts.
+    let s = Scratch::new();
+    let port = free_port();
+    let config = s.config(
+        "",
+        &format!(
+            "[metrics]\nlisten = \"127.0.0.1:{port}\"\n[console]\nenabled = true\n\
+             [[bindings]]\nevents = [\"Order.*\"]\nplugin = \"echo\"\n"
+        ),
+    );
+    let host = start_host(&config, s.path("host.log"));
+    for header in unverified {
+        let (status, body) = get(port, "/api/dlq", header);
+        assert_eq!(status, 403, "no token, {header:?}, no CSRF token: {body}");
+    }
+    let csrf = csrf_of(&get(port, "/", "").1);
+    let (status, body) = get(
+        port,
+        "/api/dlq",
+        &format!("Authorization: Basic dXNlcjpwYXNz\r\nX-CSRF-Token: {csrf}\r\n"),
+    );
+    assert_eq!(status, 200, "with the CSRF token: {body}");
+    host.stop();
+
+    // A token in the cookie, and an Authorization header that is not the bearer token.
+    let s = Scratch::new();
+    let port = free_port();
+    let config = console_config(
+        &s,
+        port,
+        "[[bindings]]\nevents = [\"Order.*\"]\nplugin = \"echo\"\n",
+    );
+    let host = start_host(&config, s.path("host.log"));
+    let cookie = format!("Cookie: iniesta_console={TOKEN}\r\n");
+    for header in &unverified[1..] {
+        let (status, body) = get(port, "/api/dlq", &format!("{cookie}{header}"));
+        assert_eq!(status, 403, "cookie + {header:?}, no CSRF token: {body}");
+    }
+    let (status, body) = get(port, "/api/dlq", &bearer());
+    assert_eq!(
+        status, 200,
+        "the verified bearer token needs no CSRF token: {body}"
+    );
+    host.stop();
+}

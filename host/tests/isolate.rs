@@ -502,3 +502,76 @@ fn changing_isolation_settings_on_reload_keeps_the_plugin_serving() {
         "a restarted worker could not load its plugin copy:\n{log}"
     );
 }
+
+/// The value of `name{plugin="…"}` in a Prometheus text, if exported.
+fn plugin_counter(metrics: &str, name: &str, plugin: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(&format!("{name}{{plugin=\"{plugin}\"}} ")))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// A worker killed while idle, in a pool of several (the default pool grows to four on
+/// demand): it is replaced after the backoff, with no call asking for one, and the log does not
+/// claim a message it was not handling will be redelivered.
+#[test]
+fn an_idle_worker_killed_in_a_pool_is_replaced_after_the_backoff() {
+    let s = Scratch::new();
+    let port = common::aws::free_port();
+    let rest = format!(
+        "[plugins.isolate]\nnames = [\"panicky\"]\n\
+         [[bindings]]\nevents = [\"Slow.*\"]\nplugin = \"panicky\"\nhandler = \"sleepy\"\nconfig = {{ sleep_ms = 400 }}\n\
+         [metrics]\nlisten = \"127.0.0.1:{port}\"\n"
+    );
+    let config = s.config("", &rest);
+    let host = start_host(&config, s.path("host.log"), &[]);
+    // Four slow messages at once: the pool grows past one process.
+    let events: String = (0..4)
+        .map(|i| format!("{{\"event\":\"Slow.Down\",\"body\":{{\"i\":{i}}}}}\n"))
+        .collect();
+    let file = s.write("events.jsonl", &events);
+    common::publish(&config, &["--file", &file.display().to_string()]);
+    let acked = |metrics: &str| {
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("iniesta_handler_calls_total{") && l.contains("result=\"ack\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    s.wait_for("four calls acked", LIMIT, || {
+        acked(&http_get(port, "/metrics")) >= 4.0
+    });
+    let before: BTreeSet<u32> = worker_pids(&config, "panicky").into_iter().collect();
+    assert!(before.len() >= 2, "the pool grew: {before:?}");
+    let victim = *before.iter().next().expect("a worker");
+    let _ = Command::new("kill")
+        .arg("-9")
+        .arg(victim.to_string())
+        .status();
+    // Replaced without any call needing a process.
+    s.wait_for("the killed worker replaced", LIMIT, || {
+        let now: BTreeSet<u32> = worker_pids(&config, "panicky").into_iter().collect();
+        !now.contains(&victim) && now.len() == before.len()
+    });
+    let metrics = http_get(port, "/metrics");
+    assert_eq!(
+        plugin_counter(&metrics, "iniesta_plugin_worker_crashes_total", "panicky"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        plugin_counter(&metrics, "iniesta_plugin_worker_restarts_total", "panicky"),
+        Some(1.0),
+        "{metrics}"
+    );
+    let log = host.stop();
+    let death = log
+        .lines()
+        .find(|l| l.contains("plugin worker died") && l.contains(&format!("pid={victim}")))
+        .unwrap_or_else(|| panic!("the death is logged:\n{log}"));
+    assert!(death.contains("in_call=false"), "{death}");
+    assert!(!death.contains("will be redelivered"), "{death}");
+}

@@ -252,3 +252,101 @@ fn concurrent_publishers_in_several_processes_lose_nothing() {
     bodies.dedup();
     assert_eq!(bodies.len(), 120, "every published message handled");
 }
+
+/// Many processes open one fresh broker file at the same moment: 8 `iniesta publish` and
+/// 2 `iniesta run`, started together, several rounds. Creating the file, its schema and its
+/// migrations must be safe under that race: every process exits 0 and every message is
+/// handled exactly once.
+#[test]
+fn many_processes_opening_a_fresh_file_at_once_all_succeed() {
+    const ROUNDS: usize = 5;
+    const PUBLISHERS: usize = 8;
+    const HOSTS: usize = 2;
+    for round in 0..ROUNDS {
+        let s = Scratch::new();
+        let ledger = s.path("ledger.jsonl").display().to_string();
+        let config = s.config(
+            "visibility_timeout = 60",
+            &format!("[[bindings]]\nevents = [\"Order.*\"]\nplugin = \"ledger\"\nconfig = {{ path = \"{ledger}\" }}\n"),
+        );
+        assert!(!s.path("broker.db").exists(), "a fresh file each round");
+        let spawn = |args: &[String], log: std::path::PathBuf| {
+            std::process::Command::new(common::bin())
+                .arg("-c")
+                .arg(&config)
+                .args(args)
+                .env("INIESTA_LOG", "info")
+                .env("NO_COLOR", "1")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::fs::File::create(log).expect("log file"))
+                .spawn()
+                .expect("iniesta starts")
+        };
+        // Start them all before waiting for any.
+        let mut hosts = Vec::new();
+        let mut publishers = Vec::new();
+        for p in 0..PUBLISHERS {
+            if p < HOSTS {
+                let log = s.path(&format!("host{p}.log"));
+                hosts.push((spawn(&["run".to_string()], log.clone()), log));
+            }
+            let log = s.path(&format!("publish{p}.log"));
+            let args = [
+                "publish".to_string(),
+                "Order.Created".to_string(),
+                format!("{{\"round\":{round},\"p\":{p}}}"),
+            ];
+            publishers.push((spawn(&args, log.clone()), log));
+        }
+        for (mut child, log) in publishers {
+            let status = child.wait().expect("publish ends");
+            assert!(
+                status.success(),
+                "round {round}: publish exited with {status}:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        let done = std::time::Instant::now();
+        loop {
+            for (child, log) in hosts.iter_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!(
+                        "round {round}: a host exited early with {status}:\n{}",
+                        common::strip_ansi(&std::fs::read_to_string(log).unwrap_or_default())
+                    );
+                }
+            }
+            let consuming = hosts.iter().all(|(_, log)| {
+                std::fs::read_to_string(log)
+                    .unwrap_or_default()
+                    .contains("consuming")
+            });
+            if consuming && s.ledger("ledger.jsonl").len() >= PUBLISHERS {
+                break;
+            }
+            assert!(
+                done.elapsed() < Duration::from_secs(60),
+                "round {round}: {} of {PUBLISHERS} messages handled, hosts consuming: {consuming}",
+                s.ledger("ledger.jsonl").len()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for (child, log) in hosts {
+            let host = common::Host { child, log };
+            host.stop();
+        }
+        let mut bodies: Vec<String> = s
+            .ledger("ledger.jsonl")
+            .iter()
+            .map(|l| l["body"].as_str().unwrap_or("").to_string())
+            .collect();
+        bodies.sort();
+        let handled = bodies.len();
+        bodies.dedup();
+        assert_eq!(
+            (handled, bodies.len()),
+            (PUBLISHERS, PUBLISHERS),
+            "round {round}: every message handled exactly once"
+        );
+    }
+}

@@ -905,3 +905,146 @@ fn a_host_starts_while_redis_is_down_and_uses_it_once_up() {
     s.wait_for("both handled", LIMIT, || ledger_counts(&s).len() == 2);
     host.stop();
 }
+
+/// `name{node="…"}` in a Prometheus text, 0 when not exported.
+fn node_series(metrics: &str, name: &str, node: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(&format!("{name}{{node=\"{node}\"}} ")))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// One Redlock node down while batch after batch is locked: the host logs the node's state
+/// change once when it goes down and once when it is back, and counts every failed request in
+/// `iniesta_lock_node_errors_total{node}` (and writes it could not store in
+/// `iniesta_lock_writes_lost_total{node}`) instead of a warning per lock attempt.
+#[test]
+fn a_node_down_is_logged_once_down_and_once_back_and_counted_in_between() {
+    let mut servers = RedisServer::three();
+    let urls: Vec<String> = servers.iter().map(RedisServer::url).collect();
+    let down = format!("127.0.0.1:{}", servers[0].port);
+    let s = Scratch::new();
+    let ledger = s.path("ledger.jsonl");
+    let port = common::aws::free_port();
+    let rest = format!(
+        "{}{}[metrics]\nlisten = \"127.0.0.1:{port}\"\n",
+        lock_section(&urls, ""),
+        ledger_binding(&ledger, "a", r#"["Order.*"]"#),
+    );
+    let config = s.config("max_messages = 5", &rest);
+    let host = Host::start(&config, s.path("host.log"));
+    let mut expected = 0;
+    let mut wave = |prefix: &str, s: &Scratch| {
+        inject(&config, &events(prefix, 5), 1);
+        expected += 5;
+        s.wait_for("the wave handled", LIMIT, || {
+            ledger_counts(s).len() >= expected
+        });
+    };
+    wave("Up", &s);
+    servers[0].kill();
+    for i in 0..8 {
+        wave(&format!("Down{i}-"), &s);
+    }
+    let metrics = common::http_get(port, "/metrics")
+        .expect("metrics answer")
+        .1;
+    let errors = node_series(&metrics, "iniesta_lock_node_errors_total", &down);
+    assert!(
+        errors >= 8.0,
+        "a failed request per wave at least: {errors}\n{metrics}"
+    );
+    for other in &servers[1..] {
+        let node = format!("127.0.0.1:{}", other.port);
+        assert_eq!(
+            node_series(&metrics, "iniesta_lock_node_errors_total", &node),
+            0.0,
+            "{metrics}"
+        );
+    }
+    servers[0].restart();
+    let back = |text: &str| {
+        text.lines()
+            .filter(|l| l.contains(&format!("node={down}")) && l.contains("reachable again"))
+            .count()
+    };
+    let mut n = 0;
+    while back(&host.log_text()) == 0 {
+        wave(&format!("Back{n}-"), &s);
+        n += 1;
+        assert!(n < 50, "the node never came back:\n{}", host.log_text());
+    }
+    let log = host.stop();
+    let about_node: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(&format!("node={down}")))
+        .collect();
+    let warnings: Vec<&&str> = about_node.iter().filter(|l| l.contains(" WARN ")).collect();
+    assert_eq!(
+        warnings.len(),
+        1,
+        "one warning when it went down: {about_node:#?}"
+    );
+    assert_eq!(back(&log), 1, "one line when it came back: {about_node:#?}");
+}
+
+/// A Redlock node that is reachable but refuses writes (here: out of memory under
+/// `maxmemory-policy noeviction`): one warning when it starts answering errors, one line when
+/// it answers normally again, every failed request counted in between.
+#[test]
+fn a_node_answering_errors_is_logged_once_each_way_and_counted() {
+    let servers = RedisServer::three();
+    let urls: Vec<String> = servers.iter().map(RedisServer::url).collect();
+    let node = format!("127.0.0.1:{}", servers[0].port);
+    let s = Scratch::new();
+    let ledger = s.path("ledger.jsonl");
+    let port = common::aws::free_port();
+    let rest = format!(
+        "{}{}[metrics]\nlisten = \"127.0.0.1:{port}\"\n",
+        lock_section(&urls, ""),
+        ledger_binding(&ledger, "a", r#"["Order.*"]"#),
+    );
+    let config = s.config("max_messages = 5", &rest);
+    let host = Host::start(&config, s.path("host.log"));
+    let mut expected = 0;
+    let mut wave = |prefix: &str, s: &Scratch| {
+        inject(&config, &events(prefix, 5), 1);
+        expected += 5;
+        s.wait_for("the wave handled", LIMIT, || {
+            ledger_counts(s).len() >= expected
+        });
+    };
+    wave("Before", &s);
+    servers[0].cmd(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    servers[0].cmd(&["CONFIG", "SET", "maxmemory", "1"]);
+    for i in 0..6 {
+        wave(&format!("Refused{i}-"), &s);
+    }
+    let metrics = common::http_get(port, "/metrics")
+        .expect("metrics answer")
+        .1;
+    let errors = node_series(&metrics, "iniesta_lock_node_errors_total", &node);
+    assert!(errors >= 6.0, "{errors}\n{metrics}");
+    servers[0].cmd(&["CONFIG", "SET", "maxmemory", "0"]);
+    let normal = |text: &str| {
+        text.lines()
+            .filter(|l| l.contains(&format!("node={node}")) && l.contains("answers normally again"))
+            .count()
+    };
+    let mut n = 0;
+    while normal(&host.log_text()) == 0 {
+        wave(&format!("After{n}-"), &s);
+        n += 1;
+        assert!(n < 50, "never normal again:\n{}", host.log_text());
+    }
+    let log = host.stop();
+    let about_node: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(&format!("node={node}")))
+        .collect();
+    let warnings = about_node.iter().filter(|l| l.contains(" WARN ")).count();
+    assert_eq!(warnings, 1, "one warning: {about_node:#?}");
+    assert_eq!(normal(&log), 1, "{about_node:#?}");
+}

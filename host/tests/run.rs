@@ -503,3 +503,73 @@ fn inline_bindings_handle_and_publish_on_the_async_worker_and_overruns_are_repor
         "{text}"
     );
 }
+
+/// `name` (no labels) in a Prometheus text; `None` when it is not exported.
+fn plain_metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Every in-flight slot holds an acked message whose delete keeps failing (here: another
+/// process holds the broker file's write lock): the host receives nothing, and says why —
+/// one warning with the count, `iniesta_delete_stalls_total` 1 and `iniesta_delete_stalled` 1
+/// — and clears it when deletes succeed again.
+#[test]
+fn a_host_stalled_on_failing_deletes_says_so_and_recovers() {
+    let s = Scratch::new();
+    let ledger = s.path("ledger.jsonl").display().to_string();
+    let port = common::aws::free_port();
+    let bindings = format!(
+        "{}[[bindings]]\nevents = [\"Slow.*\"]\nplugin = \"panicky\"\nhandler = \"sleepy\"\nconfig = {{ sleep_ms = 3000 }}\n\
+         [metrics]\nlisten = \"127.0.0.1:{port}\"\n",
+        ledger_binding("seen", r#"["Slow.*"]"#, &ledger),
+    );
+    let config = s.config("max_in_flight = 2\nvisibility_timeout = 120", &bindings);
+    let host = Host::start(&config, s.path("host.log"));
+    publish(&config, &["Slow.One", "{}"]);
+    publish(&config, &["Slow.Two", "{}"]);
+    // Both are running (the ledger binding has seen them; the sleepy one still sleeps): take
+    // the file's write lock before they ack, so their deletes fail.
+    s.wait_for("both messages running", LIMIT, || {
+        s.ledger("ledger.jsonl").len() >= 2
+    });
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let db = iniesta::broker::local::Db::open(&s.path("broker.db")).expect("opens");
+    rt.block_on(db.call(|c| c.execute_batch("BEGIN IMMEDIATE")))
+        .expect("write lock taken");
+    let metrics = || {
+        common::http_get(port, "/metrics")
+            .expect("/metrics answers")
+            .1
+    };
+    s.wait_for("the stall reported", LIMIT, || {
+        plain_metric(&metrics(), "iniesta_delete_stalls_total") == Some(1.0)
+    });
+    assert_eq!(
+        plain_metric(&metrics(), "iniesta_delete_stalled"),
+        Some(1.0)
+    );
+    rt.block_on(db.call(|c| c.execute_batch("COMMIT")))
+        .expect("write lock released");
+    s.wait_for("the stall cleared", LIMIT, || {
+        plain_metric(&metrics(), "iniesta_delete_stalled") == Some(0.0)
+    });
+    let text = metrics();
+    assert_eq!(
+        plain_metric(&text, "iniesta_delete_stalls_total"),
+        Some(1.0),
+        "{text}"
+    );
+    s.wait_for("the queue empty", LIMIT, || {
+        rt.block_on(queue_messages(&config, "iniesta-test-receiver"))
+            .is_empty()
+    });
+    let log = host.stop();
+    let stalls: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("receiving has stopped"))
+        .collect();
+    assert_eq!(stalls.len(), 1, "{log}");
+    assert!(stalls[0].contains("slots=2"), "{}", stalls[0]);
+}

@@ -84,26 +84,80 @@ const RECEIVE_SQL: &str =
               AND receipt IS NOT NULL AND visible_ms > ?2))
      ORDER BY seq LIMIT ?3";
 
+/// How long a statement waits for another process's write lock before failing with
+/// "database is locked".
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How long a FIFO deduplication id is remembered (the SQS interval).
 const DEDUP_WINDOW_MS: i64 = 5 * 60 * 1000;
 
-/// Columns added after the first release, for files created before them.
-fn migrate(conn: &Connection) -> rusqlite::Result<()> {
-    let has_group: bool = conn
-        .prepare("SELECT 1 FROM pragma_table_info('messages') WHERE name = 'group_id'")?
-        .exists([])?;
-    if !has_group {
-        conn.execute_batch("ALTER TABLE messages ADD COLUMN group_id TEXT;")?;
+/// The schema version this build writes into `PRAGMA user_version`. Files created before
+/// versions were recorded read 0; raise it whenever [`SCHEMA`] or [`migrate`] changes.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Switch the file to WAL mode (it stays so: later opens find it set). The switch needs the
+/// file to itself and SQLite answers "database is locked" at once, without the busy handler,
+/// while another process holds it (opening it, or switching it too): retry with a short
+/// backoff up to [`BUSY_TIMEOUT`].
+fn enable_wal(conn: &Connection) -> rusqlite::Result<()> {
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    let mut pause = Duration::from_millis(2);
+    loop {
+        match conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0)) {
+            Ok(mode) => {
+                if !mode.eq_ignore_ascii_case("wal") {
+                    tracing::debug!(
+                        mode,
+                        "the local broker file stays in its journal mode (no WAL here)"
+                    );
+                }
+                return Ok(());
+            }
+            Err(e)
+                if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            Err(e) => return Err(e),
+        }
     }
-    // For `iniesta dlq list`: when a message was last delivered and when it was dead-lettered.
-    for column in ["last_receive_ms", "dead_lettered_ms"] {
+}
+
+/// Create the schema and bring an older file up to [`SCHEMA_VERSION`], in one `IMMEDIATE`
+/// transaction: several processes may open a fresh file at the same moment, and the write lock
+/// taken up front (waiting out the busy timeout) makes each one see either no schema or all of
+/// it, never half a migration. Every step is idempotent, so a file another process has just
+/// migrated needs nothing more. Returns the version found before (a file of a newer version
+/// is left as it is).
+fn create_or_migrate(conn: &mut Connection) -> rusqlite::Result<i64> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let found: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if found < SCHEMA_VERSION {
+        tx.execute_batch(SCHEMA)?;
+        migrate(&tx)?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    }
+    tx.commit()?;
+    Ok(found)
+}
+
+/// Columns added after the first release, for files created before them (a no-op for a
+/// file that has them). Runs inside [`create_or_migrate`]'s transaction.
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    // For FIFO queues; for `iniesta dlq list`: when a message was last delivered and when it
+    // was dead-lettered.
+    for (column, kind) in [
+        ("group_id", "TEXT"),
+        ("last_receive_ms", "INTEGER"),
+        ("dead_lettered_ms", "INTEGER"),
+    ] {
         let has: bool = conn
             .prepare("SELECT 1 FROM pragma_table_info('messages') WHERE name = ?1")?
             .exists(params![column])?;
         if !has {
-            conn.execute_batch(&format!(
-                "ALTER TABLE messages ADD COLUMN {column} INTEGER;"
-            ))?;
+            conn.execute_batch(&format!("ALTER TABLE messages ADD COLUMN {column} {kind};"))?;
         }
     }
     Ok(())
@@ -180,14 +234,23 @@ impl Db {
                 })?;
             }
         }
-        let conn = Connection::open(path).map_err(err)?;
-        conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(err)?;
+        let mut conn = Connection::open(path).map_err(err)?;
+        // Before anything that takes a lock: other processes may be opening the same file.
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
+        enable_wal(&conn).map_err(err)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(err)?;
-        conn.execute_batch(SCHEMA).map_err(err)?;
-        migrate(&conn).map_err(err)?;
+        let found = create_or_migrate(&mut conn).map_err(err)?;
+        if found > SCHEMA_VERSION {
+            return Err(BrokerError::NewerSchema {
+                path: path.display().to_string(),
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        if found < SCHEMA_VERSION {
+            tracing::debug!(path = %path.display(), from = found, to = SCHEMA_VERSION, "local broker schema created or migrated");
+        }
         Ok(Db {
             path: path.to_path_buf(),
             conn: Arc::new(Mutex::new(conn)),
@@ -722,6 +785,61 @@ impl Broker for LocalBroker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn columns(conn: &Connection) -> Vec<String> {
+        let mut stmt = conn
+            .prepare("SELECT name FROM pragma_table_info('messages')")
+            .expect("table info");
+        let names = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .expect("columns")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("names");
+        names
+    }
+
+    /// A file from before schema versions (user_version 0, no later columns) is migrated once
+    /// and stamped; opening it again changes nothing; a file stamped by a newer iniesta is
+    /// refused, untouched.
+    #[test]
+    fn old_files_are_migrated_once_and_newer_files_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("old.db");
+        {
+            let conn = Connection::open(&path).expect("open");
+            conn.execute_batch(
+                "CREATE TABLE messages (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL,
+                 queue TEXT NOT NULL, body BLOB NOT NULL, attributes TEXT NOT NULL,
+                 sent_ms INTEGER NOT NULL, visible_ms INTEGER NOT NULL,
+                 receive_count INTEGER NOT NULL DEFAULT 0, first_receive_ms INTEGER,
+                 receipt TEXT, dead_letter_reason TEXT);",
+            )
+            .expect("an old schema");
+        }
+        for _ in 0..2 {
+            drop(Db::open(&path).expect("opens and migrates"));
+            let conn = Connection::open(&path).expect("open");
+            let version: i64 = conn
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .expect("version");
+            assert_eq!(version, SCHEMA_VERSION);
+            let have = columns(&conn);
+            for column in ["group_id", "last_receive_ms", "dead_lettered_ms"] {
+                assert_eq!(have.iter().filter(|c| *c == column).count(), 1, "{have:?}");
+            }
+        }
+        let newer = SCHEMA_VERSION + 1;
+        Connection::open(&path)
+            .expect("open")
+            .pragma_update(None, "user_version", newer)
+            .expect("stamp");
+        let err = Db::open(&path).err().expect("a newer file is refused");
+        assert!(
+            matches!(err, BrokerError::NewerSchema { found, .. } if found == newer),
+            "{err}"
+        );
+        assert!(err.to_string().contains("upgrade iniesta"), "{err}");
+    }
 
     /// The receive query must walk the queue in `seq` order and stop at its limit: a plan
     /// with a temporary B-tree sorts the whole visible backlog on every receive.

@@ -60,6 +60,16 @@ pub enum BrokerError {
         /// The cause.
         source: rusqlite::Error,
     },
+    /// The local broker's file was written by a newer iniesta.
+    #[error("local broker {path}: schema version {found} was written by a newer iniesta (this one knows up to {supported}): upgrade iniesta, or point broker.path at another file")]
+    NewerSchema {
+        /// The database file.
+        path: String,
+        /// The version in the file.
+        found: i64,
+        /// The newest version this build knows.
+        supported: i64,
+    },
     /// A queue does not exist.
     #[error("queue `{0}` does not exist (run `iniesta setup`, or check sqs.queue_name)")]
     NoSuchQueue(String),

@@ -63,6 +63,9 @@ struct Process {
     child: Mutex<Option<Child>>,
     kill_reason: Mutex<Option<String>>,
     retiring: AtomicBool,
+    /// Whether a call has been sent to it and not answered; a process killed for hanging
+    /// keeps it set (its message is redelivered).
+    in_call: AtomicBool,
     /// Handler ids constructed in this process.
     handlers: Mutex<BTreeSet<u64>>,
 }
@@ -361,6 +364,7 @@ impl Worker {
             message: WireMessage::from_ffi(message),
         };
         self.in_flight.fetch_add(1, Ordering::SeqCst);
+        process.in_call.store(true, Ordering::SeqCst);
         let outcome = self.await_call(&process, id, &request, ctx, deadline, timeout);
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         self.checkin(process);
@@ -488,26 +492,54 @@ impl Worker {
                     None => {
                         inner.starting += 1;
                         drop(inner);
-                        let started = self.start();
-                        let mut inner = lock(&self.inner);
-                        inner.starting -= 1;
-                        return match started {
-                            Ok(process) => {
-                                inner.live.push(process.clone());
-                                drop(inner);
-                                self.write_state();
-                                Ok(process)
-                            }
-                            Err(reason) => {
-                                drop(inner);
-                                self.crashed(None, &reason);
-                                Err(reason)
-                            }
-                        };
+                        return self.grow();
                     }
                 }
             }
             inner = wait(&self.freed, inner, deadline.duration_since(now));
+        }
+    }
+
+    /// Start one more process for the pool; the caller has counted it in `starting`.
+    fn grow(&self) -> Result<Arc<Process>, String> {
+        let started = self.start();
+        let mut inner = lock(&self.inner);
+        inner.starting -= 1;
+        match started {
+            Ok(process) => {
+                inner.live.push(process.clone());
+                drop(inner);
+                self.write_state();
+                Ok(process)
+            }
+            Err(reason) => {
+                drop(inner);
+                self.crashed(None, &reason, false);
+                Err(reason)
+            }
+        }
+    }
+
+    /// After a crash's backoff: start a process in place of one that died, unless a call has
+    /// started one since (no crash left unreplaced), a later crash set a later start, or the
+    /// pool is full. The pool is back to its size before the crash without waiting for a call
+    /// to need the process.
+    fn replace(&self) {
+        let mut inner = lock(&self.inner);
+        {
+            let stats = lock(&self.stats);
+            let waiting = stats.next_start.is_some_and(|at| at > Instant::now());
+            if stats.unreplaced == 0 || waiting {
+                return;
+            }
+        }
+        if inner.live.len() + inner.starting >= self.settings.max_workers {
+            return;
+        }
+        inner.starting += 1;
+        drop(inner);
+        if let Ok(process) = self.grow() {
+            self.checkin(process);
         }
     }
 
@@ -516,6 +548,7 @@ impl Worker {
         {
             let mut inner = lock(&self.inner);
             if process.usable() && inner.live.iter().any(|p| Arc::ptr_eq(p, &process)) {
+                process.in_call.store(false, Ordering::SeqCst);
                 inner.idle.push(process);
             }
         }
@@ -557,6 +590,7 @@ impl Worker {
             child: Mutex::new(Some(child)),
             kill_reason: Mutex::new(None),
             retiring: AtomicBool::new(false),
+            in_call: AtomicBool::new(false),
             handlers: Mutex::new(BTreeSet::new()),
         });
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -609,8 +643,9 @@ impl Worker {
         Ok(process)
     }
 
-    /// A process died (or failed to start): count it, log it, and schedule a restart.
-    fn crashed(&self, pid: Option<u32>, reason: &str) {
+    /// A process died (or failed to start): count it, log it, and schedule its replacement.
+    /// `in_call`: it was running a call (whose message is redelivered), not idle.
+    fn crashed(&self, pid: Option<u32>, reason: &str, in_call: bool) {
         let (consecutive, backoff) = {
             let mut stats = lock(&self.stats);
             stats.crashes += 1;
@@ -627,11 +662,19 @@ impl Worker {
             .increment(1);
         metrics::gauge!(crate::ops::metrics::WORKER_CRASHES_IN_A_ROW, "plugin" => self.name.clone())
             .set(f64::from(consecutive));
-        tracing::error!(
-            plugin = %self.name, generation = self.generation, pid = pid.unwrap_or(0), reason = %reason,
-            crashes_in_a_row = consecutive, restart_in_ms = backoff.as_millis() as u64,
-            "plugin worker died; the message it was handling will be redelivered"
-        );
+        if in_call {
+            tracing::error!(
+                plugin = %self.name, generation = self.generation, pid = pid.unwrap_or(0), reason = %reason,
+                in_call, crashes_in_a_row = consecutive, restart_in_ms = backoff.as_millis() as u64,
+                "plugin worker died; the message it was handling will be redelivered"
+            );
+        } else {
+            tracing::error!(
+                plugin = %self.name, generation = self.generation, pid = pid.unwrap_or(0), reason = %reason,
+                in_call, crashes_in_a_row = consecutive, restart_in_ms = backoff.as_millis() as u64,
+                "plugin worker died while idle (no message lost)"
+            );
+        }
         if consecutive >= CRASH_LOOP {
             tracing::error!(
                 plugin = %self.name, crashes_in_a_row = consecutive, last_crash = %reason,
@@ -639,22 +682,14 @@ impl Worker {
             );
         }
         self.write_state();
-        // Keep one process warm: start one after the backoff if none is left.
+        // Replace it after the backoff, whether or not a call needs a process then.
         let me = self.me.clone();
         let _ = std::thread::Builder::new()
             .name("worker-restart".into())
             .spawn(move || {
                 std::thread::sleep(backoff);
                 if let Some(worker) = me.upgrade() {
-                    let empty = {
-                        let inner = lock(&worker.inner);
-                        inner.live.is_empty() && inner.starting == 0
-                    };
-                    if empty {
-                        if let Ok(process) = worker.checkout(Instant::now() + START_TIMEOUT) {
-                            worker.checkin(process);
-                        }
-                    }
+                    worker.replace();
                 }
             });
     }
@@ -662,6 +697,7 @@ impl Worker {
     /// A process ended. Only a serving process counts as a crash: one that failed to start
     /// was counted by `checkout`, and a retired one no longer serves.
     fn exited(&self, process: &Arc<Process>, reason: String, clean: bool) {
+        let in_call = process.in_call.load(Ordering::SeqCst);
         let serving = {
             let mut inner = lock(&self.inner);
             let before = inner.live.len();
@@ -671,7 +707,7 @@ impl Worker {
         };
         self.freed.notify_all();
         if serving {
-            self.crashed(Some(process.pid), &reason);
+            self.crashed(Some(process.pid), &reason, in_call);
         } else if clean {
             tracing::info!(plugin = %self.name, generation = self.generation, pid = process.pid, "plugin worker retired");
             self.write_state();

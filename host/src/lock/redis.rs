@@ -10,6 +10,11 @@
 //!
 //! A [`Node`] keeps one multiplexed connection, made lazily and remade after any failure,
 //! with a short back-off while the server is down so a dead node costs nothing per batch.
+//! A node's health is logged when it changes — once when it becomes unreachable or starts
+//! answering errors, once when it is back — and every failed request in between is counted
+//! in `iniesta_lock_node_errors_total{node}` (lost deferred writes in
+//! `iniesta_lock_writes_lost_total{node}`) rather than logged: with one Redlock node down, a
+//! busy host would otherwise write a warning per lock attempt.
 //!
 //! **Deferred writes.** A node made with [`Node::defer_writes`] (what `iniesta run` uses) does
 //! not send completion records and releases on their own: it queues them, in order, and sends
@@ -22,7 +27,7 @@
 //! so a duplicate never sees the lock free without also seeing the record.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +38,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::{completion_key_for, redact, redlock, Claim, Held, LockError, Locks};
+use crate::ops::metrics as m;
 
 /// Compare-and-delete: release only our own lock.
 const RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
@@ -117,6 +123,9 @@ pub struct Node {
     timeout: Duration,
     connection: tokio::sync::Mutex<Connection>,
     round_trips: AtomicU64,
+    /// Set while the server answers errors to our requests (it is reachable, so this is not
+    /// `Connection::down`): logged when it starts and when it stops.
+    answering_errors: AtomicBool,
     deferred: Option<Deferred>,
 }
 
@@ -179,6 +188,7 @@ impl Node {
             timeout,
             connection: tokio::sync::Mutex::new(Connection::default()),
             round_trips: AtomicU64::new(0),
+            answering_errors: AtomicBool::new(false),
             deferred: None,
         })
     }
@@ -235,8 +245,10 @@ impl Node {
         self.send(&pipe).await.map(|_| ())
     }
 
-    /// Writes this node could not send (a failed pipeline): logged, never fatal. Unsent
-    /// releases expire with their locks; unsent records mean a duplicate may run again.
+    /// Writes this node could not send (a failed pipeline): counted, never fatal. Unsent
+    /// releases expire with their locks; unsent records mean a duplicate may run again. The
+    /// failure itself was logged when the node's state changed (down, or answering errors),
+    /// so this is not logged again on every attempt.
     fn lost(&self, writes: &[Write], error: &str) {
         if writes.is_empty() {
             return;
@@ -245,7 +257,9 @@ impl Node {
             .iter()
             .filter(|w| matches!(w, Write::Record { .. }))
             .count();
-        tracing::warn!(node = %self.label, records, releases = writes.len() - records, error,
+        metrics::counter!(m::LOCK_WRITES_LOST, "node" => self.label.clone())
+            .increment(writes.len() as u64);
+        tracing::debug!(node = %self.label, records, releases = writes.len() - records, error,
             "deferred lock writes not stored; those locks expire on their own and a duplicate of those messages may run again");
     }
 
@@ -277,7 +291,9 @@ impl Node {
         self.round_trips.load(Ordering::Relaxed)
     }
 
+    /// A failed request: counted per node (see the module docs for what is logged).
     fn error(&self, detail: impl Into<String>) -> NodeError {
+        metrics::counter!(m::LOCK_NODE_ERRORS, "node" => self.label.clone()).increment(1);
         NodeError {
             node: self.label.clone(),
             detail: detail.into(),
@@ -327,7 +343,7 @@ impl Node {
         state.backoff = (state.backoff * 2).clamp(MIN_BACKOFF, MAX_BACKOFF);
         state.retry_at = Some(Instant::now() + state.backoff);
         if !state.down {
-            tracing::warn!(node = %self.label, error = %failure, "Redis node unreachable; reconnecting on later requests, with back-off");
+            tracing::warn!(node = %self.label, error = %failure, "Redis node unreachable; reconnecting on later requests, with back-off (failed requests are counted in iniesta_lock_node_errors_total until it is back)");
         }
         state.down = true;
         state.last_error = failure;
@@ -347,6 +363,22 @@ impl Node {
         }
     }
 
+    /// Log when the node starts or stops answering errors (a whole round trip's replies).
+    fn note_replies(&self, values: &[Value]) {
+        match values.iter().find(|v| matches!(v, Value::ServerError(_))) {
+            Some(Value::ServerError(e)) => {
+                if !self.answering_errors.swap(true, Ordering::AcqRel) {
+                    tracing::warn!(node = %self.label, error = %e, "Redis node answers with errors (failed requests are counted in iniesta_lock_node_errors_total until it answers normally)");
+                }
+            }
+            _ => {
+                if self.answering_errors.swap(false, Ordering::AcqRel) {
+                    tracing::info!(node = %self.label, "Redis node answers normally again");
+                }
+            }
+        }
+    }
+
     /// Send one pipeline: one round trip; replies as they came (server errors included). Any
     /// transport failure drops the connection so the next request reconnects.
     async fn send_raw(&self, pipe: &Pipeline) -> Result<Vec<Value>, NodeError> {
@@ -357,7 +389,10 @@ impl Node {
             .map_err(|_| format!("no answer within {} ms", self.timeout.as_millis()))
             .and_then(|r| r.map_err(|e| e.to_string()));
         match outcome {
-            Ok(values) => Ok(values),
+            Ok(values) => {
+                self.note_replies(&values);
+                Ok(values)
+            }
             Err(failure) => {
                 let mut state = self.connection.lock().await;
                 if state.generation == generation && state.conn.is_some() {

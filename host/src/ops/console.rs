@@ -10,7 +10,10 @@
 //! `console.token_env`, every console request must carry the token — as the
 //! `iniesta_console` cookie the page sets after `/?token=...`, or `Authorization: Bearer` —
 //! compared in constant time. Actions are POSTs that must carry the page's per-process CSRF
-//! token in `X-CSRF-Token` and, when the browser sends one, an `Origin` of this server.
+//! token in `X-CSRF-Token` and, when the browser sends one, an `Origin` of this server. The DLQ
+//! listing needs the CSRF token too, unless the request proved itself with the verified token
+//! in `Authorization: Bearer`: an Authorization header the console does not verify (another
+//! scheme, any header without a token configured) exempts nothing.
 //! Bodies are never shown unless `console.show_bodies = true`.
 
 use std::collections::VecDeque;
@@ -343,16 +346,21 @@ impl Console {
     /// The token (every request) and, for POSTs, the CSRF token and the origin.
     fn authorize(&self, request: &Request<Incoming>) -> Result<(), (StatusCode, &'static str)> {
         let refuse = |status: StatusCode, why: &'static str| Err((status, why));
+        // Whether this request proved itself with the token in `Authorization: Bearer`: the
+        // one header this console verifies. Any other Authorization header (another scheme, a
+        // wrong token, any header at all without console.token_env) proves nothing.
+        let mut bearer_verified = false;
         match &self.settings.token {
             Some(token) => {
+                let matches =
+                    |offered: &str| bool::from(offered.as_bytes().ct_eq(token.as_bytes()));
+                let from_bearer = bearer(request);
+                bearer_verified = from_bearer.as_deref().is_some_and(matches);
                 let offered = query_param(request, "token")
                     .filter(|_| request.uri().path() == "/" && request.method() == Method::GET)
-                    .or_else(|| bearer(request))
+                    .or(from_bearer)
                     .or_else(|| cookie(request, COOKIE));
-                let good = offered
-                    .map(|o| bool::from(o.as_bytes().ct_eq(token.as_bytes())))
-                    .unwrap_or(false);
-                if !good {
+                if !offered.as_deref().is_some_and(matches) {
                     return refuse(
                         StatusCode::UNAUTHORIZED,
                         "the console needs its token: open /?token=TOKEN once (it is then kept in a cookie), or send Authorization: Bearer TOKEN",
@@ -376,10 +384,11 @@ impl Console {
         }
         // Actions, and the DLQ listing: on SQS a listing receives the messages (raising their
         // receive counts), so another page must not be able to trigger it with an <img>. A
-        // request with an Authorization header cannot come from another page (browsers send
-        // no such header cross-site without a CORS preflight, which this server never allows).
-        let listing = request.uri().path() == "/api/dlq"
-            && request.headers().get(header::AUTHORIZATION).is_none();
+        // request that carried the verified token in `Authorization: Bearer` cannot come from
+        // another page (browsers send no such header cross-site without a CORS preflight,
+        // which this server never allows, and another page does not know the token); the
+        // mere presence of an Authorization header is no such proof.
+        let listing = request.uri().path() == "/api/dlq" && !bearer_verified;
         if request.method() == Method::POST || listing {
             let csrf = request
                 .headers()
@@ -389,7 +398,7 @@ impl Console {
             if !bool::from(csrf.as_bytes().ct_eq(self.csrf.as_bytes())) {
                 return refuse(
                     StatusCode::FORBIDDEN,
-                    "missing or wrong X-CSRF-Token: actions and DLQ listings must come from the console page (or carry Authorization: Bearer TOKEN)",
+                    "missing or wrong X-CSRF-Token: actions and DLQ listings must come from the console page (a DLQ listing may instead carry Authorization: Bearer TOKEN when console.token_env is set)",
                 );
             }
             if let Some(origin) = request.headers().get(header::ORIGIN) {

@@ -34,6 +34,14 @@ pub const INLINE_OVERRUNS: &str = "iniesta_inline_handler_overruns_total";
 /// message), `lost` (lost while handlers ran), `unavailable` (the lock service could not
 /// decide for a whole batch).
 pub const LOCK_FAILURES: &str = "iniesta_lock_failures_total";
+/// Failed requests to one Redis lock server (unreachable, timed out, or answering an error):
+/// label `node` (`host:port`, with `/db` when not 0; never credentials). The log says when a
+/// node goes down and when it is back, once each; this counts every failure in between.
+pub const LOCK_NODE_ERRORS: &str = "iniesta_lock_node_errors_total";
+/// Deferred lock writes (completion records and releases) a Redis server did not store: label
+/// `node`. Unstored releases expire with their locks; an unstored record means a duplicate of
+/// that message may run a handler again if it reaches only that server.
+pub const LOCK_WRITES_LOST: &str = "iniesta_lock_writes_lost_total";
 /// Messages received and not yet settled (gauge).
 pub const IN_FLIGHT: &str = "iniesta_in_flight";
 /// Failed receive calls.
@@ -42,6 +50,11 @@ pub const POLL_ERRORS: &str = "iniesta_poll_errors_total";
 pub const VISIBILITY_EXTENSIONS: &str = "iniesta_visibility_extensions_total";
 /// Acked messages the broker failed to delete (they will be redelivered).
 pub const DELETE_FAILURES: &str = "iniesta_delete_failures_total";
+/// Times receiving stopped because every `sqs.max_in_flight` slot held an acked message whose
+/// delete kept failing.
+pub const DELETE_STALLS: &str = "iniesta_delete_stalls_total";
+/// 1 while receiving is stopped that way, else 0 (gauge).
+pub const DELETE_STALLED: &str = "iniesta_delete_stalled";
 /// Plugin generations swapped in by hot reload: label `plugin`.
 pub const PLUGIN_RELOADS: &str = "iniesta_plugin_reloads_total";
 /// Plugin files refused at load (bad ABI, missing symbol, incomplete file...).
@@ -93,6 +106,7 @@ pub fn install() -> Result<PrometheusHandle, OpsError> {
         POLL_ERRORS,
         VISIBILITY_EXTENSIONS,
         DELETE_FAILURES,
+        DELETE_STALLS,
         PLUGIN_REFUSALS,
         CONFIG_REFUSALS,
     ] {
@@ -108,6 +122,7 @@ pub fn install() -> Result<PrometheusHandle, OpsError> {
         metrics::counter!(RELEASED, "reason" => reason).absolute(0);
     }
     metrics::gauge!(IN_FLIGHT).set(0.0);
+    metrics::gauge!(DELETE_STALLED).set(0.0);
     Ok(handle)
 }
 
@@ -135,6 +150,14 @@ fn describe() {
         "Calls of inline bindings that ran past their timeout (they cannot be abandoned)"
     );
     describe_counter!(LOCK_FAILURES, "Idempotency lock failures by reason");
+    describe_counter!(
+        LOCK_NODE_ERRORS,
+        "Failed requests to a Redis lock server, by node"
+    );
+    describe_counter!(
+        LOCK_WRITES_LOST,
+        "Deferred lock writes (records, releases) a Redis server did not store, by node"
+    );
     describe_gauge!(IN_FLIGHT, "Messages received and not yet settled");
     describe_counter!(POLL_ERRORS, "Failed receive calls");
     describe_counter!(
@@ -144,6 +167,14 @@ fn describe() {
     describe_counter!(
         DELETE_FAILURES,
         "Acked messages the broker failed to delete"
+    );
+    describe_counter!(
+        DELETE_STALLS,
+        "Times receiving stopped because every in-flight slot waited on a failing delete"
+    );
+    describe_gauge!(
+        DELETE_STALLED,
+        "1 while every in-flight slot waits on a failing delete, else 0"
     );
     describe_counter!(PLUGIN_RELOADS, "Plugin generations swapped in, by plugin");
     describe_counter!(PLUGIN_REFUSALS, "Plugin files refused at load");
