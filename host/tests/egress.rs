@@ -374,11 +374,16 @@ fn a_running_host_redelivers_from_the_outbox_and_handler_publishes_fan_out() {
             metrics = metrics_port,
         ),
     );
-    let host = Host::start(&config, s.path("host.log"));
+    // The queue and its subscription exist before the publish, and the host starts only once
+    // the CLI has written its outbox row: a host started first could consume the event and run
+    // the handler's publish before that row exists, and would then try `late` itself instead of
+    // queueing behind it (a race the test must not depend on).
+    ok(&config, &["setup"], &[]);
     // `late` cannot be written (its directory is missing): the event waits for it, and the
     // topic and `all` get it at once.
     let (_, stderr) = ok(&config, &["publish", "Order.Created", r#"{"id":5}"#], &[]);
     assert!(stderr.contains("queued: late"), "{stderr}");
+    let host = Host::start(&config, s.path("host.log"));
     // The host consumes it from the topic's queue; the handler's own publish fans out too.
     s.wait_for("the handler's publish in all.jsonl", LIMIT, || {
         common::json_lines(&all).len() == 2
