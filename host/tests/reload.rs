@@ -527,3 +527,52 @@ fn any_bad_file_over_a_plugin_keeps_its_generation_serving_under_load() {
         bad.len()
     );
 }
+
+#[test]
+fn an_abort_build_over_an_in_process_plugin_keeps_the_previous_generation_serving() {
+    let unwinding = common::build_aborting_fixture_unwinding();
+    let aborting = common::build_aborting_fixture();
+    let s = Scratch::new();
+    let dir = plugins_dir(&s);
+    deploy(
+        &dir,
+        "libaborting.so",
+        &std::fs::read(&unwinding).expect("read"),
+    );
+    let out = s.path("out.txt");
+    let binding = format!(
+        "[[bindings]]\nevents = [\"Order.*\"]\nplugin = \"aborting\"\nconfig = {{ path = \"{}\" }}\n",
+        out.display()
+    );
+    let config = s.write("iniesta.toml", &config_text(&s, &dir, "", &binding));
+    let mut host = Host::start(&config, s.path("host.log"));
+    let lines = || {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    common::publish(&config, &["Order.One", "\"one\""]);
+    s.wait_for("the first message", LIMIT, || lines().len() == 1);
+    // The same plugin, built with panic = "abort", is deployed over it: refused in the host.
+    deploy(
+        &dir,
+        "libaborting.so",
+        &std::fs::read(&aborting).expect("read"),
+    );
+    s.wait_for("the refusal", LIMIT, || {
+        host.log_text().contains("was built with panic = \"abort\"")
+    });
+    // The unwinding generation still serves: a panic is caught, the host lives on.
+    common::publish(&config, &["Order.Boom", "\"please panic\""]);
+    s.wait_for("the caught panic", LIMIT, || {
+        host.log_text().contains("aborting was asked to panic")
+    });
+    common::publish(&config, &["Order.Two", "\"two\""]);
+    s.wait_for("the message after the panic", LIMIT, || {
+        lines().contains(&"\"two\"".to_string())
+    });
+    assert!(host.is_alive(), "the host survives");
+    host.stop();
+}

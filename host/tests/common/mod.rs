@@ -265,12 +265,43 @@ pub fn build_aborting_fixture() -> PathBuf {
     build_fixture("aborting", iniesta_plugin_api::ABI_VERSION)
 }
 
+/// The same plugin as [`build_aborting_fixture`], built with `panic = "unwind"` (the profile
+/// overridden on the command line) into a target dir of its own.
+pub fn build_aborting_fixture_unwinding() -> PathBuf {
+    build_fixture_variant(
+        "aborting",
+        iniesta_plugin_api::ABI_VERSION,
+        "unwind",
+        &["--config", "profile.dev.panic=\"unwind\""],
+    )
+}
+
 /// Build the plugin in `host/tests/fixtures/NAME` (outside the workspace) against a copy of
 /// plugin-api whose version is `api_version`; the path of the built `libNAME.so`.
 pub fn build_fixture(name: &str, api_version: &str) -> PathBuf {
+    build_fixture_variant(name, api_version, "", &[])
+}
+
+/// [`build_fixture`] with extra cargo arguments; a non-empty `variant` builds in a work and
+/// target dir of its own, so variants built at once by parallel tests never overwrite each
+/// other's `libNAME.so`.
+pub fn build_fixture_variant(
+    name: &str,
+    api_version: &str,
+    variant: &str,
+    cargo_args: &[&str],
+) -> PathBuf {
     let root = workspace_root();
+    let (work_name, target) = if variant.is_empty() {
+        (name.to_string(), root.join("target/fixtures/target"))
+    } else {
+        (
+            format!("{name}-{variant}"),
+            root.join(format!("target/fixtures/target-{variant}")),
+        )
+    };
     // Test binaries run in parallel: one builds, the others wait on the same cargo lock.
-    let work = root.join("target/fixtures").join(name);
+    let work = root.join("target/fixtures").join(work_name);
     let api = work.join("api");
     std::fs::create_dir_all(api.join("src")).expect("mkdir");
     std::fs::create_dir_all(work.join("src")).expect("mkdir");
@@ -296,13 +327,12 @@ pub fn build_fixture(name: &str, api_version: &str) -> PathBuf {
         .args(["build", "--quiet", "--manifest-path"])
         .arg(work.join("Cargo.toml"))
         .arg("--target-dir")
-        .arg(root.join("target/fixtures/target"))
+        .arg(&target)
+        .args(cargo_args)
         .status()
         .expect("cargo runs");
     assert!(status.success(), "building the {name} fixture failed");
-    let so = root
-        .join("target/fixtures/target/debug")
-        .join(format!("lib{name}.so"));
+    let so = target.join("debug").join(format!("lib{name}.so"));
     assert!(so.exists(), "{} was not built", so.display());
     so
 }
