@@ -449,15 +449,14 @@ fn trusted_entry(path: &Path, place: Place, euid: u32) -> Result<(), String> {
     let meta =
         std::fs::metadata(path).map_err(|e| format!("cannot check {}: {e}", path.display()))?;
     let what = match place {
-        Place::File => "the file".to_string(),
+        Place::File => format!("the file {}", path.display()),
         Place::PluginDir => format!("its directory {}", path.display()),
         Place::Above => format!("{}, a directory above it,", path.display()),
     };
     let uid = meta.uid();
     if uid != euid && uid != 0 {
         return Err(format!(
-            "{what} ({}) is owned by uid {uid}, neither this host's user (uid {euid}) nor root; chown it to one of them",
-            path.display()
+            "{what} is owned by uid {uid}, neither this host's user (uid {euid}) nor root; chown it to one of them"
         ));
     }
     let mode = meta.mode() & 0o7777;
@@ -472,8 +471,7 @@ fn trusted_entry(path: &Path, place: Place, euid: u32) -> Result<(), String> {
             Place::Above => " without the sticky bit".into(),
         };
         return Err(format!(
-            "{what} ({}) is writable by its group or other users (mode {mode:04o}){why}; chmod go-w {}",
-            path.display(),
+            "{what} is writable by its group or other users (mode {mode:04o}){why}; chmod go-w {}",
             path.display()
         ));
     }
