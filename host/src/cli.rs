@@ -376,7 +376,17 @@ fn plugins_check(file: &Path) -> ExitCode {
             );
             println!("  handlers  {}", plugin.handlers.join(", "));
             println!("  load      {} ms", plugin.load_time.as_millis());
-            ExitCode::SUCCESS
+            match plugin.in_process_refusal() {
+                None => {
+                    println!("  panic     unwind (a panic is caught at the boundary)");
+                    ExitCode::SUCCESS
+                }
+                Some(why) => {
+                    println!("  panic     abort");
+                    println!("REFUSED in the host process: {why}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Err(e) if e.is_not_a_plugin() => {
             println!("not an iniesta plugin: {e}");
@@ -420,6 +430,16 @@ pub fn render_plugins(set: &PluginSet) -> String {
     for refusal in &set.refused {
         out.push_str(&format!("REFUSED {}\n", refusal.error));
     }
+    for plugin in set.plugins.values() {
+        if plugin.in_process_refusal().is_some() {
+            out.push_str(&format!(
+                "panic = \"abort\": {} {} from {} runs only isolated (plugins.isolate.names); rebuild it with panic = \"unwind\" to run it in the host\n",
+                plugin.name,
+                plugin.version,
+                plugin.file.display()
+            ));
+        }
+    }
     if set.plugins.is_empty() {
         out.push_str(
             "no plugins loaded: check plugins.dirs and build the plugins (cargo build --release)\n",
@@ -459,6 +479,16 @@ pub fn render_running(hosts: &[crate::plugins::watch::HostState]) -> String {
                 p.load_ms,
                 p.reloads,
                 p.file.display()
+            ));
+        }
+        for f in &host.load_failures {
+            let serving = match f.serving_generation {
+                Some(g) => format!("generation {g} keeps serving"),
+                None => "nothing loaded from it".to_string(),
+            };
+            out.push_str(&format!(
+                "  LOAD FAILED {} ({}; {serving}): {}\n",
+                f.plugin, f.reason, f.error
             ));
         }
         out.push_str(&crate::isolate::render_status(&host.workers));

@@ -574,4 +574,82 @@ fn an_idle_worker_killed_in_a_pool_is_replaced_after_the_backoff() {
         .unwrap_or_else(|| panic!("the death is logged:\n{log}"));
     assert!(death.contains("in_call=false"), "{death}");
     assert!(!death.contains("will be redelivered"), "{death}");
+
+#[test]
+fn private_copy_directories_of_host_and_workers_have_unpredictable_names_and_are_removed() {
+    use notify::Watcher as _;
+    let s = Scratch::new();
+    let tmp = s.path("tmp");
+    std::fs::create_dir_all(&tmp).expect("mkdir");
+    let created = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = created.clone();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            if matches!(event.kind, notify::EventKind::Create(_)) {
+                for path in event.paths {
+                    if let Some(name) = path.file_name() {
+                        seen.lock()
+                            .expect("lock")
+                            .push(name.to_string_lossy().to_string());
+                    }
+                }
+            }
+        }
+    })
+    .expect("watcher");
+    watcher
+        .watch(&tmp, notify::RecursiveMode::NonRecursive)
+        .expect("watch");
+    let ledger = s.path("ledger.jsonl");
+    let config = s.config(
+        "",
+        &format!(
+            "[plugins.isolate]\nnames = [\"ledger\"]\n\n[[bindings]]\nevents = [\"Order.*\"]\nplugin = \"ledger\"\n\
+             config = {{ path = \"{}\" }}\n",
+            ledger.display()
+        ),
+    );
+    let host = start_host(
+        &config,
+        s.path("host.log"),
+        &[("TMPDIR", &tmp.display().to_string())],
+    );
+    common::publish(&config, &["Order.Created", "{\"n\":1}"]);
+    s.wait_for("the isolated ledger", LIMIT, || {
+        s.ledger("ledger.jsonl").len() == 1
+    });
+    let workers = worker_pids(&config, "ledger");
+    assert!(!workers.is_empty(), "a worker runs");
+    let host_pid = host.child.id();
+    host.stop();
+    drop(watcher);
+    let names: Vec<String> = created
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|n| n.starts_with("iniesta-plugins-"))
+        .cloned()
+        .collect();
+    // The host's own loads and each worker's load made one.
+    assert!(names.len() >= 2, "{names:?}");
+    for pid in workers.iter().chain(std::iter::once(&host_pid)) {
+        assert!(
+            !names.contains(&format!("iniesta-plugins-{pid}")),
+            "a predictable name (the pid alone): {names:?}"
+        );
+    }
+    for name in &names {
+        let random = name.rsplit('-').next().unwrap_or_default();
+        assert!(
+            random.len() >= 6 && name.matches('-').count() == 3,
+            "iniesta-plugins-PID-RANDOM: {name}"
+        );
+    }
+    let left: Vec<String> = std::fs::read_dir(&tmp)
+        .expect("read tmp")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("iniesta-plugins-"))
+        .collect();
+    assert!(left.is_empty(), "removed after loading: {left:?}");
 }

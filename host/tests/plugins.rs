@@ -122,7 +122,7 @@ fn files_that_are_not_plugins_are_skipped_and_truncated_ones_refused() {
     std::fs::write(dir.join("libgarbage.so"), b"this is not an ELF file").expect("write");
     std::fs::write(dir.join("README.txt"), b"ignored: not a library name").expect("write");
     // A real shared library that is not an iniesta plugin.
-    let real = find_system_library().expect("a system shared library to copy");
+    let real = common::find_system_library().expect("a system shared library to copy");
     std::fs::copy(&real, dir.join("libsystem.so")).expect("copy");
     // Half of a real plugin, as a file still being written looks.
     let echo = std::fs::read(plugin_dir().join("libecho.so")).expect("read");
@@ -211,20 +211,197 @@ fn file_name(p: &Path) -> String {
         .unwrap_or_default()
 }
 
-fn find_system_library() -> Option<PathBuf> {
-    for dir in [
-        "/lib/x86_64-linux-gnu",
-        "/usr/lib/x86_64-linux-gnu",
-        "/lib64",
-        "/usr/lib",
-        "/lib/aarch64-linux-gnu",
-    ] {
-        for name in ["libz.so.1", "libgcc_s.so.1", "libm.so.6"] {
-            let p = Path::new(dir).join(name);
-            if p.exists() {
-                return Some(p);
-            }
-        }
-    }
-    None
+#[test]
+fn a_plugin_built_with_panic_abort_is_refused_in_the_host_and_runs_only_isolated() {
+    let aborting = common::build_aborting_fixture();
+    let s = Scratch::new();
+    let dir = s.path("plugins");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let file = dir.join("libaborting.so");
+    std::fs::copy(&aborting, &file).expect("copy");
+    let out_file = s.path("out.txt");
+    let binding = format!(
+        "[[bindings]]\nevents = [\"Order.*\"]\nplugin = \"aborting\"\nconfig = {{ path = \"{}\" }}\n",
+        out_file.display()
+    );
+    let with_dir = |text: String| {
+        text.replace(
+            &format!("dirs = [\"{}\"]", plugin_dir().display()),
+            &format!("dirs = [\"{}\"]", dir.display()),
+        )
+    };
+    // `plugins check` reports it, with the fix.
+    let config = s.config("", &binding);
+    std::fs::write(
+        &config,
+        with_dir(std::fs::read_to_string(&config).expect("config")),
+    )
+    .expect("config");
+    let out = common::iniesta(&config, &["plugins", "check", &file.display().to_string()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "check must fail: {text}");
+    assert!(
+        text.contains("panic = \"abort\"") && text.contains("panic = \"unwind\""),
+        "names the strategy and the fix: {text}"
+    );
+    // Bound in the host: a config error naming the fix and the alternative.
+    let out = common::iniesta(&config, &["config", "check"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "bound in-process it is refused: {err}"
+    );
+    assert!(
+        err.contains("bindings[0]")
+            && err.contains("panic = \"unwind\"")
+            && err.contains("plugins.isolate"),
+        "{err}"
+    );
+    // Isolated: it runs, and its abort ends only its worker process.
+    let isolated = s.config(
+        "",
+        &format!("[plugins.isolate]\nnames = [\"aborting\"]\nmax_backoff_secs = 1\n\n{binding}"),
+    );
+    std::fs::write(
+        &isolated,
+        with_dir(std::fs::read_to_string(&isolated).expect("config")),
+    )
+    .expect("config");
+    let mut host = common::Host::start(&isolated, s.path("host.log"));
+    common::publish(&isolated, &["Order.Calm", "\"one\""]);
+    s.wait_for(
+        "the first message",
+        std::time::Duration::from_secs(60),
+        || std::fs::read_to_string(&out_file).is_ok_and(|t| t.lines().count() == 1),
+    );
+    common::publish(&isolated, &["Order.Boom", "\"please panic\""]);
+    s.wait_for(
+        "the worker's abort",
+        std::time::Duration::from_secs(60),
+        || host.log_text().contains("SIGABRT"),
+    );
+    common::publish(&isolated, &["Order.Calm", "\"two\""]);
+    s.wait_for(
+        "the message after the abort",
+        std::time::Duration::from_secs(60),
+        || std::fs::read_to_string(&out_file).is_ok_and(|t| t.contains("two")),
+    );
+    assert!(host.is_alive(), "the host survives its plugin's abort");
+    host.stop();
+}
+
+/// `mode` on `path`.
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// A directory `path` with `mode` (created with its parents).
+fn dir_with_mode(path: &Path, mode: u32) -> PathBuf {
+    std::fs::create_dir_all(path).expect("mkdir");
+    chmod(path, mode);
+    path.to_path_buf()
+}
+
+/// The one refusal of scanning `dir`, which must be `Insecure` and name `fault`.
+fn assert_refused_for(dir: &Path, fault: &Path) {
+    let set = PluginSet::scan(&[dir.to_path_buf()]);
+    assert!(
+        set.plugins.is_empty(),
+        "{} must not load: {:?}",
+        dir.display(),
+        set.plugins.keys()
+    );
+    assert_eq!(set.refused.len(), 1, "{:?}", set.refused);
+    let error = &set.refused[0].error;
+    assert!(matches!(error, LoadError::Insecure { .. }), "{error:?}");
+    let text = error.to_string();
+    assert!(
+        text.contains(&fault.display().to_string()),
+        "names {}: {text}",
+        fault.display()
+    );
+}
+
+#[test]
+fn plugin_files_and_directories_are_trusted_only_along_their_real_path() {
+    use std::os::unix::fs::{chown, symlink};
+    const OTHER_UID: u32 = 4242;
+    let s = Scratch::new();
+    let root = s.path("trust");
+    std::fs::create_dir_all(&root).expect("mkdir");
+    let echo = plugin_dir().join("libecho.so");
+
+    // A plugin directory given as a symlink to a directory inside a world-writable one.
+    let open = dir_with_mode(&root.join("open"), 0o777);
+    let real = dir_with_mode(&open.join("plugins"), 0o755);
+    std::fs::copy(&echo, real.join("libecho.so")).expect("copy");
+    let linked = root.join("linked-plugins");
+    symlink(&real, &linked).expect("symlink");
+    assert_refused_for(&linked, &open);
+
+    // A symlinked .so whose real directory is world-writable.
+    let world = dir_with_mode(&root.join("world"), 0o777);
+    std::fs::copy(&echo, world.join("libecho.so")).expect("copy");
+    let safe = dir_with_mode(&root.join("safe"), 0o755);
+    symlink(world.join("libecho.so"), safe.join("libecho.so")).expect("symlink");
+    assert_refused_for(&safe, &world);
+
+    // A group-writable directory up the path (no sticky bit).
+    let group = dir_with_mode(&root.join("group"), 0o775);
+    let below = dir_with_mode(&group.join("plugins"), 0o755);
+    std::fs::copy(&echo, below.join("libecho.so")).expect("copy");
+    assert_refused_for(&below, &group);
+
+    // A directory up the path owned by another user.
+    let theirs = dir_with_mode(&root.join("theirs"), 0o755);
+    let inside = dir_with_mode(&theirs.join("plugins"), 0o755);
+    std::fs::copy(&echo, inside.join("libecho.so")).expect("copy");
+    chown(&theirs, Some(OTHER_UID), Some(OTHER_UID)).expect("chown (the tests run as root)");
+    assert_refused_for(&inside, &theirs);
+
+    // The file itself owned by another user.
+    let mine = dir_with_mode(&root.join("mine"), 0o755);
+    let file = mine.join("libecho.so");
+    std::fs::copy(&echo, &file).expect("copy");
+    chown(&file, Some(OTHER_UID), Some(OTHER_UID)).expect("chown");
+    assert_refused_for(&mine, &file);
+
+    // The plugin directory itself writable by others, even with the sticky bit: anyone could
+    // add a plugin to it.
+    let shared = dir_with_mode(&root.join("shared"), 0o1777);
+    std::fs::copy(&echo, shared.join("libecho.so")).expect("copy");
+    assert_refused_for(&shared, &shared);
+
+    // A root-owned sticky world-writable directory up the path (like /tmp) is fine.
+    let sticky = dir_with_mode(&root.join("sticky"), 0o1777);
+    let fine = dir_with_mode(&sticky.join("plugins"), 0o755);
+    std::fs::copy(&echo, fine.join("libecho.so")).expect("copy");
+    let set = PluginSet::scan(&[fine]);
+    assert!(set.refused.is_empty(), "{:?}", set.refused);
+    assert!(set.plugins.contains_key("echo"));
+}
+
+#[test]
+fn a_private_copy_directory_someone_else_made_first_is_never_used() {
+    use std::os::unix::fs::{chown, MetadataExt};
+    // The name the host used to pick, planted first by another user with mode 0777.
+    let planted = std::env::temp_dir().join(format!("iniesta-plugins-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&planted);
+    dir_with_mode(&planted, 0o777);
+    chown(&planted, Some(4242), Some(4242)).expect("chown (the tests run as root)");
+    let before = std::fs::metadata(&planted).expect("stat");
+    let s = Scratch::new();
+    let dir = s.path("plugins");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::copy(plugin_dir().join("libecho.so"), dir.join("libecho.so")).expect("copy");
+    let set = PluginSet::scan(std::slice::from_ref(&dir));
+    assert!(set.plugins.contains_key("echo"), "{:?}", set.refused);
+    let after = std::fs::metadata(&planted).expect("stat");
+    let _ = std::fs::remove_dir_all(&planted);
+    assert_eq!(
+        (after.mtime(), after.mtime_nsec()),
+        (before.mtime(), before.mtime_nsec()),
+        "nothing was written into the planted directory"
+    );
 }

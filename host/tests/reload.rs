@@ -328,3 +328,251 @@ fn sighup_reloads_when_watching_is_off() {
     assert_eq!(seen.len(), 1);
     host.stop();
 }
+
+/// This host's state file (what `iniesta plugins` reads), as JSON.
+fn host_state(s: &Scratch, host: &Host) -> serde_json::Value {
+    let path = s.path(&format!(".iniesta/hosts/host-{}.json", host.child.id()));
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// The generation of `plugin` the host serves, per its state file.
+fn serving(state: &serde_json::Value, plugin: &str) -> Option<u64> {
+    state["plugins"]
+        .as_array()?
+        .iter()
+        .find(|p| p["name"] == plugin)
+        .and_then(|p| p["generation"].as_u64())
+}
+
+/// The reasons of the load failures the host reports now for `plugin`.
+fn failure_reasons(state: &serde_json::Value, plugin: &str) -> Vec<String> {
+    state["load_failures"]
+        .as_array()
+        .map(|all| {
+            all.iter()
+                .filter(|f| f["plugin"] == plugin)
+                .filter_map(|f| f["reason"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `iniesta_plugin_load_failures_total{plugin="ledger",reason}` on the host's /metrics.
+fn load_failures(port: u16, reason: &str) -> u64 {
+    let series =
+        format!("iniesta_plugin_load_failures_total{{plugin=\"ledger\",reason=\"{reason}\"}} ");
+    common::http_get(port, "/metrics")
+        .map(|(_, body)| body)
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(&series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0)
+}
+
+/// Deterministic bytes that are not an ELF file.
+fn noise(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn any_bad_file_over_a_plugin_keeps_its_generation_serving_under_load() {
+    let s = Scratch::new();
+    let dir = plugins_dir(&s);
+    deploy(&dir, "libledger.so", &ledger_with_mark(1));
+    std::fs::copy(plugin_dir().join("libecho.so"), dir.join("libecho.so")).expect("echo");
+    let port = common::aws::free_port();
+    let bindings = format!(
+        "[metrics]\nlisten = \"127.0.0.1:{port}\"\n[console]\nenabled = true\n\n{}\
+         [[bindings]]\ndefault = true\nplugin = \"echo\"\nconfig = {{ prefix = \"fallback\" }}\n",
+        ledger_binding(&s, "l", r#"["Order.*"]"#)
+    );
+    let config = s.write("iniesta.toml", &config_text(&s, &dir, "", &bindings));
+    let host = Host::start(&config, s.path("host.log"));
+    let first = serving(&host_state(&s, &host), "ledger").expect("ledger serves");
+    let load = Load::start(&config);
+    let half = {
+        let full = ledger_with_mark(9);
+        full[..full.len() / 2].to_vec()
+    };
+    let bad: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("random bytes", noise(64 * 1024), "not_a_plugin"),
+        ("an empty file", Vec::new(), "not_a_plugin"),
+        (
+            "a shared library that is not a plugin",
+            std::fs::read(common::find_system_library().expect("a system library")).expect("read"),
+            "not_a_plugin",
+        ),
+        ("a truncated plugin", half, "incomplete"),
+        (
+            "a plugin built against another plugin-api",
+            std::fs::read(common::build_incompatible_fixture()).expect("fixture"),
+            "incompatible_version",
+        ),
+    ];
+    let mut counted = std::collections::BTreeMap::<&str, u64>::new();
+    for (i, (what, bytes, reason)) in bad.iter().enumerate() {
+        let handled_before = s.ledger("ledger.jsonl").len();
+        deploy(&dir, "libledger.so", bytes);
+        let expected = *counted.entry(reason).and_modify(|n| *n += 1).or_insert(1);
+        s.wait_for(&format!("the host to refuse {what}"), LIMIT, || {
+            let state = host_state(&s, &host);
+            serving(&state, "ledger").is_none()
+                || (failure_reasons(&state, "ledger") == vec![reason.to_string()]
+                    && load_failures(port, reason) == expected)
+        });
+        assert_eq!(
+            serving(&host_state(&s, &host), "ledger"),
+            Some(first),
+            "after {what}, the previous generation stays bound"
+        );
+        if i == 0 {
+            // Another change in the directory rescans it: the same bad file is neither
+            // retried, nor logged, nor counted again.
+            std::fs::copy(plugin_dir().join("libflaky.so"), dir.join("libflaky.so"))
+                .expect("flaky");
+            s.wait_for("the rescan", LIMIT, || {
+                serving(&host_state(&s, &host), "flaky").is_some()
+            });
+            assert_eq!(load_failures(port, reason), 1, "not counted again");
+            let console = common::http_get(port, "/api/state").expect("console answers");
+            let state: serde_json::Value = serde_json::from_str(&console.1).expect("JSON");
+            let shown: Vec<&serde_json::Value> = state["load_failures"]
+                .as_array()
+                .map(|a| a.iter().collect())
+                .unwrap_or_default();
+            assert_eq!(shown.len(), 1, "the console shows it: {}", console.1);
+            assert_eq!(shown[0]["reason"], "not_a_plugin");
+            assert_eq!(shown[0]["serving_generation"], first);
+            let out = common::iniesta(&config, &["plugins"]);
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                text.contains("LOAD FAILED ledger") && text.contains("keeps serving"),
+                "`iniesta plugins` shows it: {text}"
+            );
+        }
+        // Messages keep flowing while the bad file sits there.
+        s.wait_for(
+            &format!("messages handled with {what} in place"),
+            LIMIT,
+            || {
+                s.ledger("ledger.jsonl").len() >= handled_before + 5
+                    || host.log_text().contains("fallback: Order.Load")
+            },
+        );
+    }
+    deploy(&dir, "libledger.so", &ledger_with_mark(2));
+    s.wait_for("the good file to serve", LIMIT, || {
+        s.ledger("ledger.jsonl")
+            .iter()
+            .any(|l| l["mark"] == "00000002")
+            || host.log_text().contains("fallback: Order.Load")
+    });
+    let sent = load.stop();
+    s.wait_for("every message handled", LIMIT, || {
+        s.ledger("ledger.jsonl").len() as u64
+            + host.log_text().matches("fallback: Order.Load").count() as u64
+            >= sent
+    });
+    let metrics = common::http_get(port, "/metrics").expect("metrics").1;
+    let state = host_state(&s, &host);
+    let log = host.stop();
+    assert_eq!(
+        log.matches("fallback: Order.Load").count(),
+        0,
+        "no message changed route"
+    );
+    assert!(
+        !log.contains("plugin removed"),
+        "the plugin was never unbound"
+    );
+    let lines = s.ledger("ledger.jsonl");
+    let per_seq = handled_per_seq(&lines);
+    assert_eq!(per_seq.len() as u64, sent, "no message lost");
+    assert!(per_seq.values().all(|n| *n == 1), "none handled twice");
+    assert_eq!(
+        marks_in_order(&lines),
+        vec![1, 2],
+        "generation 1 served until 2"
+    );
+    assert!(
+        failure_reasons(&state, "ledger").is_empty(),
+        "a good file clears it"
+    );
+    for (reason, count) in [
+        ("not_a_plugin", 3),
+        ("incomplete", 1),
+        ("incompatible_version", 1),
+    ] {
+        let series = format!(
+            "iniesta_plugin_load_failures_total{{plugin=\"ledger\",reason=\"{reason}\"}} {count}\n"
+        );
+        assert!(
+            metrics.contains(&series),
+            "counted once each: {series} in\n{metrics}"
+        );
+    }
+    println!(
+        "{} bad files swapped in under load: {sent} messages, 0 lost, 0 rerouted",
+        bad.len()
+    );
+}
+
+#[test]
+fn an_abort_build_over_an_in_process_plugin_keeps_the_previous_generation_serving() {
+    let unwinding = common::build_aborting_fixture_unwinding();
+    let aborting = common::build_aborting_fixture();
+    let s = Scratch::new();
+    let dir = plugins_dir(&s);
+    deploy(
+        &dir,
+        "libaborting.so",
+        &std::fs::read(&unwinding).expect("read"),
+    );
+    let out = s.path("out.txt");
+    let binding = format!(
+        "[[bindings]]\nevents = [\"Order.*\"]\nplugin = \"aborting\"\nconfig = {{ path = \"{}\" }}\n",
+        out.display()
+    );
+    let config = s.write("iniesta.toml", &config_text(&s, &dir, "", &binding));
+    let mut host = Host::start(&config, s.path("host.log"));
+    let lines = || {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    common::publish(&config, &["Order.One", "\"one\""]);
+    s.wait_for("the first message", LIMIT, || lines().len() == 1);
+    // The same plugin, built with panic = "abort", is deployed over it: refused in the host.
+    deploy(
+        &dir,
+        "libaborting.so",
+        &std::fs::read(&aborting).expect("read"),
+    );
+    s.wait_for("the refusal", LIMIT, || {
+        host.log_text().contains("was built with panic = \"abort\"")
+    });
+    // The unwinding generation still serves: a panic is caught, the host lives on.
+    common::publish(&config, &["Order.Boom", "\"please panic\""]);
+    s.wait_for("the caught panic", LIMIT, || {
+        host.log_text().contains("aborting was asked to panic")
+    });
+    common::publish(&config, &["Order.Two", "\"two\""]);
+    s.wait_for("the message after the panic", LIMIT, || {
+        lines().contains(&"\"two\"".to_string())
+    });
+    assert!(host.is_alive(), "the host survives");
+    host.stop();
+}

@@ -12,7 +12,7 @@ use crate::ffi::{
 use crate::ingress::{Ingress, IngressSink};
 use crate::{Config, Context, Handler, Message, Outcome};
 
-pub use crate::ffi::{PluginMod, PluginModRef};
+pub use crate::ffi::{PanicStrategy, PluginMod, PluginModRef};
 pub use abi_stable::library::{
     __call_root_module_loader, LibHeader, RootModule, RootModuleResult, ROOT_MODULE_LOADER_NAME,
 };
@@ -32,6 +32,16 @@ pub const fn lib_header(loader: extern "C" fn() -> RootModuleResult) -> LibHeade
             loader,
             abi_stable::library::CheckTypeLayout::Yes,
         )
+    }
+}
+
+/// The panic strategy for `export_plugin!`, from `cfg!(panic = "unwind")` as the macro
+/// expands it: in the plugin's crate, so it is the plugin's own profile setting.
+pub const fn panic_strategy(unwinds: bool) -> PanicStrategy {
+    if unwinds {
+        PanicStrategy::Unwind
+    } else {
+        PanicStrategy::Abort
     }
 }
 

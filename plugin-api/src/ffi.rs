@@ -179,6 +179,20 @@ pub trait IngressFfi: Send + Sync {
 /// An owned ingress trait object.
 pub type IngressBox = IngressFfi_TO<'static, RBox<()>>;
 
+/// How a plugin's panics behave: what its build's `panic` profile setting was.
+///
+/// `export_plugin!` records it from the plugin's own compilation. A plugin built with
+/// `panic = "abort"` ends the whole process on its first panic (the export wrapper cannot
+/// catch it), so the host runs such a plugin only in an isolated worker process.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PanicStrategy {
+    /// `panic = "unwind"` (Rust's default): panics are caught at the boundary.
+    Unwind,
+    /// `panic = "abort"`: a panic aborts the process the plugin runs in.
+    Abort,
+}
+
 /// The root module every iniesta plugin exports.
 #[repr(C)]
 #[derive(StableAbi)]
@@ -204,12 +218,14 @@ pub struct PluginMod {
     /// The names of the ingresses (consumers) this plugin can start.
     pub ingresses: RSlice<'static, RStr<'static>>,
     /// Start ingress `name` with its config (JSON text), submitting what it receives to `sink`.
-    #[sabi(last_prefix_field)]
     pub start_ingress: extern "C" fn(
         name: RStr<'_>,
         config: RStr<'_>,
         sink: IngressSinkBox,
     ) -> RResult<IngressBox, RString>,
+    /// The panic strategy the plugin was compiled with (added in 0.3.0).
+    #[sabi(last_prefix_field)]
+    pub panic: PanicStrategy,
 }
 
 impl RootModule for PluginModRef {

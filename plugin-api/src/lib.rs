@@ -148,7 +148,10 @@ pub trait Handler: Send + Sync + 'static {
 /// ```
 ///
 /// Use it once per crate; every section but `name` is optional. The plugin's version is the
-/// crate's `CARGO_PKG_VERSION`.
+/// crate's `CARGO_PKG_VERSION`. The macro also records the panic strategy the plugin is
+/// compiled with: the host refuses to run a `panic = "abort"` build inside its own process
+/// (its first panic would end the host); such a plugin runs only isolated
+/// (`[plugins.isolate]`).
 #[macro_export]
 macro_rules! export_plugin {
     (
@@ -194,6 +197,8 @@ macro_rules! export_plugin {
                 new_egress: __iniesta_new_egress,
                 ingresses: $crate::export::RSlice::from_slice(__INIESTA_INGRESS_NAMES),
                 start_ingress: __iniesta_start_ingress,
+                // Expanded in the plugin's crate: the plugin's own `panic` profile setting.
+                panic: $crate::export::panic_strategy(cfg!(panic = "unwind")),
             }
             .leak_into_prefix()
         }

@@ -253,15 +253,14 @@ fn private_dir() -> Result<PathBuf, String> {
     if let Some(dir) = dir.as_ref() {
         return Ok(dir.path().to_path_buf());
     }
-    let made = tempfile::Builder::new()
-        .prefix(&format!("iniesta-isolated-{}-", std::process::id()))
-        .tempdir()
-        .map_err(|e| {
-            format!(
-                "cannot create a private directory in {}: {e}",
-                std::env::temp_dir().display()
-            )
-        })?;
+    let made =
+        crate::plugins::load::private_tempdir(&format!("iniesta-isolated-{}-", std::process::id()))
+            .map_err(|e| {
+                format!(
+                    "cannot create a private directory in {}: {e}",
+                    std::env::temp_dir().display()
+                )
+            })?;
     let path = made.path().to_path_buf();
     *dir = Some(made);
     Ok(path)

@@ -42,12 +42,7 @@ pub fn main(file: &Path) -> ExitCode {
     };
     let writer: Writer = Arc::new(Mutex::new(FrameWriter::new(out)));
     let origin = file.parent().unwrap_or(Path::new("."));
-    let loaded = crate::plugins::load::load_file(file, origin);
-    // The private copy is gone once loaded; so is its directory, which is this process's own.
-    let _ = std::fs::remove_dir(
-        std::env::temp_dir().join(format!("iniesta-plugins-{}", std::process::id())),
-    );
-    let plugin = match loaded {
+    let plugin = match crate::plugins::load::load_file(file, origin) {
         Ok(plugin) => plugin,
         Err(e) => {
             let _ = send(
@@ -100,7 +95,8 @@ pub fn main(file: &Path) -> ExitCode {
                 handler,
                 config,
             } => {
-                let result = plugin.new_handler(&handler, &config).map(|h| {
+                // Isolated: a plugin built with panic = "abort" may run here.
+                let result = plugin.new_handler_in_worker(&handler, &config).map(|h| {
                     write(&handlers).insert(id, Arc::new(h));
                 });
                 if send(&writer, &FromWorker::Constructed { id, result }).is_err() {

@@ -507,6 +507,8 @@ impl Console {
             "series": samples,
             "failures": self.failures.snapshot(),
             "retained_mb": host.as_ref().map(|h| h.retained_bytes as f64 / 1e6).unwrap_or(0.0),
+            // Plugin files refused now, each with the generation that keeps serving.
+            "load_failures": host.as_ref().map(|h| h.load_failures.clone()).unwrap_or_default(),
         })
     }
 

@@ -59,6 +59,10 @@ pub const DELETE_STALLED: &str = "iniesta_delete_stalled";
 pub const PLUGIN_RELOADS: &str = "iniesta_plugin_reloads_total";
 /// Plugin files refused at load (bad ABI, missing symbol, incomplete file...).
 pub const PLUGIN_REFUSALS: &str = "iniesta_plugin_refusals_total";
+/// Plugin files that failed to load, each counted once: labels `plugin` (the plugin whose
+/// file it replaced, else the file name) and `reason` = `not_a_plugin`, `incomplete`,
+/// `incompatible_version`, `incompatible_layout`, `insecure`, `broken`.
+pub const PLUGIN_LOAD_FAILURES: &str = "iniesta_plugin_load_failures_total";
 /// Config changes refused by hot reload.
 pub const CONFIG_REFUSALS: &str = "iniesta_config_refusals_total";
 /// Failure records for `[errors] webhook_url`: label `result` = `sent`, `failed`, `dropped`.
@@ -178,6 +182,10 @@ fn describe() {
     );
     describe_counter!(PLUGIN_RELOADS, "Plugin generations swapped in, by plugin");
     describe_counter!(PLUGIN_REFUSALS, "Plugin files refused at load");
+    describe_counter!(
+        PLUGIN_LOAD_FAILURES,
+        "Plugin files that failed to load, by plugin and reason (each file once)"
+    );
     describe_counter!(CONFIG_REFUSALS, "Config changes refused by hot reload");
     describe_counter!(
         WORKER_CRASHES,

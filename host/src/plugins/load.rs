@@ -2,9 +2,11 @@
 //!
 //! Facts this code is built on (see DESIGN.md): abi_stable caches one module per root-module
 //! type, so each plugin is loaded through its own library header; the same path cannot be
-//! loaded twice, so every load goes through a private copy (pid + generation); libraries are
-//! never unloaded; and a half-written `.so` kills the process with SIGBUS, so the ELF file is
-//! checked for completeness before `dlopen`.
+//! loaded twice, so every load goes through a private copy (in a fresh directory of its own,
+//! with an unpredictable name and mode 0700); libraries are never unloaded; and a half-written
+//! `.so` kills the process with SIGBUS, so the ELF file is checked for completeness before
+//! `dlopen`. Before any of that, the file and every directory up its real path must be
+//! writable only by this host's user or root ([`check_trusted`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,7 +14,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use abi_stable::library::{lib_header_from_path, LibraryError};
 use abi_stable::std_types::RStr;
 use iniesta_plugin_api::export::EXPORT_NAME;
-use iniesta_plugin_api::ffi::{EgressBox, HandlerBox, IngressBox, IngressSinkBox, PluginModRef};
+use iniesta_plugin_api::ffi::{
+    EgressBox, HandlerBox, IngressBox, IngressSinkBox, PanicStrategy, PluginModRef,
+};
 
 /// The plugin-api version this host was built with.
 pub const HOST_API_VERSION: &str = iniesta_plugin_api::ABI_VERSION;
@@ -82,6 +86,8 @@ pub struct LoadedPlugin {
     pub loaded_at: std::time::SystemTime,
     /// How long loading and checking took.
     pub load_time: std::time::Duration,
+    /// The panic strategy it was compiled with: `Abort` runs only in an isolated worker.
+    pub panic: PanicStrategy,
     module: PluginModRef,
 }
 
@@ -97,8 +103,35 @@ impl std::fmt::Debug for LoadedPlugin {
 }
 
 impl LoadedPlugin {
-    /// Construct handler `handler` with the binding's config (JSON text).
+    /// Why this plugin may not run inside the host process, if it may not: it was built with
+    /// `panic = "abort"`, so its first panic would end the host. The text names both fixes.
+    pub fn in_process_refusal(&self) -> Option<String> {
+        (self.panic == PanicStrategy::Abort).then(|| {
+            format!(
+                "plugin `{}` ({}) was built with panic = \"abort\": its first panic would end the host process, so it cannot run in the host; rebuild it with panic = \"unwind\" (the default: remove `panic = \"abort\"` from its Cargo.toml profiles), or run it isolated by adding \"{}\" to plugins.isolate.names",
+                self.name,
+                self.file.display(),
+                self.name
+            )
+        })
+    }
+
+    /// Construct handler `handler` with the binding's config (JSON text), to run in this
+    /// process; refused for a plugin built with `panic = "abort"` ([`Self::in_process_refusal`]).
     pub fn new_handler(&self, handler: &str, config_json: &str) -> Result<HandlerBox, String> {
+        if let Some(why) = self.in_process_refusal() {
+            return Err(why);
+        }
+        self.new_handler_in_worker(handler, config_json)
+    }
+
+    /// Construct handler `handler` in an isolated worker process, where a plugin built with
+    /// `panic = "abort"` may run: its abort ends only the worker.
+    pub fn new_handler_in_worker(
+        &self,
+        handler: &str,
+        config_json: &str,
+    ) -> Result<HandlerBox, String> {
         let construct = self.module.new_handler();
         construct(RStr::from_str(handler), RStr::from_str(config_json))
             .into_result()
@@ -107,6 +140,9 @@ impl LoadedPlugin {
 
     /// Construct egress `egress` with its config (JSON text; may hold secrets: never log it).
     pub fn new_egress(&self, egress: &str, config_json: &str) -> Result<EgressBox, String> {
+        if let Some(why) = self.in_process_refusal() {
+            return Err(why);
+        }
         let construct = self.module.new_egress();
         construct(RStr::from_str(egress), RStr::from_str(config_json))
             .into_result()
@@ -120,6 +156,9 @@ impl LoadedPlugin {
         config_json: &str,
         sink: IngressSinkBox,
     ) -> Result<IngressBox, String> {
+        if let Some(why) = self.in_process_refusal() {
+            return Err(why);
+        }
         let start = self.module.start_ingress();
         start(RStr::from_str(ingress), RStr::from_str(config_json), sink)
             .into_result()
@@ -128,7 +167,7 @@ impl LoadedPlugin {
 }
 
 /// Why a file was not loaded as a plugin.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum LoadError {
     /// Not an iniesta plugin at all (no root module); skipped quietly.
     #[error("{}: not an iniesta plugin ({reason})", file.display())]
@@ -166,13 +205,14 @@ pub enum LoadError {
         /// abi_stable's explanation (shortened).
         detail: String,
     },
-    /// The file or its directory is writable by other users: anyone could swap in code.
-    #[error("{}: refused: {what} is writable by other users, so anyone could replace the code this host runs; remove the write bit (chmod o-w)", file.display())]
+    /// The file, or a directory up its real path, is writable by (or belongs to) another user:
+    /// they could swap in code.
+    #[error("{}: refused: {problem}; another user could replace the code this host runs", file.display())]
     Insecure {
-        /// The file.
+        /// The file (as found in the plugin directory).
         file: PathBuf,
-        /// The file or directory at fault.
-        what: String,
+        /// The file or directory at fault, what is wrong with it, and the fix.
+        problem: String,
     },
     /// Anything else: unreadable file, missing shared-library dependency, failing root module.
     #[error("{}: cannot load: {reason}", file.display())]
@@ -188,6 +228,19 @@ impl LoadError {
     /// Whether this is a quiet skip rather than a refusal worth an error line.
     pub fn is_not_a_plugin(&self) -> bool {
         matches!(self, LoadError::NotAPlugin { .. })
+    }
+
+    /// A short code for metrics and state files: `not_a_plugin`, `incomplete`,
+    /// `incompatible_version`, `incompatible_layout`, `insecure` or `broken`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            LoadError::NotAPlugin { .. } => "not_a_plugin",
+            LoadError::Incomplete { .. } => "incomplete",
+            LoadError::IncompatibleVersion { .. } => "incompatible_version",
+            LoadError::IncompatibleLayout { .. } => "incompatible_layout",
+            LoadError::Insecure { .. } => "insecure",
+            LoadError::Broken { .. } => "broken",
+        }
     }
 }
 
@@ -249,31 +302,52 @@ pub fn inspect_elf(file: &Path, bytes: &[u8]) -> Result<(), LoadError> {
     Ok(())
 }
 
+/// A fresh private directory under `$TMPDIR` named `{prefix}` + random characters, mode 0700.
+/// An existing directory is never reused (another user may have made it); removed on drop.
+pub fn private_tempdir(prefix: &str) -> std::io::Result<tempfile::TempDir> {
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(prefix);
+    // tempfile makes directories with the default mode (0777 less the umask): ask for 0700.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o700));
+    }
+    builder.tempdir()
+}
+
 /// Load a plugin file found in `origin_dir`.
 ///
-/// The file is read once, checked, copied to a private per-generation path, loaded from the
-/// copy, and the copy removed (the mapping stays). The original can then be replaced freely.
+/// The file is read once, checked, copied into a fresh private directory, loaded from the
+/// copy, and the directory removed (the mapping stays). The original can then be replaced
+/// freely.
 pub fn load_file(file: &Path, origin_dir: &Path) -> Result<LoadedPlugin, LoadError> {
     let started = std::time::Instant::now();
     let broken = |reason: String| LoadError::Broken {
         file: file.to_path_buf(),
         reason,
     };
-    check_not_world_writable(file)?;
+    check_trusted(file)?;
     let fingerprint = Fingerprint::of(file);
     let bytes = std::fs::read(file).map_err(|e| broken(format!("cannot read: {e}")))?;
     if cfg!(target_os = "linux") {
         inspect_elf(file, &bytes)?;
     }
     let generation = GENERATION.fetch_add(1, Ordering::Relaxed) + 1;
-    let private_dir = std::env::temp_dir().join(format!("iniesta-plugins-{}", std::process::id()));
-    std::fs::create_dir_all(&private_dir)
-        .map_err(|e| broken(format!("cannot create {}: {e}", private_dir.display())))?;
+    let private_dir = private_tempdir(&format!("iniesta-plugins-{}-", std::process::id()))
+        .map_err(|e| {
+            broken(format!(
+                "cannot create a private directory in {}: {e}",
+                std::env::temp_dir().display()
+            ))
+        })?;
     let file_name = file
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_else(|| "plugin.so".into());
-    let private = private_dir.join(format!("g{generation}-{file_name}"));
+    let private = private_dir
+        .path()
+        .join(format!("g{generation}-{file_name}"));
     std::fs::write(&private, &bytes)
         .map_err(|e| broken(format!("cannot copy to {}: {e}", private.display())))?;
     let loaded = lib_header_from_path(&private).and_then(|header| {
@@ -293,7 +367,9 @@ pub fn load_file(file: &Path, origin_dir: &Path) -> Result<LoadedPlugin, LoadErr
         header.init_root_module::<PluginModRef>()
     });
     // The library stays mapped after its file is gone; never leave copies behind.
-    let _ = std::fs::remove_file(&private);
+    if let Err(e) = private_dir.close() {
+        tracing::debug!(error = %e, "cannot remove a private plugin copy");
+    }
     let module = loaded.map_err(|e| classify(file, e))?;
     let handlers = module
         .handlers()
@@ -317,35 +393,87 @@ pub fn load_file(file: &Path, origin_dir: &Path) -> Result<LoadedPlugin, LoadErr
         file_size: bytes.len() as u64,
         loaded_at: std::time::SystemTime::now(),
         load_time: started.elapsed(),
+        panic: module.panic(),
         module,
     })
 }
 
-/// Refuse a plugin file (or its directory) that users other than its owner can write.
-pub fn check_not_world_writable(file: &Path) -> Result<(), LoadError> {
+/// Refuse a plugin file unless only this host's user or root can change it, as OpenSSH's
+/// `StrictModes` does: links are resolved, then the file and every directory up its real path
+/// (and up the real path of the directory it was found in) must be owned by this host's user
+/// or root. The file and its own directory must not be writable by group or others (a sticky
+/// bit does not help there: anyone could add a plugin); a directory further up may be only if
+/// it has the sticky bit (like `/tmp`).
+pub fn check_trusted(file: &Path) -> Result<(), LoadError> {
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
-        let writable = |p: &Path| {
-            std::fs::metadata(p)
-                .map(|m| m.permissions().mode() & 0o002 != 0)
-                .unwrap_or(false)
+        let insecure = |problem: String| LoadError::Insecure {
+            file: file.to_path_buf(),
+            problem,
         };
-        if writable(file) {
-            return Err(LoadError::Insecure {
-                file: file.to_path_buf(),
-                what: "the file".into(),
-            });
-        }
-        if let Some(dir) = file.parent() {
-            // A sticky world-writable directory (like /tmp) still lets anyone add files.
-            if writable(dir) {
-                return Err(LoadError::Insecure {
-                    file: file.to_path_buf(),
-                    what: format!("its directory {}", dir.display()),
-                });
+        let real = std::fs::canonicalize(file).map_err(|e| LoadError::Broken {
+            file: file.to_path_buf(),
+            reason: format!("cannot resolve its path: {e}"),
+        })?;
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        trusted_entry(&real, Place::File, euid).map_err(insecure)?;
+        let mut dirs: Vec<PathBuf> = real.parent().map(Path::to_path_buf).into_iter().collect();
+        if let Some(found_in) = file.parent().and_then(|d| std::fs::canonicalize(d).ok()) {
+            if !dirs.contains(&found_in) {
+                dirs.push(found_in);
             }
         }
+        for dir in dirs {
+            trusted_entry(&dir, Place::PluginDir, euid).map_err(insecure)?;
+            for above in dir.ancestors().skip(1) {
+                trusted_entry(above, Place::Above, euid).map_err(insecure)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Place {
+    File,
+    PluginDir,
+    Above,
+}
+
+/// Check one resolved path; the problem and its fix if it is not safe.
+#[cfg(unix)]
+fn trusted_entry(path: &Path, place: Place, euid: u32) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("cannot check {}: {e}", path.display()))?;
+    let what = match place {
+        Place::File => format!("the file {}", path.display()),
+        Place::PluginDir => format!("its directory {}", path.display()),
+        Place::Above => format!("{}, a directory above it,", path.display()),
+    };
+    let uid = meta.uid();
+    if uid != euid && uid != 0 {
+        return Err(format!(
+            "{what} is owned by uid {uid}, neither this host's user (uid {euid}) nor root; chown it to one of them"
+        ));
+    }
+    let mode = meta.mode() & 0o7777;
+    let writable = mode & 0o022 != 0;
+    let sticky = mode & 0o1000 != 0;
+    if writable && (place != Place::Above || !sticky) {
+        let why = match place {
+            Place::File => String::new(),
+            Place::PluginDir => {
+                ", so anyone in it could add a plugin (a sticky bit does not prevent that)".into()
+            }
+            Place::Above => " without the sticky bit".into(),
+        };
+        return Err(format!(
+            "{what} is writable by its group or other users (mode {mode:04o}){why}; chmod go-w {}",
+            path.display()
+        ));
     }
     Ok(())
 }
@@ -399,4 +527,31 @@ fn shorten(text: &str) -> String {
         out.push('…');
     }
     out
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    #[test]
+    fn private_dirs_are_fresh_unpredictable_and_0700() {
+        let prefix = format!("iniesta-plugins-{}-", std::process::id());
+        let a = super::private_tempdir(&prefix).expect("a private dir");
+        let b = super::private_tempdir(&prefix).expect("another");
+        assert_ne!(a.path(), b.path(), "a fresh directory each time");
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        for dir in [&a, &b] {
+            let meta = std::fs::metadata(dir.path()).expect("stat");
+            assert_eq!(meta.permissions().mode() & 0o7777, 0o700, "{dir:?}");
+            assert_eq!(meta.uid(), euid);
+            let name = dir
+                .path()
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
+            let random = name.strip_prefix(&prefix).unwrap_or_default();
+            assert!(random.len() >= 6, "a random part after the pid: {name}");
+        }
+    }
 }

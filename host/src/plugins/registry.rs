@@ -8,12 +8,34 @@ use std::sync::Arc;
 use super::load::{is_library_name, load_file, Fingerprint, LoadError, LoadedPlugin};
 
 /// A plugin file that was refused, with the reason.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Refusal {
     /// The file.
     pub file: PathBuf,
     /// Why (names the file, both versions and the fix where relevant).
     pub error: LoadError,
+    /// The refused file's identity: the same file is not tried (or reported) again.
+    pub fingerprint: Option<Fingerprint>,
+    /// The generation the file replaced, which keeps serving; `None` if nothing was loaded
+    /// from this file before.
+    pub serving: Option<Arc<LoadedPlugin>>,
+    /// Whether this scan refused it for the first time (so it is logged and counted); `false`
+    /// when carried over from the previous scan unchanged.
+    pub new: bool,
+}
+
+impl Refusal {
+    /// The plugin name for labels: the plugin whose file this replaced, else the file name.
+    pub fn plugin_label(&self) -> String {
+        match &self.serving {
+            Some(old) => old.name.clone(),
+            None => self
+                .file
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_else(|| self.file.display().to_string()),
+        }
+    }
 }
 
 /// Every plugin from every directory, merged.
@@ -38,8 +60,10 @@ impl PluginSet {
     }
 
     /// Scan again: files unchanged since this set loaded them keep their generation; changed
-    /// and new files are loaded as new generations; a changed file that is refused (broken,
-    /// incompatible, still being written) keeps serving its previous generation.
+    /// and new files are loaded as new generations; a changed file that fails to load, for
+    /// any reason (not a plugin at all, broken, incompatible, still being written, insecure),
+    /// keeps its previous generation serving. A refused file that has not changed since is not
+    /// tried again: its refusal carries over, neither logged nor counted again.
     pub fn rescan(&self, dirs: &[PathBuf]) -> PluginSet {
         let mut set = PluginSet::default();
         for dir in dirs {
@@ -63,13 +87,30 @@ impl PluginSet {
         files.sort();
         for file in files {
             let old = previous.files.get(&file).filter(|p| p.origin_dir == dir);
-            match old {
-                Some(old)
-                    if old.fingerprint.is_some() && old.fingerprint == Fingerprint::of(&file) =>
-                {
+            let now = Fingerprint::of(&file);
+            let refused_before = previous
+                .refused
+                .iter()
+                .find(|r| r.file == file && r.fingerprint.is_some() && r.fingerprint == now);
+            match (old, refused_before) {
+                // Trust is about the directories too, which can change without the file
+                // changing: check again (cheap: nothing is read or mapped before it).
+                (_, Some(before)) if !matches!(before.error, LoadError::Insecure { .. }) => {
+                    if let Some(serving) = &before.serving {
+                        self.insert(serving.clone());
+                    }
+                    self.refused.push(Refusal {
+                        new: false,
+                        ..before.clone()
+                    });
+                }
+                (Some(old), None) if old.fingerprint.is_some() && old.fingerprint == now => {
                     self.insert(old.clone());
                 }
-                _ => self.add_file(&file, dir, old.cloned()),
+                (old, before) => {
+                    let fallback = before.and_then(|b| b.serving.clone()).or(old.cloned());
+                    self.load(&file, dir, fallback, before);
+                }
             }
         }
     }
@@ -93,6 +134,17 @@ impl PluginSet {
         origin_dir: &Path,
         fallback: Option<Arc<LoadedPlugin>>,
     ) {
+        self.load(file, origin_dir, fallback, None);
+    }
+
+    fn load(
+        &mut self,
+        file: &Path,
+        origin_dir: &Path,
+        fallback: Option<Arc<LoadedPlugin>>,
+        before: Option<&Refusal>,
+    ) {
+        let fingerprint = Fingerprint::of(file);
         match load_file(file, origin_dir) {
             Ok(plugin) => {
                 tracing::info!(
@@ -102,28 +154,26 @@ impl PluginSet {
                 );
                 self.insert(Arc::new(plugin));
             }
-            Err(error) if error.is_not_a_plugin() => {
+            // A file that is no plugin at all is skipped quietly, unless it replaced one.
+            Err(error) if error.is_not_a_plugin() && fallback.is_none() => {
                 tracing::debug!(file = %file.display(), reason = %error, "skipping: not an iniesta plugin");
                 self.skipped.push((file.to_path_buf(), error.to_string()));
             }
             Err(error) => {
-                match (&error, &fallback) {
-                    (LoadError::Incomplete { .. }, Some(old)) => tracing::info!(
-                        plugin = %old.name, generation = old.generation,
-                        "{error}; generation {} keeps serving until it is complete", old.generation
-                    ),
-                    (_, Some(old)) => tracing::error!(
-                        plugin = %old.name, generation = old.generation,
-                        "{error}; the previous generation {} keeps serving", old.generation
-                    ),
-                    (_, None) => tracing::error!("{error}"),
+                // The same refusal as last time (an insecure file checked again) is not news.
+                let new = before.is_none_or(|b| b.error.to_string() != error.to_string());
+                if new {
+                    log_refusal(&error, fallback.as_deref());
                 }
-                if let Some(old) = fallback {
-                    self.insert(old);
+                if let Some(old) = &fallback {
+                    self.insert(old.clone());
                 }
                 self.refused.push(Refusal {
                     file: file.to_path_buf(),
                     error,
+                    fingerprint,
+                    serving: fallback,
+                    new,
                 });
             }
         }
@@ -157,5 +207,26 @@ impl PluginSet {
             hint.push_str(&format!("; refused: {}", refused.join("; ")));
         }
         hint
+    }
+}
+
+/// Log a refusal once, with what keeps serving and how to fix it.
+fn log_refusal(error: &LoadError, serving: Option<&LoadedPlugin>) {
+    let reason = error.reason();
+    match (error, serving) {
+        (LoadError::Incomplete { .. }, Some(old)) => tracing::info!(
+            plugin = %old.name, generation = old.generation, reason,
+            "{error}; generation {} keeps serving until it is complete", old.generation
+        ),
+        (LoadError::NotAPlugin { .. }, Some(old)) => tracing::error!(
+            plugin = %old.name, generation = old.generation, reason,
+            "{error}; it replaced plugin `{}`, whose generation {} keeps serving: deploy a build of the plugin there (a cdylib that calls export_plugin!), or remove the file to unbind it",
+            old.name, old.generation
+        ),
+        (_, Some(old)) => tracing::error!(
+            plugin = %old.name, generation = old.generation, reason,
+            "{error}; the previous generation {} keeps serving", old.generation
+        ),
+        (_, None) => tracing::error!(reason, "{error}"),
     }
 }

@@ -5,8 +5,11 @@
 //! copies (never from the file being written), and the config file is validated. Every
 //! binding's handler is then constructed against the new generation; only if that succeeds is
 //! the routing table swapped, atomically. In-flight calls finish on the generation they
-//! started with. Anything refused — a bad ABI, a truncated file, a constructor error, an
-//! invalid config — is logged with the file and the reason, and what was serving keeps serving.
+//! started with. Anything refused — a file that is not a plugin, a bad ABI, a truncated file,
+//! an insecure one, a constructor error, an invalid config — is logged once with the file and
+//! the reason, counted (`iniesta_plugin_load_failures_total{plugin,reason}`), listed in the
+//! host's state file for `iniesta plugins` and the console, and what was serving keeps
+//! serving. Only a plugin file that is gone unbinds its plugin.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -76,6 +79,9 @@ pub struct HostState {
     pub retained_bytes: u64,
     /// Old generations still mapped.
     pub retained_generations: u64,
+    /// Plugin files refused now (each until it is replaced by a good file or removed).
+    #[serde(default)]
+    pub load_failures: Vec<LoadFailure>,
     /// Isolated plugins' worker processes (read from their own state file).
     #[serde(default, skip_serializing)]
     pub workers: Vec<crate::isolate::WorkerStatus>,
@@ -98,6 +104,48 @@ pub struct PluginState {
     pub load_ms: u64,
     /// Reloads of this plugin since the host started.
     pub reloads: u64,
+}
+
+/// A plugin file the host refuses now, in [`HostState`].
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct LoadFailure {
+    /// The plugin whose file it replaced (else the file name): the metric's `plugin` label.
+    pub plugin: String,
+    /// The file.
+    pub file: PathBuf,
+    /// `not_a_plugin`, `incomplete`, `incompatible_version`, `incompatible_layout`,
+    /// `insecure` or `broken`: the metric's `reason` label.
+    pub reason: String,
+    /// The full refusal, with the fix.
+    pub error: String,
+    /// The generation that keeps serving in its place, if the file replaced one.
+    pub serving_generation: Option<u64>,
+}
+
+impl LoadFailure {
+    fn of(refusal: &super::registry::Refusal) -> LoadFailure {
+        LoadFailure {
+            plugin: refusal.plugin_label(),
+            file: refusal.file.clone(),
+            reason: refusal.error.reason().to_string(),
+            error: refusal.error.to_string(),
+            serving_generation: refusal.serving.as_ref().map(|p| p.generation),
+        }
+    }
+}
+
+/// Count the refusals `plugins` made for the first time (carried-over ones were counted).
+fn count_new_refusals(plugins: &PluginSet, stats: &mut ReloadStats) {
+    for refusal in plugins.refused.iter().filter(|r| r.new) {
+        stats.refusals += 1;
+        metrics::counter!(crate::ops::metrics::PLUGIN_REFUSALS).increment(1);
+        metrics::counter!(
+            crate::ops::metrics::PLUGIN_LOAD_FAILURES,
+            "plugin" => refusal.plugin_label(),
+            "reason" => refusal.error.reason()
+        )
+        .increment(1);
+    }
 }
 
 /// The directory host state files live in for a config.
@@ -159,6 +207,8 @@ impl Reloader {
         publisher: Arc<Publisher>,
         runtime: tokio::runtime::Handle,
     ) -> Reloader {
+        let mut stats = ReloadStats::default();
+        count_new_refusals(&plugins, &mut stats);
         Reloader {
             config_path,
             config,
@@ -166,7 +216,7 @@ impl Reloader {
             routes,
             publisher,
             runtime,
-            stats: ReloadStats::default(),
+            stats,
         }
     }
 
@@ -193,6 +243,7 @@ impl Reloader {
             refusals: self.stats.refusals,
             retained_bytes: self.stats.retained_bytes,
             retained_generations: self.stats.retained_generations,
+            load_failures: self.plugins.refused.iter().map(LoadFailure::of).collect(),
             workers: Vec::new(),
         };
         let dir = state_dir(&self.config);
@@ -266,9 +317,7 @@ impl Reloader {
             .iter()
             .map(|r| r.error.to_string())
             .collect();
-        self.stats.refusals += plugins.refused.len() as u64;
-        metrics::counter!(crate::ops::metrics::PLUGIN_REFUSALS)
-            .increment(plugins.refused.len() as u64);
+        count_new_refusals(&plugins, &mut self.stats);
 
         // Bind; on failure, fall back step by step: keep old generations of plugins whose new
         // generation failed to construct, unbind removed plugins, then keep the old config.
@@ -330,7 +379,7 @@ impl Reloader {
         for name in self.plugins.plugins.keys() {
             if !plugins.plugins.contains_key(name) {
                 report.removed.push(name.clone());
-                tracing::warn!(plugin = %name, "plugin removed; its bindings are unbound (their events go to the default binding, or wait on the queue)");
+                tracing::warn!(plugin = %name, "plugin removed (its file is gone); its bindings are unbound (their events go to the default binding, or wait on the queue)");
             }
         }
         self.routes.store(Arc::new(routes));
@@ -380,9 +429,12 @@ impl Reloader {
                 let old = self.plugins.plugins.get(&name).cloned();
                 match (new, old) {
                     (Some(new), Some(old)) if new.generation != old.generation => {
+                        let why = new
+                            .in_process_refusal()
+                            .unwrap_or_else(|| "its handlers refused their config".to_string());
                         tracing::error!(
                             plugin = %name, generation = new.generation, file = %new.file.display(),
-                            "the new generation's handlers refused their config; generation {} keeps serving", old.generation
+                            "the new generation cannot serve: {why}; generation {} keeps serving", old.generation
                         );
                         plugins.plugins.insert(name, old);
                         changed = true;

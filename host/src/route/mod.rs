@@ -365,6 +365,16 @@ pub fn bind(
             });
             continue;
         };
+        // A panic = "abort" build may run only isolated: in the host its panic ends the host.
+        if let Some(why) = plugin.in_process_refusal() {
+            if !config.plugins.isolate.isolates(&plugin.name) {
+                problems.push(Problem {
+                    key: format!("{key}.plugin"),
+                    message: why,
+                });
+                continue;
+            }
+        }
         let handler_name = match (&b.handler, plugin.handlers.as_slice()) {
             (Some(h), known) if known.contains(h) => h.clone(),
             (Some(h), known) => {

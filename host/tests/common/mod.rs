@@ -256,9 +256,52 @@ pub mod redis;
 
 /// Build `fixtures/incompatible` against a copy of plugin-api whose version is 0.99.0.
 pub fn build_incompatible_fixture() -> PathBuf {
+    build_fixture("incompatible", "0.99.0")
+}
+
+/// Build `fixtures/aborting` (its profile sets `panic = "abort"`) against a copy of this
+/// plugin-api with its own version, so the host loads it.
+pub fn build_aborting_fixture() -> PathBuf {
+    build_fixture("aborting", iniesta_plugin_api::ABI_VERSION)
+}
+
+/// The same plugin as [`build_aborting_fixture`], built with `panic = "unwind"` (the profile
+/// overridden on the command line) into a target dir of its own.
+pub fn build_aborting_fixture_unwinding() -> PathBuf {
+    build_fixture_variant(
+        "aborting",
+        iniesta_plugin_api::ABI_VERSION,
+        "unwind",
+        &["--config", "profile.dev.panic=\"unwind\""],
+    )
+}
+
+/// Build the plugin in `host/tests/fixtures/NAME` (outside the workspace) against a copy of
+/// plugin-api whose version is `api_version`; the path of the built `libNAME.so`.
+pub fn build_fixture(name: &str, api_version: &str) -> PathBuf {
+    build_fixture_variant(name, api_version, "", &[])
+}
+
+/// [`build_fixture`] with extra cargo arguments; a non-empty `variant` builds in a work and
+/// target dir of its own, so variants built at once by parallel tests never overwrite each
+/// other's `libNAME.so`.
+pub fn build_fixture_variant(
+    name: &str,
+    api_version: &str,
+    variant: &str,
+    cargo_args: &[&str],
+) -> PathBuf {
     let root = workspace_root();
+    let (work_name, target) = if variant.is_empty() {
+        (name.to_string(), root.join("target/fixtures/target"))
+    } else {
+        (
+            format!("{name}-{variant}"),
+            root.join(format!("target/fixtures/target-{variant}")),
+        )
+    };
     // Test binaries run in parallel: one builds, the others wait on the same cargo lock.
-    let work = root.join("target/fixtures/incompatible");
+    let work = root.join("target/fixtures").join(work_name);
     let api = work.join("api");
     std::fs::create_dir_all(api.join("src")).expect("mkdir");
     std::fs::create_dir_all(work.join("src")).expect("mkdir");
@@ -268,11 +311,13 @@ pub fn build_incompatible_fixture() -> PathBuf {
     }
     std::fs::write(
         api.join("Cargo.toml"),
-        "[package]\nname = \"iniesta-plugin-api\"\nversion = \"0.99.0\"\nedition = \"2021\"\n\n[dependencies]\n\
-         abi_stable = \"=0.11.3\"\nserde = { version = \"1\", features = [\"derive\"] }\nserde_json = \"1\"\n",
+        format!(
+            "[package]\nname = \"iniesta-plugin-api\"\nversion = \"{api_version}\"\nedition = \"2021\"\n\n[dependencies]\n\
+             abi_stable = \"=0.11.3\"\nserde = {{ version = \"1\", features = [\"derive\"] }}\nserde_json = \"1\"\n"
+        ),
     )
     .expect("write api manifest");
-    let fixture = root.join("host/tests/fixtures/incompatible");
+    let fixture = root.join("host/tests/fixtures").join(name);
     std::fs::copy(fixture.join("Cargo.toml.in"), work.join("Cargo.toml")).expect("manifest");
     std::fs::copy(fixture.join("src/lib.rs"), work.join("src/lib.rs")).expect("source");
     // Same dependency versions as the workspace, so the build reuses what is cached.
@@ -282,13 +327,33 @@ pub fn build_incompatible_fixture() -> PathBuf {
         .args(["build", "--quiet", "--manifest-path"])
         .arg(work.join("Cargo.toml"))
         .arg("--target-dir")
-        .arg(root.join("target/fixtures/target"))
+        .arg(&target)
+        .args(cargo_args)
         .status()
         .expect("cargo runs");
-    assert!(status.success(), "building the incompatible fixture failed");
-    let so = root.join("target/fixtures/target/debug/libincompatible.so");
+    assert!(status.success(), "building the {name} fixture failed");
+    let so = target.join("debug").join(format!("lib{name}.so"));
     assert!(so.exists(), "{} was not built", so.display());
     so
+}
+
+/// A shared library on this system that is not an iniesta plugin (libz, libgcc_s or libm).
+pub fn find_system_library() -> Option<PathBuf> {
+    for dir in [
+        "/lib/x86_64-linux-gnu",
+        "/usr/lib/x86_64-linux-gnu",
+        "/lib64",
+        "/usr/lib",
+        "/lib/aarch64-linux-gnu",
+    ] {
+        for name in ["libz.so.1", "libgcc_s.so.1", "libm.so.6"] {
+            let p = Path::new(dir).join(name);
+            if p.exists() {
+                return Some(p);
+            }
+        }
+    }
+    None
 }
 
 pub fn strip_ansi(text: &str) -> String {

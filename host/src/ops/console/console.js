@@ -112,6 +112,10 @@ async function refreshState() {
   document.getElementById("uptime").textContent = "up " + duration(s.uptime_secs);
   document.getElementById("dlq-name").textContent = s.dead_letter_queue || "(none configured)";
   fill("plugins", s.plugins.map((p) => row([[p.name, "mono"], p.version, [p.generation, "num"], [p.reloads, "num"], [p.file, "mono"]])));
+  const failed = s.load_failures || [];
+  fill("load-failures", failed.map((f) => row([[f.plugin, "mono"], f.reason,
+    f.serving_generation == null ? "-" : "gen " + f.serving_generation, [f.error, "reason"]])));
+  document.getElementById("load-failures").hidden = failed.length === 0;
   fill("bindings", s.bindings.map((b) => row([[b.label, "mono"], b.plugin + " " + b.version,
     [b.acked, "num"], [b.retried, "num"], [b.failed, "num"], [b.dead_lettered, "num"]])));
   fill("failures", s.failures.map((f) => row([[time(f.at_ms), "when"], f.kind.replace("_", " "), [f.binding || "-", "mono"],
