@@ -574,6 +574,7 @@ fn an_idle_worker_killed_in_a_pool_is_replaced_after_the_backoff() {
         .unwrap_or_else(|| panic!("the death is logged:\n{log}"));
     assert!(death.contains("in_call=false"), "{death}");
     assert!(!death.contains("will be redelivered"), "{death}");
+}
 
 #[test]
 fn private_copy_directories_of_host_and_workers_have_unpredictable_names_and_are_removed() {
