@@ -279,6 +279,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::FilterPolicies => {
             let config = Config::read(path)?;
             let policy = crate::filter::iniesta_policy(&config.sns.event_key, &config.sqs.filters);
+            for name in crate::filter::python_unbuildable(&config.sqs.filters) {
+                tracing::warn!(filter = %name, "{}", crate::filter::PYTHON_UNBUILDABLE);
+            }
             println!("{policy}");
             Ok(ExitCode::SUCCESS)
         }

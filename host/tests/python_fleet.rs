@@ -295,3 +295,66 @@ fn acct_encrypt_writes_msgpack_inside_fernet_as_the_real_acct_does() {
         assert!(String::from_utf8_lossy(&out.stdout).contains("[nats.prod]"));
     }
 }
+
+/// A consumer on the local broker in the scratch dir (no AWS needed), with these filters.
+fn local_config(s: &Scratch, filters: &str, rest: &str) -> PathBuf {
+    s.write(
+        "local.toml",
+        &format!(
+            "service = \"receiver\"\nenv = \"test\"\ninitialization = [\"EVENT_POLLING\", \"SNS_PRODUCER\"]\n\
+             [broker]\nkind = \"local\"\npath = \"broker.db\"\n\
+             [sns]\ntopic_arn = \"arn:aws:sns:us-east-1:000000000000:global\"\n\
+             [sqs]\nwait_time_seconds = 1\nfilters = {filters}\n\
+             [plugins]\ndirs = [\"{}\"]\n[[bindings]]\ndefault = true\nplugin = \"echo\"\n{rest}\n",
+            common::plugin_dir().display()
+        ),
+    )
+}
+
+/// Item 4: filter names the Python iniesta's builder refuses (`filter_list_to_filter_policies`
+/// asserts `len(name.split(".")) == 2`) are still accepted, but `filter-policies` and `check`
+/// warn about each of them.
+#[test]
+fn filters_the_python_builder_refuses_are_kept_with_a_warning() {
+    let s = Scratch::new();
+    let config = local_config(
+        &s,
+        "[\"Order.*\", \"hello.iniesta\", \"Order.Created.shop\", \"Order.Created.*\", \"single\"]",
+        "",
+    );
+    let out = run(&config, &["--log-format", "json", "filter-policies"], &[]);
+    assert!(out.status.success());
+    let policy: Value = serde_json::from_slice(&out.stdout).expect("stdout is the policy only");
+    assert_eq!(
+        policy,
+        serde_json::json!({"iniesta_pass": [{"prefix": "Order."}, "hello.iniesta",
+            "Order.Created.shop", {"prefix": "Order.Created."}, "single"]})
+    );
+    let warned: Vec<String> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["level"] == "WARN")
+        .filter_map(|l| l["filter"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(
+        warned,
+        vec!["Order.Created.shop", "Order.Created.*", "single"],
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    ok(&config, &["setup"]);
+    let out = iniesta(&config, &["check"]);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "warnings are not problems:\n{report}");
+    for name in ["Order.Created.shop", "Order.Created.*", "single"] {
+        assert!(
+            report.contains(&format!("WARNING filter `{name}`")),
+            "{name} not warned:\n{report}"
+        );
+    }
+    assert!(
+        !report.contains("WARNING filter `hello.iniesta`"),
+        "{report}"
+    );
+}
