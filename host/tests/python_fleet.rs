@@ -358,3 +358,79 @@ fn filters_the_python_builder_refuses_are_kept_with_a_warning() {
         "{report}"
     );
 }
+
+/// Item 5: `[lock] server = "redis://HOST:PORT"` takes the locks in the Python iniesta's
+/// default layout (aioredlock over DBs 1, 2 and 3 of one server, `INIESTA_CACHES`), so a
+/// lock the Python side holds (on a majority of those DBs) excludes iniesta-rs, and the other
+/// way round.
+#[test]
+fn the_lock_server_shortcut_shares_locks_with_the_python_iniesta_layout() {
+    let redis = common::redis::RedisServer::start();
+    let config: iniesta::config::LockConfig =
+        toml::from_str(&format!("server = \"{}\"\n", redis.url())).expect("[lock] parses");
+    assert_eq!(
+        config.node_urls().expect("valid"),
+        vec![
+            format!("{}/1", redis.url()),
+            format!("{}/2", redis.url()),
+            format!("{}/3", redis.url()),
+        ]
+    );
+    rt().block_on(async {
+        let locks = iniesta::lock::from_config(&config).await.expect("locks");
+        assert!(locks.describe().contains("Redlock"), "{}", locks.describe());
+        let db = |n: u32| {
+            redis::Client::open(format!("{}/{n}", redis.url()))
+                .expect("client")
+                .get_connection()
+                .expect("connection")
+        };
+        // Ours land in DBs 1, 2 and 3.
+        let taken = locks
+            .try_acquire(&["ours".to_string()], std::time::Duration::from_secs(10))
+            .await
+            .expect("decided");
+        assert!(taken[0].is_some());
+        for n in [1, 2, 3] {
+            let exists: bool = redis::cmd("EXISTS")
+                .arg("sqs:event:ours")
+                .query(&mut db(n))
+                .expect("exists");
+            assert!(exists, "the lock is in DB {n}");
+        }
+        // The Python side holds `theirs` on a majority (DBs 1 and 2): we do not get it.
+        for n in [1, 2] {
+            let _: () = redis::cmd("SET")
+                .arg("sqs:event:theirs")
+                .arg("python-lock-identifier")
+                .arg("PX")
+                .arg(10_000)
+                .query(&mut db(n))
+                .expect("set");
+        }
+        let taken = locks
+            .try_acquire(&["theirs".to_string()], std::time::Duration::from_secs(10))
+            .await
+            .expect("decided");
+        assert!(taken[0].is_none(), "the Python side holds it");
+    });
+    // `server` with `urls`, or with a database in it, is refused with the key named.
+    for (text, key) in [
+        (
+            "server = \"redis://h:1\"\nurls = [\"redis://h:1\"]\n",
+            "lock.server",
+        ),
+        ("server = \"redis://h:1/0\"\n", "lock.server"),
+        (
+            "server = \"redis://h:1\"\ndatabases = [1, 2]\n",
+            "lock.databases",
+        ),
+    ] {
+        let s = Scratch::new();
+        let config = local_config(&s, "[]", &format!("[lock]\n{text}"));
+        let out = run(&config, &["config", "check"], &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{text}");
+        assert!(stderr.contains(key), "{text}: {stderr}");
+    }
+}
