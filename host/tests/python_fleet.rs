@@ -434,3 +434,138 @@ fn the_lock_server_shortcut_shares_locks_with_the_python_iniesta_layout() {
         assert!(stderr.contains(key), "{text}: {stderr}");
     }
 }
+
+/// What microcosm-pubsub's consumer needs of a body before it looks at the content
+/// (microcosm-pubsub 3.0.0, `envelope.py` `CodecMediaTypeAndContentParser` decoding with
+/// `codecs.py` `MediaTypeSchema`: `mediaType = fields.String(required=True)`): a JSON object
+/// with a text `mediaType`. Returns it.
+fn microcosm_media_type(body: &[u8]) -> Option<String> {
+    let body: Value = serde_json::from_slice(body).ok()?;
+    body.get("mediaType")?.as_str().map(str::to_string)
+}
+
+const MICROCOSM_TYPE: &str = "application/vnd.globality.pubsub._.created.order";
+
+/// Item 2, publishing: `publish --media-type` writes `mediaType` into a JSON body (and the
+/// `media_type` attribute, as microcosm's producer does), so a microcosm consumer accepts the
+/// message; a body that is not a JSON object, or that names another media type, is refused
+/// before anything is sent.
+#[test]
+fn publish_media_type_writes_the_body_field_microcosm_requires() {
+    let s = Scratch::new();
+    let config = local_config(&s, "[\"Order.*\"]", "");
+    ok(&config, &["setup"]);
+    let body = r#"{"uri": "https://orders.internal/api/v1/order/1", "n": 1.50}"#;
+    let out = run(
+        &config,
+        &[
+            "publish",
+            "--queue",
+            "Order.Created",
+            body,
+            "--media-type",
+            MICROCOSM_TYPE,
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (args, why) in [
+        (vec!["Order.Created", "plain text"], "a text body"),
+        (vec!["Order.Created", "[1, 2]"], "a JSON array"),
+        (
+            vec!["Order.Created", r#"{"mediaType": "application/other"}"#],
+            "another media type in the body",
+        ),
+        (
+            vec!["Order.Created", "{}", "-a", "media_type=application/other"],
+            "another media type attribute",
+        ),
+    ] {
+        let mut all = vec!["publish", "--queue", "--media-type", MICROCOSM_TYPE];
+        all.extend(args);
+        let out = run(&config, &all, &[]);
+        assert!(!out.status.success(), "{why}: refused");
+        assert!(out.stdout.is_empty(), "{why}: nothing published");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("--media-type"),
+            "{why}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let messages = rt().block_on(common::queue_messages(&config, "iniesta-test-receiver"));
+    assert_eq!(messages.len(), 1, "only the valid publish went out");
+    let message = &messages[0];
+    assert_eq!(
+        microcosm_media_type(&message.body).as_deref(),
+        Some(MICROCOSM_TYPE)
+    );
+    let sent: Value = serde_json::from_slice(&message.body).expect("JSON");
+    assert_eq!(sent["uri"], "https://orders.internal/api/v1/order/1");
+    assert!(
+        String::from_utf8_lossy(&message.body).contains("1.50"),
+        "the rest of the body is kept byte for byte: {}",
+        String::from_utf8_lossy(&message.body)
+    );
+    assert_eq!(
+        message
+            .attributes
+            .get("media_type")
+            .map(|a| a.value.as_str()),
+        Some(MICROCOSM_TYPE)
+    );
+}
+
+/// Item 2, egress: `media_type` on an `[[egress]]` entry writes `mediaType` into the JSON
+/// bodies that egress sends (other egresses get the body as published); a body that is not a
+/// JSON object, or that already has a `mediaType`, goes out unchanged.
+#[test]
+fn an_egress_media_type_writes_the_body_field_for_that_egress_only() {
+    let s = Scratch::new();
+    let micro = s.path("micro.jsonl");
+    let plain = s.path("plain.jsonl");
+    let config = local_config(
+        &s,
+        "[\"Order.*\"]",
+        &format!(
+            "[[egress]]\nname = \"micro\"\nplugin = \"jsonl\"\nmedia_type = \"{MICROCOSM_TYPE}\"\nconfig = {{ path = \"{}\" }}\n\
+             [[egress]]\nname = \"plain\"\nplugin = \"jsonl\"\nconfig = {{ path = \"{}\" }}\n",
+            micro.display(),
+            plain.display()
+        ),
+    );
+    for body in [
+        r#"{"uri": "https://orders.internal/api/v1/order/1"}"#,
+        "plain text",
+        r#"{"mediaType": "application/vnd.acme.own"}"#,
+    ] {
+        let out = run(&config, &["publish", "Order.Created", body], &[]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let micro = common::json_lines(&micro);
+    let plain = common::json_lines(&plain);
+    assert_eq!((micro.len(), plain.len()), (3, 3));
+    assert_eq!(micro[0]["body"]["mediaType"], MICROCOSM_TYPE);
+    assert_eq!(micro[0]["attributes"]["media_type"], MICROCOSM_TYPE);
+    assert_eq!(
+        micro[0]["body"]["uri"],
+        "https://orders.internal/api/v1/order/1"
+    );
+    assert_eq!(
+        micro[1]["body"], "plain text",
+        "a text body is never rewritten"
+    );
+    assert_eq!(
+        micro[2]["body"]["mediaType"], "application/vnd.acme.own",
+        "the body's own media type stays"
+    );
+    assert!(plain[0]["body"].get("mediaType").is_none(), "{}", plain[0]);
+    assert!(plain[0]["attributes"].get("media_type").is_none());
+}
