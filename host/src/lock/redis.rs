@@ -713,6 +713,12 @@ mod tests {
         let tls = Node::open(0, "rediss://u:s3cret@h:1", t).expect_err("tls");
         assert!(!tls.to_string().contains("s3cret") && tls.to_string().contains("TLS"));
         assert!(Node::open(0, "http://h:1", t).is_err());
+        // A Unix socket's password is a query parameter.
+        let unix = Node::open(2, "redis+unix:///tmp/r.sock?pass=s3cret&db=x", t)
+            .expect_err("bad db number");
+        let text = unix.to_string();
+        assert!(text.contains("lock.urls[2]"), "{text}");
+        assert!(!text.contains("s3cret"), "{text}");
     }
 
     #[test]
