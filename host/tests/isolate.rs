@@ -654,3 +654,60 @@ fn private_copy_directories_of_host_and_workers_have_unpredictable_names_and_are
         .collect();
     assert!(left.is_empty(), "removed after loading: {left:?}");
 }
+
+/// A replacement that cannot start (here: its private plugin copy was removed) is logged as
+/// a worker that did not start, not as one that "died while idle" with pid 0.
+#[test]
+fn a_replacement_that_cannot_start_is_logged_as_such() {
+    let s = Scratch::new();
+    let tmp = s.path("tmp");
+    std::fs::create_dir_all(&tmp).expect("tmp dir");
+    let rest = "[plugins.isolate]\nnames = [\"panicky\"]\n\
+         [[bindings]]\nevents = [\"Slow.*\"]\nplugin = \"panicky\"\nhandler = \"sleepy\"\nconfig = { sleep_ms = 10 }\n";
+    let config = s.config("", rest);
+    let tmp_env = tmp.display().to_string();
+    let host = start_host(&config, s.path("host.log"), &[("TMPDIR", &tmp_env)]);
+    let mut pids = Vec::new();
+    s.wait_for("a worker running", LIMIT, || {
+        pids = worker_pids(&config, "panicky");
+        !pids.is_empty()
+    });
+    // The workers' private plugin copies live in the host's TMPDIR: without them, no new
+    // worker can load the plugin.
+    let mut removed = 0;
+    for dir in std::fs::read_dir(&tmp).expect("tmp lists").flatten() {
+        if dir
+            .file_name()
+            .to_string_lossy()
+            .starts_with("iniesta-isolated-")
+        {
+            for copy in std::fs::read_dir(dir.path())
+                .expect("private dir lists")
+                .flatten()
+            {
+                std::fs::remove_file(copy.path()).expect("copy removed");
+                removed += 1;
+            }
+        }
+    }
+    assert!(
+        removed > 0,
+        "the private plugin copy was found under {tmp_env}"
+    );
+    for pid in &pids {
+        let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+    }
+    let as_died = |log: &str| {
+        log.lines()
+            .any(|l| l.contains("died while idle") && l.contains("pid=0"))
+    };
+    s.wait_for("the failed start logged", LIMIT, || {
+        let log = host.log_text();
+        log.contains("plugin worker did not start") || as_died(&log)
+    });
+    let log = host.stop();
+    assert!(
+        log.contains("plugin worker did not start") && !as_died(&log),
+        "a start that failed is not a worker that died:\n{log}"
+    );
+}

@@ -98,8 +98,8 @@ pub const SCHEMA_VERSION: i64 = 1;
 /// Switch the file to WAL mode (it stays so: later opens find it set). The switch needs the
 /// file to itself and SQLite answers "database is locked" at once, without the busy handler,
 /// while another process holds it (opening it, or switching it too): retry with a short
-/// backoff up to [`BUSY_TIMEOUT`].
-fn enable_wal(conn: &Connection) -> rusqlite::Result<()> {
+/// backoff up to [`BUSY_TIMEOUT`]. The egress outbox file opens the same way.
+pub(crate) fn enable_wal(conn: &Connection) -> rusqlite::Result<()> {
     let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
     let mut pause = Duration::from_millis(2);
     loop {

@@ -95,8 +95,9 @@ impl Outbox {
         };
         let conn = Connection::open(path).map_err(err)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(err)?;
+        // Several processes (`run`, each `publish`) may open a fresh file at once: the WAL
+        // switch does not wait on the busy handler, so it is retried like the broker's.
+        crate::broker::local::enable_wal(&conn).map_err(err)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(err)?;
         conn.execute_batch(
@@ -355,6 +356,32 @@ mod tests {
             event: event.into(),
             body: b"{}".to_vec(),
             attributes,
+        }
+    }
+
+    /// Many connections open one fresh outbox file at the same moment (as `run` and several
+    /// `publish` do): every open succeeds. The switch to WAL answers "database is locked" at
+    /// once, without the busy handler, while another connection holds the file.
+    #[test]
+    fn many_opens_of_a_fresh_file_at_once_all_succeed() {
+        const OPENERS: usize = 32;
+        for round in 0..100 {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("outbox.db");
+            let gate = std::sync::Arc::new(std::sync::Barrier::new(OPENERS));
+            let openers: Vec<_> = (0..OPENERS)
+                .map(|_| {
+                    let (path, gate) = (path.clone(), gate.clone());
+                    std::thread::spawn(move || {
+                        gate.wait();
+                        Outbox::open(&path).map(drop).map_err(|e| e.to_string())
+                    })
+                })
+                .collect();
+            for opener in openers {
+                let opened = opener.join().expect("opener thread");
+                assert!(opened.is_ok(), "round {round}: {opened:?}");
+            }
         }
     }
 

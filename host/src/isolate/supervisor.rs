@@ -642,8 +642,8 @@ impl Worker {
         Ok(process)
     }
 
-    /// A process died (or failed to start): count it, log it, and schedule its replacement.
-    /// `in_call`: it was running a call (whose message is redelivered), not idle.
+    /// A process died (`pid`), or failed to start (`None`): count it, log it, and schedule its
+    /// replacement. `in_call`: it was running a call (whose message is redelivered), not idle.
     fn crashed(&self, pid: Option<u32>, reason: &str, in_call: bool) {
         let (consecutive, backoff) = {
             let mut stats = lock(&self.stats);
@@ -661,18 +661,23 @@ impl Worker {
             .increment(1);
         metrics::gauge!(crate::ops::metrics::WORKER_CRASHES_IN_A_ROW, "plugin" => self.name.clone())
             .set(f64::from(consecutive));
-        if in_call {
-            tracing::error!(
-                plugin = %self.name, generation = self.generation, pid = pid.unwrap_or(0), reason = %reason,
+        match pid {
+            // It never served: neither "died" nor "idle" describes it.
+            None => tracing::error!(
+                plugin = %self.name, generation = self.generation, reason = %reason,
+                crashes_in_a_row = consecutive, restart_in_ms = backoff.as_millis() as u64,
+                "plugin worker did not start; another start follows after the backoff"
+            ),
+            Some(pid) if in_call => tracing::error!(
+                plugin = %self.name, generation = self.generation, pid, reason = %reason,
                 in_call, crashes_in_a_row = consecutive, restart_in_ms = backoff.as_millis() as u64,
                 "plugin worker died; the message it was handling will be redelivered"
-            );
-        } else {
-            tracing::error!(
-                plugin = %self.name, generation = self.generation, pid = pid.unwrap_or(0), reason = %reason,
+            ),
+            Some(pid) => tracing::error!(
+                plugin = %self.name, generation = self.generation, pid, reason = %reason,
                 in_call, crashes_in_a_row = consecutive, restart_in_ms = backoff.as_millis() as u64,
                 "plugin worker died while idle (no message lost)"
-            );
+            ),
         }
         if consecutive >= CRASH_LOOP {
             tracing::error!(

@@ -173,17 +173,38 @@ pub fn retry_delay() -> Duration {
     Duration::from_millis(100 + (random % 201) as u64)
 }
 
-/// Replace the password (and user) of a URL with `***`, for logs and errors.
+/// Replace the password (and user) of a URL with `***`, for logs and errors: in the authority
+/// (`redis://user:pass@host`) and, for Unix sockets, in the query (`?user=..&pass=..`).
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(authority_end);
-    match authority.rfind('@') {
-        Some(at) => format!("{scheme}://***@{}{tail}", &authority[at + 1..]),
-        None => url.to_string(),
-    }
+    let authority = match authority.rfind('@') {
+        Some(at) => format!("***@{}", &authority[at + 1..]),
+        None => authority.to_string(),
+    };
+    // Unix-socket URLs carry credentials in the query (`?user=..&pass=..`): keep only the
+    // values known to be harmless.
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let (query, fragment) = match query.split_once('#') {
+                Some((q, f)) => (q, format!("#{f}")),
+                None => (query, String::new()),
+            };
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((k, _)) if !matches!(k, "db" | "protocol") => format!("{k}=***"),
+                    _ => pair.to_string(),
+                })
+                .collect();
+            format!("{path}?{}{fragment}", query.join("&"))
+        }
+        None => tail.to_string(),
+    };
+    format!("{scheme}://{authority}{tail}")
 }
 
 /// The lock service a config names: in-process for no URLs, a single Redis for one, the
@@ -260,6 +281,15 @@ mod tests {
         assert_eq!(redact("redis://:p@ss@h:1"), "redis://***@h:1");
         assert_eq!(redact("redis://h:1/2"), "redis://h:1/2");
         assert_eq!(redact("not a url"), "not a url");
+        // Unix sockets: the credentials are query parameters.
+        assert_eq!(
+            redact("redis+unix:///run/redis.sock?user=u&pass=s3cret&db=2"),
+            "redis+unix:///run/redis.sock?user=***&pass=***&db=2"
+        );
+        assert_eq!(
+            redact("unix:///r.sock?db=1&pass=s3cret#x"),
+            "unix:///r.sock?db=1&pass=***#x"
+        );
     }
 
     #[test]

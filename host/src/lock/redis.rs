@@ -11,8 +11,9 @@
 //! A [`Node`] keeps one multiplexed connection, made lazily and remade after any failure,
 //! with a short back-off while the server is down so a dead node costs nothing per batch.
 //! A node's health is logged when it changes — once when it becomes unreachable or starts
-//! answering errors, once when it is back — and every failed request in between is counted
-//! in `iniesta_lock_node_errors_total{node}` (lost deferred writes in
+//! answering errors, once when it is back (for errors: after 10 s without one, as a node at
+//! its memory limit refuses some requests and not others) — and every failed request in
+//! between is counted in `iniesta_lock_node_errors_total{node}` (lost deferred writes in
 //! `iniesta_lock_writes_lost_total{node}`) rather than logged: with one Redlock node down, a
 //! busy host would otherwise write a warning per lock attempt.
 //!
@@ -27,7 +28,7 @@
 //! so a duplicate never sees the lock free without also seeing the record.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -123,9 +124,10 @@ pub struct Node {
     timeout: Duration,
     connection: tokio::sync::Mutex<Connection>,
     round_trips: AtomicU64,
-    /// Set while the server answers errors to our requests (it is reachable, so this is not
-    /// `Connection::down`): logged when it starts and when it stops.
-    answering_errors: AtomicBool,
+    /// While the server answers errors to our requests (it is reachable, so this is not
+    /// `Connection::down`): when it last did. Logged when it starts, and when it has answered
+    /// without an error for [`ERRORS_SETTLE`].
+    answering_errors: std::sync::Mutex<Option<Instant>>,
     deferred: Option<Deferred>,
 }
 
@@ -145,6 +147,8 @@ pub struct NodeAnswer {
 }
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// How long a node that answered errors must answer without one to be logged as normal again.
+const ERRORS_SETTLE: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 fn millis(d: Duration) -> u64 {
@@ -188,7 +192,7 @@ impl Node {
             timeout,
             connection: tokio::sync::Mutex::new(Connection::default()),
             round_trips: AtomicU64::new(0),
-            answering_errors: AtomicBool::new(false),
+            answering_errors: std::sync::Mutex::new(None),
             deferred: None,
         })
     }
@@ -363,17 +367,26 @@ impl Node {
         }
     }
 
-    /// Log when the node starts or stops answering errors (a whole round trip's replies).
+    /// Log when the node starts or stops answering errors (a whole round trip's replies). It
+    /// has stopped only after [`ERRORS_SETTLE`] without one: a node at its memory limit refuses
+    /// writes but still answers releases and reads, and each such round trip must not log it
+    /// as normal again (and the next refused write as a new failure).
     fn note_replies(&self, values: &[Value]) {
+        let mut last_error = self
+            .answering_errors
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match values.iter().find(|v| matches!(v, Value::ServerError(_))) {
             Some(Value::ServerError(e)) => {
-                if !self.answering_errors.swap(true, Ordering::AcqRel) {
+                if last_error.is_none() {
                     tracing::warn!(node = %self.label, error = %e, "Redis node answers with errors (failed requests are counted in iniesta_lock_node_errors_total until it answers normally)");
                 }
+                *last_error = Some(Instant::now());
             }
             _ => {
-                if self.answering_errors.swap(false, Ordering::AcqRel) {
-                    tracing::info!(node = %self.label, "Redis node answers normally again");
+                if last_error.is_some_and(|at| at.elapsed() >= ERRORS_SETTLE) {
+                    *last_error = None;
+                    tracing::info!(node = %self.label, quiet_secs = ERRORS_SETTLE.as_secs(), "Redis node answers normally again");
                 }
             }
         }
@@ -713,6 +726,12 @@ mod tests {
         let tls = Node::open(0, "rediss://u:s3cret@h:1", t).expect_err("tls");
         assert!(!tls.to_string().contains("s3cret") && tls.to_string().contains("TLS"));
         assert!(Node::open(0, "http://h:1", t).is_err());
+        // A Unix socket's password is a query parameter.
+        let unix = Node::open(2, "redis+unix:///tmp/r.sock?pass=s3cret&db=x", t)
+            .expect_err("bad db number");
+        let text = unix.to_string();
+        assert!(text.contains("lock.urls[2]"), "{text}");
+        assert!(!text.contains("s3cret"), "{text}");
     }
 
     #[test]
