@@ -11,7 +11,7 @@
 # RUSTC_BOOTSTRAP=1. cargo-fuzz is installed from crates.io into ~/.cache/iniesta/cargo-fuzz
 # when missing. Environment:
 #   INIESTA_FUZZ_SANITIZER   none (default: a crash is a panic, ~2x the executions) or address
-#   INIESTA_FUZZ_TARGET_DIR  the build directory (default: target/fuzz-<sanitizer>)
+#   INIESTA_FUZZ_TARGET_DIR  the build directory (default: ~/.cache/iniesta/fuzz-target-<sanitizer>)
 #   INIESTA_FUZZ_SUMMARY     where to write the JSON summary (default: target/fuzz-summary.json)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,7 +34,10 @@ if ! "$cargo_fuzz" --version 2>/dev/null | grep -q " $CARGO_FUZZ_VERSION\$"; the
 fi
 
 sanitizer="${INIESTA_FUZZ_SANITIZER:-none}"
-target_dir="${INIESTA_FUZZ_TARGET_DIR:-$root/target/fuzz-$sanitizer}"
+# The instrumented build of the host's whole dependency tree (AWS SDK included) takes about
+# 16 CPU-minutes cold, so it is kept between runs in the cache directory; without the cache it
+# is built from scratch.
+target_dir="${INIESTA_FUZZ_TARGET_DIR:-$cache/fuzz-target-$sanitizer}"
 mkdir -p "$target_dir"
 target_dir="$(cd "$target_dir" && pwd)"
 
@@ -89,7 +92,7 @@ for t in "${targets[@]}"; do
             echo "!! $t FAILED to run (exit $status, no crashing input); log: $log" >&2
             tail -3 "$log" >&2
         fi
-        grep -m 20 -E "panicked at|ERROR: libFuzzer|SUMMARY" "$log" >&2 || true
+        grep -m 20 -A1 -E "panicked at|ERROR: libFuzzer" "$log" >&2 || true
         echo "!! crashing input: ${artifact:-(none written, see the log)}" >&2
         echo "!! reproduce: $bin_dir/$t ${artifact:-<input>}" >&2
     fi
