@@ -79,4 +79,14 @@ set -e
 # One closing line for the whole suite (cargo prints one per test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "suite: %d passed, %d failed\n", p, f }' "$log"
-exit "$status"
+
+# --- fuzzing (host/fuzz/, docs/security.md "Fuzzing") ----------------------------------------
+# Every cargo-fuzz target for a bounded time from its seed corpus (30 s each by default,
+# INIESTA_FUZZ_SECONDS to change); a crash fails the suite and keeps the crashing input.
+fuzz_status=0
+bash scripts/fuzz.sh "${INIESTA_FUZZ_SECONDS:-30}" || fuzz_status=$?
+# --- end fuzzing -----------------------------------------------------------------------------
+if [ "$status" -ne 0 ]; then
+    exit "$status"
+fi
+exit "$fuzz_status"
