@@ -5,7 +5,7 @@
 //! Input: the framing of `iniesta_fuzz::frame`.
 #![no_main]
 
-use iniesta_fuzz::{decode, frame};
+use iniesta_fuzz::{decode, frame, Context, EVENT_KEY};
 use iniesta_plugin_api::payload::{MegaPayload, PayloadKind};
 use libfuzzer_sys::fuzz_target;
 
@@ -14,6 +14,21 @@ fuzz_target!(|data: &[u8]| {
     let Ok(envelope) = decode(input.context, input.body, &input.attributes) else {
         return;
     };
+    // Routing comes from what the queue delivered: an event attribute that came with the
+    // message is the event, whatever the body says; on a raw queue the body is never unwrapped.
+    if let Some(delivered) = input.attributes.get(EVENT_KEY) {
+        assert_eq!(
+            envelope.event, delivered.value,
+            "a body cannot override the delivered event"
+        );
+    }
+    if matches!(input.context, Context::Raw) {
+        assert_ne!(
+            envelope.delivery,
+            iniesta::wire::Delivery::SnsWrapped,
+            "a raw queue never unwraps"
+        );
+    }
     let payload = envelope.payload();
     assert_eq!(
         payload.json.is_some(),

@@ -97,11 +97,8 @@ fuzz_target!(|input: Input| {
     let Ok(out) = encode(&input.event, &input.service, EVENT_KEY, body.clone(), extra) else {
         return;
     };
-    // A raw body that is itself an SNS notification envelope is unwrapped on receive: which
-    // one the queue gets is the delivery context's to say (not passed to decode yet).
-    if out.body.windows(6).any(|w| w == b"\"Type\"") {
-        return;
-    }
+    // On a raw-delivery queue a body is only a body, whatever it looks like (an SNS envelope
+    // included): what the host encoded always decodes to itself.
     let decoded = decode(Context::Raw, &out.body, &out.attributes)
         .expect("a message the host encoded decodes");
     assert_eq!(decoded.event, out.event);

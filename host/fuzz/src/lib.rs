@@ -83,20 +83,23 @@ pub fn two_parts(data: &[u8]) -> (&[u8], &[u8]) {
     }
 }
 
-/// The one call into the wire decoder, so a change of its signature is one line here.
-/// `context` is not passed yet: `wire::decode` learns the delivery context in issue 17's
-/// routing item; until then both contexts decode the same way.
+/// The topic the `sns` context takes envelopes from: the seeds' envelopes name it, so they are
+/// unwrapped, and libFuzzer mutates it into foreign topics that must be refused.
+pub const ENVELOPE_TOPIC: &str = "arn:aws:sns:us-east-1:123456789012:global";
+
+/// The one call into the wire decoder, so a change of its signature is one line here: `raw`
+/// is a raw-delivery queue (a body is only a body), `sns` a subscription that delivers SNS
+/// envelopes from [`ENVELOPE_TOPIC`].
 pub fn decode(
     context: Context,
     body: &[u8],
     attributes: &Attributes,
 ) -> Result<Envelope, DecodeError> {
-    let _ = context;
-    iniesta::wire::decode(
-        "fuzz-message",
-        body,
-        attributes,
-        1_700_000_000_000,
-        EVENT_KEY,
-    )
+    let context = match context {
+        Context::Raw => iniesta::wire::DeliveryContext::raw(EVENT_KEY),
+        Context::Envelope => {
+            iniesta::wire::DeliveryContext::envelopes_from(EVENT_KEY, ENVELOPE_TOPIC)
+        }
+    };
+    iniesta::wire::decode("fuzz-message", body, attributes, 1_700_000_000_000, context)
 }
