@@ -1,13 +1,17 @@
 //! Credential profiles for egress and ingress plugins, kept in a Fernet-encrypted file.
 //!
-//! As pop-evbus's `acct` did: a TOML file holds one table per plugin and one sub-table per
-//! profile (`[nats.prod] url = "…" user = "…" password = "…"`); `iniesta acct encrypt FILE`
-//! writes `FILE.fernet` and prints a new key; the host reads the encrypted file with the key
-//! (`INIESTA_ACCT_FILE` / `INIESTA_ACCT_KEY`, or `--acct-file` / `--acct-key`). Tokens are
-//! standard Fernet, so Python's `cryptography.fernet.Fernet(key).decrypt(...)` reads them too.
+//! The file format is pop-evbus's `acct`: a YAML file holds one map per plugin and one map
+//! per profile below it (`nats: prod: {url: …, user: …, password: …}`); `iniesta acct encrypt
+//! FILE` writes `FILE.fernet`, a Fernet token around the msgpack encoding of that data (what
+//! the real `acct encrypt` writes), and prints a new key. So the same files and keys work with
+//! the real `acct decrypt` and with iniesta. A `.toml` plaintext (`[nats.prod]` tables) is
+//! accepted too and encrypted the same way; files written by older iniesta versions (TOML
+//! text inside the token) still load. The host reads the encrypted file with the key
+//! (`INIESTA_ACCT_FILE` / `INIESTA_ACCT_KEY`, or `--acct-file` / `--acct-key`).
 //!
 //! Profile values are secrets: they go to a plugin's constructor and nowhere else. Nothing
 //! here implements `Display` or `Debug` over values; [`Profiles::redacted`] shows the keys.
+//! Parse errors name a position, never the text there.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -103,57 +107,92 @@ pub struct Profiles {
     plugins: BTreeMap<String, BTreeMap<String, serde_json::Map<String, serde_json::Value>>>,
 }
 
+/// Top-level keys `acct` itself reads (the default profile name, the backend key): skipped
+/// when they hold a single value rather than profiles.
+const ACCT_OWN_KEYS: [&str; 2] = ["default", "backend_key"];
+
+/// How a plaintext profiles file is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plaintext {
+    /// `plugin: profile: settings` maps, as the real `acct` reads them (the default).
+    Yaml,
+    /// `[plugin.profile]` tables.
+    Toml,
+}
+
+impl Plaintext {
+    /// By the file's extension: `.toml` is TOML, anything else YAML (as `acct` assumes).
+    pub fn of(path: &Path) -> Plaintext {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some(ext) if ext.eq_ignore_ascii_case("toml") => Plaintext::Toml,
+            _ => Plaintext::Yaml,
+        }
+    }
+}
+
 impl Profiles {
-    /// Parse the plaintext TOML: `[plugin.profile]` tables of settings.
+    /// Parse plaintext TOML: `[plugin.profile]` tables of settings.
     pub fn parse(text: &str, path: &Path) -> Result<Profiles, AcctError> {
+        Profiles::from_value(toml_data(text, path)?, path)
+    }
+
+    /// Parse plaintext YAML: `plugin: profile: settings` maps.
+    pub fn parse_yaml(text: &str, path: &Path) -> Result<Profiles, AcctError> {
+        Profiles::from_value(yaml_data(text, path)?, path)
+    }
+
+    /// Profiles from decoded data: a map of plugins, each a map of profiles, each a map of
+    /// settings. `default` and `backend_key` holding a single value are `acct`'s own and
+    /// skipped.
+    pub fn from_value(data: serde_json::Value, path: &Path) -> Result<Profiles, AcctError> {
         let format = |message: String| AcctError::Format {
             path: path.to_path_buf(),
             message,
         };
-        // The parser's message may quote the offending line, which may hold a secret.
-        let table: toml::Table = toml::from_str(text).map_err(|e| {
-            format(format!(
-                "not valid TOML{} (expected `[plugin.profile]` tables of settings)",
-                e.span()
-                    .map(|s| format!(" at byte {}", s.start))
-                    .unwrap_or_default()
-            ))
-        })?;
+        let serde_json::Value::Object(data) = data else {
+            return Err(format(
+                "the profiles must be a map of plugins, e.g. `nats: {prod: {url: …}}` (YAML) or [nats.prod] (TOML)".into(),
+            ));
+        };
         let mut plugins = BTreeMap::new();
-        for (plugin, profiles) in table {
-            let toml::Value::Table(profiles) = profiles else {
-                return Err(format(format!(
-                    "`{plugin}` must be a table of profiles, e.g. [{plugin}.default]"
-                )));
+        for (plugin, profiles) in data {
+            let profiles = match profiles {
+                serde_json::Value::Object(profiles) => profiles,
+                _ if ACCT_OWN_KEYS.contains(&plugin.as_str()) => continue,
+                _ => {
+                    return Err(format(format!(
+                        "`{plugin}` must be a map of profiles, e.g. {plugin}: {{default: {{…}}}} (YAML) or [{plugin}.default] (TOML)"
+                    )))
+                }
             };
             let mut named = BTreeMap::new();
             for (profile, settings) in profiles {
-                let toml::Value::Table(settings) = settings else {
+                let serde_json::Value::Object(settings) = settings else {
                     return Err(format(format!(
-                        "`{plugin}.{profile}` must be a table of settings, e.g. [{plugin}.{profile}] url = \"…\""
+                        "`{plugin}.{profile}` must be a map of settings, e.g. {plugin}: {{{profile}: {{url: …}}}} (YAML) or [{plugin}.{profile}] url = \"…\" (TOML)"
                     )));
                 };
-                let value = serde_json::to_value(&settings).map_err(|_| {
-                    format(format!("`{plugin}.{profile}` has a value JSON cannot hold"))
-                })?;
-                let serde_json::Value::Object(map) = value else {
-                    return Err(format(format!("`{plugin}.{profile}` is not a table")));
-                };
-                named.insert(profile, map);
+                named.insert(profile, settings);
             }
             plugins.insert(plugin, named);
         }
         Ok(Profiles { plugins })
     }
 
-    /// Decrypt and parse `file` with `key`.
+    /// Decrypt and parse `file` with `key`: msgpack inside the token (what `acct encrypt`
+    /// writes), or TOML text (what iniesta wrote before it wrote msgpack).
     pub fn load(file: &Path, key: &Secret) -> Result<Profiles, AcctError> {
         let plain = decrypt_file(file, key)?;
-        let text = String::from_utf8(plain).map_err(|_| AcctError::Format {
-            path: file.to_path_buf(),
-            message: "the decrypted file is not UTF-8 text".into(),
-        })?;
-        Profiles::parse(&text, file)
+        match rmp_serde::from_slice::<serde_json::Value>(&plain) {
+            Ok(data @ serde_json::Value::Object(_)) => Profiles::from_value(data, file),
+            _ => match std::str::from_utf8(&plain) {
+                Ok(text) if toml_data(text, file).is_ok() => Profiles::parse(text, file),
+                _ => Err(AcctError::Format {
+                    path: file.to_path_buf(),
+                    message: "the decrypted data is not a msgpack map of profiles (as `acct encrypt` writes it) nor TOML profiles".into(),
+                }),
+            },
+        }
     }
 
     /// The profiles a source names: none without a file; an error for a file without a key.
@@ -202,17 +241,61 @@ fn fernet(key: &Secret) -> Result<fernet::Fernet, AcctError> {
     fernet::Fernet::new(key.expose().trim()).ok_or(AcctError::BadKey)
 }
 
-/// Encrypt `plain` (a profiles TOML file) into `plain.fernet` with a new key; returns the
-/// written path and the key. The plaintext is parsed first, so a broken file is refused
-/// before anything is written.
+/// The data of a TOML plaintext, as JSON values.
+fn toml_data(text: &str, path: &Path) -> Result<serde_json::Value, AcctError> {
+    // The parser's message may quote the offending line, which may hold a secret.
+    let table: toml::Table = toml::from_str(text).map_err(|e| AcctError::Format {
+        path: path.to_path_buf(),
+        message: format!(
+            "not valid TOML{} (expected `[plugin.profile]` tables of settings)",
+            e.span()
+                .map(|s| format!(" at byte {}", s.start))
+                .unwrap_or_default()
+        ),
+    })?;
+    serde_json::to_value(&table).map_err(|_| AcctError::Format {
+        path: path.to_path_buf(),
+        message: "holds a value JSON cannot hold".into(),
+    })
+}
+
+/// The data of a YAML plaintext, as JSON values (an empty file is no profiles).
+fn yaml_data(text: &str, path: &Path) -> Result<serde_json::Value, AcctError> {
+    if text.trim().is_empty() {
+        return Ok(serde_json::Value::Object(serde_json::Map::new()));
+    }
+    // As for TOML: only the position, never the parser's message (it may quote a value).
+    serde_yaml_ng::from_str::<serde_json::Value>(text).map_err(|e| AcctError::Format {
+        path: path.to_path_buf(),
+        message: format!(
+            "not valid YAML{} (expected `plugin: profile: settings` maps; keys must be text)",
+            e.location()
+                .map(|l| format!(" at line {} column {}", l.line(), l.column()))
+                .unwrap_or_default()
+        ),
+    })
+}
+
+/// Encrypt `plain` (a profiles file: YAML, or TOML for a `.toml` name) into `plain.fernet`
+/// with a new key, the way the real `acct encrypt` does: a Fernet token around the msgpack
+/// encoding of the file's data. Returns the written path and the key. The plaintext is
+/// checked first, so a broken file is refused before anything is written.
 pub fn encrypt_file(plain: &Path) -> Result<(PathBuf, Secret), AcctError> {
     let text = std::fs::read_to_string(plain).map_err(|cause| AcctError::Read {
         path: plain.to_path_buf(),
         cause,
     })?;
-    Profiles::parse(&text, plain)?;
+    let data = match Plaintext::of(plain) {
+        Plaintext::Toml => toml_data(&text, plain)?,
+        Plaintext::Yaml => yaml_data(&text, plain)?,
+    };
+    Profiles::from_value(data.clone(), plain)?;
+    let packed = rmp_serde::to_vec_named(&data).map_err(|_| AcctError::Format {
+        path: plain.to_path_buf(),
+        message: "cannot be encoded as msgpack".into(),
+    })?;
     let key = Secret(fernet::Fernet::generate_key());
-    let token = fernet(&key)?.encrypt(text.as_bytes());
+    let token = fernet(&key)?.encrypt(&packed);
     let mut out = plain.as_os_str().to_owned();
     out.push(".fernet");
     let out = PathBuf::from(out);
@@ -294,6 +377,38 @@ mod tests {
             .err()
             .expect("refused");
         assert!(!e.to_string().contains("s3cret"), "{e}");
+    }
+
+    #[test]
+    fn yaml_profiles_skip_acct_own_keys_and_errors_show_no_values() {
+        let p = Profiles::parse_yaml(
+            "default: prod\nbackend_key: acct-backends\nnats:\n  prod:\n    url: nats://h:4222\n    max_reconnects: 5\n",
+            Path::new("c.yml"),
+        )
+        .expect("parses");
+        assert_eq!(p.names(), vec!["nats.prod"]);
+        assert_eq!(
+            p.get("nats", "prod").and_then(|m| m.get("max_reconnects")),
+            Some(&serde_json::json!(5))
+        );
+        for bad in [
+            "nats: s3cret\n",
+            "nats:\n  prod: s3cret\n",
+            "nats:\n  prod: {password: s3cret\n",
+            "- s3cret\n",
+        ] {
+            let e = Profiles::parse_yaml(bad, Path::new("c.yml"))
+                .err()
+                .expect("refused");
+            assert!(!e.to_string().contains("s3cret"), "{bad:?}: {e}");
+        }
+        assert!(Profiles::parse_yaml("", Path::new("c.yml"))
+            .expect("empty")
+            .names()
+            .is_empty());
+        assert_eq!(Plaintext::of(Path::new("a.toml")), Plaintext::Toml);
+        assert_eq!(Plaintext::of(Path::new("a.yml")), Plaintext::Yaml);
+        assert_eq!(Plaintext::of(Path::new("credentials")), Plaintext::Yaml);
     }
 
     #[test]

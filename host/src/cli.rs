@@ -172,6 +172,11 @@ pub struct PublishArgs {
     /// application/bson`; receivers hand handlers the JSON again).
     #[arg(long)]
     pub binary: bool,
+    /// Write this media type into each JSON object body as `mediaType` (microcosm-pubsub
+    /// consumers require it there) and as the `media_type` attribute. A body that is not a
+    /// JSON object, or that names another media type, is refused before anything is sent.
+    #[arg(long, value_name = "TYPE", conflicts_with = "binary")]
+    pub media_type: Option<String>,
 }
 
 /// Entry point: parse, run, map errors to exit codes.
@@ -279,6 +284,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::FilterPolicies => {
             let config = Config::read(path)?;
             let policy = crate::filter::iniesta_policy(&config.sns.event_key, &config.sqs.filters);
+            for name in crate::filter::python_unbuildable(&config.sqs.filters) {
+                tracing::warn!(filter = %name, "{}", crate::filter::PYTHON_UNBUILDABLE);
+            }
             println!("{policy}");
             Ok(ExitCode::SUCCESS)
         }
@@ -819,16 +827,20 @@ async fn publish(
             }]
         }
     };
-    let events = if args.binary {
-        to_bson_events(events)?
-    } else {
-        events
-    };
     let mut extra = Attributes::new();
     for text in &args.attributes {
         let (name, attribute) = parse_attribute(text)?;
         extra.insert(name, attribute);
     }
+    let events = match &args.media_type {
+        Some(media_type) => with_media_type(events, &extra, media_type)?,
+        None => events,
+    };
+    let events = if args.binary {
+        to_bson_events(events)?
+    } else {
+        events
+    };
     // Every event must encode (size, attribute types) before the first one is sent.
     for (n, event) in events.iter().enumerate() {
         let mut attributes = event.attributes.clone();
@@ -879,6 +891,34 @@ async fn publish(
         crate::egress::cli::report_queued(&published);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `publish --media-type`: every body gets `mediaType` and the `media_type` attribute (the
+/// `-a` attributes considered), or the whole publish is refused.
+fn with_media_type(
+    events: Vec<Event>,
+    extra: &Attributes,
+    media_type: &str,
+) -> anyhow::Result<Vec<Event>> {
+    events
+        .into_iter()
+        .map(|mut event| {
+            for (name, attribute) in extra {
+                event
+                    .attributes
+                    .entry(name.clone())
+                    .or_insert_with(|| attribute.clone());
+            }
+            event.body = crate::media_type::stamp(&event.body, &mut event.attributes, media_type)
+                .with_context(|| {
+                format!(
+                    "--media-type {media_type}: cannot write it into `{}`; nothing was published",
+                    event.event
+                )
+            })?;
+            Ok(event)
+        })
+        .collect()
 }
 
 /// `publish --binary`: every body becomes a BSON document, marked with the content type.

@@ -362,6 +362,14 @@ pub struct LockConfig {
     /// Redis URLs: none = in-process locks.
     #[serde(default)]
     pub urls: Vec<String>,
+    /// The shortcut for the Python iniesta's lock layout: one Redis server
+    /// (`redis://[:PASSWORD@]HOST[:PORT]`, no database) whose `databases` are the Redlock
+    /// nodes. Instead of `urls`.
+    #[serde(default)]
+    pub server: Option<String>,
+    /// With `server`: its databases used as nodes (default [`PYTHON_INIESTA_LOCK_DATABASES`]).
+    #[serde(default)]
+    pub databases: Option<Vec<u32>>,
     /// Attempts to take a lock, as aioredlock counts them (1 = one try, 0 is treated as 1),
     /// with a random 100–300 ms pause between attempts, before leaving the message.
     #[serde(default = "default_lock_retry")]
@@ -375,10 +383,83 @@ pub struct LockConfig {
     pub completion_ttl_secs: u64,
 }
 
+/// The Redis databases the Python iniesta takes its locks in, on one server
+/// (`INIESTA_CACHES`: `iniesta1`..`iniesta3` are DBs 1, 2 and 3 of localhost:6379, the nodes
+/// of its aioredlock).
+pub const PYTHON_INIESTA_LOCK_DATABASES: [u32; 3] = [1, 2, 3];
+
+impl LockConfig {
+    /// The lock nodes' URLs: `urls`, or `server` with each of `databases` appended
+    /// (`redis://host:6379` → `redis://host:6379/1`, `/2`, `/3`). A problem names the key.
+    pub fn node_urls(&self) -> Result<Vec<String>, Problem> {
+        let problem = |key: &str, message: String| Problem {
+            key: key.into(),
+            message,
+        };
+        let Some(server) = &self.server else {
+            if self.databases.is_some() {
+                return Err(problem(
+                    "lock.databases",
+                    "is only used with lock.server (the databases of that server are the lock nodes)".into(),
+                ));
+            }
+            return Ok(self.urls.clone());
+        };
+        if !self.urls.is_empty() {
+            return Err(problem(
+                "lock.server",
+                "set lock.server or lock.urls, not both".into(),
+            ));
+        }
+        let redacted = crate::lock::redact(server);
+        let Some((scheme, rest)) = server.split_once("://") else {
+            return Err(problem(
+                "lock.server",
+                format!("`{redacted}` is not a URL: write redis://[:PASSWORD@]HOST[:PORT]"),
+            ));
+        };
+        if scheme != "redis" {
+            return Err(problem(
+                "lock.server",
+                format!("`{redacted}`: only redis:// is supported"),
+            ));
+        }
+        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(authority_end);
+        if authority.is_empty() || !(tail.is_empty() || tail == "/") {
+            return Err(problem(
+                "lock.server",
+                format!("`{redacted}` must be redis://[:PASSWORD@]HOST[:PORT] without a database: the databases come from lock.databases (default [1, 2, 3], the Python iniesta's)"),
+            ));
+        }
+        let databases = self
+            .databases
+            .clone()
+            .unwrap_or_else(|| PYTHON_INIESTA_LOCK_DATABASES.to_vec());
+        let mut seen = std::collections::BTreeSet::new();
+        if databases.is_empty()
+            || databases.len() == 2
+            || !databases.iter().all(|d| seen.insert(*d))
+        {
+            return Err(problem(
+                "lock.databases",
+                "must list one database or three or more distinct ones (two cannot form a quorum)"
+                    .into(),
+            ));
+        }
+        Ok(databases
+            .iter()
+            .map(|db| format!("{scheme}://{authority}/{db}"))
+            .collect())
+    }
+}
+
 impl Default for LockConfig {
     fn default() -> Self {
         Self {
             urls: Vec::new(),
+            server: None,
+            databases: None,
             retry_count: default_lock_retry(),
             timeout_secs: default_lock_timeout(),
             completion_ttl_secs: default_completion_ttl(),
@@ -817,11 +898,13 @@ impl Config {
         if self.lock.timeout_secs == 0 {
             bad("lock.timeout_secs", "must be at least 1".into());
         }
-        if self.lock.urls.len() == 2 {
-            bad(
+        match self.lock.node_urls() {
+            Err(problem) => bad(&problem.key, problem.message),
+            Ok(urls) if urls.len() == 2 => bad(
                 "lock.urls",
                 "two Redis servers cannot form a quorum: use none (in-process), one, or three or more".into(),
-            );
+            ),
+            Ok(_) => {}
         }
         if self.broker.kind == BrokerKind::Local && self.broker.path.as_os_str().is_empty() {
             bad(

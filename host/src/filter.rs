@@ -200,6 +200,21 @@ pub fn iniesta_policy(event_key: &str, filters: &[String]) -> Value {
     Value::Object(policy)
 }
 
+/// Why a filter name from [`python_unbuildable`] is warned about.
+pub const PYTHON_UNBUILDABLE: &str = "a Python iniesta service cannot build a filter policy from this name (its builder takes exactly two dotted parts, `Event.service` or `Event.*`, and refuses to start otherwise); iniesta builds it";
+
+/// The filter names the Python iniesta's policy builder refuses, in config order: it splits
+/// each name on `.` and asserts two parts (`filter_list_to_filter_policies`), so
+/// `Order.Created.shop`, `Order.Created.*` and `single` stop a Python service that is configured
+/// with them. [`iniesta_policy`] builds a policy from any name.
+pub fn python_unbuildable(filters: &[String]) -> Vec<&str> {
+    filters
+        .iter()
+        .filter(|name| name.split('.').count() != 2)
+        .map(String::as_str)
+        .collect()
+}
+
 // ---------------------------------------------------------------------------------------------
 // The parsed tree.
 
@@ -1699,6 +1714,26 @@ mod tests {
         assert_eq!(
             iniesta_policy("k", &["*".to_string(), "a*".to_string()]),
             json!({"k": ["*", "a*"]})
+        );
+    }
+
+    #[test]
+    fn names_the_python_builder_refuses() {
+        let names: Vec<String> = [
+            "Order.*",
+            "hello.iniesta",
+            "Order.Created.shop",
+            "Cart.*.eu",
+            "single",
+            "a.b.*",
+            "*",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(
+            python_unbuildable(&names),
+            vec!["Order.Created.shop", "Cart.*.eu", "single", "a.b.*", "*"]
         );
     }
 

@@ -2,7 +2,7 @@
 //!
 //! A host for event messaging over AWS SNS/SQS (or an embedded local broker) that runs the
 //! business logic from handler plugins. One module per concern: [`config`], [`wire`],
-//! [`filter`], [`route`], [`broker`], [`lock`], [`plugins`], [`pipeline`], [`egress`] (with
+//! [`filter`], [`route`] (with [`media_type`]), [`broker`], [`lock`], [`plugins`], [`pipeline`], [`egress`] (with
 //! [`acct`] credential profiles), [`ingress`], [`provision`], [`dlq`] (list, redrive, purge
 //! dead letters), [`isolate`] (plugins in worker processes), [`ops`] (metrics, health, error
 //! reports, the operator console), [`scaffold`], [`cli`].
@@ -17,6 +17,7 @@ pub mod filter;
 pub mod ingress;
 pub mod isolate;
 pub mod lock;
+pub mod media_type;
 pub mod ops;
 pub mod pipeline;
 pub mod plugins;

@@ -513,7 +513,8 @@ fn encrypted_profiles_round_trip_and_python_reads_them() {
     );
     assert!(!stderr.contains(&key), "{stderr}");
 
-    // Standard Fernet: Python's `cryptography` (in the moto venv) decrypts it to the plaintext.
+    // Standard Fernet: Python's `cryptography` (in the moto venv) decrypts it; inside is the
+    // msgpack of the profiles, as the real `acct encrypt` writes it.
     let python = common::aws::moto_binary()
         .parent()
         .expect("venv bin")
@@ -521,7 +522,7 @@ fn encrypted_profiles_round_trip_and_python_reads_them() {
     let out = Command::new(&python)
         .args([
             "-c",
-            "import sys; from cryptography.fernet import Fernet; sys.stdout.write(Fernet(sys.argv[1].encode()).decrypt(open(sys.argv[2],'rb').read()).decode())",
+            "import sys, base64; from cryptography.fernet import Fernet; sys.stdout.write(base64.b64encode(Fernet(sys.argv[1].encode()).decrypt(open(sys.argv[2],'rb').read())).decode())",
             &key,
             fernet.to_str().expect("utf-8"),
         ])
@@ -532,7 +533,18 @@ fn encrypted_profiles_round_trip_and_python_reads_them() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), plaintext);
+    use base64::Engine as _;
+    let inner = base64::engine::general_purpose::STANDARD
+        .decode(out.stdout.trim_ascii())
+        .expect("base64");
+    let data: serde_json::Value = rmp_serde::from_slice(&inner).expect("msgpack inside");
+    assert_eq!(
+        data,
+        serde_json::json!({
+            "nats": {"prod": {"url": "nats://nats.internal:4222", "user": "svc", "password": SECRET}},
+            "jsonl": {"local": {"path": "/tmp/x.jsonl"}}
+        })
+    );
 }
 
 #[test]

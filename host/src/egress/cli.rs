@@ -21,8 +21,9 @@ use crate::route::Routes;
 /// `iniesta acct ...`.
 #[derive(Debug, clap::Subcommand)]
 pub enum AcctCommand {
-    /// Encrypt a TOML file of profiles (`[plugin.profile]` tables) into FILE.fernet with a new
-    /// key, and print the key.
+    /// Encrypt a file of profiles into FILE.fernet with a new key, and print the key: YAML
+    /// (`plugin: profile: settings`, as the real `acct encrypt` reads it) or, for a `.toml`
+    /// name, `[plugin.profile]` tables. The token holds msgpack of the data, as acct's does.
     Encrypt {
         /// The plaintext profiles.
         file: PathBuf,

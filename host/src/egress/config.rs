@@ -32,6 +32,10 @@ pub struct EgressConfig {
     /// encrypted).
     #[serde(default)]
     pub config: Option<toml::Value>,
+    /// A media type written into the JSON object bodies this egress sends (`mediaType`, as
+    /// microcosm-pubsub consumers require) and the `media_type` attribute.
+    #[serde(default)]
+    pub media_type: Option<String>,
 }
 
 /// One `[[ingress]]` entry: a consumer that feeds the bindings.
@@ -169,6 +173,14 @@ pub fn problems(config: &Config, problems: &mut Vec<Problem>) {
                 bad(
                     format!("{key}.config"),
                     "must be a table, e.g. config = { path = \"events.jsonl\" }".into(),
+                );
+            }
+        }
+        if let Some(media_type) = &e.media_type {
+            if media_type.trim().is_empty() || media_type.chars().any(char::is_whitespace) {
+                bad(
+                    format!("{key}.media_type"),
+                    "must be a media type without spaces, e.g. \"application/vnd.globality.pubsub._.created.order\"".into(),
                 );
             }
         }

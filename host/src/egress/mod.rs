@@ -14,6 +14,7 @@ pub mod builtin;
 pub mod cli;
 pub mod config;
 pub mod fanout;
+pub mod media_type;
 pub mod outbox;
 pub mod plugin;
 
@@ -278,6 +279,13 @@ pub fn build_fanout(
                     egress,
                 )) as Arc<dyn fanout::Egress>)
             })(),
+        };
+        let built = match (built, &entry.media_type) {
+            (Ok(egress), Some(media_type)) => Ok(Arc::new(media_type::MediaTypeEgress::new(
+                egress,
+                media_type.clone(),
+            )) as Arc<dyn fanout::Egress>),
+            (built, _) => built,
         };
         match built {
             Ok(egress) => {

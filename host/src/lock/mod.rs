@@ -9,6 +9,10 @@
 //!   compare-and-extend;
 //! - three or more: the Redlock quorum over independent Redis servers ([`redlock::Redlock`]).
 //!
+//! `[lock] server` is the shortcut for the Python iniesta's layout: Redlock over databases
+//! 1, 2 and 3 of one server ([`crate::config::LockConfig::node_urls`]), so both sides take the
+//! same locks.
+//!
 //! A receive batch takes all its locks in one pipelined round trip per Redis node, and the
 //! same round trip reads the batch's completion records and carries the releases and
 //! completion records queued since the previous batch (see [`redis`], "Deferred writes"). Redis only ever sees message ids,
@@ -190,19 +194,21 @@ pub async fn from_config(config: &crate::config::LockConfig) -> Result<Arc<dyn L
     // Releases and completion records ride along with the next acquire; the flusher below
     // sends them when none comes within `redis::LINGER`.
     let wake = Arc::new(tokio::sync::Notify::new());
-    let locks: Arc<dyn Locks> = match config.urls.len() {
-        0 => Arc::new(LocalLocks::new()),
-        1 => Arc::new(redis::RedisLocks::new(
-            redis::Node::open(0, &config.urls[0], redis::Node::timeout_for(ttl))?
-                .defer_writes(wake.clone()),
+    // `urls`, or the `server` shortcut expanded to one URL per database.
+    let urls = config
+        .node_urls()
+        .map_err(|problem| LockError::Service(problem.to_string()))?;
+    let locks: Arc<dyn Locks> = match urls.as_slice() {
+        [] => Arc::new(LocalLocks::new()),
+        [url] => Arc::new(redis::RedisLocks::new(
+            redis::Node::open(0, url, redis::Node::timeout_for(ttl))?.defer_writes(wake.clone()),
         )),
-        2 => return Err(LockError::Service(
+        [_, _] => return Err(LockError::Service(
             "two Redis servers cannot form a quorum: use none (in-process), one, or three or more"
                 .into(),
         )),
         _ => {
-            let nodes = config
-                .urls
+            let nodes = urls
                 .iter()
                 .enumerate()
                 .map(|(i, url)| {
@@ -213,7 +219,7 @@ pub async fn from_config(config: &crate::config::LockConfig) -> Result<Arc<dyn L
             Arc::new(redlock::Redlock::new(nodes))
         }
     };
-    if !config.urls.is_empty() {
+    if !urls.is_empty() {
         spawn_flusher(Arc::downgrade(&locks), wake);
     }
     match locks.check().await {

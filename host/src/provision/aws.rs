@@ -108,6 +108,10 @@ async fn find_subscription(
 }
 
 /// The queue policy iniesta sets: the topic may send to the queue.
+///
+/// The action is spelt `SQS:SendMessage` (IAM compares actions case-insensitively) because
+/// the Python iniesta's EVENT_POLLING start-up check looks for exactly that text in the first
+/// statement's `Action`; [`policy_allows`] accepts any spelling.
 pub fn queue_policy(queue_arn: &str, topic_arn: &str) -> Value {
     json!({
         "Version": "2012-10-17",
@@ -115,7 +119,7 @@ pub fn queue_policy(queue_arn: &str, topic_arn: &str) -> Value {
             "Sid": "iniesta-sns-send",
             "Effect": "Allow",
             "Principal": { "Service": "sns.amazonaws.com" },
-            "Action": "sqs:SendMessage",
+            "Action": "SQS:SendMessage",
             "Resource": queue_arn,
             "Condition": { "ArnEquals": { "aws:SourceArn": topic_arn } }
         }]
@@ -133,7 +137,8 @@ fn one_or_many(value: Option<&Value>) -> Vec<String> {
     }
 }
 
-/// Whether a queue policy lets `topic_arn` call `SQS:SendMessage`.
+/// Whether a queue policy lets `topic_arn` call `SQS:SendMessage` (the action in any case,
+/// as IAM compares it: `sqs:SendMessage` passes too).
 pub fn policy_allows(policy: &str, topic_arn: &str) -> bool {
     let Ok(policy) = serde_json::from_str::<Value>(policy) else {
         return false;
@@ -442,8 +447,14 @@ mod tests {
     #[test]
     fn our_policy_passes_our_check_and_others_do_not() {
         let topic = "arn:aws:sns:us-east-1:123456789012:global";
-        let ours = queue_policy("arn:aws:sqs:us-east-1:123456789012:q", topic).to_string();
+        let ours = queue_policy("arn:aws:sqs:us-east-1:123456789012:q", topic);
+        assert_eq!(
+            ours["Statement"][0]["Action"], "SQS:SendMessage",
+            "the spelling the Python iniesta's start-up check looks for"
+        );
+        let ours = ours.to_string();
         assert!(policy_allows(&ours, topic));
+        assert!(policy_allows(&ours.replace("SQS:", "sqs:"), topic));
         assert!(!policy_allows(
             &ours,
             "arn:aws:sns:us-east-1:123456789012:other"

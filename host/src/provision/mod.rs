@@ -29,6 +29,9 @@ pub struct Item {
 pub struct Report {
     /// Every checked resource, in order.
     pub items: Vec<Item>,
+    /// Things that work here but not for every service sharing these resources, e.g. filter
+    /// names the Python iniesta cannot build a policy from: `(subject, detail)`. Not problems.
+    pub warnings: Vec<(String, String)>,
 }
 
 impl Report {
@@ -57,6 +60,9 @@ impl fmt::Display for Report {
             }
             writeln!(f)?;
         }
+        for (subject, detail) in &self.warnings {
+            writeln!(f, "WARNING {subject}: {detail}")?;
+        }
         let problems = self.items.iter().filter(|i| !i.ok).count();
         if problems == 0 {
             write!(f, "all {} resources are in place", self.items.len())
@@ -68,16 +74,29 @@ impl fmt::Display for Report {
 
 /// Check the resources a config needs.
 pub async fn check(config: &Config) -> Result<Report, BrokerError> {
-    match config.broker.kind {
+    let report = match config.broker.kind {
         BrokerKind::Local => local::check(config).await,
         BrokerKind::Aws => aws::check(config).await,
-    }
+    }?;
+    Ok(with_warnings(config, report))
 }
 
 /// Create or update the resources a config needs; idempotent. Returns the check after.
 pub async fn setup(config: &Config) -> Result<Report, BrokerError> {
-    match config.broker.kind {
+    let report = match config.broker.kind {
         BrokerKind::Local => local::setup(config).await,
         BrokerKind::Aws => aws::setup(config).await,
+    }?;
+    Ok(with_warnings(config, report))
+}
+
+/// Add a warning for each filter name the Python iniesta cannot build a policy from.
+fn with_warnings(config: &Config, mut report: Report) -> Report {
+    for name in crate::filter::python_unbuildable(&config.sqs.filters) {
+        report.warnings.push((
+            format!("filter `{name}`"),
+            crate::filter::PYTHON_UNBUILDABLE.to_string(),
+        ));
     }
+    report
 }

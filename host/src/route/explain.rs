@@ -165,7 +165,7 @@ fn header(out: &mut String, config: &Config, envelope: &Envelope) {
     );
     match media_type_of(envelope) {
         Some((media_type, source)) => {
-            let _ = writeln!(out, "media type  {media_type} ({source} `media_type`)");
+            let _ = writeln!(out, "media type  {media_type} ({source})");
         }
         None => {
             let _ = writeln!(out, "media type  none");
@@ -247,7 +247,7 @@ fn content_lines(out: &mut String, rules: &Rules, envelope: &Envelope) {
             None => {
                 let _ = writeln!(
                     out,
-                    "  FAIL  media_types: the message has no media type (no `media_type` attribute or body field); wants {}",
+                    "  FAIL  media_types: the message has no media type (no `media_type` attribute, no `media_type` or `mediaType` body field); wants {}",
                     wanted.join(", ")
                 );
             }

@@ -2,7 +2,8 @@
 //!
 //! Event patterns are exact names or globs where `*` matches any run of characters, dots
 //! included (`Order.*` takes `Order.Created.shop`). A binding may also look at the content:
-//! `media_types` (a `media_type` attribute or body field, see [`Rules`]) and a `match` table
+//! `media_types` (a `media_type` attribute or body field, or microcosm's `mediaType` body
+//! field, see [`Rules`]) and a `match` table
 //! (the match DSL, [`matcher`]); it takes a message only when its pattern, media types and
 //! match conditions all agree. A message goes to every binding that takes it (fan-out); the
 //! default binding takes only messages no other binding takes (and only if its own content
@@ -94,8 +95,9 @@ impl Pattern {
     }
 }
 
-/// The attribute (or, failing that, top-level body field) `media_types` are matched against.
-pub const MEDIA_TYPE_KEY: &str = "media_type";
+/// The attribute (or, failing that, top-level body field) `media_types` are matched against;
+/// microcosm-pubsub's body field `mediaType` is read too (see [`crate::media_type`]).
+pub const MEDIA_TYPE_KEY: &str = crate::media_type::ATTRIBUTE;
 
 /// What a binding asks of a message's content, compiled from its `[[bindings]]` entry.
 #[derive(Debug, Default)]
@@ -128,7 +130,7 @@ impl Rules {
             }
         }
         for (i, media_type) in binding.media_types.iter().enumerate() {
-            match Pattern::parse(&normal_media_type(media_type)) {
+            match Pattern::parse(&crate::media_type::normal(media_type)) {
                 Ok(pattern) => rules.media_types.push(pattern),
                 Err(_) => problems.push(Problem {
                     key: format!("{key}.media_types[{i}]"),
@@ -175,26 +177,9 @@ impl Rules {
 
 /// The message's media type, normalised (lower case, parameters such as `; charset=utf-8`
 /// dropped), and where it came from: the `media_type` attribute, else the body's top-level
-/// `media_type` field.
+/// `media_type` field, else its `mediaType` field (microcosm-pubsub's).
 pub fn media_type_of(envelope: &Envelope) -> Option<(String, &'static str)> {
-    if let Some(attribute) = envelope.attributes.get(MEDIA_TYPE_KEY) {
-        return Some((normal_media_type(&attribute.value), "attribute"));
-    }
-    envelope
-        .payload()
-        .json
-        .as_ref()
-        .and_then(|json| json.get(MEDIA_TYPE_KEY))
-        .and_then(|v| v.as_str())
-        .map(|text| (normal_media_type(text), "body field"))
-}
-
-fn normal_media_type(text: &str) -> String {
-    text.split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase()
+    crate::media_type::of(envelope)
 }
 
 /// A routing table over bindings of any type `B`.
@@ -566,6 +551,47 @@ mod tests {
         let picky = RouteTable::with_rules(vec![("d", vec![], true, rules("match = { a = 1 }"))]);
         assert_eq!(picky.route(&envelope("E", r#"{"a": 1}"#, &[])), vec![&"d"]);
         assert!(picky.route(&envelope("E", r#"{"a": 2}"#, &[])).is_empty());
+    }
+
+    /// microcosm-pubsub writes the media type as `mediaType` in the body (its consumer reads
+    /// it there); a `media_types` binding takes such a message.
+    #[test]
+    fn microcosm_body_media_type_routes() {
+        let table = RouteTable::with_rules(vec![
+            (
+                "created",
+                vec![p("*")],
+                false,
+                rules("media_types = [\"application/vnd.globality.pubsub._.created.*\"]"),
+            ),
+            ("fallback", vec![], true, Rules::default()),
+        ]);
+        let microcosm = r#"{"mediaType": "application/vnd.globality.pubsub._.created.order", "uri": "http://o/1", "opaqueData": {}}"#;
+        assert_eq!(
+            table.route(&envelope("E", microcosm, &[])),
+            vec![&"created"]
+        );
+        assert_eq!(
+            media_type_of(&envelope("E", microcosm, &[])),
+            Some((
+                "application/vnd.globality.pubsub._.created.order".to_string(),
+                "body field `mediaType`"
+            ))
+        );
+        // The attribute still wins, then `media_type`, then `mediaType`.
+        let both = r#"{"media_type": "a/first", "mediaType": "b/second"}"#;
+        assert_eq!(
+            media_type_of(&envelope("E", both, &[])).map(|(t, _)| t),
+            Some("a/first".to_string())
+        );
+        assert_eq!(
+            media_type_of(&envelope("E", both, &[("media_type", "c/attr")])).map(|(t, _)| t),
+            Some("c/attr".to_string())
+        );
+        assert_eq!(
+            table.route(&envelope("E", r#"{"mediaType": 5}"#, &[])),
+            vec![&"fallback"]
+        );
     }
 
     #[test]
