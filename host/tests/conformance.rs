@@ -571,6 +571,19 @@ fn redis_get(port: u16, db: u8, key: &str) -> String {
     value.unwrap_or_default()
 }
 
+/// The keys on one Redis DB, for failure messages.
+fn redis_keys(port: u16, db: u8) -> String {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/{db}")).expect("url");
+    let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_secs(2)) else {
+        return "(no connection)".into();
+    };
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query(&mut conn)
+        .unwrap_or_default();
+    keys.join(", ")
+}
+
 /// A lock the Python Redlock holds keeps iniesta-rs off the message until it is released, and a
 /// lock iniesta-rs holds (while its handler runs) is refused to the Python Redlock: the same
 /// key `sqs:event:{message_id}` on the same three DBs (1, 2, 3) of one server.
@@ -652,7 +665,14 @@ fn locks_exclude_both_ways_on_the_python_redlock_databases() {
     wait_for(
         "iniesta-rs to take the lock on DBs 1, 2 and 3",
         || (1..=3).all(|db| !redis_get(redis.port, db, &key).is_empty()),
-        || host.log_text(),
+        || {
+            format!(
+                "{}\nledger: {:?}\nkeys on DB 1: {}",
+                host.log_text(),
+                json_lines(&got),
+                redis_keys(redis.port, 1)
+            )
+        },
     );
     let mut try_lock = python(&s, "iniesta_peer.py", &moto.url());
     iniesta_settings(&mut try_lock, &moto.url(), "pyshop", Some(redis.port));
