@@ -595,7 +595,7 @@ fn locks_exclude_both_ways_on_the_python_redlock_databases() {
     let got = s.path("rs.jsonl");
     let queue = "iniesta-test-rslocks";
     let rest = format!(
-        "{}[[bindings]]\nevents = [\"Slow.*\"]\nplugin = \"panicky\"\nhandler = \"sleepy\"\ntimeout_secs = 60\nconfig = {{ sleep_ms = 4000 }}\n",
+        "{}[[bindings]]\nevents = [\"Slow.*\"]\nplugin = \"panicky\"\nhandler = \"sleepy\"\ntimeout_secs = 60\nconfig = {{ sleep_ms = 15000 }}\n",
         ledger(&got, "rs", r#"["Order.*", "Slow.*"]"#)
     );
     let config = rs_config(
@@ -676,8 +676,16 @@ fn locks_exclude_both_ways_on_the_python_redlock_databases() {
     );
     let mut try_lock = python(&s, "iniesta_peer.py", &moto.url());
     iniesta_settings(&mut try_lock, &moto.url(), "pyshop", Some(redis.port));
-    try_lock.args(["try-lock", &key]);
-    assert_eq!(run_ok(try_lock, "python try-lock"), "refused");
+    // --when-held: the Python side tries only while the key is held (the handler holds it for
+    // 15 s, longer than the Python start-up on a busy machine), else it says "never held".
+    try_lock.args(["try-lock", &key, "--when-held"]);
+    let verdict = run_ok(try_lock, "python try-lock --when-held");
+    assert_eq!(
+        verdict.lines().last().unwrap_or_default(),
+        "refused",
+        "{verdict}\n{}",
+        host.log_text()
+    );
     wait_for(
         "the slow message to settle",
         || depth(&moto.url(), queue) == 0,
@@ -948,8 +956,7 @@ fn acct_files_work_both_ways_and_pop_evbus_reads_ours() {
         &[
             "--acct-file",
             &theirs.display().to_string(),
-            "--acct-key",
-            &key,
+            &format!("--acct-key={key}"),
             "acct",
             "show",
         ],
@@ -973,7 +980,9 @@ fn acct_files_work_both_ways_and_pop_evbus_reads_ours() {
             cmd.current_dir(s.dir.path())
                 .arg("decrypt")
                 .arg(&ours)
-                .args(["--acct-key", &our_key, "--output", "json"]);
+                // `=`: a Fernet key may begin with `-`.
+                .arg(format!("--acct-key={our_key}"))
+                .args(["--output", "json"]);
             cmd
         },
         "acct decrypt",

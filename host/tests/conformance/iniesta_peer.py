@@ -10,8 +10,10 @@ Commands (the Rust test host/tests/conformance.rs runs them):
                               JSON line per message to LEDGER; prints "peer: polling" once the
                               library's start-up checks passed and polling started
   filter-policies             Iniesta.filter_policies() for INIESTA_SQS_CONSUMER_FILTERS, as JSON
-  try-lock KEY                take KEY with the Aioredlock the SQSClient builds; prints
-                              "taken" (then releases) or "refused"
+  try-lock KEY [--when-held]  take KEY with the Aioredlock the SQSClient builds; prints
+                              "taken" (then releases) or "refused". --when-held: print
+                              "waiting", wait until KEY is held (aioredlock's is_locked:
+                              a majority of the DBs), then try
   hold-lock KEY SECONDS       take KEY, print "held", keep it SECONDS, release
 
 PEER_LOCK_CACHES (JSON, e.g. {"HOST": "127.0.0.1", "PORT": 6390}) points the library's three
@@ -134,10 +136,21 @@ def lock_manager():
     )
 
 
-async def try_lock(key):
+async def try_lock(key, when=None):
     from aioredlock import LockError
 
     manager = lock_manager()
+    if when == "--when-held":
+        # Wait until a majority of the three DBs hold KEY (someone else's lock), then try.
+        print("waiting", flush=True)
+        for _ in range(3000):
+            if await manager.is_locked(key):
+                break
+            await asyncio.sleep(0.02)
+        else:
+            print("never held")
+            await manager.destroy()
+            return
     try:
         lock = await manager.lock(key)
     except LockError:
