@@ -21,6 +21,14 @@ if [ ! -x "$MOTO_VENV/bin/moto_server" ] || ! "$MOTO_VENV/bin/pip" show moto 2>/
 fi
 export INIESTA_MOTO_SERVER="$PWD/$MOTO_VENV/bin/moto_server"
 
+# --- the real Python libraries for the conformance suite (host/tests/conformance.rs) ---------
+# insanic-iniesta, microcosm-pubsub, pop-evbus and acct, pinned in
+# host/tests/conformance/requirements.txt, in a venv cached under ~/.cache/iniesta (rebuilt
+# only when the pins change). Exports INIESTA_PEERS_PYTHON.
+source scripts/python-peers.sh >/dev/null
+echo "==> python peers: $INIESTA_PEERS_PYTHON ($("$INIESTA_PEERS_PYTHON" --version))"
+# --- end python peers -------------------------------------------------------------------------
+
 # --- redis-server for the idempotency lock tests (host/tests/locks.rs) -----------------------
 # The tests start their own redis-server processes on free loopback ports (one, or three for
 # the Redlock quorum) and never touch a Redis already running on 6379.
