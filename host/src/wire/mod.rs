@@ -325,7 +325,11 @@ pub fn decode(
 fn event_of(attributes: &Attributes, event_key: &str) -> Result<String, DecodeError> {
     match attributes.get(event_key) {
         None => Ok(String::new()),
-        Some(a) if a.base_type() == "String" => Ok(a.value.clone()),
+        // `String.Array` (an SNS type) is a list, not a name: SNS filter policies match its
+        // elements, so taking its JSON text as the event would route a list of names.
+        Some(a) if a.base_type() == "String" && a.data_type != "String.Array" => {
+            Ok(a.value.clone())
+        }
         Some(a) => Err(DecodeError::EventNotString {
             key: event_key.to_string(),
             data_type: a.data_type.clone(),
@@ -640,12 +644,50 @@ mod tests {
         assert!(matches!(parsed.message, std::borrow::Cow::Borrowed(_)));
     }
 
+    #[test]
+    fn a_string_array_event_attribute_is_not_an_event_name() {
+        let mut delivered = Attributes::new();
+        delivered.insert(
+            "iniesta_pass".into(),
+            Attribute {
+                data_type: "String.Array".into(),
+                value: r#"["Order.Created.shop","Admin.Delete.x"]"#.into(),
+            },
+        );
+        assert!(matches!(
+            decode("m", b"{}", &delivered, 0, RAW),
+            Err(DecodeError::EventNotString { .. })
+        ));
+        // A custom String subtype is still a String.
+        delivered.insert(
+            "iniesta_pass".into(),
+            Attribute {
+                data_type: "String.custom".into(),
+                value: "Order.Created.shop".into(),
+            },
+        );
+        let env = decode("m", b"{}", &delivered, 0, RAW).expect("decodes");
+        assert_eq!(env.event, "Order.Created.shop");
+    }
+
     proptest::proptest! {
         #[test]
         fn a_raw_queue_never_changes_a_text_body_or_its_event(body in ".*", event in "[A-Za-z.]{1,20}") {
             let delivered = attrs(&[("iniesta_pass", &event)]);
             let env = decode("m", body.as_bytes(), &delivered, 0, RAW).expect("decodes");
             proptest::prop_assert_eq!(env.body, body.as_bytes());
+            proptest::prop_assert_eq!(env.event, event);
+        }
+
+        /// Bodies shaped like envelopes of the very topic, naming another event: on a raw
+        /// queue they stay bodies, with the delivered event (the old decoder unwrapped them).
+        #[test]
+        fn a_raw_queue_never_unwraps_an_envelope_shaped_body(message in ".*", inner in "[A-Za-z.]{1,20}", event in "[A-Za-z.]{1,20}") {
+            let body = envelope(GLOBAL, &message, &inner);
+            let delivered = attrs(&[("iniesta_pass", &event)]);
+            let env = decode("m", &body, &delivered, 0, RAW).expect("decodes");
+            proptest::prop_assert_eq!(env.delivery, Delivery::Raw);
+            proptest::prop_assert_eq!(env.body, body);
             proptest::prop_assert_eq!(env.event, event);
         }
 
