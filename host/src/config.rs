@@ -820,6 +820,14 @@ impl Config {
                     "sqs.raw_message_delivery",
                     "`false` describes the queue's subscription to sns.topic_arn, which only EVENT_POLLING has".into(),
                 );
+            } else if self.does(InitializationType::QueuePolling) {
+                // Producers send straight to a QUEUE_POLLING queue by design, and an envelope's
+                // TopicArn is only body text: on a queue that unwraps envelopes, such a sender
+                // could write one naming sns.topic_arn and choose the event.
+                bad(
+                    "sqs.raw_message_delivery",
+                    "`false` cannot be combined with QUEUE_POLLING: messages sent straight to the queue could pass as SNS envelopes and choose their event; keep raw delivery (the default) or drop QUEUE_POLLING".into(),
+                );
             }
         }
         if self.sqs.queue_name.is_none() {
@@ -1224,6 +1232,11 @@ mod tests {
             keys(&queue_only),
             vec!["sqs.raw_message_delivery".to_string()]
         );
+        // Senders straight to the queue could pass a body off as an envelope of the topic.
+        let both = parse(&format!(
+            "initialization = [\"EVENT_POLLING\", \"QUEUE_POLLING\"]\n{aws}raw_message_delivery = false\n"
+        ));
+        assert_eq!(keys(&both), vec!["sqs.raw_message_delivery".to_string()]);
         let local = parse(
             "service = \"s\"\n[sns]\ntopic_arn = \"arn:aws:sns:us-east-1:1:global\"\n[sqs]\nfilters = [\"Order.*\"]\nraw_message_delivery = false\n",
         );

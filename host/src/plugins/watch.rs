@@ -516,6 +516,10 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
     check("outbox", old.outbox == new.outbox);
     check("sqs.queue_name", old.queue_name() == new.queue_name());
     check(
+        "sqs.raw_message_delivery",
+        old.sqs.raw_message_delivery == new.sqs.raw_message_delivery,
+    );
+    check(
         "sqs.dead_letter_queue",
         old.sqs.dead_letter_queue == new.sqs.dead_letter_queue,
     );
@@ -721,4 +725,29 @@ pub fn describe(plugin: &LoadedPlugin) -> String {
         plugin.generation,
         plugin.file.display()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &str) -> Config {
+        let text = format!(
+            "service = \"s\"\n[broker]\nkind = \"aws\"\n[sns]\ntopic_arn = \"arn:aws:sns:us-east-1:1:global\"\n[sqs]\nfilters = [\"Order.*\"]\n{extra}"
+        );
+        Config::parse(&text, Path::new(".")).expect("parses")
+    }
+
+    #[test]
+    fn a_changed_raw_delivery_setting_needs_a_restart() {
+        // The pipeline decodes with the delivery context it started with: a reload that
+        // changed it would run with the old one while `config` reported the new.
+        let raw = parse("");
+        let wrapped = parse("raw_message_delivery = false\n");
+        assert_eq!(
+            needs_restart(&raw, &wrapped),
+            vec!["sqs.raw_message_delivery".to_string()]
+        );
+        assert!(needs_restart(&raw, &raw).is_empty());
+    }
 }
