@@ -142,6 +142,14 @@ fn setup_writes_the_queue_policy_the_python_iniesta_start_up_check_accepts() {
             report.contains(&format!("ok      queue policy of {queue}")),
             "{action}: {report}"
         );
+        // The queue works either way, but a Python iniesta service would not start on the
+        // lower-case spelling: `check` warns (not a problem: the exit code stays 0).
+        let python_refuses = python_iniesta_confirm_permission(&policy).is_err();
+        assert_eq!(
+            report.contains(&format!("WARNING queue policy of {queue}")),
+            python_refuses,
+            "{action}: {report}"
+        );
     }
     // A statement for another topic does not count.
     let other = format!(

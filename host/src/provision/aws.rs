@@ -167,6 +167,26 @@ pub fn policy_allows(policy: &str, topic_arn: &str) -> bool {
     })
 }
 
+/// Whether a Python iniesta service's EVENT_POLLING start-up check (insanic-iniesta 0.4.0,
+/// `SQSClient.confirm_permission`) accepts the queue policy: it reads only `Statement[0]`,
+/// wants `Effect` `Allow`, and looks for the exact text `SQS:SendMessage` in its `Action`
+/// (a substring of a string, an element of a list; case-sensitive).
+pub fn python_iniesta_accepts(policy: &str) -> bool {
+    let Ok(policy) = serde_json::from_str::<Value>(policy) else {
+        return false;
+    };
+    let Some(statement) = policy.get("Statement").and_then(|s| s.get(0)) else {
+        return false;
+    };
+    let allows = statement.get("Effect").and_then(|e| e.as_str()) == Some("Allow");
+    let sends = match statement.get("Action") {
+        Some(Value::String(text)) => text.contains("SQS:SendMessage"),
+        Some(Value::Array(items)) => items.iter().any(|a| a == "SQS:SendMessage"),
+        _ => false,
+    };
+    allows && sends
+}
+
 fn redrive_matches(redrive: Option<&String>, dlq_arn: &str, max: u32) -> bool {
     let Some(redrive) = redrive.and_then(|r| serde_json::from_str::<Value>(r).ok()) else {
         return false;
@@ -298,6 +318,14 @@ pub async fn check(config: &Config) -> Result<Report, BrokerError> {
         },
         Some(FIX),
     );
+    if allowed && !policy.is_some_and(|p| python_iniesta_accepts(p)) {
+        // IAM reads the action in any case, so the queue works for SNS; but a Python iniesta
+        // service polling the same queue refuses to start (its check compares the text).
+        report.warnings.push((
+            format!("queue policy of {queue_name}"),
+            "a Python iniesta service polling this queue would refuse to start: its start-up check wants the exact text `SQS:SendMessage` in the first statement's Action (run `iniesta setup` to write the policy that way)".into(),
+        ));
+    }
     Ok(report)
 }
 
@@ -471,6 +499,25 @@ mod tests {
         .to_string();
         assert!(!policy_allows(&deny, topic));
         assert!(!policy_allows("not json", topic));
+    }
+
+    #[test]
+    fn the_python_iniesta_check_reads_the_first_statement_and_the_exact_text() {
+        let topic = "arn:aws:sns:us-east-1:123456789012:global";
+        let ours = queue_policy("arn:aws:sqs:us-east-1:123456789012:q", topic).to_string();
+        assert!(python_iniesta_accepts(&ours));
+        // An older iniesta-rs wrote the lower-case spelling: IAM accepts it, Python does not.
+        assert!(policy_allows(&ours.replace("SQS:", "sqs:"), topic));
+        assert!(!python_iniesta_accepts(&ours.replace("SQS:", "sqs:")));
+        // Someone else's statement first.
+        let other_first = json!({"Statement": [
+            {"Effect": "Allow", "Action": "sqs:ReceiveMessage", "Principal": "*"},
+            {"Effect": "Allow", "Action": "SQS:SendMessage",
+             "Condition": {"ArnEquals": {"aws:SourceArn": topic}}}]})
+        .to_string();
+        assert!(policy_allows(&other_first, topic));
+        assert!(!python_iniesta_accepts(&other_first));
+        assert!(!python_iniesta_accepts("not json"));
     }
 
     #[test]
