@@ -7,8 +7,11 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName};
-use common::aws::{aws_env, iniesta, ok, sns, sqs, start_host, Moto, Proxy};
-use common::Scratch;
+use common::aws::{
+    approximate_counts, aws_env, create_topic, iniesta, ok, queue_url, sns, sqs, start_host, Moto,
+    Proxy,
+};
+use common::{rt, Scratch};
 
 const LIMIT: Duration = Duration::from_secs(90);
 const TOPIC: &str = "arn:aws:sns:us-east-1:123456789012:global";
@@ -55,45 +58,19 @@ fn ledger(path: &Path, label: &str, events: &str) -> String {
     )
 }
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Runtime::new().expect("runtime")
-}
-
-async fn queue_url(endpoint: &str, name: &str) -> String {
-    sqs(endpoint)
-        .get_queue_url()
-        .queue_name(name)
-        .send()
-        .await
-        .expect("queue exists")
-        .queue_url()
-        .unwrap_or_default()
-        .to_string()
-}
-
 /// Visible + in-flight + delayed messages on a queue.
 async fn depth(endpoint: &str, name: &str) -> u64 {
-    let url = queue_url(endpoint, name).await;
-    let out = sqs(endpoint)
-        .get_queue_attributes()
-        .queue_url(url)
-        .attribute_names(QueueAttributeName::All)
-        .send()
-        .await
-        .expect("attributes");
-    let attrs = out.attributes().cloned().unwrap_or_default();
-    [
-        QueueAttributeName::ApproximateNumberOfMessages,
-        QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
-        QueueAttributeName::ApproximateNumberOfMessagesDelayed,
-    ]
+    approximate_counts(
+        endpoint,
+        name,
+        &[
+            QueueAttributeName::ApproximateNumberOfMessages,
+            QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+            QueueAttributeName::ApproximateNumberOfMessagesDelayed,
+        ],
+    )
+    .await
     .iter()
-    .map(|k| {
-        attrs
-            .get(k)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    })
     .sum()
 }
 
@@ -898,17 +875,8 @@ fn without_raw_delivery_envelopes_of_the_own_topic_route_and_others_are_dead_let
 /// Another topic, subscribed to the test queue without raw delivery: its envelopes reach the
 /// queue, but it is not `sns.topic_arn`. Returns its ARN.
 async fn other_topic(endpoint: &str) -> String {
-    let client = sns(endpoint);
-    let other = client
-        .create_topic()
-        .name("other")
-        .send()
-        .await
-        .expect("topic")
-        .topic_arn()
-        .unwrap_or_default()
-        .to_string();
-    client
+    let other = create_topic(endpoint, "other").await;
+    sns(endpoint)
         .subscribe()
         .topic_arn(&other)
         .protocol("sqs")

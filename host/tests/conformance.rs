@@ -16,12 +16,12 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::aws::{aws_env, sns, sqs, start_host, Moto};
+use common::aws::{iniesta, ok, queue_url, sns, sqs, start_host, Moto};
 use common::redis::RedisServer;
-use common::{json_lines, Scratch};
+use common::{json_lines, rt, Scratch};
 
 const LIMIT: Duration = Duration::from_secs(120);
 const TOPIC: &str = "arn:aws:sns:us-east-1:123456789012:global";
@@ -85,6 +85,13 @@ fn iniesta_settings(cmd: &mut Command, endpoint: &str, service: &str, redis: Opt
             format!(r#"{{"HOST": "127.0.0.1", "PORT": {port}}}"#),
         );
     }
+}
+
+/// A Python iniesta peer: `iniesta_peer.py` with the settings of `service`.
+fn py_iniesta(s: &Scratch, endpoint: &str, service: &str, redis: Option<u16>) -> Command {
+    let mut cmd = python(s, "iniesta_peer.py", endpoint);
+    iniesta_settings(&mut cmd, endpoint, service, redis);
+    cmd
 }
 
 /// Run a peer command to completion; its stdout, failing the test (with its stderr) otherwise.
@@ -179,29 +186,47 @@ fn lock_server(port: u16) -> String {
     format!("[lock]\nserver = \"redis://127.0.0.1:{port}\"\n")
 }
 
-/// An `iniesta.toml` for moto. `lock` is a `[lock]` section (empty: in-process locks).
-#[allow(clippy::too_many_arguments)]
-fn rs_config(
-    s: &Scratch,
-    name: &str,
-    endpoint: &str,
-    service: &str,
-    initialization: &str,
-    sqs_extra: &str,
-    lock: &str,
-    rest: &str,
-) -> PathBuf {
-    s.write(
-        name,
-        &format!(
-            "service = \"{service}\"\nenv = \"test\"\ninitialization = {initialization}\n\
-             [broker]\nkind = \"aws\"\nregion = \"us-east-1\"\nendpoint_url = \"{endpoint}\"\n\
-             [sns]\ntopic_arn = \"{TOPIC}\"\n\
-             [sqs]\nwait_time_seconds = 1\nvisibility_timeout = 5\n{sqs_extra}\n\
-             {lock}[plugins]\ndirs = [\"{}\"]\n{rest}\n",
-            common::plugin_dir().display()
-        ),
-    )
+/// What a test sets in an `iniesta.toml` for moto; the rest from [`RsConfig::CONSUMER`].
+struct RsConfig<'a> {
+    service: &'a str,
+    initialization: &'a str,
+    sqs_extra: &'a str,
+    /// A `[lock]` section (empty: in-process locks).
+    lock: &'a str,
+    rest: &'a str,
+}
+
+impl RsConfig<'_> {
+    /// An EVENT_POLLING + SNS_PRODUCER service with nothing else set.
+    const CONSUMER: RsConfig<'static> = RsConfig {
+        service: "",
+        initialization: r#"["EVENT_POLLING", "SNS_PRODUCER"]"#,
+        sqs_extra: "",
+        lock: "",
+        rest: "",
+    };
+
+    /// Write it as `name` in the scratch dir, against `endpoint`.
+    fn write(&self, s: &Scratch, name: &str, endpoint: &str) -> PathBuf {
+        let RsConfig {
+            service,
+            initialization,
+            sqs_extra,
+            lock,
+            rest,
+        } = self;
+        s.write(
+            name,
+            &format!(
+                "service = \"{service}\"\nenv = \"test\"\ninitialization = {initialization}\n\
+                 [broker]\nkind = \"aws\"\nregion = \"us-east-1\"\nendpoint_url = \"{endpoint}\"\n\
+                 [sns]\ntopic_arn = \"{TOPIC}\"\n\
+                 [sqs]\nwait_time_seconds = 1\nvisibility_timeout = 5\n{sqs_extra}\n\
+                 {lock}[plugins]\ndirs = [\"{}\"]\n{rest}\n",
+                common::plugin_dir().display()
+            ),
+        )
+    }
 }
 
 /// A `ledger` binding for `events` (or the default binding when `events` is empty).
@@ -217,72 +242,9 @@ fn ledger(path: &Path, label: &str, events: &str) -> String {
     )
 }
 
-/// `iniesta -c CONFIG ARGS...` with test AWS credentials.
-fn rs(config: &Path, args: &[&str]) -> Output {
-    aws_env(Command::new(common::bin()).arg("-c").arg(config).args(args))
-        .env("INIESTA_LOG", "info")
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("iniesta runs")
-}
-
-fn rs_ok(config: &Path, args: &[&str]) -> String {
-    let out = rs(config, args);
-    assert!(
-        out.status.success(),
-        "iniesta {args:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Runtime::new().expect("runtime")
-}
-
-async fn queue_url(endpoint: &str, name: &str) -> String {
-    sqs(endpoint)
-        .get_queue_url()
-        .queue_name(name)
-        .send()
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "queue {name}: {}",
-                aws_sdk_sqs::error::DisplayErrorContext(e)
-            )
-        })
-        .queue_url()
-        .unwrap_or_default()
-        .to_string()
-}
-
-/// Visible + in-flight messages on a queue.
+/// Visible + in-flight messages on a queue, now.
 fn depth(endpoint: &str, name: &str) -> u64 {
-    rt().block_on(async {
-        let url = queue_url(endpoint, name).await;
-        let out = sqs(endpoint)
-            .get_queue_attributes()
-            .queue_url(url)
-            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::All)
-            .send()
-            .await
-            .expect("attributes");
-        let attrs = out.attributes().cloned().unwrap_or_default();
-        [
-            aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages,
-            aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
-        ]
-        .iter()
-        .map(|k| {
-            attrs
-                .get(k)
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
-        })
-        .sum()
-    })
+    rt().block_on(common::aws::depth(endpoint, name))
 }
 
 /// A queue the test makes itself (for the microcosm side, which has no setup tool), subscribed
@@ -376,24 +338,20 @@ fn python_iniesta_publishes_sns_and_sqs_and_iniesta_rs_handles_each_once() {
     let moto = Moto::start();
     let s = Scratch::new();
     let got = s.path("rs.jsonl");
-    let config = rs_config(
-        &s,
-        "iniesta.toml",
-        &moto.url(),
-        "rsorders",
-        r#"["EVENT_POLLING", "SNS_PRODUCER"]"#,
-        r#"filters = ["Order.*"]"#,
-        "",
-        &ledger(&got, "rs", ""),
-    );
-    rs_ok(&config, &["setup"]);
+    let config = RsConfig {
+        service: "rsorders",
+        sqs_extra: r#"filters = ["Order.*"]"#,
+        rest: &ledger(&got, "rs", ""),
+        ..RsConfig::CONSUMER
+    }
+    .write(&s, "iniesta.toml", &moto.url());
+    ok(&config, &["setup"]);
     let host = start_host(&config, s.path("host.log"));
     let queue = "iniesta-test-rsorders";
 
     // SNS: published by a Python service called pyshop.
     let body = r#"{"id": 1, "item": "book"}"#;
-    let mut publish = python(&s, "iniesta_peer.py", &moto.url());
-    iniesta_settings(&mut publish, &moto.url(), "pyshop", None);
+    let mut publish = py_iniesta(&s, &moto.url(), "pyshop", None);
     publish.args(["publish-sns", "Order.Created", body]);
     run_ok(publish, "python iniesta publish-sns");
     let line = only_line(&got, &moto.url(), queue, &|| host.log_text());
@@ -404,8 +362,7 @@ fn python_iniesta_publishes_sns_and_sqs_and_iniesta_rs_handles_each_once() {
     // SQS: sent straight to our queue (INIESTA_SQS_QUEUE_NAME).
     std::fs::remove_file(&got).expect("reset ledger");
     let body = r#"{"id": 2, "item": "pen"}"#;
-    let mut send = python(&s, "iniesta_peer.py", &moto.url());
-    iniesta_settings(&mut send, &moto.url(), "pyshop", None);
+    let mut send = py_iniesta(&s, &moto.url(), "pyshop", None);
     send.env("INIESTA_SQS_QUEUE_NAME", queue)
         .args(["publish-sqs", "Order.Shipped", body]);
     let message_id = run_ok(send, "python iniesta publish-sqs");
@@ -428,21 +385,17 @@ fn python_iniesta_starts_on_setup_resources_and_handles_what_iniesta_rs_publishe
     let redis = RedisServer::start();
     let s = Scratch::new();
     // The Python service's own config, in iniesta.toml form: what `iniesta setup` reads.
-    let resources = rs_config(
-        &s,
-        "pycons.toml",
-        &moto.url(),
-        "pycons",
-        r#"["EVENT_POLLING", "SNS_PRODUCER"]"#,
-        r#"filters = ["Order.*", "hello.iniesta"]"#,
-        "",
-        "[[bindings]]\ndefault = true\nplugin = \"echo\"\n",
-    );
-    rs_ok(&resources, &["setup"]);
+    let resources = RsConfig {
+        service: "pycons",
+        sqs_extra: r#"filters = ["Order.*", "hello.iniesta"]"#,
+        rest: "[[bindings]]\ndefault = true\nplugin = \"echo\"\n",
+        ..RsConfig::CONSUMER
+    }
+    .write(&s, "pycons.toml", &moto.url());
+    ok(&resources, &["setup"]);
 
     let got = s.path("py.jsonl");
-    let mut consume = python(&s, "iniesta_peer.py", &moto.url());
-    iniesta_settings(&mut consume, &moto.url(), "pycons", Some(redis.port));
+    let mut consume = py_iniesta(&s, &moto.url(), "pycons", Some(redis.port));
     consume
         .env("INIESTA_INITIALIZATION_TYPE", r#"["EVENT_POLLING"]"#)
         .env(
@@ -458,36 +411,29 @@ fn python_iniesta_starts_on_setup_resources_and_handles_what_iniesta_rs_publishe
     let queue = "iniesta-test-pycons";
 
     // Through the topic, from a producer service called rsshop.
-    let producer = rs_config(
-        &s,
-        "rsshop.toml",
-        &moto.url(),
-        "rsshop",
-        r#"["SNS_PRODUCER"]"#,
-        "",
-        "",
-        "",
-    );
+    let producer = RsConfig {
+        service: "rsshop",
+        initialization: r#"["SNS_PRODUCER"]"#,
+        ..RsConfig::CONSUMER
+    }
+    .write(&s, "rsshop.toml", &moto.url());
     let body = r#"{"id": 3, "item": "lamp"}"#;
-    rs_ok(&producer, &["publish", "Order.Created", body]);
+    ok(&producer, &["publish", "Order.Created", body]);
     let line = only_line(&got, &moto.url(), queue, &|| peer.logs());
     assert_eq!(line["event"], "Order.Created.rsshop", "{line}");
     assert_eq!(json(line["body"].as_str().unwrap_or_default()), json(body));
 
     // Straight to the queue: `publish --queue` with the Python service's queue name.
     std::fs::remove_file(&got).expect("reset ledger");
-    let direct = rs_config(
-        &s,
-        "direct.toml",
-        &moto.url(),
-        "rsshop",
-        r#"["SNS_PRODUCER", "QUEUE_POLLING"]"#,
-        &format!("queue_name = \"{queue}\""),
-        "",
-        "",
-    );
+    let direct = RsConfig {
+        service: "rsshop",
+        initialization: r#"["SNS_PRODUCER", "QUEUE_POLLING"]"#,
+        sqs_extra: &format!("queue_name = \"{queue}\""),
+        ..RsConfig::CONSUMER
+    }
+    .write(&s, "direct.toml", &moto.url());
     let body = r#"{"id": 4, "item": "desk"}"#;
-    let sent = rs_ok(&direct, &["publish", "--queue", "Order.Packed", body]);
+    let sent = ok(&direct, &["publish", "--queue", "Order.Packed", body]);
     let line = only_line(&got, &moto.url(), queue, &|| peer.logs());
     assert_eq!(line["event"], "Order.Packed.rsshop", "{line}");
     assert_eq!(
@@ -504,24 +450,25 @@ fn python_iniesta_starts_on_setup_resources_and_handles_what_iniesta_rs_publishe
 fn filter_policies_match_the_python_builder_and_warn_where_it_refuses() {
     let s = Scratch::new();
     let endpoint = "http://127.0.0.1:9";
+    // Our config and the Python side's command for the same filters.
+    let config_for = |name: &str, filters: &str| {
+        RsConfig {
+            service: "svc",
+            initialization: r#"["EVENT_POLLING"]"#,
+            sqs_extra: &format!("filters = {filters}"),
+            ..RsConfig::CONSUMER
+        }
+        .write(&s, name, endpoint)
+    };
+    let python_for = |filters: &str| {
+        let mut cmd = py_iniesta(&s, endpoint, "svc", None);
+        cmd.env("INIESTA_SQS_CONSUMER_FILTERS", filters)
+            .arg("filter-policies");
+        cmd
+    };
     let filters = r#"["Order.*", "hello.iniesta", "User.*"]"#;
-    let config = rs_config(
-        &s,
-        "iniesta.toml",
-        endpoint,
-        "svc",
-        r#"["EVENT_POLLING"]"#,
-        &format!("filters = {filters}"),
-        "",
-        "",
-    );
-    let ours = rs_ok(&config, &["filter-policies"]);
-    let mut theirs = python(&s, "iniesta_peer.py", endpoint);
-    iniesta_settings(&mut theirs, endpoint, "svc", None);
-    theirs
-        .env("INIESTA_SQS_CONSUMER_FILTERS", filters)
-        .arg("filter-policies");
-    let theirs = run_ok(theirs, "python iniesta filter-policies");
+    let ours = ok(&config_for("iniesta.toml", filters), &["filter-policies"]);
+    let theirs = run_ok(python_for(filters), "python iniesta filter-policies");
     assert_eq!(
         json(ours.trim()),
         json(&theirs),
@@ -529,29 +476,14 @@ fn filter_policies_match_the_python_builder_and_warn_where_it_refuses() {
     );
 
     let three = r#"["Order.Created.v2"]"#;
-    let config = rs_config(
-        &s,
-        "three.toml",
-        endpoint,
-        "svc",
-        r#"["EVENT_POLLING"]"#,
-        &format!("filters = {three}"),
-        "",
-        "",
-    );
-    let out = rs(&config, &["filter-policies"]);
+    let out = iniesta(&config_for("three.toml", three), &["filter-policies"]);
     assert!(out.status.success(), "still accepted");
     let warning = String::from_utf8_lossy(&out.stderr);
     assert!(
         warning.contains("Order.Created.v2") && warning.contains("Python"),
         "a warning naming the filter and the Python side:\n{warning}"
     );
-    let mut theirs = python(&s, "iniesta_peer.py", endpoint);
-    iniesta_settings(&mut theirs, endpoint, "svc", None);
-    theirs
-        .env("INIESTA_SQS_CONSUMER_FILTERS", three)
-        .arg("filter-policies");
-    let out = theirs.output().expect("python runs");
+    let out = python_for(three).output().expect("python runs");
     assert!(
         !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("AssertionError"),
         "the Python builder refuses it: {}",
@@ -598,21 +530,18 @@ fn locks_exclude_both_ways_on_the_python_redlock_databases() {
         "{}[[bindings]]\nevents = [\"Slow.*\"]\nplugin = \"panicky\"\nhandler = \"sleepy\"\ntimeout_secs = 60\nconfig = {{ sleep_ms = 15000 }}\n",
         ledger(&got, "rs", r#"["Order.*", "Slow.*"]"#)
     );
-    let config = rs_config(
-        &s,
-        "iniesta.toml",
-        &moto.url(),
-        "rslocks",
-        r#"["EVENT_POLLING", "SNS_PRODUCER"]"#,
-        r#"filters = ["Order.*", "Slow.*"]"#,
-        &lock_server(redis.port),
-        &rest,
-    );
-    rs_ok(&config, &["setup"]);
+    let config = RsConfig {
+        service: "rslocks",
+        sqs_extra: r#"filters = ["Order.*", "Slow.*"]"#,
+        lock: &lock_server(redis.port),
+        rest: &rest,
+        ..RsConfig::CONSUMER
+    }
+    .write(&s, "iniesta.toml", &moto.url());
+    ok(&config, &["setup"]);
 
     // Python holds the lock of a message before iniesta-rs sees it.
-    let mut send = python(&s, "iniesta_peer.py", &moto.url());
-    iniesta_settings(&mut send, &moto.url(), "pyshop", Some(redis.port));
+    let mut send = py_iniesta(&s, &moto.url(), "pyshop", Some(redis.port));
     send.env("INIESTA_SQS_QUEUE_NAME", queue).args([
         "publish-sqs",
         "Order.Created",
@@ -620,8 +549,7 @@ fn locks_exclude_both_ways_on_the_python_redlock_databases() {
     ]);
     let id = run_ok(send, "python iniesta publish-sqs");
     let key = format!("sqs:event:{id}");
-    let mut hold = python(&s, "iniesta_peer.py", &moto.url());
-    iniesta_settings(&mut hold, &moto.url(), "pyshop", Some(redis.port));
+    let mut hold = py_iniesta(&s, &moto.url(), "pyshop", Some(redis.port));
     hold.args(["hold-lock", &key, "6"]);
     let holder = s.path("holder.out");
     let mut holding = hold
@@ -656,8 +584,7 @@ fn locks_exclude_both_ways_on_the_python_redlock_databases() {
 
     // iniesta-rs holds the lock while its slow handler runs; the Python Redlock is refused.
     std::fs::remove_file(&got).expect("reset ledger");
-    let mut send = python(&s, "iniesta_peer.py", &moto.url());
-    iniesta_settings(&mut send, &moto.url(), "pyshop", Some(redis.port));
+    let mut send = py_iniesta(&s, &moto.url(), "pyshop", Some(redis.port));
     send.env("INIESTA_SQS_QUEUE_NAME", queue)
         .args(["publish-sqs", "Slow.Created", r#"{"id": 6}"#]);
     let id = run_ok(send, "python iniesta publish-sqs");
@@ -674,8 +601,7 @@ fn locks_exclude_both_ways_on_the_python_redlock_databases() {
             )
         },
     );
-    let mut try_lock = python(&s, "iniesta_peer.py", &moto.url());
-    iniesta_settings(&mut try_lock, &moto.url(), "pyshop", Some(redis.port));
+    let mut try_lock = py_iniesta(&s, &moto.url(), "pyshop", Some(redis.port));
     // --when-held: the Python side tries only while the key is held (the handler holds it for
     // 15 s, longer than the Python start-up on a busy machine), else it says "never held".
     try_lock.args(["try-lock", &key, "--when-held"]);
@@ -694,8 +620,7 @@ fn locks_exclude_both_ways_on_the_python_redlock_databases() {
     let lines = json_lines(&got);
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert_eq!(lines[0]["id"], id.as_str());
-    let mut try_lock = python(&s, "iniesta_peer.py", &moto.url());
-    iniesta_settings(&mut try_lock, &moto.url(), "pyshop", Some(redis.port));
+    let mut try_lock = py_iniesta(&s, &moto.url(), "pyshop", Some(redis.port));
     try_lock.args(["try-lock", &key]);
     assert_eq!(
         run_ok(try_lock, "python try-lock"),
@@ -721,19 +646,16 @@ fn python_and_iniesta_rs_consumers_on_one_queue_handle_each_message_once() {
         "{}[[bindings]]\nevents = [\"Order.*\"]\nplugin = \"panicky\"\nhandler = \"sleepy\"\nconfig = {{ sleep_ms = 200 }}\n",
         ledger(&rs_ledger, "rs", r#"["Order.*"]"#)
     );
-    let config = rs_config(
-        &s,
-        "iniesta.toml",
-        &moto.url(),
-        "shared",
-        r#"["EVENT_POLLING", "SNS_PRODUCER"]"#,
-        "filters = [\"Order.*\"]\npollers = 2\nmax_messages = 5",
-        &lock_urls(redis.port),
-        &rest,
-    );
-    rs_ok(&config, &["setup"]);
-    let mut consume = python(&s, "iniesta_peer.py", &moto.url());
-    iniesta_settings(&mut consume, &moto.url(), "shared", Some(redis.port));
+    let config = RsConfig {
+        service: "shared",
+        sqs_extra: "filters = [\"Order.*\"]\npollers = 2\nmax_messages = 5",
+        lock: &lock_urls(redis.port),
+        rest: &rest,
+        ..RsConfig::CONSUMER
+    }
+    .write(&s, "iniesta.toml", &moto.url());
+    ok(&config, &["setup"]);
+    let mut consume = py_iniesta(&s, &moto.url(), "shared", Some(redis.port));
     consume
         .env("INIESTA_INITIALIZATION_TYPE", r#"["EVENT_POLLING"]"#)
         .env("INIESTA_SQS_CONSUMER_FILTERS", r#"["Order.*"]"#)
@@ -751,7 +673,7 @@ fn python_and_iniesta_rs_consumers_on_one_queue_handle_each_message_once() {
         .map(|n| format!("{{\"event\": \"Order.Created\", \"body\": {{\"n\": {n}}}}}\n"))
         .collect();
     let file = s.write("events.jsonl", &events);
-    rs_ok(&config, &["publish", "--file", &file.display().to_string()]);
+    ok(&config, &["publish", "--file", &file.display().to_string()]);
 
     let counts = || {
         let mut counts: BTreeMap<u64, Vec<String>> = BTreeMap::new();
@@ -815,17 +737,14 @@ fn microcosm_publishes_and_iniesta_rs_routes_by_media_type() {
         ledger(&got, "media", "").trim_end(),
         ledger(&other, "other", r#"["Order.*"]"#)
     );
-    let config = rs_config(
-        &s,
-        "iniesta.toml",
-        &moto.url(),
-        "rsmedia",
-        r#"["QUEUE_POLLING"]"#,
-        "",
-        "",
-        &format!("\n{rest}"),
-    );
-    rs_ok(&config, &["setup"]);
+    let config = RsConfig {
+        service: "rsmedia",
+        initialization: r#"["QUEUE_POLLING"]"#,
+        rest: &format!("\n{rest}"),
+        ..RsConfig::CONSUMER
+    }
+    .write(&s, "iniesta.toml", &moto.url());
+    ok(&config, &["setup"]);
     // microcosm services subscribe their queues themselves; raw delivery like iniesta's.
     subscribed_queue(&moto.url(), queue, true);
     let host = start_host(&config, s.path("host.log"));
@@ -871,17 +790,13 @@ fn microcosm_publishes_and_iniesta_rs_routes_by_media_type() {
 fn iniesta_rs_publishes_with_a_media_type_and_microcosm_consumes() {
     let moto = Moto::start();
     let s = Scratch::new();
-    let producer = rs_config(
-        &s,
-        "iniesta.toml",
-        &moto.url(),
-        "rsshop",
-        r#"["SNS_PRODUCER"]"#,
-        "",
-        "",
-        "",
-    );
-    rs_ok(&producer, &["setup"]);
+    let producer = RsConfig {
+        service: "rsshop",
+        initialization: r#"["SNS_PRODUCER"]"#,
+        ..RsConfig::CONSUMER
+    }
+    .write(&s, "iniesta.toml", &moto.url());
+    ok(&producer, &["setup"]);
     let queue = "microcosm-orders";
     let url = subscribed_queue(&moto.url(), queue, false);
     let got = s.path("microcosm.jsonl");
@@ -891,7 +806,7 @@ fn iniesta_rs_publishes_with_a_media_type_and_microcosm_consumes() {
         .args(["consume", &url, &got.display().to_string()]);
     let peer = Peer::start(&s, consume, "microcosm");
 
-    rs_ok(
+    ok(
         &producer,
         &[
             "publish",
@@ -951,7 +866,7 @@ fn acct_files_work_both_ways_and_pop_evbus_reads_ours() {
         "acct encrypt",
     );
     let key = key.lines().last().unwrap_or_default().trim().to_string();
-    let shown = rs_ok(
+    let shown = ok(
         &config,
         &[
             "--acct-file",
@@ -970,7 +885,7 @@ fn acct_files_work_both_ways_and_pop_evbus_reads_ours() {
     assert!(!shown.contains("s3cret"), "values stay hidden:\n{shown}");
 
     // iniesta-rs → acct.
-    let out = rs_ok(&config, &["acct", "encrypt", &plain.display().to_string()]);
+    let out = ok(&config, &["acct", "encrypt", &plain.display().to_string()]);
     let ours = s.path("credentials.yml.fernet");
     assert!(ours.exists(), "{out}");
     let our_key = out.lines().last().unwrap_or_default().trim().to_string();

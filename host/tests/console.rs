@@ -119,12 +119,28 @@ fn dlq_depth(config: &Path) -> usize {
     })
 }
 
+/// A console on `port` whose token is in `$INIESTA_CONSOLE_TOKEN`.
 fn console_config(s: &Scratch, port: u16, bindings: &str) -> PathBuf {
+    console_config_with(s, port, "token_env = \"INIESTA_CONSOLE_TOKEN\"\n", bindings)
+}
+
+/// A console on `port` with no token (it answers loopback names only) and `Order.*` bound to
+/// `echo`.
+fn tokenless_console_config(s: &Scratch, port: u16) -> PathBuf {
+    console_config_with(
+        s,
+        port,
+        "",
+        "[[bindings]]\nevents = [\"Order.*\"]\nplugin = \"echo\"\n",
+    )
+}
+
+/// A console on `port`; `token` is its `token_env` line (or nothing).
+fn console_config_with(s: &Scratch, port: u16, token: &str, bindings: &str) -> PathBuf {
     s.config(
         "",
         &format!(
-            "[metrics]\nlisten = \"127.0.0.1:{port}\"\n[console]\nenabled = true\n\
-             token_env = \"INIESTA_CONSOLE_TOKEN\"\n{bindings}"
+            "[metrics]\nlisten = \"127.0.0.1:{port}\"\n[console]\nenabled = true\n{token}{bindings}"
         ),
     )
 }
@@ -417,13 +433,7 @@ fn the_console_refuses_to_start_exposed_without_a_token() {
 fn without_a_token_the_console_answers_only_loopback_names() {
     let s = Scratch::new();
     let port = free_port();
-    let config = s.config(
-        "",
-        &format!(
-            "[metrics]\nlisten = \"127.0.0.1:{port}\"\n[console]\nenabled = true\n\
-             [[bindings]]\nevents = [\"Order.*\"]\nplugin = \"echo\"\n"
-        ),
-    );
+    let config = tokenless_console_config(&s, port);
     let host = start_host(&config, s.path("host.log"));
     assert_eq!(get(port, "/api/state", "").0, 200);
     let (status, _) = http(
@@ -462,13 +472,7 @@ fn an_unverified_authorization_header_does_not_skip_the_csrf_check() {
     // No token: nothing in an Authorization header is checked, so nothing in it counts.
     let s = Scratch::new();
     let port = free_port();
-    let config = s.config(
-        "",
-        &format!(
-            "[metrics]\nlisten = \"127.0.0.1:{port}\"\n[console]\nenabled = true\n\
-             [[bindings]]\nevents = [\"Order.*\"]\nplugin = \"echo\"\n"
-        ),
-    );
+    let config = tokenless_console_config(&s, port);
     let host = start_host(&config, s.path("host.log"));
     for header in unverified {
         let (status, body) = get(port, "/api/dlq", header);

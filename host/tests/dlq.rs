@@ -8,8 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use aws_sdk_sqs::types::QueueAttributeName;
-use common::aws::{iniesta, ok, sqs, start_host, Moto};
+use common::aws::{iniesta, ok, start_host, Moto};
 use common::Scratch;
 
 const LIMIT: Duration = Duration::from_secs(90);
@@ -52,38 +51,7 @@ impl Broker {
                     .expect("broker");
                 broker.messages(DLQ).await.expect("messages").len() as u64
             }),
-            Broker::Aws(moto) => rt.block_on(async {
-                let client = sqs(&moto.url());
-                let url = client
-                    .get_queue_url()
-                    .queue_name(DLQ)
-                    .send()
-                    .await
-                    .expect("dlq exists")
-                    .queue_url()
-                    .unwrap_or_default()
-                    .to_string();
-                let out = client
-                    .get_queue_attributes()
-                    .queue_url(url)
-                    .attribute_names(QueueAttributeName::All)
-                    .send()
-                    .await
-                    .expect("attributes");
-                let attrs = out.attributes().cloned().unwrap_or_default();
-                [
-                    QueueAttributeName::ApproximateNumberOfMessages,
-                    QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
-                ]
-                .iter()
-                .map(|k| {
-                    attrs
-                        .get(k)
-                        .and_then(|v| v.parse::<u64>().ok())
-                        .unwrap_or(0)
-                })
-                .sum()
-            }),
+            Broker::Aws(moto) => rt.block_on(common::aws::depth(&moto.url(), DLQ)),
         }
     }
 }

@@ -24,16 +24,9 @@ const SECRET: &str = "n4ts-s3cret-pw";
 
 /// `iniesta -c CONFIG ARGS...` with extra environment (AWS dummy credentials included).
 fn iniesta_env(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(common::bin());
-    aws_env(cmd.arg("-c").arg(config).args(args))
-        .env("INIESTA_LOG", "info")
-        .env("NO_COLOR", "1")
-        .env_remove("INIESTA_ACCT_FILE")
-        .env_remove("INIESTA_ACCT_KEY");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("iniesta runs")
+    aws_env(&mut common::iniesta_command(config, args, env))
+        .output()
+        .expect("iniesta runs")
 }
 
 fn text(out: &Output) -> (String, String) {

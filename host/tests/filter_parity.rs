@@ -162,15 +162,7 @@ async fn the_local_broker_follows_the_table() {
 async fn moto_sns_follows_the_same_table() {
     let moto = Moto::start();
     let (sns, sqs) = (sns(&moto.url()), sqs(&moto.url()));
-    let topic = sns
-        .create_topic()
-        .name("filters")
-        .send()
-        .await
-        .expect("topic")
-        .topic_arn()
-        .unwrap_or_default()
-        .to_string();
+    let topic = common::aws::create_topic(&moto.url(), "filters").await;
     let mut urls = Vec::new();
     for (i, (policy, _)) in cases().iter().enumerate() {
         let name = format!("case{i}");

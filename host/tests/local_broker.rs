@@ -243,12 +243,7 @@ fn concurrent_publishers_in_several_processes_lose_nothing() {
         s.ledger("ledger.jsonl").len() >= 120
     });
     host.stop();
-    let mut bodies: Vec<String> = s
-        .ledger("ledger.jsonl")
-        .iter()
-        .map(|l| l["body"].as_str().unwrap_or("").to_string())
-        .collect();
-    bodies.sort();
+    let mut bodies = ledger_bodies(&s);
     bodies.dedup();
     assert_eq!(bodies.len(), 120, "every published message handled");
 }
@@ -335,12 +330,7 @@ fn many_processes_opening_a_fresh_file_at_once_all_succeed() {
             let host = common::Host { child, log };
             host.stop();
         }
-        let mut bodies: Vec<String> = s
-            .ledger("ledger.jsonl")
-            .iter()
-            .map(|l| l["body"].as_str().unwrap_or("").to_string())
-            .collect();
-        bodies.sort();
+        let mut bodies = ledger_bodies(&s);
         let handled = bodies.len();
         bodies.dedup();
         assert_eq!(
@@ -349,4 +339,15 @@ fn many_processes_opening_a_fresh_file_at_once_all_succeed() {
             "round {round}: every message handled exactly once"
         );
     }
+}
+
+/// The bodies in the scratch dir's `ledger.jsonl`, sorted (duplicates kept).
+fn ledger_bodies(s: &Scratch) -> Vec<String> {
+    let mut bodies: Vec<String> = s
+        .ledger("ledger.jsonl")
+        .iter()
+        .map(|l| l["body"].as_str().unwrap_or("").to_string())
+        .collect();
+    bodies.sort();
+    bodies
 }

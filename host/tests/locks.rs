@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::redis::RedisServer;
@@ -916,6 +916,55 @@ fn node_series(metrics: &str, name: &str, node: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// A host on three Redlock nodes, its metrics on a port of its own, fed in waves of five
+/// `Order` events to a ledger.
+struct Waves {
+    s: Scratch,
+    config: PathBuf,
+    host: Host,
+    port: u16,
+    handled: usize,
+}
+
+impl Waves {
+    fn start(servers: &[RedisServer]) -> Waves {
+        let urls: Vec<String> = servers.iter().map(RedisServer::url).collect();
+        let s = Scratch::new();
+        let ledger = s.path("ledger.jsonl");
+        let port = common::aws::free_port();
+        let rest = format!(
+            "{}{}[metrics]\nlisten = \"127.0.0.1:{port}\"\n",
+            lock_section(&urls, ""),
+            ledger_binding(&ledger, "a", r#"["Order.*"]"#),
+        );
+        let config = s.config("max_messages = 5", &rest);
+        let host = Host::start(&config, s.path("host.log"));
+        Waves {
+            s,
+            config,
+            host,
+            port,
+            handled: 0,
+        }
+    }
+
+    /// Inject five events named after `prefix`; return once every wave so far is handled.
+    fn wave(&mut self, prefix: &str) {
+        inject(&self.config, &events(prefix, 5), 1);
+        self.handled += 5;
+        let (s, expected) = (&self.s, self.handled);
+        s.wait_for("the wave handled", LIMIT, || {
+            ledger_counts(s).len() >= expected
+        });
+    }
+
+    fn metrics(&self) -> String {
+        common::http_get(self.port, "/metrics")
+            .expect("metrics answer")
+            .1
+    }
+}
+
 /// One Redlock node down while batch after batch is locked: the host logs the node's state
 /// change once when it goes down and once when it is back, and counts every failed request in
 /// `iniesta_lock_node_errors_total{node}` (and writes it could not store in
@@ -923,34 +972,14 @@ fn node_series(metrics: &str, name: &str, node: &str) -> f64 {
 #[test]
 fn a_node_down_is_logged_once_down_and_once_back_and_counted_in_between() {
     let mut servers = RedisServer::three();
-    let urls: Vec<String> = servers.iter().map(RedisServer::url).collect();
     let down = format!("127.0.0.1:{}", servers[0].port);
-    let s = Scratch::new();
-    let ledger = s.path("ledger.jsonl");
-    let port = common::aws::free_port();
-    let rest = format!(
-        "{}{}[metrics]\nlisten = \"127.0.0.1:{port}\"\n",
-        lock_section(&urls, ""),
-        ledger_binding(&ledger, "a", r#"["Order.*"]"#),
-    );
-    let config = s.config("max_messages = 5", &rest);
-    let host = Host::start(&config, s.path("host.log"));
-    let mut expected = 0;
-    let mut wave = |prefix: &str, s: &Scratch| {
-        inject(&config, &events(prefix, 5), 1);
-        expected += 5;
-        s.wait_for("the wave handled", LIMIT, || {
-            ledger_counts(s).len() >= expected
-        });
-    };
-    wave("Up", &s);
+    let mut waves = Waves::start(&servers);
+    waves.wave("Up");
     servers[0].kill();
     for i in 0..8 {
-        wave(&format!("Down{i}-"), &s);
+        waves.wave(&format!("Down{i}-"));
     }
-    let metrics = common::http_get(port, "/metrics")
-        .expect("metrics answer")
-        .1;
+    let metrics = waves.metrics();
     let errors = node_series(&metrics, "iniesta_lock_node_errors_total", &down);
     assert!(
         errors >= 8.0,
@@ -971,12 +1000,16 @@ fn a_node_down_is_logged_once_down_and_once_back_and_counted_in_between() {
             .count()
     };
     let mut n = 0;
-    while back(&host.log_text()) == 0 {
-        wave(&format!("Back{n}-"), &s);
+    while back(&waves.host.log_text()) == 0 {
+        waves.wave(&format!("Back{n}-"));
         n += 1;
-        assert!(n < 50, "the node never came back:\n{}", host.log_text());
+        assert!(
+            n < 50,
+            "the node never came back:\n{}",
+            waves.host.log_text()
+        );
     }
-    let log = host.stop();
+    let log = waves.host.stop();
     let about_node: Vec<&str> = log
         .lines()
         .filter(|l| l.contains(&format!("node={down}")))
@@ -997,43 +1030,23 @@ fn a_node_down_is_logged_once_down_and_once_back_and_counted_in_between() {
 #[test]
 fn a_node_answering_errors_is_logged_once_each_way_and_counted() {
     let servers = RedisServer::three();
-    let urls: Vec<String> = servers.iter().map(RedisServer::url).collect();
     let node = format!("127.0.0.1:{}", servers[0].port);
-    let s = Scratch::new();
-    let ledger = s.path("ledger.jsonl");
-    let port = common::aws::free_port();
-    let rest = format!(
-        "{}{}[metrics]\nlisten = \"127.0.0.1:{port}\"\n",
-        lock_section(&urls, ""),
-        ledger_binding(&ledger, "a", r#"["Order.*"]"#),
-    );
-    let config = s.config("max_messages = 5", &rest);
-    let host = Host::start(&config, s.path("host.log"));
-    let mut expected = 0;
-    let mut wave = |prefix: &str, s: &Scratch| {
-        inject(&config, &events(prefix, 5), 1);
-        expected += 5;
-        s.wait_for("the wave handled", LIMIT, || {
-            ledger_counts(s).len() >= expected
-        });
-    };
-    wave("Before", &s);
+    let mut waves = Waves::start(&servers);
+    waves.wave("Before");
     servers[0].cmd(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
     servers[0].cmd(&["CONFIG", "SET", "maxmemory", "1"]);
     for i in 0..6 {
-        wave(&format!("Refused{i}-"), &s);
+        waves.wave(&format!("Refused{i}-"));
     }
     // A node at its memory limit refuses writes in one round trip and answers the next (a
     // release, a read, a moment below the limit): that is not a new failure each time.
     for i in 0..3 {
         servers[0].cmd(&["CONFIG", "SET", "maxmemory", "0"]);
-        wave(&format!("Below{i}-"), &s);
+        waves.wave(&format!("Below{i}-"));
         servers[0].cmd(&["CONFIG", "SET", "maxmemory", "1"]);
-        wave(&format!("Above{i}-"), &s);
+        waves.wave(&format!("Above{i}-"));
     }
-    let metrics = common::http_get(port, "/metrics")
-        .expect("metrics answer")
-        .1;
+    let metrics = waves.metrics();
     let errors = node_series(&metrics, "iniesta_lock_node_errors_total", &node);
     assert!(errors >= 6.0, "{errors}\n{metrics}");
     servers[0].cmd(&["CONFIG", "SET", "maxmemory", "0"]);
@@ -1045,16 +1058,16 @@ fn a_node_answering_errors_is_logged_once_each_way_and_counted() {
     // Normal again once it has answered without errors for a while (10 s).
     let mut n = 0;
     let settling = std::time::Instant::now();
-    while normal(&host.log_text()) == 0 {
-        wave(&format!("After{n}-"), &s);
+    while normal(&waves.host.log_text()) == 0 {
+        waves.wave(&format!("After{n}-"));
         n += 1;
         assert!(
             settling.elapsed() < LIMIT,
             "never normal again:\n{}",
-            host.log_text()
+            waves.host.log_text()
         );
     }
-    let log = host.stop();
+    let log = waves.host.stop();
     let about_node: Vec<&str> = log
         .lines()
         .filter(|l| l.contains(&format!("node={node}")))

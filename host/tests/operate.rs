@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
-use common::aws::{aws_env, free_port, ok, sqs, Moto, Proxy};
-use common::{http_get, Host, Scratch};
+use common::aws::{approximate_counts, aws_env, free_port, ok, queue_url, sqs, Moto, Proxy};
+use common::{http_get, rt, Host, Scratch};
 
 const LIMIT: Duration = Duration::from_secs(120);
 const TOPIC: &str = "arn:aws:sns:us-east-1:123456789012:global";
@@ -147,43 +147,18 @@ fn wait_exit(host: &mut Host) -> (Duration, String) {
     }
 }
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Runtime::new().expect("runtime")
-}
-
-async fn queue_url(endpoint: &str, name: &str) -> String {
-    sqs(endpoint)
-        .get_queue_url()
-        .queue_name(name)
-        .send()
-        .await
-        .expect("queue exists")
-        .queue_url()
-        .unwrap_or_default()
-        .to_string()
-}
-
 /// (visible, not visible) on a queue.
 async fn counts(endpoint: &str, name: &str) -> (u64, u64) {
-    let url = queue_url(endpoint, name).await;
-    let out = sqs(endpoint)
-        .get_queue_attributes()
-        .queue_url(url)
-        .attribute_names(QueueAttributeName::All)
-        .send()
-        .await
-        .expect("attributes");
-    let attrs = out.attributes().cloned().unwrap_or_default();
-    let get = |k: QueueAttributeName| {
-        attrs
-            .get(&k)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    (
-        get(QueueAttributeName::ApproximateNumberOfMessages),
-        get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+    let counts = approximate_counts(
+        endpoint,
+        name,
+        &[
+            QueueAttributeName::ApproximateNumberOfMessages,
+            QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+        ],
     )
+    .await;
+    (counts[0], counts[1])
 }
 
 fn depth(rt: &tokio::runtime::Runtime, endpoint: &str, name: &str) -> u64 {

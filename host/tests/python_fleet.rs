@@ -11,15 +11,11 @@ mod common;
 use std::path::PathBuf;
 
 use aws_sdk_sqs::types::QueueAttributeName;
-use common::aws::{iniesta, ok, sqs, Moto};
-use common::Scratch;
+use common::aws::{iniesta, ok, queue_url, sqs, Moto};
+use common::{rt, Scratch};
 use serde_json::Value;
 
 const TOPIC: &str = "arn:aws:sns:us-east-1:123456789012:global";
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Runtime::new().expect("runtime")
-}
 
 /// An EVENT_POLLING consumer on moto.
 fn moto_consumer(s: &Scratch, endpoint: &str, filters: &str) -> PathBuf {
@@ -36,17 +32,8 @@ fn moto_consumer(s: &Scratch, endpoint: &str, filters: &str) -> PathBuf {
 }
 
 async fn queue_policy(endpoint: &str, queue: &str) -> String {
-    let client = sqs(endpoint);
-    let url = client
-        .get_queue_url()
-        .queue_name(queue)
-        .send()
-        .await
-        .expect("queue exists")
-        .queue_url()
-        .unwrap_or_default()
-        .to_string();
-    client
+    let url = queue_url(endpoint, queue).await;
+    sqs(endpoint)
         .get_queue_attributes()
         .queue_url(url)
         .attribute_names(QueueAttributeName::Policy)
@@ -59,17 +46,8 @@ async fn queue_policy(endpoint: &str, queue: &str) -> String {
 }
 
 async fn set_queue_policy(endpoint: &str, queue: &str, policy: &str) {
-    let client = sqs(endpoint);
-    let url = client
-        .get_queue_url()
-        .queue_name(queue)
-        .send()
-        .await
-        .expect("queue exists")
-        .queue_url()
-        .unwrap_or_default()
-        .to_string();
-    client
+    let url = queue_url(endpoint, queue).await;
+    sqs(endpoint)
         .set_queue_attributes()
         .queue_url(url)
         .attributes(QueueAttributeName::Policy, policy)
@@ -163,18 +141,9 @@ fn setup_writes_the_queue_policy_the_python_iniesta_start_up_check_accepts() {
 
 /// `iniesta` with the environment a test controls (no acct variables from outside).
 fn run(config: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    let mut cmd = std::process::Command::new(common::bin());
-    cmd.arg("-c")
-        .arg(config)
-        .args(args)
-        .env("INIESTA_LOG", "info")
-        .env("NO_COLOR", "1")
-        .env_remove("INIESTA_ACCT_FILE")
-        .env_remove("INIESTA_ACCT_KEY");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("iniesta runs")
+    common::iniesta_command(config, args, env)
+        .output()
+        .expect("iniesta runs")
 }
 
 fn fixture(name: &str) -> PathBuf {

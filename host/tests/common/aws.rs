@@ -100,6 +100,80 @@ pub fn sns(endpoint: &str) -> aws_sdk_sns::Client {
     aws_sdk_sns::Client::from_conf(conf)
 }
 
+/// Create the SNS topic `name`; its ARN.
+pub async fn create_topic(endpoint: &str, name: &str) -> String {
+    sns(endpoint)
+        .create_topic()
+        .name(name)
+        .send()
+        .await
+        .expect("topic")
+        .topic_arn()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The URL of a queue, failing the test (with the SDK's error) when it does not exist.
+pub async fn queue_url(endpoint: &str, name: &str) -> String {
+    sqs(endpoint)
+        .get_queue_url()
+        .queue_name(name)
+        .send()
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "queue {name}: {}",
+                aws_sdk_sqs::error::DisplayErrorContext(e)
+            )
+        })
+        .queue_url()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The approximate counts `which` of a queue (`ApproximateNumberOf…`), each read from one
+/// `GetQueueAttributes` call, in the order asked for.
+pub async fn approximate_counts(
+    endpoint: &str,
+    name: &str,
+    which: &[aws_sdk_sqs::types::QueueAttributeName],
+) -> Vec<u64> {
+    let url = queue_url(endpoint, name).await;
+    let out = sqs(endpoint)
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::All)
+        .send()
+        .await
+        .expect("attributes");
+    let attrs = out.attributes().cloned().unwrap_or_default();
+    which
+        .iter()
+        .map(|k| {
+            attrs
+                .get(k)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
+/// Visible + in-flight messages on a queue.
+pub async fn depth(endpoint: &str, name: &str) -> u64 {
+    use aws_sdk_sqs::types::QueueAttributeName;
+    approximate_counts(
+        endpoint,
+        name,
+        &[
+            QueueAttributeName::ApproximateNumberOfMessages,
+            QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+        ],
+    )
+    .await
+    .iter()
+    .sum()
+}
+
 /// A loopback TCP proxy that can be cut and restored on the same port.
 pub struct Proxy {
     pub port: u16,

@@ -156,6 +156,28 @@ pub fn iniesta(config: &Path, args: &[&str]) -> Output {
         .expect("iniesta runs")
 }
 
+/// `iniesta -c CONFIG ARGS...` with only the environment the test gives it: no acct variables
+/// from outside, `env` on top.
+pub fn iniesta_command(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(bin());
+    cmd.arg("-c")
+        .arg(config)
+        .args(args)
+        .env("INIESTA_LOG", "info")
+        .env("NO_COLOR", "1")
+        .env_remove("INIESTA_ACCT_FILE")
+        .env_remove("INIESTA_ACCT_KEY");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// A multi-threaded tokio runtime for a test's SDK calls.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Runtime::new().expect("runtime")
+}
+
 /// Publish and return the printed message id.
 pub fn publish(config: &Path, args: &[&str]) -> String {
     let mut all = vec!["publish"];
