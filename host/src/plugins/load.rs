@@ -36,6 +36,11 @@ impl Fingerprint {
     /// The fingerprint of `path` now, if it can be read.
     pub fn of(path: &Path) -> Option<Fingerprint> {
         let meta = std::fs::metadata(path).ok()?;
+        Some(Fingerprint::from_metadata(&meta))
+    }
+
+    /// The fingerprint of a file whose metadata is at hand (e.g. of an open descriptor).
+    pub fn from_metadata(meta: &std::fs::Metadata) -> Fingerprint {
         let mtime_ns = meta
             .modified()
             .ok()
@@ -49,12 +54,12 @@ impl Fingerprint {
         };
         #[cfg(not(unix))]
         let (dev, ino) = (0, 0);
-        Some(Fingerprint {
+        Fingerprint {
             dev,
             ino,
             len: meta.len(),
             mtime_ns,
-        })
+        }
     }
 }
 
@@ -327,9 +332,11 @@ pub fn load_file(file: &Path, origin_dir: &Path) -> Result<LoadedPlugin, LoadErr
         file: file.to_path_buf(),
         reason,
     };
-    check_trusted(file)?;
-    let fingerprint = Fingerprint::of(file);
-    let bytes = std::fs::read(file).map_err(|e| broken(format!("cannot read: {e}")))?;
+    // Read from the real path that was checked, never through `file`'s links again: a link on
+    // the way (in a directory another user can write) could be repointed after the check.
+    let real = check_trusted(file)?;
+    let (fingerprint, bytes) = read_checked(file, &real)?;
+    let fingerprint = Some(fingerprint);
     if cfg!(target_os = "linux") {
         inspect_elf(file, &bytes)?;
     }
@@ -398,23 +405,76 @@ pub fn load_file(file: &Path, origin_dir: &Path) -> Result<LoadedPlugin, LoadErr
     })
 }
 
+/// Read the checked real path `real` of plugin `file`: opened without following a link
+/// (`O_NOFOLLOW`; `O_NONBLOCK` so a FIFO cannot hang the host), then the open descriptor is
+/// checked again (a regular file, owned by this host's user or root, not writable by others)
+/// and the bytes are read from that same descriptor, so what is loaded is what was checked.
+pub fn read_checked(file: &Path, real: &Path) -> Result<(Fingerprint, Vec<u8>), LoadError> {
+    use std::io::Read;
+    let broken = |reason: String| LoadError::Broken {
+        file: file.to_path_buf(),
+        reason,
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC);
+    }
+    let mut handle = options.open(real).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            broken(format!(
+                "{} changed into a symbolic link after it was checked; not loaded",
+                real.display()
+            ))
+        } else {
+            broken(format!("cannot open {}: {e}", real.display()))
+        }
+    })?;
+    let meta = handle
+        .metadata()
+        .map_err(|e| broken(format!("cannot stat {}: {e}", real.display())))?;
+    if !meta.file_type().is_file() {
+        return Err(broken(format!(
+            "{} is not a regular file (a directory, FIFO, socket or device); put the plugin's .so there, or remove the entry to unbind the plugin",
+            real.display()
+        )));
+    }
+    #[cfg(unix)]
+    {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        judge_entry(&meta, real, Place::File, euid).map_err(|problem| LoadError::Insecure {
+            file: file.to_path_buf(),
+            problem,
+        })?;
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    handle
+        .read_to_end(&mut bytes)
+        .map_err(|e| broken(format!("cannot read {}: {e}", real.display())))?;
+    Ok((Fingerprint::from_metadata(&meta), bytes))
+}
+
 /// Refuse a plugin file unless only this host's user or root can change it, as OpenSSH's
 /// `StrictModes` does: links are resolved, then the file and every directory up its real path
 /// (and up the real path of the directory it was found in) must be owned by this host's user
 /// or root. The file and its own directory must not be writable by group or others (a sticky
 /// bit does not help there: anyone could add a plugin); a directory further up may be only if
 /// it has the sticky bit (like `/tmp`).
-pub fn check_trusted(file: &Path) -> Result<(), LoadError> {
+/// Returns the real path that was checked: load from it ([`read_checked`]), not from `file`.
+pub fn check_trusted(file: &Path) -> Result<PathBuf, LoadError> {
+    let real = std::fs::canonicalize(file).map_err(|e| LoadError::Broken {
+        file: file.to_path_buf(),
+        reason: format!("cannot resolve its path: {e}"),
+    })?;
     #[cfg(unix)]
     {
         let insecure = |problem: String| LoadError::Insecure {
             file: file.to_path_buf(),
             problem,
         };
-        let real = std::fs::canonicalize(file).map_err(|e| LoadError::Broken {
-            file: file.to_path_buf(),
-            reason: format!("cannot resolve its path: {e}"),
-        })?;
         // SAFETY: geteuid has no preconditions and cannot fail.
         let euid = unsafe { libc::geteuid() };
         trusted_entry(&real, Place::File, euid).map_err(insecure)?;
@@ -431,7 +491,7 @@ pub fn check_trusted(file: &Path) -> Result<(), LoadError> {
             }
         }
     }
-    Ok(())
+    Ok(real)
 }
 
 #[cfg(unix)]
@@ -445,9 +505,20 @@ enum Place {
 /// Check one resolved path; the problem and its fix if it is not safe.
 #[cfg(unix)]
 fn trusted_entry(path: &Path, place: Place, euid: u32) -> Result<(), String> {
-    use std::os::unix::fs::MetadataExt;
     let meta =
         std::fs::metadata(path).map_err(|e| format!("cannot check {}: {e}", path.display()))?;
+    judge_entry(&meta, path, place, euid)
+}
+
+/// Judge one entry's owner and mode; the problem and its fix if it is not safe.
+#[cfg(unix)]
+fn judge_entry(
+    meta: &std::fs::Metadata,
+    path: &Path,
+    place: Place,
+    euid: u32,
+) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
     let what = match place {
         Place::File => format!("the file {}", path.display()),
         Place::PluginDir => format!("its directory {}", path.display()),
@@ -532,6 +603,73 @@ fn shorten(text: &str) -> String {
 #[cfg(all(test, unix))]
 mod tests {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    /// A private scratch directory (0700, so the trust check passes whatever the umask).
+    fn scratch() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
+            .expect("chmod 0700");
+        dir
+    }
+
+    fn write_0644(path: &std::path::Path, bytes: &[u8]) {
+        std::fs::write(path, bytes).expect("write");
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
+
+    #[test]
+    fn the_bytes_read_come_from_the_checked_real_path_even_if_the_link_is_repointed() {
+        let dir = scratch();
+        let (a, b) = (dir.path().join("a.so"), dir.path().join("b.so"));
+        write_0644(&a, b"checked");
+        write_0644(&b, b"swapped in after the check");
+        let link = dir.path().join("libx.so");
+        std::os::unix::fs::symlink(&a, &link).expect("symlink");
+        let real = super::check_trusted(&link).expect("trusted");
+        assert_eq!(real, std::fs::canonicalize(&a).expect("canonical"));
+        // The attacker flips the link between the check and the read.
+        std::fs::remove_file(&link).expect("rm link");
+        std::os::unix::fs::symlink(&b, &link).expect("symlink again");
+        let (_, bytes) = super::read_checked(&link, &real).expect("read");
+        assert_eq!(bytes, b"checked");
+    }
+
+    #[test]
+    fn a_checked_path_that_became_a_link_is_not_followed() {
+        let dir = scratch();
+        let target = dir.path().join("target.so");
+        write_0644(&target, b"elsewhere");
+        let real = dir.path().join("libx.so");
+        std::os::unix::fs::symlink(&target, &real).expect("symlink");
+        let err = super::read_checked(&real, &real).expect_err("O_NOFOLLOW refuses a link");
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+    }
+
+    #[test]
+    fn non_regular_files_are_refused_without_blocking() {
+        let dir = scratch();
+        let fifo = dir.path().join("libfifo.so");
+        let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("c path");
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
+        let subdir = dir.path().join("libdir.so");
+        std::fs::create_dir(&subdir).expect("mkdir");
+        std::fs::set_permissions(&subdir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        for path in [fifo, subdir] {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let origin = dir.path().to_path_buf();
+            let p = path.clone();
+            std::thread::spawn(move || {
+                let _ = tx.send(super::load_file(&p, &origin).map(|_| ()));
+            });
+            let result = rx
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .unwrap_or_else(|_| panic!("loading {} blocked", path.display()));
+            let err = result.expect_err("refused");
+            assert_eq!(err.reason(), "broken", "{err}");
+            assert!(err.to_string().contains("not a regular file"), "{err}");
+        }
+    }
 
     #[test]
     fn private_dirs_are_fresh_unpredictable_and_0700() {
