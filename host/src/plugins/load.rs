@@ -457,12 +457,14 @@ pub fn read_checked(file: &Path, real: &Path) -> Result<(Fingerprint, Vec<u8>), 
     Ok((Fingerprint::from_metadata(&meta), bytes))
 }
 
-/// Refuse a plugin file unless only this host's user or root can change it, as OpenSSH's
-/// `StrictModes` does: links are resolved, then the file and every directory up its real path
-/// (and up the real path of the directory it was found in) must be owned by this host's user
-/// or root. The file and its own directory must not be writable by group or others (a sticky
-/// bit does not help there: anyone could add a plugin); a directory further up may be only if
-/// it has the sticky bit (like `/tmp`).
+/// Refuse a plugin file unless only this host's user or root can change it (in the spirit of
+/// OpenSSH's `StrictModes`; docs/security.md says how it differs): links are resolved, then
+/// the file and every directory up its real path to `/` (and up the real path of the directory
+/// it was found in) must be owned by this host's user or root. The file and its own directory
+/// must not be world-writable, nor group-writable unless the group is private to the owner
+/// ([`group_is_private`], Debian's rule for `umask 002`); a sticky bit does not help there
+/// (anyone could add a plugin). A directory further up may be writable by others only if it
+/// has the sticky bit (like `/tmp`).
 /// Returns the real path that was checked: load from it ([`read_checked`]), not from `file`.
 pub fn check_trusted(file: &Path) -> Result<PathBuf, LoadError> {
     let real = std::fs::canonicalize(file).map_err(|e| LoadError::Broken {
@@ -531,9 +533,20 @@ fn judge_entry(
         ));
     }
     let mode = meta.mode() & 0o7777;
-    let writable = mode & 0o022 != 0;
+    let world_writable = mode & 0o002 != 0;
+    let group_writable = mode & 0o020 != 0;
     let sticky = mode & 0o1000 != 0;
-    if writable && (place != Place::Above || !sticky) {
+    let exempt = place == Place::Above && sticky;
+    // Group-writable is fine when the group is the owner's private group (user private groups
+    // with umask 002, the Debian/Ubuntu/Fedora default): nobody else is in it.
+    if group_writable && !world_writable && !exempt && !private_group(uid, meta.gid()) {
+        let gid = meta.gid();
+        return Err(format!(
+            "{what} is writable by its group (gid {gid}, mode {mode:04o}), and that group is not private to its owner (another user is a member or has it as primary group); with `umask 002` (the default for user private groups) builds and clones come out group-writable: chmod g-w {} (or build with umask 022), or chgrp it to the owner's own private group",
+            path.display()
+        ));
+    }
+    if world_writable && !exempt {
         let why = match place {
             Place::File => String::new(),
             Place::PluginDir => {
@@ -547,6 +560,126 @@ fn judge_entry(
         ));
     }
     Ok(())
+}
+
+/// What the user and group databases say about a file's owner and group, for the
+/// private-group rule ([`group_is_private`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GroupFacts {
+    /// The owner's user name and primary gid, if the owner is in the user database.
+    pub owner: Option<(String, u32)>,
+    /// The names listed as the group's members, if the group is in the group database.
+    pub members: Option<Vec<String>>,
+    /// The uids of every user whose primary group it is.
+    pub primary_of: Vec<u32>,
+}
+
+/// Whether group `gid` is private to the file's owner `owner_uid`, as Debian's OpenSSH
+/// (`user-group-modes.patch`) decides before accepting a group-writable file: the group is the
+/// owner's primary group, it lists no member but the owner, and no other user has it as
+/// primary group. Unknown owner or group: not private.
+pub fn group_is_private(owner_uid: u32, gid: u32, facts: &GroupFacts) -> bool {
+    let (Some((name, primary)), Some(members)) = (&facts.owner, &facts.members) else {
+        return false;
+    };
+    *primary == gid
+        && members.iter().all(|m| m == name)
+        && facts.primary_of.iter().all(|&uid| uid == owner_uid)
+}
+
+/// Look up [`GroupFacts`] and apply [`group_is_private`].
+#[cfg(unix)]
+fn private_group(owner_uid: u32, gid: u32) -> bool {
+    let facts = GroupFacts {
+        owner: user_name_and_gid(owner_uid),
+        members: group_members(gid),
+        primary_of: users_with_primary_gid(gid),
+    };
+    group_is_private(owner_uid, gid, &facts)
+}
+
+/// Run a `get*_r` lookup with a buffer that grows on `ERANGE`; `None` if not found or failed.
+#[cfg(unix)]
+fn with_lookup_buffer<T>(
+    mut lookup: impl FnMut(&mut [libc::c_char]) -> (i32, Option<T>),
+) -> Option<T> {
+    let mut buf = vec![0 as libc::c_char; 1024];
+    loop {
+        let (rc, found) = lookup(&mut buf);
+        if rc == libc::ERANGE && buf.len() < (1 << 22) {
+            buf.resize(buf.len() * 2, 0);
+            continue;
+        }
+        return if rc == 0 { found } else { None };
+    }
+}
+
+#[cfg(unix)]
+fn user_name_and_gid(uid: u32) -> Option<(String, u32)> {
+    with_lookup_buffer(|buf| {
+        // SAFETY: passwd is plain data; getpwuid_r writes it and the strings into `buf`, which
+        // outlives the reads below; `result` is null when not found.
+        unsafe {
+            let mut pwd: libc::passwd = std::mem::zeroed();
+            let mut result: *mut libc::passwd = std::ptr::null_mut();
+            let rc = libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result);
+            if rc != 0 || result.is_null() || pwd.pw_name.is_null() {
+                return (rc, None);
+            }
+            let name = std::ffi::CStr::from_ptr(pwd.pw_name)
+                .to_string_lossy()
+                .into_owned();
+            (0, Some((name, pwd.pw_gid)))
+        }
+    })
+}
+
+#[cfg(unix)]
+fn group_members(gid: u32) -> Option<Vec<String>> {
+    with_lookup_buffer(|buf| {
+        // SAFETY: group is plain data; getgrgid_r writes it and the member list into `buf`;
+        // gr_mem is a null-terminated array of C strings.
+        unsafe {
+            let mut grp: libc::group = std::mem::zeroed();
+            let mut result: *mut libc::group = std::ptr::null_mut();
+            let rc = libc::getgrgid_r(gid, &mut grp, buf.as_mut_ptr(), buf.len(), &mut result);
+            if rc != 0 || result.is_null() {
+                return (rc, None);
+            }
+            let mut members = Vec::new();
+            let mut at = grp.gr_mem;
+            while !at.is_null() && !(*at).is_null() {
+                members.push(std::ffi::CStr::from_ptr(*at).to_string_lossy().into_owned());
+                at = at.add(1);
+            }
+            (0, Some(members))
+        }
+    })
+}
+
+/// Every user whose primary group is `gid` (the whole user database, as Debian's check reads it).
+#[cfg(unix)]
+fn users_with_primary_gid(gid: u32) -> Vec<u32> {
+    // getpwent keeps one iteration per process: one walk at a time.
+    static WALK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _walk = WALK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut uids = Vec::new();
+    // SAFETY: setpwent/getpwent/endpwent under the lock above; each entry is read before the
+    // next call overwrites it.
+    unsafe {
+        libc::setpwent();
+        loop {
+            let entry = libc::getpwent();
+            if entry.is_null() {
+                break;
+            }
+            if (*entry).pw_gid == gid {
+                uids.push((*entry).pw_uid);
+            }
+        }
+        libc::endpwent();
+    }
+    uids
 }
 
 fn classify(file: &Path, error: LibraryError) -> LoadError {
@@ -669,6 +802,40 @@ mod tests {
             assert_eq!(err.reason(), "broken", "{err}");
             assert!(err.to_string().contains("not a regular file"), "{err}");
         }
+    }
+
+    #[test]
+    fn a_group_is_private_only_to_its_sole_user() {
+        use super::{group_is_private, GroupFacts};
+        let alice = |members: &[&str], primary_of: &[u32]| GroupFacts {
+            owner: Some(("alice".into(), 1000)),
+            members: Some(members.iter().map(|m| m.to_string()).collect()),
+            primary_of: primary_of.to_vec(),
+        };
+        // User private group: alice's primary group, nobody else in it.
+        assert!(group_is_private(1000, 1000, &alice(&[], &[1000])));
+        assert!(group_is_private(1000, 1000, &alice(&["alice"], &[1000])));
+        // Another listed member, or another user's primary group too.
+        assert!(!group_is_private(
+            1000,
+            1000,
+            &alice(&["alice", "bob"], &[1000])
+        ));
+        assert!(!group_is_private(1000, 1000, &alice(&["bob"], &[1000])));
+        assert!(!group_is_private(1000, 1000, &alice(&[], &[1000, 1001])));
+        // Not the owner's primary group (e.g. a shared `users` or `staff` group).
+        assert!(!group_is_private(1000, 100, &alice(&[], &[])));
+        // Unknown owner or group.
+        let unknown_owner = GroupFacts {
+            owner: None,
+            ..alice(&[], &[1000])
+        };
+        assert!(!group_is_private(1000, 1000, &unknown_owner));
+        let unknown_group = GroupFacts {
+            members: None,
+            ..alice(&[], &[1000])
+        };
+        assert!(!group_is_private(1000, 1000, &unknown_group));
     }
 
     #[test]
