@@ -347,11 +347,19 @@ fn plugin_files_and_directories_are_trusted_only_along_their_real_path() {
     symlink(world.join("libecho.so"), safe.join("libecho.so")).expect("symlink");
     assert_refused_for(&safe, &world);
 
-    // A group-writable directory up the path (no sticky bit).
+    // A group-writable directory up the path (no sticky bit) whose group is not private to
+    // its owner: gid 1 (`daemon`) is user daemon's primary group, so not root's alone.
     let group = dir_with_mode(&root.join("group"), 0o775);
+    chown(&group, None, Some(DAEMON_GID)).expect("chgrp (the tests run as root)");
     let below = dir_with_mode(&group.join("plugins"), 0o755);
     std::fs::copy(&echo, below.join("libecho.so")).expect("copy");
     assert_refused_for(&below, &group);
+    let set = PluginSet::scan(std::slice::from_ref(&below));
+    let text = set.refused[0].error.to_string();
+    assert!(
+        text.contains("umask 002") && text.contains("chmod g-w"),
+        "{text}"
+    );
 
     // A directory up the path owned by another user.
     let theirs = dir_with_mode(&root.join("theirs"), 0o755);
@@ -380,6 +388,61 @@ fn plugin_files_and_directories_are_trusted_only_along_their_real_path() {
     let set = PluginSet::scan(&[fine]);
     assert!(set.refused.is_empty(), "{:?}", set.refused);
     assert!(set.plugins.contains_key("echo"));
+}
+
+/// The primary group of user `daemon` (uid 1) on Debian images; see the assertion below.
+const DAEMON_GID: u32 = 1;
+
+/// What `cargo build` and `git clone` leave under `umask 002` (user private groups, the default
+/// on Debian, Ubuntu and Fedora desktops): group-writable directories and `.so` files whose
+/// group is the owner's private group. That is accepted; a shared group is not.
+#[test]
+fn group_writable_entries_are_accepted_only_when_the_group_is_private_to_the_owner() {
+    use std::os::unix::fs::{chown, MetadataExt};
+    // The facts this test relies on: root's group (gid 0) lists no members and is no other
+    // user's primary group; gid 1 is another user's (daemon's) primary group.
+    let passwd = std::fs::read_to_string("/etc/passwd").expect("/etc/passwd");
+    let primary_of = |gid: u32| -> Vec<String> {
+        passwd
+            .lines()
+            .filter(|l| l.split(':').nth(3) == Some(gid.to_string().as_str()))
+            .filter_map(|l| l.split(':').next().map(str::to_string))
+            .collect()
+    };
+    assert_eq!(primary_of(0), vec!["root".to_string()]);
+    assert!(primary_of(DAEMON_GID).iter().any(|u| u != "root"));
+    let group = std::fs::read_to_string("/etc/group").expect("/etc/group");
+    let root_group = group
+        .lines()
+        .find(|l| l.starts_with("root:"))
+        .expect("group root");
+    assert!(
+        root_group.ends_with(':'),
+        "root's group lists no members: {root_group}"
+    );
+
+    let s = Scratch::new();
+    let project = dir_with_mode(&s.path("project"), 0o775);
+    let release = dir_with_mode(&project.join("target/release"), 0o775);
+    chmod(&project.join("target"), 0o775);
+    let file = release.join("libecho.so");
+    std::fs::copy(plugin_dir().join("libecho.so"), &file).expect("copy");
+    chmod(&file, 0o775);
+    for entry in [&project, &project.join("target"), &release, &file] {
+        chown(entry, Some(0), Some(0)).expect("chown root:root (the tests run as root)");
+        assert_eq!(std::fs::metadata(entry).expect("stat").gid(), 0);
+    }
+    let set = PluginSet::scan(std::slice::from_ref(&release));
+    assert!(set.refused.is_empty(), "{:?}", set.refused);
+    assert!(set.plugins.contains_key("echo"));
+
+    // The same tree with the plugin directory's group shared with another user: refused.
+    chown(&release, None, Some(DAEMON_GID)).expect("chgrp");
+    assert_refused_for(&release, &release);
+    // World-writable stays refused whatever the group.
+    chown(&release, None, Some(0)).expect("chgrp back");
+    chmod(&release, 0o777);
+    assert_refused_for(&release, &release);
 }
 
 #[test]

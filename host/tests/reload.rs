@@ -576,3 +576,83 @@ fn an_abort_build_over_an_in_process_plugin_keeps_the_previous_generation_servin
     assert!(host.is_alive(), "the host survives");
     host.stop();
 }
+
+/// A plugin file that is still there but cannot be loaded — replaced by a directory, by a
+/// dangling symlink — and a plugin directory that cannot be listed keep the loaded generation
+/// serving; only a file that is gone unbinds its plugin.
+#[test]
+fn a_file_that_is_still_there_or_an_unlistable_directory_keeps_its_plugin_bound() {
+    use iniesta::plugins::PluginSet;
+    let s = Scratch::new();
+    let dir = plugins_dir(&s);
+    deploy(&dir, "libledger.so", &ledger_with_mark(1));
+    let dirs = [dir.clone()];
+    let first = PluginSet::scan(&dirs);
+    let generation = first.plugins["ledger"].generation;
+    let file = dir.join("libledger.so");
+
+    // The .so replaced by a directory.
+    std::fs::remove_file(&file).expect("rm");
+    std::fs::create_dir(&file).expect("mkdir in its place");
+    let set = first.rescan(&dirs);
+    let serving = set.plugins.get("ledger").map(|p| p.generation);
+    assert_eq!(
+        serving,
+        Some(generation),
+        "a directory in its place: {set:?}"
+    );
+    let refusal = set
+        .refused
+        .iter()
+        .find(|r| r.file == file)
+        .expect("refused");
+    assert_eq!(refusal.error.reason(), "broken");
+    assert!(
+        refusal.error.to_string().contains("not a regular file"),
+        "{}",
+        refusal.error
+    );
+    assert!(refusal.new, "logged and counted once");
+    let again = set.rescan(&dirs);
+    assert_eq!(
+        again.plugins.get("ledger").map(|p| p.generation),
+        Some(generation)
+    );
+
+    // The .so replaced by a dangling symlink.
+    std::fs::remove_dir(&file).expect("rmdir");
+    std::os::unix::fs::symlink(dir.join("nowhere.so"), &file).expect("symlink");
+    let set = again.rescan(&dirs);
+    let serving = set.plugins.get("ledger").map(|p| p.generation);
+    assert_eq!(
+        serving,
+        Some(generation),
+        "a dangling symlink in its place: {set:?}"
+    );
+    assert!(set.refused.iter().any(|r| r.file == file), "{set:?}");
+
+    // A good file again: a new generation.
+    std::fs::remove_file(&file).expect("rm link");
+    deploy(&dir, "libledger.so", &ledger_with_mark(2));
+    let set = set.rescan(&dirs);
+    let newer = set.plugins["ledger"].generation;
+    assert!(newer > generation, "a good file loads as a new generation");
+
+    // The directory cannot be listed (here: it became a file, ENOTDIR): what it served stays.
+    let moved = s.path("plugins-moved");
+    std::fs::rename(&dir, &moved).expect("move the directory away");
+    std::fs::write(&dir, b"not a directory").expect("a file in its place");
+    let unlisted = set.rescan(&dirs);
+    let serving = unlisted.plugins.get("ledger").map(|p| p.generation);
+    assert_eq!(
+        serving,
+        Some(newer),
+        "an unlistable directory: {unlisted:?}"
+    );
+    assert!(unlisted.unreadable_dirs.contains_key(&dir), "{unlisted:?}");
+
+    // A directory that is gone takes its plugins with it.
+    std::fs::remove_file(&dir).expect("rm");
+    let gone = unlisted.rescan(&dirs);
+    assert!(!gone.plugins.contains_key("ledger"), "{gone:?}");
+}

@@ -36,6 +36,11 @@ impl Fingerprint {
     /// The fingerprint of `path` now, if it can be read.
     pub fn of(path: &Path) -> Option<Fingerprint> {
         let meta = std::fs::metadata(path).ok()?;
+        Some(Fingerprint::from_metadata(&meta))
+    }
+
+    /// The fingerprint of a file whose metadata is at hand (e.g. of an open descriptor).
+    pub fn from_metadata(meta: &std::fs::Metadata) -> Fingerprint {
         let mtime_ns = meta
             .modified()
             .ok()
@@ -49,12 +54,12 @@ impl Fingerprint {
         };
         #[cfg(not(unix))]
         let (dev, ino) = (0, 0);
-        Some(Fingerprint {
+        Fingerprint {
             dev,
             ino,
             len: meta.len(),
             mtime_ns,
-        })
+        }
     }
 }
 
@@ -327,9 +332,11 @@ pub fn load_file(file: &Path, origin_dir: &Path) -> Result<LoadedPlugin, LoadErr
         file: file.to_path_buf(),
         reason,
     };
-    check_trusted(file)?;
-    let fingerprint = Fingerprint::of(file);
-    let bytes = std::fs::read(file).map_err(|e| broken(format!("cannot read: {e}")))?;
+    // Read from the real path that was checked, never through `file`'s links again: a link on
+    // the way (in a directory another user can write) could be repointed after the check.
+    let real = check_trusted(file)?;
+    let (fingerprint, bytes) = read_checked(file, &real)?;
+    let fingerprint = Some(fingerprint);
     if cfg!(target_os = "linux") {
         inspect_elf(file, &bytes)?;
     }
@@ -398,23 +405,78 @@ pub fn load_file(file: &Path, origin_dir: &Path) -> Result<LoadedPlugin, LoadErr
     })
 }
 
-/// Refuse a plugin file unless only this host's user or root can change it, as OpenSSH's
-/// `StrictModes` does: links are resolved, then the file and every directory up its real path
-/// (and up the real path of the directory it was found in) must be owned by this host's user
-/// or root. The file and its own directory must not be writable by group or others (a sticky
-/// bit does not help there: anyone could add a plugin); a directory further up may be only if
-/// it has the sticky bit (like `/tmp`).
-pub fn check_trusted(file: &Path) -> Result<(), LoadError> {
+/// Read the checked real path `real` of plugin `file`: opened without following a link
+/// (`O_NOFOLLOW`; `O_NONBLOCK` so a FIFO cannot hang the host), then the open descriptor is
+/// checked again (a regular file, owned by this host's user or root, not writable by others)
+/// and the bytes are read from that same descriptor, so what is loaded is what was checked.
+pub fn read_checked(file: &Path, real: &Path) -> Result<(Fingerprint, Vec<u8>), LoadError> {
+    use std::io::Read;
+    let broken = |reason: String| LoadError::Broken {
+        file: file.to_path_buf(),
+        reason,
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC);
+    }
+    let mut handle = options.open(real).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            broken(format!(
+                "{} changed into a symbolic link after it was checked; not loaded",
+                real.display()
+            ))
+        } else {
+            broken(format!("cannot open {}: {e}", real.display()))
+        }
+    })?;
+    let meta = handle
+        .metadata()
+        .map_err(|e| broken(format!("cannot stat {}: {e}", real.display())))?;
+    if !meta.file_type().is_file() {
+        return Err(broken(format!(
+            "{} is not a regular file (a directory, FIFO, socket or device); put the plugin's .so there, or remove the entry to unbind the plugin",
+            real.display()
+        )));
+    }
+    #[cfg(unix)]
+    {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        judge_entry(&meta, real, Place::File, euid).map_err(|problem| LoadError::Insecure {
+            file: file.to_path_buf(),
+            problem,
+        })?;
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    handle
+        .read_to_end(&mut bytes)
+        .map_err(|e| broken(format!("cannot read {}: {e}", real.display())))?;
+    Ok((Fingerprint::from_metadata(&meta), bytes))
+}
+
+/// Refuse a plugin file unless only this host's user or root can change it (in the spirit of
+/// OpenSSH's `StrictModes`; docs/security.md says how it differs): links are resolved, then
+/// the file and every directory up its real path to `/` (and up the real path of the directory
+/// it was found in) must be owned by this host's user or root. The file and its own directory
+/// must not be world-writable, nor group-writable unless the group is private to the owner
+/// ([`group_is_private`], Debian's rule for `umask 002`); a sticky bit does not help there
+/// (anyone could add a plugin). A directory further up may be writable by others only if it
+/// has the sticky bit (like `/tmp`).
+/// Returns the real path that was checked: load from it ([`read_checked`]), not from `file`.
+pub fn check_trusted(file: &Path) -> Result<PathBuf, LoadError> {
+    let real = std::fs::canonicalize(file).map_err(|e| LoadError::Broken {
+        file: file.to_path_buf(),
+        reason: format!("cannot resolve its path: {e}"),
+    })?;
     #[cfg(unix)]
     {
         let insecure = |problem: String| LoadError::Insecure {
             file: file.to_path_buf(),
             problem,
         };
-        let real = std::fs::canonicalize(file).map_err(|e| LoadError::Broken {
-            file: file.to_path_buf(),
-            reason: format!("cannot resolve its path: {e}"),
-        })?;
         // SAFETY: geteuid has no preconditions and cannot fail.
         let euid = unsafe { libc::geteuid() };
         trusted_entry(&real, Place::File, euid).map_err(insecure)?;
@@ -431,7 +493,7 @@ pub fn check_trusted(file: &Path) -> Result<(), LoadError> {
             }
         }
     }
-    Ok(())
+    Ok(real)
 }
 
 #[cfg(unix)]
@@ -445,9 +507,20 @@ enum Place {
 /// Check one resolved path; the problem and its fix if it is not safe.
 #[cfg(unix)]
 fn trusted_entry(path: &Path, place: Place, euid: u32) -> Result<(), String> {
-    use std::os::unix::fs::MetadataExt;
     let meta =
         std::fs::metadata(path).map_err(|e| format!("cannot check {}: {e}", path.display()))?;
+    judge_entry(&meta, path, place, euid)
+}
+
+/// Judge one entry's owner and mode; the problem and its fix if it is not safe.
+#[cfg(unix)]
+fn judge_entry(
+    meta: &std::fs::Metadata,
+    path: &Path,
+    place: Place,
+    euid: u32,
+) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
     let what = match place {
         Place::File => format!("the file {}", path.display()),
         Place::PluginDir => format!("its directory {}", path.display()),
@@ -460,9 +533,20 @@ fn trusted_entry(path: &Path, place: Place, euid: u32) -> Result<(), String> {
         ));
     }
     let mode = meta.mode() & 0o7777;
-    let writable = mode & 0o022 != 0;
+    let world_writable = mode & 0o002 != 0;
+    let group_writable = mode & 0o020 != 0;
     let sticky = mode & 0o1000 != 0;
-    if writable && (place != Place::Above || !sticky) {
+    let exempt = place == Place::Above && sticky;
+    // Group-writable is fine when the group is the owner's private group (user private groups
+    // with umask 002, the Debian/Ubuntu/Fedora default): nobody else is in it.
+    if group_writable && !world_writable && !exempt && !private_group(uid, meta.gid()) {
+        let gid = meta.gid();
+        return Err(format!(
+            "{what} is writable by its group (gid {gid}, mode {mode:04o}), and that group is not private to its owner (another user is a member or has it as primary group); with `umask 002` (the default for user private groups) builds and clones come out group-writable: chmod g-w {} (or build with umask 022), or chgrp it to the owner's own private group",
+            path.display()
+        ));
+    }
+    if world_writable && !exempt {
         let why = match place {
             Place::File => String::new(),
             Place::PluginDir => {
@@ -476,6 +560,126 @@ fn trusted_entry(path: &Path, place: Place, euid: u32) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// What the user and group databases say about a file's owner and group, for the
+/// private-group rule ([`group_is_private`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GroupFacts {
+    /// The owner's user name and primary gid, if the owner is in the user database.
+    pub owner: Option<(String, u32)>,
+    /// The names listed as the group's members, if the group is in the group database.
+    pub members: Option<Vec<String>>,
+    /// The uids of every user whose primary group it is.
+    pub primary_of: Vec<u32>,
+}
+
+/// Whether group `gid` is private to the file's owner `owner_uid`, as Debian's OpenSSH
+/// (`user-group-modes.patch`) decides before accepting a group-writable file: the group is the
+/// owner's primary group, it lists no member but the owner, and no other user has it as
+/// primary group. Unknown owner or group: not private.
+pub fn group_is_private(owner_uid: u32, gid: u32, facts: &GroupFacts) -> bool {
+    let (Some((name, primary)), Some(members)) = (&facts.owner, &facts.members) else {
+        return false;
+    };
+    *primary == gid
+        && members.iter().all(|m| m == name)
+        && facts.primary_of.iter().all(|&uid| uid == owner_uid)
+}
+
+/// Look up [`GroupFacts`] and apply [`group_is_private`].
+#[cfg(unix)]
+fn private_group(owner_uid: u32, gid: u32) -> bool {
+    let facts = GroupFacts {
+        owner: user_name_and_gid(owner_uid),
+        members: group_members(gid),
+        primary_of: users_with_primary_gid(gid),
+    };
+    group_is_private(owner_uid, gid, &facts)
+}
+
+/// Run a `get*_r` lookup with a buffer that grows on `ERANGE`; `None` if not found or failed.
+#[cfg(unix)]
+fn with_lookup_buffer<T>(
+    mut lookup: impl FnMut(&mut [libc::c_char]) -> (i32, Option<T>),
+) -> Option<T> {
+    let mut buf = vec![0 as libc::c_char; 1024];
+    loop {
+        let (rc, found) = lookup(&mut buf);
+        if rc == libc::ERANGE && buf.len() < (1 << 22) {
+            buf.resize(buf.len() * 2, 0);
+            continue;
+        }
+        return if rc == 0 { found } else { None };
+    }
+}
+
+#[cfg(unix)]
+fn user_name_and_gid(uid: u32) -> Option<(String, u32)> {
+    with_lookup_buffer(|buf| {
+        // SAFETY: passwd is plain data; getpwuid_r writes it and the strings into `buf`, which
+        // outlives the reads below; `result` is null when not found.
+        unsafe {
+            let mut pwd: libc::passwd = std::mem::zeroed();
+            let mut result: *mut libc::passwd = std::ptr::null_mut();
+            let rc = libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result);
+            if rc != 0 || result.is_null() || pwd.pw_name.is_null() {
+                return (rc, None);
+            }
+            let name = std::ffi::CStr::from_ptr(pwd.pw_name)
+                .to_string_lossy()
+                .into_owned();
+            (0, Some((name, pwd.pw_gid)))
+        }
+    })
+}
+
+#[cfg(unix)]
+fn group_members(gid: u32) -> Option<Vec<String>> {
+    with_lookup_buffer(|buf| {
+        // SAFETY: group is plain data; getgrgid_r writes it and the member list into `buf`;
+        // gr_mem is a null-terminated array of C strings.
+        unsafe {
+            let mut grp: libc::group = std::mem::zeroed();
+            let mut result: *mut libc::group = std::ptr::null_mut();
+            let rc = libc::getgrgid_r(gid, &mut grp, buf.as_mut_ptr(), buf.len(), &mut result);
+            if rc != 0 || result.is_null() {
+                return (rc, None);
+            }
+            let mut members = Vec::new();
+            let mut at = grp.gr_mem;
+            while !at.is_null() && !(*at).is_null() {
+                members.push(std::ffi::CStr::from_ptr(*at).to_string_lossy().into_owned());
+                at = at.add(1);
+            }
+            (0, Some(members))
+        }
+    })
+}
+
+/// Every user whose primary group is `gid` (the whole user database, as Debian's check reads it).
+#[cfg(unix)]
+fn users_with_primary_gid(gid: u32) -> Vec<u32> {
+    // getpwent keeps one iteration per process: one walk at a time.
+    static WALK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _walk = WALK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut uids = Vec::new();
+    // SAFETY: setpwent/getpwent/endpwent under the lock above; each entry is read before the
+    // next call overwrites it.
+    unsafe {
+        libc::setpwent();
+        loop {
+            let entry = libc::getpwent();
+            if entry.is_null() {
+                break;
+            }
+            if (*entry).pw_gid == gid {
+                uids.push((*entry).pw_uid);
+            }
+        }
+        libc::endpwent();
+    }
+    uids
 }
 
 fn classify(file: &Path, error: LibraryError) -> LoadError {
@@ -532,6 +736,107 @@ fn shorten(text: &str) -> String {
 #[cfg(all(test, unix))]
 mod tests {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    /// A private scratch directory (0700, so the trust check passes whatever the umask).
+    fn scratch() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
+            .expect("chmod 0700");
+        dir
+    }
+
+    fn write_0644(path: &std::path::Path, bytes: &[u8]) {
+        std::fs::write(path, bytes).expect("write");
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
+
+    #[test]
+    fn the_bytes_read_come_from_the_checked_real_path_even_if_the_link_is_repointed() {
+        let dir = scratch();
+        let (a, b) = (dir.path().join("a.so"), dir.path().join("b.so"));
+        write_0644(&a, b"checked");
+        write_0644(&b, b"swapped in after the check");
+        let link = dir.path().join("libx.so");
+        std::os::unix::fs::symlink(&a, &link).expect("symlink");
+        let real = super::check_trusted(&link).expect("trusted");
+        assert_eq!(real, std::fs::canonicalize(&a).expect("canonical"));
+        // The attacker flips the link between the check and the read.
+        std::fs::remove_file(&link).expect("rm link");
+        std::os::unix::fs::symlink(&b, &link).expect("symlink again");
+        let (_, bytes) = super::read_checked(&link, &real).expect("read");
+        assert_eq!(bytes, b"checked");
+    }
+
+    #[test]
+    fn a_checked_path_that_became_a_link_is_not_followed() {
+        let dir = scratch();
+        let target = dir.path().join("target.so");
+        write_0644(&target, b"elsewhere");
+        let real = dir.path().join("libx.so");
+        std::os::unix::fs::symlink(&target, &real).expect("symlink");
+        let err = super::read_checked(&real, &real).expect_err("O_NOFOLLOW refuses a link");
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+    }
+
+    #[test]
+    fn non_regular_files_are_refused_without_blocking() {
+        let dir = scratch();
+        let fifo = dir.path().join("libfifo.so");
+        let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("c path");
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
+        let subdir = dir.path().join("libdir.so");
+        std::fs::create_dir(&subdir).expect("mkdir");
+        std::fs::set_permissions(&subdir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        for path in [fifo, subdir] {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let origin = dir.path().to_path_buf();
+            let p = path.clone();
+            std::thread::spawn(move || {
+                let _ = tx.send(super::load_file(&p, &origin).map(|_| ()));
+            });
+            let result = rx
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .unwrap_or_else(|_| panic!("loading {} blocked", path.display()));
+            let err = result.expect_err("refused");
+            assert_eq!(err.reason(), "broken", "{err}");
+            assert!(err.to_string().contains("not a regular file"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_group_is_private_only_to_its_sole_user() {
+        use super::{group_is_private, GroupFacts};
+        let alice = |members: &[&str], primary_of: &[u32]| GroupFacts {
+            owner: Some(("alice".into(), 1000)),
+            members: Some(members.iter().map(|m| m.to_string()).collect()),
+            primary_of: primary_of.to_vec(),
+        };
+        // User private group: alice's primary group, nobody else in it.
+        assert!(group_is_private(1000, 1000, &alice(&[], &[1000])));
+        assert!(group_is_private(1000, 1000, &alice(&["alice"], &[1000])));
+        // Another listed member, or another user's primary group too.
+        assert!(!group_is_private(
+            1000,
+            1000,
+            &alice(&["alice", "bob"], &[1000])
+        ));
+        assert!(!group_is_private(1000, 1000, &alice(&["bob"], &[1000])));
+        assert!(!group_is_private(1000, 1000, &alice(&[], &[1000, 1001])));
+        // Not the owner's primary group (e.g. a shared `users` or `staff` group).
+        assert!(!group_is_private(1000, 100, &alice(&[], &[])));
+        // Unknown owner or group.
+        let unknown_owner = GroupFacts {
+            owner: None,
+            ..alice(&[], &[1000])
+        };
+        assert!(!group_is_private(1000, 1000, &unknown_owner));
+        let unknown_group = GroupFacts {
+            members: None,
+            ..alice(&[], &[1000])
+        };
+        assert!(!group_is_private(1000, 1000, &unknown_group));
+    }
 
     #[test]
     fn private_dirs_are_fresh_unpredictable_and_0700() {

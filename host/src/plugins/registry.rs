@@ -51,6 +51,9 @@ pub struct PluginSet {
     pub skipped: Vec<(PathBuf, String)>,
     /// Every loaded plugin by file, overridden ones included.
     pub files: BTreeMap<PathBuf, Arc<LoadedPlugin>>,
+    /// Plugin directories that could not be listed (wholly or in part), with the error: the
+    /// plugins loaded from them before keep serving, and the error is logged once.
+    pub unreadable_dirs: BTreeMap<PathBuf, String>,
 }
 
 impl PluginSet {
@@ -73,25 +76,44 @@ impl PluginSet {
     }
 
     fn scan_dir(&mut self, dir: &Path, previous: &PluginSet) {
-        let entries = match std::fs::read_dir(dir) {
-            Ok(entries) => entries,
-            Err(e) => {
+        // Every entry that is there at all is listed, whatever it is (a directory, a FIFO, a
+        // dangling link): the loader refuses what is not a regular file, and a refused file
+        // keeps its previous generation serving. Only a file that is gone drops out.
+        let mut unreadable: Option<String> = None;
+        let mut files: Vec<PathBuf> = Vec::new();
+        match std::fs::read_dir(dir) {
+            Ok(entries) => {
+                for entry in entries {
+                    match entry {
+                        Ok(entry) => {
+                            let path = entry.path();
+                            if is_library_name(&path) && std::fs::symlink_metadata(&path).is_ok() {
+                                files.push(path);
+                            }
+                        }
+                        Err(e) => {
+                            unreadable
+                                .get_or_insert_with(|| format!("listing failed part way: {e}"));
+                        }
+                    }
+                }
+            }
+            // A directory that is gone takes its plugins with it.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 tracing::error!(dir = %dir.display(), error = %e, "cannot read plugin directory");
                 return;
             }
-        };
-        let mut files: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file() && is_library_name(p))
-            .collect();
+            // Anything else (EACCES, EMFILE, EIO) says nothing about the files in it.
+            Err(e) => unreadable = Some(e.to_string()),
+        }
         files.sort();
-        for file in files {
-            let old = previous.files.get(&file).filter(|p| p.origin_dir == dir);
-            let now = Fingerprint::of(&file);
+        for file in &files {
+            let old = previous.files.get(file).filter(|p| p.origin_dir == dir);
+            let now = Fingerprint::of(file);
             let refused_before = previous
                 .refused
                 .iter()
-                .find(|r| r.file == file && r.fingerprint.is_some() && r.fingerprint == now);
+                .find(|r| r.file == *file && r.fingerprint.is_some() && r.fingerprint == now);
             match (old, refused_before) {
                 // Trust is about the directories too, which can change without the file
                 // changing: check again (cheap: nothing is read or mapped before it).
@@ -109,9 +131,29 @@ impl PluginSet {
                 }
                 (old, before) => {
                     let fallback = before.and_then(|b| b.serving.clone()).or(old.cloned());
-                    self.load(&file, dir, fallback, before);
+                    self.load(file, dir, fallback, before);
                 }
             }
+        }
+        if let Some(error) = unreadable {
+            let kept: Vec<Arc<LoadedPlugin>> = previous
+                .files
+                .values()
+                .filter(|p| p.origin_dir == dir && !files.contains(&p.file))
+                .cloned()
+                .collect();
+            if previous.unreadable_dirs.get(dir) != Some(&error) {
+                tracing::error!(
+                    dir = %dir.display(), error = %error, kept = kept.len(),
+                    "cannot list plugin directory; the plugins loaded from it before keep serving until it can be listed again (check its permissions and the process's open-file limit)"
+                );
+            }
+            for plugin in kept {
+                self.insert(plugin);
+            }
+            self.unreadable_dirs.insert(dir.to_path_buf(), error);
+        } else if previous.unreadable_dirs.contains_key(dir) {
+            tracing::info!(dir = %dir.display(), "plugin directory can be listed again");
         }
     }
 

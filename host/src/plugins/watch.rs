@@ -379,7 +379,7 @@ impl Reloader {
         for name in self.plugins.plugins.keys() {
             if !plugins.plugins.contains_key(name) {
                 report.removed.push(name.clone());
-                tracing::warn!(plugin = %name, "plugin removed (its file is gone); its bindings are unbound (their events go to the default binding, or wait on the queue)");
+                tracing::warn!(plugin = %name, "plugin removed (its file is gone, or now holds a plugin of another name); its bindings are unbound (their events go to the default binding, or wait on the queue)");
             }
         }
         self.routes.store(Arc::new(routes));
