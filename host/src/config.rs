@@ -418,7 +418,7 @@ impl LockConfig {
                 "set lock.server or lock.urls, not both".into(),
             ));
         }
-        let redacted = crate::lock::redact(server);
+        let redacted = crate::lock::url::redact(server);
         let Some((scheme, rest)) = server.split_once("://") else {
             return Err(problem(
                 "lock.server",

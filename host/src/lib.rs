@@ -24,4 +24,5 @@ pub mod plugins;
 pub mod provision;
 pub mod route;
 pub mod scaffold;
+pub mod sqlite;
 pub mod wire;

@@ -84,46 +84,12 @@ const RECEIVE_SQL: &str =
               AND receipt IS NOT NULL AND visible_ms > ?2))
      ORDER BY seq LIMIT ?3";
 
-/// How long a statement waits for another process's write lock before failing with
-/// "database is locked".
-const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// How long a FIFO deduplication id is remembered (the SQS interval).
 const DEDUP_WINDOW_MS: i64 = 5 * 60 * 1000;
 
 /// The schema version this build writes into `PRAGMA user_version`. Files created before
 /// versions were recorded read 0; raise it whenever [`SCHEMA`] or [`migrate`] changes.
 pub const SCHEMA_VERSION: i64 = 1;
-
-/// Switch the file to WAL mode (it stays so: later opens find it set). The switch needs the
-/// file to itself and SQLite answers "database is locked" at once, without the busy handler,
-/// while another process holds it (opening it, or switching it too): retry with a short
-/// backoff up to [`BUSY_TIMEOUT`]. The egress outbox file opens the same way.
-pub(crate) fn enable_wal(conn: &Connection) -> rusqlite::Result<()> {
-    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
-    let mut pause = Duration::from_millis(2);
-    loop {
-        match conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0)) {
-            Ok(mode) => {
-                if !mode.eq_ignore_ascii_case("wal") {
-                    tracing::debug!(
-                        mode,
-                        "the local broker file stays in its journal mode (no WAL here)"
-                    );
-                }
-                return Ok(());
-            }
-            Err(e)
-                if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(100));
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
 
 /// Create the schema and bring an older file up to [`SCHEMA_VERSION`], in one `IMMEDIATE`
 /// transaction: several processes may open a fresh file at the same moment, and the write lock
@@ -236,8 +202,9 @@ impl Db {
         }
         let mut conn = Connection::open(path).map_err(err)?;
         // Before anything that takes a lock: other processes may be opening the same file.
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
-        enable_wal(&conn).map_err(err)?;
+        conn.busy_timeout(crate::sqlite::BUSY_TIMEOUT)
+            .map_err(err)?;
+        crate::sqlite::enable_wal(&conn).map_err(err)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(err)?;
         let found = create_or_migrate(&mut conn).map_err(err)?;

@@ -97,7 +97,7 @@ impl Outbox {
         conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
         // Several processes (`run`, each `publish`) may open a fresh file at once: the WAL
         // switch does not wait on the busy handler, so it is retried like the broker's.
-        crate::broker::local::enable_wal(&conn).map_err(err)?;
+        crate::sqlite::enable_wal(&conn).map_err(err)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(err)?;
         conn.execute_batch(
