@@ -27,6 +27,7 @@ pub mod local;
 pub mod redis;
 pub mod redlock;
 pub mod url;
+pub mod validity;
 
 pub use url::redact;
 

@@ -38,7 +38,7 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::{completion_key_for, redact, redlock, Claim, Held, LockError, Locks};
+use super::{completion_key_for, redact, validity, Claim, Held, LockError, Locks};
 use crate::ops::metrics as m;
 
 /// Compare-and-delete: release only our own lock.
@@ -625,13 +625,13 @@ impl Locks for RedisLocks {
             .acquire(&requests, ttl)
             .await
             .map_err(|e| self.unavailable(e))?;
-        let validity = redlock::validity(ttl, start.elapsed());
+        let left = validity::validity(ttl, start.elapsed());
         let mut claims = Vec::with_capacity(answers.len());
         let mut undo = Vec::new();
         for ((mut held, _), answer) in candidates.into_iter().zip(answers) {
-            match (answer.acquired, validity) {
+            match (answer.acquired, left) {
                 (true, Some(_)) => {
-                    held.valid_until = start + redlock::valid_for(ttl);
+                    held.valid_until = start + validity::valid_for(ttl);
                     claims.push(Some(Claim {
                         held,
                         completed: answer.completed,
@@ -664,7 +664,7 @@ impl Locks for RedisLocks {
             .extend(&held.key, &held.token, ttl)
             .await
             .map_err(|e| self.unavailable(e))?;
-        Ok(redlock::extended(
+        Ok(validity::extended(
             usize::from(ours),
             1,
             ttl,
