@@ -331,7 +331,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn load(path: &Path) -> anyhow::Result<Config> {
-    Ok(Config::load(path)?)
+    Ok(crate::validate::load(path)?)
 }
 
 fn config_check(path: &Path) -> anyhow::Result<ExitCode> {
@@ -817,7 +817,7 @@ async fn publish(
     args: PublishArgs,
     acct: &crate::acct::AcctSource,
 ) -> anyhow::Result<ExitCode> {
-    let config = Config::load_for_publishing(path)?;
+    let config = crate::validate::load_for_publishing(path)?;
     // Validate everything before publishing anything.
     let events: Vec<Event> = match &args.file {
         Some(file) => {
@@ -973,7 +973,7 @@ fn to_bson_events(events: Vec<Event>) -> anyhow::Result<Vec<Event>> {
 
 /// `iniesta route`: the dry run of routing one message.
 fn route(path: &Path, args: RouteArgs) -> anyhow::Result<ExitCode> {
-    let config = crate::route::explain::load_config(path)?;
+    let config = crate::validate::load_for_routing(path)?;
     let body = match args.body.as_deref() {
         None => b"{}".to_vec(),
         Some("-") => {

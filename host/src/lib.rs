@@ -25,4 +25,5 @@ pub mod provision;
 pub mod route;
 pub mod scaffold;
 pub mod sqlite;
+pub mod validate;
 pub mod wire;

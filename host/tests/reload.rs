@@ -656,3 +656,224 @@ fn a_file_that_is_still_there_or_an_unlistable_directory_keeps_its_plugin_bound(
     let gone = unlisted.rescan(&dirs);
     assert!(!gone.plugins.contains_key("ledger"), "{gone:?}");
 }
+
+#[test]
+fn a_restart_only_change_keeps_the_running_queue_while_new_filters_apply_to_it() {
+    // Renaming the queue needs a restart; the filters added in the same edit apply at once,
+    // to the queue the host still polls (not to the renamed one it does not poll yet).
+    let s = Scratch::new();
+    let dir = plugins_dir(&s);
+    deploy(&dir, "libledger.so", &ledger_with_mark(1));
+    let config = s.write(
+        "iniesta.toml",
+        &config_text(&s, &dir, "", &ledger_binding(&s, "first", r#"["Order.*"]"#)),
+    );
+    let host = Host::start(&config, s.path("host.log"));
+    let text = config_text(
+        &s,
+        &dir,
+        "queue_name = \"renamed\"",
+        &ledger_binding(&s, "extra", r#"["Extra.*"]"#),
+    )
+    .replace(
+        "filters = [\"Order.*\", \"Other.*\"]",
+        "filters = [\"Order.*\", \"Other.*\", \"Extra.*\"]",
+    );
+    s.write("iniesta.toml", &text);
+    s.wait_for("the filter update", LIMIT, || {
+        host.log_text().contains("filter policy is updated")
+    });
+    s.wait_for("the pending key in the state file", LIMIT, || {
+        host_state(&s, &host)["pending_restart"] == serde_json::json!(["sqs.queue_name"])
+    });
+    assert!(host.log_text().contains("only take effect after a restart"));
+    common::publish(&config, &["Extra.Event", "{}"]);
+    s.wait_for("Extra.Event on the running queue", LIMIT, || {
+        !s.ledger("ledger.jsonl").is_empty()
+    });
+    assert_eq!(s.ledger("ledger.jsonl")[0]["label"], "extra");
+    host.stop();
+}
+
+mod in_process {
+    //! The reloader driven directly: what it keeps, applies and reports.
+
+    use std::sync::Arc;
+
+    use arc_swap::ArcSwap;
+    use iniesta::config::Config;
+    use iniesta::egress::Publisher;
+    use iniesta::plugins::registry::PluginSet;
+    use iniesta::plugins::watch::Reloader;
+
+    use super::{config_text, deploy, ledger_binding, ledger_with_mark, plugins_dir};
+    use crate::common::{self, Scratch};
+
+    struct Running {
+        reloader: Reloader,
+        routes: Arc<ArcSwap<iniesta::route::Routes>>,
+        _rt: tokio::runtime::Runtime,
+    }
+
+    fn start(config: &std::path::Path) -> Running {
+        let rt = common::rt();
+        let loaded: Config = iniesta::validate::load(config).expect("valid config");
+        let broker = rt
+            .block_on(iniesta::broker::open(&loaded))
+            .expect("local broker");
+        let set = PluginSet::scan(&loaded.plugin_dirs());
+        let publisher = Arc::new(Publisher::new(&loaded, broker));
+        let routes = iniesta::route::bind(
+            &loaded,
+            &set,
+            Some(publisher.clone()),
+            Some(rt.handle().clone()),
+        )
+        .expect("binds");
+        let routes = Arc::new(ArcSwap::from_pointee(routes));
+        let reloader = Reloader::new(
+            config.to_path_buf(),
+            loaded,
+            set,
+            routes.clone(),
+            publisher,
+            rt.handle().clone(),
+        );
+        Running {
+            reloader,
+            routes,
+            _rt: rt,
+        }
+    }
+
+    fn timeout_secs(routes: &ArcSwap<iniesta::route::Routes>) -> u64 {
+        routes.load().bindings()[0].timeout.as_secs()
+    }
+
+    #[test]
+    fn restart_only_keys_keep_their_running_values_hot_keys_apply_and_both_are_reported() {
+        let s = Scratch::new();
+        let dir = plugins_dir(&s);
+        deploy(&dir, "libledger.so", &ledger_with_mark(1));
+        let binding = ledger_binding(&s, "first", r#"["Order.*"]"#);
+        let path = s.write("iniesta.toml", &config_text(&s, &dir, "", &binding));
+        let mut running = start(&path);
+        let r = &mut running.reloader;
+        assert_eq!(timeout_secs(&running.routes), 30);
+
+        // Restart-only: the file says 3 pollers, the host keeps running 1 and says so.
+        s.write(
+            "iniesta.toml",
+            &config_text(&s, &dir, "pollers = 3\nmax_messages = 4", &binding),
+        );
+        let report = r.reload();
+        assert!(report.config_refused.is_empty(), "{report:?}");
+        assert_eq!(
+            report.needs_restart,
+            vec!["sqs.max_messages", "sqs.pollers"]
+        );
+        assert_eq!(r.config().sqs.pollers, 1, "the running value stays");
+        assert_eq!(r.config().sqs.max_messages, 10, "the running value stays");
+        assert_eq!(r.pending_restart(), ["sqs.max_messages", "sqs.pollers"]);
+        let state = iniesta::plugins::watch::running_hosts(r.config());
+        let ours = state
+            .iter()
+            .find(|h| h.pid == std::process::id())
+            .expect("this process's state file");
+        assert_eq!(ours.pending_restart, ["sqs.max_messages", "sqs.pollers"]);
+
+        // Hot only (the restart-only edit still in the file): the timeout applies.
+        s.write(
+            "iniesta.toml",
+            &config_text(
+                &s,
+                &dir,
+                "pollers = 3\nmax_messages = 4\nhandler_timeout_secs = 7",
+                &binding,
+            ),
+        );
+        let report = r.reload();
+        assert!(report.config_applied, "{report:?}");
+        assert_eq!(r.config().sqs.handler_timeout_secs, 7);
+        assert_eq!(
+            timeout_secs(&running.routes),
+            7,
+            "rebound with the new timeout"
+        );
+        assert_eq!(r.config().sqs.pollers, 1);
+        assert_eq!(
+            report.needs_restart,
+            vec!["sqs.max_messages", "sqs.pollers"]
+        );
+
+        // Mixed: a new binding and a new lock timeout; only the binding applies.
+        let two = format!(
+            "{binding}{}",
+            ledger_binding(&s, "second", r#"["Other.*"]"#)
+        );
+        s.write(
+            "iniesta.toml",
+            &format!(
+                "{}[lock]\ntimeout_secs = 20\n",
+                config_text(&s, &dir, "handler_timeout_secs = 7", &two)
+            ),
+        );
+        let report = r.reload();
+        assert!(report.config_applied, "{report:?}");
+        assert_eq!(report.needs_restart, vec!["lock.timeout_secs"]);
+        assert_eq!(r.config().bindings.len(), 2);
+        assert_eq!(running.routes.load().bindings().len(), 2);
+        assert_eq!(r.config().lock.timeout_secs, 10, "the running value stays");
+        assert_eq!(
+            r.config().sqs.pollers,
+            1,
+            "reverted in the file: nothing pending"
+        );
+        assert_eq!(r.pending_restart(), ["lock.timeout_secs"]);
+
+        // Back to what runs: nothing pending any more.
+        s.write(
+            "iniesta.toml",
+            &config_text(&s, &dir, "handler_timeout_secs = 7", &two),
+        );
+        let report = r.reload();
+        assert!(report.needs_restart.is_empty(), "{report:?}");
+        assert!(r.pending_restart().is_empty());
+        r.remove_state();
+    }
+
+    #[test]
+    fn an_invalid_config_changes_nothing() {
+        let s = Scratch::new();
+        let dir = plugins_dir(&s);
+        deploy(&dir, "libledger.so", &ledger_with_mark(1));
+        let binding = ledger_binding(&s, "first", r#"["Order.*"]"#);
+        let path = s.write("iniesta.toml", &config_text(&s, &dir, "", &binding));
+        let mut running = start(&path);
+        let r = &mut running.reloader;
+        let before = r.config().clone();
+        // A valid hot change beside an invalid restart-only value: the whole file is refused.
+        s.write(
+            "iniesta.toml",
+            &config_text(
+                &s,
+                &dir,
+                "handler_timeout_secs = 7\nmax_messages = 50",
+                &binding,
+            ),
+        );
+        let report = r.reload();
+        assert!(!report.config_applied);
+        assert_eq!(
+            report
+                .config_refused
+                .iter()
+                .map(|p| p.key.as_str())
+                .collect::<Vec<_>>(),
+            ["sqs.max_messages"]
+        );
+        assert_eq!(r.config(), &before);
+        assert_eq!(timeout_secs(&running.routes), 30);
+        r.remove_state();
+    }
+}

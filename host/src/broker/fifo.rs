@@ -11,7 +11,7 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::config::Config;
+use crate::config::{Config, InitializationType, Problem};
 use crate::wire::Outgoing;
 
 /// Whether a queue name, queue URL or topic ARN names a FIFO queue or topic.
@@ -41,6 +41,56 @@ impl Default for FifoSettings {
             deduplication_attribute: None,
         }
     }
+}
+
+/// What is wrong with the FIFO settings: a FIFO queue needs a FIFO dead-letter queue and,
+/// when subscribed, a FIFO topic (SNS delivers FIFO topics only to FIFO queues and standard
+/// topics only to standard queues); the FIFO keys must be usable ids.
+pub fn problems(config: &Config) -> Vec<Problem> {
+    let queue = config.queue_name();
+    let mut problems = pairing_problems(config, &queue);
+    problems.extend(config.sqs.fifo_key_problems());
+    let group = &config.sqs.fifo_default_group;
+    if let Err(e) = check_id(group) {
+        problems.push(Problem::new(
+            "sqs.fifo_default_group",
+            format!("`{group}` {e}"),
+        ));
+    }
+    problems
+}
+
+/// The queue, its dead-letter queue and the topic must all be FIFO or all standard.
+fn pairing_problems(config: &Config, queue: &str) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let fifo_queue = is_fifo(queue);
+    if let Some(dlq) = &config.sqs.dead_letter_queue {
+        if config.consumes() && is_fifo(dlq) != fifo_queue {
+            problems.push(Problem::new(
+                "sqs.dead_letter_queue",
+                if fifo_queue {
+                    format!("`{dlq}` must be a FIFO queue too (end in `.fifo`): the dead-letter queue of a FIFO queue is a FIFO queue")
+                } else {
+                    format!("`{dlq}` is a FIFO queue but `{queue}` is not; use a standard dead-letter queue")
+                },
+            ));
+        }
+    }
+    let fifo_topic = config.topic_name().is_some_and(|t| is_fifo(&t));
+    if config.does(InitializationType::EventPolling) && config.sns.topic_arn.is_some() {
+        if fifo_queue && !fifo_topic {
+            problems.push(Problem::new(
+                "sns.topic_arn",
+                format!("the queue `{queue}` is a FIFO queue, which only a FIFO topic (a name ending in `.fifo`) can deliver to; use a FIFO topic or QUEUE_POLLING"),
+            ));
+        } else if fifo_topic && !fifo_queue {
+            problems.push(Problem::new(
+                "sqs.queue_name",
+                format!("`{queue}` must be a FIFO queue (end in `.fifo`): a FIFO topic only delivers to FIFO queues"),
+            ));
+        }
+    }
+    problems
 }
 
 /// Why a value cannot be a group or deduplication id as it is.

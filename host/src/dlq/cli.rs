@@ -7,7 +7,6 @@ use anyhow::{bail, Context as _};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{DeadLetter, Progress, Selection};
-use crate::config::Config;
 
 /// `iniesta dlq ...`.
 #[derive(Debug, clap::Subcommand)]
@@ -43,7 +42,7 @@ pub enum DlqCommand {
 
 /// Run a `dlq` command against the config's broker.
 pub async fn run(path: &Path, command: DlqCommand) -> anyhow::Result<ExitCode> {
-    let config = Config::load(path)?;
+    let config = crate::validate::load(path)?;
     if let DlqCommand::Purge { yes: false } = command {
         bail!("`dlq purge` deletes every dead letter for good: add --yes to confirm");
     }

@@ -202,7 +202,7 @@ pub async fn outbox(
     args: OutboxArgs,
     source: &AcctSource,
 ) -> anyhow::Result<ExitCode> {
-    let config = Config::load_for_publishing(path)?;
+    let config = crate::validate::load_for_publishing(path)?;
     if config.egress.is_empty() {
         println!("no [[egress]] entries: nothing goes through the outbox");
         return Ok(ExitCode::SUCCESS);

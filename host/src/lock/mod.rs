@@ -10,7 +10,7 @@
 //! - three or more: the Redlock quorum over independent Redis servers ([`redlock::Redlock`]).
 //!
 //! `[lock] server` is the shortcut for the Python iniesta's layout: Redlock over databases
-//! 1, 2 and 3 of one server ([`crate::config::LockConfig::node_urls`]), so both sides take the
+//! 1, 2 and 3 of one server ([`nodes::node_urls`]), so both sides take the
 //! same locks.
 //!
 //! A receive batch takes all its locks in one pipelined round trip per Redis node, and the
@@ -24,6 +24,7 @@
 
 pub mod completion;
 pub mod local;
+pub mod nodes;
 pub mod redis;
 pub mod redlock;
 pub mod url;

@@ -509,6 +509,8 @@ impl Console {
             "retained_mb": host.as_ref().map(|h| h.retained_bytes as f64 / 1e6).unwrap_or(0.0),
             // Plugin files refused now, each with the generation that keeps serving.
             "load_failures": host.as_ref().map(|h| h.load_failures.clone()).unwrap_or_default(),
+            // Config keys edited in the file that wait for a restart (their old values run).
+            "pending_restart": host.as_ref().map(|h| h.pending_restart.clone()).unwrap_or_default(),
         })
     }
 

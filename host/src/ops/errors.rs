@@ -19,7 +19,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, Semaphore};
 
 use super::OpsError;
-use crate::config::Config;
+use crate::config::{Config, Problem};
 
 /// How many records may wait to be sent.
 const QUEUE: usize = 1024;
@@ -315,4 +315,37 @@ async fn send_one(
                 "the error webhook failed; the failure record is dropped (the message itself is unaffected)");
         }
     }
+}
+
+/// Problems with `errors.webhook_url`: an `http://` or `https://` URL with a host.
+pub fn problems(config: &Config) -> Vec<Problem> {
+    match &config.errors.webhook_url {
+        Some(url) => match webhook_url_problem(url) {
+            Some(message) => vec![Problem::new("errors.webhook_url", message)],
+            None => Vec::new(),
+        },
+        None => Vec::new(),
+    }
+}
+
+fn webhook_url_problem(url: &str) -> Option<String> {
+    let parsed = match url.parse::<hyper::Uri>() {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            return Some(format!(
+                "is not a URL ({e}); e.g. \"http://127.0.0.1:8080/iniesta-errors\""
+            ))
+        }
+    };
+    match parsed.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => return Some(
+            "must start with http:// or https:// (e.g. \"http://127.0.0.1:8080/iniesta-errors\")"
+                .into(),
+        ),
+    }
+    if parsed.host().is_none_or(str::is_empty) {
+        return Some("names no host".into());
+    }
+    None
 }

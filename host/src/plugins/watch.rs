@@ -10,6 +10,12 @@
 //! the reason, counted (`iniesta_plugin_load_failures_total{plugin,reason}`), listed in the
 //! host's state file for `iniesta plugins` and the console, and what was serving keeps
 //! serving. Only a plugin file that is gone unbinds its plugin.
+//!
+//! A valid new config is compared with the running one section by section
+//! ([`crate::config::change`]): the hot keys (bindings, plugin directories and isolation,
+//! `sqs.filters`, `sqs.handler_timeout_secs`) apply; every other changed key keeps its running
+//! value until a restart, is named in a warning, and is listed as pending in the state file, so
+//! what the host reports is what it runs.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -22,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::registry::PluginSet;
 use super::LoadedPlugin;
+use crate::config::change::Change;
 use crate::config::{Config, Problem};
 use crate::egress::Publisher;
 use crate::route::Routes;
@@ -38,11 +45,12 @@ pub struct ReloadReport {
     pub removed: Vec<String>,
     /// Refusals, as logged.
     pub refused: Vec<String>,
-    /// Whether a new config was applied.
+    /// Whether a new config was accepted: its hot keys now run (its restart-only keys, in
+    /// `needs_restart`, keep their running values).
     pub config_applied: bool,
     /// The new config's problems, if it was refused.
     pub config_refused: Vec<Problem>,
-    /// Keys that changed but need a restart.
+    /// Keys that changed but need a restart; the host keeps running their old values.
     pub needs_restart: Vec<String>,
     /// Whether the routing table was swapped.
     pub swapped: bool,
@@ -82,6 +90,10 @@ pub struct HostState {
     /// Plugin files refused now (each until it is replaced by a good file or removed).
     #[serde(default)]
     pub load_failures: Vec<LoadFailure>,
+    /// Config keys changed in the file that only take effect after a restart: the host runs
+    /// their old values until then.
+    #[serde(default)]
+    pub pending_restart: Vec<String>,
     /// Isolated plugins' worker processes (read from their own state file).
     #[serde(default, skip_serializing)]
     pub workers: Vec<crate::isolate::WorkerStatus>,
@@ -195,6 +207,7 @@ pub struct Reloader {
     publisher: Arc<Publisher>,
     runtime: tokio::runtime::Handle,
     stats: ReloadStats,
+    pending_restart: Vec<String>,
 }
 
 impl Reloader {
@@ -217,6 +230,7 @@ impl Reloader {
             publisher,
             runtime,
             stats,
+            pending_restart: Vec::new(),
         }
     }
 
@@ -244,6 +258,7 @@ impl Reloader {
             retained_bytes: self.stats.retained_bytes,
             retained_generations: self.stats.retained_generations,
             load_failures: self.plugins.refused.iter().map(LoadFailure::of).collect(),
+            pending_restart: self.pending_restart.clone(),
             workers: Vec::new(),
         };
         let dir = state_dir(&self.config);
@@ -269,9 +284,15 @@ impl Reloader {
         ));
     }
 
-    /// The config being served.
+    /// The config being served: what the host runs (restart-only keys keep the values it
+    /// started with, whatever the file says now).
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Keys changed in the file that wait for a restart (their running values stay).
+    pub fn pending_restart(&self) -> &[String] {
+        &self.pending_restart
     }
 
     /// The plugins being served.
@@ -287,8 +308,11 @@ impl Reloader {
     /// Look at the files again and swap in whatever changed and is valid.
     pub fn reload(&mut self) -> ReloadReport {
         let mut report = ReloadReport::default();
-        let candidate = match Config::load(&self.config_path) {
-            Ok(c) if c == self.config => None,
+        let candidate = match crate::validate::load(&self.config_path) {
+            Ok(c) if c == self.config => {
+                self.pending_restart.clear();
+                None
+            }
             Ok(c) => Some(c),
             Err(e) => {
                 tracing::error!("config change refused; the running config keeps serving: {e}");
@@ -304,13 +328,24 @@ impl Reloader {
                 None
             }
         };
-        if let Some(new) = &candidate {
-            report.needs_restart = needs_restart(&self.config, new);
-            if !report.needs_restart.is_empty() {
-                tracing::warn!(keys = ?report.needs_restart, "these settings changed but only take effect after a restart");
-            }
+        // What would run: the running config with the new one's hot keys; restart-only keys
+        // keep their running values.
+        let change = candidate
+            .as_ref()
+            .map(|new| Change::between(&self.config, new))
+            .unwrap_or_default();
+        report.needs_restart = change.restart.clone();
+        if !change.restart.is_empty() {
+            tracing::warn!(
+                keys = ?change.restart,
+                config = %self.config_path.display(),
+                "these settings changed but only take effect after a restart; the host keeps running their old values until it is restarted"
+            );
         }
-        let config = candidate.clone().unwrap_or_else(|| self.config.clone());
+        let config = match &candidate {
+            Some(new) => Change::apply(&self.config, new),
+            None => self.config.clone(),
+        };
         let mut plugins = self.plugins.rescan(&config.plugin_dirs());
         report.refused = plugins
             .refused
@@ -386,14 +421,18 @@ impl Reloader {
         report.swapped = true;
         report.config_applied = applied_config;
         if applied_config {
-            if let Some(new) = candidate {
-                // Only a config that was accepted may change the subscription.
-                if new.sqs.filters != self.config.sqs.filters {
-                    self.update_subscription(&new);
-                }
-                self.config = new;
-                tracing::info!(config = %self.config_path.display(), "config reloaded; bindings swapped");
+            // Only a config that was accepted may change the subscription.
+            if config.sqs.filters != self.config.sqs.filters {
+                self.update_subscription(&config);
             }
+            self.config = config;
+            self.pending_restart = change.restart;
+            tracing::info!(
+                config = %self.config_path.display(),
+                applied = ?change.hot,
+                pending_restart = ?self.pending_restart,
+                "config reloaded; bindings swapped"
+            );
         }
         self.plugins = plugins;
         self.write_state();
@@ -494,80 +533,6 @@ impl Reloader {
 fn binding_index(key: &str) -> Option<usize> {
     let rest = key.strip_prefix("bindings[")?;
     rest.split(']').next()?.parse().ok()
-}
-
-/// Keys whose change only takes effect after a restart.
-pub fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
-    let mut keys = Vec::new();
-    let mut check = |key: &str, same: bool| {
-        if !same {
-            keys.push(key.to_string());
-        }
-    };
-    check("service", old.service == new.service);
-    check("env", old.env == new.env);
-    check("initialization", old.initialization == new.initialization);
-    check("broker", old.broker == new.broker);
-    check("sns", old.sns == new.sns);
-    check("lock", old.lock == new.lock);
-    // Egress and ingress are set up once at start (egress/, ingress/).
-    check("egress", old.egress == new.egress);
-    check("ingress", old.ingress == new.ingress);
-    check("outbox", old.outbox == new.outbox);
-    check("sqs.queue_name", old.queue_name() == new.queue_name());
-    check(
-        "sqs.raw_message_delivery",
-        old.sqs.raw_message_delivery == new.sqs.raw_message_delivery,
-    );
-    check(
-        "sqs.dead_letter_queue",
-        old.sqs.dead_letter_queue == new.sqs.dead_letter_queue,
-    );
-    check(
-        "sqs.max_messages",
-        old.sqs.max_messages == new.sqs.max_messages,
-    );
-    check(
-        "sqs.wait_time_seconds",
-        old.sqs.wait_time_seconds == new.sqs.wait_time_seconds,
-    );
-    check(
-        "sqs.visibility_timeout",
-        old.sqs.visibility_timeout == new.sqs.visibility_timeout,
-    );
-    check(
-        "sqs.delay_seconds",
-        old.sqs.delay_seconds == new.sqs.delay_seconds,
-    );
-    check(
-        "sqs.max_receive_count",
-        old.sqs.max_receive_count == new.sqs.max_receive_count,
-    );
-    check("sqs.pollers", old.sqs.pollers == new.sqs.pollers);
-    check(
-        "sqs.max_in_flight",
-        old.sqs.max_in_flight == new.sqs.max_in_flight,
-    );
-    check(
-        "sqs.shutdown_timeout_secs",
-        old.sqs.shutdown_timeout_secs == new.sqs.shutdown_timeout_secs,
-    );
-    check(
-        "sqs.max_visibility_extension_secs",
-        old.sqs.max_visibility_extension_secs == new.sqs.max_visibility_extension_secs,
-    );
-    check(
-        "sqs.fifo_*",
-        old.sqs.fifo_group_attribute == new.sqs.fifo_group_attribute
-            && old.sqs.fifo_group_field == new.sqs.fifo_group_field
-            && old.sqs.fifo_default_group == new.sqs.fifo_default_group
-            && old.sqs.fifo_deduplication_attribute == new.sqs.fifo_deduplication_attribute,
-    );
-    check("metrics", old.metrics == new.metrics);
-    check("errors", old.errors == new.errors);
-    check("console", old.console == new.console);
-    check("plugins.watch", old.plugins.watch == new.plugins.watch);
-    keys
 }
 
 fn relevant(event: &notify::Event, config_name: Option<&std::ffi::OsStr>) -> bool {
@@ -725,29 +690,4 @@ pub fn describe(plugin: &LoadedPlugin) -> String {
         plugin.generation,
         plugin.file.display()
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(extra: &str) -> Config {
-        let text = format!(
-            "service = \"s\"\n[broker]\nkind = \"aws\"\n[sns]\ntopic_arn = \"arn:aws:sns:us-east-1:1:global\"\n[sqs]\nfilters = [\"Order.*\"]\n{extra}"
-        );
-        Config::parse(&text, Path::new(".")).expect("parses")
-    }
-
-    #[test]
-    fn a_changed_raw_delivery_setting_needs_a_restart() {
-        // The pipeline decodes with the delivery context it started with: a reload that
-        // changed it would run with the old one while `config` reported the new.
-        let raw = parse("");
-        let wrapped = parse("raw_message_delivery = false\n");
-        assert_eq!(
-            needs_restart(&raw, &wrapped),
-            vec!["sqs.raw_message_delivery".to_string()]
-        );
-        assert!(needs_restart(&raw, &raw).is_empty());
-    }
 }

@@ -7,31 +7,11 @@
 //! take it. Plugins are not loaded and nothing is published.
 
 use std::fmt::Write as _;
-use std::path::Path;
 
-use crate::config::{BindingConfig, Config, ConfigError, InitializationType, Problem};
+use crate::config::{BindingConfig, Config, InitializationType, Problem};
 use crate::wire::{self, Attributes, Envelope};
 
 use super::{media_type_of, Pattern, RouteTable, Rules};
-
-/// Read a config for a dry run: every check except those about plugin directories (plugins
-/// are not loaded).
-pub fn load_config(path: &Path) -> Result<Config, ConfigError> {
-    let config = Config::read(path)?;
-    let problems: Vec<Problem> = config
-        .problems()
-        .into_iter()
-        .filter(|p| !p.key.starts_with("plugins."))
-        .collect();
-    if problems.is_empty() {
-        Ok(config)
-    } else {
-        Err(ConfigError::Invalid {
-            path: path.to_path_buf(),
-            problems,
-        })
-    }
-}
 
 /// Build the message as a consumer would receive it: `event` is the full event name as it
 /// arrives (nothing is appended), the body and attributes go through the wire encoding.
@@ -288,6 +268,8 @@ fn content_lines(out: &mut String, rules: &Rules, envelope: &Envelope) {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     fn config(bindings: &str) -> Config {

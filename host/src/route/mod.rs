@@ -10,6 +10,7 @@
 //! rules agree). A binding's `schema` ([`schema`]) does not route: a body that fails it is
 //! dead-lettered before any handler runs. [`explain`] is the `iniesta route` dry run.
 
+pub mod check;
 pub mod explain;
 pub mod matcher;
 pub mod schema;

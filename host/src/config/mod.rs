@@ -1,0 +1,328 @@
+//! `iniesta.toml`: the settings and their defaults, one file per section, plus loading.
+//!
+//! Keys follow the Python iniesta settings they replace (see DESIGN.md). Relative paths
+//! (`broker.path`, `plugins.dirs`) are resolved against the directory of the config file, so
+//! `iniesta -c examples/x.toml` means the same thing from any working directory.
+//!
+//! This module is plain data: it imports no runtime module. Each section checks its own shape
+//! (`problems` beside its data); checks that need runtime knowledge (FIFO ids, patterns, lock
+//! nodes, webhook URLs, egress entries) live in the module that owns it, and
+//! [`crate::validate`] collects them all. [`change`] says which keys a reload can apply live.
+
+pub mod broker;
+pub mod change;
+pub mod egress;
+pub mod isolate;
+pub mod lock;
+pub mod ops;
+pub mod plugins;
+pub mod sns;
+pub mod sqs;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use broker::{BrokerConfig, BrokerKind};
+pub use egress::{EgressConfig, IngressConfig, OutboxConfig};
+pub use isolate::IsolateConfig;
+pub use lock::{LockConfig, PYTHON_INIESTA_LOCK_DATABASES};
+pub use ops::{ConsoleConfig, ErrorsConfig, MetricsConfig};
+pub use plugins::{BindingConfig, PluginsConfig};
+pub use sns::SnsConfig;
+pub use sqs::SqsConfig;
+
+/// The default config file name, looked up in the working directory.
+pub const DEFAULT_CONFIG: &str = "iniesta.toml";
+
+/// The whole `iniesta.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This service's name; appended to published events as `{event}.{service}`.
+    pub service: String,
+    /// Deployment environment, used in the queue name template.
+    #[serde(default = "default_env")]
+    pub env: String,
+    /// What this host does: produce to SNS, poll a subscribed queue, poll a plain queue.
+    #[serde(default = "default_initialization")]
+    pub initialization: Vec<InitializationType>,
+    /// Where messages live.
+    #[serde(default)]
+    pub broker: BrokerConfig,
+    /// The global topic.
+    #[serde(default)]
+    pub sns: SnsConfig,
+    /// This service's queue and how it is polled.
+    #[serde(default)]
+    pub sqs: SqsConfig,
+    /// Idempotency locks.
+    #[serde(default)]
+    pub lock: LockConfig,
+    /// Where plugins are loaded from.
+    #[serde(default)]
+    pub plugins: PluginsConfig,
+    /// Which handler runs for which events.
+    #[serde(default)]
+    pub bindings: Vec<BindingConfig>,
+    /// The Prometheus `/metrics` and `/health` endpoint (off when absent).
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// Where handler failures are reported (off when absent).
+    #[serde(default)]
+    pub errors: ErrorsConfig,
+    /// The operator web console on the metrics server (off unless enabled).
+    #[serde(default)]
+    pub console: ConsoleConfig,
+    /// Where every published event goes (egress/); none: the topic, as without this key.
+    #[serde(default)]
+    pub egress: Vec<EgressConfig>,
+    /// Consumers from ingress plugins that feed the bindings (egress/ and ingress/).
+    #[serde(default)]
+    pub ingress: Vec<IngressConfig>,
+    /// Where events an egress could not take wait for redelivery.
+    #[serde(default)]
+    pub outbox: OutboxConfig,
+    /// The directory relative paths are resolved against (the config file's directory).
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+    /// The file this config was read from, if any.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+fn default_env() -> String {
+    "development".into()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_initialization() -> Vec<InitializationType> {
+    vec![
+        InitializationType::EventPolling,
+        InitializationType::SnsProducer,
+    ]
+}
+
+/// The Python iniesta's initialization types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum InitializationType {
+    /// Poll a queue that is not subscribed to the topic.
+    QueuePolling,
+    /// Poll the queue subscribed to the global topic through filter policies.
+    EventPolling,
+    /// Publish to the global topic.
+    SnsProducer,
+}
+
+impl InitializationType {
+    /// The name as the Python iniesta prints it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::QueuePolling => "QUEUE_POLLING",
+            Self::EventPolling => "EVENT_POLLING",
+            Self::SnsProducer => "SNS_PRODUCER",
+        }
+    }
+}
+
+/// One thing wrong with a config: the key and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted key path, e.g. `bindings[1].plugin`.
+    pub key: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl Problem {
+    /// A problem with `key`.
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Problem {
+        Problem {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Why a config could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {cause} (create it, or pass another with -c FILE or $INIESTA_CONFIG)")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause (in the message, not chained, so it is printed once).
+        cause: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown/mistyped keys.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and key.
+        message: String,
+    },
+    /// The file parsed but its values do not hold together.
+    #[error("{path}: {} problem(s):\n{}", problems.len(), problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        /// The file (or `<inline>`).
+        path: PathBuf,
+        /// Every problem found.
+        problems: Vec<Problem>,
+    },
+}
+
+impl Config {
+    /// Read and parse a config file without the consistency checks (for commands that only
+    /// print settings, like `filter-policies`).
+    pub fn read(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
+            path: path.to_path_buf(),
+            cause,
+        })?;
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let mut config = Config::parse(&text, &base).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        config.source = Some(path.to_path_buf());
+        Ok(config)
+    }
+
+    /// Parse TOML text; relative paths will resolve against `base_dir`. The error names the
+    /// line and the key (an unknown or mistyped one).
+    pub fn parse(text: &str, base_dir: &Path) -> Result<Config, toml::de::Error> {
+        let mut config: Config = toml::from_str(text)?;
+        config.base_dir = if base_dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            base_dir.to_path_buf()
+        };
+        Ok(config)
+    }
+
+    /// The path a config was read from, for messages.
+    pub fn source_name(&self) -> PathBuf {
+        self.source
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("<inline>"))
+    }
+
+    /// Resolve a configured path against the config file's directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.base_dir.join(path)
+        }
+    }
+
+    /// The plugin directories, resolved.
+    pub fn plugin_dirs(&self) -> Vec<PathBuf> {
+        self.plugins.dirs.iter().map(|d| self.resolve(d)).collect()
+    }
+
+    /// The local broker's database file, resolved.
+    pub fn broker_path(&self) -> PathBuf {
+        self.resolve(&self.broker.path)
+    }
+
+    /// This service's queue name: `sqs.queue_name`, else the template filled in.
+    pub fn queue_name(&self) -> String {
+        match &self.sqs.queue_name {
+            Some(name) => name.clone(),
+            None => self
+                .sqs
+                .queue_name_template
+                .replace("{env}", &self.env)
+                .replace("{service_name}", &self.service),
+        }
+    }
+
+    /// The topic's name: the last `:` segment of its ARN.
+    pub fn topic_name(&self) -> Option<String> {
+        self.sns
+            .topic_arn
+            .as_deref()
+            .map(|arn| arn.rsplit(':').next().unwrap_or(arn).to_string())
+    }
+
+    /// The topic whose SNS envelopes the consumed queue receives: `sns.topic_arn` when this
+    /// host polls a queue subscribed to it (`EVENT_POLLING` on AWS) with
+    /// `sqs.raw_message_delivery = false`. `None` when every message arrives raw (the local
+    /// broker always delivers raw): bodies are then never read as envelopes.
+    pub fn envelope_topic(&self) -> Option<&str> {
+        let envelopes = self.broker.kind == BrokerKind::Aws
+            && self.does(InitializationType::EventPolling)
+            && !self.sqs.raw_message_delivery;
+        self.sns.topic_arn.as_deref().filter(|_| envelopes)
+    }
+
+    /// Whether this host does `kind`.
+    pub fn does(&self, kind: InitializationType) -> bool {
+        self.initialization.contains(&kind)
+    }
+
+    /// Whether this host consumes at all.
+    pub fn consumes(&self) -> bool {
+        self.does(InitializationType::EventPolling) || self.does(InitializationType::QueuePolling)
+    }
+
+    /// `SNS_PRODUCER|EVENT_POLLING`, as the Python iniesta prints it (highest flag first).
+    pub fn initialization_type(&self) -> String {
+        let mut kinds = self.initialization.clone();
+        kinds.sort();
+        kinds.dedup();
+        kinds.reverse();
+        kinds
+            .iter()
+            .map(|k| k.as_str())
+            .collect::<Vec<_>>()
+            .join("|")
+    }
+
+    /// `{event}.{service}`: the service is appended unless the name already ends with it.
+    pub fn full_event_name(&self, event: &str) -> String {
+        crate::wire::full_event_name(event, &self.service)
+    }
+}
+
+impl Config {
+    /// The root keys' own shape: `service` and `initialization`.
+    pub fn root_problems(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        if self.service.trim().is_empty() {
+            problems.push(Problem::new(
+                "service",
+                "must not be empty (it is appended to every published event)",
+            ));
+        }
+        if self.initialization.is_empty() {
+            problems.push(Problem::new(
+                "initialization",
+                "must name at least one of SNS_PRODUCER, EVENT_POLLING, QUEUE_POLLING",
+            ));
+        }
+        problems
+    }
+
+    /// Whether this host needs `sns.topic_arn`: it produces to or polls the topic.
+    pub fn needs_topic(&self) -> bool {
+        self.does(InitializationType::SnsProducer) || self.does(InitializationType::EventPolling)
+    }
+}

@@ -1,0 +1,176 @@
+//! `[plugins]` and `[[bindings]]`: where plugins are loaded from and which handler runs for
+//! which events (patterns, `match` and schemas are checked by `route`, which compiles them).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Config, IsolateConfig, Problem};
+
+/// `[plugins]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// Directories scanned for plugins, merged in order: a later one overrides a plugin of the
+    /// same name from an earlier one.
+    #[serde(default)]
+    pub dirs: Vec<PathBuf>,
+    /// Reload plugins and config when their files change.
+    #[serde(default = "super::default_true")]
+    pub watch: bool,
+    /// `[plugins.isolate]`: plugins that run in a worker process of their own.
+    #[serde(default)]
+    pub isolate: IsolateConfig,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        Self {
+            dirs: Vec::new(),
+            watch: true,
+            isolate: Default::default(),
+        }
+    }
+}
+
+impl PluginsConfig {
+    /// The plugin directories a consuming host needs (`config` resolves relative ones).
+    pub fn dir_problems(&self, config: &Config) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        if !config.consumes() {
+            return problems;
+        }
+        if self.dirs.is_empty() {
+            problems.push(Problem::new(
+                "plugins.dirs",
+                "lists no directory: add the directory your plugins are built into, e.g. [\"target/release\"]",
+            ));
+        }
+        for (i, dir) in self.dirs.iter().enumerate() {
+            let resolved = config.resolve(dir);
+            if !resolved.is_dir() {
+                problems.push(Problem::new(
+                    format!("plugins.dirs[{i}]"),
+                    format!(
+                        "directory {} does not exist (build the plugins first: cargo build --release)",
+                        resolved.display()
+                    ),
+                ));
+            }
+        }
+        problems
+    }
+}
+
+/// One `[[bindings]]` entry: events → a plugin's handler.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BindingConfig {
+    /// Exact event names or globs (`*` matches any run of characters, dots included).
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// Take events no other binding takes.
+    #[serde(default)]
+    pub default: bool,
+    /// The plugin's name.
+    pub plugin: String,
+    /// The handler's name; optional when the plugin exports exactly one.
+    #[serde(default)]
+    pub handler: Option<String>,
+    /// Handed to the handler's constructor as JSON.
+    #[serde(default)]
+    pub config: Option<toml::Value>,
+    /// Per-binding handler timeout (s), overriding `sqs.handler_timeout_secs`.
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+    /// Call the handler on the async worker thread that holds the message, with no hand-off
+    /// to the blocking pool: faster for handlers that return in microseconds and never block,
+    /// but its timeout cannot be enforced and a slow call holds up that thread.
+    #[serde(default)]
+    pub inline: bool,
+    /// Set by a hot reload when the binding's plugin was removed: the binding keeps its
+    /// position (and so its identity) but takes no events until the plugin returns.
+    #[serde(skip)]
+    pub disabled: bool,
+    /// The match DSL: conditions on the body (on the event for MEGA payloads) that must all
+    /// hold for this binding to take a message (see `route::matcher`).
+    #[serde(default, rename = "match")]
+    pub r#match: Option<toml::Table>,
+    /// Media types this binding takes, matched against a `media_type` attribute or body field.
+    #[serde(default)]
+    pub media_types: Vec<String>,
+    /// A JSON Schema file (relative to the config file) bodies must satisfy; failing ones are
+    /// dead-lettered before any handler runs.
+    #[serde(default)]
+    pub schema: Option<PathBuf>,
+}
+
+impl BindingConfig {
+    /// The binding's config as JSON text for the plugin's constructor.
+    pub fn config_json(&self) -> String {
+        match &self.config {
+            None => String::new(),
+            Some(value) => serde_json::to_string(value).unwrap_or_default(),
+        }
+    }
+
+    /// The entry's own shape, keyed under `key` (`bindings[2]`); `isolate` tells whether its
+    /// plugin runs in a worker.
+    pub fn problems(&self, key: &str, isolate: &IsolateConfig) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let mut bad = |key: String, message: String| problems.push(Problem::new(key, message));
+        if self.plugin.trim().is_empty() {
+            bad(format!("{key}.plugin"), "must name a plugin".into());
+        }
+        if self.default && !self.events.is_empty() {
+            bad(
+                key.to_string(),
+                "has both `default = true` and `events`; a default binding takes every event no other binding takes, so drop `events`".into(),
+            );
+        }
+        if !self.default && self.events.is_empty() {
+            bad(
+                format!("{key}.events"),
+                "is empty: list event names or globs, or set `default = true`".into(),
+            );
+        }
+        if self.timeout_secs == Some(0) {
+            bad(format!("{key}.timeout_secs"), "must be at least 1".into());
+        }
+        if self.inline && isolate.isolates(&self.plugin) {
+            bad(
+                format!("{key}.inline"),
+                format!(
+                    "plugin `{}` is isolated: its calls wait on a worker process, which must not happen on an async thread; remove `inline` (or the plugin from plugins.isolate.names)",
+                    self.plugin
+                ),
+            );
+        }
+        if self.config.as_ref().is_some_and(|c| !c.is_table()) {
+            bad(
+                format!("{key}.config"),
+                "must be a table, e.g. config = { path = \"x\" }".into(),
+            );
+        }
+        problems
+    }
+}
+
+/// The bindings as a whole: a consuming host needs one, and only one may be the default.
+pub fn bindings_problems(config: &Config) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    if config.consumes() && config.bindings.is_empty() {
+        problems.push(Problem::new(
+            "bindings",
+            "no binding and no default: add a [[bindings]] entry with `events = [...]` or `default = true`",
+        ));
+    }
+    let defaults = config.bindings.iter().filter(|b| b.default).count();
+    if defaults > 1 {
+        problems.push(Problem::new(
+            "bindings",
+            format!("{defaults} bindings say `default = true`; only one may"),
+        ));
+    }
+    problems
+}
