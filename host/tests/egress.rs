@@ -728,6 +728,56 @@ fn an_ingress_message_is_handled_by_the_bound_handler() {
 }
 
 #[test]
+fn an_ingress_fed_inline_binding_runs_inline() {
+    let Some(binary) = nats_or_skip("an_ingress_fed_inline_binding_runs_inline") else {
+        return;
+    };
+    let nats = Nats::start(binary, None);
+    let s = Scratch::new();
+    let port = common::aws::free_port();
+    // An `inline = true` binding whose handler sleeps 1.5 s with a 1 s timeout: run inline it
+    // cannot be abandoned, so its ack counts and the overrun is counted; on the blocking pool
+    // it would be abandoned at its timeout (`result="timeout"`) and nothing counts an overrun.
+    let config = local_config(
+        &s,
+        &format!(
+            "[metrics]\nlisten = \"127.0.0.1:{port}\"\n\
+             [[ingress]]\nplugin = \"nats\"\nconfig = {{ url = \"{}\", subject = \"ext.>\", strip_prefix = \"ext.\" }}\n\
+             [[bindings]]\nevents = [\"Slow.*\"]\nplugin = \"panicky\"\nhandler = \"sleepy\"\ninline = true\ntimeout_secs = 1\nconfig = {{ sleep_ms = 1500 }}\n",
+            nats.url(),
+        ),
+    );
+    let host = Host::start(&config, s.path("host.log"));
+    s.wait_for("the ingress to subscribe", LIMIT, || {
+        host.log_text()
+            .contains("nats ingress subscribed to `ext.>`")
+    });
+    let client = Subscription::new(&nats.url(), None, "unused.subject");
+    client.publish("ext.Slow.Now", &[], b"{}");
+    let series = |text: &str, name: &str, result: Option<&str>| {
+        text.lines().any(|l| {
+            l.starts_with(name)
+                && l.contains("panicky/sleepy")
+                && result.is_none_or(|r| l.contains(&format!("result=\"{r}\"")))
+                && l.ends_with(" 1")
+        })
+    };
+    s.wait_for("the inline call to be counted", LIMIT, || {
+        series(&scrape(port), "iniesta_handler_calls_total", None)
+    });
+    let text = scrape(port);
+    let log = host.stop();
+    assert!(
+        series(&text, "iniesta_handler_calls_total", Some("ack")),
+        "the inline call is not abandoned at its timeout: {text}\n{log}"
+    );
+    assert!(
+        series(&text, "iniesta_inline_handler_overruns_total", None),
+        "an inline overrun is counted: {text}\n{log}"
+    );
+}
+
+#[test]
 fn config_check_names_egress_and_ingress_entries_no_plugin_serves() {
     let s = Scratch::new();
     let config = local_config(

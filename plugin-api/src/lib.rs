@@ -96,6 +96,9 @@ mod ingress;
 mod message;
 mod outcome;
 
+/// The types that cross the host/plugin boundary. Public because the export macros and the
+/// host use them; a plugin never needs them (use [`Handler`], [`Message`] and [`Outcome`]).
+#[doc(hidden)]
 pub mod ffi;
 pub mod payload;
 pub mod testing;

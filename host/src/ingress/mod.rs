@@ -4,8 +4,9 @@
 //!
 //! A plugin's ingress gets a [`HostSink`] and calls `submit` for each message from its own
 //! thread; the host decodes it like a queue message (the event name becomes the event-key
-//! attribute), routes it, runs every binding that takes it (on the blocking pool, with the
-//! binding's timeout) and answers with the settlement the queue would get: `Ack` when every
+//! attribute), routes it, runs every binding that takes it through the pipeline's
+//! [`invoke`](crate::pipeline::invoke) — exactly as a queue message's: `inline = true` on the
+//! async worker, the others on the blocking pool with the binding's timeout — and answers with the settlement the queue would get: `Ack` when every
 //! binding acked, `Retry` (a retry, an error, no binding), `DeadLetter` (a handler dead-lettered
 //! it, its body failed a schema). The plugin acknowledges at its source accordingly, if its
 //! source can. Ingress messages take no idempotency lock: deduplication is the source's.
@@ -22,12 +23,16 @@ use iniesta_plugin_api::ffi::{
 };
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::acct::Profiles;
 use crate::config::{Config, Problem};
 use crate::egress::{config::constructor_config, pick_export, profile_of, SetupError};
 use crate::ops::metrics as m;
+use crate::pipeline::invoke::{self, Hold};
+use crate::pipeline::report::report_failures;
 use crate::pipeline::{settle, CallResult, Settlement};
+use crate::plugins::Outcome;
 use crate::plugins::PluginSet;
 use crate::route::{Binding, Routes};
 use crate::wire::{self, Attribute, Attributes, Envelope};
@@ -128,6 +133,8 @@ pub struct Ingresses {
     settings: IngressSettings,
     slots: Arc<Semaphore>,
     serving: CancellationToken,
+    /// Every task the ingresses run on (one per ingress, one per message being handled).
+    tasks: TaskTracker,
 }
 
 impl Ingresses {
@@ -142,7 +149,8 @@ impl Ingresses {
     }
 
     /// Stop every ingress (no more submissions), then give running handlers the shutdown
-    /// timeout to finish.
+    /// timeout to finish. Returns when every task the ingresses ran on is done: a message
+    /// still being handled at the timeout is dropped (its ingress is told to retry it).
     pub async fn stop(self) {
         for (name, ingress) in &self.started {
             let ingress = ingress.clone();
@@ -164,6 +172,8 @@ impl Ingresses {
             tracing::warn!("ingress handlers still running at the shutdown timeout");
         }
         self.serving.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
     }
 }
 
@@ -177,6 +187,7 @@ pub fn start(
 ) -> Result<Ingresses, SetupError> {
     let slots = Arc::new(Semaphore::new(settings.max_in_flight));
     let serving = CancellationToken::new();
+    let tasks = TaskTracker::new();
     let mut started = Vec::new();
     let mut problems = Vec::new();
     for (index, entry) in config.ingress.iter().enumerate() {
@@ -197,13 +208,14 @@ pub fn start(
             let profile = profile_of(profiles, &entry.plugin, entry.profile.as_deref(), &key)?;
             let json = constructor_config(profile, entry.config.as_ref());
             let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(serve(
+            tasks.spawn(serve(
                 name.clone(),
                 rx,
                 routes.clone(),
                 settings.clone(),
                 slots.clone(),
                 serving.clone(),
+                tasks.clone(),
             ));
             let sink = IngressSinkFfi_TO::from_value(
                 HostSink {
@@ -239,6 +251,7 @@ pub fn start(
         settings,
         slots,
         serving,
+        tasks,
     })
 }
 
@@ -249,6 +262,7 @@ async fn serve(
     settings: IngressSettings,
     slots: Arc<Semaphore>,
     serving: CancellationToken,
+    tasks: TaskTracker,
 ) {
     loop {
         let submission = tokio::select! {
@@ -263,11 +277,18 @@ async fn serve(
             continue;
         };
         let (name, routes, settings) = (name.clone(), routes.clone(), settings.clone());
+        let stopping = serving.clone();
         // The slot travels with the calls: a timed-out handler keeps it until its thread
         // really returns, so stuck handlers cannot pile up threads (as in the pipeline).
-        let permit = Arc::new(permit);
-        tokio::spawn(async move {
-            let outcome = handle(&name, &submission.event, &routes, &settings, &permit).await;
+        let permit: Hold = Arc::new(permit);
+        tasks.spawn(async move {
+            // Dropped when serving ends (after the shutdown timeout): the reply goes unsent,
+            // so the ingress hears that the host stopped before the bindings ran.
+            let outcome = tokio::select! {
+                biased;
+                outcome = handle(&name, &submission.event, &routes, &settings, &permit) => outcome,
+                () = stopping.cancelled() => return,
+            };
             let label = match &outcome {
                 IngressOutcomeFfi::Ack => "ack",
                 IngressOutcomeFfi::Retry { .. } => "retry",
@@ -286,7 +307,7 @@ async fn handle(
     event: &EventFfi,
     routes: &ArcSwap<Routes>,
     settings: &IngressSettings,
-    slot: &Arc<tokio::sync::OwnedSemaphorePermit>,
+    slot: &Hold,
 ) -> IngressOutcomeFfi {
     let envelope = match envelope_of(event, &settings.event_key) {
         Ok(e) => e,
@@ -317,8 +338,10 @@ async fn handle(
             reason: reason.into(),
         };
     }
-    let results = call_all(&envelope, &bindings, slot).await;
-    crate::pipeline::report_failures(
+    // The pipeline's invoke: `inline = true`, timeouts and metrics exactly as for queue
+    // messages. An ingress message is delivered once as far as the host knows.
+    let results = invoke::call_all(&envelope, 1, &bindings, slot, None).await;
+    report_failures(
         settings.errors.as_ref(),
         settings.failures.as_deref(),
         1,
@@ -348,10 +371,8 @@ fn failure_text(bindings: &[Arc<Binding>], results: &[CallResult]) -> String {
         .zip(results)
         .filter_map(|(b, r)| {
             let why = match r {
-                CallResult::Outcome(iniesta_plugin_api::ffi::OutcomeFfi::Failed { reason }) => {
-                    reason.to_string()
-                }
-                CallResult::Outcome(iniesta_plugin_api::ffi::OutcomeFfi::Panicked { message }) => {
+                CallResult::Outcome(Outcome::Failed { reason }) => reason.clone(),
+                CallResult::Outcome(Outcome::Panicked { message }) => {
                     format!("panicked: {message}")
                 }
                 CallResult::TimedOut => "timed out".to_string(),
@@ -401,44 +422,6 @@ pub fn envelope_of(event: &EventFfi, event_key: &str) -> Result<Envelope, String
         wire::DeliveryContext::raw(event_key),
     )
     .map_err(|e| e.to_string())
-}
-
-async fn call_all(
-    envelope: &Envelope,
-    bindings: &[Arc<Binding>],
-    slot: &Arc<tokio::sync::OwnedSemaphorePermit>,
-) -> Vec<CallResult> {
-    let ffi = Arc::new(crate::pipeline::message_ffi(envelope, 1));
-    let calls: Vec<_> = bindings
-        .iter()
-        .map(|binding| {
-            let b = binding.clone();
-            let ffi = ffi.clone();
-            let span = tracing::info_span!("handle", message_id = %envelope.message_id, event = %envelope.event, binding = %binding.label);
-            let timeout = binding.timeout;
-            let label = binding.label.clone();
-            let slot = slot.clone();
-            async move {
-                let started = std::time::Instant::now();
-                let task = tokio::task::spawn_blocking(move || {
-                    let _slot = slot;
-                    let _entered = span.enter();
-                    b.handler.handle(&ffi, &b.context)
-                });
-                let result = match tokio::time::timeout(timeout, task).await {
-                    Ok(Ok(outcome)) => CallResult::Outcome(outcome),
-                    Ok(Err(e)) => CallResult::Crashed(e.to_string()),
-                    Err(_) => CallResult::TimedOut,
-                };
-                metrics::histogram!(m::HANDLER_DURATION, "binding" => label.clone())
-                    .record(started.elapsed().as_secs_f64());
-                metrics::counter!(m::HANDLER_CALLS, "binding" => label, "result" => crate::pipeline::result_label(&result))
-                    .increment(1);
-                result
-            }
-        })
-        .collect();
-    futures_util::future::join_all(calls).await
 }
 
 #[cfg(test)]

@@ -1,10 +1,13 @@
 //! Handler plugins: finding and loading cdylibs ([`load`]), the merged view of every plugin
-//! directory ([`registry`]), and the context the host hands a handler ([`context`]).
+//! directory ([`registry`]), the context the host hands a handler ([`context`]), and the one
+//! place a handler is called across the FFI boundary ([`call`]).
 
+pub mod call;
 pub mod context;
 pub mod load;
 pub mod registry;
 pub mod watch;
 
+pub use call::{CallMessage, Outcome};
 pub use load::{LoadError, LoadedPlugin};
 pub use registry::PluginSet;

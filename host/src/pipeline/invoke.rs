@@ -1,0 +1,179 @@
+//! The one place handlers run, for queue messages and ingress messages alike: every binding
+//! that takes a message is called — `inline = true` ones right on the async worker, the
+//! others on the blocking pool (an isolated plugin's handler is one of these: it forwards to
+//! its worker process) with the binding's timeout — and each call is counted
+//! (`iniesta_handler_calls_total`, `iniesta_handler_duration_seconds`) and, when asked,
+//! recorded as completed the moment it acks.
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::lock::{completion, Locks};
+use crate::ops::metrics as m;
+use crate::plugins::call::{self, CallMessage, Outcome};
+use crate::route::Binding;
+use crate::wire::Envelope;
+
+/// What one binding's call came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallResult {
+    /// The plugin's outcome.
+    Outcome(Outcome),
+    /// The call ran past its timeout; it was abandoned.
+    TimedOut,
+    /// The blocking task failed (should not happen: plugins catch their panics).
+    Crashed(String),
+}
+
+/// Something that must live as long as the handler calls do, their abandoned threads
+/// included (a message's in-flight slot): a timed-out handler keeps it until its thread
+/// really returns, so stuck handlers cannot pile up threads.
+pub type Hold = Arc<dyn Any + Send + Sync>;
+
+/// Where acks are recorded as completions (the lock service), so a redelivered duplicate
+/// skips the bindings that already acked.
+#[derive(Clone)]
+pub struct Recorder {
+    /// The lock service keeping completion records.
+    pub locks: Arc<dyn Locks>,
+    /// How long a record is kept.
+    pub ttl: Duration,
+}
+
+/// Run every binding's handler on one message and collect their results, in the order of
+/// `bindings`. `receive_count` is what handlers see; `hold` is kept by every call until it
+/// really returns; with a `record`, each ack is recorded as soon as it comes.
+pub async fn call_all(
+    envelope: &Envelope,
+    receive_count: u32,
+    bindings: &[Arc<Binding>],
+    hold: &Hold,
+    record: Option<&Recorder>,
+) -> Vec<CallResult> {
+    let message = Arc::new(CallMessage::new(envelope, receive_count));
+    // Every binding's call at once, collected in order; they are futures of this task, so no
+    // task is spawned per call. The blocking-pool calls are all started (in this closure)
+    // before any inline call runs (when `join_all` first polls), so an inline sibling cannot
+    // eat into their timeouts.
+    let started = Instant::now();
+    let calls: Vec<_> = bindings
+        .iter()
+        .map(|binding| {
+            let span = tracing::info_span!("handle", message_id = %envelope.message_id, event = %envelope.event, binding = %binding.label);
+            // Each ack is recorded as soon as it comes, before the lock is released, so a
+            // duplicate delivered later skips this binding even if a sibling fails.
+            let record = record.map(|r| Completion {
+                locks: r.locks.clone(),
+                message_id: envelope.message_id.clone(),
+                event: envelope.event.clone(),
+                binding: completion::id_of(binding),
+                label: binding.label.clone(),
+                ttl: r.ttl,
+            });
+            let call = if binding.inline {
+                Call::Inline(message.clone(), span)
+            } else {
+                Call::Blocking(call_blocking(binding, message.clone(), hold.clone(), span))
+            };
+            async move {
+                let result = match call {
+                    Call::Blocking(task) => {
+                        match tokio::time::timeout_at(started + binding.timeout, task).await {
+                            Ok(Ok(outcome)) => CallResult::Outcome(outcome),
+                            Ok(Err(e)) => CallResult::Crashed(e.to_string()),
+                            Err(_) => CallResult::TimedOut,
+                        }
+                    }
+                    Call::Inline(message, span) => call_inline(binding, &message, span),
+                };
+                metrics::histogram!(m::HANDLER_DURATION, "binding" => binding.label.clone())
+                    .record(started.elapsed().as_secs_f64());
+                metrics::counter!(m::HANDLER_CALLS, "binding" => binding.label.clone(), "result" => result_label(&result))
+                    .increment(1);
+                if let (CallResult::Outcome(Outcome::Ack), Some(record)) = (&result, record) {
+                    record.write().await;
+                }
+                result
+            }
+        })
+        .collect();
+    futures_util::future::join_all(calls).await
+}
+
+/// One binding's call: started on the blocking pool, or to be made inline when polled.
+enum Call {
+    Blocking(tokio::task::JoinHandle<Outcome>),
+    Inline(Arc<CallMessage>, tracing::Span),
+}
+
+/// Start a handler call on the blocking pool (the caller abandons it at its timeout). `hold`
+/// travels with the call until its thread really returns.
+fn call_blocking(
+    binding: &Arc<Binding>,
+    message: Arc<CallMessage>,
+    hold: Hold,
+    span: tracing::Span,
+) -> tokio::task::JoinHandle<Outcome> {
+    let binding = binding.clone();
+    tokio::task::spawn_blocking(move || {
+        let _hold = hold;
+        let _entered = span.enter();
+        call::handle(&binding.handler, &binding.context, &message)
+    })
+}
+
+/// Call an `inline = true` handler right here, on the async worker. It cannot be abandoned,
+/// so a call past its timeout is only reported (its outcome still counts).
+fn call_inline(binding: &Binding, message: &CallMessage, span: tracing::Span) -> CallResult {
+    let started = std::time::Instant::now();
+    let outcome = {
+        let _entered = span.enter();
+        call::handle(&binding.handler, &binding.context, message)
+    };
+    let took = started.elapsed();
+    if took > binding.timeout {
+        metrics::counter!(m::INLINE_OVERRUNS, "binding" => binding.label.clone()).increment(1);
+        tracing::warn!(binding = %binding.label, took_ms = took.as_millis() as u64, timeout_secs = binding.timeout.as_secs(),
+            "an inline handler ran past its timeout, holding up an async worker thread all along; bind handlers that can block without `inline`");
+    }
+    CallResult::Outcome(outcome)
+}
+
+/// The `result` label of a handler call in `iniesta_handler_calls_total`.
+pub fn result_label(result: &CallResult) -> &'static str {
+    match result {
+        CallResult::Outcome(Outcome::Ack) => "ack",
+        CallResult::Outcome(Outcome::Retry { .. }) => "retry",
+        CallResult::Outcome(Outcome::DeadLetter { .. }) => "dead_letter",
+        CallResult::Outcome(Outcome::Failed { .. }) => "error",
+        CallResult::Outcome(Outcome::Panicked { .. }) => "panic",
+        CallResult::TimedOut => "timeout",
+        CallResult::Crashed(_) => "crashed",
+    }
+}
+
+/// A completion record to write once a binding acked.
+struct Completion {
+    locks: Arc<dyn Locks>,
+    message_id: String,
+    event: String,
+    binding: String,
+    label: String,
+    ttl: Duration,
+}
+
+impl Completion {
+    async fn write(self) {
+        if let Err(e) = self
+            .locks
+            .record_completions(&self.message_id, &[self.binding], self.ttl)
+            .await
+        {
+            tracing::warn!(message_id = %self.message_id, event = %self.event, binding = %self.label, error = %e,
+                "cannot record the completion; a redelivered duplicate may run this binding again");
+        }
+    }
+}

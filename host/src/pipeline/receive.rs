@@ -1,0 +1,399 @@
+//! Receiving: the poll loops (asking for no more than there are free in-flight slots),
+//! decoding, taking a batch's locks in one round trip (waiting out a lock-service outage,
+//! retrying locks held elsewhere) and dispatching each locked message to its own task, or a
+//! FIFO group's messages to one task in order.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+
+use crate::broker::Received;
+use crate::lock::{self, Claim, LockError};
+use crate::ops::metrics as m;
+use crate::wire::{self, DecodeError};
+
+use super::keepalive::Keeper;
+use super::state::{GiveBack, Shared, Slot, Taken};
+
+impl Shared {
+    /// One receive loop, until shutdown.
+    pub(super) async fn poll(self: Arc<Self>, poller: usize) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            if self.shutdown.is_cancelled() {
+                break;
+            }
+            // While the lock service is down, receiving would only raise receive counts
+            // towards the redrive policy: wait for it instead.
+            if self.lock_outage.load(Ordering::Acquire) && !self.wait_for_locks(poller).await {
+                break;
+            }
+            // Receive only as many messages as there is room to run.
+            let first = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => break,
+                permit = self.in_flight.clone().acquire_owned() => match permit {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            let mut permits = vec![first];
+            while permits.len() < self.parts.settings.max_messages as usize {
+                match self.in_flight.clone().try_acquire_owned() {
+                    Ok(p) => permits.push(p),
+                    Err(_) => break,
+                }
+            }
+            let want = u32::try_from(permits.len()).unwrap_or(1);
+            let received_at = Instant::now();
+            let batch = match self
+                .parts
+                .broker
+                .receive(want, self.parts.settings.wait, &self.shutdown)
+                .await
+            {
+                Ok(batch) => {
+                    self.parts.health.broker_answered();
+                    backoff = Duration::from_millis(100);
+                    batch
+                }
+                Err(e) => {
+                    self.parts.health.broker_failed();
+                    metrics::counter!(m::POLL_ERRORS).increment(1);
+                    tracing::error!(poller, error = %e, retry_in_ms = backoff.as_millis() as u64, "receive failed; retrying");
+                    drop(permits);
+                    tokio::select! {
+                        biased;
+                        _ = self.shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    continue;
+                }
+            };
+            if batch.is_empty() {
+                continue;
+            }
+            metrics::counter!(m::RECEIVED).increment(batch.len() as u64);
+            if self.shutdown.is_cancelled() {
+                // The long poll pending at shutdown brought these: none has started.
+                let back = batch
+                    .iter()
+                    .map(|r| GiveBack {
+                        receipt: r.receipt.clone(),
+                        message_id: r.message_id.clone(),
+                        event: String::new(),
+                    })
+                    .collect();
+                self.give_back(back, Vec::new(), "shutdown").await;
+                break;
+            }
+            let count = batch.len();
+            if let Err(e) = self.dispatch(batch, permits, received_at).await {
+                metrics::counter!(m::LOCK_FAILURES, "reason" => "unavailable")
+                    .increment(count as u64);
+                self.parts.health.lock_outage(true);
+                if !self.lock_outage.swap(true, Ordering::AcqRel) {
+                    tracing::error!(poller, count, locks = %self.parts.locks.describe(), error = %e,
+                        "the lock service is unavailable: the received messages are left on the queue (not run, not deleted) and receiving pauses until it answers again");
+                } else {
+                    tracing::warn!(poller, count, error = %e, "the lock service is still unavailable; messages left on the queue");
+                }
+            }
+        }
+        tracing::debug!(poller, "poller stopped");
+    }
+
+    /// Wait until the lock service answers again; `false` if shutdown came first.
+    async fn wait_for_locks(&self, poller: usize) -> bool {
+        let mut pause = Duration::from_millis(250);
+        let mut last_report = Instant::now();
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return false,
+                _ = tokio::time::sleep(pause) => {}
+            }
+            if !self.lock_outage.load(Ordering::Acquire) {
+                return true;
+            }
+            match self.parts.locks.check().await {
+                Ok(()) => {
+                    if self.lock_outage.swap(false, Ordering::AcqRel) {
+                        tracing::info!(poller, locks = %self.parts.locks.describe(), "the lock service answers again; receiving resumes");
+                    }
+                    self.parts.health.lock_outage(false);
+                    return true;
+                }
+                Err(e) => {
+                    if last_report.elapsed() >= Duration::from_secs(30) {
+                        tracing::warn!(poller, error = %e, "the lock service is still unavailable; messages wait on the queue");
+                        last_report = Instant::now();
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    /// Decode a receive batch, take all its locks (one round trip per Redis node, which also
+    /// reads the completion records), and start a task per locked message, or per FIFO group.
+    /// An error means the lock service could not decide: every message of the batch is left
+    /// on the queue.
+    async fn dispatch(
+        self: &Arc<Self>,
+        batch: Vec<Received>,
+        mut permits: Vec<OwnedSemaphorePermit>,
+        received_at: Instant,
+    ) -> Result<(), LockError> {
+        let mut taken = Vec::with_capacity(batch.len());
+        // FIFO groups whose order is already broken in this batch: the rest of them go back.
+        let mut broken: HashSet<String> = HashSet::new();
+        let mut back: Vec<GiveBack> = Vec::new();
+        for message in batch {
+            let permit = permits.pop();
+            if permit.is_none() {
+                // Never more than asked for; if a broker overdelivers, handle it anyway.
+                tracing::warn!(message_id = %message.message_id, "broker returned more messages than asked for");
+            }
+            let slot = Slot::new(permit, &self.messages);
+            match wire::decode(
+                &message.message_id,
+                &message.body,
+                &message.attributes,
+                message.sent_timestamp_ms,
+                self.parts.settings.delivery(),
+            ) {
+                Ok(envelope) => {
+                    let t = Taken {
+                        message,
+                        envelope,
+                        slot,
+                        received_at,
+                    };
+                    match &t.message.group_id {
+                        Some(group) if broken.contains(group) => back.push(GiveBack::from(&t)),
+                        _ => taken.push(t),
+                    }
+                }
+                Err(e @ DecodeError::ForeignTopic { .. }) => {
+                    // Never meant for this queue: no redelivery can change that.
+                    if let Some(group) = &message.group_id {
+                        broken.insert(group.clone());
+                    }
+                    self.spawn(self.clone().refuse(message, e.to_string(), slot));
+                }
+                Err(e) => {
+                    metrics::counter!(m::RETRIED, "reason" => "undecodable").increment(1);
+                    tracing::error!(message_id = %message.message_id, receive_count = message.receive_count, error = %e,
+                        "cannot decode message; left on the queue for the redrive policy");
+                    if let Some(group) = &message.group_id {
+                        broken.insert(group.clone());
+                    }
+                }
+            }
+        }
+        drop(permits);
+        if !back.is_empty() {
+            self.give_back(back, Vec::new(), "fifo_order").await;
+        }
+        if taken.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<String> = taken
+            .iter()
+            .map(|t| t.envelope.message_id.clone())
+            .collect();
+        let claims = self
+            .parts
+            .locks
+            .try_acquire(&ids, self.parts.settings.lock_ttl)
+            .await?;
+        let mut claims = claims.into_iter();
+        let mut busy = Vec::new();
+        let mut groups: Vec<(String, Vec<(Taken, Claim)>)> = Vec::new();
+        let mut back = Vec::new();
+        let mut back_held = Vec::new();
+        for t in taken {
+            let claim = claims.next().flatten();
+            let Some(group) = t.message.group_id.clone() else {
+                match claim {
+                    Some(claim) => self.start(t, claim),
+                    None => busy.push(t),
+                }
+                continue;
+            };
+            if broken.contains(&group) {
+                if let Some(claim) = claim {
+                    back_held.push(claim.held);
+                }
+                back.push(GiveBack::from(&t));
+                continue;
+            }
+            match claim {
+                Some(claim) => match groups.iter_mut().find(|(g, _)| *g == group) {
+                    Some((_, entries)) => entries.push((t, claim)),
+                    None => groups.push((group, vec![(t, claim)])),
+                },
+                None => {
+                    // Locked elsewhere: left; what follows it in its group must wait for it.
+                    leave_locked(&t);
+                    broken.insert(group);
+                }
+            }
+        }
+        if !back.is_empty() {
+            self.give_back(back, back_held, "fifo_order").await;
+        }
+        for (group, entries) in groups {
+            self.spawn(self.clone().run_group(group, entries));
+        }
+        if busy.is_empty() {
+            return Ok(());
+        }
+        let attempts = lock::attempts(self.parts.settings.lock_retry_count);
+        if attempts > 1 {
+            self.spawn(self.clone().retry_busy(busy, attempts - 1));
+        } else {
+            busy.iter().for_each(leave_locked);
+        }
+        Ok(())
+    }
+
+    /// Dead-letter a message refused before any handler (an envelope from a foreign topic);
+    /// without a dead-letter queue it stays on the queue, logged.
+    async fn refuse(self: Arc<Self>, message: Received, reason: String, slot: Arc<Slot>) {
+        match self.parts.broker.dead_letter(&message, &reason).await {
+            Ok(()) => {
+                metrics::counter!(m::DEAD_LETTERED).increment(1);
+                tracing::warn!(message_id = %message.message_id, reason = %reason, "refused before any handler: moved to the dead-letter queue");
+            }
+            Err(e) => {
+                metrics::counter!(m::RETRIED, "reason" => "undecodable").increment(1);
+                tracing::error!(message_id = %message.message_id, reason = %reason, error = %e, "refused before any handler, but cannot dead-letter it; it stays on the queue for redelivery");
+            }
+        }
+        drop(slot);
+    }
+
+    /// Run one (non-FIFO) locked message in its own task.
+    fn start(self: &Arc<Self>, taken: Taken, claim: Claim) {
+        let keeper = Keeper::start(self, &taken, claim.held.clone());
+        let this = self.clone();
+        self.spawn(async move {
+            this.run_message(taken, claim, keeper).await;
+        });
+    }
+
+    /// Start a task for every message whose lock was taken; return the others.
+    fn start_claimed(
+        self: &Arc<Self>,
+        taken: Vec<Taken>,
+        claims: Vec<Option<Claim>>,
+    ) -> Vec<Taken> {
+        let mut busy = Vec::new();
+        let mut claims = claims.into_iter();
+        for t in taken {
+            match claims.next().flatten() {
+                Some(claim) => self.start(t, claim),
+                None => busy.push(t),
+            }
+        }
+        busy
+    }
+
+    /// Try again, after a random pause, the locks another consumer held (aioredlock's
+    /// `retry_count`); what is still held after the last attempt is left for redelivery. At
+    /// shutdown, what still waits is given back at once.
+    async fn retry_busy(self: Arc<Self>, mut busy: Vec<Taken>, attempts: u32) {
+        for _ in 0..attempts {
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => {
+                    let back = busy.iter().map(GiveBack::from).collect();
+                    self.give_back(back, Vec::new(), "shutdown").await;
+                    return;
+                }
+                _ = tokio::time::sleep(lock::retry_delay()) => {}
+            }
+            let ids: Vec<String> = busy.iter().map(|t| t.envelope.message_id.clone()).collect();
+            match self
+                .parts
+                .locks
+                .try_acquire(&ids, self.parts.settings.lock_ttl)
+                .await
+            {
+                Ok(claims) => busy = self.start_claimed(busy, claims),
+                Err(e) => {
+                    tracing::warn!(count = busy.len(), message_ids = ?ids, error = %e, "cannot retry the message locks; the messages are left for redelivery");
+                    return;
+                }
+            }
+            if busy.is_empty() {
+                return;
+            }
+        }
+        busy.iter().for_each(leave_locked);
+    }
+
+    /// Run a FIFO group's messages of one batch one after another, in order. Their locks and
+    /// visibility are kept alive while they wait. When one is not settled, or at shutdown,
+    /// the ones still waiting are given back.
+    async fn run_group(self: Arc<Self>, group: String, entries: Vec<(Taken, Claim)>) {
+        let mut waiting: VecDeque<(Taken, Claim, Keeper)> = entries
+            .into_iter()
+            .map(|(t, claim)| {
+                let keeper = Keeper::start(&self, &t, claim.held.clone());
+                (t, claim, keeper)
+            })
+            .collect();
+        while let Some((t, claim, keeper)) = waiting.pop_front() {
+            let message_id = t.envelope.message_id.clone();
+            let run = self.run_message(t, claim, keeper);
+            tokio::pin!(run);
+            let gone = tokio::select! {
+                gone = &mut run => gone,
+                _ = self.shutdown.cancelled(), if !waiting.is_empty() => {
+                    self.give_back_waiting(std::mem::take(&mut waiting), "shutdown").await;
+                    run.await
+                }
+            };
+            if !gone && !waiting.is_empty() {
+                tracing::info!(group = %group, message_id = %message_id, waiting = waiting.len(),
+                    "FIFO: the message was not settled, so the rest of its group in this batch is given back to keep the group's order");
+                self.give_back_waiting(std::mem::take(&mut waiting), "fifo_order")
+                    .await;
+            }
+        }
+    }
+
+    async fn give_back_waiting(
+        &self,
+        waiting: VecDeque<(Taken, Claim, Keeper)>,
+        reason: &'static str,
+    ) {
+        let mut back = Vec::new();
+        let mut held = Vec::new();
+        let mut slots = Vec::new();
+        for (t, claim, keeper) in waiting {
+            // Stopped first, so no late heartbeat hides the message again.
+            keeper.stop().await;
+            back.push(GiveBack::from(&t));
+            held.push(claim.held);
+            slots.push(t.slot);
+        }
+        self.give_back(back, held, reason).await;
+        drop(slots);
+    }
+}
+
+/// Log (and count) a message left because another consumer holds its lock.
+fn leave_locked(taken: &Taken) {
+    metrics::counter!(m::LOCK_FAILURES, "reason" => "held_elsewhere").increment(1);
+    tracing::info!(message_id = %taken.envelope.message_id, event = %taken.envelope.event, receive_count = taken.message.receive_count,
+        "message is locked by another consumer; leaving it");
+}

@@ -1,0 +1,159 @@
+//! What a running pipeline's tasks share ([`Shared`]: the parts it was built from plus the
+//! run's own state) and the records a message travels in between them.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::broker::{Broker, Received};
+use crate::lock::Locks;
+use crate::ops::console::RecentFailures;
+use crate::ops::errors::ErrorReporter;
+use crate::ops::health::Health;
+use crate::ops::metrics as m;
+use crate::route::Routes;
+use crate::wire::Envelope;
+
+use super::settings::Settings;
+
+/// What a pipeline is built from (and its tasks share while it runs).
+pub struct Parts {
+    /// Where messages come from and are settled.
+    pub broker: Arc<dyn Broker>,
+    /// The live routing table.
+    pub routes: Arc<ArcSwap<Routes>>,
+    /// The idempotency locks.
+    pub locks: Arc<dyn Locks>,
+    /// The pipeline's settings.
+    pub settings: Settings,
+    /// Readiness (`/health`).
+    pub health: Arc<Health>,
+    /// The error webhook, if configured.
+    pub errors: Option<ErrorReporter>,
+    /// The console's list of recent failures, if enabled.
+    pub failures: Option<Arc<RecentFailures>>,
+}
+
+/// A running pipeline's shared state: its parts and the run's own state.
+pub struct Shared {
+    /// What the pipeline was built from.
+    pub parts: Parts,
+    /// Set while the lock service cannot decide: pollers stop receiving until it answers.
+    pub lock_outage: AtomicBool,
+    /// `max_in_flight` slots.
+    pub in_flight: Arc<Semaphore>,
+    /// Messages received and not yet settled or given back.
+    pub messages: Arc<AtomicUsize>,
+    /// To the batch deleter.
+    pub deletes: mpsc::UnboundedSender<Delete>,
+    /// Fires on the first shutdown signal.
+    pub shutdown: CancellationToken,
+    /// Fires when the drain is over: every task still running is dropped (its message is not
+    /// settled and comes back after its visibility timeout).
+    pub abandon: CancellationToken,
+    /// Every task this run started, so `run` returns only when they are all done.
+    pub tasks: TaskTracker,
+}
+
+impl Shared {
+    /// Start a task of this run: tracked, and dropped when the drain is abandoned.
+    pub fn spawn<F>(&self, task: F) -> JoinHandle<()>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        spawn_tracked(&self.tasks, &self.abandon, task)
+    }
+}
+
+/// Start a task on `tasks` that ends early when `abandon` fires.
+pub fn spawn_tracked<F>(tasks: &TaskTracker, abandon: &CancellationToken, task: F) -> JoinHandle<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let abandon = abandon.clone();
+    tasks.spawn(async move {
+        tokio::select! {
+            biased;
+            () = task => {}
+            () = abandon.cancelled() => {}
+        }
+    })
+}
+
+/// A message's in-flight slot: one of the `max_in_flight` permits, counted in the in-flight
+/// gauge. It is held from receipt until the message is settled (its delete included) or
+/// given back; a timed-out handler's thread keeps a reference until it really returns.
+pub struct Slot {
+    _permit: Option<OwnedSemaphorePermit>,
+    count: Arc<AtomicUsize>,
+}
+
+impl Slot {
+    /// Take a slot (with its permit, when there was one free) and count it.
+    pub fn new(permit: Option<OwnedSemaphorePermit>, count: &Arc<AtomicUsize>) -> Arc<Slot> {
+        count.fetch_add(1, Ordering::AcqRel);
+        metrics::gauge!(m::IN_FLIGHT).increment(1.0);
+        Arc::new(Slot {
+            _permit: permit,
+            count: count.clone(),
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
+        metrics::gauge!(m::IN_FLIGHT).decrement(1.0);
+    }
+}
+
+/// A received, decoded message waiting for its lock, with its in-flight slot.
+pub struct Taken {
+    /// The message as received.
+    pub message: Received,
+    /// The message decoded.
+    pub envelope: Envelope,
+    /// Its in-flight slot.
+    pub slot: Arc<Slot>,
+    /// Taken just before the receive call: the visibility timeout runs from (after) here.
+    pub received_at: Instant,
+}
+
+/// An acked message for the batch deleter.
+pub struct Delete {
+    /// The receipt to delete by.
+    pub receipt: String,
+    /// For log lines.
+    pub message_id: String,
+    /// For log lines.
+    pub event: String,
+    /// Held until the delete is done.
+    pub _slot: Arc<Slot>,
+}
+
+/// A received message to give back (visibility 0).
+pub struct GiveBack {
+    /// The receipt to change the visibility by.
+    pub receipt: String,
+    /// For log lines.
+    pub message_id: String,
+    /// For log lines (empty when not decoded).
+    pub event: String,
+}
+
+impl From<&Taken> for GiveBack {
+    fn from(t: &Taken) -> GiveBack {
+        GiveBack {
+            receipt: t.message.receipt.clone(),
+            message_id: t.envelope.message_id.clone(),
+            event: t.envelope.event.clone(),
+        }
+    }
+}
