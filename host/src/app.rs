@@ -107,6 +107,11 @@ impl App {
         self.shutdown.clone()
     }
 
+    /// The host's background tasks (empty again once [`App::run`] has returned).
+    pub fn tasks(&self) -> Tasks {
+        self.tasks.clone()
+    }
+
     /// Build everything, run until the shutdown signal, then drain in order.
     pub async fn run(self) -> Result<(), AppError> {
         let App {
@@ -369,5 +374,66 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A host with the metrics server, the console, the lock flusher's peer (in-process
+    /// locks), the reloader and the signal watcher: once `run` returns after the shutdown
+    /// signal, none of its background tasks is left.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn run_leaves_no_task_behind_after_the_shutdown_signal() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("iniesta.toml");
+        let plugins = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug");
+        let ledger = dir.path().join("ledger.jsonl");
+        std::fs::write(
+            &path,
+            format!(
+                r#"service = "app"
+env = "test"
+initialization = ["EVENT_POLLING"]
+
+[broker]
+kind = "local"
+path = "broker.db"
+
+[sns]
+topic_arn = "arn:aws:sns:us-east-1:000000000000:global"
+
+[sqs]
+filters = ["Order.*"]
+wait_time_seconds = 1
+
+[plugins]
+dirs = ["{plugins}"]
+
+[metrics]
+listen = "127.0.0.1:0"
+
+[console]
+enabled = true
+
+[[bindings]]
+default = true
+plugin = "ledger"
+config = {{ path = "{ledger}", label = "default" }}
+"#,
+                plugins = plugins.display(),
+                ledger = ledger.display()
+            ),
+        )
+        .expect("write config");
+        let config = Config::load(&path).expect("config loads");
+        let app = App::new(&path, config, AcctSource::default()).no_check(true);
+        let tasks = app.tasks();
+        let shutdown = app.shutdown_token();
+        shutdown.cancel();
+        app.run().await.expect("the host runs and drains");
+        assert!(tasks.is_empty(), "{} task(s) left running", tasks.len());
+        assert!(tasks.stopping().is_cancelled());
     }
 }
