@@ -8,6 +8,7 @@
 //! reports, the operator console), [`scaffold`], [`cli`].
 
 pub mod acct;
+pub mod app;
 pub mod broker;
 pub mod cli;
 pub mod config;
@@ -25,5 +26,6 @@ pub mod provision;
 pub mod route;
 pub mod scaffold;
 pub mod sqlite;
+pub mod tasks;
 pub mod validate;
 pub mod wire;

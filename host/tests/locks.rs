@@ -328,7 +328,9 @@ async fn an_idle_host_releases_without_waiting_for_another_batch() {
         urls: vec![server.url()],
         ..Default::default()
     };
-    let locks = iniesta::lock::from_config(&config).await.expect("locks");
+    let locks = iniesta::lock::from_config(&config, &iniesta::tasks::Tasks::new())
+        .await
+        .expect("locks");
     let id = uuid::Uuid::new_v4().to_string();
     let claim = take_one(locks.as_ref(), &id, TEN).await.expect("free");
     locks.release(&[claim.held]).await.expect("released");

@@ -8,7 +8,6 @@
 //! messages visible again, so two operators listing at once each see only part of the queue.
 
 pub mod aws;
-pub mod cli;
 pub mod local;
 
 use std::sync::Arc;

@@ -11,12 +11,12 @@
 //! durable [`outbox`]. `publish --queue` always goes straight to the own queue.
 
 pub mod builtin;
-pub mod cli;
 pub mod config;
 pub mod fanout;
 pub mod media_type;
 pub mod outbox;
 pub mod plugin;
+pub mod startup;
 
 use std::sync::Arc;
 

@@ -39,6 +39,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
+use crate::tasks::Tasks;
+
 pub use completion::binding_id;
 pub use local::LocalLocks;
 
@@ -180,8 +182,12 @@ pub fn retry_delay() -> Duration {
 
 /// The lock service a config names: in-process for no URLs, a single Redis for one, the
 /// Redlock quorum for three or more. Connections are made lazily: a Redis that is down at
-/// start is logged, not fatal, and used once it answers.
-pub async fn from_config(config: &crate::config::LockConfig) -> Result<Arc<dyn Locks>, LockError> {
+/// start is logged, not fatal, and used once it answers. The flusher of deferred writes is a
+/// task of `tasks`: it ends when they stop (sending what waits) or when the locks are dropped.
+pub async fn from_config(
+    config: &crate::config::LockConfig,
+    tasks: &Tasks,
+) -> Result<Arc<dyn Locks>, LockError> {
     let ttl = ttl_from_secs(config.timeout_secs.max(1));
     // Releases and completion records ride along with the next acquire; the flusher below
     // sends them when none comes within `redis::LINGER`.
@@ -212,7 +218,7 @@ pub async fn from_config(config: &crate::config::LockConfig) -> Result<Arc<dyn L
         }
     };
     if !urls.is_empty() {
-        spawn_flusher(Arc::downgrade(&locks), wake);
+        spawn_flusher(Arc::downgrade(&locks), wake, tasks);
     }
     match locks.check().await {
         Ok(()) => tracing::info!(locks = %locks.describe(), "idempotency locks ready"),
@@ -223,11 +229,20 @@ pub async fn from_config(config: &crate::config::LockConfig) -> Result<Arc<dyn L
 }
 
 /// Send deferred writes [`redis::LINGER`] after the first one queued into an empty queue,
-/// until the lock service is dropped.
-fn spawn_flusher(locks: std::sync::Weak<dyn Locks>, wake: Arc<tokio::sync::Notify>) {
-    tokio::spawn(async move {
+/// until the lock service is dropped or `tasks` stop (then once more, if it is still there).
+fn spawn_flusher(locks: std::sync::Weak<dyn Locks>, wake: Arc<tokio::sync::Notify>, tasks: &Tasks) {
+    let stopping = tasks.stopping();
+    tasks.spawn(async move {
         loop {
-            wake.notified().await;
+            tokio::select! {
+                _ = stopping.cancelled() => {
+                    if let Some(locks) = locks.upgrade() {
+                        locks.flush().await;
+                    }
+                    return;
+                }
+                _ = wake.notified() => {}
+            }
             tokio::time::sleep(redis::LINGER).await;
             match locks.upgrade() {
                 Some(locks) => locks.flush().await,

@@ -26,17 +26,18 @@ use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use subtle::ConstantTimeEq;
 
 use super::errors::FailureKind;
 use super::health::Health;
 use super::metrics as m;
+use super::values::Values;
 use super::OpsError;
 use crate::config::{BrokerKind, Config};
 use crate::dlq::{DeadLetterQueue, Selection};
 use crate::route::Routes;
+use crate::tasks::Tasks;
 
 /// Where the console listens when `[metrics] listen` is unset.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9090";
@@ -190,23 +191,25 @@ pub struct Console {
     settings: ConsoleSettings,
     csrf: String,
     config: Config,
-    metrics: PrometheusHandle,
+    metrics: Values,
     health: Arc<Health>,
     routes: OnceLock<Arc<ArcSwap<Routes>>>,
     failures: Arc<RecentFailures>,
     dlq: Option<Arc<dyn DeadLetterQueue>>,
     series: Mutex<VecDeque<Sample>>,
     started: std::time::Instant,
+    tasks: Tasks,
 }
 
 impl Console {
     /// The console for a host; opens the dead-letter queue (if one is configured) and starts
-    /// sampling the counters.
+    /// sampling the counters (a task of `tasks`, until they stop).
     pub async fn start(
         settings: ConsoleSettings,
         config: &Config,
-        metrics: PrometheusHandle,
+        metrics: Values,
         health: Arc<Health>,
+        tasks: &Tasks,
     ) -> Result<Arc<Console>, OpsError> {
         let dlq = match crate::dlq::open(config).await {
             Ok(dlq) => Some(dlq),
@@ -224,12 +227,17 @@ impl Console {
             dlq,
             series: Mutex::new(VecDeque::new()),
             started: std::time::Instant::now(),
+            tasks: tasks.clone(),
         });
         let weak = Arc::downgrade(&console);
-        tokio::spawn(async move {
+        let stopping = tasks.stopping();
+        tasks.spawn(async move {
             let mut tick = tokio::time::interval(SAMPLE_EVERY);
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = stopping.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
                 let Some(console) = weak.upgrade() else {
                     break;
                 };
@@ -256,15 +264,7 @@ impl Console {
     }
 
     fn sample(&self) {
-        let text = self.metrics.render();
-        let series = parse_prometheus(&text);
-        let sum = |name: &str| {
-            series
-                .iter()
-                .filter(|s| s.name == name)
-                .map(|s| s.value)
-                .sum::<f64>()
-        };
+        let sum = |name: &str| self.metrics.sum(name);
         let sample = Sample {
             t: now_ms(),
             received: sum(m::RECEIVED),
@@ -425,17 +425,11 @@ impl Console {
     }
 
     fn state(&self) -> serde_json::Value {
-        let series = parse_prometheus(&self.metrics.render());
         let count = |binding: &str, results: &[&str]| -> u64 {
-            series
-                .iter()
-                .filter(|s| {
-                    s.name == m::HANDLER_CALLS
-                        && s.label("binding") == Some(binding)
-                        && s.label("result").is_some_and(|r| results.contains(&r))
-                })
-                .map(|s| s.value as u64)
-                .sum()
+            self.metrics.counter_sum(
+                m::HANDLER_CALLS,
+                &[("binding", &[binding]), ("result", results)],
+            )
         };
         let host = crate::plugins::watch::running_hosts(&self.config)
             .into_iter()
@@ -583,10 +577,12 @@ impl Console {
             Err(e) => return bad(e.to_string()),
         };
         // In a task of its own: a browser that goes away mid-redrive must not cancel it between
-        // a send and its delete (the message would then be in both queues).
+        // a send and its delete (the message would then be in both queues); tracked, so
+        // shutdown waits for it too.
         let dlq = dlq.clone();
-        let redrive =
-            tokio::spawn(async move { dlq.redrive(&selection, &crate::dlq::NoProgress).await });
+        let redrive = self
+            .tasks
+            .spawn(async move { dlq.redrive(&selection, &crate::dlq::NoProgress).await });
         let outcome = match redrive.await {
             Ok(outcome) => outcome,
             Err(e) => {
@@ -725,106 +721,9 @@ fn is_loopback_host(host: &str) -> bool {
             .unwrap_or(false)
 }
 
-/// One series of the Prometheus text format.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Series {
-    /// The metric name.
-    pub name: String,
-    /// Its labels.
-    pub labels: Vec<(String, String)>,
-    /// Its value.
-    pub value: f64,
-}
-
-impl Series {
-    fn label(&self, name: &str) -> Option<&str> {
-        self.labels
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// Parse the Prometheus text format (counters and gauges; comments and malformed lines are
-/// skipped).
-pub fn parse_prometheus(text: &str) -> Vec<Series> {
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        if let Some(series) = parse_line(line) {
-            out.push(series);
-        }
-    }
-    out
-}
-
-fn parse_line(line: &str) -> Option<Series> {
-    let name_end = line.find(|c: char| c == '{' || c.is_whitespace())?;
-    let name = line[..name_end].to_string();
-    let mut rest = &line[name_end..];
-    let mut labels = Vec::new();
-    if let Some(inner) = rest.strip_prefix('{') {
-        let mut chars = inner.char_indices();
-        let mut key = String::new();
-        loop {
-            let (i, c) = chars.next()?;
-            match c {
-                '}' => {
-                    rest = &inner[i + 1..];
-                    break;
-                }
-                ',' | ' ' => {}
-                '=' => {
-                    if chars.next()?.1 != '"' {
-                        return None;
-                    }
-                    let mut value = String::new();
-                    loop {
-                        let (_, c) = chars.next()?;
-                        match c {
-                            '\\' => match chars.next()?.1 {
-                                'n' => value.push('\n'),
-                                other => value.push(other),
-                            },
-                            '"' => break,
-                            other => value.push(other),
-                        }
-                    }
-                    labels.push((std::mem::take(&mut key), value));
-                }
-                other => key.push(other),
-            }
-        }
-    }
-    let value = rest.split_whitespace().next()?.parse::<f64>().ok()?;
-    Some(Series {
-        name,
-        labels,
-        value,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn prometheus_text_parses_with_escaped_labels() {
-        let text = "# HELP x y\n# TYPE x counter\niniesta_in_flight 3\n\
-            iniesta_handler_calls_total{binding=\"bindings[0] (a/b)\",result=\"ack\"} 12\n\
-            weird{l=\"q\\\"uote, \\\\ back\"} 1.5\nnot a line\n";
-        let series = parse_prometheus(text);
-        assert_eq!(series.len(), 3);
-        assert_eq!(series[0].name, "iniesta_in_flight");
-        assert_eq!(series[0].value, 3.0);
-        assert_eq!(series[1].label("binding"), Some("bindings[0] (a/b)"));
-        assert_eq!(series[1].label("result"), Some("ack"));
-        assert_eq!(series[1].value, 12.0);
-        assert_eq!(series[2].label("l"), Some("q\"uote, \\ back"));
-    }
 
     #[test]
     fn loopback_hosts() {

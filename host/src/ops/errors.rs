@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, Semaphore};
 
 use super::OpsError;
 use crate::config::{Config, Problem};
+use crate::tasks::Tasks;
 
 /// How many records may wait to be sent.
 const QUEUE: usize = 1024;
@@ -144,8 +145,9 @@ impl WebClient {
 }
 
 impl ErrorReporter {
-    /// Start the background sender for `[errors]`; `None` when no webhook is configured.
-    pub fn start(config: &Config) -> Result<Option<ErrorReporter>, OpsError> {
+    /// Start the background sender for `[errors]` (a task of `tasks`, as is each POST);
+    /// `None` when no webhook is configured.
+    pub fn start(config: &Config, tasks: &Tasks) -> Result<Option<ErrorReporter>, OpsError> {
         let Some(url) = config.errors.webhook_url.clone() else {
             return Ok(None);
         };
@@ -165,7 +167,14 @@ impl ErrorReporter {
         let host = uri.host().unwrap_or("?").to_string();
         let timeout = Duration::from_secs(config.errors.timeout_secs.max(1));
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(send_loop(rx, client, uri, host.clone(), timeout));
+        let task = tasks.spawn(send_loop(
+            rx,
+            client,
+            uri,
+            host.clone(),
+            timeout,
+            tasks.clone(),
+        ));
         tracing::info!(webhook_host = %host, include_bodies = config.errors.include_bodies, "handler failures are reported to the error webhook");
         Ok(Some(ErrorReporter {
             tx,
@@ -254,6 +263,7 @@ async fn send_loop(
     uri: hyper::Uri,
     host: String,
     timeout: Duration,
+    tasks: Tasks,
 ) {
     let slots = Arc::new(Semaphore::new(CONCURRENT));
     while let Some(record) = rx.recv().await {
@@ -261,7 +271,7 @@ async fn send_loop(
             break;
         };
         let (client, uri, host) = (client.clone(), uri.clone(), host.clone());
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             let _slot = slot;
             send_one(&client, uri, &host, timeout, &record).await;
         });

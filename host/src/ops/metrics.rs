@@ -8,6 +8,7 @@
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+use super::values::Values;
 use super::OpsError;
 
 /// Messages taken from the queue (every delivery, duplicates included).
@@ -93,14 +94,31 @@ pub const DURATION_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 ];
 
-/// Install the Prometheus recorder for this process and describe every metric; the handle
-/// renders the text format.
-pub fn install() -> Result<PrometheusHandle, OpsError> {
-    let handle = PrometheusBuilder::new()
+/// The installed recorders: the Prometheus text for `/metrics`, the values for the console.
+#[derive(Clone)]
+pub struct Installed {
+    /// Renders the Prometheus text format.
+    pub prometheus: PrometheusHandle,
+    /// Counter and gauge values as numbers.
+    pub values: Values,
+}
+
+/// Install the recorder for this process (Prometheus and [`Values`] behind one fan-out) and
+/// describe every metric.
+pub fn install() -> Result<Installed, OpsError> {
+    let prometheus = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(HANDLER_DURATION.into()), DURATION_BUCKETS)
         .map_err(|e| OpsError::Recorder(e.to_string()))?
-        .install_recorder()
-        .map_err(|e| OpsError::Recorder(e.to_string()))?;
+        .build_recorder();
+    let handle = Installed {
+        prometheus: prometheus.handle(),
+        values: Values::new(),
+    };
+    let fanout = metrics_util::layers::FanoutBuilder::default()
+        .add_recorder(prometheus)
+        .add_recorder(handle.values.clone())
+        .build();
+    metrics::set_global_recorder(fanout).map_err(|e| OpsError::Recorder(e.to_string()))?;
     describe();
     // Series without labels start at zero so dashboards see them before the first event.
     for name in [

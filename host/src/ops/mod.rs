@@ -13,6 +13,7 @@ pub mod health;
 pub mod logs;
 pub mod metrics;
 pub mod server;
+pub mod values;
 
 /// Failures setting up the operations endpoints.
 #[derive(Debug, thiserror::Error)]

@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 
 use super::health::Health;
 use super::OpsError;
+use crate::tasks::Tasks;
 
 /// What the endpoint serves.
 pub struct Endpoint {
@@ -41,19 +42,29 @@ pub async fn bind(addr: &str) -> Result<TcpListener, OpsError> {
         })
 }
 
-/// Serve until the runtime stops; also keeps the recorder's histograms tidy.
-pub fn serve(listener: TcpListener, endpoint: Arc<Endpoint>) -> tokio::task::JoinHandle<()> {
+/// Serve until `tasks` stop (open connections then finish their request in progress and
+/// close); also keeps the recorder's histograms tidy. Every task is one of `tasks`.
+pub fn serve(listener: TcpListener, endpoint: Arc<Endpoint>, tasks: &Tasks) {
     let upkeep = endpoint.metrics.clone();
-    tokio::spawn(async move {
+    let stopping = tasks.stopping();
+    tasks.spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {
-            tick.tick().await;
-            upkeep.run_upkeep();
+            tokio::select! {
+                _ = stopping.cancelled() => return,
+                _ = tick.tick() => upkeep.run_upkeep(),
+            }
         }
     });
-    tokio::spawn(async move {
+    let connections = tasks.clone();
+    let stopping = tasks.stopping();
+    tasks.spawn(async move {
         loop {
-            let (stream, _) = match listener.accept().await {
+            let accepted = tokio::select! {
+                _ = stopping.cancelled() => return,
+                accepted = listener.accept() => accepted,
+            };
+            let (stream, _) = match accepted {
                 Ok(conn) => conn,
                 Err(e) => {
                     tracing::warn!(error = %e, "metrics endpoint: accept failed");
@@ -62,7 +73,8 @@ pub fn serve(listener: TcpListener, endpoint: Arc<Endpoint>) -> tokio::task::Joi
                 }
             };
             let endpoint = endpoint.clone();
-            tokio::spawn(async move {
+            let stopping = stopping.clone();
+            connections.spawn(async move {
                 let service = hyper::service::service_fn(move |request| {
                     let endpoint = endpoint.clone();
                     async move {
@@ -74,17 +86,24 @@ pub fn serve(listener: TcpListener, endpoint: Arc<Endpoint>) -> tokio::task::Joi
                         Ok::<_, Infallible>(answer(&endpoint, &request))
                     }
                 });
-                let served = hyper::server::conn::http1::Builder::new()
+                let connection = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(Duration::from_secs(10))
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                    .serve_connection(TokioIo::new(stream), service);
+                tokio::pin!(connection);
+                let served = tokio::select! {
+                    served = connection.as_mut() => served,
+                    _ = stopping.cancelled() => {
+                        connection.as_mut().graceful_shutdown();
+                        connection.await
+                    }
+                };
                 if let Err(e) = served {
                     tracing::debug!(error = %e, "metrics endpoint: connection ended with an error");
                 }
             });
         }
-    })
+    });
 }
 
 fn text(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {

@@ -553,8 +553,12 @@ fn relevant(event: &notify::Event, config_name: Option<&std::ffi::OsStr>) -> boo
 
 /// Start the reloader: the file watches are registered before this returns (so no change
 /// made after it is missed); reloads then run on file changes (when `plugins.watch`) and on
-/// SIGHUP, until `shutdown`.
-pub fn start(reloader: Reloader, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+/// SIGHUP, until `shutdown`. Both tasks (SIGHUP, reloads) are tasks of `tasks`.
+pub fn start(
+    reloader: Reloader,
+    shutdown: CancellationToken,
+    tasks: &crate::tasks::Tasks,
+) -> tokio::task::JoinHandle<()> {
     reloader.write_state();
     let reloader = Arc::new(Mutex::new(reloader));
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<()>();
@@ -599,7 +603,7 @@ pub fn start(reloader: Reloader, shutdown: CancellationToken) -> tokio::task::Jo
         let shutdown = shutdown.clone();
         // Registered here, before start returns, so an early SIGHUP is not the default (exit).
         let hup = signal(SignalKind::hangup());
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             let Ok(mut hup) = hup else {
                 tracing::error!("cannot listen for SIGHUP");
                 return;
@@ -616,7 +620,7 @@ pub fn start(reloader: Reloader, shutdown: CancellationToken) -> tokio::task::Jo
             }
         });
     }
-    tokio::spawn(reload_loop(reloader, rx, watcher, watching, shutdown))
+    tasks.spawn(reload_loop(reloader, rx, watcher, watching, shutdown))
 }
 
 async fn reload_loop(

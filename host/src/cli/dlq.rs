@@ -1,4 +1,4 @@
-//! `iniesta dlq list | redrive | purge`.
+//! `iniesta dlq list | redrive | purge` (the dead-letter queue itself is [`crate::dlq`]).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context as _};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::{DeadLetter, Progress, Selection};
+use crate::dlq::{DeadLetter, Progress, Selection};
 
 /// `iniesta dlq ...`.
 #[derive(Debug, clap::Subcommand)]
@@ -46,7 +46,7 @@ pub async fn run(path: &Path, command: DlqCommand) -> anyhow::Result<ExitCode> {
     if let DlqCommand::Purge { yes: false } = command {
         bail!("`dlq purge` deletes every dead letter for good: add --yes to confirm");
     }
-    let dlq = super::open(&config)
+    let dlq = crate::dlq::open(&config)
         .await
         .with_context(|| format!("cannot open the dead-letter queue for {}", path.display()))?;
     match command {

@@ -1,0 +1,180 @@
+//! `iniesta plugins [check FILE]`: the merged plugin view and what running hosts serve, or
+//! one file checked the way the host would load it.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Subcommand;
+
+use crate::config::Config;
+use crate::plugins::PluginSet;
+
+/// `iniesta plugins ...`.
+#[derive(Debug, Subcommand)]
+pub enum PluginsCommand {
+    /// Load one file the way the host would, without starting anything: print its name,
+    /// version, plugin-api version and handlers, or why it is refused (exit 1).
+    Check {
+        /// The shared library.
+        file: PathBuf,
+    },
+}
+
+/// `iniesta plugins`: the table, the configured egresses, the running hosts; exit 1 when a
+/// file was refused.
+pub async fn run(path: &Path, command: Option<PluginsCommand>) -> anyhow::Result<ExitCode> {
+    match command {
+        Some(PluginsCommand::Check { file }) => Ok(check(&file)),
+        None => {
+            let config = crate::validate::load(path)?;
+            let set = PluginSet::scan(&config.plugin_dirs());
+            print!("{}", render_plugins(&set));
+            print!("{}", crate::egress::render_configured(&config).await);
+            print!(
+                "{}",
+                render_running(&crate::plugins::watch::running_hosts(&config))
+            );
+            // Non-zero when a file was refused, so deploy scripts notice.
+            Ok(if set.refused.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}
+
+/// `iniesta plugins check FILE`.
+fn check(file: &Path) -> ExitCode {
+    let origin = file.parent().unwrap_or_else(|| Path::new("."));
+    match crate::plugins::load::load_file(file, origin) {
+        Ok(plugin) => {
+            println!("ok: {}", file.display());
+            println!("  plugin    {}", plugin.name);
+            println!("  version   {}", plugin.version);
+            println!(
+                "  api       iniesta-plugin-api {} (this host: {})",
+                plugin.abi_version,
+                crate::plugins::load::HOST_API_VERSION
+            );
+            println!("  handlers  {}", plugin.handlers.join(", "));
+            println!("  load      {} ms", plugin.load_time.as_millis());
+            match plugin.in_process_refusal() {
+                None => {
+                    println!("  panic     unwind (a panic is caught at the boundary)");
+                    ExitCode::SUCCESS
+                }
+                Some(why) => {
+                    println!("  panic     abort");
+                    println!("REFUSED in the host process: {why}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Err(e) if e.is_not_a_plugin() => {
+            println!("not an iniesta plugin: {e}");
+            println!("  fix: build it as a cdylib that calls iniesta_plugin_api::export_plugin!");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            println!("REFUSED {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The `plugins` table.
+pub fn render_plugins(set: &PluginSet) -> String {
+    let mut out = String::new();
+    out.push_str(&format!(
+        "{:<16} {:<10} {:<8} {:<4} {:<24} {:<40} {}\n",
+        "NAME", "VERSION", "API", "GEN", "HANDLERS", "FILE", "ORIGIN DIR"
+    ));
+    for plugin in set.plugins.values() {
+        out.push_str(&format!(
+            "{:<16} {:<10} {:<8} {:<4} {:<24} {:<40} {}\n",
+            plugin.name,
+            plugin.version,
+            plugin.abi_version,
+            plugin.generation,
+            crate::egress::exports(plugin),
+            plugin.file.display(),
+            plugin.origin_dir.display()
+        ));
+    }
+    for plugin in &set.overridden {
+        out.push_str(&format!(
+            "overridden: {} {} from {} (a later directory has a plugin of the same name)\n",
+            plugin.name,
+            plugin.version,
+            plugin.file.display()
+        ));
+    }
+    for refusal in &set.refused {
+        out.push_str(&format!("REFUSED {}\n", refusal.error));
+    }
+    for plugin in set.plugins.values() {
+        if plugin.in_process_refusal().is_some() {
+            out.push_str(&format!(
+                "panic = \"abort\": {} {} from {} runs only isolated (plugins.isolate.names); rebuild it with panic = \"unwind\" to run it in the host\n",
+                plugin.name,
+                plugin.version,
+                plugin.file.display()
+            ));
+        }
+    }
+    if set.plugins.is_empty() {
+        out.push_str(
+            "no plugins loaded: check plugins.dirs and build the plugins (cargo build --release)\n",
+        );
+    }
+    out
+}
+
+/// What running hosts of this config serve, from their state files.
+pub fn render_running(hosts: &[crate::plugins::watch::HostState]) -> String {
+    let mut out = String::new();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    for host in hosts {
+        out.push_str(&format!(
+            "\nrunning host pid {} ({}), updated {}s ago: {} refused load(s), ~{:.1} MB kept by {} old generation(s) (libraries are never unloaded)\n",
+            host.pid,
+            host.config.display(),
+            now.saturating_sub(host.updated_at),
+            host.refusals,
+            host.retained_bytes as f64 / 1e6,
+            host.retained_generations
+        ));
+        for p in &host.plugins {
+            let loaded =
+                aws_smithy_types::DateTime::from_secs(i64::try_from(p.loaded_at).unwrap_or(0))
+                    .fmt(aws_smithy_types::date_time::Format::DateTime)
+                    .unwrap_or_default();
+            out.push_str(&format!(
+                "  {} {} generation {} loaded {} in {} ms, reloaded {} time(s), from {}\n",
+                p.name,
+                p.version,
+                p.generation,
+                loaded,
+                p.load_ms,
+                p.reloads,
+                p.file.display()
+            ));
+        }
+        for f in &host.load_failures {
+            let serving = match f.serving_generation {
+                Some(g) => format!("generation {g} keeps serving"),
+                None => "nothing loaded from it".to_string(),
+            };
+            out.push_str(&format!(
+                "  LOAD FAILED {} ({}; {serving}): {}\n",
+                f.plugin, f.reason, f.error
+            ));
+        }
+        out.push_str(&crate::isolate::render_status(&host.workers));
+    }
+    out
+}
