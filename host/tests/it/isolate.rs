@@ -1,7 +1,7 @@
 //! Crash isolation: plugins in worker processes that segfault, abort, exit, run out of memory
 //! and hang, against real `iniesta run` processes on the local broker.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

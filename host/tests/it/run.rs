@@ -1,7 +1,7 @@
 //! End to end on the embedded broker: `iniesta publish` in one process, `iniesta run` in
 //! another, real plugins from target/debug, real SQLite.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

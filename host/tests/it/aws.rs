@@ -1,6 +1,6 @@
 //! The AWS engine against a real moto server (SNS + SQS), started per test on a free port.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -11,7 +11,7 @@
 //! is skipped: without `INIESTA_PEERS_PYTHON` (or moto / redis-server) the tests fail, naming
 //! the script that provides it. See docs/migration.md for the matrix and the versions.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::io::Read;

@@ -2,7 +2,7 @@
 //! the tests on free loopback ports: the lock primitives, the quorum, batched acquisition,
 //! completion records, faults, and `iniesta run` end to end with duplicated messages.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,6 @@
 //! The embedded broker's SNS/SQS semantics against a real SQLite file.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -5,7 +5,7 @@
 //! No timing thresholds: every wait has a generous deadline, and what is asserted is what
 //! happened (a handler ran once, nothing is left invisible, counts match the ledger).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};

@@ -1,6 +1,6 @@
 //! Hot reload under load on the local broker: plugin swaps, refusals, config rebinds, SIGHUP.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

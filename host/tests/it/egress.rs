@@ -8,7 +8,7 @@
 //! real cdylib plugins from target/debug. Without a nats-server binary, the NATS tests print
 //! why and skip.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -7,7 +7,7 @@
 //! Chromium and chromedriver come from `$INIESTA_CHROMIUM` / `$INIESTA_CHROMEDRIVER`, else
 //! /usr/bin (scripts/test.sh installs them with apt-get).
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
