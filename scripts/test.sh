@@ -52,20 +52,22 @@ echo "==> chromium: $INIESTA_CHROMIUM ($("$INIESTA_CHROMIUM" --version 2>/dev/nu
 # --- end chromium ----------------------------------------------------------------------------
 # --- nats-server for the egress/ingress tests (host/tests/it/egress.rs) --------------------------
 # The tests start their own nats-server on free loopback ports (stopping and restarting it to
-# show a broker outage) and never touch one already running on 4222. Without a binary they
-# print why and skip the NATS parts.
+# show a broker outage) and never touch one already running on 4222. They need the binary
+# (without one they fail, never skip): a failed install stops the suite here.
 NATS_BIN="$(command -v nats-server || true)"
 [ -z "$NATS_BIN" ] && [ -x /usr/sbin/nats-server ] && NATS_BIN=/usr/sbin/nats-server
 if [ -z "$NATS_BIN" ]; then
     echo "==> installing nats-server (apt-get)"
-    (apt-get update -qq && apt-get install -y -qq nats-server) || echo "==> nats-server could not be installed; the NATS tests will skip"
+    apt-get update -qq && apt-get install -y -qq nats-server
     NATS_BIN="$(command -v nats-server || true)"
     [ -z "$NATS_BIN" ] && [ -x /usr/sbin/nats-server ] && NATS_BIN=/usr/sbin/nats-server
+    if [ -z "$NATS_BIN" ]; then
+        echo "==> nats-server was installed but is not on PATH nor in /usr/sbin" >&2
+        exit 1
+    fi
 fi
-if [ -n "$NATS_BIN" ]; then
-    export INIESTA_NATS_SERVER="${INIESTA_NATS_SERVER:-$NATS_BIN}"
-    echo "==> nats-server: $INIESTA_NATS_SERVER ($("$INIESTA_NATS_SERVER" --version))"
-fi
+export INIESTA_NATS_SERVER="${INIESTA_NATS_SERVER:-$NATS_BIN}"
+echo "==> nats-server: $INIESTA_NATS_SERVER ($("$INIESTA_NATS_SERVER" --version))"
 # --- end nats-server ------------------------------------------------------------------------
 
 echo "==> cargo fmt --check"

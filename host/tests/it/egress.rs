@@ -5,8 +5,8 @@
 //! or a tampered file is a clear error; an ingress plugin's message reaches a bound handler.
 //!
 //! Every test uses real servers on loopback ports (moto, nats-server started here) and the
-//! real cdylib plugins from target/debug. Without a nats-server binary, the NATS tests print
-//! why and skip.
+//! real cdylib plugins from target/debug. Without a nats-server binary the NATS tests fail
+//! (common/nats.rs says why they do not skip).
 
 use crate::common;
 
@@ -15,7 +15,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::aws::{aws_env, sqs, Moto};
-use common::nats::{nats_or_skip, Nats, Subscription};
+use common::nats::{nats_server, Nats, Subscription};
 use common::{Host, Scratch};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -102,10 +102,7 @@ fn metric(text: &str, series: &str) -> Option<f64> {
 
 #[test]
 fn one_publish_reaches_sns_a_queue_the_jsonl_file_and_nats() {
-    let Some(binary) = nats_or_skip("one_publish_reaches_sns_a_queue_the_jsonl_file_and_nats")
-    else {
-        return;
-    };
+    let binary = nats_server();
     let moto = Moto::start();
     let nats = Nats::start(binary, Some(("iniesta", SECRET)));
     let s = Scratch::new();
@@ -242,11 +239,7 @@ fn one_publish_reaches_sns_a_queue_the_jsonl_file_and_nats() {
 
 #[test]
 fn a_down_broker_gets_its_events_when_it_returns_and_holds_up_no_other_egress() {
-    let Some(binary) =
-        nats_or_skip("a_down_broker_gets_its_events_when_it_returns_and_holds_up_no_other_egress")
-    else {
-        return;
-    };
+    let binary = nats_server();
     let mut nats = Nats::start(binary, None);
     let s = Scratch::new();
     let jsonl = s.path("events.jsonl");
@@ -638,9 +631,7 @@ fn a_wrong_key_or_a_tampered_file_is_a_clear_error_and_nothing_is_published() {
 
 #[test]
 fn an_ingress_message_is_handled_by_the_bound_handler() {
-    let Some(binary) = nats_or_skip("an_ingress_message_is_handled_by_the_bound_handler") else {
-        return;
-    };
+    let binary = nats_server();
     let nats = Nats::start(binary, None);
     let s = Scratch::new();
     let ledger = s.path("ledger.jsonl");
@@ -769,9 +760,7 @@ fn config_check_names_egress_and_ingress_entries_no_plugin_serves() {
 
 #[test]
 fn a_running_host_delivers_to_nats_once_it_is_back() {
-    let Some(binary) = nats_or_skip("a_running_host_delivers_to_nats_once_it_is_back") else {
-        return;
-    };
+    let binary = nats_server();
     let s = Scratch::new();
     // A JetStream stream captures what the host publishes on `Order.>` (plain core publishes),
     // and keeps it across the server restart: the test reads it whenever it likes, so no
