@@ -405,7 +405,7 @@ fn python_iniesta_starts_on_setup_resources_and_handles_what_iniesta_rs_publishe
         .args([
             "consume",
             &got.display().to_string(),
-            &common::aws::free_port().to_string(),
+            "0", // the peer service binds a port the OS picks (nothing connects to it)
         ]);
     let peer = Peer::start(&s, consume, "pycons");
     let queue = "iniesta-test-pycons";
@@ -664,7 +664,7 @@ fn python_and_iniesta_rs_consumers_on_one_queue_handle_each_message_once() {
         .args([
             "consume",
             &py_ledger.display().to_string(),
-            &common::aws::free_port().to_string(),
+            "0", // the peer service binds a port the OS picks (nothing connects to it)
         ]);
     let peer = Peer::start(&s, consume, "shared");
     let host = start_host(&config, s.path("host.log"));

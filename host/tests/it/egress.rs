@@ -345,11 +345,10 @@ fn a_running_host_redelivers_from_the_outbox_and_handler_publishes_fan_out() {
     let s = Scratch::new();
     let all = s.path("all.jsonl");
     let late = s.path("later/late.jsonl");
-    let metrics_port = common::aws::free_port();
     let config = local_config(
         &s,
         &format!(
-            "[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n\
+            "[metrics]\nlisten = \"127.0.0.1:0\"\n\
              [outbox]\nattempts = 1\nmin_backoff_ms = 100\nmax_backoff_secs = 1\n\
              [[egress]]\nplugin = \"sns\"\n\
              [[egress]]\nplugin = \"jsonl\"\nname = \"all\"\nconfig = {{ path = \"{}\" }}\n\
@@ -357,7 +356,6 @@ fn a_running_host_redelivers_from_the_outbox_and_handler_publishes_fan_out() {
              [[bindings]]\nevents = [\"Order.*\"]\nplugin = \"echo\"\nconfig = {{ publish = \"Echoed\" }}\n",
             all.display(),
             late.display(),
-            metrics = metrics_port,
         ),
     );
     // The queue and its subscription exist before the publish, and the host starts only once
@@ -370,6 +368,7 @@ fn a_running_host_redelivers_from_the_outbox_and_handler_publishes_fan_out() {
     let (_, stderr) = ok(&config, &["publish", "Order.Created", r#"{"id":5}"#], &[]);
     assert!(stderr.contains("queued: late"), "{stderr}");
     let host = Host::start(&config, s.path("host.log"));
+    let metrics_port = host.port();
     // The host consumes it from the topic's queue; the handler's own publish fans out too.
     s.wait_for("the handler's publish in all.jsonl", LIMIT, || {
         common::json_lines(&all).len() == 2
@@ -635,11 +634,10 @@ fn an_ingress_message_is_handled_by_the_bound_handler() {
     let nats = Nats::start(binary, None);
     let s = Scratch::new();
     let ledger = s.path("ledger.jsonl");
-    let port = common::aws::free_port();
     let config = local_config(
         &s,
         &format!(
-            "[metrics]\nlisten = \"127.0.0.1:{port}\"\n[console]\nenabled = true\n\
+            "[metrics]\nlisten = \"127.0.0.1:0\"\n[console]\nenabled = true\n\
              [[ingress]]\nplugin = \"nats\"\nconfig = {{ url = \"{}\", subject = \"ext.>\", strip_prefix = \"ext.\" }}\n\
              [[bindings]]\nevents = [\"Order.*\"]\nplugin = \"ledger\"\nconfig = {{ path = \"{}\", label = \"orders\" }}\n\
              [[bindings]]\nevents = [\"Boom.*\"]\nplugin = \"panicky\"\nhandler = \"panicky\"\n",
@@ -648,6 +646,7 @@ fn an_ingress_message_is_handled_by_the_bound_handler() {
         ),
     );
     let host = Host::start(&config, s.path("host.log"));
+    let port = host.port();
     s.wait_for("the ingress to subscribe", LIMIT, || {
         host.log_text()
             .contains("nats ingress subscribed to `ext.>`")
