@@ -20,7 +20,10 @@
 //!   simpler to trust than four log formats. A restart on the *same* port (a broker outage
 //!   that ends) goes through `wait_listening` too, so it also fails loudly rather than talking
 //!   to a stranger.
-//! - `unused_port` is only for a port that must refuse connections (nothing is started on it).
+//! - `unused_port` is for a port that must refuse connections (nothing is started on it), and
+//!   for one exception: the Python conformance peer's HTTP port, which nothing connects to but
+//!   which Sanic cannot take as 0 (it turns 0 into its default 8000). A taken port makes that
+//!   peer exit with "address already in use" and the test fail saying so; it is not retried.
 #![allow(dead_code)]
 
 use std::collections::HashSet;
