@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The real Python libraries the conformance suite (host/tests/conformance.rs) runs against
+# The real Python libraries the conformance suite (host/tests/it/conformance.rs) runs against
 # iniesta-rs: insanic-iniesta 0.4.0, microcosm-pubsub 3.0.0, pop-evbus and acct, pinned with
 # every dependency in host/tests/conformance/requirements.txt (found by installing them and
 # `pip freeze`).

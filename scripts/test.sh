@@ -21,7 +21,7 @@ if [ ! -x "$MOTO_VENV/bin/moto_server" ] || ! "$MOTO_VENV/bin/pip" show moto 2>/
 fi
 export INIESTA_MOTO_SERVER="$PWD/$MOTO_VENV/bin/moto_server"
 
-# --- the real Python libraries for the conformance suite (host/tests/conformance.rs) ---------
+# --- the real Python libraries for the conformance suite (host/tests/it/conformance.rs) ---------
 # insanic-iniesta, microcosm-pubsub, pop-evbus and acct, pinned in
 # host/tests/conformance/requirements.txt, in a venv cached under ~/.cache/iniesta (rebuilt
 # only when the pins change). Exports INIESTA_PEERS_PYTHON.
@@ -29,7 +29,7 @@ source scripts/python-peers.sh >/dev/null
 echo "==> python peers: $INIESTA_PEERS_PYTHON ($("$INIESTA_PEERS_PYTHON" --version))"
 # --- end python peers -------------------------------------------------------------------------
 
-# --- redis-server for the idempotency lock tests (host/tests/locks.rs) -----------------------
+# --- redis-server for the idempotency lock tests (host/tests/it/locks.rs) -----------------------
 # The tests start their own redis-server processes on free loopback ports (one, or three for
 # the Redlock quorum) and never touch a Redis already running on 6379.
 if ! command -v redis-server >/dev/null 2>&1; then
@@ -40,7 +40,7 @@ export INIESTA_REDIS_SERVER="${INIESTA_REDIS_SERVER:-$(command -v redis-server)}
 echo "==> redis-server: $INIESTA_REDIS_SERVER ($("$INIESTA_REDIS_SERVER" --version | cut -d' ' -f1-3))"
 # --- end redis-server -----------------------------------------------------------------------
 
-# --- chromium + chromedriver for the operator console's browser test (host/tests/console.rs) --
+# --- chromium + chromedriver for the operator console's browser test (host/tests/it/console.rs) --
 # Debian's packages; the test drives headless Chromium over WebDriver (fantoccini).
 if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
     echo "==> installing chromium and chromium-driver (apt-get)"
@@ -50,22 +50,24 @@ export INIESTA_CHROMIUM="${INIESTA_CHROMIUM:-$(command -v chromium)}"
 export INIESTA_CHROMEDRIVER="${INIESTA_CHROMEDRIVER:-$(command -v chromedriver)}"
 echo "==> chromium: $INIESTA_CHROMIUM ($("$INIESTA_CHROMIUM" --version 2>/dev/null | head -1))"
 # --- end chromium ----------------------------------------------------------------------------
-# --- nats-server for the egress/ingress tests (host/tests/egress.rs) --------------------------
+# --- nats-server for the egress/ingress tests (host/tests/it/egress.rs) --------------------------
 # The tests start their own nats-server on free loopback ports (stopping and restarting it to
-# show a broker outage) and never touch one already running on 4222. Without a binary they
-# print why and skip the NATS parts.
+# show a broker outage) and never touch one already running on 4222. They need the binary
+# (without one they fail, never skip): a failed install stops the suite here.
 NATS_BIN="$(command -v nats-server || true)"
 [ -z "$NATS_BIN" ] && [ -x /usr/sbin/nats-server ] && NATS_BIN=/usr/sbin/nats-server
 if [ -z "$NATS_BIN" ]; then
     echo "==> installing nats-server (apt-get)"
-    (apt-get update -qq && apt-get install -y -qq nats-server) || echo "==> nats-server could not be installed; the NATS tests will skip"
+    apt-get update -qq && apt-get install -y -qq nats-server
     NATS_BIN="$(command -v nats-server || true)"
     [ -z "$NATS_BIN" ] && [ -x /usr/sbin/nats-server ] && NATS_BIN=/usr/sbin/nats-server
+    if [ -z "$NATS_BIN" ]; then
+        echo "==> nats-server was installed but is not on PATH nor in /usr/sbin" >&2
+        exit 1
+    fi
 fi
-if [ -n "$NATS_BIN" ]; then
-    export INIESTA_NATS_SERVER="${INIESTA_NATS_SERVER:-$NATS_BIN}"
-    echo "==> nats-server: $INIESTA_NATS_SERVER ($("$INIESTA_NATS_SERVER" --version))"
-fi
+export INIESTA_NATS_SERVER="${INIESTA_NATS_SERVER:-$NATS_BIN}"
+echo "==> nats-server: $INIESTA_NATS_SERVER ($("$INIESTA_NATS_SERVER" --version))"
 # --- end nats-server ------------------------------------------------------------------------
 
 echo "==> cargo fmt --check"

@@ -13,6 +13,7 @@
 //! last five minutes makes a send return the first message's id without storing a copy.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -166,6 +167,7 @@ pub struct LocalBroker {
     queue: String,
     dead_letter_queue: Option<String>,
     fifo: FifoSettings,
+    clock: Clock,
 }
 
 /// A shared SQLite connection used from blocking threads.
@@ -175,11 +177,50 @@ pub struct Db {
     conn: Arc<Mutex<Connection>>,
 }
 
-fn now_ms() -> i64 {
+/// The system clock: milliseconds since the Unix epoch.
+fn system_now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+/// Where the local broker reads the time it stores and compares (send times, visibility,
+/// FIFO deduplication windows, dead-lettering), in milliseconds since the Unix epoch.
+///
+/// Production uses the system clock. Tests use [`Clock::manual`] and move it with
+/// [`Clock::advance`], so a visibility timeout expires when the test says so, not after a
+/// real wait.
+#[derive(Clone, Debug, Default)]
+pub enum Clock {
+    /// `SystemTime::now()`.
+    #[default]
+    System,
+    /// A time that moves only when [`Clock::advance`] is called (shared by its clones).
+    Manual(Arc<AtomicI64>),
+}
+
+impl Clock {
+    /// A manual clock starting at the system clock's now.
+    pub fn manual() -> Clock {
+        Clock::Manual(Arc::new(AtomicI64::new(system_now_ms())))
+    }
+
+    /// Move a manual clock forward by `by` (the system clock moves by itself: no effect).
+    pub fn advance(&self, by: Duration) {
+        if let Clock::Manual(now) = self {
+            let by = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
+            now.fetch_add(by, Ordering::SeqCst);
+        }
+    }
+
+    /// Now, in milliseconds since the Unix epoch.
+    pub fn now_ms(&self) -> i64 {
+        match self {
+            Clock::System => system_now_ms(),
+            Clock::Manual(now) => now.load(Ordering::SeqCst),
+        }
+    }
 }
 
 impl Db {
@@ -316,9 +357,16 @@ impl LocalBroker {
             queue: config.queue_name(),
             dead_letter_queue: config.sqs.dead_letter_queue.clone(),
             fifo: FifoSettings::from_config(config),
+            clock: Clock::System,
         };
         broker.setup(config).await?;
         Ok(broker)
+    }
+
+    /// Read the time from `clock` instead of the system clock (tests).
+    pub fn with_clock(mut self, clock: Clock) -> LocalBroker {
+        self.clock = clock;
+        self
     }
 
     /// Create or update this service's resources; idempotent.
@@ -431,6 +479,7 @@ impl LocalBroker {
         let message = message.clone();
         let missing = topic.clone();
         let fifo = self.fifo.clone();
+        let clock = self.clock.clone();
         let result = self
             .db
             .call(move |conn| {
@@ -448,7 +497,7 @@ impl LocalBroker {
                     let rows = stmt.query_map(params![topic], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
                     rows.collect::<rusqlite::Result<_>>()?
                 };
-                let now = now_ms();
+                let now = clock.now_ms();
                 let mut reached = Vec::new();
                 for (queue, policy, scope) in subscriptions {
                     if accepts(policy.as_deref(), &scope, &message) {
@@ -469,9 +518,10 @@ impl LocalBroker {
     /// Messages on `queue`, oldest first (dead-letter queues included), for inspection.
     pub async fn messages(&self, queue: &str) -> Result<Vec<StoredMessage>, BrokerError> {
         let queue = queue.to_string();
+        let clock = self.clock.clone();
         self.db
             .call(move |conn| {
-                let now = now_ms();
+                let now = clock.now_ms();
                 let mut stmt = conn.prepare(
                     "SELECT id, body, attributes, receive_count, dead_letter_reason, visible_ms FROM messages WHERE queue = ?1 ORDER BY seq",
                 )?;
@@ -496,6 +546,7 @@ impl LocalBroker {
         conn: &mut Connection,
         queue: &str,
         max: u32,
+        clock: &Clock,
     ) -> rusqlite::Result<Option<Vec<Received>>> {
         // An idle poll only reads: the write lock (shared with every publisher and other
         // host on this file) is taken only when something is there to receive.
@@ -503,7 +554,7 @@ impl LocalBroker {
             .prepare_cached(
                 "SELECT EXISTS(SELECT 1 FROM messages WHERE queue = ?1 AND +visible_ms <= ?2)",
             )?
-            .query_row(params![queue, now_ms()], |r| r.get(0))?;
+            .query_row(params![queue, clock.now_ms()], |r| r.get(0))?;
         if !ready {
             let exists = conn
                 .prepare_cached("SELECT 1 FROM queues WHERE name = ?1")?
@@ -521,7 +572,7 @@ impl LocalBroker {
         let Some((visibility, dlq, max_receive)) = settings else {
             return Ok(None);
         };
-        let now = now_ms();
+        let now = clock.now_ms();
         type Row = (i64, String, Vec<u8>, String, i64, u32, Option<String>);
         let candidates: Vec<Row> = {
             let mut stmt = tx.prepare_cached(RECEIVE_SQL)?;
@@ -625,11 +676,12 @@ impl Broker for LocalBroker {
         let missing = queue.clone();
         let message = message.clone();
         let fifo = self.fifo.clone();
+        let clock = self.clock.clone();
         let id = self
             .db
             .call(move |conn| {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let id = insert_message(&tx, &queue, &message, now_ms(), &fifo)?;
+                let id = insert_message(&tx, &queue, &message, clock.now_ms(), &fifo)?;
                 tx.commit()?;
                 Ok(id)
             })
@@ -647,9 +699,10 @@ impl Broker for LocalBroker {
         let mut pause = Duration::from_millis(5);
         loop {
             let queue = self.queue.clone();
+            let clock = self.clock.clone();
             let got = self
                 .db
-                .call(move |conn| LocalBroker::try_receive(conn, &queue, max))
+                .call(move |conn| LocalBroker::try_receive(conn, &queue, max, &clock))
                 .await?;
             let Some(got) = got else {
                 return Err(BrokerError::NoSuchQueue(self.queue.clone()));
@@ -698,12 +751,13 @@ impl Broker for LocalBroker {
             return Err(BrokerError::StaleReceipt);
         };
         let full = full.to_string();
+        let clock = self.clock.clone();
         let changed = self
             .db
             .call(move |conn| {
                 conn.execute(
                     "UPDATE messages SET visible_ms = ?1 WHERE seq = ?2 AND receipt = ?3",
-                    params![now_ms() + i64::from(secs) * 1000, seq, full],
+                    params![clock.now_ms() + i64::from(secs) * 1000, seq, full],
                 )
             })
             .await?;
@@ -722,6 +776,7 @@ impl Broker for LocalBroker {
             return Err(BrokerError::StaleReceipt);
         };
         let (full, reason) = (full.to_string(), reason.to_string());
+        let clock = self.clock.clone();
         let moved = self
             .db
             .call(move |conn| {
@@ -729,7 +784,7 @@ impl Broker for LocalBroker {
                     "UPDATE messages SET queue = ?1, visible_ms = ?2, receipt = NULL, dead_letter_reason = ?3,
                         dead_lettered_ms = ?2
                      WHERE seq = ?4 AND receipt = ?5",
-                    params![dlq, now_ms(), reason, seq, full],
+                    params![dlq, clock.now_ms(), reason, seq, full],
                 )
             })
             .await?;

@@ -1,7 +1,7 @@
 """A Python iniesta (insanic-iniesta 0.4.0) service, configured only through its settings.
 
 Settings come from environment variables named like the settings (see peer_settings.py).
-Commands (the Rust test host/tests/conformance.rs runs them):
+Commands (the Rust test host/tests/it/conformance.rs runs them):
 
   publish-sns EVENT BODY      SNSClient.initialize() + create_message(...).publish(); prints the id
   publish-sqs EVENT BODY      SQSClient.initialize() + create_message(BODY), add_event, send()

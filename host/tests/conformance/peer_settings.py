@@ -1,7 +1,7 @@
 """Insanic settings module for the Python iniesta peers (INSANIC_SETTINGS_MODULE=peer_settings).
 
 Configuration only: every setting is taken from an environment variable of the same name, so
-the Rust test (host/tests/conformance.rs) configures the Python service exactly as a settings
+the Rust test (host/tests/it/conformance.rs) configures the Python service exactly as a settings
 module would. Values that parse as JSON (lists, numbers, booleans, dicts) are used as such.
 """
 

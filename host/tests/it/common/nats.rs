@@ -1,6 +1,9 @@
 //! A real nats-server per test on a free loopback port, stoppable and restartable on the same
-//! port. `$INIESTA_NATS_SERVER` names the binary (scripts/test.sh sets it); without one the
-//! NATS tests print why and skip.
+//! port. `$INIESTA_NATS_SERVER` names the binary (scripts/test.sh installs and sets it); without
+//! one the NATS tests fail, saying how to get it. They used to print why and pass as skipped,
+//! which let a CI machine without nats-server report green on tests that never ran; a missing
+//! external part fails everywhere (as redis-server, moto and chromium already did), not only
+//! under `CI`, so a local run cannot claim coverage it did not have either.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
@@ -32,15 +35,11 @@ pub fn nats_binary() -> Result<PathBuf, String> {
     Err("no nats-server binary (install it, e.g. apt-get install nats-server, or set INIESTA_NATS_SERVER)".into())
 }
 
-/// The binary, or print the skip reason and return `None` (the caller returns).
-pub fn nats_or_skip(test: &str) -> Option<PathBuf> {
-    match nats_binary() {
-        Ok(path) => Some(path),
-        Err(reason) => {
-            eprintln!("SKIPPED {test}: {reason}");
-            None
-        }
-    }
+/// The nats-server binary; fails the test, saying how to get one, when there is none.
+pub fn nats_server() -> PathBuf {
+    nats_binary().unwrap_or_else(|reason| {
+        panic!("{reason}: run scripts/test.sh, which installs nats-server (apt-get)")
+    })
 }
 
 /// A nats-server process.
@@ -53,77 +52,78 @@ pub struct Nats {
 }
 
 impl Nats {
-    /// Start on a free port; `auth` requires that user and password.
+    /// Start on a port of its own; `auth` requires that user and password.
     pub fn start(binary: PathBuf, auth: Option<(&str, &str)>) -> Nats {
-        let mut nats = Nats {
+        Nats::first_start(Nats {
             binary,
-            port: super::aws::free_port(),
+            port: 0,
             auth: auth.map(|(u, p)| (u.to_string(), p.to_string())),
             jetstream: None,
             child: None,
-        };
-        nats.up();
-        nats
+        })
     }
 
     /// Start with JetStream storing in `store` (kept across restarts).
     pub fn start_with_jetstream(binary: PathBuf, store: PathBuf) -> Nats {
-        let mut nats = Nats {
+        Nats::first_start(Nats {
             binary,
-            port: super::aws::free_port(),
+            port: 0,
             auth: None,
             jetstream: Some(store),
             child: None,
-        };
-        nats.up();
+        })
+    }
+
+    /// The first start: a candidate port, retried until the listener is this server's
+    /// (common/ports.rs).
+    fn first_start(mut nats: Nats) -> Nats {
+        let (child, port) = super::ports::spawn_listening("nats-server", |port| nats.command(port));
+        nats.port = port;
+        nats.child = Some(child);
         nats
     }
 
-    pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    /// (Re)start on the same port and wait until it accepts connections.
-    pub fn up(&mut self) {
-        assert!(self.child.is_none(), "already running");
+    /// The command line for a server on `port`.
+    fn command(&self, port: u16) -> Command {
         let mut cmd = Command::new(&self.binary);
-        cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string()]);
+        cmd.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
         if let Some((user, pass)) = &self.auth {
             cmd.args(["--user", user, "--pass", pass]);
         }
         if let Some(store) = &self.jetstream {
             cmd.arg("-js").arg("-sd").arg(store);
         }
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        cmd
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Restart on the same port (the outage ends where it began) and wait until this server
+    /// listens there; one that exits at once (the port still in TIME_WAIT) is started again.
+    pub fn up(&mut self) {
+        assert!(self.child.is_none(), "already running");
         let start = Instant::now();
         loop {
-            let mut child = cmd
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("nats-server starts");
-            // Wait for the port; a server that exits at once (port still in TIME_WAIT) is
-            // started again.
-            loop {
-                if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            let mut child = self.command(self.port).spawn().expect("nats-server starts");
+            match super::ports::wait_listening(&mut child, self.port, Duration::from_secs(30)) {
+                Ok(()) => {
                     self.child = Some(child);
                     return;
                 }
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
+                Err(why) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    assert!(
+                        start.elapsed() < Duration::from_secs(30),
+                        "nats-server does not come back on port {}: {why:?}",
+                        self.port
+                    );
+                    std::thread::sleep(Duration::from_millis(200));
                 }
-                assert!(
-                    start.elapsed() < Duration::from_secs(30),
-                    "nats-server did not start on port {}",
-                    self.port
-                );
-                std::thread::sleep(Duration::from_millis(50));
             }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "nats-server keeps exiting on port {}",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(200));
         }
     }
 

@@ -3,7 +3,7 @@
 //! plugin, listed with their reasons, a subset is redriven by event glob and acked by the
 //! handler the config now binds, the rest stays, then one is redriven by id and the rest purged.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

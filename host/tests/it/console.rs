@@ -7,7 +7,7 @@
 //! Chromium and chromedriver come from `$INIESTA_CHROMIUM` / `$INIESTA_CHROMEDRIVER`, else
 //! /usr/bin (scripts/test.sh installs them with apt-get).
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::aws::free_port;
 use common::Scratch;
 use fantoccini::{ClientBuilder, Locator};
 
@@ -42,14 +41,6 @@ impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-fn wait_port(port: u16, what: &str) {
-    let start = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(start.elapsed() < LIMIT, "{what} did not listen on {port}");
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -176,14 +167,14 @@ fn the_console_shows_plugins_and_failures_and_redrives_from_the_browser() {
     let chromium = tool("INIESTA_CHROMIUM", "/usr/bin/chromium");
     let chromedriver = tool("INIESTA_CHROMEDRIVER", "/usr/bin/chromedriver");
     let s = Scratch::new();
-    let port = free_port();
     // Orders are dead-lettered by the flaky handler.
     let config = console_config(
         &s,
-        port,
+        0,
         "[[bindings]]\nevents = [\"Order.*\"]\nplugin = \"flaky\"\nconfig = { mode = \"dead-letter\" }\n",
     );
     let host = start_host(&config, s.path("host.log"));
+    let port = host.port();
     for n in 1..=3 {
         common::publish(
             &config,
@@ -252,7 +243,7 @@ fn the_console_shows_plugins_and_failures_and_redrives_from_the_browser() {
     // The handler is fixed: orders are now acked by echo (SIGHUP reloads the config).
     console_config(
         &s,
-        port,
+        0,
         "[[bindings]]\nevents = [\"Order.*\"]\nplugin = \"echo\"\n",
     );
     let pid = host.child.id().to_string();
@@ -295,16 +286,14 @@ fn the_console_shows_plugins_and_failures_and_redrives_from_the_browser() {
     });
 
     // The browser.
-    let driver_port = free_port();
-    let _driver = Proc(
-        Command::new(&chromedriver)
-            .arg(format!("--port={driver_port}"))
+    let (driver, driver_port) = common::ports::spawn_listening("chromedriver", |port| {
+        let mut cmd = Command::new(&chromedriver);
+        cmd.arg(format!("--port={port}"))
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("chromedriver starts"),
-    );
-    wait_port(driver_port, "chromedriver");
+            .stderr(Stdio::null());
+        cmd
+    });
+    let _driver = Proc(driver);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let shot = rt.block_on(async {
         let mut caps = serde_json::Map::new();
@@ -394,8 +383,8 @@ fn the_console_refuses_to_start_exposed_without_a_token() {
             ),
         )
     };
-    let port = free_port();
-    let config = bind(&format!("0.0.0.0:{port}"), "");
+    // Refused before anything binds; port 0 in case it were not.
+    let config = bind("0.0.0.0:0", "");
     let out = Command::new(common::bin())
         .arg("-c")
         .arg(&config)
@@ -410,10 +399,7 @@ fn the_console_refuses_to_start_exposed_without_a_token() {
         "{err}"
     );
     // A token variable that is named but unset is refused too.
-    let config = bind(
-        &format!("127.0.0.1:{port}"),
-        "token_env = \"INIESTA_CONSOLE_TOKEN\"",
-    );
+    let config = bind("127.0.0.1:0", "token_env = \"INIESTA_CONSOLE_TOKEN\"");
     let out = Command::new(common::bin())
         .arg("-c")
         .arg(&config)
@@ -432,9 +418,9 @@ fn the_console_refuses_to_start_exposed_without_a_token() {
 #[test]
 fn without_a_token_the_console_answers_only_loopback_names() {
     let s = Scratch::new();
-    let port = free_port();
-    let config = tokenless_console_config(&s, port);
+    let config = tokenless_console_config(&s, 0);
     let host = start_host(&config, s.path("host.log"));
+    let port = host.port();
     assert_eq!(get(port, "/api/state", "").0, 200);
     let (status, _) = http(
         port,
@@ -471,9 +457,9 @@ fn an_unverified_authorization_header_does_not_skip_the_csrf_check() {
     ];
     // No token: nothing in an Authorization header is checked, so nothing in it counts.
     let s = Scratch::new();
-    let port = free_port();
-    let config = tokenless_console_config(&s, port);
+    let config = tokenless_console_config(&s, 0);
     let host = start_host(&config, s.path("host.log"));
+    let port = host.port();
     for header in unverified {
         let (status, body) = get(port, "/api/dlq", header);
         assert_eq!(status, 403, "no token, {header:?}, no CSRF token: {body}");
@@ -489,13 +475,13 @@ fn an_unverified_authorization_header_does_not_skip_the_csrf_check() {
 
     // A token in the cookie, and an Authorization header that is not the bearer token.
     let s = Scratch::new();
-    let port = free_port();
     let config = console_config(
         &s,
-        port,
+        0,
         "[[bindings]]\nevents = [\"Order.*\"]\nplugin = \"echo\"\n",
     );
     let host = start_host(&config, s.path("host.log"));
+    let port = host.port();
     let cookie = format!("Cookie: iniesta_console={TOKEN}\r\n");
     for header in &unverified[1..] {
         let (status, body) = get(port, "/api/dlq", &format!("{cookie}{header}"));

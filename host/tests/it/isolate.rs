@@ -1,7 +1,7 @@
 //! Crash isolation: plugins in worker processes that segfault, abort, exit, run out of memory
 //! and hang, against real `iniesta run` processes on the local broker.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -99,7 +99,6 @@ fn crashing_and_hanging_messages_end_in_the_dlq_and_nothing_else_is_lost_or_run_
     let s = Scratch::new();
     let crashy = s.path("crashy.jsonl").display().to_string();
     let ledger = s.path("ledger.jsonl").display().to_string();
-    let port = common::aws::free_port();
     let rest = format!(
         r#"[plugins.isolate]
 names = ["crashy"]
@@ -128,7 +127,7 @@ plugin = "ledger"
 config = {{ path = "{ledger}" }}
 
 [metrics]
-listen = "127.0.0.1:{port}"
+listen = "127.0.0.1:0"
 "#
     );
     let config = s.config("max_receive_count = 3", &rest);
@@ -137,6 +136,7 @@ listen = "127.0.0.1:{port}"
         s.path("host.log"),
         &[("ISOLATE_VISIBLE", "yes"), ("ISOLATE_SECRET", "hunter2")],
     );
+    let port = host.port();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     // Poison and good messages to the isolated plugin interleaved, and a steady flow to an
     // in-process binding.
@@ -518,14 +518,12 @@ fn plugin_counter(metrics: &str, name: &str, plugin: &str) -> Option<f64> {
 #[test]
 fn an_idle_worker_killed_in_a_pool_is_replaced_after_the_backoff() {
     let s = Scratch::new();
-    let port = common::aws::free_port();
-    let rest = format!(
-        "[plugins.isolate]\nnames = [\"panicky\"]\n\
-         [[bindings]]\nevents = [\"Slow.*\"]\nplugin = \"panicky\"\nhandler = \"sleepy\"\nconfig = {{ sleep_ms = 400 }}\n\
-         [metrics]\nlisten = \"127.0.0.1:{port}\"\n"
-    );
-    let config = s.config("", &rest);
+    let rest = "[plugins.isolate]\nnames = [\"panicky\"]\n\
+         [[bindings]]\nevents = [\"Slow.*\"]\nplugin = \"panicky\"\nhandler = \"sleepy\"\nconfig = { sleep_ms = 400 }\n\
+         [metrics]\nlisten = \"127.0.0.1:0\"\n";
+    let config = s.config("", rest);
     let host = start_host(&config, s.path("host.log"), &[]);
+    let port = host.port();
     // Four slow messages at once: the pool grows past one process.
     let events: String = (0..4)
         .map(|i| format!("{{\"event\":\"Slow.Down\",\"body\":{{\"i\":{i}}}}}\n"))

@@ -1,7 +1,6 @@
 //! A real moto server (SNS + SQS) per test, a TCP proxy to cut the network, SDK clients.
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -20,15 +19,6 @@ pub fn moto_binary() -> PathBuf {
     path
 }
 
-/// A free loopback port.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 /// A moto server on its own port, killed on drop.
 pub struct Moto {
     child: Child,
@@ -36,24 +26,18 @@ pub struct Moto {
 }
 
 impl Moto {
+    /// Start on a port of its own (common/ports.rs: a candidate, retried until the listener
+    /// is this moto's).
     pub fn start() -> Moto {
-        let port = free_port();
-        let child = Command::new(moto_binary())
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("moto_server starts");
-        let moto = Moto { child, port };
-        let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "moto did not start on port {port}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        moto
+        let binary = moto_binary();
+        let (child, port) = super::ports::spawn_listening("moto_server", |port| {
+            let mut cmd = Command::new(&binary);
+            cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            cmd
+        });
+        Moto { child, port }
     }
 
     pub fn url(&self) -> String {
@@ -183,19 +167,26 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// Start on a port the OS picks (the first listener is kept, never closed and rebound).
     pub fn start(target: u16) -> Proxy {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .expect("runtime");
+        let (listener, port) = super::ports::listener();
+        listener.set_nonblocking(true).expect("nonblocking");
         let proxy = Proxy {
-            port: free_port(),
+            port,
             target,
             runtime,
             tasks: Arc::new(Mutex::new(Vec::new())),
         };
-        proxy.up();
+        let listener = {
+            let _guard = proxy.runtime.enter();
+            tokio::net::TcpListener::from_std(listener).expect("tokio listener")
+        };
+        proxy.serve(listener);
         proxy
     }
 
@@ -203,9 +194,9 @@ impl Proxy {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// Accept connections again.
+    /// Accept connections again, on the same port (the outage ends where it began).
     pub fn up(&self) {
-        let (port, target, tasks) = (self.port, self.target, self.tasks.clone());
+        let port = self.port;
         let listener = self.runtime.block_on(async move {
             let start = Instant::now();
             loop {
@@ -221,6 +212,12 @@ impl Proxy {
                 }
             }
         });
+        self.serve(listener);
+    }
+
+    /// Forward every connection `listener` accepts to the target.
+    fn serve(&self, listener: tokio::net::TcpListener) {
+        let (target, tasks) = (self.target, self.tasks.clone());
         let inner = tasks.clone();
         let accept = self.runtime.spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {

@@ -1,6 +1,6 @@
 //! Hot reload under load on the local broker: plugin swaps, refusals, config rebinds, SIGHUP.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -391,14 +391,14 @@ fn any_bad_file_over_a_plugin_keeps_its_generation_serving_under_load() {
     let dir = plugins_dir(&s);
     deploy(&dir, "libledger.so", &ledger_with_mark(1));
     std::fs::copy(plugin_dir().join("libecho.so"), dir.join("libecho.so")).expect("echo");
-    let port = common::aws::free_port();
     let bindings = format!(
-        "[metrics]\nlisten = \"127.0.0.1:{port}\"\n[console]\nenabled = true\n\n{}\
+        "[metrics]\nlisten = \"127.0.0.1:0\"\n[console]\nenabled = true\n\n{}\
          [[bindings]]\ndefault = true\nplugin = \"echo\"\nconfig = {{ prefix = \"fallback\" }}\n",
         ledger_binding(&s, "l", r#"["Order.*"]"#)
     );
     let config = s.write("iniesta.toml", &config_text(&s, &dir, "", &bindings));
     let host = Host::start(&config, s.path("host.log"));
+    let port = host.port();
     let first = serving(&host_state(&s, &host), "ledger").expect("ledger serves");
     let load = Load::start(&config);
     let half = {

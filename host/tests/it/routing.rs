@@ -3,7 +3,7 @@
 //! the dead-letter queue, binary and BSON bodies, and the `iniesta route` dry run. Real
 //! `iniesta run` and `iniesta publish` processes, real plugins from target/debug.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::process::{Command, Stdio};

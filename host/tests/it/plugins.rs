@@ -1,6 +1,6 @@
 //! Loading real cdylib plugins: side by side, overrides, refusals, panics.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

@@ -1,6 +1,6 @@
 //! Plugin authors: scaffold → test → build → `plugins check` → bind → handle, end to end.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

@@ -1,4 +1,5 @@
-//! Real redis-server processes on free loopback ports, one per node, killed on drop.
+//! Real redis-server processes on loopback ports of their own (common/ports.rs: a candidate,
+//! retried until the listener is ours), one per node, killed on drop.
 //!
 //! The binary is `$INIESTA_REDIS_SERVER`, else `redis-server` on PATH (scripts/test.sh
 //! installs it). A missing binary fails the test with that hint; nothing is skipped. The
@@ -32,6 +33,32 @@ pub fn redis_binary() -> PathBuf {
     })
 }
 
+/// The command line of a redis-server on `port`, persistence off, files in `dir`.
+fn command(port: u16, dir: &std::path::Path) -> Command {
+    let mut cmd = Command::new(redis_binary());
+    cmd.args([
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--protected-mode",
+        "no",
+        "--daemonize",
+        "no",
+        "--loglevel",
+        "warning",
+        "--dir",
+    ])
+    .arg(dir)
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    cmd
+}
+
 /// One redis-server on its own port and scratch directory.
 pub struct RedisServer {
     child: Option<Child>,
@@ -40,20 +67,17 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
-    /// Start a server on a free port and wait until it answers PING.
+    /// Start a server on a port of its own and wait until it answers PING.
     pub fn start() -> RedisServer {
-        let port = loop {
-            let port = super::aws::free_port();
-            if port != 6379 {
-                break port;
-            }
-        };
-        let mut server = RedisServer {
-            child: None,
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (child, port) =
+            super::ports::spawn_listening("redis-server", |port| command(port, dir.path()));
+        let server = RedisServer {
+            child: Some(child),
             port,
-            dir: tempfile::tempdir().expect("tempdir"),
+            dir,
         };
-        server.restart();
+        server.wait_ping();
         server
     }
 
@@ -80,33 +104,29 @@ impl RedisServer {
         }
     }
 
-    /// (Re)start on the same port, empty, and wait until it answers.
+    /// (Re)start on the same port, empty, and wait until this server listens there and
+    /// answers (a restart cannot move: the clients were given this port).
     pub fn restart(&mut self) {
         self.kill();
-        let child = Command::new(redis_binary())
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--protected-mode",
-                "no",
-                "--daemonize",
-                "no",
-                "--loglevel",
-                "warning",
-                "--dir",
-            ])
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+        let mut child = command(self.port, self.dir.path())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", redis_binary().display()));
+        if let Err(why) =
+            super::ports::wait_listening(&mut child, self.port, Duration::from_secs(30))
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "redis-server did not come back on port {}: {why:?}",
+                self.port
+            );
+        }
         self.child = Some(child);
+        self.wait_ping();
+    }
+
+    /// Wait until the server answers PING.
+    fn wait_ping(&self) {
         let start = Instant::now();
         loop {
             if let Ok(reply) = self.try_cmd(&["PING"]) {

@@ -2,7 +2,7 @@
 //! the tests on free loopback ports: the lock primitives, the quorum, batched acquisition,
 //! completion records, faults, and `iniesta run` end to end with duplicated messages.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -933,14 +933,14 @@ impl Waves {
         let urls: Vec<String> = servers.iter().map(RedisServer::url).collect();
         let s = Scratch::new();
         let ledger = s.path("ledger.jsonl");
-        let port = common::aws::free_port();
         let rest = format!(
-            "{}{}[metrics]\nlisten = \"127.0.0.1:{port}\"\n",
+            "{}{}[metrics]\nlisten = \"127.0.0.1:0\"\n",
             lock_section(&urls, ""),
             ledger_binding(&ledger, "a", r#"["Order.*"]"#),
         );
         let config = s.config("max_messages = 5", &rest);
         let host = Host::start(&config, s.path("host.log"));
+        let port = host.port();
         Waves {
             s,
             config,

@@ -6,7 +6,7 @@
 //! packages produced (host/tests/fixtures/acct/README.md). The live Python cells run in the
 //! conformance suite.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 

@@ -2,6 +2,8 @@
 #![allow(dead_code)]
 
 use std::io::Read;
+
+use ports::listening_port;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -227,6 +229,12 @@ impl Host {
         host
     }
 
+    /// The port the host's ops endpoint (metrics, health, console) listens on: configure
+    /// `listen = "127.0.0.1:0"` and the OS picks it; read from `/proc` (common/ports.rs).
+    pub fn port(&self) -> u16 {
+        listening_port(self.child.id(), "the host", Duration::from_secs(30))
+    }
+
     pub fn log_text(&self) -> String {
         let mut text = String::new();
         if let Ok(mut f) = std::fs::File::open(&self.log) {
@@ -274,6 +282,7 @@ impl Drop for Host {
 pub mod aws;
 pub mod load;
 pub mod nats;
+pub mod ports;
 pub mod redis;
 
 /// Build `fixtures/incompatible` against a copy of plugin-api whose version is 0.99.0.

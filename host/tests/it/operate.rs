@@ -5,7 +5,7 @@
 //! No timing thresholds: every wait has a generous deadline, and what is asserted is what
 //! happened (a handler ran once, nothing is left invisible, counts match the ledger).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
-use common::aws::{approximate_counts, aws_env, free_port, ok, queue_url, sqs, Moto, Proxy};
+use common::aws::{approximate_counts, aws_env, ok, queue_url, sqs, Moto, Proxy};
 use common::{http_get, rt, Host, Scratch};
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -287,14 +287,13 @@ fn a_ten_second_handler_with_a_four_second_visibility_timeout_runs_once() {
         ledger_binding(&ledger, "slow", r#"["Slow.*"]"#),
         sleepy_binding(r#"["Slow.*"]"#, 10_000)
     );
-    let (port_a, port_b) = (free_port(), free_port());
     let sqs_extra = "visibility_timeout = 4\npollers = 2";
     let a = aws_config(
         &s,
         "a.toml",
         &moto.url(),
         sqs_extra,
-        &format!("{bindings}[metrics]\nlisten = \"127.0.0.1:{port_a}\"\n"),
+        &format!("{bindings}[metrics]\nlisten = \"127.0.0.1:0\"\n"),
     );
     // A second host on the same queue with its own in-process locks: if the message
     // reappeared while the first ran it, this one would run it again.
@@ -303,11 +302,12 @@ fn a_ten_second_handler_with_a_four_second_visibility_timeout_runs_once() {
         "b.toml",
         &moto.url(),
         sqs_extra,
-        &format!("{bindings}[metrics]\nlisten = \"127.0.0.1:{port_b}\"\n"),
+        &format!("{bindings}[metrics]\nlisten = \"127.0.0.1:0\"\n"),
     );
     ok(&a, &["setup"]);
     let host_a = start(&a, s.path("a.log"), &[], &[], true);
     let host_b = start(&b, s.path("b.log"), &[], &[], true);
+    let (port_a, port_b) = (host_a.port(), host_b.port());
     ok(&a, &["publish", "Slow.Job", r#"{"n":1}"#]);
     let rt = rt();
     wait_for("the slow message to start", || {
@@ -827,7 +827,6 @@ fn metrics_match_the_ledger_and_health_flips_with_the_broker_and_the_drain() {
     proxy.down();
     let s = Scratch::new();
     let ledger = s.path("ledger.jsonl");
-    let port = free_port();
     let bindings = format!(
         "{}[[bindings]]\nevents = [\"Bad.*\"]\nplugin = \"flaky\"\nconfig = {{ mode = \"dead-letter\" }}\n{}{}",
         ledger_binding(&ledger, "orders", r#"["Order.*"]"#),
@@ -842,9 +841,10 @@ fn metrics_match_the_ledger_and_health_flips_with_the_broker_and_the_drain() {
         "iniesta.toml",
         &proxy.url(),
         "",
-        &format!("{bindings}[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+        &format!("{bindings}[metrics]\nlisten = \"127.0.0.1:0\"\n"),
     );
     let mut host = start(&config, s.path("host.log"), &[], &["--no-check"], false);
+    let port = host.port();
     wait_for("/health to answer 503 while SQS is unreachable", || {
         matches!(http_get(port, "/health"), Some((503, _)))
     });
@@ -1155,7 +1155,7 @@ fn a_dead_webhook_never_holds_up_the_pipeline() {
     let s = Scratch::new();
     let ledger = s.path("ledger.jsonl").display().to_string();
     // Nothing listens on this port.
-    let dead = free_port();
+    let dead = common::ports::unused_port();
     let bindings = format!(
         "[[bindings]]\nevents = [\"Boom.*\"]\nplugin = \"panicky\"\nhandler = \"panicky\"\n\
          [[bindings]]\nevents = [\"Order.*\"]\nplugin = \"ledger\"\nconfig = {{ path = \"{ledger}\" }}\n\

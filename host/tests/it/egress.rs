@@ -5,17 +5,17 @@
 //! or a tampered file is a clear error; an ingress plugin's message reaches a bound handler.
 //!
 //! Every test uses real servers on loopback ports (moto, nats-server started here) and the
-//! real cdylib plugins from target/debug. Without a nats-server binary, the NATS tests print
-//! why and skip.
+//! real cdylib plugins from target/debug. Without a nats-server binary the NATS tests fail
+//! (common/nats.rs says why they do not skip).
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::aws::{aws_env, sqs, Moto};
-use common::nats::{nats_or_skip, Nats, Subscription};
+use common::nats::{nats_server, Nats, Subscription};
 use common::{Host, Scratch};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -102,10 +102,7 @@ fn metric(text: &str, series: &str) -> Option<f64> {
 
 #[test]
 fn one_publish_reaches_sns_a_queue_the_jsonl_file_and_nats() {
-    let Some(binary) = nats_or_skip("one_publish_reaches_sns_a_queue_the_jsonl_file_and_nats")
-    else {
-        return;
-    };
+    let binary = nats_server();
     let moto = Moto::start();
     let nats = Nats::start(binary, Some(("iniesta", SECRET)));
     let s = Scratch::new();
@@ -242,11 +239,7 @@ fn one_publish_reaches_sns_a_queue_the_jsonl_file_and_nats() {
 
 #[test]
 fn a_down_broker_gets_its_events_when_it_returns_and_holds_up_no_other_egress() {
-    let Some(binary) =
-        nats_or_skip("a_down_broker_gets_its_events_when_it_returns_and_holds_up_no_other_egress")
-    else {
-        return;
-    };
+    let binary = nats_server();
     let mut nats = Nats::start(binary, None);
     let s = Scratch::new();
     let jsonl = s.path("events.jsonl");
@@ -352,11 +345,10 @@ fn a_running_host_redelivers_from_the_outbox_and_handler_publishes_fan_out() {
     let s = Scratch::new();
     let all = s.path("all.jsonl");
     let late = s.path("later/late.jsonl");
-    let metrics_port = common::aws::free_port();
     let config = local_config(
         &s,
         &format!(
-            "[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n\
+            "[metrics]\nlisten = \"127.0.0.1:0\"\n\
              [outbox]\nattempts = 1\nmin_backoff_ms = 100\nmax_backoff_secs = 1\n\
              [[egress]]\nplugin = \"sns\"\n\
              [[egress]]\nplugin = \"jsonl\"\nname = \"all\"\nconfig = {{ path = \"{}\" }}\n\
@@ -364,7 +356,6 @@ fn a_running_host_redelivers_from_the_outbox_and_handler_publishes_fan_out() {
              [[bindings]]\nevents = [\"Order.*\"]\nplugin = \"echo\"\nconfig = {{ publish = \"Echoed\" }}\n",
             all.display(),
             late.display(),
-            metrics = metrics_port,
         ),
     );
     // The queue and its subscription exist before the publish, and the host starts only once
@@ -377,6 +368,7 @@ fn a_running_host_redelivers_from_the_outbox_and_handler_publishes_fan_out() {
     let (_, stderr) = ok(&config, &["publish", "Order.Created", r#"{"id":5}"#], &[]);
     assert!(stderr.contains("queued: late"), "{stderr}");
     let host = Host::start(&config, s.path("host.log"));
+    let metrics_port = host.port();
     // The host consumes it from the topic's queue; the handler's own publish fans out too.
     s.wait_for("the handler's publish in all.jsonl", LIMIT, || {
         common::json_lines(&all).len() == 2
@@ -638,17 +630,14 @@ fn a_wrong_key_or_a_tampered_file_is_a_clear_error_and_nothing_is_published() {
 
 #[test]
 fn an_ingress_message_is_handled_by_the_bound_handler() {
-    let Some(binary) = nats_or_skip("an_ingress_message_is_handled_by_the_bound_handler") else {
-        return;
-    };
+    let binary = nats_server();
     let nats = Nats::start(binary, None);
     let s = Scratch::new();
     let ledger = s.path("ledger.jsonl");
-    let port = common::aws::free_port();
     let config = local_config(
         &s,
         &format!(
-            "[metrics]\nlisten = \"127.0.0.1:{port}\"\n[console]\nenabled = true\n\
+            "[metrics]\nlisten = \"127.0.0.1:0\"\n[console]\nenabled = true\n\
              [[ingress]]\nplugin = \"nats\"\nconfig = {{ url = \"{}\", subject = \"ext.>\", strip_prefix = \"ext.\" }}\n\
              [[bindings]]\nevents = [\"Order.*\"]\nplugin = \"ledger\"\nconfig = {{ path = \"{}\", label = \"orders\" }}\n\
              [[bindings]]\nevents = [\"Boom.*\"]\nplugin = \"panicky\"\nhandler = \"panicky\"\n",
@@ -657,6 +646,7 @@ fn an_ingress_message_is_handled_by_the_bound_handler() {
         ),
     );
     let host = Host::start(&config, s.path("host.log"));
+    let port = host.port();
     s.wait_for("the ingress to subscribe", LIMIT, || {
         host.log_text()
             .contains("nats ingress subscribed to `ext.>`")
@@ -819,9 +809,7 @@ fn config_check_names_egress_and_ingress_entries_no_plugin_serves() {
 
 #[test]
 fn a_running_host_delivers_to_nats_once_it_is_back() {
-    let Some(binary) = nats_or_skip("a_running_host_delivers_to_nats_once_it_is_back") else {
-        return;
-    };
+    let binary = nats_server();
     let s = Scratch::new();
     // A JetStream stream captures what the host publishes on `Order.>` (plain core publishes),
     // and keeps it across the server restart: the test reads it whenever it likes, so no

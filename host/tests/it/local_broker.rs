@@ -1,11 +1,11 @@
 //! The embedded broker's SNS/SQS semantics against a real SQLite file.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
 use common::Scratch;
-use iniesta::broker::local::LocalBroker;
+use iniesta::broker::local::{Clock, LocalBroker};
 use iniesta::broker::Broker;
 use iniesta::config::Config;
 use iniesta::filter::Scope;
@@ -98,9 +98,12 @@ async fn topic_fans_out_through_each_queues_filter_policy() {
 #[tokio::test]
 async fn visibility_receive_count_delay_and_redrive() {
     let s = Scratch::new();
+    // The broker's time moves only when the test moves it: no waiting out the timeout.
+    let clock = Clock::manual();
     let broker = LocalBroker::open(&config(&s, "visibility_timeout = 1\nmax_receive_count = 2"))
         .await
-        .expect("opens");
+        .expect("opens")
+        .with_clock(clock.clone());
     let cancel = CancellationToken::new();
     broker
         .publish(&message("Order.A", "{}", &[]))
@@ -135,8 +138,19 @@ async fn visibility_receive_count_delay_and_redrive() {
         .await
         .expect("delete");
     assert_eq!(failures.len(), 1, "a stale receipt does not delete");
-    // After max_receive_count deliveries the next receive redrives it to the DLQ.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // After max_receive_count deliveries the next receive redrives it to the DLQ, once the
+    // visibility timeout (1 s) is over and not a millisecond before.
+    clock.advance(Duration::from_millis(999));
+    assert!(broker
+        .receive(10, Duration::from_millis(10), &cancel)
+        .await
+        .expect("receive")
+        .is_empty());
+    assert!(
+        broker.messages("dlq").await.expect("dlq").is_empty(),
+        "still in flight at 999 ms"
+    );
+    clock.advance(Duration::from_millis(1));
     assert!(broker
         .receive(10, Duration::from_millis(10), &cancel)
         .await

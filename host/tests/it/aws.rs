@@ -1,6 +1,6 @@
 //! The AWS engine against a real moto server (SNS + SQS), started per test on a free port.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -590,7 +590,7 @@ fn wire_compatible_with_the_python_iniesta_both_ways() {
 fn oversize_bodies_are_refused_before_any_call() {
     let s = Scratch::new();
     // Nothing listens on this endpoint: a network call would fail differently.
-    let port = common::aws::free_port();
+    let port = common::ports::unused_port();
     let config = aws_config(
         &s,
         "p.toml",
@@ -908,17 +908,17 @@ async fn publish_foreign(endpoint: &str, topic: &str) {
 fn without_a_dead_letter_queue_a_foreign_envelope_stays_on_the_queue_unhandled() {
     let moto = Moto::start();
     let s = Scratch::new();
-    let port = common::aws::free_port();
     let config = probe_consumer(
         &s,
         &moto.url(),
         "raw_message_delivery = false",
-        &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+        "[metrics]\nlisten = \"127.0.0.1:0\"\n",
     );
     ok(&config, &["setup"]);
     let rt = rt();
     let other = rt.block_on(other_topic(&moto.url()));
     let host = start_host(&config, s.path("host.log"));
+    let port = host.port();
     rt.block_on(publish_foreign(&moto.url(), &other));
     let left = "iniesta_messages_retried_total{reason=\"undecodable\"}";
     s.wait_for("the refusal counted", LIMIT, || {

@@ -1,7 +1,7 @@
 //! One table of SNS filter-policy cases, run against moto's SNS and against the local broker:
 //! a filter must behave the same on both brokers.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 

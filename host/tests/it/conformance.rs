@@ -11,7 +11,7 @@
 //! is skipped: without `INIESTA_PEERS_PYTHON` (or moto / redis-server) the tests fail, naming
 //! the script that provides it. See docs/migration.md for the matrix and the versions.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -405,7 +405,10 @@ fn python_iniesta_starts_on_setup_resources_and_handles_what_iniesta_rs_publishe
         .args([
             "consume",
             &got.display().to_string(),
-            &common::aws::free_port().to_string(),
+            // Nothing connects to the peer's HTTP port, but Sanic turns 0 into its default
+            // 8000, so it gets a candidate; a taken one makes the peer exit loudly (not
+            // retried yet: see common/ports.rs).
+            &common::ports::unused_port().to_string(),
         ]);
     let peer = Peer::start(&s, consume, "pycons");
     let queue = "iniesta-test-pycons";
@@ -664,7 +667,10 @@ fn python_and_iniesta_rs_consumers_on_one_queue_handle_each_message_once() {
         .args([
             "consume",
             &py_ledger.display().to_string(),
-            &common::aws::free_port().to_string(),
+            // Nothing connects to the peer's HTTP port, but Sanic turns 0 into its default
+            // 8000, so it gets a candidate; a taken one makes the peer exit loudly (not
+            // retried yet: see common/ports.rs).
+            &common::ports::unused_port().to_string(),
         ]);
     let peer = Peer::start(&s, consume, "shared");
     let host = start_host(&config, s.path("host.log"));

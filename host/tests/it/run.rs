@@ -1,7 +1,7 @@
 //! End to end on the embedded broker: `iniesta publish` in one process, `iniesta run` in
 //! another, real plugins from target/debug, real SQLite.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -519,14 +519,14 @@ fn plain_metric(text: &str, name: &str) -> Option<f64> {
 fn a_host_stalled_on_failing_deletes_says_so_and_recovers() {
     let s = Scratch::new();
     let ledger = s.path("ledger.jsonl").display().to_string();
-    let port = common::aws::free_port();
     let bindings = format!(
         "{}[[bindings]]\nevents = [\"Slow.*\"]\nplugin = \"panicky\"\nhandler = \"sleepy\"\nconfig = {{ sleep_ms = 3000 }}\n\
-         [metrics]\nlisten = \"127.0.0.1:{port}\"\n",
+         [metrics]\nlisten = \"127.0.0.1:0\"\n",
         ledger_binding("seen", r#"["Slow.*"]"#, &ledger),
     );
     let config = s.config("max_in_flight = 2\nvisibility_timeout = 120", &bindings);
     let host = Host::start(&config, s.path("host.log"));
+    let port = host.port();
     publish(&config, &["Slow.One", "{}"]);
     publish(&config, &["Slow.Two", "{}"]);
     // Both are running (the ledger binding has seen them; the sleepy one still sleeps): take

@@ -1,6 +1,6 @@
 //! `iniesta config check` (and `run`) refuse every bad config with the key and the fix.
 
-mod common;
+use crate::common;
 
 use common::{iniesta, plugin_dir, Scratch};
 

@@ -1,0 +1,28 @@
+//! iniesta's integration tests, in one test binary.
+//!
+//! Each module was once its own file under `host/tests/` and so its own binary, each linking
+//! the whole host; gathered here they link once. Run one area with a filter on the module
+//! path, e.g. `cargo test -p iniesta --test it -- locks::` (or `-- aws::` for the AWS tests).
+//! Fixtures and the Python conformance peers stay where they were (`host/tests/fixtures`,
+//! `host/tests/conformance`); `common` is the shared support (external servers, the host as a
+//! subprocess, scratch directories).
+
+mod common;
+
+mod authoring;
+mod aws;
+mod config_errors;
+mod conformance;
+mod console;
+mod dlq;
+mod egress;
+mod filter_parity;
+mod isolate;
+mod local_broker;
+mod locks;
+mod operate;
+mod plugins;
+mod python_fleet;
+mod reload;
+mod routing;
+mod run;
