@@ -1,7 +1,6 @@
 // The crate documentation is the plugin guide, written once: plugin-api/GUIDE.md is also the
 // book's "Writing plugins" chapter (docs/src/guide/writing-plugins.md includes it).
 #![doc = include_str!("../GUIDE.md")]
-
 #![warn(missing_docs)]
 
 mod config;
