@@ -363,3 +363,108 @@ fn the_metrics_reference_names_every_metric_and_no_other() {
          on the page): {missing:?}; stale (on the page, not in the code): {stale:?}"
     );
 }
+
+/// The keys a config table accepts, read from the parser itself: a probe with an unknown key
+/// is refused with "unknown field `zz_probe`, expected one of `a`, `b`, ..." (every config
+/// struct denies unknown fields). `header` is the table's header line, or "" for the top level.
+fn keys_in_code(header: &str) -> BTreeSet<String> {
+    let text = format!("service = \"x\"\n{header}\nzz_probe = 1\n");
+    let error = match iniesta::config::Config::parse(&text, Path::new(".")) {
+        Ok(_) => panic!("{header:?} accepted an unknown key: cannot list its keys"),
+        Err(e) => e.to_string(),
+    };
+    let Some(expected) = error.split("unknown field `zz_probe`, expected").nth(1) else {
+        panic!("no list of keys in the error for {header:?}: {error}");
+    };
+    let expected = expected.lines().next().unwrap_or_default();
+    expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_config_reference_lists_every_key_and_no_other() {
+    let page = read(&repo_root().join("docs/src/reference/config.md"));
+    // Section (TOML path; "" is the top level) -> keys in its tables' first column.
+    let mut sections: Vec<(String, BTreeSet<String>)> = Vec::new();
+    // Tables documented on another page (named in a heading with several tables).
+    let mut elsewhere: BTreeSet<String> = BTreeSet::new();
+    let mut current: Option<usize> = None;
+    let table_name = |text: &str| -> Vec<String> {
+        text.split('`')
+            .skip(1)
+            .step_by(2)
+            .filter(|t| t.starts_with('['))
+            .map(|t| t.trim_matches(|c| c == '[' || c == ']').to_string())
+            .collect()
+    };
+    for line in page.lines() {
+        if let Some(heading) = line.strip_prefix("## ") {
+            let names = table_name(heading);
+            current = None;
+            if heading.trim() == "Top level" {
+                sections.push((String::new(), BTreeSet::new()));
+                current = Some(sections.len() - 1);
+            } else if names.len() == 1 {
+                sections.push((names[0].clone(), BTreeSet::new()));
+                current = Some(sections.len() - 1);
+            } else {
+                elsewhere.extend(names);
+            }
+        } else if line.starts_with("`[") && current.is_some() {
+            // "`[plugins.isolate]` (see ...):" opens a sub-table's key table.
+            if let Some(name) = table_name(line).first() {
+                sections.push((name.clone(), BTreeSet::new()));
+                current = Some(sections.len() - 1);
+            }
+        } else if let (Some(index), Some(row)) = (current, line.strip_prefix("| `")) {
+            if let Some(key) = row.split('`').next() {
+                sections[index].1.insert(key.to_string());
+            }
+        }
+    }
+    let documented: BTreeSet<String> = sections.iter().map(|(name, _)| name.clone()).collect();
+    assert!(
+        documented.len() > 8,
+        "only {documented:?} sections found: is the scan broken?"
+    );
+    let mut problems = Vec::new();
+    for (name, on_page) in &sections {
+        let header = match name.as_str() {
+            "" => String::new(),
+            "bindings" => "[[bindings]]".to_string(),
+            other => format!("[{other}]"),
+        };
+        let in_code = keys_in_code(&header);
+        // A key that is itself a table documented in its own section counts as documented.
+        let prefix = if name.is_empty() {
+            String::new()
+        } else {
+            format!("{name}.")
+        };
+        let missing: Vec<&String> = in_code
+            .iter()
+            .filter(|k| !on_page.contains(*k))
+            .filter(|k| {
+                let path = format!("{prefix}{k}");
+                !documented.contains(&path) && !elsewhere.contains(&path)
+            })
+            .collect();
+        let stale: Vec<&String> = on_page.difference(&in_code).collect();
+        if !missing.is_empty() || !stale.is_empty() {
+            let shown = if name.is_empty() { "top level" } else { name };
+            problems.push(format!(
+                "[{shown}]: missing from the page: {missing:?}; on the page but not accepted: \
+                 {stale:?}"
+            ));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "docs/src/reference/config.md is out of date:\n{}",
+        problems.join("\n")
+    );
+}
