@@ -5,6 +5,8 @@
 //!   `service = "x"` put in front); ```toml,ignore snippets only need to be valid TOML;
 //! - the CLI reference (docs/src/reference/cli.md) is the one clap generates from
 //!   `iniesta::cli::Cli`: a stale page fails with a diff hint, and `INIESTA_BLESS=1` rewrites it;
+//! - the config reference (docs/src/reference/config.md) lists exactly the keys the config
+//!   parser accepts, table by table;
 //! - the metrics reference (docs/src/reference/metrics.md) names exactly the metrics that
 //!   host/src/ops/metrics.rs defines.
 //!
