@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fuzz the host's parsers for a bounded time: builds every cargo-fuzz target of host/fuzz/
-# (see docs/security.md, "Fuzzing"), runs each for SECONDS_PER_TARGET seconds starting from its
+# (see docs/src/guide/security.md, "Fuzzing"), runs each for SECONDS_PER_TARGET seconds starting from its
 # seed corpus (host/fuzz/corpus/<target>/), prints the executions per target, writes
 # target/fuzz-summary.json and exits non-zero if any target crashed (printing the path of the
 # input that crashed it, kept under target/fuzz-artifacts/<target>/).
@@ -112,6 +112,6 @@ done
 } >"$summary"
 echo "==> summary: $summary"
 if [ "$crashed" -ne 0 ]; then
-    echo "==> a fuzz target crashed: every crash is a bug (see docs/security.md, Fuzzing)" >&2
+    echo "==> a fuzz target crashed: every crash is a bug (see docs/src/guide/security.md, Fuzzing)" >&2
     exit 1
 fi

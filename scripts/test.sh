@@ -90,7 +90,43 @@ set -e
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "suite: %d passed, %d failed\n", p, f }' "$log"
 
-# --- fuzzing (host/fuzz/, docs/security.md "Fuzzing") ----------------------------------------
+# --- the book (docs/; docs/src/contributing.md) -----------------------------------------------
+# `mdbook build` (a failed {{#include}} only logs ERROR, so the log is checked too) and
+# `mdbook test`, which compiles the book's Rust examples against a plugin-api built in a target
+# dir of its own (rustdoc's -L needs exactly one copy of each crate). mdbook itself comes from
+# crates.io, pinned, installed once under ~/.cache/iniesta (about 11 minutes cold on 2 shared
+# cores), or under target/ when the cache cannot be written.
+MDBOOK_VERSION="0.5.4"
+MDBOOK="$(command -v mdbook || true)"
+if [ -z "$MDBOOK" ] || ! "$MDBOOK" --version | grep -q "v$MDBOOK_VERSION\$"; then
+    MDBOOK_ROOT="${XDG_CACHE_HOME:-$HOME/.cache}/iniesta/mdbook-$MDBOOK_VERSION"
+    if [ ! -x "$MDBOOK_ROOT/bin/mdbook" ]; then
+        echo "==> installing mdbook $MDBOOK_VERSION into $MDBOOK_ROOT"
+        if ! cargo install mdbook --locked --no-default-features --version "$MDBOOK_VERSION" --root "$MDBOOK_ROOT"; then
+            MDBOOK_ROOT="$PWD/target/mdbook-$MDBOOK_VERSION"
+            echo "==> installing mdbook $MDBOOK_VERSION into $MDBOOK_ROOT instead"
+            cargo install mdbook --locked --no-default-features --version "$MDBOOK_VERSION" --root "$MDBOOK_ROOT"
+        fi
+    fi
+    MDBOOK="$MDBOOK_ROOT/bin/mdbook"
+fi
+echo "==> mdbook build docs ($("$MDBOOK" --version))"
+book_status=0
+book_log="$(mktemp)"
+trap 'rm -f "$log" "$book_log"' EXIT
+"$MDBOOK" build docs 2>&1 | tee "$book_log" || book_status=1
+if grep -q "ERROR" "$book_log"; then
+    echo "==> mdbook build docs logged an error" >&2
+    book_status=1
+fi
+echo "==> mdbook test docs"
+book_deps="${CARGO_TARGET_DIR:-$PWD/target}/mdbook-deps"
+cargo build -q -p iniesta-plugin-api --target-dir "$book_deps" || book_status=1
+# export_plugin! reads CARGO_PKG_VERSION at compile time; rustdoc outside cargo has none.
+CARGO_PKG_VERSION=0.0.0 "$MDBOOK" test docs -L "$book_deps/debug/deps" || book_status=1
+# --- end the book ------------------------------------------------------------------------------
+
+# --- fuzzing (host/fuzz/, docs/src/guide/security.md "Fuzzing") ----------------------------------------
 # Every cargo-fuzz target for a bounded time from its seed corpus (30 s each by default,
 # INIESTA_FUZZ_SECONDS to change); a crash fails the suite and keeps the crashing input.
 fuzz_status=0
@@ -98,5 +134,8 @@ bash scripts/fuzz.sh "${INIESTA_FUZZ_SECONDS:-30}" || fuzz_status=$?
 # --- end fuzzing -----------------------------------------------------------------------------
 if [ "$status" -ne 0 ]; then
     exit "$status"
+fi
+if [ "$book_status" -ne 0 ]; then
+    exit "$book_status"
 fi
 exit "$fuzz_status"

@@ -134,29 +134,44 @@ impl TestMessage {
     }
 }
 
-/// What a handler call came to, as the host sees it.
+/// What a handler call came to, as the host sees it: the handler's [`HandlerResult`](crate::HandlerResult)
+/// after the plugin boundary, panics included.
+///
+/// | the handler | `TestOutcome` | what the host then does |
+/// |---|---|---|
+/// | `Ok(Outcome::Ack)` | `Ack` | deletes the message once every binding acked |
+/// | `Ok(Outcome::Retry { after_secs })` | `Retry { after_secs }` | visible again after `after_secs` |
+/// | `Ok(Outcome::DeadLetter { reason })` | `DeadLetter { reason }` | moves it to the dead-letter queue |
+/// | `Err(e)` (also `?`) | `Failed { reason }` (`e`'s text) | logs it; redelivered after the visibility timeout |
+/// | a panic | `Panicked { message }` | logs it; redelivered like `Failed` |
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TestOutcome {
-    /// Acked: the host deletes the message once every binding acked.
+    /// The handler returned `Ok(Outcome::Ack)`: the host deletes the message once every
+    /// binding that took it has acked.
     Ack,
-    /// The host makes the message visible again after `after_secs`.
+    /// The handler returned `Ok(Outcome::Retry { after_secs })` (or `Outcome::retry(n)`): the
+    /// host makes the message visible again after `after_secs`.
     Retry {
-        /// Seconds.
+        /// Seconds until the message is visible again (0: at once). With several bindings the
+        /// host uses the largest.
         after_secs: u32,
     },
-    /// The host moves the message to the dead-letter queue with this reason.
+    /// The handler returned `Ok(Outcome::DeadLetter { reason })` (or
+    /// `Outcome::dead_letter(r)`): the host moves the message to the dead-letter queue.
     DeadLetter {
-        /// Why.
+        /// The reason the handler gave; the host logs it and stores it with the dead letter.
         reason: String,
     },
-    /// The handler returned an error: redelivered after the visibility timeout.
+    /// The handler returned `Err(e)`: the host logs it and leaves the message, which is
+    /// redelivered after the visibility timeout.
     Failed {
-        /// The error text.
+        /// The error's text (`e.to_string()`), as the host would log it.
         reason: String,
     },
-    /// The handler panicked: caught, logged, redelivered like `Failed`.
+    /// The handler panicked: the panic was caught at the boundary, logged and treated like
+    /// `Failed` (redelivered after the visibility timeout).
     Panicked {
-        /// The panic message.
+        /// The panic message (the `panic!` text).
         message: String,
     },
 }
@@ -179,14 +194,21 @@ impl From<OutcomeFfi> for TestOutcome {
     }
 }
 
-/// An event the handler published through its context.
+/// An event the handler published through its context (`ctx.publish`, `publish_json` or
+/// `publish_with`), recorded by the [`Harness`] instead of being sent. Each publish returned the
+/// message id `test-published-N` (N counts from 1 per harness).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublishedEvent {
-    /// The event name as the handler gave it (the host would append `.{service}`).
+    /// The event name exactly as the handler gave it, e.g. `Order.Shipped`. The host would
+    /// append `.{service}` unless the name already ends with it.
     pub event: String,
-    /// The body.
+    /// The body bytes as published (`publish_json` wrote compact JSON text); read it with
+    /// `String::from_utf8` or `serde_json::from_slice`.
     pub body: Vec<u8>,
-    /// Extra attributes: (name, data type, value).
+    /// The attributes the handler passed to `publish_with`, in order, as
+    /// `(name, data type, value)`: `("k", "String", "v")` for `&[("k", "v")]`. Empty for
+    /// `publish` and `publish_json`. The attributes the host adds itself (`iniesta_pass`,
+    /// `version`) are not included.
     pub attributes: Vec<(String, String, String)>,
 }
 
@@ -195,18 +217,21 @@ pub struct PublishedEvent {
 pub struct LogLine {
     /// 1 error, 2 warn, 3 info, 4 debug, 5 trace.
     pub level: u8,
-    /// The text.
+    /// The text as the handler logged it.
     pub message: String,
 }
 
 /// What one call did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallResult {
-    /// The outcome.
+    /// What the call came to (see [`TestOutcome`]).
     pub outcome: TestOutcome,
-    /// Events published during the call.
+    /// Events published through the context during this call, in order (only this call's:
+    /// earlier calls on the same harness are not repeated here). A publish that failed because
+    /// of [`Harness::fail_publish`] is not recorded.
     pub published: Vec<PublishedEvent>,
-    /// Lines logged during the call.
+    /// Lines logged through the context (`ctx.error/warn/info/debug`) during this call, in
+    /// order.
     pub logs: Vec<LogLine>,
 }
 

@@ -458,7 +458,7 @@ pub fn read_checked(file: &Path, real: &Path) -> Result<(Fingerprint, Vec<u8>), 
 }
 
 /// Refuse a plugin file unless only this host's user or root can change it (in the spirit of
-/// OpenSSH's `StrictModes`; docs/security.md says how it differs): links are resolved, then
+/// OpenSSH's `StrictModes`; docs/src/guide/security.md says how it differs): links are resolved, then
 /// the file and every directory up its real path to `/` (and up the real path of the directory
 /// it was found in) must be owned by this host's user or root. The file and its own directory
 /// must not be world-writable, nor group-writable unless the group is private to the owner

@@ -9,7 +9,7 @@
 //!
 //! Every cell asserts that the handler ran exactly once, with the right body and event. Nothing
 //! is skipped: without `INIESTA_PEERS_PYTHON` (or moto / redis-server) the tests fail, naming
-//! the script that provides it. See docs/migration.md for the matrix and the versions.
+//! the script that provides it. See docs/src/guide/migration.md for the matrix and the versions.
 
 use crate::common;
 

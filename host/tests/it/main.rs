@@ -15,6 +15,7 @@ mod config_errors;
 mod conformance;
 mod console;
 mod dlq;
+mod docs_book;
 mod egress;
 mod filter_parity;
 mod isolate;

@@ -340,6 +340,8 @@ pub fn build_fixture_variant(
         let entry = entry.expect("entry");
         std::fs::copy(entry.path(), api.join("src").join(entry.file_name())).expect("copy source");
     }
+    // lib.rs takes its crate docs from the plugin guide (`include_str!("../GUIDE.md")`).
+    std::fs::copy(root.join("plugin-api/GUIDE.md"), api.join("GUIDE.md")).expect("copy guide");
     std::fs::write(
         api.join("Cargo.toml"),
         format!(
