@@ -3,8 +3,6 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use crate::config::Config;
-
 /// Print the report; exit 1 when it found problems.
 pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
     let config = crate::validate::load(path)?;

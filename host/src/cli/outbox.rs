@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 
 use crate::acct::AcctSource;
-use crate::config::Config;
 use crate::egress::Published;
 
 /// `iniesta outbox` arguments.

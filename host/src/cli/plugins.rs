@@ -6,7 +6,6 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
-use crate::config::Config;
 use crate::plugins::PluginSet;
 
 /// `iniesta plugins ...`.

@@ -8,7 +8,6 @@ use std::process::ExitCode;
 use anyhow::{bail, Context as _};
 
 use super::attributes::parse_attribute;
-use crate::config::Config;
 use crate::egress::{Destination, Publisher};
 use crate::wire::{Attribute, Attributes};
 

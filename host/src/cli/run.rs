@@ -4,7 +4,6 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use crate::acct::AcctSource;
-use crate::config::Config;
 
 /// `iniesta run` arguments.
 #[derive(Debug, clap::Args)]

@@ -3,8 +3,6 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use crate::config::Config;
-
 /// Print what was created or found; exit 1 when something could not be set up.
 pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
     let config = crate::validate::load(path)?;

@@ -719,25 +719,22 @@ fn an_ingress_message_is_handled_by_the_bound_handler() {
 
 #[test]
 fn an_ingress_fed_inline_binding_runs_inline() {
-    let Some(binary) = nats_or_skip("an_ingress_fed_inline_binding_runs_inline") else {
-        return;
-    };
-    let nats = Nats::start(binary, None);
+    let nats = Nats::start(nats_server(), None);
     let s = Scratch::new();
-    let port = common::aws::free_port();
     // An `inline = true` binding whose handler sleeps 1.5 s with a 1 s timeout: run inline it
     // cannot be abandoned, so its ack counts and the overrun is counted; on the blocking pool
     // it would be abandoned at its timeout (`result="timeout"`) and nothing counts an overrun.
     let config = local_config(
         &s,
         &format!(
-            "[metrics]\nlisten = \"127.0.0.1:{port}\"\n\
+            "[metrics]\nlisten = \"127.0.0.1:0\"\n\
              [[ingress]]\nplugin = \"nats\"\nconfig = {{ url = \"{}\", subject = \"ext.>\", strip_prefix = \"ext.\" }}\n\
              [[bindings]]\nevents = [\"Slow.*\"]\nplugin = \"panicky\"\nhandler = \"sleepy\"\ninline = true\ntimeout_secs = 1\nconfig = {{ sleep_ms = 1500 }}\n",
             nats.url(),
         ),
     );
     let host = Host::start(&config, s.path("host.log"));
+    let port = host.port();
     s.wait_for("the ingress to subscribe", LIMIT, || {
         host.log_text()
             .contains("nats ingress subscribed to `ext.>`")
