@@ -13,9 +13,11 @@ MOTO_VENV="target/moto-venv"
 if [ ! -x "$MOTO_VENV/bin/moto_server" ] || ! "$MOTO_VENV/bin/pip" show moto 2>/dev/null | grep -q "^Version: $MOTO_VERSION\$"; then
     echo "==> installing moto[server]==$MOTO_VERSION into $MOTO_VENV"
     mkdir -p target
-    if ! python3 -m venv "$MOTO_VENV"; then
+    # --clear: a venv moved from another path (its scripts name the old interpreter path) or
+    # left half-built is rebuilt from scratch rather than half-reused.
+    if ! python3 -m venv --clear "$MOTO_VENV"; then
         apt-get update -qq && apt-get install -y -qq python3-venv
-        python3 -m venv "$MOTO_VENV"
+        python3 -m venv --clear "$MOTO_VENV"
     fi
     "$MOTO_VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
 fi
