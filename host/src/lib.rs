@@ -1,11 +1,14 @@
 //! # iniesta
 //!
 //! A host for event messaging over AWS SNS/SQS (or an embedded local broker) that runs the
-//! business logic from handler plugins. One module per concern: [`config`], [`wire`],
-//! [`filter`], [`route`] (with [`media_type`]), [`broker`], [`lock`], [`plugins`], [`pipeline`], [`egress`] (with
-//! [`acct`] credential profiles), [`ingress`], [`provision`], [`dlq`] (list, redrive, purge
-//! dead letters), [`isolate`] (plugins in worker processes), [`ops`] (metrics, health, error
-//! reports, the operator console), [`scaffold`], [`cli`].
+//! business logic from handler plugins. One module per concern, and no import cycle between
+//! them: plain data and pure logic ([`config`], [`wire`], [`filter`], [`media_type`],
+//! [`tasks`], [`sqlite`]) at the bottom; the runtime modules ([`route`], [`broker`], [`lock`],
+//! [`plugins`], [`pipeline`] (whose `invoke` is the one place handlers run), [`egress`] (with
+//! [`acct`] credential profiles), [`ingress`], [`provision`], [`dlq`], [`isolate`] (plugins in
+//! worker processes), [`ops`] (metrics, health, error reports, the operator console),
+//! [`scaffold`]) above them, each checking its own config section; [`validate`] collects those
+//! checks; [`app`] composes a running host; [`cli`] has one file per command.
 
 pub mod acct;
 pub mod app;
