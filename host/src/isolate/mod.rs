@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::config::isolate::{IsolateConfig, MIN_MEMORY_LIMIT_MB};
 use crate::config::{BindingConfig, Config};
-use crate::plugins::LoadedPlugin;
+use crate::plugins::{ConstructError, LoadedPlugin};
 
 /// What a worker is started with; workers with equal settings for the same plugin
 /// generation are shared.
@@ -87,11 +87,11 @@ pub fn new_handler(
     plugin: &Arc<LoadedPlugin>,
     handler: &str,
     running: bool,
-) -> Result<HandlerBox, String> {
+) -> Result<HandlerBox, ConstructError> {
     if !config.plugins.isolate.isolates(&plugin.name) {
         return plugin.new_handler(handler, &binding.config_json());
     }
-    let binary = worker_binary()?;
+    let binary = worker_binary().map_err(ConstructError::Worker)?;
     let state_dir = running.then(|| crate::plugins::watch::state_dir(config));
     let settings = Arc::new(Settings::new(&config.plugins.isolate, binary, state_dir));
     let timeout = Duration::from_secs(
@@ -121,11 +121,11 @@ pub fn isolated_handler(
     handler: &str,
     config_json: &str,
     timeout: Duration,
-) -> Result<HandlerBox, String> {
-    let worker = supervisor::worker_for(plugin, settings)?;
+) -> Result<HandlerBox, ConstructError> {
+    let worker = supervisor::worker_for(plugin, settings).map_err(ConstructError::Worker)?;
     let id = worker
         .construct(handler, config_json)
-        .map_err(|e| format!("(in its isolated worker) {e}"))?;
+        .map_err(|e| ConstructError::Refused(format!("(in its isolated worker) {e}")))?;
     Ok(HandlerFfi_TO::from_value(
         supervisor::IsolatedHandler::new(worker, id, timeout),
         TD_Opaque,

@@ -96,9 +96,12 @@ pub fn main(file: &Path) -> ExitCode {
                 config,
             } => {
                 // Isolated: a plugin built with panic = "abort" may run here.
-                let result = plugin.new_handler_in_worker(&handler, &config).map(|h| {
-                    write(&handlers).insert(id, Arc::new(h));
-                });
+                let result = plugin
+                    .new_handler_in_worker(&handler, &config)
+                    .map(|h| {
+                        write(&handlers).insert(id, Arc::new(h));
+                    })
+                    .map_err(|e| e.to_string());
                 if send(&writer, &FromWorker::Constructed { id, result }).is_err() {
                     break;
                 }

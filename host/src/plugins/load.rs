@@ -123,9 +123,13 @@ impl LoadedPlugin {
 
     /// Construct handler `handler` with the binding's config (JSON text), to run in this
     /// process; refused for a plugin built with `panic = "abort"` ([`Self::in_process_refusal`]).
-    pub fn new_handler(&self, handler: &str, config_json: &str) -> Result<HandlerBox, String> {
+    pub fn new_handler(
+        &self,
+        handler: &str,
+        config_json: &str,
+    ) -> Result<HandlerBox, ConstructError> {
         if let Some(why) = self.in_process_refusal() {
-            return Err(why);
+            return Err(ConstructError::AbortsOnPanic(why));
         }
         self.new_handler_in_worker(handler, config_json)
     }
@@ -136,22 +140,22 @@ impl LoadedPlugin {
         &self,
         handler: &str,
         config_json: &str,
-    ) -> Result<HandlerBox, String> {
+    ) -> Result<HandlerBox, ConstructError> {
         let construct = self.module.new_handler();
         construct(RStr::from_str(handler), RStr::from_str(config_json))
             .into_result()
-            .map_err(|e| e.into_string())
+            .map_err(|e| ConstructError::Refused(e.into_string()))
     }
 
     /// Construct egress `egress` with its config (JSON text; may hold secrets: never log it).
-    pub fn new_egress(&self, egress: &str, config_json: &str) -> Result<EgressBox, String> {
+    pub fn new_egress(&self, egress: &str, config_json: &str) -> Result<EgressBox, ConstructError> {
         if let Some(why) = self.in_process_refusal() {
-            return Err(why);
+            return Err(ConstructError::AbortsOnPanic(why));
         }
         let construct = self.module.new_egress();
         construct(RStr::from_str(egress), RStr::from_str(config_json))
             .into_result()
-            .map_err(|e| e.into_string())
+            .map_err(|e| ConstructError::Refused(e.into_string()))
     }
 
     /// Start ingress `ingress` with its config, submitting to `sink`.
@@ -160,15 +164,30 @@ impl LoadedPlugin {
         ingress: &str,
         config_json: &str,
         sink: IngressSinkBox,
-    ) -> Result<IngressBox, String> {
+    ) -> Result<IngressBox, ConstructError> {
         if let Some(why) = self.in_process_refusal() {
-            return Err(why);
+            return Err(ConstructError::AbortsOnPanic(why));
         }
         let start = self.module.start_ingress();
         start(RStr::from_str(ingress), RStr::from_str(config_json), sink)
             .into_result()
-            .map_err(|e| e.into_string())
+            .map_err(|e| ConstructError::Refused(e.into_string()))
     }
+}
+
+/// Why a plugin could not construct a handler or an egress, or start an ingress. The message
+/// is shown as is (config check, logs), so each variant carries the full sentence.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConstructError {
+    /// Built with `panic = "abort"`: it may not run in the host process (only isolated).
+    #[error("{0}")]
+    AbortsOnPanic(String),
+    /// The plugin's constructor refused, with its own reason (usually about its config).
+    #[error("{0}")]
+    Refused(String),
+    /// An isolated plugin's worker could not be started or did not answer.
+    #[error("{0}")]
+    Worker(String),
 }
 
 /// Why a file was not loaded as a plugin.

@@ -9,5 +9,5 @@ pub mod registry;
 pub mod watch;
 
 pub use call::{CallMessage, Outcome};
-pub use load::{LoadError, LoadedPlugin};
+pub use load::{ConstructError, LoadError, LoadedPlugin};
 pub use registry::PluginSet;
