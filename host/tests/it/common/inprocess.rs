@@ -43,10 +43,12 @@ pub struct InProcess {
 
 impl InProcess {
     /// Start a pipeline for a config made of `sqs_extra` (lines in `[sqs]`) and `rest`
-    /// (bindings, other sections), over the standard header of [`Scratch::config`].
+    /// (bindings, other sections), over the standard header of [`Scratch::config`];
+    /// `{scratch}` in `rest` stands for the scratch directory.
     pub async fn start(sqs_extra: &str, rest: &str) -> InProcess {
         let scratch = Scratch::new();
-        let path = scratch.config(sqs_extra, rest);
+        let rest = rest.replace("{scratch}", &scratch.dir.path().display().to_string());
+        let path = scratch.config(sqs_extra, &rest);
         let config = Config::read(&path).expect("the config reads");
         let broker = Arc::new(
             LocalBroker::open(&config)
@@ -78,11 +80,11 @@ impl InProcess {
         }
     }
 
-    /// Publish `body` as event `event` to the service's topic.
+    /// Publish `body` as event `event` to the service's topic, sent by the service itself.
     pub async fn publish(&self, event: &str, body: &str) {
         let message = encode(
             event,
-            "tests",
+            &self.config.service,
             "iniesta_pass",
             body.as_bytes().to_vec(),
             Attributes::new(),
@@ -112,7 +114,7 @@ impl InProcess {
         self.broker.messages(queue).await.expect("messages")
     }
 
-    /// Poll `check` every (paused, so instant) 10 ms until it returns `Some`, failing with
+    /// Poll `check` every (paused, so instant) 100 ms until it returns `Some`, failing with
     /// `what` after `limit` of tokio time.
     pub async fn wait_for<T, F, Fut>(&self, what: &str, limit: Duration, mut check: F) -> T
     where
@@ -128,7 +130,7 @@ impl InProcess {
                 tokio::time::Instant::now() < deadline,
                 "timed out (tokio time) waiting for {what}"
             );
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
