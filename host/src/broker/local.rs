@@ -190,7 +190,8 @@ fn system_now_ms() -> i64 {
 ///
 /// Production uses the system clock. Tests use [`Clock::manual`] and move it with
 /// [`Clock::advance`], so a visibility timeout expires when the test says so, not after a
-/// real wait.
+/// real wait; or [`Clock::tokio`], which follows tokio's (pausable) clock, so a test on a
+/// paused runtime covers visibility timeouts in no real time.
 #[derive(Clone, Debug, Default)]
 pub enum Clock {
     /// `SystemTime::now()`.
@@ -198,6 +199,13 @@ pub enum Clock {
     System,
     /// A time that moves only when [`Clock::advance`] is called (shared by its clones).
     Manual(Arc<AtomicI64>),
+    /// The system time at creation plus the time tokio's clock has moved since.
+    Tokio {
+        /// Milliseconds since the Unix epoch when the clock was created.
+        base_ms: i64,
+        /// Tokio's instant at creation.
+        start: tokio::time::Instant,
+    },
 }
 
 impl Clock {
@@ -206,7 +214,17 @@ impl Clock {
         Clock::Manual(Arc::new(AtomicI64::new(system_now_ms())))
     }
 
-    /// Move a manual clock forward by `by` (the system clock moves by itself: no effect).
+    /// A clock following tokio's: on a paused runtime (`start_paused`) it moves when tokio's
+    /// time is advanced (automatically when the runtime is idle, or by `advance`).
+    pub fn tokio() -> Clock {
+        Clock::Tokio {
+            base_ms: system_now_ms(),
+            start: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Move a manual clock forward by `by` (the system and tokio clocks move by themselves:
+    /// no effect).
     pub fn advance(&self, by: Duration) {
         if let Clock::Manual(now) = self {
             let by = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
@@ -219,6 +237,10 @@ impl Clock {
         match self {
             Clock::System => system_now_ms(),
             Clock::Manual(now) => now.load(Ordering::SeqCst),
+            Clock::Tokio { base_ms, start } => {
+                let elapsed = i64::try_from(start.elapsed().as_millis()).unwrap_or(i64::MAX);
+                base_ms.saturating_add(elapsed)
+            }
         }
     }
 }

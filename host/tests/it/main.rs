@@ -18,6 +18,7 @@ mod dlq;
 mod docs_book;
 mod egress;
 mod filter_parity;
+mod inprocess;
 mod isolate;
 mod local_broker;
 mod locks;

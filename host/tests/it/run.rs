@@ -130,53 +130,6 @@ fn panicking_handler_is_retried_and_the_host_lives() {
 }
 
 #[test]
-fn dead_letter_outcome_and_max_receive_redrive() {
-    let s = Scratch::new();
-    let bindings = "[[bindings]]\nevents = [\"Bad.*\"]\nplugin = \"flaky\"\nconfig = { mode = \"dead-letter\" }\n\
-                    [[bindings]]\nevents = [\"Flaky.*\"]\nplugin = \"flaky\"\nconfig = { mode = \"error\", fail_times = 1000 }\n";
-    let config = s.config("max_receive_count = 2\nvisibility_timeout = 1", bindings);
-    let host = Host::start(&config, s.path("host.log"));
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    publish(&config, &["Bad.Input", r#"{"n":1}"#]);
-    publish(&config, &["Flaky.Forever", r#"{"n":2}"#]);
-    s.wait_for("both messages in the DLQ", LIMIT, || {
-        rt.block_on(queue_messages(&config, "iniesta-test-receiver-dlq"))
-            .len()
-            == 2
-    });
-    let log = host.stop();
-    let dlq = rt.block_on(queue_messages(&config, "iniesta-test-receiver-dlq"));
-    let reasons: Vec<String> = dlq
-        .iter()
-        .filter_map(|m| m.dead_letter_reason.clone())
-        .collect();
-    assert!(
-        reasons.iter().any(|r| r.contains("flaky dead-letters")),
-        "{reasons:?}"
-    );
-    assert!(
-        reasons.iter().any(|r| r.contains("max_receive_count 2")),
-        "{reasons:?}"
-    );
-    let forever = dlq
-        .iter()
-        .find(|m| m.body == br#"{"n":2}"#)
-        .expect("redriven message");
-    assert_eq!(
-        forever.receive_count, 2,
-        "redriven after max_receive_count deliveries"
-    );
-    assert_eq!(
-        forever.attributes["iniesta_pass"].value, "Flaky.Forever.receiver",
-        "attributes kept"
-    );
-    assert!(rt
-        .block_on(queue_messages(&config, "iniesta-test-receiver"))
-        .is_empty());
-    assert!(log.contains("handler failed"), "{log}");
-}
-
-#[test]
 fn unbound_event_without_default_is_left_not_deleted() {
     let s = Scratch::new();
     let ledger = s.path("ledger.jsonl").display().to_string();

@@ -2,7 +2,8 @@
 //!
 //! It exists to show (and test) that a panicking handler is retried and never takes the host
 //! down. It also exports a second handler, `sleepy`, that sleeps `sleep_ms` (config) before
-//! acking — for handler-timeout tests.
+//! acking — for handler-timeout tests; with `started` (a path) in its config it first appends
+//! the message id to that file, so a test can tell the handler is running.
 
 use iniesta_plugin_api::{
     export_plugin, Config, Context, Handler, HandlerResult, Message, Outcome,
@@ -21,13 +22,23 @@ impl Handler for Panicky {
     }
 }
 
-/// Sleeps, then acks.
+/// Notes that it started (if asked), sleeps, then acks.
 pub struct Sleepy {
     sleep_ms: u64,
+    started: Option<String>,
 }
 
 impl Handler for Sleepy {
-    fn handle(&self, _message: &Message<'_>, _ctx: &Context<'_>) -> HandlerResult {
+    fn handle(&self, message: &Message<'_>, _ctx: &Context<'_>) -> HandlerResult {
+        if let Some(path) = &self.started {
+            use std::io::Write;
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| format!("cannot open {path}: {e}"))?;
+            writeln!(file, "{}", message.id()).map_err(|e| format!("cannot write {path}: {e}"))?;
+        }
         std::thread::sleep(std::time::Duration::from_millis(self.sleep_ms));
         Ok(Outcome::Ack)
     }
@@ -37,6 +48,9 @@ export_plugin! {
     name: "panicky",
     handlers: {
         "panicky" => |_config: Config| Ok::<_, String>(Panicky),
-        "sleepy" => |config: Config| Ok::<_, String>(Sleepy { sleep_ms: config.get_u64("sleep_ms").unwrap_or(1000) }),
+        "sleepy" => |config: Config| Ok::<_, String>(Sleepy {
+            sleep_ms: config.get_u64("sleep_ms").unwrap_or(1000),
+            started: config.get_str("started").map(str::to_string),
+        }),
     },
 }

@@ -280,6 +280,7 @@ impl Drop for Host {
 }
 
 pub mod aws;
+pub mod inprocess;
 pub mod load;
 pub mod nats;
 pub mod ports;
