@@ -74,6 +74,10 @@ pub use settle::{settle, Settlement};
 
 use state::{spawn_tracked, Delete, Parts, Shared};
 
+/// How long the end of a run waits for the tasks it dropped after the drain (they end at once
+/// unless a task is blocked inside an inline handler that has not returned).
+const ABANDON_GRACE: Duration = Duration::from_secs(1);
+
 /// The consumer for one service.
 pub struct Pipeline {
     parts: Parts,
@@ -205,10 +209,20 @@ impl Pipeline {
         {
             tracing::warn!("pending deletes did not finish; those messages will be redelivered");
         }
-        // Whatever still runs is dropped now, and waited for.
+        // Whatever still runs is dropped now, and waited for briefly: a task blocked inside an
+        // inline handler only notices when the handler returns, so the host goes on without
+        // it (its message was not settled: it comes back after its visibility timeout).
         abandon.cancel();
         tasks.close();
-        tasks.wait().await;
+        if tokio::time::timeout(ABANDON_GRACE, tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                still_running = tasks.len(),
+                "tasks still running after the drain (an inline handler that has not returned); stopping without them"
+            );
+        }
         // Releases and completion records still queued for the next acquire.
         locks.flush().await;
     }

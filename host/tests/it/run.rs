@@ -526,3 +526,33 @@ fn a_host_stalled_on_failing_deletes_says_so_and_recovers() {
     assert_eq!(stalls.len(), 1, "{log}");
     assert!(stalls[0].contains("slots=2"), "{}", stalls[0]);
 }
+
+/// An `inline = true` handler that never returns in time blocks its task: the drain gives up on
+/// it at `sqs.shutdown_timeout_secs`, and the host must still exit (its message is not deleted
+/// and comes back after the visibility timeout) rather than wait for the handler to return.
+#[test]
+fn a_stuck_inline_handler_does_not_hold_the_exit() {
+    let s = Scratch::new();
+    let started = s.path("started.txt");
+    // The handler sleeps 10 minutes: `Host::stop` fails if the exit waits for it (30 s limit).
+    let bindings = format!(
+        "[[bindings]]\nevents = [\"Slow.*\"]\nplugin = \"panicky\"\nhandler = \"sleepy\"\n\
+         inline = true\ntimeout_secs = 1\nconfig = {{ sleep_ms = 600000, started = \"{}\" }}\n",
+        started.display()
+    );
+    let config = s.config(
+        "visibility_timeout = 30\nshutdown_timeout_secs = 1",
+        &bindings,
+    );
+    let host = Host::start(&config, s.path("host.log"));
+    publish(&config, &["Slow.Stuck", "{}"]);
+    s.wait_for("the inline handler to start", LIMIT, || started.exists());
+    let log = host.stop();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let left = rt.block_on(queue_messages(&config, "iniesta-test-receiver"));
+    assert_eq!(
+        left.len(),
+        1,
+        "the stuck message is left for redelivery: {log}"
+    );
+}
