@@ -1,8 +1,30 @@
-//! `-a KEY=VALUE` attributes, as `publish` and `route` take them.
+//! A message's BODY argument and `-a KEY=VALUE` attributes, as `publish` and `route` take them.
 
-use anyhow::bail;
+use std::io::Read;
 
-use crate::wire::Attribute;
+use anyhow::{bail, Context as _};
+
+use crate::wire::{Attribute, Attributes};
+
+/// The BODY argument: `{}` when absent, standard input for `-`, else the text itself.
+pub fn read_body(arg: Option<&str>) -> anyhow::Result<Vec<u8>> {
+    Ok(match arg {
+        None => b"{}".to_vec(),
+        Some("-") => {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .context("cannot read the body from standard input")?;
+            buf
+        }
+        Some(text) => text.as_bytes().to_vec(),
+    })
+}
+
+/// Every `-a` argument parsed ([`parse_attribute`]); the first bad one is the error.
+pub fn parse_attributes(texts: &[String]) -> anyhow::Result<Attributes> {
+    texts.iter().map(|text| parse_attribute(text)).collect()
+}
 
 /// Parse `KEY=VALUE`, `KEY:Number=5`, `KEY:Binary=BASE64`.
 pub fn parse_attribute(text: &str) -> anyhow::Result<(String, Attribute)> {

@@ -1,13 +1,13 @@
 //! `iniesta publish`: publish events to the topic (or with `--queue` to the queue), through
 //! the `[[egress]]` fan-out when one is configured.
 
-use std::io::{BufRead, Read};
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
 
-use super::attributes::parse_attribute;
+use super::attributes::{parse_attributes, read_body};
 use crate::egress::{Destination, Publisher};
 use crate::wire::{Attribute, Attributes};
 
@@ -129,17 +129,7 @@ pub async fn run(
         }
         None => {
             let event = args.event.clone().context("EVENT is required")?;
-            let body = match args.body.as_deref() {
-                None => b"{}".to_vec(),
-                Some("-") => {
-                    let mut buf = Vec::new();
-                    std::io::stdin()
-                        .read_to_end(&mut buf)
-                        .context("cannot read the body from standard input")?;
-                    buf
-                }
-                Some(text) => text.as_bytes().to_vec(),
-            };
+            let body = read_body(args.body.as_deref())?;
             vec![Event {
                 event,
                 body,
@@ -147,11 +137,7 @@ pub async fn run(
             }]
         }
     };
-    let mut extra = Attributes::new();
-    for text in &args.attributes {
-        let (name, attribute) = parse_attribute(text)?;
-        extra.insert(name, attribute);
-    }
+    let extra = parse_attributes(&args.attributes)?;
     let events = match &args.media_type {
         Some(media_type) => with_media_type(events, &extra, media_type)?,
         None => events,

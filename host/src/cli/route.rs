@@ -1,13 +1,11 @@
 //! `iniesta route`: the dry run of routing one message.
 
-use std::io::Read;
 use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 
-use super::attributes::parse_attribute;
-use crate::wire::Attributes;
+use super::attributes::{parse_attributes, read_body};
 
 /// `iniesta route` arguments.
 #[derive(Debug, clap::Args)]
@@ -24,22 +22,8 @@ pub struct RouteArgs {
 /// `iniesta route`: print which bindings the message would reach and why.
 pub fn run(path: &Path, args: RouteArgs) -> anyhow::Result<ExitCode> {
     let config = crate::validate::load_for_routing(path)?;
-    let body = match args.body.as_deref() {
-        None => b"{}".to_vec(),
-        Some("-") => {
-            let mut buf = Vec::new();
-            std::io::stdin()
-                .read_to_end(&mut buf)
-                .context("cannot read the body from standard input")?;
-            buf
-        }
-        Some(text) => text.as_bytes().to_vec(),
-    };
-    let mut attributes = Attributes::new();
-    for text in &args.attributes {
-        let (name, attribute) = parse_attribute(text)?;
-        attributes.insert(name, attribute);
-    }
+    let body = read_body(args.body.as_deref())?;
+    let attributes = parse_attributes(&args.attributes)?;
     let envelope = crate::route::explain::message(&config, &args.event, body, attributes)
         .with_context(|| format!("cannot build the message `{}`", args.event))?;
     let report = crate::route::explain::explain(&config, &envelope).map_err(|problems| {

@@ -4,9 +4,10 @@ use std::sync::Arc;
 
 use abi_stable::std_types::{RString, RVec};
 use async_trait::async_trait;
-use iniesta_plugin_api::ffi::{AttributeFfi, EgressBox, EventFfi};
+use iniesta_plugin_api::ffi::{EgressBox, EventFfi};
 
 use super::fanout::Egress;
+use crate::plugins::call::attributes_ffi;
 use crate::plugins::LoadedPlugin;
 use crate::wire::Outgoing;
 
@@ -41,15 +42,7 @@ pub fn event_ffi(event_id: &str, message: &Outgoing) -> EventFfi {
         id: RString::from(event_id),
         name: RString::from(message.event.as_str()),
         body: RVec::from(message.body.as_slice()),
-        attributes: message
-            .attributes
-            .iter()
-            .map(|(name, a)| AttributeFfi {
-                name: name.as_str().into(),
-                data_type: a.data_type.as_str().into(),
-                value: a.value.as_str().into(),
-            })
-            .collect(),
+        attributes: attributes_ffi(&message.attributes),
     }
 }
 

@@ -6,7 +6,7 @@
 use abi_stable::std_types::{RString, RVec};
 use iniesta_plugin_api::ffi::{AttributeFfi, HandlerBox, HostContextBox, MessageFfi, OutcomeFfi};
 
-use crate::wire::Envelope;
+use crate::wire::{Attributes, Envelope};
 
 /// What a handler's call answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,15 +64,7 @@ impl CallMessage {
             id: RString::from(envelope.message_id.as_str()),
             event: RString::from(envelope.event.as_str()),
             body: RVec::from(envelope.body.clone()),
-            attributes: envelope
-                .attributes
-                .iter()
-                .map(|(name, a)| AttributeFfi {
-                    name: name.as_str().into(),
-                    data_type: a.data_type.as_str().into(),
-                    value: a.value.as_str().into(),
-                })
-                .collect(),
+            attributes: attributes_ffi(&envelope.attributes),
             receive_count,
             sent_timestamp_ms: envelope.sent_timestamp_ms,
         })
@@ -83,6 +75,19 @@ impl CallMessage {
 /// own panics, so this returns whatever the handler did.
 pub fn handle(handler: &HandlerBox, context: &HostContextBox, delivery: &CallMessage) -> Outcome {
     handler.handle(&delivery.0, context).into()
+}
+
+/// Message attributes as they cross the plugin boundary (handlers' messages and egresses'
+/// events alike).
+pub fn attributes_ffi(attributes: &Attributes) -> RVec<AttributeFfi> {
+    attributes
+        .iter()
+        .map(|(name, a)| AttributeFfi {
+            name: name.as_str().into(),
+            data_type: a.data_type.as_str().into(),
+            value: a.value.as_str().into(),
+        })
+        .collect()
 }
 
 #[cfg(test)]
