@@ -128,6 +128,8 @@ impl App {
         // Metrics and /health come first, so readiness is observable from the start.
         let health = Health::new();
         let console = start_ops(&config, &health, &tasks).await?;
+        // Error reporting next, so a broker, lock or plugin problem at start-up reaches it.
+        let errors = crate::ops::errors::ErrorReporter::start(&config, &tasks)?;
         let broker = crate::broker::open(&config)
             .await
             .map_err(|source| AppError::Broker {
@@ -172,7 +174,6 @@ impl App {
         let locks = crate::lock::from_config(&config.lock, &tasks)
             .await
             .map_err(AppError::Locks)?;
-        let errors = crate::ops::errors::ErrorReporter::start(&config, &tasks)?;
         tasks.spawn(watch_signals(shutdown.clone(), tasks.stopping()));
         // Ingress last: its handlers may run (and publish) as soon as it starts, so everything
         // they need, and the signal handling that drains them, must be there first.
@@ -226,9 +227,7 @@ impl App {
             let _ = tokio::time::timeout(EGRESS_STOP, drainer).await;
         }
         if let Some(errors) = errors {
-            errors
-                .flush(Duration::from_secs(config.errors.timeout_secs.max(1)))
-                .await;
+            errors.flush().await;
         }
         let _ = tokio::time::timeout(RELOADER_STOP, reloads).await;
         crate::isolate::supervisor::remove_private_dir();

@@ -50,17 +50,22 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 }
 
 /// Load for publishing: the checks that matter to a producer, not the consumer's (plugin
-/// directories and bindings may not exist where events are only published).
+/// directories and bindings may not exist where events are only published, nor the error
+/// reporters' settings, such as a `SENTRY_DSN` only the consumer's environment has).
 pub fn load_for_publishing(path: &Path) -> Result<Config, ConfigError> {
     load_keeping(path, |p| {
-        !p.key.starts_with("plugins.") && !p.key.starts_with("bindings")
+        !p.key.starts_with("plugins.")
+            && !p.key.starts_with("bindings")
+            && !p.key.starts_with("errors.")
     })
 }
 
 /// Load for a routing dry run (`iniesta route`): every check except those about plugin
-/// directories (plugins are not loaded).
+/// directories (plugins are not loaded) and error reporting (nothing fails in a dry run).
 pub fn load_for_routing(path: &Path) -> Result<Config, ConfigError> {
-    load_keeping(path, |p| !p.key.starts_with("plugins."))
+    load_keeping(path, |p| {
+        !p.key.starts_with("plugins.") && !p.key.starts_with("errors.")
+    })
 }
 
 /// Read `path` and refuse it if any problem that `relevant` keeps remains.

@@ -161,30 +161,45 @@ fn fatal(format: LogFormat, message: &str) {
 
 fn init_tracing(format: LogFormat) {
     use std::io::IsTerminal;
-    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::filter::EnvFilter;
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
+    use tracing_subscriber::prelude::*;
     let filter = EnvFilter::try_from_env("INIESTA_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    // Host-level incidents reach Sentry from the log lines that carry an `alert` or
+    // `alert_cleared` field, whatever the log level shown (ops/errors/alerts.rs).
+    use crate::ops::errors::alerts;
     let _ = match format {
-        LogFormat::Human => tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_ansi(std::io::stderr().is_terminal())
-            .with_writer(std::io::stderr)
-            .with_target(false)
+        LogFormat::Human => tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(std::io::stderr)
+                    .with_target(false)
+                    .with_filter(filter),
+            )
+            .with(alerts::layer())
             .try_init(),
         LogFormat::Json => {
-            let json = tracing_subscriber::fmt()
-                .json()
-                .flatten_event(true)
-                .with_current_span(true)
-                .with_span_list(false)
-                .with_env_filter(filter)
-                .with_target(false);
             // Plugins' own stderr (their panic messages) is wrapped into JSON lines too.
-            match crate::ops::logs::capture_stderr() {
-                Ok(stderr) => json.with_writer(stderr).try_init(),
-                Err(_) => json.with_writer(std::io::stderr).try_init(),
-            }
+            let writer = match crate::ops::logs::capture_stderr() {
+                Ok(stderr) => BoxMakeWriter::new(stderr),
+                Err(_) => BoxMakeWriter::new(std::io::stderr),
+            };
+            tracing_subscriber::registry()
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .json()
+                        .flatten_event(true)
+                        .with_current_span(true)
+                        .with_span_list(false)
+                        .with_target(false)
+                        .with_writer(writer)
+                        .with_filter(filter),
+                )
+                .with(alerts::layer())
+                .try_init()
         }
     };
 }

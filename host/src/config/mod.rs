@@ -28,7 +28,7 @@ pub use broker::{BrokerConfig, BrokerKind};
 pub use egress::{EgressConfig, IngressConfig, OutboxConfig};
 pub use isolate::IsolateConfig;
 pub use lock::{LockConfig, PYTHON_INIESTA_LOCK_DATABASES};
-pub use ops::{ConsoleConfig, ErrorsConfig, MetricsConfig};
+pub use ops::{ConsoleConfig, ErrorsConfig, MetricsConfig, SentryConfig};
 pub use plugins::{BindingConfig, PluginsConfig};
 pub use sns::SnsConfig;
 pub use sqs::SqsConfig;
@@ -96,7 +96,7 @@ fn default_env() -> String {
     "development".into()
 }
 
-fn default_true() -> bool {
+pub(crate) fn default_true() -> bool {
     true
 }
 

@@ -44,8 +44,9 @@ pub struct ConsoleConfig {
     pub show_bodies: bool,
 }
 
-/// `[errors]`: a structured record of every handler failure, POSTed as JSON.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `[errors]`: every handler failure reported — as a JSON record POSTed to `webhook_url`,
+/// and/or as a Sentry event (`[errors.sentry]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ErrorsConfig {
     /// Where records are POSTed (`http://` or `https://`); none turns reporting off.
@@ -57,6 +58,9 @@ pub struct ErrorsConfig {
     /// How long one POST may take (s).
     #[serde(default = "default_webhook_timeout")]
     pub timeout_secs: u64,
+    /// `[errors.sentry]`: native Sentry reporting (microcosm-pubsub's `sentry_logging`).
+    #[serde(default)]
+    pub sentry: Option<SentryConfig>,
 }
 
 impl Default for ErrorsConfig {
@@ -65,8 +69,57 @@ impl Default for ErrorsConfig {
             webhook_url: None,
             include_bodies: false,
             timeout_secs: default_webhook_timeout(),
+            sentry: None,
         }
     }
+}
+
+/// `[errors.sentry]`: one Sentry event per handler failure, and one per host-level incident
+/// (a broker or lock outage, a refused plugin or config), sent to a Sentry project's DSN.
+///
+/// The names follow microcosm-pubsub's `sentry_logging`: `enabled`, `dsn`, `tags` (its
+/// `custom_tags_mapping`), `user_id` (its `custom_user_id`). A source in `tags` / `user_id` is
+/// `attributes.NAME` (a message attribute), `body.PATH` (a field of a JSON body, dotted for
+/// nested objects), or a bare `NAME`, looked up as microcosm does in the body's `opaqueData`
+/// object and then among the message attributes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SentryConfig {
+    /// Report to Sentry (default `true` once the section is there).
+    #[serde(default = "super::default_true")]
+    pub enabled: bool,
+    /// The project's DSN (`https://KEY@HOST/PROJECT_ID`); when absent, `SENTRY_DSN` from the
+    /// environment. Never logged.
+    #[serde(default)]
+    pub dsn: Option<String>,
+    /// The Sentry environment; default: the top-level `env`.
+    #[serde(default)]
+    pub environment: Option<String>,
+    /// The release; default `iniesta@VERSION` (the plugin's name and version are tags).
+    #[serde(default)]
+    pub release: Option<String>,
+    /// The share of failure events sent, from 0.0 to 1.0 (host-level events are always sent).
+    #[serde(default = "default_sample_rate")]
+    pub sample_rate: f64,
+    /// Which message data becomes which Sentry tag: `source = "tag-name"`.
+    #[serde(default)]
+    pub tags: std::collections::BTreeMap<String, String>,
+    /// The source of the Sentry `user.id`.
+    #[serde(default)]
+    pub user_id: Option<String>,
+    /// Send the message body (scrubbed of secret-looking fields) with the event; off by default.
+    #[serde(default)]
+    pub include_bodies: bool,
+    /// More attribute, body-field and tag names never sent (on top of the secret-looking ones).
+    #[serde(default)]
+    pub drop_keys: Vec<String>,
+    /// How long one delivery to Sentry may take (s), and how long shutdown waits for the queue.
+    #[serde(default = "default_webhook_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_sample_rate() -> f64 {
+    1.0
 }
 
 fn default_webhook_timeout() -> u64 {
@@ -76,10 +129,32 @@ fn default_webhook_timeout() -> u64 {
 impl ErrorsConfig {
     /// The section's own shape (the webhook URL is checked by `ops::errors`, which sends to it).
     pub fn problems(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
         if self.timeout_secs == 0 {
-            vec![Problem::new("errors.timeout_secs", "must be at least 1")]
-        } else {
-            Vec::new()
+            problems.push(Problem::new("errors.timeout_secs", "must be at least 1"));
         }
+        if let Some(sentry) = &self.sentry {
+            if !(0.0..=1.0).contains(&sentry.sample_rate) {
+                problems.push(Problem::new(
+                    "errors.sentry.sample_rate",
+                    format!("{} is not between 0.0 and 1.0", sentry.sample_rate),
+                ));
+            }
+            if sentry.timeout_secs == 0 {
+                problems.push(Problem::new(
+                    "errors.sentry.timeout_secs",
+                    "must be at least 1",
+                ));
+            }
+            for (source, tag) in &sentry.tags {
+                if tag.trim().is_empty() || tag.len() > 200 {
+                    problems.push(Problem::new(
+                        format!("errors.sentry.tags.{source}"),
+                        "a Sentry tag name is 1 to 200 characters",
+                    ));
+                }
+            }
+        }
+        problems
     }
 }

@@ -66,7 +66,9 @@ pub const PLUGIN_REFUSALS: &str = "iniesta_plugin_refusals_total";
 pub const PLUGIN_LOAD_FAILURES: &str = "iniesta_plugin_load_failures_total";
 /// Config changes refused by hot reload.
 pub const CONFIG_REFUSALS: &str = "iniesta_config_refusals_total";
-/// Failure records for `[errors] webhook_url`: label `result` = `sent`, `failed`, `dropped`.
+/// Failure reports by sink (`sink` = `webhook` for `[errors] webhook_url`, `sentry` for
+/// `[errors.sentry]`) and `result` = `sent`, `failed`, `dropped` (queue full), and for Sentry
+/// also `rate_limited` (Sentry asked to back off) and `sampled_out` (`sample_rate`).
 pub const ERROR_REPORTS: &str = "iniesta_error_reports_total";
 /// Egress deliveries (egress/): labels `egress` and `result` = `delivered`, `retried` (an
 /// attempt failed while publishing), `queued` (every attempt failed: kept in the outbox),
@@ -219,7 +221,7 @@ fn describe() {
     );
     describe_counter!(
         ERROR_REPORTS,
-        "Failure records for the error webhook, by result"
+        "Failure reports by sink (webhook, sentry) and result"
     );
     describe_counter!(EGRESS_DELIVERIES, "Egress deliveries by egress and result");
     describe_histogram!(

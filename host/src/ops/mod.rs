@@ -4,7 +4,7 @@
 //! ([`console`]) on the same server.
 //!
 //! All of it is optional and off by default: `[metrics] listen` turns the endpoint on,
-//! `[errors] webhook_url` the reports. Without a listener no metrics recorder is installed and
+//! `[errors] webhook_url` and `[errors.sentry]` the reports. Without a listener no metrics recorder is installed and
 //! every metric call in the pipeline is a no-op.
 
 pub mod console;
@@ -38,4 +38,7 @@ pub enum OpsError {
     /// The webhook URL cannot be used.
     #[error("errors.webhook_url: {0}")]
     Webhook(String),
+    /// Sentry reporting cannot start as configured.
+    #[error("errors.sentry: {0}")]
+    Sentry(String),
 }

@@ -60,7 +60,7 @@ impl Shared {
             // Validation (route/schema.rs): a body failing a binding's JSON Schema is
             // dead-lettered with the errors as the reason; no handler runs.
             keeper.stop().await;
-            self.report(FailureKind::DeadLetter, None, &message, &envelope, &reason);
+            self.report(FailureKind::Schema, None, &message, &envelope, &reason);
             let invalid = CallResult::Outcome(Outcome::DeadLetter { reason });
             self.settle_message(&message, &envelope, &bindings, &[invalid], &slot, &mut held)
                 .await

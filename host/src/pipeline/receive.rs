@@ -23,6 +23,8 @@ impl Shared {
     /// One receive loop, until shutdown.
     pub(super) async fn poll(self: Arc<Self>, poller: usize) {
         let mut backoff = Duration::from_millis(100);
+        // This poller's last receive failed (the `broker` alert is raised).
+        let mut failing = false;
         loop {
             if self.shutdown.is_cancelled() {
                 break;
@@ -58,13 +60,17 @@ impl Shared {
             {
                 Ok(batch) => {
                     self.parts.health.broker_answered();
+                    if std::mem::take(&mut failing) {
+                        tracing::info!(poller, alert_cleared = "broker", "receiving works again");
+                    }
                     backoff = Duration::from_millis(100);
                     batch
                 }
                 Err(e) => {
                     self.parts.health.broker_failed();
+                    failing = true;
                     metrics::counter!(m::POLL_ERRORS).increment(1);
-                    tracing::error!(poller, error = %e, retry_in_ms = backoff.as_millis() as u64, "receive failed; retrying");
+                    tracing::error!(poller, error = %e, alert = "broker", retry_in_ms = backoff.as_millis() as u64, "receive failed; retrying");
                     drop(permits);
                     tokio::select! {
                         biased;
@@ -98,7 +104,7 @@ impl Shared {
                     .increment(count as u64);
                 self.parts.health.lock_outage(true);
                 if !self.lock_outage.swap(true, Ordering::AcqRel) {
-                    tracing::error!(poller, count, locks = %self.parts.locks.describe(), error = %e,
+                    tracing::error!(poller, count, locks = %self.parts.locks.describe(), error = %e, alert = "lock",
                         "the lock service is unavailable: the received messages are left on the queue (not run, not deleted) and receiving pauses until it answers again");
                 } else {
                     tracing::warn!(poller, count, error = %e, "the lock service is still unavailable; messages left on the queue");
@@ -124,7 +130,7 @@ impl Shared {
             match self.parts.locks.check().await {
                 Ok(()) => {
                     if self.lock_outage.swap(false, Ordering::AcqRel) {
-                        tracing::info!(poller, locks = %self.parts.locks.describe(), "the lock service answers again; receiving resumes");
+                        tracing::info!(poller, locks = %self.parts.locks.describe(), alert_cleared = "lock", "the lock service answers again; receiving resumes");
                     }
                     self.parts.health.lock_outage(false);
                     return true;

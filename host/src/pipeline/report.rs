@@ -1,10 +1,10 @@
-//! What handlers' results are told to: the log, the error webhook and the console's recent
-//! failures.
+//! What handlers' results are told to: the log, the error reporter (webhook, Sentry) and the
+//! console's recent failures.
 
 use std::sync::Arc;
 
 use crate::ops::console::RecentFailures;
-use crate::ops::errors::{ErrorReporter, FailureKind};
+use crate::ops::errors::{ErrorReporter, Failure, FailureKind};
 use crate::plugins::Outcome;
 use crate::route::Binding;
 use crate::wire::Envelope;
@@ -12,7 +12,7 @@ use crate::wire::Envelope;
 use super::invoke::CallResult;
 
 /// Report every failing result (error, panic, timeout, crash, dead letter) of one message's
-/// calls to the error webhook and the console's recent failures, when they are configured.
+/// calls to the error reporter and the console's recent failures, when they are configured.
 /// Used for queue messages and ingress messages alike.
 pub fn report_failures(
     errors: Option<&ErrorReporter>,
@@ -50,7 +50,7 @@ pub fn report_failures(
     }
 }
 
-/// Report one failure to the error webhook and the console's recent failures.
+/// Report one failure to the error reporter and the console's recent failures.
 pub fn report_failure(
     errors: Option<&ErrorReporter>,
     failures: Option<&RecentFailures>,
@@ -71,15 +71,13 @@ pub fn report_failure(
         );
     }
     if let Some(errors) = errors {
-        errors.report(errors.record(
+        errors.report(&Failure {
             kind,
-            binding.map(|b| b.as_ref()),
-            &envelope.event,
-            &envelope.message_id,
+            binding: binding.map(|b| b.as_ref()),
+            envelope,
             receive_count,
             reason,
-            &envelope.body,
-        ));
+        });
     }
 }
 

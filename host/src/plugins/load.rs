@@ -254,6 +254,18 @@ impl LoadError {
         matches!(self, LoadError::NotAPlugin { .. })
     }
 
+    /// The file refused.
+    pub fn file(&self) -> &Path {
+        match self {
+            LoadError::NotAPlugin { file, .. }
+            | LoadError::Incomplete { file, .. }
+            | LoadError::IncompatibleVersion { file, .. }
+            | LoadError::IncompatibleLayout { file, .. }
+            | LoadError::Insecure { file, .. }
+            | LoadError::Broken { file, .. } => file,
+        }
+    }
+
     /// A short code for metrics and state files: `not_a_plugin`, `incomplete`,
     /// `incompatible_version`, `incompatible_layout`, `insecure` or `broken`.
     pub fn reason(&self) -> &'static str {

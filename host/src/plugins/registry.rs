@@ -252,23 +252,27 @@ impl PluginSet {
     }
 }
 
-/// Log a refusal once, with what keeps serving and how to fix it.
+/// Log a refusal once, with what keeps serving and how to fix it. A refusal (not a file still
+/// being written) raises the host-level alert `plugin:FILE` (ops/errors/alerts.rs), cleared
+/// when that file loads.
 fn log_refusal(error: &LoadError, serving: Option<&LoadedPlugin>) {
     let reason = error.reason();
+    let alert = format!("plugin:{}", error.file().display());
     match (error, serving) {
         (LoadError::Incomplete { .. }, Some(old)) => tracing::info!(
             plugin = %old.name, generation = old.generation, reason,
             "{error}; generation {} keeps serving until it is complete", old.generation
         ),
         (LoadError::NotAPlugin { .. }, Some(old)) => tracing::error!(
-            plugin = %old.name, generation = old.generation, reason,
+            plugin = %old.name, generation = old.generation, reason, alert,
             "{error}; it replaced plugin `{}`, whose generation {} keeps serving: deploy a build of the plugin there (a cdylib that calls export_plugin!), or remove the file to unbind it",
             old.name, old.generation
         ),
         (_, Some(old)) => tracing::error!(
-            plugin = %old.name, generation = old.generation, reason,
+            plugin = %old.name, generation = old.generation, reason, alert,
             "{error}; the previous generation {} keeps serving", old.generation
         ),
-        (_, None) => tracing::error!(reason, "{error}"),
+        (LoadError::Incomplete { .. }, None) => tracing::error!(reason, "{error}"),
+        (_, None) => tracing::error!(reason, alert, "{error}"),
     }
 }

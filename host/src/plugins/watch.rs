@@ -208,6 +208,8 @@ pub struct Reloader {
     runtime: tokio::runtime::Handle,
     stats: ReloadStats,
     pending_restart: Vec<String>,
+    /// The last reload refused the config file (the `config` alert is raised).
+    config_refused: bool,
 }
 
 impl Reloader {
@@ -231,6 +233,14 @@ impl Reloader {
             runtime,
             stats,
             pending_restart: Vec::new(),
+            config_refused: false,
+        }
+    }
+
+    /// The config file loads again after a refusal: end the `config` alert.
+    fn config_accepted(&mut self) {
+        if std::mem::take(&mut self.config_refused) {
+            tracing::info!(alert_cleared = "config", "the config file is valid again");
         }
     }
 
@@ -311,11 +321,19 @@ impl Reloader {
         let candidate = match crate::validate::load(&self.config_path) {
             Ok(c) if c == self.config => {
                 self.pending_restart.clear();
+                self.config_accepted();
                 None
             }
-            Ok(c) => Some(c),
+            Ok(c) => {
+                self.config_accepted();
+                Some(c)
+            }
             Err(e) => {
-                tracing::error!("config change refused; the running config keeps serving: {e}");
+                tracing::error!(
+                    alert = "config",
+                    "config change refused; the running config keeps serving: {e}"
+                );
+                self.config_refused = true;
                 metrics::counter!(crate::ops::metrics::CONFIG_REFUSALS).increment(1);
                 if let crate::config::ConfigError::Invalid { problems, .. } = &e {
                     report.config_refused = problems.clone();
@@ -402,12 +420,13 @@ impl Reloader {
                     self.stats.retained_generations += 1;
                     tracing::info!(
                         plugin = %name, from = old.generation, to = plugin.generation,
-                        file = %plugin.file.display(), load_ms = plugin.load_time.as_millis() as u64,
+                        file = %plugin.file.display(), alert_cleared = %format!("plugin:{}", plugin.file.display()), load_ms = plugin.load_time.as_millis() as u64,
                         reloads = self.stats.reloads[name], retained_mb = self.stats.retained_bytes as f64 / 1e6,
                         "plugin reloaded; new deliveries go to the new generation"
                     );
                 } else {
-                    tracing::info!(plugin = %name, generation = plugin.generation, file = %plugin.file.display(), "new plugin available");
+                    tracing::info!(plugin = %name, generation = plugin.generation, file = %plugin.file.display(),
+                        alert_cleared = %format!("plugin:{}", plugin.file.display()), "new plugin available");
                 }
             }
         }

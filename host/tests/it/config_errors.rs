@@ -72,6 +72,14 @@ fn each_error_names_its_key() {
             vec!["sns.topic_arn", "required"]),
         ("star without a dot", format!("service = \"receiver\"\n[sns]\ntopic_arn = \"arn:aws:sns:us-east-1:0:global\"\n[sqs]\nfilters = [\"Order*\"]\n{p}[[bindings]]\ndefault = true\nplugin = \"echo\"\n"),
             vec!["sqs.filters[0]", "trailing `.*`"]),
+        ("sentry without a DSN", format!("{HEADER}{p}[[bindings]]\ndefault = true\nplugin = \"echo\"\n[errors.sentry]\n"),
+            vec!["errors.sentry.dsn", "SENTRY_DSN"]),
+        ("not a DSN", format!("{HEADER}{p}[[bindings]]\ndefault = true\nplugin = \"echo\"\n[errors.sentry]\ndsn = \"sentry-key-abc\"\n"),
+            vec!["errors.sentry.dsn", "not a Sentry DSN"]),
+        ("sentry sample rate", format!("{HEADER}{p}[[bindings]]\ndefault = true\nplugin = \"echo\"\n[errors.sentry]\ndsn = \"https://k@o1.ingest.sentry.io/2\"\nsample_rate = 1.5\n"),
+            vec!["errors.sentry.sample_rate", "between 0.0 and 1.0"]),
+        ("sentry tag source", format!("{HEADER}{p}[[bindings]]\ndefault = true\nplugin = \"echo\"\n[errors.sentry]\ndsn = \"https://k@o1.ingest.sentry.io/2\"\ntags = {{ \"body.a..b\" = \"t\" }}\nuser_id = \"attributes.\"\n"),
+            vec!["errors.sentry.tags.body.a..b", "errors.sentry.user_id"]),
         ("inner wildcard filter", format!("service = \"receiver\"\n[sns]\ntopic_arn = \"arn:aws:sns:us-east-1:0:global\"\n[sqs]\nfilters = [\"Or*er\"]\n{p}[[bindings]]\ndefault = true\nplugin = \"echo\"\n"),
             vec!["sqs.filters"]),
     ];
@@ -151,4 +159,22 @@ fn the_shipped_configs_are_valid() {
             .collect();
         assert!(problems.is_empty(), "{}: {problems:?}", file.display());
     }
+}
+
+#[test]
+fn a_bad_sentry_dsn_is_refused_without_repeating_it() {
+    let s = Scratch::new();
+    let (ok, out) = check(
+        &s,
+        &format!(
+            "{HEADER}{}[[bindings]]\ndefault = true\nplugin = \"echo\"\n[errors.sentry]\ndsn = \"https//secret-key-xyz@o1.ingest.sentry.io/2\"\n",
+            plugins()
+        ),
+    );
+    assert!(!ok, "{out}");
+    assert!(out.contains("errors.sentry.dsn"), "{out}");
+    assert!(
+        !out.contains("secret-key-xyz"),
+        "the DSN holds a key: {out}"
+    );
 }

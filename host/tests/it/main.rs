@@ -28,3 +28,4 @@ mod python_fleet;
 mod reload;
 mod routing;
 mod run;
+mod sentry;

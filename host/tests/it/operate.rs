@@ -8,11 +8,8 @@
 use crate::common;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
@@ -197,73 +194,6 @@ fn scrape(port: u16) -> String {
     let (status, body) = http_get(port, "/metrics").expect("/metrics answers");
     assert_eq!(status, 200, "{body}");
     body
-}
-
-/// A tiny HTTP listener that records every JSON body POSTed to it and answers 200.
-struct Hook {
-    port: u16,
-    bodies: Arc<Mutex<Vec<serde_json::Value>>>,
-}
-
-impl Hook {
-    fn start() -> Hook {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        let bodies = Arc::new(Mutex::new(Vec::new()));
-        let store = bodies.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                let store = store.clone();
-                std::thread::spawn(move || serve_hook(stream, &store));
-            }
-        });
-        Hook { port, bodies }
-    }
-
-    fn records(&self) -> Vec<serde_json::Value> {
-        self.bodies.lock().expect("lock").clone()
-    }
-}
-
-fn serve_hook(mut stream: TcpStream, store: &Mutex<Vec<serde_json::Value>>) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-    loop {
-        // One request: headers, then Content-Length bytes of body.
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            match stream.read(&mut byte) {
-                Ok(1) => head.push(byte[0]),
-                _ => return,
-            }
-        }
-        let head = String::from_utf8_lossy(&head).to_string();
-        let length = head
-            .lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case("content-length")
-                    .then(|| v.trim().parse::<usize>().ok())
-                    .flatten()
-            })
-            .unwrap_or(0);
-        let mut body = vec![0u8; length];
-        if stream.read_exact(&mut body).is_err() {
-            return;
-        }
-        if head.starts_with("POST") {
-            if let Ok(value) = serde_json::from_slice(&body) {
-                store.lock().expect("lock").push(value);
-            }
-        }
-        if stream
-            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-            .is_err()
-        {
-            return;
-        }
-    }
 }
 
 fn ledger_ids(s: &Scratch, name: &str, label: &str) -> Vec<String> {
@@ -1070,7 +1000,7 @@ fn json_logs_are_one_object_per_line_and_message_lines_carry_the_message_id() {
 
 #[test]
 fn handler_failures_are_posted_to_the_error_webhook_with_bodies_redacted() {
-    let hook = Hook::start();
+    let hook = common::capture::Capture::start();
     let s = Scratch::new();
     let ledger = s.path("ledger.jsonl").display().to_string();
     let bindings = format!(
@@ -1091,7 +1021,7 @@ fn handler_failures_are_posted_to_the_error_webhook_with_bodies_redacted() {
     common::publish(&config, &["Order.Fine", "{}"]);
     s.wait_for("a record of each kind", LIMIT, || {
         let kinds: Vec<String> = hook
-            .records()
+            .json_bodies()
             .iter()
             .map(|r| r["kind"].as_str().unwrap_or_default().to_string())
             .collect();
@@ -1100,7 +1030,7 @@ fn handler_failures_are_posted_to_the_error_webhook_with_bodies_redacted() {
             .all(|k| kinds.iter().any(|x| x == k))
     });
     let log = host.stop();
-    let records = hook.records();
+    let records = hook.json_bodies();
     for record in &records {
         for key in [
             "binding",

@@ -205,11 +205,17 @@ pub struct Host {
 
 impl Host {
     pub fn start(config: &Path, log: PathBuf) -> Host {
+        Host::start_with_env(config, log, &[])
+    }
+
+    /// [`Host::start`] with more environment variables.
+    pub fn start_with_env(config: &Path, log: PathBuf, env: &[(&str, &str)]) -> Host {
         let file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(bin())
             .arg("-c")
             .arg(config)
             .arg("run")
+            .envs(env.iter().copied())
             .env("INIESTA_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
@@ -280,6 +286,7 @@ impl Drop for Host {
 }
 
 pub mod aws;
+pub mod capture;
 pub mod inprocess;
 pub mod load;
 pub mod nats;

@@ -1,0 +1,107 @@
+//! Host-level incidents to Sentry, through `tracing`: a log event that carries an `alert`
+//! field (`alert = "broker"`, `"lock"`, `"config"`, `"plugin:FILE"`) raises that incident, one
+//! that carries `alert_cleared` with the same key ends it. [`AlertLayer`] hands both to the
+//! running [`SentryReporter`], which sends one event when an incident is raised and nothing
+//! more until it has been cleared — once per state change, however often the log line repeats.
+//!
+//! (The `sentry-tracing` layer was not used: it turns every matching log line into an event,
+//! so a broker outage would report every failed receive, and it sends through the process-wide
+//! hub rather than the reporter `[errors.sentry]` configures.)
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use arc_swap::ArcSwapOption;
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::layer::Context;
+use tracing_subscriber::Layer;
+
+use super::sentry::SentryReporter;
+
+static REPORTER: ArcSwapOption<SentryReporter> = ArcSwapOption::const_empty();
+
+/// Route alerts to `reporter` from now on (`None`: stop).
+pub fn register(reporter: Option<SentryReporter>) {
+    REPORTER.store(reporter.map(std::sync::Arc::new));
+}
+
+/// [`AlertLayer`] behind a per-layer filter that lets only `alert` / `alert_cleared` events
+/// through, whatever the log level shown, so every other log call stays as cheap as before.
+pub fn layer<S>() -> impl Layer<S>
+where
+    S: Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    AlertLayer.with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+        meta.is_event()
+            && (meta.fields().field("alert").is_some()
+                || meta.fields().field("alert_cleared").is_some())
+    }))
+}
+
+/// The `tracing` layer that passes `alert` / `alert_cleared` events to Sentry; installed with
+/// the host's log subscriber, idle until a reporter registers.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct AlertLayer;
+
+#[derive(Default)]
+struct Fields {
+    alert: Option<String>,
+    cleared: Option<String>,
+    message: String,
+    others: BTreeMap<String, String>,
+}
+
+impl Visit for Fields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.record(field, value.to_string());
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        let mut text = String::new();
+        let _ = write!(text, "{value:?}");
+        self.record(field, text);
+    }
+}
+
+impl Fields {
+    fn record(&mut self, field: &Field, value: String) {
+        match field.name() {
+            "alert" => self.alert = Some(value),
+            "alert_cleared" => self.cleared = Some(value),
+            "message" => self.message = value,
+            name => {
+                self.others.insert(name.to_string(), value);
+            }
+        }
+    }
+}
+
+impl<S: Subscriber> Layer<S> for AlertLayer {
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        let has_alert = event
+            .metadata()
+            .fields()
+            .iter()
+            .any(|f| matches!(f.name(), "alert" | "alert_cleared"));
+        if !has_alert {
+            return;
+        }
+        let Some(reporter) = REPORTER.load_full() else {
+            return;
+        };
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        if let Some(key) = fields.cleared {
+            reporter.clear(&key);
+        }
+        if let Some(key) = fields.alert {
+            let level = match *event.metadata().level() {
+                tracing::Level::ERROR => sentry::Level::Error,
+                tracing::Level::WARN => sentry::Level::Warning,
+                _ => sentry::Level::Info,
+            };
+            reporter.raise(&key, level, &fields.message, &fields.others);
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! The HTTP client both report sinks POST with: plain HTTP, or HTTPS through rustls with the
+//! system's CA certificates.
+
+use std::time::Duration;
+
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+/// What an endpoint answered.
+#[derive(Debug)]
+pub struct Answer {
+    /// The HTTP status.
+    pub status: u16,
+    /// The response headers (Sentry's rate limits are read from them).
+    pub headers: hyper::HeaderMap,
+}
+
+/// Why a POST got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum PostError {
+    /// The connection or the exchange failed.
+    #[error("{0}")]
+    Transport(String),
+    /// No answer within the timeout.
+    #[error("no answer within {} s", .0.as_secs())]
+    Timeout(Duration),
+}
+
+/// A plain-HTTP or HTTP-and-HTTPS client.
+#[derive(Clone)]
+pub enum WebClient {
+    /// `http://` only.
+    Http(Client<HttpConnector, Full<Bytes>>),
+    /// `https://` (and `http://`).
+    Https(Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>),
+}
+
+impl WebClient {
+    /// A client for `https` or plain-HTTP endpoints; `Err` names why HTTPS is unavailable.
+    pub fn new(https: bool) -> Result<WebClient, String> {
+        if !https {
+            return Ok(WebClient::Http(
+                Client::builder(TokioExecutor::new()).build_http(),
+            ));
+        }
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_native_roots(rustls::crypto::aws_lc_rs::default_provider())
+            .map_err(|e| {
+                format!(
+                    "https:// needs the system's CA certificates, which cannot be loaded ({e}); install them (e.g. the ca-certificates package) or use http:// through a proxy"
+                )
+            })?
+            .https_or_http()
+            .enable_http1()
+            .build();
+        Ok(WebClient::Https(
+            Client::builder(TokioExecutor::new()).build(connector),
+        ))
+    }
+
+    /// Send `request` and read the whole answer (so the connection can be reused), within
+    /// `timeout`.
+    pub async fn post(
+        &self,
+        request: hyper::Request<Full<Bytes>>,
+        timeout: Duration,
+    ) -> Result<Answer, PostError> {
+        let exchange = async {
+            let response = match self {
+                WebClient::Http(c) => c.request(request).await,
+                WebClient::Https(c) => c.request(request).await,
+            }
+            .map_err(|e| {
+                // The client's error names the failing step; its source says why.
+                PostError::Transport(match std::error::Error::source(&e) {
+                    Some(cause) => format!("{e}: {cause}"),
+                    None => e.to_string(),
+                })
+            })?;
+            let status = response.status().as_u16();
+            let (parts, body) = response.into_parts();
+            let _ = body.collect().await;
+            Ok(Answer {
+                status,
+                headers: parts.headers,
+            })
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| PostError::Timeout(timeout))?
+    }
+}

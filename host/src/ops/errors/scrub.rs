@@ -1,0 +1,214 @@
+//! What never leaves the host in an error report: values under secret-looking names
+//! (`password`, `token`, `api_key`, `authorization`, …, plus `errors.sentry.drop_keys`), and
+//! secret-looking text wherever it appears (credentials in URLs, AWS access key ids, bearer
+//! tokens, JWTs, `password=…` pairs). Like microcosm-pubsub's default `before_send`: strict by
+//! default, replacing what it removes with `[Filtered]` so a reader sees that something was
+//! there.
+
+use std::borrow::Cow;
+use std::sync::LazyLock;
+
+use regex::Regex;
+
+/// What replaces a removed value.
+pub const FILTERED: &str = "[Filtered]";
+
+/// Parts of a key name (compared without case, `-`, `_` or `.`) that mark its value secret.
+const SECRET_NAME_PARTS: &[&str] = &[
+    "password",
+    "passwd",
+    "passphrase",
+    "secret",
+    "token",
+    "apikey",
+    "accesskey",
+    "privatekey",
+    "auth",
+    "credential",
+    "cookie",
+    "session",
+    "signature",
+    "dsn",
+    "creditcard",
+    "cardnumber",
+    "cvv",
+];
+
+/// The names [`Scrubber`] always filters, and those a config adds.
+#[derive(Debug, Clone, Default)]
+pub struct Scrubber {
+    /// `drop_keys`, normalised.
+    extra: Vec<String>,
+}
+
+fn normalise(key: &str) -> String {
+    key.chars()
+        .filter(|c| !matches!(c, '-' | '_' | '.' | ' '))
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+impl Scrubber {
+    /// A scrubber that also filters the names in `drop_keys` (without case, `-`, `_`, `.`).
+    pub fn new(drop_keys: &[String]) -> Scrubber {
+        Scrubber {
+            extra: drop_keys.iter().map(|k| normalise(k)).collect(),
+        }
+    }
+
+    /// Whether a value under `key` must not be sent.
+    pub fn is_secret_key(&self, key: &str) -> bool {
+        let key = normalise(key);
+        SECRET_NAME_PARTS.iter().any(|part| key.contains(part)) || self.extra.contains(&key)
+    }
+
+    /// `text` with secret-looking parts replaced by `[Filtered]`.
+    pub fn text<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        static PATTERNS: LazyLock<Vec<(Regex, &'static str)>> = LazyLock::new(|| {
+            [
+                // scheme://user:password@host → scheme://[Filtered]@host
+                (r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@", "${1}[Filtered]@"),
+                // AWS access key ids
+                (r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA)[A-Z0-9]{16}\b", FILTERED),
+                // Authorization: Bearer …, Basic …
+                (
+                    r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}",
+                    "${1} [Filtered]",
+                ),
+                // JWTs
+                (
+                    r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*",
+                    FILTERED,
+                ),
+                // password=…, "token": "…", api_key: … (the name kept, the value filtered)
+                (
+                    r#"(?i)\b([a-z0-9_.-]*(?:password|passwd|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|credential|auth)[a-z0-9_.-]*)("?\s*[:=]\s*"?)[^\s"',;&]+"#,
+                    "${1}${2}[Filtered]",
+                ),
+            ]
+            .into_iter()
+            .filter_map(|(pattern, replacement)| {
+                Regex::new(pattern).ok().map(|re| (re, replacement))
+            })
+            .collect()
+        });
+        let mut out = Cow::Borrowed(text);
+        for (pattern, replacement) in PATTERNS.iter() {
+            if let Cow::Owned(replaced) = pattern.replace_all(&out, *replacement) {
+                out = Cow::Owned(replaced);
+            }
+        }
+        out
+    }
+
+    /// A JSON value with every secret-named member replaced by `[Filtered]` and every string
+    /// scrubbed as [`Scrubber::text`], at any depth.
+    pub fn json(&self, value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(members) => {
+                for (key, member) in members.iter_mut() {
+                    if self.is_secret_key(key) {
+                        *member = serde_json::Value::String(FILTERED.into());
+                    } else {
+                        self.json(member);
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(|v| self.json(v)),
+            serde_json::Value::String(s) => {
+                if let Cow::Owned(scrubbed) = self.text(s) {
+                    *s = scrubbed;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_names_are_recognised_without_case_or_separators() {
+        let s = Scrubber::new(&["tenant-ssn-ish".into(), "X-Internal".into()]);
+        for key in [
+            "password",
+            "DB_PASSWORD",
+            "api-key",
+            "ApiKey",
+            "x-api-key",
+            "Authorization",
+            "aws_secret_access_key",
+            "session_id",
+            "refresh.token",
+            "x_internal",
+            "TENANT_SSN_ISH",
+        ] {
+            assert!(s.is_secret_key(key), "{key}");
+        }
+        for key in ["event", "order_id", "tenant", "customer", "media_type"] {
+            assert!(!s.is_secret_key(key), "{key}");
+        }
+    }
+
+    #[test]
+    fn secret_text_is_filtered_and_the_rest_kept() {
+        let s = Scrubber::default();
+        assert_eq!(
+            s.text("connect redis://:hunter2@cache:6379/1 failed"),
+            "connect redis://[Filtered]@cache:6379/1 failed"
+        );
+        assert_eq!(
+            s.text("key AKIAABCDEFGHIJKLMNOP refused"),
+            "key [Filtered] refused"
+        );
+        assert_eq!(
+            s.text("sent Bearer abc.def-ghi_jkl123 upstream"),
+            "sent Bearer [Filtered] upstream"
+        );
+        // The header's name marks its value secret too: nothing of the token is left.
+        assert_eq!(
+            s.text("sent Authorization: Bearer abc.def-ghi_jkl123"),
+            "sent Authorization: [Filtered] [Filtered]"
+        );
+        assert_eq!(
+            s.text("token eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig-nature"),
+            "token [Filtered]"
+        );
+        assert_eq!(
+            s.text("bad config password=s3cret; user=bob"),
+            "bad config password=[Filtered]; user=bob"
+        );
+        assert_eq!(
+            s.text(r#"{"api_key": "k-123", "n": 1}"#),
+            r#"{"api_key": "[Filtered]", "n": 1}"#
+        );
+        assert_eq!(
+            s.text("order 42 failed: missing field `id`"),
+            "order 42 failed: missing field `id`"
+        );
+        assert!(matches!(s.text("plain"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn json_members_are_filtered_at_any_depth() {
+        let s = Scrubber::new(&["tenant".into()]);
+        let mut v = serde_json::json!({
+            "order": {"id": 7, "card": {"cvv": "123"}, "note": "pw at https://u:p@h/x"},
+            "credentials": {"user": "u"},
+            "tenant": "acme",
+            "items": [{"token": "t"}, "ok"]
+        });
+        s.json(&mut v);
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "order": {"id": 7, "card": {"cvv": FILTERED}, "note": "pw at https://[Filtered]@h/x"},
+                "credentials": FILTERED,
+                "tenant": FILTERED,
+                "items": [{"token": FILTERED}, "ok"]
+            })
+        );
+    }
+}

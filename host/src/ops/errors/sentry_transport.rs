@@ -1,0 +1,219 @@
+//! How Sentry events leave the host: the `sentry` client hands each envelope to
+//! [`QueueTransport`], which puts it in a bounded queue and never waits; one background task
+//! POSTs the queue to the DSN's envelope endpoint with hyper (the client the error webhook
+//! uses), honouring Sentry's rate limits (`429`, `Retry-After`, `X-Sentry-Rate-Limits`).
+//!
+//! A full queue drops the envelope (`iniesta_error_reports_total{sink="sentry",
+//! result="dropped"}`, and a client report so Sentry's stats show the loss). A DSN that can't
+//! be reached is logged once, with its host only (never the key), until it answers again.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use sentry::client_report::{Reason, Recorder};
+use sentry::transports::{RateLimiter, RateLimitingCategory};
+use sentry::{Envelope, Transport, TransportFactory, TransportOptions};
+use tokio::sync::mpsc;
+
+use super::http::WebClient;
+use crate::ops::metrics as m;
+
+/// How many envelopes may wait to be sent.
+pub const QUEUE: usize = 256;
+
+/// The `sentry` client's transport: a bounded queue in front of [`send_loop`].
+pub struct QueueTransport {
+    tx: Mutex<Option<mpsc::Sender<Envelope>>>,
+    recorder: Recorder,
+}
+
+impl Transport for QueueTransport {
+    fn send_envelope(&self, envelope: Envelope) {
+        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(tx) = tx.as_ref() else {
+            // Shut down: what arrives now is the pipeline's last word after the flush.
+            count("dropped");
+            return;
+        };
+        if let Err(e) = tx.try_send(envelope) {
+            let envelope = match e {
+                mpsc::error::TrySendError::Full(e) | mpsc::error::TrySendError::Closed(e) => e,
+            };
+            self.recorder
+                .record_lost_data(&envelope, Reason::QueueOverflow);
+            count("dropped");
+            tracing::warn!(
+                queue = QUEUE,
+                "Sentry is behind: an event was dropped (iniesta_error_reports_total{{sink=\"sentry\",result=\"dropped\"}})"
+            );
+        }
+    }
+
+    /// Sending is the background task's business; the host waits for it asynchronously
+    /// ([`Sending::finish`]), never on a blocking call from the runtime.
+    fn flush(&self, _timeout: Duration) -> bool {
+        true
+    }
+
+    /// Close the queue: the background task sends what is in it and stops.
+    fn shutdown(&self, _timeout: Duration) -> bool {
+        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        true
+    }
+}
+
+/// The receiving end, until the client creates its transport.
+pub struct Factory {
+    parts: Mutex<
+        Option<(
+            mpsc::Sender<Envelope>,
+            tokio::sync::oneshot::Sender<Recorder>,
+        )>,
+    >,
+}
+
+impl TransportFactory for Factory {
+    fn create_transport_with_options(&self, options: TransportOptions) -> Arc<dyn Transport> {
+        let parts = self.parts.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let tx = parts.map(|(tx, recorder_tx)| {
+            let _ = recorder_tx.send(options.client_report_recorder.clone());
+            tx
+        });
+        Arc::new(QueueTransport {
+            tx: Mutex::new(tx),
+            recorder: options.client_report_recorder,
+        })
+    }
+}
+
+/// Where and how envelopes are POSTed.
+pub struct Endpoint {
+    /// `https://HOST/api/PROJECT/envelope/`.
+    pub url: hyper::Uri,
+    /// The `X-Sentry-Auth` header (holds the public key: never logged).
+    pub auth: String,
+    /// The DSN's host, for logs.
+    pub host: String,
+    /// The client.
+    pub client: WebClient,
+    /// How long one POST may take.
+    pub timeout: Duration,
+}
+
+/// The transport factory for the client's options, and the receiving end for [`send_loop`].
+pub fn queue() -> (
+    Factory,
+    mpsc::Receiver<Envelope>,
+    tokio::sync::oneshot::Receiver<Recorder>,
+) {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let (recorder_tx, recorder_rx) = tokio::sync::oneshot::channel();
+    (
+        Factory {
+            parts: Mutex::new(Some((tx, recorder_tx))),
+        },
+        rx,
+        recorder_rx,
+    )
+}
+
+fn count(result: &'static str) {
+    metrics::counter!(m::ERROR_REPORTS, "sink" => "sentry", "result" => result).increment(1);
+}
+
+/// POST every queued envelope, one at a time, until the queue is closed and empty.
+pub async fn send_loop(
+    mut rx: mpsc::Receiver<Envelope>,
+    recorder: tokio::sync::oneshot::Receiver<Recorder>,
+    endpoint: Endpoint,
+) {
+    let recorder = recorder.await.ok();
+    let mut limits = RateLimiter::new();
+    let mut unreachable = false;
+    while let Some(envelope) = rx.recv().await {
+        // What we send are error events (with the client's loss reports riding along).
+        if limits.is_disabled(RateLimitingCategory::Error).is_some() {
+            if let Some(r) = &recorder {
+                r.record_lost_data(&envelope, Reason::RatelimitBackoff);
+            }
+            count("rate_limited");
+            continue;
+        }
+        let mut body = Vec::new();
+        if let Err(e) = envelope.to_writer(&mut body) {
+            if let Some(r) = &recorder {
+                r.record_lost_data(&envelope, Reason::InternalError);
+            }
+            count("failed");
+            tracing::warn!(error = %e, "cannot encode a Sentry envelope; the event is dropped");
+            continue;
+        }
+        let request = hyper::Request::post(endpoint.url.clone())
+            .header("X-Sentry-Auth", &endpoint.auth)
+            .header(hyper::header::CONTENT_TYPE, "application/x-sentry-envelope")
+            .header(
+                hyper::header::USER_AGENT,
+                concat!("iniesta/", env!("CARGO_PKG_VERSION")),
+            )
+            .body(Full::new(Bytes::from(body)));
+        let request = match request {
+            Ok(r) => r,
+            Err(e) => {
+                count("failed");
+                tracing::warn!(sentry_host = %endpoint.host, error = %e, "cannot build a Sentry request");
+                continue;
+            }
+        };
+        let outcome = match endpoint.client.post(request, endpoint.timeout).await {
+            Ok(answer) => {
+                if let Some(header) = answer
+                    .headers
+                    .get("x-sentry-rate-limits")
+                    .and_then(|v| v.to_str().ok())
+                {
+                    limits.update_from_sentry_header(header);
+                } else if let Some(header) = answer
+                    .headers
+                    .get(hyper::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                {
+                    limits.update_from_retry_after(header);
+                } else if answer.status == 429 {
+                    limits.update_from_429();
+                }
+                match answer.status {
+                    200..=299 => Ok(()),
+                    // Sentry counts what it refuses for rate limits itself.
+                    429 => {
+                        count("rate_limited");
+                        continue;
+                    }
+                    status => Err(format!("answered HTTP {status}")),
+                }
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        match outcome {
+            Ok(()) => {
+                count("sent");
+                if std::mem::take(&mut unreachable) {
+                    tracing::info!(sentry_host = %endpoint.host, "Sentry answers again");
+                }
+            }
+            Err(error) => {
+                count("failed");
+                if let Some(r) = &recorder {
+                    r.record_lost_data(&envelope, Reason::SendError);
+                }
+                if !std::mem::replace(&mut unreachable, true) {
+                    tracing::warn!(sentry_host = %endpoint.host, error = %error,
+                        "Sentry cannot be reached; failure events are dropped until it answers (the messages themselves are unaffected; iniesta_error_reports_total{{sink=\"sentry\",result=\"failed\"}} counts them)");
+                } else {
+                    tracing::debug!(sentry_host = %endpoint.host, error = %error, "Sentry still cannot be reached");
+                }
+            }
+        }
+    }
+}
