@@ -192,7 +192,8 @@ impl PluginSet {
                 tracing::info!(
                     plugin = %plugin.name, version = %plugin.version, generation = plugin.generation,
                     file = %file.display(), handlers = ?plugin.handlers,
-                    load_ms = plugin.load_time.as_millis() as u64, "loaded plugin"
+                    load_ms = plugin.load_time.as_millis() as u64,
+                    alert_cleared = %format!("plugin:{}", file.display()), "loaded plugin"
                 );
                 self.insert(Arc::new(plugin));
             }
@@ -254,7 +255,7 @@ impl PluginSet {
 
 /// Log a refusal once, with what keeps serving and how to fix it. A refusal (not a file still
 /// being written) raises the host-level alert `plugin:FILE` (ops/errors/alerts.rs), cleared
-/// when that file loads.
+/// when that file loads (`loaded plugin`).
 fn log_refusal(error: &LoadError, serving: Option<&LoadedPlugin>) {
     let reason = error.reason();
     let alert = format!("plugin:{}", error.file().display());

@@ -420,13 +420,13 @@ impl Reloader {
                     self.stats.retained_generations += 1;
                     tracing::info!(
                         plugin = %name, from = old.generation, to = plugin.generation,
-                        file = %plugin.file.display(), alert_cleared = %format!("plugin:{}", plugin.file.display()), load_ms = plugin.load_time.as_millis() as u64,
+                        file = %plugin.file.display(), load_ms = plugin.load_time.as_millis() as u64,
                         reloads = self.stats.reloads[name], retained_mb = self.stats.retained_bytes as f64 / 1e6,
                         "plugin reloaded; new deliveries go to the new generation"
                     );
                 } else {
                     tracing::info!(plugin = %name, generation = plugin.generation, file = %plugin.file.display(),
-                        alert_cleared = %format!("plugin:{}", plugin.file.display()), "new plugin available");
+                        "new plugin available");
                 }
             }
         }

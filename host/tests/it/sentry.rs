@@ -395,3 +395,110 @@ fn an_unreachable_sentry_never_holds_up_the_pipeline_and_is_logged_once() {
         "logged once:\n{log}"
     );
 }
+
+#[test]
+fn a_lock_outage_and_a_refused_plugin_file_are_each_one_incident_per_state_change() {
+    let sentry = Capture::start();
+    let mut redis = common::redis::RedisServer::start();
+    let s = Scratch::new();
+    let ledger = s.path("ledger.jsonl").display().to_string();
+    let rest = format!(
+        "[[bindings]]\nevents = [\"Order.*\"]\nplugin = \"ledger\"\nconfig = {{ path = \"{ledger}\" }}\n\
+         [lock]\nurls = [\"{}\"]\n[errors.sentry]\ndsn = \"{}\"\n",
+        redis.url(),
+        dsn(&sentry)
+    );
+    let config = s.config("", &rest);
+    // A second plugin directory, for a file that is not a plugin.
+    let more = s.path("more-plugins");
+    std::fs::create_dir(&more).expect("mkdir");
+    let text = std::fs::read_to_string(&config).expect("config");
+    let text = text.replacen("dirs = [", &format!("dirs = [\"{}\", ", more.display()), 1);
+    std::fs::write(&config, text).expect("config");
+    let host = Host::start(&config, s.path("host.log"));
+    let incidents = |key: &str| -> Vec<Value> {
+        events(&sentry)
+            .into_iter()
+            .filter(|e| e["tags"]["alert"] == key)
+            .collect()
+    };
+
+    // A plugin replaced by a file that is not one (its previous generation keeps serving) is
+    // an incident; the plugin loading again ends it; a second bad replacement is a new one.
+    // Files are replaced as deployments should: written beside, then renamed over.
+    let echo = more.join("libecho.so");
+    let replace = |bytes: &[u8]| {
+        let staging = more.join(".staging");
+        std::fs::write(&staging, bytes).expect("write");
+        std::fs::rename(&staging, &echo).expect("rename");
+    };
+    let good_echo = std::fs::read(common::plugin_dir().join("libecho.so")).expect("libecho.so");
+    replace(&good_echo);
+    s.wait_for("the copy loaded", LIMIT, || {
+        host.log_text()
+            .contains(&format!("file={}", echo.display()))
+    });
+    replace(b"not a shared library, version 1");
+    s.wait_for("the refusal", LIMIT, || incidents("plugin").len() == 1);
+    let loads = |host: &Host| {
+        host.log_text()
+            .matches(&format!("file={}", echo.display()))
+            .count()
+    };
+    let before = loads(&host);
+    replace(&good_echo);
+    s.wait_for("the plugin loaded again", LIMIT, || loads(&host) > before);
+    assert_eq!(incidents("plugin").len(), 1);
+    replace(b"not a shared library, version 2");
+    s.wait_for("the second refusal", LIMIT, || {
+        incidents("plugin").len() == 2
+    });
+
+    // The lock service goes down: one incident however many messages and pollers meet it;
+    // it answers again (cleared); it goes down again: a new incident.
+    common::publish(&config, &["Order.Before", "{}"]);
+    s.wait_for("the first order", LIMIT, || {
+        s.ledger("ledger.jsonl").len() == 1
+    });
+    redis.kill();
+    for n in 0..3 {
+        common::publish(&config, &["Order.During", &format!("{{\"n\":{n}}}")]);
+    }
+    s.wait_for("the lock incident", LIMIT, || incidents("lock").len() == 1);
+    redis.restart();
+    s.wait_for("the orders after the outage", LIMIT, || {
+        s.ledger("ledger.jsonl").len() == 4
+    });
+    assert_eq!(incidents("lock").len(), 1, "one incident for one outage");
+    redis.kill();
+    common::publish(&config, &["Order.Again", "{}"]);
+    s.wait_for("the second outage's incident", LIMIT, || {
+        incidents("lock").len() == 2
+    });
+    redis.restart();
+    s.wait_for("the last order", LIMIT, || {
+        s.ledger("ledger.jsonl").len() == 5
+    });
+    host.stop();
+
+    let plugin = incidents("plugin");
+    assert_eq!(
+        plugin[0]["fingerprint"],
+        serde_json::json!(["iniesta-host", format!("plugin:{}", echo.display())])
+    );
+    let lock = incidents("lock");
+    assert_eq!(level(&lock[0]), "error");
+    assert_eq!(
+        lock[0]["fingerprint"],
+        serde_json::json!(["iniesta-host", "lock"])
+    );
+    assert!(lock[0]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("lock service is unavailable"));
+    assert_eq!(
+        failure_events(&events(&sentry), "error").len(),
+        0,
+        "an outage is not a handler failure"
+    );
+}
