@@ -502,3 +502,47 @@ fn a_lock_outage_and_a_refused_plugin_file_are_each_one_incident_per_state_chang
         "an outage is not a handler failure"
     );
 }
+
+#[test]
+fn sentry_rate_limits_are_honoured_and_counted() {
+    // The first envelope is answered 429 with a minute's limit on error events.
+    let sentry = Capture::start_answering(|n| {
+        if n == 0 {
+            b"HTTP/1.1 429 Too Many Requests\r\nX-Sentry-Rate-Limits: 60:error:organization\r\nRetry-After: 60\r\nContent-Length: 0\r\n\r\n".to_vec()
+        } else {
+            common::capture::OK.to_vec()
+        }
+    });
+    let s = Scratch::new();
+    let rest = format!(
+        "[[bindings]]\nevents = [\"Boom.*\"]\nplugin = \"panicky\"\nhandler = \"panicky\"\n\
+         [metrics]\nlisten = \"127.0.0.1:0\"\n[errors.sentry]\ndsn = \"{}\"\n",
+        dsn(&sentry)
+    );
+    let config = s.config("visibility_timeout = 30", &rest);
+    let host = Host::start(&config, s.path("host.log"));
+    let port = host.port();
+    let counted = |result: &str| -> u64 {
+        let (_, text) = common::http_get(port, "/metrics").expect("/metrics answers");
+        text.lines()
+            .filter(|l| {
+                l.starts_with("iniesta_error_reports_total")
+                    && l.contains("sink=\"sentry\"")
+                    && l.contains(&format!("result=\"{result}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    };
+    common::publish(&config, &["Boom.First", "panic"]);
+    s.wait_for("the first event, refused", LIMIT, || {
+        counted("rate_limited") == 1
+    });
+    for n in 0..3 {
+        common::publish(&config, &["Boom.More", &format!("panic {n}")]);
+    }
+    s.wait_for("three more held back", LIMIT, || {
+        counted("rate_limited") == 4
+    });
+    host.stop();
+    assert_eq!(sentry.requests().len(), 1, "nothing sent while limited");
+}

@@ -1,5 +1,6 @@
-//! A loopback HTTP server that records every request it gets and answers `200 OK`: the
-//! stand-in for the error webhook and for Sentry's envelope endpoint.
+//! A loopback HTTP server that records every request it gets and answers `200 OK` (or what
+//! the test tells it to): the stand-in for the error webhook and for Sentry's envelope
+//! endpoint.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -38,8 +39,15 @@ pub struct Capture {
 }
 
 impl Capture {
-    /// Start listening.
+    /// Start listening; every request is answered `200 OK`.
     pub fn start() -> Capture {
+        Capture::start_answering(|_| OK.to_vec())
+    }
+
+    /// Start listening; the `n`th request (from 0) is answered with `answer(n)`, a whole raw
+    /// HTTP/1.1 response.
+    pub fn start_answering(answer: impl Fn(usize) -> Vec<u8> + Send + Sync + 'static) -> Capture {
+        let answer: Answer = Arc::new(answer);
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let requests = Arc::new(Mutex::new(Vec::new()));
@@ -47,8 +55,8 @@ impl Capture {
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
-                let store = store.clone();
-                std::thread::spawn(move || serve(stream, &store));
+                let (store, answer) = (store.clone(), answer.clone());
+                std::thread::spawn(move || serve(stream, &store, &answer));
             }
         });
         Capture { port, requests }
@@ -69,7 +77,12 @@ impl Capture {
     }
 }
 
-fn serve(mut stream: TcpStream, store: &Mutex<Vec<Request>>) {
+/// A plain `200 OK` with an empty JSON body.
+pub const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
+
+type Answer = Arc<dyn Fn(usize) -> Vec<u8> + Send + Sync>;
+
+fn serve(mut stream: TcpStream, store: &Mutex<Vec<Request>>, answer: &Answer) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     loop {
         // One request: headers, then Content-Length bytes of body.
@@ -101,16 +114,17 @@ fn serve(mut stream: TcpStream, store: &Mutex<Vec<Request>>) {
         if stream.read_exact(&mut body).is_err() {
             return;
         }
-        store.lock().expect("lock").push(Request {
-            method,
-            path,
-            headers,
-            body,
-        });
-        if stream
-            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
-            .is_err()
-        {
+        let n = {
+            let mut requests = store.lock().expect("lock");
+            requests.push(Request {
+                method,
+                path,
+                headers,
+                body,
+            });
+            requests.len() - 1
+        };
+        if stream.write_all(&answer(n)).is_err() {
             return;
         }
     }
