@@ -441,6 +441,9 @@ fn batch_delete_of_200_messages_leaves_the_queue_empty() {
 
 #[test]
 fn sqs_unreachable_mid_run_loses_nothing_and_resumes() {
+    // The outage is also one Sentry incident (`[errors.sentry]`, ops/errors/alerts.rs),
+    // however many receives fail.
+    let sentry = common::capture::Capture::start();
     let moto = Moto::start();
     let proxy = Proxy::start(moto.port);
     let s = Scratch::new();
@@ -450,7 +453,11 @@ fn sqs_unreachable_mid_run_loses_nothing_and_resumes() {
         &s,
         &proxy.url(),
         "visibility_timeout = 5",
-        &ledger(&book, "o", r#"["Order.*"]"#),
+        &format!(
+            "{}[errors.sentry]\ndsn = \"http://k@127.0.0.1:{}/7\"\n",
+            ledger(&book, "o", r#"["Order.*"]"#),
+            sentry.port
+        ),
     );
     let direct = aws_config(
         &s,
@@ -498,7 +505,25 @@ fn sqs_unreachable_mid_run_loses_nothing_and_resumes() {
         rt.block_on(depth(&moto.url(), "iniesta-test-receiver")) == 0
     });
     let log = host.stop();
-    assert!(log.contains("receive failed; retrying"), "{log}");
+    assert!(
+        log.matches("receive failed; retrying").count() >= 2,
+        "{log}"
+    );
+    let incidents: Vec<serde_json::Value> = sentry
+        .requests()
+        .iter()
+        .filter_map(|r| {
+            // An envelope: a header line, an item header line, the event.
+            let text = String::from_utf8_lossy(&r.body).to_string();
+            serde_json::from_str(text.lines().nth(2)?).ok()
+        })
+        .filter(|e: &serde_json::Value| e["tags"]["alert"] == "broker")
+        .collect();
+    assert_eq!(
+        incidents.len(),
+        1,
+        "one incident for one outage: {incidents:?}"
+    );
 }
 
 #[test]
