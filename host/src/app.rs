@@ -130,115 +130,127 @@ impl App {
         let console = start_ops(&config, &health, &tasks).await?;
         // Error reporting next, so a broker, lock or plugin problem at start-up reaches it.
         let errors = crate::ops::errors::ErrorReporter::start(&config, &tasks)?;
-        let broker = crate::broker::open(&config)
-            .await
-            .map_err(|source| AppError::Broker {
-                path: path.clone(),
-                source,
-            })?;
-        if !no_check {
-            let report = crate::provision::check(&config)
+        // Whatever ends the start-up early, what was reported so far (a refused plugin, an
+        // outage) is still sent before the error ends the process.
+        let reported = errors.clone();
+        let outcome: Result<(), AppError> = async move {
+            let broker = crate::broker::open(&config)
                 .await
-                .map_err(AppError::Check)?;
-            if !report.ok() {
-                return Err(AppError::CheckFailed(report.to_string()));
+                .map_err(|source| AppError::Broker {
+                    path: path.clone(),
+                    source,
+                })?;
+            if !no_check {
+                let report = crate::provision::check(&config)
+                    .await
+                    .map_err(AppError::Check)?;
+                if !report.ok() {
+                    return Err(AppError::CheckFailed(report.to_string()));
+                }
+                health.broker_answered();
             }
-            health.broker_answered();
-        }
-        let set = PluginSet::scan(&config.plugin_dirs());
-        let profiles = crate::egress::startup::profiles_for(&config, &acct)?;
-        let fanout = crate::egress::build_fanout(&config, &set, profiles.as_ref(), broker.clone())
-            .map_err(|e| invalid(&config, e))?
-            .map(Arc::new);
-        let publisher =
-            Arc::new(Publisher::new(&config, broker.clone()).with_fanout(fanout.clone()));
-        let routes = crate::route::bind(
-            &config,
-            &set,
-            Some(publisher.clone()),
-            Some(tokio::runtime::Handle::current()),
-        )
-        .map_err(|problems| ConfigError::Invalid {
-            path: path.clone(),
-            problems,
-        })?;
-        warn_about_timeouts(&config);
-        for binding in routes.bindings() {
-            tracing::info!(binding = %binding.label, plugin_version = %binding.plugin.version, generation = binding.plugin.generation, "bound");
-        }
-        let routes = Arc::new(ArcSwap::from_pointee(routes));
-        health.watch_routes(routes.clone());
-        if let Some(console) = &console {
-            console.watch_routes(routes.clone());
-        }
-        let locks = crate::lock::from_config(&config.lock, &tasks)
-            .await
-            .map_err(AppError::Locks)?;
-        tasks.spawn(watch_signals(shutdown.clone(), tasks.stopping()));
-        // Ingress last: its handlers may run (and publish) as soon as it starts, so everything
-        // they need, and the signal handling that drains them, must be there first.
-        let failures = console.as_ref().map(|c| c.failures());
-        let ingresses = if config.ingress.is_empty() {
-            None
-        } else {
-            Some(
-                crate::ingress::start(
-                    &config,
-                    &set,
-                    profiles.as_ref(),
-                    routes.clone(),
-                    IngressSettings {
-                        errors: errors.clone(),
-                        failures: failures.clone(),
-                        ..IngressSettings::from_config(&config)
-                    },
-                )
-                .map_err(|e| invalid(&config, e))?,
+            let set = PluginSet::scan(&config.plugin_dirs());
+            let profiles = crate::egress::startup::profiles_for(&config, &acct)?;
+            let fanout = crate::egress::build_fanout(&config, &set, profiles.as_ref(), broker.clone())
+                .map_err(|e| invalid(&config, e))?
+                .map(Arc::new);
+            let publisher =
+                Arc::new(Publisher::new(&config, broker.clone()).with_fanout(fanout.clone()));
+            let routes = crate::route::bind(
+                &config,
+                &set,
+                Some(publisher.clone()),
+                Some(tokio::runtime::Handle::current()),
             )
-        };
-        let reloader = crate::plugins::watch::Reloader::new(
-            path.clone(),
-            config.clone(),
-            set,
-            routes.clone(),
-            publisher,
-            tokio::runtime::Handle::current(),
-        );
-        let reloads = crate::plugins::watch::start(reloader, shutdown.clone(), &tasks);
-        let pipeline = Pipeline::new(broker, routes, locks, Settings::from_config(&config))
-            .with_health(health)
-            .with_error_reporter(errors.clone())
-            .with_recent_failures(failures);
-        // The outbox drains until shutdown; then the ingresses stop at once (no new messages,
-        // like the pollers) and let their running handlers finish.
-        let drainer = fanout.map(|f| tasks.spawn(f.run_drainer(shutdown.clone())));
-        let ingresses = ingresses.map(|ingresses| {
-            let shutdown = shutdown.clone();
-            tasks.spawn(async move {
-                shutdown.cancelled().await;
-                ingresses.stop().await;
-            })
-        });
-        pipeline.run(shutdown).await;
-        if let Some(ingresses) = ingresses {
-            let _ = tokio::time::timeout(EGRESS_STOP, ingresses).await;
-        }
-        if let Some(drainer) = drainer {
-            let _ = tokio::time::timeout(EGRESS_STOP, drainer).await;
-        }
-        if let Some(errors) = errors {
-            errors.flush().await;
-        }
-        let _ = tokio::time::timeout(RELOADER_STOP, reloads).await;
-        crate::isolate::supervisor::remove_private_dir();
-        if !tasks.stop(TASKS_STOP).await {
-            tracing::warn!(
-                still_running = tasks.len(),
-                "background tasks did not end in time; they end with the process"
+            .map_err(|problems| ConfigError::Invalid {
+                path: path.clone(),
+                problems,
+            })?;
+            warn_about_timeouts(&config);
+            for binding in routes.bindings() {
+                tracing::info!(binding = %binding.label, plugin_version = %binding.plugin.version, generation = binding.plugin.generation, "bound");
+            }
+            let routes = Arc::new(ArcSwap::from_pointee(routes));
+            health.watch_routes(routes.clone());
+            if let Some(console) = &console {
+                console.watch_routes(routes.clone());
+            }
+            let locks = crate::lock::from_config(&config.lock, &tasks)
+                .await
+                .map_err(AppError::Locks)?;
+            tasks.spawn(watch_signals(shutdown.clone(), tasks.stopping()));
+            // Ingress last: its handlers may run (and publish) as soon as it starts, so everything
+            // they need, and the signal handling that drains them, must be there first.
+            let failures = console.as_ref().map(|c| c.failures());
+            let ingresses = if config.ingress.is_empty() {
+                None
+            } else {
+                Some(
+                    crate::ingress::start(
+                        &config,
+                        &set,
+                        profiles.as_ref(),
+                        routes.clone(),
+                        IngressSettings {
+                            errors: errors.clone(),
+                            failures: failures.clone(),
+                            ..IngressSettings::from_config(&config)
+                        },
+                    )
+                    .map_err(|e| invalid(&config, e))?,
+                )
+            };
+            let reloader = crate::plugins::watch::Reloader::new(
+                path.clone(),
+                config.clone(),
+                set,
+                routes.clone(),
+                publisher,
+                tokio::runtime::Handle::current(),
             );
+            let reloads = crate::plugins::watch::start(reloader, shutdown.clone(), &tasks);
+            let pipeline = Pipeline::new(broker, routes, locks, Settings::from_config(&config))
+                .with_health(health)
+                .with_error_reporter(errors.clone())
+                .with_recent_failures(failures);
+            // The outbox drains until shutdown; then the ingresses stop at once (no new messages,
+            // like the pollers) and let their running handlers finish.
+            let drainer = fanout.map(|f| tasks.spawn(f.run_drainer(shutdown.clone())));
+            let ingresses = ingresses.map(|ingresses| {
+                let shutdown = shutdown.clone();
+                tasks.spawn(async move {
+                    shutdown.cancelled().await;
+                    ingresses.stop().await;
+                })
+            });
+            pipeline.run(shutdown).await;
+            if let Some(ingresses) = ingresses {
+                let _ = tokio::time::timeout(EGRESS_STOP, ingresses).await;
+            }
+            if let Some(drainer) = drainer {
+                let _ = tokio::time::timeout(EGRESS_STOP, drainer).await;
+            }
+            if let Some(errors) = errors {
+                errors.flush().await;
+            }
+            let _ = tokio::time::timeout(RELOADER_STOP, reloads).await;
+            crate::isolate::supervisor::remove_private_dir();
+            if !tasks.stop(TASKS_STOP).await {
+                tracing::warn!(
+                    still_running = tasks.len(),
+                    "background tasks did not end in time; they end with the process"
+                );
+            }
+            tracing::info!("stopped");
+            Ok(())
         }
-        tracing::info!("stopped");
-        Ok(())
+        .await;
+        if outcome.is_err() {
+            if let Some(errors) = reported {
+                errors.flush().await;
+            }
+        }
+        outcome
     }
 }
 

@@ -23,7 +23,8 @@ impl Shared {
     /// One receive loop, until shutdown.
     pub(super) async fn poll(self: Arc<Self>, poller: usize) {
         let mut backoff = Duration::from_millis(100);
-        // This poller's last receive failed (the `broker` alert is raised).
+        // This poller's last receive failed (counted in `receive_failing`; the `broker` alert
+        // is raised while any poller's is).
         let mut failing = false;
         loop {
             if self.shutdown.is_cancelled() {
@@ -60,7 +61,9 @@ impl Shared {
             {
                 Ok(batch) => {
                     self.parts.health.broker_answered();
-                    if std::mem::take(&mut failing) {
+                    if std::mem::take(&mut failing)
+                        && self.receive_failing.fetch_sub(1, Ordering::AcqRel) == 1
+                    {
                         tracing::info!(poller, alert_cleared = "broker", "receiving works again");
                     }
                     backoff = Duration::from_millis(100);
@@ -68,7 +71,9 @@ impl Shared {
                 }
                 Err(e) => {
                     self.parts.health.broker_failed();
-                    failing = true;
+                    if !std::mem::replace(&mut failing, true) {
+                        self.receive_failing.fetch_add(1, Ordering::AcqRel);
+                    }
                     metrics::counter!(m::POLL_ERRORS).increment(1);
                     tracing::error!(poller, error = %e, alert = "broker", retry_in_ms = backoff.as_millis() as u64, "receive failed; retrying");
                     drop(permits);

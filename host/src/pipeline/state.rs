@@ -47,6 +47,8 @@ pub struct Shared {
     pub parts: Parts,
     /// Set while the lock service cannot decide: pollers stop receiving until it answers.
     pub lock_outage: AtomicBool,
+    /// How many pollers' last receive failed: the `broker` alert is raised while any does.
+    pub receive_failing: std::sync::atomic::AtomicUsize,
     /// `max_in_flight` slots.
     pub in_flight: Arc<Semaphore>,
     /// Messages received and not yet settled or given back.

@@ -210,6 +210,8 @@ pub struct Reloader {
     pending_restart: Vec<String>,
     /// The last reload refused the config file (the `config` alert is raised).
     config_refused: bool,
+    /// The last reload was refused as a whole (the `reload` alert is raised).
+    reload_refused: bool,
 }
 
 impl Reloader {
@@ -234,6 +236,7 @@ impl Reloader {
             stats,
             pending_restart: Vec::new(),
             config_refused: false,
+            reload_refused: false,
         }
     }
 
@@ -324,10 +327,8 @@ impl Reloader {
                 self.config_accepted();
                 None
             }
-            Ok(c) => {
-                self.config_accepted();
-                Some(c)
-            }
+            // Cleared only once it binds too (below).
+            Ok(c) => Some(c),
             Err(e) => {
                 tracing::error!(
                     alert = "config",
@@ -377,7 +378,9 @@ impl Reloader {
         let mut bound = self.try_bind(&config, &mut plugins);
         let mut applied_config = candidate.is_some();
         if let (Err(problems), Some(_)) = (&bound, &candidate) {
+            self.config_refused = true;
             tracing::error!(
+                alert = "config",
                 "config change refused; the running config keeps serving:\n{}",
                 problems
                     .iter()
@@ -395,7 +398,11 @@ impl Reloader {
         let routes = match bound {
             Ok(routes) => routes,
             Err(problems) => {
+                // Not the config's fault alone (the old config failed to bind too): a plugin
+                // removed or refused that a binding needs. One incident until a reload swaps.
+                self.reload_refused = true;
                 tracing::error!(
+                    alert = "reload",
                     "reload refused; everything that was serving keeps serving:\n{}",
                     problems
                         .iter()
@@ -438,8 +445,12 @@ impl Reloader {
         }
         self.routes.store(Arc::new(routes));
         report.swapped = true;
+        if std::mem::take(&mut self.reload_refused) {
+            tracing::info!(alert_cleared = "reload", "reloading works again");
+        }
         report.config_applied = applied_config;
         if applied_config {
+            self.config_accepted();
             // Only a config that was accepted may change the subscription.
             if config.sqs.filters != self.config.sqs.filters {
                 self.update_subscription(&config);

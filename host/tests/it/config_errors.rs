@@ -80,6 +80,8 @@ fn each_error_names_its_key() {
             vec!["errors.sentry.sample_rate", "between 0.0 and 1.0"]),
         ("sentry tag source", format!("{HEADER}{p}[[bindings]]\ndefault = true\nplugin = \"echo\"\n[errors.sentry]\ndsn = \"https://k@o1.ingest.sentry.io/2\"\ntags = {{ \"body.a..b\" = \"t\" }}\nuser_id = \"attributes.\"\n"),
             vec!["errors.sentry.tags.body.a..b", "errors.sentry.user_id"]),
+        ("sentry tag name", format!("{HEADER}{p}[[bindings]]\ndefault = true\nplugin = \"echo\"\n[errors.sentry]\ndsn = \"https://k@o1.ingest.sentry.io/2\"\ntags = {{ \"region\" = \"the region!\" }}\n"),
+            vec!["errors.sentry.tags.region", "not a Sentry tag name"]),
         ("inner wildcard filter", format!("service = \"receiver\"\n[sns]\ntopic_arn = \"arn:aws:sns:us-east-1:0:global\"\n[sqs]\nfilters = [\"Or*er\"]\n{p}[[bindings]]\ndefault = true\nplugin = \"echo\"\n"),
             vec!["sqs.filters"]),
     ];

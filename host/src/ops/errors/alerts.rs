@@ -1,5 +1,5 @@
 //! Host-level incidents to Sentry, through `tracing`: a log event that carries an `alert`
-//! field (`alert = "broker"`, `"lock"`, `"config"`, `"plugin:FILE"`) raises that incident, one
+//! field (`alert = "broker"`, `"lock"`, `"config"`, `"reload"`, `"plugin:FILE"`) raises that incident, one
 //! that carries `alert_cleared` with the same key ends it. [`AlertLayer`] hands both to the
 //! running [`SentryReporter`], which sends one event when an incident is raised and nothing
 //! more until it has been cleared — once per state change, however often the log line repeats.
@@ -32,11 +32,16 @@ pub fn layer<S>() -> impl Layer<S>
 where
     S: Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {
-    AlertLayer.with_filter(tracing_subscriber::filter::filter_fn(|meta| {
-        meta.is_event()
-            && (meta.fields().field("alert").is_some()
-                || meta.fields().field("alert_cleared").is_some())
-    }))
+    // Alerts are raised at error/warn and cleared at info: the hint keeps debug and trace
+    // callsites disabled as far as this layer is concerned.
+    AlertLayer.with_filter(
+        tracing_subscriber::filter::filter_fn(|meta| {
+            meta.is_event()
+                && (meta.fields().field("alert").is_some()
+                    || meta.fields().field("alert_cleared").is_some())
+        })
+        .with_max_level_hint(tracing_subscriber::filter::LevelFilter::INFO),
+    )
 }
 
 /// The `tracing` layer that passes `alert` / `alert_cleared` events to Sentry; installed with

@@ -23,7 +23,8 @@ const SECRET_NAME_PARTS: &[&str] = &[
     "apikey",
     "accesskey",
     "privatekey",
-    "auth",
+    "authorization",
+    "authkey",
     "credential",
     "cookie",
     "session",
@@ -59,7 +60,10 @@ impl Scrubber {
     /// Whether a value under `key` must not be sent.
     pub fn is_secret_key(&self, key: &str) -> bool {
         let key = normalise(key);
-        SECRET_NAME_PARTS.iter().any(|part| key.contains(part)) || self.extra.contains(&key)
+        // `auth` alone is secret, but only as the whole name: `author` is not.
+        key == "auth"
+            || SECRET_NAME_PARTS.iter().any(|part| key.contains(part))
+            || self.extra.contains(&key)
     }
 
     /// `text` with secret-looking parts replaced by `[Filtered]`.
@@ -70,11 +74,6 @@ impl Scrubber {
                 (r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@", "${1}[Filtered]@"),
                 // AWS access key ids
                 (r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA)[A-Z0-9]{16}\b", FILTERED),
-                // Authorization: Bearer …, Basic …
-                (
-                    r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}",
-                    "${1} [Filtered]",
-                ),
                 // JWTs
                 (
                     r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*",
@@ -82,7 +81,12 @@ impl Scrubber {
                 ),
                 // password=…, "token": "…", api_key: … (the name kept, the value filtered)
                 (
-                    r#"(?i)\b([a-z0-9_.-]*(?:password|passwd|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|credential|auth)[a-z0-9_.-]*)("?\s*[:=]\s*"?)[^\s"',;&]+"#,
+                    r#"(?i)\b([a-z0-9_.-]*(?:password|passwd|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|credential|authorization|auth[_-]?key)[a-z0-9_.-]*)("?\s*[:=]\s*"?)[^\s"',;&]+"#,
+                    "${1}${2}[Filtered]",
+                ),
+                // auth=… (the bare name only: `author: bob` stays)
+                (
+                    r#"(?i)\b(auth)("?\s*[:=]\s*"?)[^\s"',;&]+"#,
                     "${1}${2}[Filtered]",
                 ),
             ]
@@ -92,7 +96,26 @@ impl Scrubber {
             })
             .collect()
         });
+        // Authorization: Bearer …, Basic …: only a token-shaped value (a digit in it, or 20
+        // characters and more), so `basic validation failed` stays as it is.
+        static SCHEME: LazyLock<Option<Regex>> =
+            LazyLock::new(|| Regex::new(r"(?i)\b(bearer|basic)(\s+)([A-Za-z0-9._~+/=-]{8,})").ok());
         let mut out = Cow::Borrowed(text);
+        if let Some(scheme) = SCHEME.as_ref() {
+            let replaced = scheme.replace_all(text, |c: &regex::Captures<'_>| {
+                let token = &c[3];
+                if token.len() >= 20 || token.bytes().any(|b| b.is_ascii_digit()) {
+                    format!("{}{}{FILTERED}", &c[1], &c[2])
+                } else {
+                    c[0].to_string()
+                }
+            });
+            if let Cow::Owned(replaced) = replaced {
+                if replaced != text {
+                    out = Cow::Owned(replaced);
+                }
+            }
+        }
         for (pattern, replacement) in PATTERNS.iter() {
             if let Cow::Owned(replaced) = pattern.replace_all(&out, *replacement) {
                 out = Cow::Owned(replaced);
@@ -147,7 +170,16 @@ mod tests {
         ] {
             assert!(s.is_secret_key(key), "{key}");
         }
-        for key in ["event", "order_id", "tenant", "customer", "media_type"] {
+        assert!(s.is_secret_key("auth") && s.is_secret_key("X-Auth-Key"));
+        for key in [
+            "event",
+            "order_id",
+            "tenant",
+            "customer",
+            "media_type",
+            "author",
+            "authored_at",
+        ] {
             assert!(!s.is_secret_key(key), "{key}");
         }
     }
@@ -189,6 +221,16 @@ mod tests {
             "order 42 failed: missing field `id`"
         );
         assert!(matches!(s.text("plain"), Cow::Borrowed(_)));
+        // Ordinary words after `basic`/`bearer` and names that merely start with `auth` stay.
+        assert!(matches!(
+            s.text("basic validation failed for the bearer instrument"),
+            Cow::Borrowed(_)
+        ));
+        assert_eq!(
+            s.text("author: bob, auth=abc123"),
+            "author: bob, auth=[Filtered]"
+        );
+        assert_eq!(s.text("Basic dXNlcjpwYXNzd29yZA=="), "Basic [Filtered]");
     }
 
     #[test]

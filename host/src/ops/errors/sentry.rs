@@ -29,6 +29,10 @@ pub const DSN_ENV: &str = "SENTRY_DSN";
 const MAX_BODY: usize = 16 * 1024;
 /// The most characters of an error's head used for grouping.
 const MAX_TYPE: usize = 100;
+/// The most characters of a tag's name, as Sentry takes them.
+const MAX_TAG_KEY: usize = 32;
+/// The most characters of a tag's value, as Sentry takes them.
+const MAX_TAG_VALUE: usize = 200;
 
 /// Where a tag or the user id comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +66,20 @@ impl Source {
             return Err("an empty source: write attributes.NAME, body.PATH or a bare NAME".into());
         }
         Ok(Source::Opaque(text.to_string()))
+    }
+
+    /// The names this source reads through (an attribute's name, each step of a body path):
+    /// a source through a secret-looking name is never read.
+    fn names(&self) -> Vec<&str> {
+        match self {
+            Source::Attribute(name) | Source::Opaque(name) => vec![name.as_str()],
+            Source::Body(path) => path.split('.').collect(),
+        }
+    }
+
+    /// Whether this source reads through a name `scrubber` filters.
+    pub fn is_secret(&self, scrubber: &Scrubber) -> bool {
+        self.names().into_iter().any(|n| scrubber.is_secret_key(n))
     }
 
     /// The value this source names in `failure`'s message, as text.
@@ -187,8 +205,11 @@ pub fn problems(config: &Config) -> Vec<Problem> {
             }
         }
     }
-    for source in sentry.tags.keys() {
+    for (source, tag) in &sentry.tags {
         if let Err(e) = Source::parse(source) {
+            problems.push(Problem::new(format!("errors.sentry.tags.{source}"), e));
+        }
+        if let Err(e) = check_tag_key(tag) {
             problems.push(Problem::new(format!("errors.sentry.tags.{source}"), e));
         }
     }
@@ -196,6 +217,21 @@ pub fn problems(config: &Config) -> Vec<Problem> {
         problems.push(Problem::new("errors.sentry.user_id", e));
     }
     problems
+}
+
+/// A tag name Sentry accepts: up to 32 of `A-Z a-z 0-9 _ . : -`.
+fn check_tag_key(tag: &str) -> Result<(), String> {
+    if tag.is_empty()
+        || tag.chars().count() > MAX_TAG_KEY
+        || !tag
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'))
+    {
+        return Err(format!(
+            "`{tag}` is not a Sentry tag name (1 to {MAX_TAG_KEY} of A-Z a-z 0-9 _ . : -)"
+        ));
+    }
+    Ok(())
 }
 
 /// This machine's name, for the event's `server_name`.
@@ -284,6 +320,12 @@ impl SentryReporter {
 
     /// Queue the event for `failure` (sampled by `sample_rate`); never waits.
     pub fn report(&self, failure: &Failure<'_>) {
+        if !self.client.is_enabled() {
+            // After the flush at shutdown: counted, not silently lost.
+            metrics::counter!(crate::ops::metrics::ERROR_REPORTS, "sink" => "sentry", "result" => "dropped")
+                .increment(1);
+            return;
+        }
         if !self.client.sample_should_send(self.shape.sample_rate) {
             metrics::counter!(crate::ops::metrics::ERROR_REPORTS, "sink" => "sentry", "result" => "sampled_out")
                 .increment(1);
@@ -301,10 +343,16 @@ impl SentryReporter {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(key.to_string());
-        if fresh {
-            self.client
-                .capture_event(alert_event(&self.shape, key, level, message, fields), None);
+        if !fresh {
+            return;
         }
+        if !self.client.is_enabled() {
+            metrics::counter!(crate::ops::metrics::ERROR_REPORTS, "sink" => "sentry", "result" => "dropped")
+                .increment(1);
+            return;
+        }
+        self.client
+            .capture_event(alert_event(&self.shape, key, level, message, fields), None);
     }
 
     /// The incident under `key` is over.
@@ -321,16 +369,28 @@ impl SentryReporter {
         // Closes the transport's queue; the sender drains it and ends.
         self.client.close(Some(Duration::ZERO));
         let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(task) = task {
-            if tokio::time::timeout(self.timeout, task).await.is_err() {
+        if let Some(mut task) = task {
+            if tokio::time::timeout(self.timeout, &mut task).await.is_err() {
+                // Stop the sender now rather than let it run on against the process's exit.
+                task.abort();
                 tracing::warn!("Sentry: events still unsent at shutdown are dropped");
             }
         }
     }
 }
 
+/// Set a tag, its value on one line and cut to what Sentry keeps.
 fn tag(event: &mut Event<'static>, key: &str, value: impl Into<String>) {
-    event.tags.insert(key.to_string(), value.into());
+    event.tags.insert(key.to_string(), tag_value(&value.into()));
+}
+
+/// A tag value as Sentry keeps it: one line, at most [`MAX_TAG_VALUE`] characters.
+fn tag_value(value: &str) -> String {
+    value
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX_TAG_VALUE)
+        .collect()
 }
 
 /// The event for one handler failure.
@@ -348,7 +408,8 @@ fn failure_event(shape: &Shape, failure: &Failure<'_>) -> Event<'static> {
         // One issue per binding: a timeout's text only repeats the limit; schema errors name
         // the body's faults, which vary per message.
         FailureKind::Timeout | FailureKind::Schema => kind.as_str().to_string(),
-        _ => error_type(failure.reason),
+        // From the scrubbed text: the fingerprint is sent too.
+        _ => error_type(&shape.scrubber.text(failure.reason)),
     };
     let envelope = failure.envelope;
     let binding = failure.binding;
@@ -391,12 +452,21 @@ fn failure_event(shape: &Shape, failure: &Failure<'_>) -> Event<'static> {
         tag(&mut event, "plugin_version", b.plugin.version.clone());
         tag(&mut event, "handler", b.handler_name.clone());
     }
+    // A source through a secret-looking name (or one in drop_keys) is never read.
     for (source, name) in &shape.tags {
+        if source.is_secret(&shape.scrubber) {
+            continue;
+        }
         if let Some(value) = source.lookup(failure) {
             tag(&mut event, name, value);
         }
     }
-    if let Some(id) = shape.user_id.as_ref().and_then(|s| s.lookup(failure)) {
+    if let Some(id) = shape
+        .user_id
+        .as_ref()
+        .filter(|s| !s.is_secret(&shape.scrubber))
+        .and_then(|s| s.lookup(failure))
+    {
         event.user = Some(User {
             id: Some(id),
             ..Default::default()
@@ -413,14 +483,7 @@ fn failure_event(shape: &Shape, failure: &Failure<'_>) -> Event<'static> {
         .collect();
     message.insert("attributes".into(), Value::Object(attributes));
     if shape.include_bodies {
-        let body = match envelope.payload().json.clone() {
-            Some(json) => json,
-            None => {
-                let cut = &envelope.body[..envelope.body.len().min(MAX_BODY)];
-                Value::String(String::from_utf8_lossy(cut).into_owned())
-            }
-        };
-        message.insert("body".into(), body);
+        message.insert("body".into(), body_value(shape, envelope));
     } else {
         message.insert("body".into(), Value::String("[left out]".into()));
     }
@@ -428,6 +491,39 @@ fn failure_event(shape: &Shape, failure: &Failure<'_>) -> Event<'static> {
         .contexts
         .insert("message".into(), Context::Other(message));
     event
+}
+
+/// The body for the `message` context: JSON as JSON (scrubbed by member name), other text as
+/// text; either way at most [`MAX_BODY`] bytes of it (a longer JSON body is sent as its
+/// scrubbed text, cut, with `truncated` marked).
+fn body_value(shape: &Shape, envelope: &crate::wire::Envelope) -> Value {
+    match envelope.payload().json.clone() {
+        Some(mut json) => {
+            // Scrubbed before it is cut, so a cut never splits a secret from its name.
+            shape.scrubber.json(&mut json);
+            let text = json.to_string();
+            if text.len() <= MAX_BODY {
+                json
+            } else {
+                cut(&text)
+            }
+        }
+        None => cut(&String::from_utf8_lossy(&envelope.body)),
+    }
+}
+
+/// `text` as a value of at most [`MAX_BODY`] bytes: itself, or its head (cut at a character
+/// boundary) marked `truncated` with the full length.
+fn cut(text: &str) -> Value {
+    let mut end = text.len().min(MAX_BODY);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    if end < text.len() {
+        serde_json::json!({"truncated": true, "bytes": text.len(), "text": &text[..end]})
+    } else {
+        Value::String(text.to_string())
+    }
 }
 
 /// The event for a host-level incident.
@@ -489,6 +585,18 @@ pub fn scrub_event(scrubber: &Scrubber, mut event: Event<'static>) -> Event<'sta
             }
         }
     }
+    if let Cow::Owned(fingerprint) = &mut event.fingerprint {
+        for part in fingerprint.iter_mut() {
+            if let Cow::Owned(v) = scrubber.text(part) {
+                *part = Cow::Owned(v);
+            }
+        }
+    }
+    if let Some(user) = &mut event.user {
+        if let Some(Cow::Owned(v)) = user.id.as_deref().map(|id| scrubber.text(id)) {
+            user.id = Some(v);
+        }
+    }
     for exception in event.exception.values.iter_mut() {
         if let Some(value) = &exception.value {
             if let Cow::Owned(v) = scrubber.text(value) {
@@ -525,6 +633,44 @@ mod tests {
         assert!(Source::parse("attributes.").is_err());
         assert!(Source::parse("body.a..b").is_err());
         assert!(Source::parse(" ").is_err());
+    }
+
+    #[test]
+    fn tags_are_checked_and_cut_as_sentry_keeps_them() {
+        assert!(check_tag_key("tenant").is_ok());
+        assert!(check_tag_key("a.b:c-d_e").is_ok());
+        for bad in ["", "the region!", "naïve", &"t".repeat(33)] {
+            assert!(check_tag_key(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(tag_value("two\nlines\r"), "two lines ");
+        assert_eq!(tag_value(&"é".repeat(300)).chars().count(), MAX_TAG_VALUE);
+    }
+
+    #[test]
+    fn a_long_body_is_cut_at_a_character_boundary_and_marked() {
+        assert_eq!(cut("short"), Value::String("short".into()));
+        let long = format!("{}é{}", "x".repeat(MAX_BODY - 1), "y".repeat(10));
+        let value = cut(&long);
+        assert_eq!(value["truncated"], true);
+        assert_eq!(value["bytes"], long.len());
+        // The two-byte `é` straddles the limit: the cut falls before it.
+        assert_eq!(value["text"].as_str().map(str::len), Some(MAX_BODY - 1));
+    }
+
+    #[test]
+    fn secret_sources_are_recognised_through_any_step() {
+        let scrubber = Scrubber::new(&["tenant".into()]);
+        for (text, secret) in [
+            ("attributes.api_token", true),
+            ("body.auth.token", true),
+            ("body.customer.password", true),
+            ("tenant", true),
+            ("attributes.region", false),
+            ("body.customer.id", false),
+        ] {
+            let source = Source::parse(text).expect("a source");
+            assert_eq!(source.is_secret(&scrubber), secret, "{text}");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! result="dropped"}`, and a client report so Sentry's stats show the loss). A DSN that can't
 //! be reached is logged once, with its host only (never the key), until it answers again.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,6 +28,27 @@ pub const QUEUE: usize = 256;
 pub struct QueueTransport {
     tx: Mutex<Option<mpsc::Sender<Envelope>>>,
     recorder: Recorder,
+    /// The queue overflowed and has not taken an event since (warned once per episode).
+    overflowing: AtomicBool,
+}
+
+impl QueueTransport {
+    /// An envelope the queue could not take: counted, reported to Sentry as lost, and warned
+    /// about once until the queue takes one again.
+    fn lost(&self, e: mpsc::error::TrySendError<Envelope>) {
+        let envelope = match e {
+            mpsc::error::TrySendError::Full(e) | mpsc::error::TrySendError::Closed(e) => e,
+        };
+        self.recorder
+            .record_lost_data(&envelope, Reason::QueueOverflow);
+        count("dropped");
+        if !self.overflowing.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                queue = QUEUE,
+                "Sentry is behind: events are dropped until the queue has room (iniesta_error_reports_total{{sink=\"sentry\",result=\"dropped\"}} counts them)"
+            );
+        }
+    }
 }
 
 impl Transport for QueueTransport {
@@ -37,17 +59,11 @@ impl Transport for QueueTransport {
             count("dropped");
             return;
         };
-        if let Err(e) = tx.try_send(envelope) {
-            let envelope = match e {
-                mpsc::error::TrySendError::Full(e) | mpsc::error::TrySendError::Closed(e) => e,
-            };
-            self.recorder
-                .record_lost_data(&envelope, Reason::QueueOverflow);
-            count("dropped");
-            tracing::warn!(
-                queue = QUEUE,
-                "Sentry is behind: an event was dropped (iniesta_error_reports_total{{sink=\"sentry\",result=\"dropped\"}})"
-            );
+        match tx.try_send(envelope) {
+            Ok(()) => {
+                self.overflowing.store(false, Ordering::Relaxed);
+            }
+            Err(e) => self.lost(e),
         }
     }
 
@@ -84,6 +100,7 @@ impl TransportFactory for Factory {
         Arc::new(QueueTransport {
             tx: Mutex::new(tx),
             recorder: options.client_report_recorder,
+            overflowing: AtomicBool::new(false),
         })
     }
 }
@@ -131,7 +148,8 @@ pub async fn send_loop(
 ) {
     let recorder = recorder.await.ok();
     let mut limits = RateLimiter::new();
-    let mut unreachable = false;
+    // The last POST failed: Sentry could not be reached, or refused the event (HTTP status).
+    let mut trouble: Option<Trouble> = None;
     while let Some(envelope) = rx.recv().await {
         // What we send are error events (with the client's loss reports riding along).
         if limits.is_disabled(RateLimitingCategory::Error).is_some() {
@@ -190,30 +208,70 @@ pub async fn send_loop(
                         count("rate_limited");
                         continue;
                     }
-                    status => Err(format!("answered HTTP {status}")),
+                    status @ 400..=499 => Err(Trouble::Refused(status)),
+                    status => Err(Trouble::Unreachable(format!("answered HTTP {status}"))),
                 }
             }
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(Trouble::Unreachable(e.to_string())),
         };
         match outcome {
             Ok(()) => {
                 count("sent");
-                if std::mem::take(&mut unreachable) {
+                if trouble.take().is_some() {
                     tracing::info!(sentry_host = %endpoint.host, "Sentry answers again");
                 }
             }
-            Err(error) => {
+            Err(now) => {
                 count("failed");
                 if let Some(r) = &recorder {
                     r.record_lost_data(&envelope, Reason::SendError);
                 }
-                if !std::mem::replace(&mut unreachable, true) {
-                    tracing::warn!(sentry_host = %endpoint.host, error = %error,
-                        "Sentry cannot be reached; failure events are dropped until it answers (the messages themselves are unaffected; iniesta_error_reports_total{{sink=\"sentry\",result=\"failed\"}} counts them)");
+                // Logged once per kind of trouble, until an event gets through.
+                let same = trouble.as_ref().is_some_and(|t| t.same_kind(&now));
+                if same {
+                    tracing::debug!(sentry_host = %endpoint.host, error = %now, "Sentry event not sent");
                 } else {
-                    tracing::debug!(sentry_host = %endpoint.host, error = %error, "Sentry still cannot be reached");
+                    match &now {
+                        Trouble::Unreachable(error) => {
+                            tracing::warn!(sentry_host = %endpoint.host, error = %error,
+                            "Sentry cannot be reached; failure events are dropped until it answers (the messages themselves are unaffected; iniesta_error_reports_total{{sink=\"sentry\",result=\"failed\"}} counts them)")
+                        }
+                        Trouble::Refused(status) => {
+                            tracing::warn!(sentry_host = %endpoint.host, status = *status,
+                            "Sentry refused the event (HTTP {status}): check the DSN's key and project; refused events are dropped (iniesta_error_reports_total{{sink=\"sentry\",result=\"failed\"}})")
+                        }
+                    }
                 }
+                trouble = Some(now);
             }
+        }
+    }
+}
+
+/// Why the last POST did not deliver its event.
+#[derive(Debug)]
+enum Trouble {
+    /// No answer, or a server error.
+    Unreachable(String),
+    /// A 4xx other than 429: Sentry got the event and refused it.
+    Refused(u16),
+}
+
+impl Trouble {
+    fn same_kind(&self, other: &Trouble) -> bool {
+        match (self, other) {
+            (Trouble::Unreachable(_), Trouble::Unreachable(_)) => true,
+            (Trouble::Refused(a), Trouble::Refused(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for Trouble {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Trouble::Unreachable(e) => f.write_str(e),
+            Trouble::Refused(status) => write!(f, "refused with HTTP {status}"),
         }
     }
 }
