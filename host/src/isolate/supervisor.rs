@@ -427,10 +427,13 @@ impl Worker {
                     return outcome.into();
                 }
                 Ok(Event::Died(reason)) => {
-                    return failed(format!(
+                    let reason = format!(
                         "the plugin worker for `{}` died while handling this message ({reason}); it will be redelivered",
                         self.name
-                    ))
+                    );
+                    // A crash, not the handler's answer: the pipeline reports it as one.
+                    crate::plugins::call::note_crash(reason.clone());
+                    return failed(reason);
                 }
                 Ok(Event::Constructed(_)) => {}
                 Err(RecvTimeoutError::Timeout) => {

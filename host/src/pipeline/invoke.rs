@@ -24,7 +24,8 @@ pub enum CallResult {
     Outcome(Outcome),
     /// The call ran past its timeout; it was abandoned.
     TimedOut,
-    /// The blocking task failed (should not happen: plugins catch their panics).
+    /// The isolated worker process running the call died under it, or the blocking task
+    /// failed (which should not happen: plugins catch their panics).
     Crashed(String),
 }
 
@@ -82,7 +83,8 @@ pub async fn call_all(
                 let result = match call {
                     Call::Blocking(task) => {
                         match tokio::time::timeout_at(started + binding.timeout, task).await {
-                            Ok(Ok(outcome)) => CallResult::Outcome(outcome),
+                            Ok(Ok(Ok(outcome))) => CallResult::Outcome(outcome),
+                            Ok(Ok(Err(crash))) => CallResult::Crashed(crash),
                             Ok(Err(e)) => CallResult::Crashed(e.to_string()),
                             Err(_) => CallResult::TimedOut,
                         }
@@ -105,7 +107,7 @@ pub async fn call_all(
 
 /// One binding's call: started on the blocking pool, or to be made inline when polled.
 enum Call {
-    Blocking(tokio::task::JoinHandle<Outcome>),
+    Blocking(tokio::task::JoinHandle<Result<Outcome, String>>),
     Inline(Arc<CallMessage>, tracing::Span),
 }
 
@@ -116,7 +118,7 @@ fn call_blocking(
     message: Arc<CallMessage>,
     hold: Hold,
     span: tracing::Span,
-) -> tokio::task::JoinHandle<Outcome> {
+) -> tokio::task::JoinHandle<Result<Outcome, String>> {
     let binding = binding.clone();
     tokio::task::spawn_blocking(move || {
         let _hold = hold;
@@ -129,7 +131,7 @@ fn call_blocking(
 /// so a call past its timeout is only reported (its outcome still counts).
 fn call_inline(binding: &Binding, message: &CallMessage, span: tracing::Span) -> CallResult {
     let started = std::time::Instant::now();
-    let outcome = {
+    let answer = {
         let _entered = span.enter();
         call::handle(&binding.handler, &binding.context, message)
     };
@@ -139,7 +141,10 @@ fn call_inline(binding: &Binding, message: &CallMessage, span: tracing::Span) ->
         tracing::warn!(binding = %binding.label, took_ms = took.as_millis() as u64, timeout_secs = binding.timeout.as_secs(),
             "an inline handler ran past its timeout, holding up an async worker thread all along; bind handlers that can block without `inline`");
     }
-    CallResult::Outcome(outcome)
+    match answer {
+        Ok(outcome) => CallResult::Outcome(outcome),
+        Err(crash) => CallResult::Crashed(crash),
+    }
 }
 
 /// The `result` label of a handler call in `iniesta_handler_calls_total`.

@@ -120,7 +120,7 @@ pub fn log_results(
                 tracing::error!(message_id = %id, event = %event, binding = %binding.label, timeout_secs = binding.timeout.as_secs(), "handler timed out; the message will be redelivered")
             }
             CallResult::Crashed(e) => {
-                tracing::error!(message_id = %id, event = %event, binding = %binding.label, error = %e, "handler task failed; the message will be redelivered")
+                tracing::error!(message_id = %id, event = %event, binding = %binding.label, error = %e, "handler crashed; the message will be redelivered")
             }
         }
     }

@@ -71,10 +71,33 @@ impl CallMessage {
     }
 }
 
+thread_local! {
+    /// Set by an isolated handler's proxy, on the calling thread, when the worker process died
+    /// under the call: the FFI answer it returns is then only a placeholder.
+    static CRASH: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Tell [`handle`], running on this thread, that the call's worker process died (`reason`):
+/// an isolated handler's proxy calls this right before it returns.
+pub fn note_crash(reason: String) {
+    CRASH.with(|c| *c.borrow_mut() = Some(reason));
+}
+
 /// Call `handler` with `context` on this thread and convert its answer. Plugins catch their
-/// own panics, so this returns whatever the handler did.
-pub fn handle(handler: &HandlerBox, context: &HostContextBox, delivery: &CallMessage) -> Outcome {
-    handler.handle(&delivery.0, context).into()
+/// own panics, so this returns whatever the handler did, or `Err` with the reason when the
+/// isolated worker process running it died under the call (a crash, not the handler's answer).
+pub fn handle(
+    handler: &HandlerBox,
+    context: &HostContextBox,
+    delivery: &CallMessage,
+) -> Result<Outcome, String> {
+    // Nothing left over from a call that did not go through here.
+    CRASH.with(|c| c.borrow_mut().take());
+    let outcome = handler.handle(&delivery.0, context).into();
+    match CRASH.with(|c| c.borrow_mut().take()) {
+        Some(reason) => Err(reason),
+        None => Ok(outcome),
+    }
 }
 
 /// Message attributes as they cross the plugin boundary (handlers' messages and egresses'

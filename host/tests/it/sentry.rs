@@ -93,7 +93,9 @@ fn bindings(s: &Scratch) -> String {
          [[bindings]]\nevents = [\"Flaky.*\"]\nplugin = \"flaky\"\nconfig = {{ mode = \"error\", fail_times = 2 }}\n\
          [[bindings]]\nevents = [\"Bad.*\"]\nplugin = \"flaky\"\nconfig = {{ mode = \"dead-letter\" }}\n\
          [[bindings]]\nevents = [\"Slow.*\"]\nplugin = \"panicky\"\nhandler = \"sleepy\"\ntimeout_secs = 1\nconfig = {{ sleep_ms = 2500 }}\n\
-         [[bindings]]\nevents = [\"Order.*\"]\nplugin = \"ledger\"\nschema = \"schemas/order.json\"\nconfig = {{ path = \"{ledger}\" }}\n"
+         [[bindings]]\nevents = [\"Order.*\"]\nplugin = \"ledger\"\nschema = \"schemas/order.json\"\nconfig = {{ path = \"{ledger}\" }}\n\
+         [[bindings]]\nevents = [\"Orphan.*\"]\nplugin = \"crashy\"\n\
+         [plugins.isolate]\nnames = [\"crashy\"]\nmax_backoff_secs = 1\n"
     )
 }
 
@@ -127,12 +129,14 @@ fn handler_failures_reach_sentry_grouped_tagged_and_scrubbed() {
         &SECRET_BODY.replace("\"id\": 1", "\"id\": \"x\""),
     );
     publish("Order.Fine", SECRET_BODY);
+    // The isolated worker exits (status 3) under the message: a worker crash.
+    publish("Orphan.Crash", &SECRET_BODY.replace("panic", "exit"));
     s.wait_for(
         "an event of each kind, two panics, two errors",
         LIMIT,
         || {
             let events = events(&sentry);
-            ["dead_letter", "timeout", "schema"]
+            ["dead_letter", "timeout", "schema", "crashed"]
                 .iter()
                 .all(|k| !failure_events(&events, k).is_empty())
                 && failure_events(&events, "panic").len() >= 2
@@ -248,7 +252,7 @@ fn handler_failures_reach_sentry_grouped_tagged_and_scrubbed() {
         .iter()
         .map(|e| e["fingerprint"].to_string())
         .collect();
-    assert_eq!(all.len(), 5, "one issue per binding and kind: {all:?}");
+    assert_eq!(all.len(), 6, "one issue per binding and kind: {all:?}");
     assert_eq!(
         failure_events(&events, "error")[0]["fingerprint"],
         serde_json::json!([
@@ -257,6 +261,24 @@ fn handler_failures_reach_sentry_grouped_tagged_and_scrubbed() {
             "error",
             "delivery N failed on purpose"
         ])
+    );
+
+    // A worker crash: an unhandled exception of the isolated binding, an error; every
+    // redelivery that crashes again is the same issue.
+    let crashes = failure_events(&events, "crashed");
+    assert_eq!(
+        fingerprints("crashed").len(),
+        1,
+        "{:?}",
+        fingerprints("crashed")
+    );
+    let crash = crashes[0];
+    assert_eq!(level(crash), "error");
+    assert_eq!(crash["tags"]["binding"], "bindings[5] (crashy/crashy)");
+    assert_eq!(crash["exception"]["values"][0]["type"], "HandlerCrashed");
+    assert_eq!(
+        crash["exception"]["values"][0]["mechanism"]["handled"],
+        false
     );
 
     // Dead letters and schema rejections are warnings; the schema one names the event.
