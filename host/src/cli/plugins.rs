@@ -27,12 +27,10 @@ pub async fn run(path: &Path, command: Option<PluginsCommand>) -> anyhow::Result
         None => {
             let config = crate::validate::load(path)?;
             let set = PluginSet::scan(&config.plugin_dirs());
-            print!("{}", render_plugins(&set));
+            let hosts = crate::plugins::watch::running_hosts(&config);
+            print!("{}", render_plugins(&set, &hosts));
             print!("{}", crate::egress::render_configured(&config).await);
-            print!(
-                "{}",
-                render_running(&crate::plugins::watch::running_hosts(&config))
-            );
+            print!("{}", render_running(&hosts));
             // Non-zero when a file was refused, so deploy scripts notice.
             Ok(if set.refused.is_empty() {
                 ExitCode::SUCCESS
@@ -82,8 +80,31 @@ fn check(file: &Path) -> ExitCode {
     }
 }
 
-/// The `plugins` table.
-pub fn render_plugins(set: &PluginSet) -> String {
+/// The generations of plugin `name` the running `hosts` serve (`2`, or `2,3` when hosts
+/// differ), `-` when no running host serves it.
+fn serving_generations(hosts: &[crate::plugins::watch::HostState], name: &str) -> String {
+    let mut generations: Vec<u64> = hosts
+        .iter()
+        .flat_map(|h| h.plugins.iter())
+        .filter(|p| p.name == name)
+        .map(|p| p.generation)
+        .collect();
+    generations.sort_unstable();
+    generations.dedup();
+    if generations.is_empty() {
+        return "-".to_string();
+    }
+    generations
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The `plugins` table. `GEN` is the generation the running hosts of this config serve (from
+/// their state files, so it follows their hot reloads), `-` where none runs: this command's
+/// own load of the files is not what any host serves.
+pub fn render_plugins(set: &PluginSet, hosts: &[crate::plugins::watch::HostState]) -> String {
     let mut out = String::new();
     out.push_str(&format!(
         "{:<16} {:<10} {:<8} {:<4} {:<24} {:<40} {}\n",
@@ -95,7 +116,7 @@ pub fn render_plugins(set: &PluginSet) -> String {
             plugin.name,
             plugin.version,
             plugin.abi_version,
-            plugin.generation,
+            serving_generations(hosts, &plugin.name),
             crate::egress::exports(plugin),
             plugin.file.display(),
             plugin.origin_dir.display()
