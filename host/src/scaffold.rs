@@ -92,7 +92,7 @@ publish = false
 
 [lib]
 # cdylib: the file the iniesta host loads; rlib: lets `cargo test` link the tests.
-crate-type = ["cdylib", "rlib"]
+{fix}
 
 [dependencies]
 iniesta-plugin-api = {{ path = "{api}" }}
@@ -110,7 +110,8 @@ panic = "unwind"
 # enclosing workspace instead, delete this table and add the crate to that workspace's members.
 [workspace]
 "#,
-        api = api.display()
+        api = api.display(),
+        fix = crate::plugins::crate_type::FIX
     );
     let source = format!(
         r#"//! `{name}`: an iniesta handler plugin.
@@ -229,6 +230,13 @@ mod tests {
         ));
         let created = create("ok-plugin", Some(&dir.path().join("x")), None).expect("creates");
         assert!(created.library.ends_with("target/release/libok_plugin.so"));
+        // The one line without which cargo builds no loadable library (issue 24).
+        let manifest =
+            std::fs::read_to_string(created.dir.join("Cargo.toml")).expect("the manifest");
+        assert!(
+            manifest.contains("[lib]\n") && manifest.contains(crate::plugins::crate_type::FIX),
+            "{manifest}"
+        );
         assert!(matches!(
             create("ok-plugin", Some(&dir.path().join("x")), None),
             Err(ScaffoldError::Exists(_))

@@ -14,7 +14,9 @@ pub enum PluginsCommand {
     /// Load one file the way the host would, without starting anything: print its name,
     /// version, plugin-api version and handlers, or why it is refused (exit 1).
     Check {
-        /// The shared library.
+        /// The shared library (`target/release/libNAME.so`), or the plugin's crate directory.
+        /// A crate built without `crate-type = ["cdylib", "rlib"]` (only an `.rlib`, no `.so`)
+        /// is named with that fix.
         file: PathBuf,
     },
 }
@@ -29,6 +31,14 @@ pub async fn run(path: &Path, command: Option<PluginsCommand>) -> anyhow::Result
             let set = PluginSet::scan(&config.plugin_dirs());
             let hosts = crate::plugins::watch::running_hosts(&config);
             print!("{}", render_plugins(&set, &hosts));
+            for plugin in bound_but_missing(&config, &set) {
+                match crate::plugins::crate_type::diagnose_missing(&set.dirs, &plugin) {
+                    Some(why) => println!("MISSING `{plugin}` (bound in the config): {why}"),
+                    None => println!(
+                        "MISSING `{plugin}` (bound in the config): no plugin of that name in plugins.dirs; build it, or fix the binding's `plugin`"
+                    ),
+                }
+            }
             print!("{}", crate::egress::render_configured(&config).await);
             print!("{}", render_running(&hosts));
             // Non-zero when a file was refused, so deploy scripts notice.
@@ -43,6 +53,15 @@ pub async fn run(path: &Path, command: Option<PluginsCommand>) -> anyhow::Result
 
 /// `iniesta plugins check FILE`.
 fn check(file: &Path) -> ExitCode {
+    // A crate directory, an rlib or a .so that was never built: say what is missing.
+    let found = match crate::plugins::crate_type::library_for(file) {
+        Ok(found) => found,
+        Err(why) => {
+            println!("not loadable: {why}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let file = found.as_deref().unwrap_or(file);
     let origin = file.parent().unwrap_or_else(|| Path::new("."));
     match crate::plugins::load::load_file(file, origin) {
         Ok(plugin) => {
@@ -99,6 +118,19 @@ fn serving_generations(hosts: &[crate::plugins::watch::HostState], name: &str) -
         .map(u64::to_string)
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// Plugins the config's bindings name that no directory has.
+fn bound_but_missing(config: &crate::config::Config, set: &PluginSet) -> Vec<String> {
+    let mut names: Vec<String> = config
+        .bindings
+        .iter()
+        .map(|b| b.plugin.clone())
+        .filter(|p| !set.plugins.contains_key(p))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// The `plugins` table. `GEN` is the generation the running hosts of this config serve (from
