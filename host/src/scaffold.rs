@@ -198,7 +198,7 @@ pub fn next_steps(created: &Created) -> String {
          1. build it (and run its test):\n     cd {dir} && cargo test && cargo build --release\n\n\
          2. bind it: add its build directory and a binding to iniesta.toml\n     \
          [plugins]\n     dirs = [\"target/release\", \"{dir}/target/release\"]\n\n     \
-         [[bindings]]\n     events = [\"Order.*\"]\n     plugin = \"{name}\"\n     config = {{ greeting = \"hi\" }}\n\n\
+         [[bindings]]\n     # One event name, not a glob such as \"Order.*\": a glob also takes what the handler\n     # publishes itself (ctx.publish(\"Order.Greeted\") goes out as Order.Greeted.SERVICE), a loop.\n     events = [\"Order.Created.*\"]\n     plugin = \"{name}\"\n     config = {{ greeting = \"hi\" }}\n\n\
          3. watch it run:\n     iniesta plugins check {lib} && iniesta config check && iniesta run\n     \
          (then in another terminal: iniesta publish Order.Created '{{\"id\": 1}}')\n",
         name = created.name,
@@ -241,5 +241,10 @@ mod tests {
             create("ok-plugin", Some(&dir.path().join("x")), None),
             Err(ScaffoldError::Exists(_))
         ));
+        // The suggested binding cannot take what the handler would publish (issue 24: it
+        // suggested `Order.*`, which also matches `Order.Greeted.SERVICE`).
+        let steps = next_steps(&created);
+        assert!(steps.contains("events = [\"Order.Created.*\"]"), "{steps}");
+        assert!(!steps.contains("events = [\"Order.*\"]"), "{steps}");
     }
 }

@@ -226,6 +226,9 @@ pub fn render_running(hosts: &[crate::plugins::watch::HostState]) -> String {
                 f.plugin, f.reason, f.error
             ));
         }
+        for warning in host.loop_warnings() {
+            out.push_str(&format!("  WARNING {warning}\n"));
+        }
         out.push_str(&crate::isolate::render_status(&host.workers));
     }
     out
