@@ -229,7 +229,7 @@ impl Config {
                 let inner = e.into_inner();
                 let line = inner
                     .span()
-                    .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+                    .map(|span| text.get(..span.start).unwrap_or(text).matches('\n').count() + 1);
                 ParseError {
                     key: (key != ".").then_some(key),
                     line,

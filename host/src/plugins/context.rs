@@ -51,6 +51,15 @@ pub fn self_publishes() -> Vec<SelfPublish> {
         .collect()
 }
 
+/// Forget the self-publishes seen so far (the bindings or their plugins changed: a loop that
+/// is still there shows up again at its next publish).
+pub fn forget_self_publishes() {
+    SELF_PUBLISHES
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clear();
+}
+
 /// The rate limit of one binding's self-publish warnings.
 #[derive(Debug, Default)]
 struct Warned {

@@ -443,6 +443,10 @@ impl Reloader {
         }
         self.routes.store(Arc::new(routes));
         report.swapped = true;
+        if applied_config || !report.reloaded.is_empty() || !report.removed.is_empty() {
+            // New bindings or handlers: the loops seen are old news until they happen again.
+            super::context::forget_self_publishes();
+        }
         report.config_applied = applied_config;
         if applied_config {
             // Only a config that was accepted may change the subscription.
