@@ -92,7 +92,7 @@ publish = false
 
 [lib]
 # cdylib: the file the iniesta host loads; rlib: lets `cargo test` link the tests.
-crate-type = ["cdylib", "rlib"]
+{fix}
 
 [dependencies]
 iniesta-plugin-api = {{ path = "{api}" }}
@@ -110,7 +110,8 @@ panic = "unwind"
 # enclosing workspace instead, delete this table and add the crate to that workspace's members.
 [workspace]
 "#,
-        api = api.display()
+        api = api.display(),
+        fix = crate::plugins::crate_type::FIX
     );
     let source = format!(
         r#"//! `{name}`: an iniesta handler plugin.
@@ -197,7 +198,7 @@ pub fn next_steps(created: &Created) -> String {
          1. build it (and run its test):\n     cd {dir} && cargo test && cargo build --release\n\n\
          2. bind it: add its build directory and a binding to iniesta.toml\n     \
          [plugins]\n     dirs = [\"target/release\", \"{dir}/target/release\"]\n\n     \
-         [[bindings]]\n     events = [\"Order.*\"]\n     plugin = \"{name}\"\n     config = {{ greeting = \"hi\" }}\n\n\
+         [[bindings]]\n     # One event name, not a glob such as \"Order.*\": a glob also takes what the handler\n     # publishes itself (ctx.publish(\"Order.Greeted\") goes out as Order.Greeted.SERVICE), a loop.\n     events = [\"Order.Created.*\"]\n     plugin = \"{name}\"\n     config = {{ greeting = \"hi\" }}\n\n\
          3. watch it run:\n     iniesta plugins check {lib} && iniesta config check && iniesta run\n     \
          (then in another terminal: iniesta publish Order.Created '{{\"id\": 1}}')\n",
         name = created.name,
@@ -229,9 +230,21 @@ mod tests {
         ));
         let created = create("ok-plugin", Some(&dir.path().join("x")), None).expect("creates");
         assert!(created.library.ends_with("target/release/libok_plugin.so"));
+        // The one line without which cargo builds no loadable library (issue 24).
+        let manifest =
+            std::fs::read_to_string(created.dir.join("Cargo.toml")).expect("the manifest");
+        assert!(
+            manifest.contains("[lib]\n") && manifest.contains(crate::plugins::crate_type::FIX),
+            "{manifest}"
+        );
         assert!(matches!(
             create("ok-plugin", Some(&dir.path().join("x")), None),
             Err(ScaffoldError::Exists(_))
         ));
+        // The suggested binding cannot take what the handler would publish (issue 24: it
+        // suggested `Order.*`, which also matches `Order.Greeted.SERVICE`).
+        let steps = next_steps(&created);
+        assert!(steps.contains("events = [\"Order.Created.*\"]"), "{steps}");
+        assert!(!steps.contains("events = [\"Order.*\"]"), "{steps}");
     }
 }

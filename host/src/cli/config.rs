@@ -11,7 +11,8 @@ use crate::plugins::PluginSet;
 /// `iniesta config ...`.
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
-    /// Validate the config and its bindings against the loaded plugins.
+    /// Validate the config and its bindings against the loaded plugins; warn about loops
+    /// running hosts of this config saw (a handler publishing an event its own binding takes).
     Check,
 }
 
@@ -35,6 +36,12 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
     let set = PluginSet::scan(&config.plugin_dirs());
     match crate::route::bind(&config, &set, None, None) {
         Ok(routes) => {
+            // What no file says: loops the running hosts of this config saw.
+            for host in crate::plugins::watch::running_hosts(&config) {
+                for warning in host.loop_warnings() {
+                    println!("warning: {warning}");
+                }
+            }
             println!(
                 "{}: ok ({} binding(s){}, {} plugin(s) loaded)",
                 path.display(),

@@ -14,7 +14,9 @@ pub enum PluginsCommand {
     /// Load one file the way the host would, without starting anything: print its name,
     /// version, plugin-api version and handlers, or why it is refused (exit 1).
     Check {
-        /// The shared library.
+        /// The shared library (`target/release/libNAME.so`), or the plugin's crate directory.
+        /// A crate built without `crate-type = ["cdylib", "rlib"]` (only an `.rlib`, no `.so`)
+        /// is named with that fix.
         file: PathBuf,
     },
 }
@@ -27,12 +29,18 @@ pub async fn run(path: &Path, command: Option<PluginsCommand>) -> anyhow::Result
         None => {
             let config = crate::validate::load(path)?;
             let set = PluginSet::scan(&config.plugin_dirs());
-            print!("{}", render_plugins(&set));
+            let hosts = crate::plugins::watch::running_hosts(&config);
+            print!("{}", render_plugins(&set, &hosts));
+            for plugin in bound_but_missing(&config, &set) {
+                match crate::plugins::crate_type::diagnose_missing(&set.dirs, &plugin) {
+                    Some(why) => println!("MISSING `{plugin}` (bound in the config): {why}"),
+                    None => println!(
+                        "MISSING `{plugin}` (bound in the config): no plugin of that name in plugins.dirs; build it, or fix the binding's `plugin`"
+                    ),
+                }
+            }
             print!("{}", crate::egress::render_configured(&config).await);
-            print!(
-                "{}",
-                render_running(&crate::plugins::watch::running_hosts(&config))
-            );
+            print!("{}", render_running(&hosts));
             // Non-zero when a file was refused, so deploy scripts notice.
             Ok(if set.refused.is_empty() {
                 ExitCode::SUCCESS
@@ -45,6 +53,15 @@ pub async fn run(path: &Path, command: Option<PluginsCommand>) -> anyhow::Result
 
 /// `iniesta plugins check FILE`.
 fn check(file: &Path) -> ExitCode {
+    // A crate directory, an rlib or a .so that was never built: say what is missing.
+    let found = match crate::plugins::crate_type::library_for(file) {
+        Ok(found) => found,
+        Err(why) => {
+            println!("not loadable: {why}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let file = found.as_deref().unwrap_or(file);
     let origin = file.parent().unwrap_or_else(|| Path::new("."));
     match crate::plugins::load::load_file(file, origin) {
         Ok(plugin) => {
@@ -82,8 +99,44 @@ fn check(file: &Path) -> ExitCode {
     }
 }
 
-/// The `plugins` table.
-pub fn render_plugins(set: &PluginSet) -> String {
+/// The generations of plugin `name` the running `hosts` serve (`2`, or `2,3` when hosts
+/// differ), `-` when no running host serves it.
+fn serving_generations(hosts: &[crate::plugins::watch::HostState], name: &str) -> String {
+    let mut generations: Vec<u64> = hosts
+        .iter()
+        .flat_map(|h| h.plugins.iter())
+        .filter(|p| p.name == name)
+        .map(|p| p.generation)
+        .collect();
+    generations.sort_unstable();
+    generations.dedup();
+    if generations.is_empty() {
+        return "-".to_string();
+    }
+    generations
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Plugins the config's bindings name that no directory has.
+fn bound_but_missing(config: &crate::config::Config, set: &PluginSet) -> Vec<String> {
+    let mut names: Vec<String> = config
+        .bindings
+        .iter()
+        .map(|b| b.plugin.clone())
+        .filter(|p| !set.plugins.contains_key(p))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// The `plugins` table. `GEN` is the generation the running hosts of this config serve (from
+/// their state files, so it follows their hot reloads), `-` where none runs: this command's
+/// own load of the files is not what any host serves.
+pub fn render_plugins(set: &PluginSet, hosts: &[crate::plugins::watch::HostState]) -> String {
     let mut out = String::new();
     out.push_str(&format!(
         "{:<16} {:<10} {:<8} {:<4} {:<24} {:<40} {}\n",
@@ -95,7 +148,7 @@ pub fn render_plugins(set: &PluginSet) -> String {
             plugin.name,
             plugin.version,
             plugin.abi_version,
-            plugin.generation,
+            serving_generations(hosts, &plugin.name),
             crate::egress::exports(plugin),
             plugin.file.display(),
             plugin.origin_dir.display()
@@ -172,6 +225,9 @@ pub fn render_running(hosts: &[crate::plugins::watch::HostState]) -> String {
                 "  LOAD FAILED {} ({}; {serving}): {}\n",
                 f.plugin, f.reason, f.error
             ));
+        }
+        for warning in host.loop_warnings() {
+            out.push_str(&format!("  WARNING {warning}\n"));
         }
         out.push_str(&crate::isolate::render_status(&host.workers));
     }

@@ -10,7 +10,9 @@ use super::attributes::{parse_attributes, read_body};
 /// `iniesta route` arguments.
 #[derive(Debug, clap::Args)]
 pub struct RouteArgs {
-    /// The full event name as it arrives, e.g. `Order.Created.shop` (nothing is appended).
+    /// The full event name as it arrives, e.g. `Order.Created.shop` (nothing is appended). When
+    /// no binding's patterns match it, the report ends with "did you mean": the full names a
+    /// short name (`Order.Created`) stands for, or the nearest names to a misspelt one.
     pub event: String,
     /// The body (JSON or text; `-` reads standard input). Default `{}`.
     pub body: Option<String>,

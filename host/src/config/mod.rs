@@ -184,6 +184,22 @@ pub enum ConfigError {
     },
 }
 
+/// Why a config text does not parse: not TOML, or a key unknown or of the wrong type.
+///
+/// Displayed as `line 7: sqs.handler_timeout_secs: invalid type: string "x", expected u64`
+/// (the line and the key when known).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{}{message}", line.map(|l| format!("line {l}: ")).unwrap_or_default(), key.as_ref().map(|k| format!("{k}: ")).unwrap_or_default())]
+pub struct ParseError {
+    /// The dotted key at fault, e.g. `sqs.handler_timeout_secs` or `bindings[1].plugin`
+    /// (for an unknown key: the table it is in); `None` for a TOML syntax error.
+    pub key: Option<String>,
+    /// The 1-based line of the value at fault, when the parser knows it.
+    pub line: Option<usize>,
+    /// What is wrong, e.g. `invalid type: string "x", expected u64`.
+    pub message: String,
+}
+
 impl Config {
     /// Read and parse a config file without the consistency checks (for commands that only
     /// print settings, like `filter-policies`).
@@ -205,9 +221,21 @@ impl Config {
     }
 
     /// Parse TOML text; relative paths will resolve against `base_dir`. The error names the
-    /// line and the key (an unknown or mistyped one).
-    pub fn parse(text: &str, base_dir: &Path) -> Result<Config, toml::de::Error> {
-        let mut config: Config = toml::from_str(text)?;
+    /// line and the dotted key at fault (an unknown or mistyped one).
+    pub fn parse(text: &str, base_dir: &Path) -> Result<Config, ParseError> {
+        let mut config: Config = serde_path_to_error::deserialize(toml::Deserializer::new(text))
+            .map_err(|e| {
+                let key = e.path().to_string();
+                let inner = e.into_inner();
+                let line = inner
+                    .span()
+                    .map(|span| text.get(..span.start).unwrap_or(text).matches('\n').count() + 1);
+                ParseError {
+                    key: (key != ".").then_some(key),
+                    line,
+                    message: inner.message().trim_end().to_string(),
+                }
+            })?;
         config.base_dir = if base_dir.as_os_str().is_empty() {
             PathBuf::from(".")
         } else {
@@ -324,5 +352,37 @@ impl Config {
     /// Whether this host needs `sns.topic_arn`: it produces to or polls the topic.
     pub fn needs_topic(&self) -> bool {
         self.does(InitializationType::SnsProducer) || self.does(InitializationType::EventPolling)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_type_error_names_the_key_and_the_line() {
+        let text =
+            "service = \"s\"\n\n[sqs]\nfilters = [\"Order.*\"]\nhandler_timeout_secs = \"x\"\n";
+        let err = Config::parse(text, Path::new(".")).expect_err("a string is not a u64");
+        assert_eq!(err.key.as_deref(), Some("sqs.handler_timeout_secs"));
+        assert_eq!(err.line, Some(5));
+        assert_eq!(
+            err.to_string(),
+            "line 5: sqs.handler_timeout_secs: invalid type: string \"x\", expected u64"
+        );
+        // Inside an array of tables: the index is named.
+        let text = "service = \"s\"\n[[bindings]]\nevents = [\"a\"]\nplugin = \"p\"\n[[bindings]]\nevents = [\"b\"]\nplugin = 3\n";
+        let err = Config::parse(text, Path::new(".")).expect_err("a number is not a name");
+        assert_eq!(err.key.as_deref(), Some("bindings[1].plugin"), "{err}");
+        assert_eq!(err.line, Some(7), "{err}");
+        // An unknown key: the table it is in, and the key itself in the message.
+        let err = Config::parse("service = \"s\"\n[sqs]\nmax_mesages = 3\n", Path::new("."))
+            .expect_err("unknown key");
+        assert!(err.to_string().contains("max_mesages"), "{err}");
+        assert_eq!(err.line, Some(3), "{err}");
+        // Not TOML at all: the line, no key.
+        let err = Config::parse("service = \n", Path::new(".")).expect_err("not TOML");
+        assert_eq!(err.key, None, "{err}");
+        assert_eq!(err.line, Some(1), "{err}");
     }
 }

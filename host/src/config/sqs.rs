@@ -59,6 +59,11 @@ pub struct SqsConfig {
     /// has been invisible this long since it was received (s); 0 turns the heartbeat off.
     #[serde(default = "default_max_visibility_extension")]
     pub max_visibility_extension_secs: u64,
+    /// Every this many seconds in which handlers ran, one `info` line per binding counts its
+    /// results since the last line (acked, failed, retried, dead-lettered); nothing while
+    /// idle; 0 turns the lines off.
+    #[serde(default = "default_summary_interval")]
+    pub summary_interval_secs: u64,
     /// FIFO queues and topics: the message attribute whose value is a published message's
     /// `MessageGroupId` (checked first).
     #[serde(default)]
@@ -94,6 +99,7 @@ impl Default for SqsConfig {
             handler_timeout_secs: default_handler_timeout(),
             shutdown_timeout_secs: default_shutdown_timeout(),
             max_visibility_extension_secs: default_max_visibility_extension(),
+            summary_interval_secs: default_summary_interval(),
             fifo_group_attribute: None,
             fifo_group_field: None,
             fifo_default_group: default_fifo_group(),
@@ -131,6 +137,9 @@ fn default_shutdown_timeout() -> u64 {
 }
 fn default_max_visibility_extension() -> u64 {
     43_200
+}
+fn default_summary_interval() -> u64 {
+    60
 }
 fn default_fifo_group() -> String {
     "default".into()

@@ -58,6 +58,8 @@ pub const DELETE_STALLS: &str = "iniesta_delete_stalls_total";
 pub const DELETE_STALLED: &str = "iniesta_delete_stalled";
 /// Plugin generations swapped in by hot reload: label `plugin`.
 pub const PLUGIN_RELOADS: &str = "iniesta_plugin_reloads_total";
+/// Events a handler published that its own binding consumes (a loop): label `binding`.
+pub const SELF_PUBLISHES: &str = "iniesta_handler_self_publishes_total";
 /// Plugin files refused at load (bad ABI, missing symbol, incomplete file...).
 pub const PLUGIN_REFUSALS: &str = "iniesta_plugin_refusals_total";
 /// Plugin files that failed to load, each counted once: labels `plugin` (the plugin whose
@@ -201,6 +203,10 @@ fn describe() {
         "1 while every in-flight slot waits on a failing delete, else 0"
     );
     describe_counter!(PLUGIN_RELOADS, "Plugin generations swapped in, by plugin");
+    describe_counter!(
+        SELF_PUBLISHES,
+        "Events a handler published that its own binding consumes (a loop), by binding"
+    );
     describe_counter!(PLUGIN_REFUSALS, "Plugin files refused at load");
     describe_counter!(
         PLUGIN_LOAD_FAILURES,

@@ -93,6 +93,7 @@ impl Shared {
                 )
                 .await;
                 log_results(message.receive_count, &envelope, &todo, &results);
+                self.summary.record(&todo, &results);
                 self.report_results(&message, &envelope, &todo, &results);
                 // The heartbeat stops the moment the handlers return.
                 match keeper.finish().await {

@@ -38,8 +38,9 @@
 //! The modules: [`receive`] (poll loops, backpressure, locks, dispatch), [`message`] (one
 //! message from routing to settlement), [`invoke`] (the one place handlers run, used by
 //! ingress too), [`settle`] (settlement rules, the batch deleter), [`keepalive`] (lock
-//! renewal and visibility heartbeats), [`report`] (logs, error webhook, console) and
-//! [`state`] (what the tasks of a run share).
+//! renewal and visibility heartbeats), [`report`] (logs, error webhook, console),
+//! [`summary`] (the periodic `info` line of handler results per binding) and [`state`] (what
+//! the tasks of a run share).
 
 pub mod invoke;
 mod keepalive;
@@ -49,6 +50,7 @@ pub mod report;
 mod settings;
 mod settle;
 mod state;
+pub mod summary;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -150,6 +152,13 @@ impl Pipeline {
         );
         let locks = self.parts.locks.clone();
         let health = self.parts.health.clone();
+        let summary = Arc::new(summary::Summary::default());
+        let summary_stop = CancellationToken::new();
+        let summary_task = tokio::spawn(summary::run(
+            summary.clone(),
+            settings.summary_interval,
+            summary_stop.clone(),
+        ));
         let shared = Arc::new(Shared {
             parts: self.parts,
             lock_outage: AtomicBool::new(false),
@@ -160,6 +169,7 @@ impl Pipeline {
             shutdown: shutdown.clone(),
             abandon: abandon.clone(),
             tasks: tasks.clone(),
+            summary,
         });
         let pollers: Vec<_> = (0..settings.pollers)
             .map(|poller| shared.spawn(shared.clone().poll(poller)))
@@ -210,6 +220,9 @@ impl Pipeline {
         {
             tracing::warn!("pending deletes did not finish; those messages will be redelivered");
         }
+        // The last summary line: what the drain settled.
+        summary_stop.cancel();
+        let _ = summary_task.await;
         // Whatever still runs is dropped now, and waited for briefly: a task blocked inside an
         // inline handler only notices when the handler returns, so the host goes on without
         // it (its message was not settled: it comes back after its visibility timeout).

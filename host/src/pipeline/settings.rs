@@ -33,6 +33,8 @@ pub struct Settings {
     /// The longest a message is kept invisible by heartbeats, counted from its receipt; zero
     /// turns the heartbeat off.
     pub max_visibility_extension: Duration,
+    /// How often the summary line is logged (zero: never).
+    pub summary_interval: Duration,
 }
 
 impl Settings {
@@ -59,6 +61,7 @@ impl Settings {
             completion_ttl: lock::ttl_from_secs(config.lock.completion_ttl_secs),
             visibility_timeout: Duration::from_secs(u64::from(config.sqs.visibility_timeout)),
             max_visibility_extension: Duration::from_secs(config.sqs.max_visibility_extension_secs),
+            summary_interval: Duration::from_secs(config.sqs.summary_interval_secs),
         }
     }
 }

@@ -62,6 +62,8 @@ pub struct Shared {
     pub abandon: CancellationToken,
     /// Every task this run started, so `run` returns only when they are all done.
     pub tasks: TaskTracker,
+    /// Handler results for the periodic summary line.
+    pub summary: Arc<super::summary::Summary>,
 }
 
 impl Shared {

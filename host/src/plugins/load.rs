@@ -21,7 +21,11 @@ use iniesta_plugin_api::ffi::{
 /// The plugin-api version this host was built with.
 pub const HOST_API_VERSION: &str = iniesta_plugin_api::ABI_VERSION;
 
+/// The last generation handed out: a number is taken only by a load that succeeded, so a
+/// refused file never uses one up (generations count what was really loaded).
 static GENERATION: AtomicU64 = AtomicU64::new(0);
+/// Load attempts, for the private copies' names (refused ones included).
+static ATTEMPT: AtomicU64 = AtomicU64::new(0);
 
 /// What identifies one version of a file on disk: device, inode, size and modification time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,7 +85,8 @@ pub struct LoadedPlugin {
     pub file: PathBuf,
     /// The `plugins.dirs` entry the file was found in.
     pub origin_dir: PathBuf,
-    /// Load generation, unique in this process (libraries are never unloaded).
+    /// Load generation, unique in this process (libraries are never unloaded): 1, 2, 3... in
+    /// the order files loaded; a refused file takes no number.
     pub generation: u64,
     /// The file's identity when it was loaded; a different one means a new version.
     pub fingerprint: Option<Fingerprint>,
@@ -371,7 +376,7 @@ pub fn load_file(file: &Path, origin_dir: &Path) -> Result<LoadedPlugin, LoadErr
     if cfg!(target_os = "linux") {
         inspect_elf(file, &bytes)?;
     }
-    let generation = GENERATION.fetch_add(1, Ordering::Relaxed) + 1;
+    let attempt = ATTEMPT.fetch_add(1, Ordering::Relaxed) + 1;
     let private_dir = private_tempdir(&format!("iniesta-plugins-{}-", std::process::id()))
         .map_err(|e| {
             broken(format!(
@@ -383,9 +388,7 @@ pub fn load_file(file: &Path, origin_dir: &Path) -> Result<LoadedPlugin, LoadErr
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_else(|| "plugin.so".into());
-    let private = private_dir
-        .path()
-        .join(format!("g{generation}-{file_name}"));
+    let private = private_dir.path().join(format!("a{attempt}-{file_name}"));
     std::fs::write(&private, &bytes)
         .map_err(|e| broken(format!("cannot copy to {}: {e}", private.display())))?;
     let loaded = lib_header_from_path(&private).and_then(|header| {
@@ -409,6 +412,7 @@ pub fn load_file(file: &Path, origin_dir: &Path) -> Result<LoadedPlugin, LoadErr
         tracing::debug!(error = %e, "cannot remove a private plugin copy");
     }
     let module = loaded.map_err(|e| classify(file, e))?;
+    let generation = GENERATION.fetch_add(1, Ordering::Relaxed) + 1;
     let handlers = module
         .handlers()
         .iter()

@@ -54,6 +54,8 @@ pub struct PluginSet {
     /// Plugin directories that could not be listed (wholly or in part), with the error: the
     /// plugins loaded from them before keep serving, and the error is logged once.
     pub unreadable_dirs: BTreeMap<PathBuf, String>,
+    /// The directories scanned, in order.
+    pub dirs: Vec<PathBuf>,
 }
 
 impl PluginSet {
@@ -68,7 +70,10 @@ impl PluginSet {
     /// keeps its previous generation serving. A refused file that has not changed since is not
     /// tried again: its refusal carries over, neither logged nor counted again.
     pub fn rescan(&self, dirs: &[PathBuf]) -> PluginSet {
-        let mut set = PluginSet::default();
+        let mut set = PluginSet {
+            dirs: dirs.to_vec(),
+            ..PluginSet::default()
+        };
         for dir in dirs {
             set.scan_dir(dir, self);
         }
@@ -244,7 +249,9 @@ impl PluginSet {
             .filter(|r| r.file.to_string_lossy().contains(name))
             .map(|r| r.error.to_string())
             .collect();
-        if refused.is_empty() {
+        if let Some(missing) = super::crate_type::diagnose_missing(&self.dirs, name) {
+            hint.push_str(&format!("; {missing}"));
+        } else if refused.is_empty() {
             hint.push_str("; check plugins.dirs and that the plugin is built");
         } else {
             hint.push_str(&format!("; refused: {}", refused.join("; ")));

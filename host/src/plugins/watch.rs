@@ -36,6 +36,10 @@ use crate::route::Routes;
 /// How long the files must be quiet before a reload.
 pub const DEBOUNCE: Duration = Duration::from_millis(300);
 
+/// How often the state file is brought up to date with what handlers did between reloads
+/// (self-publishes), when that changed.
+pub const STATE_REFRESH: Duration = Duration::from_secs(2);
+
 /// What one reload did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ReloadReport {
@@ -94,9 +98,28 @@ pub struct HostState {
     /// their old values until then.
     #[serde(default)]
     pub pending_restart: Vec<String>,
+    /// Bindings whose handler published an event the binding consumes itself (a loop).
+    #[serde(default)]
+    pub self_publishes: Vec<super::context::SelfPublish>,
     /// Isolated plugins' worker processes (read from their own state file).
     #[serde(default, skip_serializing)]
     pub workers: Vec<crate::isolate::WorkerStatus>,
+}
+
+impl HostState {
+    /// The loops this host saw, one sentence each: a binding whose handler published an event
+    /// the binding consumes itself.
+    pub fn loop_warnings(&self) -> Vec<String> {
+        self.self_publishes
+            .iter()
+            .map(|l| {
+                format!(
+                    "{} published `{}`, which it consumes itself ({} time(s) in host pid {}): a loop; bind it to events it does not publish, or publish another name",
+                    l.binding, l.event, l.count, self.pid
+                )
+            })
+            .collect()
+    }
 }
 
 /// One serving plugin in [`HostState`].
@@ -272,6 +295,7 @@ impl Reloader {
             retained_generations: self.stats.retained_generations,
             load_failures: self.plugins.refused.iter().map(LoadFailure::of).collect(),
             pending_restart: self.pending_restart.clone(),
+            self_publishes: super::context::self_publishes(),
             workers: Vec::new(),
         };
         let dir = state_dir(&self.config);
@@ -447,6 +471,10 @@ impl Reloader {
         report.swapped = true;
         if std::mem::take(&mut self.reload_refused) {
             tracing::info!(alert_cleared = "reload", "reloading works again");
+        }
+        if applied_config || !report.reloaded.is_empty() || !report.removed.is_empty() {
+            // New bindings or handlers: the loops seen are old news until they happen again.
+            super::context::forget_self_publishes();
         }
         report.config_applied = applied_config;
         if applied_config {
@@ -660,10 +688,22 @@ async fn reload_loop(
     mut watching: BTreeSet<PathBuf>,
     shutdown: CancellationToken,
 ) {
+    // Self-publishes (see `super::context`) reach the state file within STATE_REFRESH.
+    let mut refresh = tokio::time::interval(STATE_REFRESH);
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut written = super::context::self_publishes();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             got = rx.recv() => if got.is_none() { break; },
+            _ = refresh.tick() => {
+                let now = super::context::self_publishes();
+                if now != written {
+                    lock(&reloader).write_state();
+                    written = now;
+                }
+                continue;
+            }
         }
         // Debounce: wait until nothing has changed for DEBOUNCE.
         loop {

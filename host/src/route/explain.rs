@@ -120,7 +120,102 @@ pub fn explain(config: &Config, envelope: &Envelope) -> Result<String, Vec<Probl
             labels.join(", ")
         );
     }
+    let suggested = suggestions(config, &envelope.event);
+    if !suggested.is_empty() {
+        let names: Vec<String> = suggested.iter().map(|s| format!("`{}`", s.name)).collect();
+        let why = if suggested.iter().any(|s| s.short) {
+            " (route takes the full name as it arrives: the publisher appends `.{its service}`)"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            out,
+            "did you mean {}? no binding's event patterns match `{}`{why}",
+            names.join(" or "),
+            envelope.event
+        );
+    }
     Ok(out)
+}
+
+/// A name `iniesta route` suggests instead of the one given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Suggestion {
+    /// The full event name a binding takes.
+    name: String,
+    /// Whether the given name was a short one (the suggestion adds a service suffix).
+    short: bool,
+}
+
+/// When no binding's event patterns match `event` (the default binding aside): the names the
+/// user may have meant. A short name (`Order.Created`) gets the full names that extend it
+/// (`Order.Created.shop` from a binding, or with this config's own service appended); a
+/// misspelt name, short or full, gets the nearest name a binding takes (edit distance).
+fn suggestions(config: &Config, event: &str) -> Vec<Suggestion> {
+    let patterns: Vec<Pattern> = config
+        .bindings
+        .iter()
+        .filter(|b| !b.default)
+        .flat_map(|b| b.events.iter().filter_map(|e| Pattern::parse(e).ok()))
+        .collect();
+    if event.is_empty() || patterns.iter().any(|p| p.matches(event)) {
+        return Vec::new();
+    }
+    let mut found: Vec<Suggestion> = Vec::new();
+    let push = |found: &mut Vec<Suggestion>, name: String, short: bool| {
+        if !found.iter().any(|s| s.name == name) {
+            found.push(Suggestion { name, short });
+        }
+    };
+    // A short name: a binding takes it with a service suffix.
+    let dotted = format!("{event}.");
+    for pattern in patterns.iter().filter(|p| p.is_exact()) {
+        if pattern.as_str().starts_with(&dotted) {
+            push(&mut found, pattern.as_str().to_string(), true);
+        }
+    }
+    let own = config.full_event_name(event);
+    if own != event && patterns.iter().any(|p| p.matches(&own)) {
+        push(&mut found, own, true);
+    }
+    if !found.is_empty() {
+        return found;
+    }
+    // A misspelt name, compared in full and, for a short name, with the candidate cut to as
+    // many segments as it has.
+    let segments = event.split('.').count();
+    let near = |a: &str, b: &str| {
+        let distance = strsim::levenshtein(a, b);
+        distance > 0 && distance <= (a.chars().count().max(b.chars().count()) / 5).clamp(1, 3)
+    };
+    for pattern in &patterns {
+        if pattern.is_exact() {
+            let name = pattern.as_str();
+            let cut: Vec<&str> = name.split('.').take(segments).collect();
+            let cut = cut.join(".");
+            if near(event, name) {
+                push(&mut found, name.to_string(), false);
+            } else if cut.len() < name.len() && (near(event, &cut) || event == cut) {
+                push(&mut found, name.to_string(), true);
+            }
+        } else {
+            // A glob such as `Order.*`: correct the segments before its `*`.
+            let head = pattern.as_str().split('*').next().unwrap_or("");
+            let head_segments = head.trim_end_matches('.').split('.').count();
+            if head.is_empty() || !head.ends_with('.') || segments <= head_segments {
+                continue;
+            }
+            let parts: Vec<&str> = event.split('.').collect();
+            let given = parts[..head_segments].join(".");
+            if near(&given, head.trim_end_matches('.')) {
+                let fixed = format!("{head}{}", parts[head_segments..].join("."));
+                if pattern.matches(&fixed) {
+                    push(&mut found, fixed, false);
+                }
+            }
+        }
+    }
+    found
 }
 
 fn label(index: usize, binding: &BindingConfig) -> String {
@@ -343,6 +438,36 @@ mod tests {
         // Off the subscription's filters: noted.
         let out = report(&c, "Payment.Done.svc", "{}", &[]);
         assert!(out.contains("NOTE: sqs.filters"), "{out}");
+    }
+
+    /// Issue 24: "did you mean" for short names (no service suffix) as well as full ones.
+    #[test]
+    fn short_and_misspelt_names_get_suggestions() {
+        let c = config(
+            "[[bindings]]\nevents = [\"Order.Created.shop\"]\nplugin = \"a\"\n\
+             [[bindings]]\nevents = [\"user.*\"]\nplugin = \"b\"\n\
+             [[bindings]]\ndefault = true\nplugin = \"c\"\n",
+        );
+        // The short name of a bound full name.
+        let out = report(&c, "Order.Created", "{}", &[]);
+        assert!(
+            out.contains(
+                "did you mean `Order.Created.shop`? no binding's event patterns match `Order.Created` (route takes the full name as it arrives"
+            ),
+            "{out}"
+        );
+        // A short name, misspelt.
+        let out = report(&c, "Order.Craeted", "{}", &[]);
+        assert!(out.contains("did you mean `Order.Created.shop`?"), "{out}");
+        // A full name, misspelt.
+        let out = report(&c, "Order.Craeted.shop", "{}", &[]);
+        assert!(out.contains("did you mean `Order.Created.shop`?"), "{out}");
+        // A misspelt head of a glob.
+        let out = report(&c, "usr.updated.svc", "{}", &[]);
+        assert!(out.contains("did you mean `user.updated.svc`?"), "{out}");
+        // A name a binding takes: no suggestion; a name far from every binding: none either.
+        assert!(!report(&c, "Order.Created.shop", "{}", &[]).contains("did you mean"));
+        assert!(!report(&c, "Payment.Done", "{}", &[]).contains("did you mean"));
     }
 
     #[test]

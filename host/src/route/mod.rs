@@ -414,11 +414,20 @@ pub fn bind(
             .iter()
             .filter_map(|e| Pattern::parse(e).ok())
             .collect();
+        // What a handler publishes goes out as `{event}.{service}`: if this binding's own
+        // patterns take that, the handler feeds itself (the context warns).
+        let own = patterns.clone();
+        let service = config.service.clone();
+        let consumes: crate::plugins::context::Consumes = std::sync::Arc::new(move |event| {
+            let full = crate::wire::full_event_name(event, &service);
+            own.iter().any(|p| p.matches(&full)).then_some(full)
+        });
         let context = crate::plugins::context::HostContext::boxed(
             publisher.clone(),
             runtime.clone(),
             &plugin.name,
             &label,
+            Some(consumes),
         );
         let binding = Binding {
             index,

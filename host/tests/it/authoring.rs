@@ -158,3 +158,81 @@ fn plugins_check_explains_refusals() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a valid plugin name"));
 }
+
+/// Issue 24: a plugin crate without `crate-type = ["cdylib"]` builds "fine" (an rlib only).
+/// Bound, it is named with the one-line fix by `config check`, and `plugins check` says the
+/// same of its crate directory and of the `.so` that was never built.
+#[test]
+fn a_crate_built_without_cdylib_is_named_with_the_fix() {
+    let outside = tempfile::tempdir().expect("tempdir");
+    let krate = outside.path().join("greeter");
+    std::fs::create_dir_all(krate.join("src")).expect("mkdir");
+    let manifest = krate.join("Cargo.toml");
+    std::fs::write(
+        &manifest,
+        "[package]\nname = \"greeter\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[workspace]\n",
+    )
+    .expect("write");
+    std::fs::write(krate.join("src/lib.rs"), "pub fn hello() {}\n").expect("write");
+    let cargo = option_env!("CARGO").unwrap_or("cargo");
+    let out = Command::new(cargo)
+        .args(["build", "--release", "--offline", "--quiet"])
+        .current_dir(&krate)
+        .env_remove("CARGO_TARGET_DIR")
+        .output()
+        .expect("cargo runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let release = krate.join("target/release");
+    assert!(
+        release.join("libgreeter.rlib").is_file(),
+        "cargo built the rlib"
+    );
+    assert!(
+        !release.join("libgreeter.so").exists(),
+        "and no shared library"
+    );
+
+    let s = Scratch::new();
+    let config = s.write(
+        "iniesta.toml",
+        &format!(
+            "service = \"receiver\"\n[sns]\ntopic_arn = \"arn:aws:sns:us-east-1:000000000000:global\"\n[sqs]\nfilters = [\"Order.*\"]\n[plugins]\ndirs = [\"{}\"]\n[[bindings]]\nevents = [\"Order.*\"]\nplugin = \"greeter\"\n",
+            release.display()
+        ),
+    );
+    let fix = r#"crate-type = ["cdylib", "rlib"]"#;
+    let out = common::iniesta(&config, &["config", "check"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bindings[0].plugin")
+            && err.contains(&manifest.display().to_string())
+            && err.contains(fix),
+        "{err}"
+    );
+    let out = common::iniesta(&config, &["plugins"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("MISSING `greeter`") && text.contains(fix),
+        "{text}"
+    );
+
+    for path in [krate.clone(), release.join("libgreeter.so")] {
+        let out = Command::new(common::bin())
+            .args(["plugins", "check"])
+            .arg(&path)
+            .output()
+            .expect("runs");
+        assert!(!out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("not loadable") && text.contains("libgreeter.rlib") && text.contains(fix),
+            "{}: {text}",
+            path.display()
+        );
+    }
+}

@@ -106,6 +106,27 @@ fn a_missing_config_file_says_how_to_fix_it() {
     );
 }
 
+/// A value of the wrong type is refused with the file, the line and the dotted key (issue 24:
+/// the parser's own message named neither the key nor, for nested tables, where it was).
+#[test]
+fn a_type_error_names_the_file_line_and_key() {
+    let s = Scratch::new();
+    let path = s.write(
+        "iniesta.toml",
+        &format!("{HEADER}handler_timeout_secs = \"x\"\n"),
+    );
+    let out = iniesta(&path, &["config", "check"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "{}: line 6: sqs.handler_timeout_secs: invalid type: string \"x\", expected u64",
+            path.display()
+        )),
+        "{err}"
+    );
+}
+
 #[test]
 fn run_refuses_a_bad_config_too() {
     let s = Scratch::new();

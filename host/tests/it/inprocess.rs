@@ -183,3 +183,134 @@ async fn dead_letter_outcome_and_max_receive_redrive() {
     assert!(host.queue().await.is_empty());
     host.stop().await;
 }
+
+/// The `tracing` events of the current thread (the paused runtime's), with their fields.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<std::collections::BTreeMap<String, String>>>>);
+
+struct Fields<'a>(&'a mut std::collections::BTreeMap<String, String>);
+
+impl tracing::field::Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0
+            .insert(field.name().to_string(), format!("{value:?}"));
+    }
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().to_string(), value.to_string());
+    }
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.0.insert(field.name().to_string(), value.to_string());
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Captured {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let mut fields = std::collections::BTreeMap::new();
+        fields.insert("level".to_string(), event.metadata().level().to_string());
+        event.record(&mut Fields(&mut fields));
+        if let Ok(mut events) = self.0.lock() {
+            events.push(fields);
+        }
+    }
+}
+
+impl Captured {
+    /// The summary events (the ones with an `acked` count), each with the tokio time seen.
+    fn summaries(&self) -> Vec<std::collections::BTreeMap<String, String>> {
+        self.0
+            .lock()
+            .map(|events| {
+                events
+                    .iter()
+                    .filter(|e| e.contains_key("acked") && e.contains_key("interval_secs"))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Issue 24: acks are invisible at `info`, so every `summary_interval_secs` in which handlers
+/// ran one `info` event per binding counts its results since the last one; an idle interval
+/// logs nothing.
+#[tokio::test(start_paused = true)]
+async fn a_summary_line_per_binding_counts_results_and_idle_intervals_say_nothing() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    let captured = Captured::default();
+    let _guard =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(captured.clone()));
+    let host = InProcess::start(
+        "summary_interval_secs = 60",
+        "[[bindings]]\nevents = [\"Order.*\"]\nplugin = \"echo\"\n\
+         [[bindings]]\nevents = [\"Bad.*\"]\nplugin = \"flaky\"\nconfig = { mode = \"dead-letter\" }\n",
+    )
+    .await;
+    let started = tokio::time::Instant::now();
+    host.publish("Order.One", "{}").await;
+    host.publish("Order.Two", "{}").await;
+    host.publish("Bad.One", "{}").await;
+    host.wait_for("all three settled", Duration::from_secs(30), || async {
+        (host.queue().await.is_empty() && host.dead_letters().await.len() == 1).then_some(())
+    })
+    .await;
+    assert!(
+        captured.summaries().is_empty(),
+        "no line before the interval"
+    );
+    let lines = host
+        .wait_for("the summary", Duration::from_secs(90), || async {
+            let lines = captured.summaries();
+            (lines.len() >= 2).then_some(lines)
+        })
+        .await;
+    assert!(
+        tokio::time::Instant::now() >= started + Duration::from_secs(60),
+        "the first line comes after one interval"
+    );
+    let of = |label: &str| {
+        lines
+            .iter()
+            .find(|l| l.get("binding").is_some_and(|b| b.contains(label)))
+            .cloned()
+            .unwrap_or_else(|| panic!("no summary for {label}: {lines:?}"))
+    };
+    let echo = of("(echo/echo)");
+    assert_eq!(echo["level"], "INFO");
+    assert_eq!(
+        (
+            echo["acked"].as_str(),
+            echo["failed"].as_str(),
+            echo["retried"].as_str(),
+            echo["dead_lettered"].as_str(),
+            echo["interval_secs"].as_str()
+        ),
+        ("2", "0", "0", "0", "60"),
+        "{echo:?}"
+    );
+    let flaky = of("(flaky/flaky)");
+    assert_eq!(
+        (flaky["acked"].as_str(), flaky["dead_lettered"].as_str()),
+        ("0", "1"),
+        "{flaky:?}"
+    );
+    assert_eq!(lines.len(), 2, "one line per binding: {lines:?}");
+    // Five idle minutes: nothing more.
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    assert_eq!(captured.summaries().len(), 2, "idle intervals log nothing");
+    // Activity again: the next line counts only what happened since.
+    host.publish("Order.Three", "{}").await;
+    let lines = host
+        .wait_for("the next summary", Duration::from_secs(120), || async {
+            let lines = captured.summaries();
+            (lines.len() >= 3).then_some(lines)
+        })
+        .await;
+    assert_eq!(lines[2]["acked"], "1", "{lines:?}");
+    assert!(lines[2]["binding"].contains("(echo/echo)"), "{lines:?}");
+    host.stop().await;
+    assert_eq!(
+        captured.summaries().len(),
+        3,
+        "nothing left to say at the end"
+    );
+}

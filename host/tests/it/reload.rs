@@ -329,6 +329,78 @@ fn sighup_reloads_when_watching_is_off() {
     host.stop();
 }
 
+/// Issue 24: a refused file takes no generation number (the next good build is the next
+/// number), and the `plugins` table's `GEN` is what the running host serves after the reload,
+/// not this command's own load of the file.
+#[test]
+fn a_refused_load_takes_no_generation_and_plugins_shows_the_serving_one() {
+    let s = Scratch::new();
+    let dir = plugins_dir(&s);
+    deploy(&dir, "libledger.so", &ledger_with_mark(1));
+    let config = s.write(
+        "iniesta.toml",
+        &config_text(&s, &dir, "", &ledger_binding(&s, "a", r#"["Order.*"]"#)),
+    );
+    let host = Host::start(&config, s.path("host.log"));
+    let mut first = None;
+    s.wait_for("the host state", LIMIT, || {
+        first = serving(&host_state(&s, &host), "ledger");
+        first.is_some()
+    });
+    let first = first.unwrap_or_default();
+    let incompatible = common::build_incompatible_fixture();
+    deploy(
+        &dir,
+        "libledger.so",
+        &std::fs::read(&incompatible).expect("read fixture"),
+    );
+    s.wait_for("the refusal", LIMIT, || {
+        host.log_text()
+            .contains("refused: built against iniesta-plugin-api 0.99.0")
+    });
+    deploy(&dir, "libledger.so", &ledger_with_mark(2));
+    s.wait_for("the reload", LIMIT, || {
+        host.log_text().contains("plugin reloaded")
+    });
+    let mut second = None;
+    s.wait_for("the new generation in the state", LIMIT, || {
+        second = serving(&host_state(&s, &host), "ledger").filter(|g| *g != first);
+        second.is_some()
+    });
+    let second = second.unwrap_or_default();
+    assert_eq!(
+        second,
+        first + 1,
+        "the refused file took no generation number"
+    );
+    let out = common::iniesta(&config, &["plugins"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let row: Vec<&str> = text
+        .lines()
+        .find(|l| l.starts_with("ledger "))
+        .map(|l| l.split_whitespace().collect())
+        .unwrap_or_default();
+    assert_eq!(
+        row.get(3).copied(),
+        Some(second.to_string().as_str()),
+        "GEN is the serving generation: {text}"
+    );
+    assert!(
+        text.contains(&format!("ledger 0.1.0 generation {second} ")),
+        "{text}"
+    );
+    host.stop();
+    // No host runs: nothing is served, GEN says so.
+    let out = common::iniesta(&config, &["plugins"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let row: Vec<&str> = text
+        .lines()
+        .find(|l| l.starts_with("ledger "))
+        .map(|l| l.split_whitespace().collect())
+        .unwrap_or_default();
+    assert_eq!(row.get(3).copied(), Some("-"), "{text}");
+}
+
 /// This host's state file (what `iniesta plugins` reads), as JSON.
 fn host_state(s: &Scratch, host: &Host) -> serde_json::Value {
     let path = s.path(&format!(".iniesta/hosts/host-{}.json", host.child.id()));

@@ -278,6 +278,84 @@ fn a_handler_publishes_through_its_context() {
     assert_eq!(line["body"], r#"{"id":9}"#);
 }
 
+/// Issue 24: a handler publishing an event its own binding consumes (echo bound to `Order.*`
+/// publishing `Order.Echoed`) feeds itself. The host cannot know that before it happens (a
+/// plugin declares its handlers, not what they publish): it warns when it sees it — once, not
+/// per message —, and `config check` and `plugins` name the binding from the state file.
+#[test]
+fn a_handler_publishing_into_its_own_binding_is_warned_about() {
+    let s = Scratch::new();
+    let config = s.config(
+        "",
+        "[[bindings]]\nevents = [\"Order.*\"]\nplugin = \"echo\"\nconfig = { publish = \"Order.Echoed\", quiet = true }\n",
+    );
+    let started = std::time::Instant::now();
+    let host = Host::start(&config, s.path("host.log"));
+    publish(&config, &["Order.Placed", "{}"]);
+    let warning = "a handler published an event its own binding consumes";
+    s.wait_for("the loop warning", LIMIT, || {
+        host.log_text().contains(warning)
+    });
+    let state = s.path(&format!(".iniesta/hosts/host-{}.json", host.child.id()));
+    s.wait_for("several self-publishes in the state file", LIMIT, || {
+        std::fs::read_to_string(&state)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["self_publishes"][0]["count"].as_u64())
+            .is_some_and(|n| n >= 3)
+    });
+    let out = common::iniesta(&config, &["config", "check"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "a warning, not an error: {text}");
+    assert!(
+        text.contains("warning: bindings[0] (echo/echo) published `Order.Echoed.receiver`, which it consumes itself"),
+        "{text}"
+    );
+    let out = common::iniesta(&config, &["plugins"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("WARNING bindings[0] (echo/echo) published `Order.Echoed.receiver`"),
+        "{text}"
+    );
+
+    // The binding is fixed (it publishes what it does not consume): the loop ends, and once a
+    // reload has happened after the last self-publish, nothing reports it any more. (A call in
+    // flight at the first reload may still publish into the old loop: the second reload, with
+    // the queue empty, is after the last one.)
+    let good = std::fs::read_to_string(&config).expect("config");
+    let fixed = |to: &str| good.replace("publish = \"Order.Echoed\"", &format!("publish = \"{to}\""));
+    let reloads = |host: &Host| host.log_text().matches("config reloaded").count();
+    std::fs::write(&config, fixed("Reply.Echoed")).expect("write config");
+    s.wait_for("the fixed binding", LIMIT, || reloads(&host) >= 1);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    s.wait_for("the loop to end (an empty queue)", LIMIT, || {
+        rt.block_on(common::queue_messages(&config, "iniesta-test-receiver"))
+            .is_empty()
+    });
+    std::fs::write(&config, fixed("Reply.Again")).expect("write config");
+    s.wait_for("the second reload", LIMIT, || reloads(&host) >= 2);
+    s.wait_for("the state file without the loop", LIMIT, || {
+        std::fs::read_to_string(&state)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .is_some_and(|v| v["self_publishes"].as_array().is_none_or(|a| a.is_empty()))
+    });
+    let out = common::iniesta(&config, &["plugins"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("WARNING"), "{text}");
+    let out = common::iniesta(&config, &["config", "check"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("warning:"), "{text}");
+
+    let log = host.stop();
+    let minutes = started.elapsed().as_secs() / 60;
+    let warnings = log.matches(warning).count() as u64;
+    assert!(
+        warnings >= 1 && warnings <= 1 + minutes,
+        "warned once a minute at most, not per message ({warnings} in {minutes} min): {log}"
+    );
+}
+
 #[test]
 fn a_slow_handler_does_not_hold_up_the_next_message() {
     let s = Scratch::new();
