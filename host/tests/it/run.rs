@@ -323,7 +323,8 @@ fn a_handler_publishing_into_its_own_binding_is_warned_about() {
     // flight at the first reload may still publish into the old loop: the second reload, with
     // the queue empty, is after the last one.)
     let good = std::fs::read_to_string(&config).expect("config");
-    let fixed = |to: &str| good.replace("publish = \"Order.Echoed\"", &format!("publish = \"{to}\""));
+    let fixed =
+        |to: &str| good.replace("publish = \"Order.Echoed\"", &format!("publish = \"{to}\""));
     let reloads = |host: &Host| host.log_text().matches("config reloaded").count();
     std::fs::write(&config, fixed("Reply.Echoed")).expect("write config");
     s.wait_for("the fixed binding", LIMIT, || reloads(&host) >= 1);
