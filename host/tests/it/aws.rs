@@ -442,7 +442,8 @@ fn batch_delete_of_200_messages_leaves_the_queue_empty() {
 #[test]
 fn sqs_unreachable_mid_run_loses_nothing_and_resumes() {
     // The outage is also one Sentry incident (`[errors.sentry]`, ops/errors/alerts.rs),
-    // however many receives fail.
+    // however many receives fail, and with three pollers it ends once, when the last of
+    // them receives again.
     let sentry = common::capture::Capture::start();
     let moto = Moto::start();
     let proxy = Proxy::start(moto.port);
@@ -452,7 +453,7 @@ fn sqs_unreachable_mid_run_loses_nothing_and_resumes() {
     let host_config = consumer(
         &s,
         &proxy.url(),
-        "visibility_timeout = 5",
+        "visibility_timeout = 5\npollers = 3",
         &format!(
             "{}[errors.sentry]\ndsn = \"http://k@127.0.0.1:{}/7\"\n",
             ledger(&book, "o", r#"["Order.*"]"#),
@@ -523,6 +524,12 @@ fn sqs_unreachable_mid_run_loses_nothing_and_resumes() {
         incidents.len(),
         1,
         "one incident for one outage: {incidents:?}"
+    );
+    assert_eq!(
+        log.matches("alert_cleared=\"broker\"").count()
+            + log.matches("alert_cleared=broker").count(),
+        1,
+        "cleared once, by the last poller to recover: {log}"
     );
 }
 
