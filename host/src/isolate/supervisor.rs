@@ -382,10 +382,13 @@ impl Worker {
         let rx = match process.request(id, request) {
             Ok(rx) => rx,
             Err(reason) => {
-                return failed(format!(
+                // Its worker died before the call reached it: a crash too.
+                let reason = format!(
                     "plugin worker for `{}` did not take the call: {reason}",
                     self.name
-                ))
+                );
+                crate::plugins::call::note_crash(reason.clone());
+                return failed(reason);
             }
         };
         // Time the host spends publishing for the worker (an egress retrying, say) is not the

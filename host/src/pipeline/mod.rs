@@ -162,7 +162,7 @@ impl Pipeline {
         let shared = Arc::new(Shared {
             parts: self.parts,
             lock_outage: AtomicBool::new(false),
-            receive_failing: std::sync::atomic::AtomicUsize::new(0),
+            receive_failing: std::sync::Mutex::new(0),
             in_flight: in_flight.clone(),
             messages: messages.clone(),
             deletes: delete_tx,

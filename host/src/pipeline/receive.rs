@@ -61,10 +61,21 @@ impl Shared {
             {
                 Ok(batch) => {
                     self.parts.health.broker_answered();
-                    if std::mem::take(&mut failing)
-                        && self.receive_failing.fetch_sub(1, Ordering::AcqRel) == 1
-                    {
-                        tracing::info!(poller, alert_cleared = "broker", "receiving works again");
+                    if std::mem::take(&mut failing) {
+                        let mut failing_pollers = self
+                            .receive_failing
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner());
+                        *failing_pollers = failing_pollers.saturating_sub(1);
+                        if *failing_pollers == 0 {
+                            // Logged under the lock: a poller failing now counts itself after
+                            // this line, so its alert is a new incident, never lost behind it.
+                            tracing::info!(
+                                poller,
+                                alert_cleared = "broker",
+                                "receiving works again"
+                            );
+                        }
                     }
                     backoff = Duration::from_millis(100);
                     batch
@@ -72,7 +83,10 @@ impl Shared {
                 Err(e) => {
                     self.parts.health.broker_failed();
                     if !std::mem::replace(&mut failing, true) {
-                        self.receive_failing.fetch_add(1, Ordering::AcqRel);
+                        *self
+                            .receive_failing
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner()) += 1;
                     }
                     metrics::counter!(m::POLL_ERRORS).increment(1);
                     tracing::error!(poller, error = %e, alert = "broker", retry_in_ms = backoff.as_millis() as u64, "receive failed; retrying");

@@ -48,7 +48,9 @@ pub struct Shared {
     /// Set while the lock service cannot decide: pollers stop receiving until it answers.
     pub lock_outage: AtomicBool,
     /// How many pollers' last receive failed: the `broker` alert is raised while any does.
-    pub receive_failing: std::sync::atomic::AtomicUsize,
+    /// (A mutex, not an atomic: the count and the clearing log line go together, so a poller
+    /// failing just then cannot be left behind a cleared alert.)
+    pub receive_failing: std::sync::Mutex<usize>,
     /// `max_in_flight` slots.
     pub in_flight: Arc<Semaphore>,
     /// Messages received and not yet settled or given back.

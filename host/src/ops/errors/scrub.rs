@@ -23,8 +23,6 @@ const SECRET_NAME_PARTS: &[&str] = &[
     "apikey",
     "accesskey",
     "privatekey",
-    "authorization",
-    "authkey",
     "credential",
     "cookie",
     "session",
@@ -40,6 +38,15 @@ const SECRET_NAME_PARTS: &[&str] = &[
 pub struct Scrubber {
     /// `drop_keys`, normalised.
     extra: Vec<String>,
+}
+
+/// `auth` anywhere in a normalised name (`xauth`, `basicauth`, `authheader`, `authorization`),
+/// except as `author…` (`author`, `authored_at`, `authority`).
+fn has_auth(key: &str) -> bool {
+    key.match_indices("auth").any(|(i, _)| {
+        let rest = &key[i + "auth".len()..];
+        !rest.starts_with("or") || rest.starts_with("orization")
+    })
 }
 
 fn normalise(key: &str) -> String {
@@ -60,9 +67,8 @@ impl Scrubber {
     /// Whether a value under `key` must not be sent.
     pub fn is_secret_key(&self, key: &str) -> bool {
         let key = normalise(key);
-        // `auth` alone is secret, but only as the whole name: `author` is not.
-        key == "auth"
-            || SECRET_NAME_PARTS.iter().any(|part| key.contains(part))
+        SECRET_NAME_PARTS.iter().any(|part| key.contains(part))
+            || has_auth(&key)
             || self.extra.contains(&key)
     }
 
@@ -78,16 +84,6 @@ impl Scrubber {
                 (
                     r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*",
                     FILTERED,
-                ),
-                // password=…, "token": "…", api_key: … (the name kept, the value filtered)
-                (
-                    r#"(?i)\b([a-z0-9_.-]*(?:password|passwd|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|credential|authorization|auth[_-]?key)[a-z0-9_.-]*)("?\s*[:=]\s*"?)[^\s"',;&]+"#,
-                    "${1}${2}[Filtered]",
-                ),
-                // auth=… (the bare name only: `author: bob` stays)
-                (
-                    r#"(?i)\b(auth)("?\s*[:=]\s*"?)[^\s"',;&]+"#,
-                    "${1}${2}[Filtered]",
                 ),
             ]
             .into_iter()
@@ -119,6 +115,37 @@ impl Scrubber {
         for (pattern, replacement) in PATTERNS.iter() {
             if let Cow::Owned(replaced) = pattern.replace_all(&out, *replacement) {
                 out = Cow::Owned(replaced);
+            }
+        }
+        // NAME=value, "NAME": "value", NAME: Basic value: the value filtered (its scheme
+        // word too) when NAME is secret by the same rules as member names (drop_keys too).
+        // Names and separators are found first and the value read after them, so a value
+        // never swallows the next pair's name.
+        static NAME: LazyLock<Option<Regex>> =
+            LazyLock::new(|| Regex::new(r#"(?i)\b([a-z0-9_.-]+)("?\s*[:=]\s*"?)"#).ok());
+        static VALUE: LazyLock<Option<Regex>> = LazyLock::new(|| {
+            Regex::new(r#"^(?i)(?:(?:basic|bearer|digest|token)\s+)?[^\s"',;&]+"#).ok()
+        });
+        if let (Some(name), Some(value)) = (NAME.as_ref(), VALUE.as_ref()) {
+            let text = out.as_ref();
+            let mut scrubbed = String::new();
+            let mut copied = 0;
+            for pair in name.captures_iter(text) {
+                let (Some(whole), Some(key)) = (pair.get(0), pair.get(1)) else {
+                    continue;
+                };
+                if whole.start() < copied || !self.is_secret_key(key.as_str()) {
+                    continue;
+                }
+                if let Some(v) = value.find(&text[whole.end()..]) {
+                    scrubbed.push_str(&text[copied..whole.end()]);
+                    scrubbed.push_str(FILTERED);
+                    copied = whole.end() + v.end();
+                }
+            }
+            if copied > 0 {
+                scrubbed.push_str(&text[copied..]);
+                out = Cow::Owned(scrubbed);
             }
         }
         out
@@ -170,7 +197,16 @@ mod tests {
         ] {
             assert!(s.is_secret_key(key), "{key}");
         }
-        assert!(s.is_secret_key("auth") && s.is_secret_key("X-Auth-Key"));
+        for key in [
+            "auth",
+            "X-Auth-Key",
+            "X-Auth",
+            "basic_auth",
+            "auth_header",
+            "oauth",
+        ] {
+            assert!(s.is_secret_key(key), "{key}");
+        }
         for key in [
             "event",
             "order_id",
@@ -202,7 +238,16 @@ mod tests {
         // The header's name marks its value secret too: nothing of the token is left.
         assert_eq!(
             s.text("sent Authorization: Bearer abc.def-ghi_jkl123"),
-            "sent Authorization: [Filtered] [Filtered]"
+            "sent Authorization: [Filtered]"
+        );
+        // A short Basic value with no digit is a credential after a secret name.
+        assert_eq!(
+            s.text(r#"request failed: "authorization": "Basic dXNlcjpwYXNz""#),
+            r#"request failed: "authorization": "[Filtered]""#
+        );
+        assert_eq!(
+            s.text("X-Auth: s3cr3t, basic_auth=u:p"),
+            "X-Auth: [Filtered], basic_auth=[Filtered]"
         );
         assert_eq!(
             s.text("token eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig-nature"),

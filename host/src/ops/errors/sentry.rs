@@ -508,7 +508,10 @@ fn body_value(shape: &Shape, envelope: &crate::wire::Envelope) -> Value {
                 cut(&text)
             }
         }
-        None => cut(&String::from_utf8_lossy(&envelope.body)),
+        // Scrubbed before it is cut, so a cut never leaves part of a secret unrecognised.
+        None => cut(&shape
+            .scrubber
+            .text(&String::from_utf8_lossy(&envelope.body))),
     }
 }
 

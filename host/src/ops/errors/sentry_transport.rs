@@ -237,8 +237,13 @@ pub async fn send_loop(
                             "Sentry cannot be reached; failure events are dropped until it answers (the messages themselves are unaffected; iniesta_error_reports_total{{sink=\"sentry\",result=\"failed\"}} counts them)")
                         }
                         Trouble::Refused(status) => {
+                            let hint = match status {
+                                401 | 403 => "check the DSN's key and project",
+                                413 => "the event is too large",
+                                _ => "Sentry did not accept it as sent",
+                            };
                             tracing::warn!(sentry_host = %endpoint.host, status = *status,
-                            "Sentry refused the event (HTTP {status}): check the DSN's key and project; refused events are dropped (iniesta_error_reports_total{{sink=\"sentry\",result=\"failed\"}})")
+                            "Sentry refused the event (HTTP {status}): {hint}; refused events are dropped (iniesta_error_reports_total{{sink=\"sentry\",result=\"failed\"}})")
                         }
                     }
                 }
