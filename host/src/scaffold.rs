@@ -196,8 +196,10 @@ pub fn next_steps(created: &Created) -> String {
     format!(
         "created plugin `{name}` in {dir}\n\n\
          1. build it (and run its test):\n     cd {dir} && cargo test && cargo build --release\n\n\
-         2. bind it: add its build directory and a binding to iniesta.toml\n     \
-         [plugins]\n     dirs = [\"target/release\", \"{dir}/target/release\"]\n\n     \
+         2. bind it: in iniesta.toml, add its build directory to the `dirs` list the `[plugins]`\n     \
+         table already has (relative paths are read from the config file's directory), e.g.\n     \
+         dirs = [\"target/release\", \"{dir}/target/release\"]\n     \
+         and add a binding:\n\n     \
          [[bindings]]\n     # One event name, not a glob such as \"Order.*\": a glob also takes what the handler\n     # publishes itself (ctx.publish(\"Order.Greeted\") goes out as Order.Greeted.SERVICE), a loop.\n     events = [\"Order.Created.*\"]\n     plugin = \"{name}\"\n     config = {{ greeting = \"hi\" }}\n\n\
          3. watch it run:\n     iniesta plugins check {lib} && iniesta config check && iniesta run\n     \
          (then in another terminal: iniesta publish Order.Created '{{\"id\": 1}}')\n",

@@ -194,11 +194,16 @@ impl PluginSet {
         let fingerprint = Fingerprint::of(file);
         match load_file(file, origin_dir) {
             Ok(plugin) => {
+                // Clears the file's `plugin:FILE` alert, only when one was raised for it (an
+                // Option field that is `None` is left out of the line).
+                let cleared = lock_alerted()
+                    .remove(file)
+                    .then(|| format!("plugin:{}", file.display()));
                 tracing::info!(
                     plugin = %plugin.name, version = %plugin.version, generation = plugin.generation,
                     file = %file.display(), handlers = ?plugin.handlers,
                     load_ms = plugin.load_time.as_millis() as u64,
-                    alert_cleared = %format!("plugin:{}", file.display()), "loaded plugin"
+                    alert_cleared = cleared.as_deref(), "loaded plugin"
                 );
                 self.insert(Arc::new(plugin));
             }
@@ -260,12 +265,23 @@ impl PluginSet {
     }
 }
 
+/// The files whose refusal raised a `plugin:FILE` alert that no load has cleared yet.
+static ALERTED: std::sync::LazyLock<std::sync::Mutex<std::collections::HashSet<PathBuf>>> =
+    std::sync::LazyLock::new(Default::default);
+
+fn lock_alerted() -> std::sync::MutexGuard<'static, std::collections::HashSet<PathBuf>> {
+    ALERTED.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Log a refusal once, with what keeps serving and how to fix it. A refusal (not a file still
 /// being written) raises the host-level alert `plugin:FILE` (ops/errors/alerts.rs), cleared
 /// when that file loads (`loaded plugin`).
 fn log_refusal(error: &LoadError, serving: Option<&LoadedPlugin>) {
     let reason = error.reason();
     let alert = format!("plugin:{}", error.file().display());
+    if !matches!(error, LoadError::Incomplete { .. }) {
+        lock_alerted().insert(error.file().to_path_buf());
+    }
     match (error, serving) {
         (LoadError::Incomplete { .. }, Some(old)) => tracing::info!(
             plugin = %old.name, generation = old.generation, reason,

@@ -692,7 +692,7 @@ async fn reload_loop(
     let mut refresh = tokio::time::interval(STATE_REFRESH);
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut written = super::context::self_publishes();
-    loop {
+    'serve: loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             got = rx.recv() => if got.is_none() { break; },
@@ -709,7 +709,7 @@ async fn reload_loop(
         loop {
             match tokio::time::timeout(DEBOUNCE, rx.recv()).await {
                 Ok(Some(())) => continue,
-                Ok(None) => return,
+                Ok(None) => break 'serve,
                 Err(_) => break,
             }
         }
@@ -733,6 +733,8 @@ async fn reload_loop(
             }
         }
     }
+    // The host is stopping: `iniesta plugins` no longer lists it.
+    lock(&reloader).remove_state();
 }
 
 fn watch_dir(

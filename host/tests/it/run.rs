@@ -349,6 +349,14 @@ fn a_handler_publishing_into_its_own_binding_is_warned_about() {
     assert!(!text.contains("warning:"), "{text}");
 
     let log = host.stop();
+    assert!(
+        !state.exists(),
+        "a host that stopped cleanly removes its state file"
+    );
+    assert!(
+        !log.contains("alert_cleared"),
+        "no plugin was refused, so no load clears an alert: {log}"
+    );
     let minutes = started.elapsed().as_secs() / 60;
     let warnings = log.matches(warning).count() as u64;
     assert!(
