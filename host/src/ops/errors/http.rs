@@ -29,6 +29,25 @@ pub enum PostError {
     Timeout(Duration),
 }
 
+/// The User-Agent of every report POST.
+const USER_AGENT: &str = concat!("iniesta/", env!("CARGO_PKG_VERSION"));
+
+/// A POST of `body` to `uri` as `content_type`, with iniesta's User-Agent and `headers`.
+pub fn post_request(
+    uri: hyper::Uri,
+    content_type: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Result<hyper::Request<Full<Bytes>>, hyper::http::Error> {
+    let mut request = hyper::Request::post(uri)
+        .header(hyper::header::CONTENT_TYPE, content_type)
+        .header(hyper::header::USER_AGENT, USER_AGENT);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.body(Full::new(Bytes::from(body)))
+}
+
 /// A plain-HTTP or HTTP-and-HTTPS client.
 #[derive(Clone)]
 pub enum WebClient {

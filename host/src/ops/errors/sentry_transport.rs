@@ -168,15 +168,12 @@ pub async fn send_loop(
             tracing::warn!(error = %e, "cannot encode a Sentry envelope; the event is dropped");
             continue;
         }
-        let request = hyper::Request::post(endpoint.url.clone())
-            .header("X-Sentry-Auth", &endpoint.auth)
-            .header(hyper::header::CONTENT_TYPE, "application/x-sentry-envelope")
-            .header(
-                hyper::header::USER_AGENT,
-                concat!("iniesta/", env!("CARGO_PKG_VERSION")),
-            )
-            .body(Full::new(Bytes::from(body)));
-        let request = match request {
+        let request = match super::http::post_request(
+            endpoint.url.clone(),
+            "application/x-sentry-envelope",
+            &[("X-Sentry-Auth", &endpoint.auth)],
+            body,
+        ) {
             Ok(r) => r,
             Err(e) => {
                 count("failed");

@@ -214,14 +214,7 @@ async fn send_one(
             return;
         }
     };
-    let request = hyper::Request::post(uri)
-        .header(hyper::header::CONTENT_TYPE, "application/json")
-        .header(
-            hyper::header::USER_AGENT,
-            concat!("iniesta/", env!("CARGO_PKG_VERSION")),
-        )
-        .body(Full::new(Bytes::from(body)));
-    let request = match request {
+    let request = match super::http::post_request(uri, "application/json", &[], body) {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(webhook_host = %host, error = %e, "cannot build the error webhook request");
