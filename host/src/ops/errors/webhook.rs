@@ -8,8 +8,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::Full;
-use hyper::body::Bytes;
 use serde::Serialize;
 use tokio::sync::{mpsc, Semaphore};
 
