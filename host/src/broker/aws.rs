@@ -20,7 +20,7 @@ use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
 use super::fifo::{is_fifo, FifoSettings};
-use super::{Broker, BrokerError, DeleteFailure, Received};
+use super::{Broker, BrokerError, DeleteFailure, Received, Target};
 use crate::config::Config;
 use crate::wire::{Attribute, Attributes, Outgoing};
 
@@ -242,6 +242,148 @@ impl AwsBroker {
         self.send_to_url_in_group(url, message, None, None).await
     }
 
+    /// One SNS `PublishBatch` of at most 10 messages (the caller keeps within the limits).
+    async fn publish_batch_to_topic(
+        &self,
+        messages: &[Outgoing],
+    ) -> Result<Vec<Result<String, BrokerError>>, BrokerError> {
+        use aws_sdk_sns::types::PublishBatchRequestEntry;
+        let topic = self.topic_arn.as_deref().ok_or(BrokerError::NoTopic)?;
+        let fifo = is_fifo(topic);
+        let mut refused = HashMap::new();
+        let mut request = self.sns.publish_batch().topic_arn(topic);
+        for (i, message) in messages.iter().enumerate() {
+            let entry = (|| {
+                let mut entry = PublishBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .message(body_text(message)?);
+                for (name, attribute) in &message.attributes {
+                    entry = entry.message_attributes(name, sns_attribute(name, attribute)?);
+                }
+                if fifo {
+                    entry = entry
+                        .message_group_id(self.fifo.group_of(message))
+                        .message_deduplication_id(self.fifo.deduplication_id_of(message));
+                }
+                entry.build().map_err(|e| invalid_entry("PublishBatch", e))
+            })();
+            match entry {
+                Ok(entry) => request = request.publish_batch_request_entries(entry),
+                Err(e) => {
+                    refused.insert(i, e);
+                }
+            }
+        }
+        if refused.len() == messages.len() {
+            return Ok(entry_results(
+                "PublishBatch",
+                messages.len(),
+                refused,
+                std::iter::empty(),
+                std::iter::empty(),
+            ));
+        }
+        let out = match request.send().await {
+            Ok(out) => out,
+            Err(e)
+                if e.as_service_error()
+                    .map(|s| s.is_not_found_exception())
+                    .unwrap_or(false) =>
+            {
+                return Err(BrokerError::NoSuchTopic(topic.to_string()))
+            }
+            Err(e) => return Err(sdk_error("PublishBatch", e)),
+        };
+        Ok(entry_results(
+            "PublishBatch",
+            messages.len(),
+            refused,
+            out.successful().iter().map(|s| {
+                (
+                    s.id().unwrap_or_default().to_string(),
+                    s.message_id().unwrap_or_default().to_string(),
+                )
+            }),
+            out.failed().iter().map(|f| {
+                (
+                    f.id().to_string(),
+                    format!("{}: {}", f.code(), f.message().unwrap_or("")),
+                    f.sender_fault(),
+                )
+            }),
+        ))
+    }
+
+    /// One SQS `SendMessageBatch` of at most 10 messages (the caller keeps within the limits).
+    async fn send_batch_to_url(
+        &self,
+        url: &str,
+        messages: &[Outgoing],
+    ) -> Result<Vec<Result<String, BrokerError>>, BrokerError> {
+        use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+        let fifo = is_fifo(url);
+        let mut refused = HashMap::new();
+        let mut request = self.sqs.send_message_batch().queue_url(url);
+        for (i, message) in messages.iter().enumerate() {
+            let entry = (|| {
+                let mut entry = SendMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .message_body(body_text(message)?);
+                for (name, attribute) in &message.attributes {
+                    entry = entry.message_attributes(name, sqs_attribute(name, attribute)?);
+                }
+                if fifo {
+                    entry = entry
+                        .message_group_id(self.fifo.group_of(message))
+                        .message_deduplication_id(self.fifo.deduplication_id_of(message));
+                }
+                entry
+                    .build()
+                    .map_err(|e| invalid_entry("SendMessageBatch", e))
+            })();
+            match entry {
+                Ok(entry) => request = request.entries(entry),
+                Err(e) => {
+                    refused.insert(i, e);
+                }
+            }
+        }
+        if refused.len() == messages.len() {
+            return Ok(entry_results(
+                "SendMessageBatch",
+                messages.len(),
+                refused,
+                std::iter::empty(),
+                std::iter::empty(),
+            ));
+        }
+        let out = request.send().await.map_err(|e| {
+            if e.as_service_error()
+                .map(|s| s.is_queue_does_not_exist())
+                .unwrap_or(false)
+            {
+                BrokerError::NoSuchQueue(url.rsplit('/').next().unwrap_or(url).to_string())
+            } else {
+                sdk_error("SendMessageBatch", e)
+            }
+        })?;
+        Ok(entry_results(
+            "SendMessageBatch",
+            messages.len(),
+            refused,
+            out.successful()
+                .iter()
+                .map(|s| (s.id().to_string(), s.message_id().to_string())),
+            out.failed().iter().map(|f| {
+                (
+                    f.id().to_string(),
+                    format!("{}: {}", f.code(), f.message().unwrap_or("")),
+                    f.sender_fault(),
+                )
+            }),
+        ))
+    }
+
     /// Send to a queue; a FIFO queue gets a group id (`group`, else the configured rule) and a
     /// deduplication id (`deduplication_id`, else the configured rule).
     pub(crate) async fn send_to_url_in_group(
@@ -272,6 +414,51 @@ impl AwsBroker {
             .map_err(|e| sdk_error("SendMessage", e))?;
         Ok(out.message_id().unwrap_or_default().to_string())
     }
+}
+
+/// The per-entry answer of a batch publish: for each of `count` entries, its message id, the
+/// failure the service reported for it, or the error that kept it out of the request. Entry
+/// ids are positions. An entry the answer does not mention is reported as a retryable
+/// failure (the service did not say it took it).
+fn entry_results(
+    operation: &'static str,
+    count: usize,
+    mut refused: HashMap<usize, BrokerError>,
+    successful: impl Iterator<Item = (String, String)>,
+    failed: impl Iterator<Item = (String, String, bool)>,
+) -> Vec<Result<String, BrokerError>> {
+    let mut results: Vec<Option<Result<String, BrokerError>>> = (0..count).map(|_| None).collect();
+    for (index, error) in refused.drain() {
+        if let Some(slot) = results.get_mut(index) {
+            *slot = Some(Err(error));
+        }
+    }
+    for (id, message_id) in successful {
+        if let Some(slot) = id.parse::<usize>().ok().and_then(|i| results.get_mut(i)) {
+            *slot = Some(Ok(message_id));
+        }
+    }
+    for (id, message, sender_fault) in failed {
+        if let Some(slot) = id.parse::<usize>().ok().and_then(|i| results.get_mut(i)) {
+            *slot = Some(Err(BrokerError::Aws {
+                operation,
+                message,
+                retryable: !sender_fault,
+            }));
+        }
+    }
+    results
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or_else(|| {
+                Err(BrokerError::Aws {
+                    operation,
+                    message: "the answer does not mention this entry".into(),
+                    retryable: true,
+                })
+            })
+        })
+        .collect()
 }
 
 fn body_text(message: &Outgoing) -> Result<String, BrokerError> {
@@ -381,6 +568,23 @@ impl Broker for AwsBroker {
                 Err(BrokerError::NoSuchTopic(topic.to_string()))
             }
             Err(e) => Err(sdk_error("Publish", e)),
+        }
+    }
+
+    async fn publish_batch(
+        &self,
+        target: &Target,
+        messages: &[Outgoing],
+    ) -> Result<Vec<Result<String, BrokerError>>, BrokerError> {
+        match target {
+            Target::Topic => self.publish_batch_to_topic(messages).await,
+            Target::Queue(queue) => {
+                let url = match queue {
+                    None => self.queue_url().await?.to_string(),
+                    Some(name) => self.url_of(name).await?,
+                };
+                self.send_batch_to_url(&url, messages).await
+            }
         }
     }
 

@@ -49,6 +49,15 @@ pub struct DeleteFailure {
     pub retryable: bool,
 }
 
+/// Where a publish goes: the topic, or a queue (this service's own when `None`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// The global topic.
+    Topic,
+    /// A queue by name; this service's own when `None`.
+    Queue(Option<String>),
+}
+
 /// Broker failures.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -127,6 +136,26 @@ pub trait Broker: Send + Sync + 'static {
         queue: Option<&str>,
         message: &Outgoing,
     ) -> Result<String, BrokerError>;
+
+    /// Publish several messages to `target` in as few calls as the broker allows (SNS
+    /// `PublishBatch`, SQS `SendMessageBatch`: one call for at most 10 messages within the
+    /// 256 KiB total). `Err` when the whole call failed (nothing was taken); otherwise one
+    /// result per message, in order: its id, or why that entry alone was refused. The default
+    /// sends them one by one (the local broker).
+    async fn publish_batch(
+        &self,
+        target: &Target,
+        messages: &[Outgoing],
+    ) -> Result<Vec<Result<String, BrokerError>>, BrokerError> {
+        let mut out = Vec::with_capacity(messages.len());
+        for message in messages {
+            out.push(match target {
+                Target::Topic => self.publish(message).await,
+                Target::Queue(queue) => self.send_to_queue(queue.as_deref(), message).await,
+            });
+        }
+        Ok(out)
+    }
 
     /// Receive up to `max` messages, waiting up to `wait` for the first. When `cancel` fires
     /// it stops waiting as soon as it can, but never drops a message it already took: a

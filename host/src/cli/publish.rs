@@ -6,10 +6,14 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
+use futures_util::StreamExt as _;
 
 use super::attributes::{parse_attributes, read_body};
 use crate::egress::{Destination, Publisher};
 use crate::wire::{Attribute, Attributes};
+
+/// Publishes awaited at once by `publish --file` (enough to fill several batch calls).
+const IN_FLIGHT: usize = 100;
 
 /// `iniesta publish` arguments.
 #[derive(Debug, clap::Args)]
@@ -182,17 +186,33 @@ pub async fn run(
     } else {
         Destination::Topic
     };
-    for mut event in events {
+    // Many publishes at once, so the batcher fills its calls (PublishBatch and
+    // SendMessageBatch take 10); they enter it in file order, which keeps FIFO groups in
+    // order, and their ids are printed in file order.
+    let publisher = &publisher;
+    let publishes = events.into_iter().map(|mut event| {
         for (name, attribute) in &extra {
             event
                 .attributes
                 .entry(name.clone())
                 .or_insert_with(|| attribute.clone());
         }
-        let published = publisher
-            .publish(destination, &event.event, event.body, event.attributes)
-            .await
-            .with_context(|| format!("cannot publish `{}`", event.event))?;
+        async move {
+            publisher
+                .publish(destination, &event.event, event.body, event.attributes)
+                .await
+                .with_context(|| format!("cannot publish `{}`", event.event))
+        }
+    });
+    // A fan-out keeps each egress's order by publishing one event at a time.
+    let in_flight = if publisher.fanout().is_some() {
+        1
+    } else {
+        IN_FLIGHT
+    };
+    let mut published = futures_util::stream::iter(publishes).buffered(in_flight);
+    while let Some(result) = published.next().await {
+        let published = result?;
         println!("{} {}", published.message_id, published.event);
         super::outbox::report_queued(&published);
     }

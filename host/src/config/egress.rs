@@ -59,6 +59,58 @@ pub struct IngressConfig {
     pub config: Option<toml::Value>,
 }
 
+/// `[publish]`: how published events are batched (SNS `PublishBatch`, SQS
+/// `SendMessageBatch`); checked by `egress::batch`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishConfig {
+    /// How long an event waits for others to share its call before the batch goes out
+    /// anyway (ms); a full batch goes at once.
+    #[serde(default = "default_linger_ms")]
+    pub linger_ms: u64,
+    /// Entries per call, 1–10 (the AWS limit).
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+    /// Batch calls in flight at once per destination.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// Attempts per event (the first included) while a call or its entry fails with a
+    /// retryable error.
+    #[serde(default = "default_publish_attempts")]
+    pub attempts: u32,
+    /// First backoff before a retry (ms); doubles per attempt with jitter, up to 5 s.
+    #[serde(default = "default_publish_min_backoff_ms")]
+    pub min_backoff_ms: u64,
+}
+
+impl Default for PublishConfig {
+    fn default() -> Self {
+        Self {
+            linger_ms: default_linger_ms(),
+            max_batch: default_max_batch(),
+            max_in_flight: default_max_in_flight(),
+            attempts: default_publish_attempts(),
+            min_backoff_ms: default_publish_min_backoff_ms(),
+        }
+    }
+}
+
+fn default_linger_ms() -> u64 {
+    5
+}
+fn default_max_batch() -> usize {
+    10
+}
+fn default_max_in_flight() -> usize {
+    8
+}
+fn default_publish_attempts() -> u32 {
+    5
+}
+fn default_publish_min_backoff_ms() -> u64 {
+    50
+}
+
 /// `[outbox]`: where events an egress could not take wait, and how they are retried.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use broker::{BrokerConfig, BrokerKind};
-pub use egress::{EgressConfig, IngressConfig, OutboxConfig};
+pub use egress::{EgressConfig, IngressConfig, OutboxConfig, PublishConfig};
 pub use isolate::IsolateConfig;
 pub use lock::{LockConfig, PYTHON_INIESTA_LOCK_DATABASES};
 pub use ops::{ConsoleConfig, ErrorsConfig, MetricsConfig, SentryConfig};
@@ -84,6 +84,9 @@ pub struct Config {
     /// Where events an egress could not take wait for redelivery.
     #[serde(default)]
     pub outbox: OutboxConfig,
+    /// How published events are batched.
+    #[serde(default)]
+    pub publish: PublishConfig,
     /// The directory relative paths are resolved against (the config file's directory).
     #[serde(skip)]
     pub base_dir: PathBuf,

@@ -94,6 +94,7 @@ pub fn problems(config: &Config) -> Vec<Problem> {
         }
     }
     problems.extend(config.outbox.problems());
+    problems.extend(super::batch::problems(&config.publish));
     problems
 }
 

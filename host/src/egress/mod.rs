@@ -2,7 +2,9 @@
 //!
 //! Every publish — from the CLI or from a handler through its context — goes through a
 //! [`Publisher`], which applies the wire format (`{event}.{service}` under the event key,
-//! `version`) and the size limit before any broker call.
+//! `version`) and the size limit before any broker call, then hands the message to the
+//! destination's [`batch::Batcher`], which shares calls (`PublishBatch`, `SendMessageBatch`)
+//! between concurrent publishes.
 //!
 //! Without `[[egress]]` entries a topic publish goes to the topic, as it always did. With
 //! them, it fans out to every entry ([`fanout`]): the built-ins [`builtin`] (`sns`, `sqs`)
@@ -10,6 +12,7 @@
 //! ([`crate::acct`]); an egress that fails is retried with backoff and its events wait in a
 //! durable [`outbox`]. `publish --queue` always goes straight to the own queue.
 
+pub mod batch;
 pub mod builtin;
 pub mod config;
 pub mod fanout;
@@ -18,13 +21,15 @@ pub mod outbox;
 pub mod plugin;
 pub mod startup;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::acct::{AcctError, Profiles};
-use crate::broker::{Broker, BrokerError};
+use crate::broker::fifo::{is_fifo, FifoSettings};
+use crate::broker::{Broker, BrokerError, Target};
 use crate::config::{Config, InitializationType, Problem};
 use crate::plugins::PluginSet;
 use crate::wire::{self, Attributes, EncodeError};
+use batch::{Batcher, BrokerSink};
 use fanout::{Fanout, NamedEgress, RetrySettings};
 use outbox::{Outbox, OutboxError};
 
@@ -72,18 +77,53 @@ pub struct Publisher {
     event_key: String,
     producer: bool,
     fanout: Option<Arc<Fanout>>,
+    batch: batch::Settings,
+    /// The FIFO settings, for the topic and the own queue when they are FIFO.
+    topic_fifo: Option<FifoSettings>,
+    queue_fifo: Option<FifoSettings>,
+    /// Started on first use (they need a runtime): the topic's and the own queue's.
+    topic_batcher: OnceLock<Batcher>,
+    queue_batcher: OnceLock<Batcher>,
 }
 
 impl Publisher {
     /// A publisher for `config`'s service on `broker`.
     pub fn new(config: &Config, broker: Arc<dyn Broker>) -> Publisher {
+        let fifo = FifoSettings::from_config(config);
         Publisher {
             broker,
             service: config.service.clone(),
             event_key: config.sns.event_key.clone(),
             producer: config.does(InitializationType::SnsProducer),
             fanout: None,
+            batch: batch::Settings::from_config(&config.publish)
+                .in_order(config.broker.kind == crate::config::BrokerKind::Local),
+            topic_fifo: config
+                .sns
+                .topic_arn
+                .as_deref()
+                .filter(|t| is_fifo(t))
+                .map(|_| fifo.clone()),
+            queue_fifo: is_fifo(&config.queue_name()).then_some(fifo),
+            topic_batcher: OnceLock::new(),
+            queue_batcher: OnceLock::new(),
         }
+    }
+
+    /// The batcher for a destination, started on first use.
+    fn batcher(&self, destination: Destination) -> &Batcher {
+        let (cell, target, fifo) = match destination {
+            Destination::Topic => (&self.topic_batcher, Target::Topic, &self.topic_fifo),
+            Destination::OwnQueue => (&self.queue_batcher, Target::Queue(None), &self.queue_fifo),
+        };
+        cell.get_or_init(|| {
+            Batcher::spawn(
+                Arc::new(BrokerSink(self.broker.clone())),
+                target,
+                self.batch.clone(),
+                fifo.clone(),
+            )
+        })
     }
 
     /// Send topic publishes to every configured egress instead (`[[egress]]`).
@@ -119,14 +159,12 @@ impl Publisher {
             return Err(PublishError::NotProducer);
         }
         let message = wire::encode(event, &self.service, &self.event_key, body, attributes)?;
-        let message_id = match destination {
-            Destination::Topic => self.broker.publish(&message).await?,
-            Destination::OwnQueue => self.broker.send_to_queue(None, &message).await?,
-        };
-        tracing::info!(message_id = %message_id, event = %message.event, ?destination, "published");
+        let event = message.event.clone();
+        let message_id = self.batcher(destination).publish(message).await?;
+        tracing::info!(message_id = %message_id, event = %event, ?destination, "published");
         Ok(Published {
             message_id,
-            event: message.event,
+            event,
             queued: Vec::new(),
         })
     }

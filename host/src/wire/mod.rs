@@ -78,6 +78,18 @@ pub struct Outgoing {
     pub attributes: Attributes,
 }
 
+impl Outgoing {
+    /// Its size as SNS and SQS count it: the body plus every attribute's name, type and value.
+    pub fn size(&self) -> usize {
+        self.body.len()
+            + self
+                .attributes
+                .iter()
+                .map(|(k, a)| k.len() + a.data_type.len() + a.value.len())
+                .sum::<usize>()
+    }
+}
+
 /// A received message, decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {

@@ -418,8 +418,41 @@ fn batch_delete_of_200_messages_leaves_the_queue_empty() {
         .map(|i| format!("{{\"event\":\"Bulk.Item\",\"body\":{{\"i\":{i}}}}}\n"))
         .collect();
     let file = s.write("bulk.jsonl", &lines);
-    let out = ok(&config, &["publish", "--file", &file.display().to_string()]);
+    // Published in SNS PublishBatch calls (egress/batch.rs logs each call at debug).
+    let published =
+        common::aws::aws_env(Command::new(common::bin()).arg("-c").arg(&config).args([
+            "publish",
+            "--file",
+            &file.display().to_string(),
+        ]))
+        .env("INIESTA_LOG", "info,iniesta::egress::batch=debug")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("iniesta runs");
+    let out = String::from_utf8_lossy(&published.stdout);
+    let log = String::from_utf8_lossy(&published.stderr);
+    assert!(published.status.success(), "{out}{log}");
     assert_eq!(out.lines().count(), 200);
+    let calls: Vec<usize> = log
+        .lines()
+        .filter(|l| l.contains("sending a publish batch"))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|f| f.strip_prefix("entries="))?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert_eq!(
+        calls.iter().sum::<usize>(),
+        200,
+        "every event in a call: {log}"
+    );
+    assert!(
+        calls.iter().all(|n| *n <= 10) && calls.len() < 40,
+        "PublishBatch calls of up to 10 (200 events, {} calls: {calls:?})",
+        calls.len()
+    );
     let host = start_host(&config, s.path("host.log"));
     let rt = rt();
     s.wait_for("200 distinct bodies handled", LIMIT, || {

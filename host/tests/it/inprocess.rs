@@ -239,10 +239,13 @@ async fn a_summary_line_per_binding_counts_results_and_idle_intervals_say_nothin
     let captured = Captured::default();
     let _guard =
         tracing::subscriber::set_default(tracing_subscriber::registry().with(captured.clone()));
+    // Inline handlers: a call on the blocking pool lets the paused clock run ahead while it
+    // is busy (tokio advances time when the runtime is idle), which under a loaded machine
+    // could put the first summary tick between a message's settling and its count.
     let host = InProcess::start(
         "summary_interval_secs = 60",
-        "[[bindings]]\nevents = [\"Order.*\"]\nplugin = \"echo\"\n\
-         [[bindings]]\nevents = [\"Bad.*\"]\nplugin = \"flaky\"\nconfig = { mode = \"dead-letter\" }\n",
+        "[[bindings]]\nevents = [\"Order.*\"]\nplugin = \"echo\"\ninline = true\n\
+         [[bindings]]\nevents = [\"Bad.*\"]\nplugin = \"flaky\"\ninline = true\nconfig = { mode = \"dead-letter\" }\n",
     )
     .await;
     let started = tokio::time::Instant::now();
