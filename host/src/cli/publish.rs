@@ -190,6 +190,10 @@ pub async fn run(
     // SendMessageBatch take 10); they enter it in file order, which keeps FIFO groups in
     // order, and their ids are printed in file order.
     let publisher = &publisher;
+    // After a failure no new event is started; those already under way finish and are
+    // reported, so nothing is sent without its id being printed.
+    let stopped = std::sync::atomic::AtomicBool::new(false);
+    let stopped = &stopped;
     let publishes = events.into_iter().map(|mut event| {
         for (name, attribute) in &extra {
             event
@@ -198,23 +202,52 @@ pub async fn run(
                 .or_insert_with(|| attribute.clone());
         }
         async move {
-            publisher
-                .publish(destination, &event.event, event.body, event.attributes)
-                .await
-                .with_context(|| format!("cannot publish `{}`", event.event))
+            if stopped.load(std::sync::atomic::Ordering::Acquire) {
+                return None;
+            }
+            Some(
+                publisher
+                    .publish(destination, &event.event, event.body, event.attributes)
+                    .await
+                    .with_context(|| format!("cannot publish `{}`", event.event)),
+            )
         }
     });
-    // A fan-out keeps each egress's order by publishing one event at a time.
-    let in_flight = if publisher.fanout().is_some() {
+    // A fan-out (topic publishes only) keeps each egress's order by publishing one event at
+    // a time.
+    let in_flight = if destination == Destination::Topic && publisher.fanout().is_some() {
         1
     } else {
         IN_FLIGHT
     };
     let mut published = futures_util::stream::iter(publishes).buffered(in_flight);
+    let mut failure: Option<anyhow::Error> = None;
+    let (mut after, mut failed_too, mut not_sent) = (0usize, 0usize, 0usize);
     while let Some(result) = published.next().await {
-        let published = result?;
-        println!("{} {}", published.message_id, published.event);
-        super::outbox::report_queued(&published);
+        match result {
+            Some(Ok(published)) => {
+                if failure.is_some() {
+                    after += 1;
+                }
+                println!("{} {}", published.message_id, published.event);
+                super::outbox::report_queued(&published);
+            }
+            Some(Err(e)) => {
+                stopped.store(true, std::sync::atomic::Ordering::Release);
+                if failure.is_none() {
+                    failure = Some(e);
+                } else {
+                    failed_too += 1;
+                }
+            }
+            None => not_sent += 1,
+        }
+    }
+    if let Some(e) = failure {
+        return Err(e.context(format!(
+            "publishing stopped: {after} later event(s) already under way were published (ids above), \
+             {failed_too} more failed, {not_sent} were not sent"
+        )));
     }
     Ok(ExitCode::SUCCESS)
 }

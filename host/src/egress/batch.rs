@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use futures_util::FutureExt as _;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -132,6 +133,8 @@ impl Settings {
             .build()
             .nth(attempt.saturating_sub(1) as usize)
             .unwrap_or(MAX_BACKOFF)
+            // backon adds its jitter after clamping to the maximum.
+            .min(MAX_BACKOFF)
     }
 }
 
@@ -174,6 +177,9 @@ pub(crate) struct Entry {
     not_before: Instant,
     /// When it must go even if the batch is not full.
     flush_at: Instant,
+    /// To be sent in a call of its own (its batch failed as a whole, for a reason that may
+    /// be this entry's alone).
+    alone: bool,
     reply: Option<oneshot::Sender<Result<String, BrokerError>>>,
 }
 
@@ -245,9 +251,23 @@ impl Queue {
                 }
                 continue;
             }
+            if entry.alone {
+                // Tried again on its own (its batch failed as a whole): the batch so far goes
+                // without it, and it goes next, by itself.
+                if positions.is_empty() {
+                    positions.push(i);
+                    flush_at = Some(entry.flush_at);
+                }
+                full = true;
+                break;
+            }
             bytes += entry.size;
             positions.push(i);
             flush_at = Some(flush_at.map_or(entry.flush_at, |f| f.min(entry.flush_at)));
+            if positions.len() == settings.max_entries {
+                full = true;
+                break;
+            }
         }
         Plan {
             positions,
@@ -308,7 +328,11 @@ fn copy_error(error: &BrokerError) -> BrokerError {
             message: message.clone(),
             retryable: *retryable,
         },
-        other => BrokerError::Worker(other.to_string()),
+        other => BrokerError::Aws {
+            operation: "publish batch",
+            message: other.to_string(),
+            retryable: other.is_retryable(),
+        },
     }
 }
 
@@ -353,6 +377,7 @@ impl Batcher {
             attempts: 0,
             not_before: now,
             flush_at: now + self.linger,
+            alone: false,
             reply: Some(reply),
         };
         self.tx
@@ -393,7 +418,18 @@ async fn run(
             tracing::debug!(target = ?target, entries = batch.len(), bytes = batch.iter().map(|e| e.size).sum::<usize>(), "sending a publish batch");
             let (sink, target) = (sink.clone(), target.clone());
             calls.spawn(async move {
-                let result = sink.send(&target, &messages).await;
+                // A panic in the call is its failure: the entries come back and are answered,
+                // and their FIFO groups are released.
+                let result = std::panic::AssertUnwindSafe(sink.send(&target, &messages))
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(BrokerError::Aws {
+                            operation: "publish batch",
+                            message: "the batch call panicked".into(),
+                            retryable: false,
+                        })
+                    });
                 (batch, result)
             });
         }
@@ -486,9 +522,20 @@ fn settle(
             tracing::warn!(target = ?target, entries = batch.len(), error = %error, retryable = error.is_retryable(), "publish batch call failed");
             let attempt = batch.iter().map(|e| e.attempts + 1).max().unwrap_or(1);
             let delay = settings.backoff(attempt);
-            for entry in batch {
+            // Refused as a whole for good: the reason may be one entry's (an attribute the
+            // service rejects), so each entry of a shared call is tried once more on its own
+            // before its caller gets the error.
+            let split = !error.is_retryable() && batch.len() > 1;
+            for mut entry in batch {
                 let copy = copy_error(&error);
-                retry(entry, copy, queue, Some(delay));
+                if split {
+                    entry.alone = true;
+                    entry.not_before = now;
+                    entry.flush_at = now;
+                    queue.insert(entry);
+                } else {
+                    retry(entry, copy, queue, Some(delay));
+                }
             }
         }
     }
@@ -529,6 +576,7 @@ mod tests {
             attempts: 0,
             not_before: now,
             flush_at: now,
+            alone: false,
             reply: None,
         }
     }
@@ -629,6 +677,10 @@ mod tests {
         calls: Mutex<Vec<Vec<String>>>,
         fail_once: Mutex<HashSet<String>>,
         fail_call_once: Mutex<bool>,
+        /// A call carrying this event is refused as a whole, for good.
+        poison: Mutex<Option<String>>,
+        /// The next call panics.
+        panic_once: Mutex<bool>,
     }
 
     #[async_trait::async_trait]
@@ -642,6 +694,17 @@ mod tests {
                 .lock()
                 .expect("lock")
                 .push(messages.iter().map(|m| m.event.clone()).collect());
+            if std::mem::take(&mut *self.panic_once.lock().expect("lock")) {
+                panic!("the sink panics on purpose");
+            }
+            let poison = self.poison.lock().expect("lock").clone();
+            if messages.iter().any(|m| Some(&m.event) == poison.as_ref()) {
+                return Err(BrokerError::Aws {
+                    operation: "PublishBatch",
+                    message: "InvalidParameter".into(),
+                    retryable: false,
+                });
+            }
             if std::mem::take(&mut *self.fail_call_once.lock().expect("lock")) {
                 return Err(BrokerError::Aws {
                     operation: "PublishBatch",
@@ -789,5 +852,75 @@ mod tests {
         assert!(position("b1") < position("b2"), "{calls:?}");
         assert_eq!(order.iter().filter(|e| *e == "a1").count(), 2, "{calls:?}");
         assert_eq!(order.len(), 6, "{calls:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_refused_as_a_whole_is_split_so_only_the_bad_entry_fails() {
+        let recorder = Arc::new(Recorder::default());
+        *recorder.poison.lock().expect("lock") = Some("bad".into());
+        let batcher = Arc::new(Batcher::spawn(
+            recorder.clone(),
+            Target::Topic,
+            settings(5),
+            None,
+        ));
+        let results = publish_all(&batcher, &["a", "bad", "c"]).await;
+        assert_eq!(results[0], Ok("id-a".into()));
+        assert!(results[1].is_err(), "{results:?}");
+        assert_eq!(results[2], Ok("id-c".into()));
+        assert_eq!(
+            *recorder.calls.lock().expect("lock"),
+            vec![vec!["a", "bad", "c"], vec!["a"], vec!["bad"], vec!["c"]]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_call_answers_its_callers_and_frees_their_group() {
+        let recorder = Arc::new(Recorder::default());
+        *recorder.panic_once.lock().expect("lock") = true;
+        let fifo = FifoSettings::default();
+        let batcher = Arc::new(Batcher::spawn(
+            recorder.clone(),
+            Target::Topic,
+            settings(5),
+            Some(fifo),
+        ));
+        let first = publish_all(&batcher, &["a"]).await;
+        assert!(first[0].is_err(), "the panicked call's caller is answered");
+        // The same (default) group publishes again: it was released.
+        let again = publish_all(&batcher, &["b"]).await;
+        assert_eq!(again, vec![Ok("id-b".into())]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn exactly_a_full_batch_goes_without_waiting_the_linger() {
+        let recorder = Arc::new(Recorder::default());
+        let batcher = Arc::new(Batcher::spawn(
+            recorder.clone(),
+            Target::Topic,
+            settings(1000),
+            None,
+        ));
+        let started = Instant::now();
+        let events: Vec<String> = (0..10).map(|i| format!("e{i}")).collect();
+        let names: Vec<&str> = events.iter().map(String::as_str).collect();
+        let results = publish_all(&batcher, &names).await;
+        assert!(results.iter().all(Result::is_ok));
+        assert!(
+            Instant::now() - started < Duration::from_millis(1000),
+            "a full batch does not wait the linger"
+        );
+        assert_eq!(recorder.calls.lock().expect("lock").len(), 1);
+    }
+
+    #[test]
+    fn backoff_never_exceeds_its_maximum() {
+        let settings = settings(5);
+        for attempt in 1..20 {
+            assert!(
+                settings.backoff(attempt) <= MAX_BACKOFF,
+                "attempt {attempt}"
+            );
+        }
     }
 }
