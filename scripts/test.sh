@@ -10,7 +10,10 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 # moto (a real SNS/SQS server from PyPI) for the AWS tests, in a venv of its own.
 MOTO_VERSION="5.2.5"
 MOTO_VENV="target/moto-venv"
-if [ ! -x "$MOTO_VENV/bin/moto_server" ] || ! "$MOTO_VENV/bin/pip" show moto 2>/dev/null | grep -q "^Version: $MOTO_VERSION\$"; then
+# (pip's answer is read whole first: `pip show | grep -q` under pipefail failed whenever grep
+# closed the pipe before pip had written everything, and moto was reinstalled every run.)
+moto_installed="$("$MOTO_VENV/bin/pip" show moto 2>/dev/null || true)"
+if [ ! -x "$MOTO_VENV/bin/moto_server" ] || ! grep -q "^Version: $MOTO_VERSION\$" <<<"$moto_installed"; then
     echo "==> installing moto[server]==$MOTO_VERSION into $MOTO_VENV"
     mkdir -p target
     # --clear: a venv moved from another path (its scripts name the old interpreter path) or
