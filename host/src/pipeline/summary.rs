@@ -93,3 +93,47 @@ pub async fn run(summary: Arc<Summary>, interval: Duration, stop: CancellationTo
     }
     summary.log(interval);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_are_counted_by_kind_and_taken_once() {
+        let mut counts = Counts::default();
+        for result in [
+            CallResult::Outcome(Outcome::Ack),
+            CallResult::Outcome(Outcome::Ack),
+            CallResult::Outcome(Outcome::Retry { after_secs: 1 }),
+            CallResult::Outcome(Outcome::DeadLetter { reason: "r".into() }),
+            CallResult::Outcome(Outcome::Failed { reason: "f".into() }),
+            CallResult::Outcome(Outcome::Panicked {
+                message: "p".into(),
+            }),
+            CallResult::TimedOut,
+            CallResult::Crashed("c".into()),
+        ] {
+            counts.add(&result);
+        }
+        assert_eq!(
+            counts,
+            Counts {
+                acked: 2,
+                failed: 4,
+                retried: 1,
+                dead_lettered: 1
+            }
+        );
+        let summary = Summary::default();
+        summary
+            .counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert("b".into(), counts);
+        assert_eq!(summary.take().get("b"), Some(&counts));
+        assert!(
+            summary.take().is_empty(),
+            "taken once: an idle interval has nothing to log"
+        );
+    }
+}
