@@ -250,39 +250,34 @@ impl AwsBroker {
         use aws_sdk_sns::types::PublishBatchRequestEntry;
         let topic = self.topic_arn.as_deref().ok_or(BrokerError::NoTopic)?;
         let fifo = is_fifo(topic);
-        let mut refused = HashMap::new();
-        let mut request = self.sns.publish_batch().topic_arn(topic);
-        for (i, message) in messages.iter().enumerate() {
-            let entry = (|| {
-                let mut entry = PublishBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .message(body_text(message)?);
-                for (name, attribute) in &message.attributes {
-                    entry = entry.message_attributes(name, sns_attribute(name, attribute)?);
-                }
-                if fifo {
-                    entry = entry
-                        .message_group_id(self.fifo.group_of(message))
-                        .message_deduplication_id(self.fifo.deduplication_id_of(message));
-                }
-                entry.build().map_err(|e| invalid_entry("PublishBatch", e))
-            })();
-            match entry {
-                Ok(entry) => request = request.publish_batch_request_entries(entry),
-                Err(e) => {
-                    refused.insert(i, e);
-                }
+        let (entries, refused) = batch_entries(messages, |i, message| {
+            let mut entry = PublishBatchRequestEntry::builder()
+                .id(i.to_string())
+                .message(body_text(message)?);
+            for (name, attribute) in &message.attributes {
+                entry = entry.message_attributes(name, sns_attribute(name, attribute)?);
             }
-        }
-        if refused.len() == messages.len() {
+            if fifo {
+                entry = entry
+                    .message_group_id(self.fifo.group_of(message))
+                    .message_deduplication_id(self.fifo.deduplication_id_of(message));
+            }
+            entry.build().map_err(|e| invalid_entry("PublishBatch", e))
+        });
+        if entries.is_empty() {
             return Ok(entry_results(
                 "PublishBatch",
                 messages.len(),
                 refused,
-                std::iter::empty(),
-                std::iter::empty(),
+                [],
+                [],
             ));
         }
+        let request = self
+            .sns
+            .publish_batch()
+            .topic_arn(topic)
+            .set_publish_batch_request_entries(Some(entries));
         let out = match request.send().await {
             Ok(out) => out,
             Err(e)
@@ -322,41 +317,36 @@ impl AwsBroker {
     ) -> Result<Vec<Result<String, BrokerError>>, BrokerError> {
         use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
         let fifo = is_fifo(url);
-        let mut refused = HashMap::new();
-        let mut request = self.sqs.send_message_batch().queue_url(url);
-        for (i, message) in messages.iter().enumerate() {
-            let entry = (|| {
-                let mut entry = SendMessageBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .message_body(body_text(message)?);
-                for (name, attribute) in &message.attributes {
-                    entry = entry.message_attributes(name, sqs_attribute(name, attribute)?);
-                }
-                if fifo {
-                    entry = entry
-                        .message_group_id(self.fifo.group_of(message))
-                        .message_deduplication_id(self.fifo.deduplication_id_of(message));
-                }
-                entry
-                    .build()
-                    .map_err(|e| invalid_entry("SendMessageBatch", e))
-            })();
-            match entry {
-                Ok(entry) => request = request.entries(entry),
-                Err(e) => {
-                    refused.insert(i, e);
-                }
+        let (entries, refused) = batch_entries(messages, |i, message| {
+            let mut entry = SendMessageBatchRequestEntry::builder()
+                .id(i.to_string())
+                .message_body(body_text(message)?);
+            for (name, attribute) in &message.attributes {
+                entry = entry.message_attributes(name, sqs_attribute(name, attribute)?);
             }
-        }
-        if refused.len() == messages.len() {
+            if fifo {
+                entry = entry
+                    .message_group_id(self.fifo.group_of(message))
+                    .message_deduplication_id(self.fifo.deduplication_id_of(message));
+            }
+            entry
+                .build()
+                .map_err(|e| invalid_entry("SendMessageBatch", e))
+        });
+        if entries.is_empty() {
             return Ok(entry_results(
                 "SendMessageBatch",
                 messages.len(),
                 refused,
-                std::iter::empty(),
-                std::iter::empty(),
+                [],
+                [],
             ));
         }
+        let request = self
+            .sqs
+            .send_message_batch()
+            .queue_url(url)
+            .set_entries(Some(entries));
         let out = request.send().await.map_err(|e| {
             if e.as_service_error()
                 .map(|s| s.is_queue_does_not_exist())
@@ -416,6 +406,25 @@ impl AwsBroker {
     }
 }
 
+/// A batch call's entries, built by `build` from each message and its position (the entry
+/// id), and the positions whose entry could not be built, with why.
+fn batch_entries<E>(
+    messages: &[Outgoing],
+    mut build: impl FnMut(usize, &Outgoing) -> Result<E, BrokerError>,
+) -> (Vec<E>, HashMap<usize, BrokerError>) {
+    let mut entries = Vec::with_capacity(messages.len());
+    let mut refused = HashMap::new();
+    for (i, message) in messages.iter().enumerate() {
+        match build(i, message) {
+            Ok(entry) => entries.push(entry),
+            Err(e) => {
+                refused.insert(i, e);
+            }
+        }
+    }
+    (entries, refused)
+}
+
 /// The per-entry answer of a batch publish: for each of `count` entries, its message id, the
 /// failure the service reported for it, or the error that kept it out of the request. Entry
 /// ids are positions. An entry the answer does not mention is reported as a retryable
@@ -424,8 +433,8 @@ fn entry_results(
     operation: &'static str,
     count: usize,
     mut refused: HashMap<usize, BrokerError>,
-    successful: impl Iterator<Item = (String, String)>,
-    failed: impl Iterator<Item = (String, String, bool)>,
+    successful: impl IntoIterator<Item = (String, String)>,
+    failed: impl IntoIterator<Item = (String, String, bool)>,
 ) -> Vec<Result<String, BrokerError>> {
     let mut results: Vec<Option<Result<String, BrokerError>>> = (0..count).map(|_| None).collect();
     for (index, error) in refused.drain() {

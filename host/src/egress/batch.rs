@@ -413,11 +413,16 @@ async fn run(
             if plan.positions.is_empty() || !(plan.full || lingered || !open) {
                 break;
             }
-            let batch = queue.take(&plan);
-            let messages: Vec<Outgoing> = batch.iter().map(|e| e.message.clone()).collect();
+            let mut batch = queue.take(&plan);
             tracing::debug!(target = ?target, entries = batch.len(), bytes = batch.iter().map(|e| e.size).sum::<usize>(), "sending a publish batch");
             let (sink, target) = (sink.clone(), target.clone());
             calls.spawn(async move {
+                // The messages are lent to the call (moved out and back, not copied: a body
+                // may be 256 KiB), and stay with their entries for a retry.
+                let messages: Vec<Outgoing> = batch
+                    .iter_mut()
+                    .map(|e| std::mem::take(&mut e.message))
+                    .collect();
                 // A panic in the call is its failure: the entries come back and are answered,
                 // and their FIFO groups are released.
                 let result = std::panic::AssertUnwindSafe(sink.send(&target, &messages))
@@ -430,6 +435,9 @@ async fn run(
                             retryable: false,
                         })
                     });
+                for (entry, message) in batch.iter_mut().zip(messages) {
+                    entry.message = message;
+                }
                 (batch, result)
             });
         }
@@ -730,6 +738,16 @@ mod tests {
         }
     }
 
+    /// A batcher on the topic that sends to `recorder`.
+    fn start(recorder: &Arc<Recorder>, linger_ms: u64, fifo: Option<FifoSettings>) -> Arc<Batcher> {
+        Arc::new(Batcher::spawn(
+            recorder.clone(),
+            Target::Topic,
+            settings(linger_ms),
+            fifo,
+        ))
+    }
+
     async fn publish_all(batcher: &Arc<Batcher>, events: &[&str]) -> Vec<Result<String, String>> {
         let calls = events.iter().map(|e| {
             let batcher = batcher.clone();
@@ -742,12 +760,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_partial_batch_waits_the_linger_then_goes() {
         let recorder = Arc::new(Recorder::default());
-        let batcher = Arc::new(Batcher::spawn(
-            recorder.clone(),
-            Target::Topic,
-            settings(5),
-            None,
-        ));
+        let batcher = start(&recorder, 5, None);
         let start = Instant::now();
         let results = publish_all(&batcher, &["a", "b", "c"]).await;
         assert_eq!(start.elapsed(), Duration::from_millis(5));
@@ -761,12 +774,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn full_batches_go_at_once_and_the_rest_after_the_linger() {
         let recorder = Arc::new(Recorder::default());
-        let batcher = Arc::new(Batcher::spawn(
-            recorder.clone(),
-            Target::Topic,
-            settings(50),
-            None,
-        ));
+        let batcher = start(&recorder, 50, None);
         let events: Vec<String> = (0..25).map(|i| format!("e{i}")).collect();
         let names: Vec<&str> = events.iter().map(String::as_str).collect();
         let results = publish_all(&batcher, &names).await;
@@ -783,12 +791,7 @@ mod tests {
     async fn a_failed_entry_is_retried_alone_and_a_failed_call_whole() {
         let recorder = Arc::new(Recorder::default());
         recorder.fail_once.lock().expect("lock").insert("b".into());
-        let batcher = Arc::new(Batcher::spawn(
-            recorder.clone(),
-            Target::Topic,
-            settings(5),
-            None,
-        ));
+        let batcher = start(&recorder, 5, None);
         let results = publish_all(&batcher, &["a", "b", "c"]).await;
         assert_eq!(
             results,
@@ -858,12 +861,7 @@ mod tests {
     async fn a_call_refused_as_a_whole_is_split_so_only_the_bad_entry_fails() {
         let recorder = Arc::new(Recorder::default());
         *recorder.poison.lock().expect("lock") = Some("bad".into());
-        let batcher = Arc::new(Batcher::spawn(
-            recorder.clone(),
-            Target::Topic,
-            settings(5),
-            None,
-        ));
+        let batcher = start(&recorder, 5, None);
         let results = publish_all(&batcher, &["a", "bad", "c"]).await;
         assert_eq!(results[0], Ok("id-a".into()));
         assert!(results[1].is_err(), "{results:?}");
@@ -879,12 +877,7 @@ mod tests {
         let recorder = Arc::new(Recorder::default());
         *recorder.panic_once.lock().expect("lock") = true;
         let fifo = FifoSettings::default();
-        let batcher = Arc::new(Batcher::spawn(
-            recorder.clone(),
-            Target::Topic,
-            settings(5),
-            Some(fifo),
-        ));
+        let batcher = start(&recorder, 5, Some(fifo));
         let first = publish_all(&batcher, &["a"]).await;
         assert!(first[0].is_err(), "the panicked call's caller is answered");
         // The same (default) group publishes again: it was released.
@@ -895,12 +888,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn exactly_a_full_batch_goes_without_waiting_the_linger() {
         let recorder = Arc::new(Recorder::default());
-        let batcher = Arc::new(Batcher::spawn(
-            recorder.clone(),
-            Target::Topic,
-            settings(1000),
-            None,
-        ));
+        let batcher = start(&recorder, 1000, None);
         let started = Instant::now();
         let events: Vec<String> = (0..10).map(|i| format!("e{i}")).collect();
         let names: Vec<&str> = events.iter().map(String::as_str).collect();

@@ -68,7 +68,7 @@ pub type Attributes = BTreeMap<String, Attribute>;
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 
 /// A message as we publish it: the body and its attributes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Outgoing {
     /// The full event name (`{event}.{service}`).
     pub event: String,
@@ -190,7 +190,11 @@ pub enum EncodeError {
 
 /// `{event}.{service}`: the service name is appended unless the event already ends with it.
 pub fn full_event_name(event: &str, service: &str) -> String {
-    if service.is_empty() || event.ends_with(&format!(".{service}")) {
+    if service.is_empty()
+        || event
+            .strip_suffix(service)
+            .is_some_and(|head| head.ends_with('.'))
+    {
         event.to_string()
     } else {
         format!("{event}.{service}")
