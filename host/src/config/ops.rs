@@ -146,14 +146,6 @@ impl ErrorsConfig {
                     "must be at least 1",
                 ));
             }
-            for (source, tag) in &sentry.tags {
-                if tag.trim().is_empty() || tag.len() > 200 {
-                    problems.push(Problem::new(
-                        format!("errors.sentry.tags.{source}"),
-                        "a Sentry tag name is 1 to 200 characters",
-                    ));
-                }
-            }
         }
         problems
     }

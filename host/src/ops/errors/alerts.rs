@@ -27,7 +27,9 @@ pub fn register(reporter: Option<SentryReporter>) {
 }
 
 /// [`AlertLayer`] behind a per-layer filter that lets only `alert` / `alert_cleared` events
-/// through, whatever the log level shown, so every other log call stays as cheap as before.
+/// through, whatever the log level shown. The filter looks at a callsite's metadata only, so
+/// its answer is cached per callsite; what a log line shown still pays is the per-layer
+/// filtering bookkeeping of `tracing-subscriber`.
 pub fn layer<S>() -> impl Layer<S>
 where
     S: Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
@@ -37,8 +39,10 @@ where
     AlertLayer.with_filter(
         tracing_subscriber::filter::filter_fn(|meta| {
             meta.is_event()
-                && (meta.fields().field("alert").is_some()
-                    || meta.fields().field("alert_cleared").is_some())
+                && meta
+                    .fields()
+                    .iter()
+                    .any(|f| matches!(f.name(), "alert" | "alert_cleared"))
         })
         .with_max_level_hint(tracing_subscriber::filter::LevelFilter::INFO),
     )
@@ -83,16 +87,10 @@ impl Fields {
 }
 
 impl<S: Subscriber> Layer<S> for AlertLayer {
+    /// Only alert events reach this ([`layer`]'s filter).
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
-        let has_alert = event
-            .metadata()
-            .fields()
-            .iter()
-            .any(|f| matches!(f.name(), "alert" | "alert_cleared"));
-        if !has_alert {
-            return;
-        }
-        let Some(reporter) = REPORTER.load_full() else {
+        let reporter = REPORTER.load();
+        let Some(reporter) = reporter.as_ref() else {
             return;
         };
         let mut fields = Fields::default();

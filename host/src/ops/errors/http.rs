@@ -30,7 +30,7 @@ pub enum PostError {
 }
 
 /// The User-Agent of every report POST.
-const USER_AGENT: &str = concat!("iniesta/", env!("CARGO_PKG_VERSION"));
+pub(super) const USER_AGENT: &str = concat!("iniesta/", env!("CARGO_PKG_VERSION"));
 
 /// A POST of `body` to `uri` as `content_type`, with iniesta's User-Agent and `headers`.
 pub fn post_request(

@@ -137,3 +137,10 @@ fn now_rfc3339() -> String {
         .fmt(aws_smithy_types::date_time::Format::DateTime)
         .unwrap_or_default()
 }
+
+/// Count one report of `sink` (`webhook`, `sentry`) by `result` in
+/// `iniesta_error_reports_total`.
+pub(crate) fn count(sink: &'static str, result: &'static str) {
+    metrics::counter!(crate::ops::metrics::ERROR_REPORTS, "sink" => sink, "result" => result)
+        .increment(1);
+}

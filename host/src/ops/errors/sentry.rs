@@ -261,7 +261,7 @@ impl SentryReporter {
             .as_str()
             .parse()
             .map_err(|e| OpsError::Sentry(format!("the DSN gives no envelope URL: {e}")))?;
-        let user_agent = concat!("iniesta/", env!("CARGO_PKG_VERSION"));
+        let user_agent = super::http::USER_AGENT;
         let timeout = Duration::from_secs(sentry.timeout_secs.max(1));
         let endpoint = Endpoint {
             url,
@@ -271,18 +271,30 @@ impl SentryReporter {
             timeout,
         };
         let sources = |text: &str| Source::parse(text).map_err(OpsError::Sentry);
+        // A source through a secret-looking name (or one in drop_keys) is never read: it is
+        // left out here, once.
+        let scrubber = Scrubber::new(&sentry.drop_keys);
+        let mut tags = Vec::new();
+        for (source, tag) in &sentry.tags {
+            let source = sources(source)?;
+            if !source.is_secret(&scrubber) {
+                tags.push((source, tag.clone()));
+            }
+        }
+        let user_id = sentry
+            .user_id
+            .as_deref()
+            .map(sources)
+            .transpose()?
+            .filter(|s| !s.is_secret(&scrubber));
         let shape = Shape {
             service: config.service.clone(),
             queue: config.queue_name(),
-            tags: sentry
-                .tags
-                .iter()
-                .map(|(source, tag)| Ok((sources(source)?, tag.clone())))
-                .collect::<Result<_, OpsError>>()?,
-            user_id: sentry.user_id.as_deref().map(sources).transpose()?,
+            tags,
+            user_id,
             include_bodies: sentry.include_bodies,
             sample_rate: sentry.sample_rate as f32,
-            scrubber: Scrubber::new(&sentry.drop_keys),
+            scrubber,
         };
         let (factory, rx, recorder) = sentry_transport::queue();
         let scrubber = shape.scrubber.clone();
@@ -322,13 +334,11 @@ impl SentryReporter {
     pub fn report(&self, failure: &Failure<'_>) {
         if !self.client.is_enabled() {
             // After the flush at shutdown: counted, not silently lost.
-            metrics::counter!(crate::ops::metrics::ERROR_REPORTS, "sink" => "sentry", "result" => "dropped")
-                .increment(1);
+            super::count("sentry", "dropped");
             return;
         }
         if !self.client.sample_should_send(self.shape.sample_rate) {
-            metrics::counter!(crate::ops::metrics::ERROR_REPORTS, "sink" => "sentry", "result" => "sampled_out")
-                .increment(1);
+            super::count("sentry", "sampled_out");
             return;
         }
         self.client
@@ -347,8 +357,7 @@ impl SentryReporter {
             return;
         }
         if !self.client.is_enabled() {
-            metrics::counter!(crate::ops::metrics::ERROR_REPORTS, "sink" => "sentry", "result" => "dropped")
-                .increment(1);
+            super::count("sentry", "dropped");
             return;
         }
         self.client
@@ -452,21 +461,13 @@ fn failure_event(shape: &Shape, failure: &Failure<'_>) -> Event<'static> {
         tag(&mut event, "plugin_version", b.plugin.version.clone());
         tag(&mut event, "handler", b.handler_name.clone());
     }
-    // A source through a secret-looking name (or one in drop_keys) is never read.
+    // (Sources through secret names were left out when the reporter started.)
     for (source, name) in &shape.tags {
-        if source.is_secret(&shape.scrubber) {
-            continue;
-        }
         if let Some(value) = source.lookup(failure) {
             tag(&mut event, name, value);
         }
     }
-    if let Some(id) = shape
-        .user_id
-        .as_ref()
-        .filter(|s| !s.is_secret(&shape.scrubber))
-        .and_then(|s| s.lookup(failure))
-    {
+    if let Some(id) = shape.user_id.as_ref().and_then(|s| s.lookup(failure)) {
         event.user = Some(User {
             id: Some(id),
             ..Default::default()

@@ -17,7 +17,6 @@ use sentry::{Envelope, Transport, TransportFactory, TransportOptions};
 use tokio::sync::mpsc;
 
 use super::http::WebClient;
-use crate::ops::metrics as m;
 
 /// How many envelopes may wait to be sent.
 pub const QUEUE: usize = 256;
@@ -135,7 +134,7 @@ pub fn queue() -> (
 }
 
 fn count(result: &'static str) {
-    metrics::counter!(m::ERROR_REPORTS, "sink" => "sentry", "result" => result).increment(1);
+    super::count("sentry", result);
 }
 
 /// POST every queued envelope, one at a time, until the queue is closed and empty.

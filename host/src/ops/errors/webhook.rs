@@ -14,7 +14,6 @@ use tokio::sync::{mpsc, Semaphore};
 use super::http::WebClient;
 use super::{Failure, FailureKind};
 use crate::config::{Config, Problem};
-use crate::ops::metrics as m;
 use crate::ops::OpsError;
 use crate::tasks::Tasks;
 
@@ -154,8 +153,7 @@ impl Webhook {
             let record = match e {
                 mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r) => r,
             };
-            metrics::counter!(m::ERROR_REPORTS, "sink" => "webhook", "result" => "dropped")
-                .increment(1);
+            super::count("webhook", "dropped");
             tracing::warn!(message_id = %record.message_id, event = %record.event, binding = record.binding.as_deref().unwrap_or(""),
                 "the error webhook is behind: failure record dropped");
         }
@@ -226,13 +224,11 @@ async fn send_one(
     };
     match outcome {
         Ok(()) => {
-            metrics::counter!(m::ERROR_REPORTS, "sink" => "webhook", "result" => "sent")
-                .increment(1);
+            super::count("webhook", "sent");
             tracing::debug!(message_id = %record.message_id, webhook_host = %host, "failure reported");
         }
         Err(e) => {
-            metrics::counter!(m::ERROR_REPORTS, "sink" => "webhook", "result" => "failed")
-                .increment(1);
+            super::count("webhook", "failed");
             tracing::warn!(message_id = %record.message_id, event = %record.event, webhook_host = %host, error = %e,
                 "the error webhook failed; the failure record is dropped (the message itself is unaffected)");
         }
