@@ -123,7 +123,12 @@ fn call_blocking(
     tokio::task::spawn_blocking(move || {
         let _hold = hold;
         let _entered = span.enter();
-        call::handle(&binding.handler, &binding.context, &message)
+        call::handle(
+            &binding.handler,
+            &binding.context,
+            &message,
+            binding.isolated,
+        )
     })
 }
 
@@ -133,7 +138,12 @@ fn call_inline(binding: &Binding, message: &CallMessage, span: tracing::Span) ->
     let started = std::time::Instant::now();
     let answer = {
         let _entered = span.enter();
-        call::handle(&binding.handler, &binding.context, message)
+        call::handle(
+            &binding.handler,
+            &binding.context,
+            message,
+            binding.isolated,
+        )
     };
     let took = started.elapsed();
     if took > binding.timeout {

@@ -52,7 +52,11 @@ impl Summary {
     pub fn record(&self, bindings: &[Arc<Binding>], results: &[CallResult]) {
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         for (binding, result) in bindings.iter().zip(results) {
-            counts.entry(binding.label.clone()).or_default().add(result);
+            // The label is copied only the first time a binding is counted in an interval.
+            match counts.get_mut(&binding.label) {
+                Some(c) => c.add(result),
+                None => counts.entry(binding.label.clone()).or_default().add(result),
+            }
         }
     }
 

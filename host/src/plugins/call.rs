@@ -84,13 +84,18 @@ pub fn note_crash(reason: String) {
 }
 
 /// Call `handler` with `context` on this thread and convert its answer. Plugins catch their
-/// own panics, so this returns whatever the handler did, or `Err` with the reason when the
-/// isolated worker process running it died under the call (a crash, not the handler's answer).
+/// own panics, so this returns whatever the handler did, or, for an `isolated` handler, `Err`
+/// with the reason when the worker process running it died under the call (a crash, not the
+/// handler's answer). An in-process handler's call never looks at the crash note.
 pub fn handle(
     handler: &HandlerBox,
     context: &HostContextBox,
     delivery: &CallMessage,
+    isolated: bool,
 ) -> Result<Outcome, String> {
+    if !isolated {
+        return Ok(handler.handle(&delivery.0, context).into());
+    }
     // Nothing left over from a call that did not go through here.
     CRASH.with(|c| c.borrow_mut().take());
     let outcome = handler.handle(&delivery.0, context).into();

@@ -305,6 +305,9 @@ pub struct Binding {
     pub timeout: std::time::Duration,
     /// `inline = true`: called on the async worker, without a hand-off (see `BindingConfig`).
     pub inline: bool,
+    /// The handler runs in an isolated worker process (`[plugins.isolate]`): its call can
+    /// end in a crash of that process.
+    pub isolated: bool,
     /// Whether this is the default binding.
     pub is_default: bool,
     /// `schema = "..."`: bodies that fail it are dead-lettered before any handler runs.
@@ -442,6 +445,7 @@ pub fn bind(
             is_default: b.default,
             schema: rules.schema.clone(),
             inline: b.inline,
+            isolated: config.plugins.isolate.isolates(&plugin.name),
         };
         entries.push((std::sync::Arc::new(binding), patterns, b.default, rules));
     }
