@@ -22,6 +22,7 @@ pub mod ingress;
 pub mod isolate;
 pub mod lock;
 pub mod media_type;
+pub mod mutex;
 pub mod ops;
 pub mod pipeline;
 pub mod plugins;

@@ -296,7 +296,7 @@ impl Db {
         let conn = self.conn.clone();
         let path = self.path.display().to_string();
         tokio::task::spawn_blocking(move || {
-            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+            let mut guard = crate::mutex::lock(&conn);
             f(&mut guard)
         })
         .await

@@ -12,6 +12,7 @@
 //! DLQ takes a true poison message. A call that runs past its binding's timeout kills its
 //! process (it is stuck) and fails the same way.
 
+use crate::mutex::lock;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{BufRead, Read};
 use std::path::PathBuf;
@@ -988,10 +989,6 @@ fn failed(reason: String) -> OutcomeFfi {
     OutcomeFfi::Failed {
         reason: reason.into(),
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The handler the pipeline holds for a binding of an isolated plugin.

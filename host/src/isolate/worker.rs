@@ -8,6 +8,7 @@
 //! corrupt the pipe. When the host closes stdin the worker lets running calls finish, then
 //! exits; if the host dies, the same happens.
 
+use crate::mutex::lock;
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::Path;
@@ -207,10 +208,6 @@ fn move_aside(fd: std::os::fd::RawFd) -> std::io::Result<File> {
 
 fn send(writer: &Writer, message: &FromWorker) -> Result<(), super::protocol::FrameError> {
     lock(writer).send(message)
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {

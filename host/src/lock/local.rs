@@ -27,7 +27,7 @@ impl LocalLocks {
 
     /// Completion records held now (for tests and metrics).
     pub fn records(&self) -> usize {
-        self.records.lock().unwrap_or_else(|p| p.into_inner()).len()
+        crate::mutex::lock(&self.records).len()
     }
 }
 
@@ -41,7 +41,7 @@ impl Locks for LocalLocks {
         let now = Instant::now();
         let mut answers = Vec::with_capacity(message_ids.len());
         {
-            let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+            let mut held = crate::mutex::lock(&self.held);
             // Drop expired entries now and then so the table cannot grow without bound.
             if held.len() > 10_000 {
                 held.retain(|_, (_, expires)| *expires > now);
@@ -59,7 +59,7 @@ impl Locks for LocalLocks {
                 answers.push(Some(lock));
             }
         }
-        let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        let mut records = crate::mutex::lock(&self.records);
         Ok(answers
             .into_iter()
             .map(|lock| {
@@ -73,7 +73,7 @@ impl Locks for LocalLocks {
 
     async fn extend(&self, lock: &Held, ttl: Duration) -> Result<Option<Instant>, LockError> {
         let now = Instant::now();
-        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let mut held = crate::mutex::lock(&self.held);
         match held.get_mut(&lock.key) {
             Some((token, expires)) if *token == lock.token && *expires > now => {
                 *expires = now + ttl;
@@ -84,7 +84,7 @@ impl Locks for LocalLocks {
     }
 
     async fn release(&self, locks: &[Held]) -> Result<(), LockError> {
-        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let mut held = crate::mutex::lock(&self.held);
         for lock in locks {
             if held
                 .get(&lock.key)
@@ -102,10 +102,7 @@ impl Locks for LocalLocks {
         bindings: &[String],
         ttl: Duration,
     ) -> Result<(), LockError> {
-        self.records
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .record(message_id, bindings, ttl);
+        crate::mutex::lock(&self.records).record(message_id, bindings, ttl);
         Ok(())
     }
 

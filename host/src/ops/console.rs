@@ -147,7 +147,7 @@ impl RecentFailures {
         receive_count: u32,
         reason: &str,
     ) {
-        let mut items = self.items.lock().unwrap_or_else(|p| p.into_inner());
+        let mut items = crate::mutex::lock(&self.items);
         if items.len() >= RECENT_FAILURES {
             items.pop_front();
         }
@@ -164,7 +164,7 @@ impl RecentFailures {
 
     /// Newest first.
     pub fn snapshot(&self) -> Vec<FailureView> {
-        let items = self.items.lock().unwrap_or_else(|p| p.into_inner());
+        let items = crate::mutex::lock(&self.items);
         items.iter().rev().cloned().collect()
     }
 }
@@ -272,7 +272,7 @@ impl Console {
             dead_lettered: sum(m::DEAD_LETTERED),
             in_flight: sum(m::IN_FLIGHT),
         };
-        let mut samples = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        let mut samples = crate::mutex::lock(&self.series);
         if samples.len() >= SAMPLES {
             samples.pop_front();
         }
@@ -480,13 +480,7 @@ impl Console {
                 seen.into_values().collect()
             }
         };
-        let samples: Vec<Sample> = self
-            .series
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .copied()
-            .collect();
+        let samples: Vec<Sample> = crate::mutex::lock(&self.series).iter().copied().collect();
         serde_json::json!({
             "service": self.config.service,
             "queue": self.config.queue_name(),

@@ -76,7 +76,7 @@ impl Keeper {
     pub async fn finish(self) -> Result<(), LockLost> {
         self.stop.cancel();
         let _ = self.task.await;
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = crate::mutex::lock(&self.state);
         if let Some(lost) = state.lost.take() {
             return Err(lost);
         }
@@ -208,7 +208,7 @@ async fn keep_alive(
     let retry = (ttl / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
     let mut lock_next = Some(renew_at(held.valid_until, ttl));
     let lose = |lost: LockLost| {
-        state.lock().unwrap_or_else(|p| p.into_inner()).lost = Some(lost);
+        crate::mutex::lock(&state).lost = Some(lost);
     };
     loop {
         let beat_next = heartbeat.as_ref().map(|h| h.next);
@@ -230,7 +230,7 @@ async fn keep_alive(
                 match answer {
                     Ok(Some(valid_until)) => {
                         held.valid_until = valid_until;
-                        state.lock().unwrap_or_else(|p| p.into_inner()).lock_valid_until = valid_until;
+                        crate::mutex::lock(&state).lock_valid_until = valid_until;
                         lock_next = Some(renew_at(valid_until, ttl));
                         tracing::debug!(message_id = %held.message_id, event = %event, "message lock extended");
                     }

@@ -62,10 +62,7 @@ impl Shared {
                 Ok(batch) => {
                     self.parts.health.broker_answered();
                     if std::mem::take(&mut failing) {
-                        let mut failing_pollers = self
-                            .receive_failing
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner());
+                        let mut failing_pollers = crate::mutex::lock(&self.receive_failing);
                         *failing_pollers = failing_pollers.saturating_sub(1);
                         if *failing_pollers == 0 {
                             // Logged under the lock: a poller failing now counts itself after
@@ -83,10 +80,7 @@ impl Shared {
                 Err(e) => {
                     self.parts.health.broker_failed();
                     if !std::mem::replace(&mut failing, true) {
-                        *self
-                            .receive_failing
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner()) += 1;
+                        *crate::mutex::lock(&self.receive_failing) += 1;
                     }
                     metrics::counter!(m::POLL_ERRORS).increment(1);
                     tracing::error!(poller, error = %e, alert = "broker", retry_in_ms = backoff.as_millis() as u64, "receive failed; retrying");

@@ -50,7 +50,7 @@ pub struct Summary {
 impl Summary {
     /// Count one message's results, in the order of `bindings`.
     pub fn record(&self, bindings: &[Arc<Binding>], results: &[CallResult]) {
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut counts = crate::mutex::lock(&self.counts);
         for (binding, result) in bindings.iter().zip(results) {
             // The label is copied only the first time a binding is counted in an interval.
             match counts.get_mut(&binding.label) {
@@ -62,7 +62,7 @@ impl Summary {
 
     /// The counts so far, reset.
     pub fn take(&self) -> BTreeMap<String, Counts> {
-        std::mem::take(&mut *self.counts.lock().unwrap_or_else(|p| p.into_inner()))
+        std::mem::take(&mut *crate::mutex::lock(&self.counts))
     }
 
     /// Log one line per binding that did anything since the last call; nothing when idle.
@@ -129,11 +129,7 @@ mod tests {
             }
         );
         let summary = Summary::default();
-        summary
-            .counts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert("b".into(), counts);
+        crate::mutex::lock(&summary.counts).insert("b".into(), counts);
         assert_eq!(summary.take().get("b"), Some(&counts));
         assert!(
             summary.take().is_empty(),

@@ -43,9 +43,7 @@ static SELF_PUBLISHES: Mutex<BTreeMap<String, SelfPublish>> = Mutex::new(BTreeMa
 
 /// The self-publishes this process has seen, by binding.
 pub fn self_publishes() -> Vec<SelfPublish> {
-    SELF_PUBLISHES
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
+    crate::mutex::lock(&SELF_PUBLISHES)
         .values()
         .cloned()
         .collect()
@@ -54,10 +52,7 @@ pub fn self_publishes() -> Vec<SelfPublish> {
 /// Forget the self-publishes seen so far (the bindings or their plugins changed: a loop that
 /// is still there shows up again at its next publish).
 pub fn forget_self_publishes() {
-    SELF_PUBLISHES
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clear();
+    crate::mutex::lock(&SELF_PUBLISHES).clear();
 }
 
 /// The rate limit of one binding's self-publish warnings.
@@ -106,7 +101,7 @@ impl HostContext {
         metrics::counter!(crate::ops::metrics::SELF_PUBLISHES, "binding" => self.binding.clone())
             .increment(1);
         let count = {
-            let mut all = SELF_PUBLISHES.lock().unwrap_or_else(|p| p.into_inner());
+            let mut all = crate::mutex::lock(&SELF_PUBLISHES);
             let entry = all
                 .entry(self.binding.clone())
                 .or_insert_with(|| SelfPublish {
@@ -118,7 +113,7 @@ impl HostContext {
             entry.count += 1;
             entry.count
         };
-        let mut warned = self.warned.lock().unwrap_or_else(|p| p.into_inner());
+        let mut warned = crate::mutex::lock(&self.warned);
         warned.since += 1;
         let due = warned
             .last

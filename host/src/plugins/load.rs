@@ -697,7 +697,7 @@ fn group_members(gid: u32) -> Option<Vec<String>> {
 fn users_with_primary_gid(gid: u32) -> Vec<u32> {
     // getpwent keeps one iteration per process: one walk at a time.
     static WALK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _walk = WALK.lock().unwrap_or_else(|e| e.into_inner());
+    let _walk = crate::mutex::lock(&WALK);
     let mut uids = Vec::new();
     // SAFETY: setpwent/getpwent/endpwent under the lock above; each entry is read before the
     // next call overwrites it.

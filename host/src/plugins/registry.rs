@@ -270,7 +270,7 @@ static ALERTED: std::sync::LazyLock<std::sync::Mutex<std::collections::HashSet<P
     std::sync::LazyLock::new(Default::default);
 
 fn lock_alerted() -> std::sync::MutexGuard<'static, std::collections::HashSet<PathBuf>> {
-    ALERTED.lock().unwrap_or_else(|p| p.into_inner())
+    crate::mutex::lock(&ALERTED)
 }
 
 /// Log a refusal once, with what keeps serving and how to fix it. A refusal (not a file still

@@ -17,6 +17,7 @@
 //! value until a restart, is named in a warning, and is listed as pending in the state file, so
 //! what the host reports is what it runs.
 
+use crate::mutex::lock;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -751,10 +752,6 @@ fn watch_dir(
         }
         Err(e) => tracing::error!(dir = %dir.display(), error = %e, "cannot watch directory"),
     }
-}
-
-fn lock(reloader: &Mutex<Reloader>) -> std::sync::MutexGuard<'_, Reloader> {
-    reloader.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A one-line summary of a plugin generation for logs and `iniesta plugins`.

@@ -348,11 +348,7 @@ impl SentryReporter {
     /// Report a host-level incident under `key` (`broker`, `lock`, `config`, `plugin:FILE`)
     /// unless it is already raised; a later [`SentryReporter::clear`] re-arms it.
     pub fn raise(&self, key: &str, level: Level, message: &str, fields: &BTreeMap<String, String>) {
-        let fresh = self
-            .raised
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key.to_string());
+        let fresh = crate::mutex::lock(&self.raised).insert(key.to_string());
         if !fresh {
             return;
         }
@@ -366,10 +362,7 @@ impl SentryReporter {
 
     /// The incident under `key` is over.
     pub fn clear(&self, key: &str) {
-        self.raised
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(key);
+        crate::mutex::lock(&self.raised).remove(key);
     }
 
     /// Send what is queued, for up to `errors.sentry.timeout_secs` (once the pipeline has
@@ -377,7 +370,7 @@ impl SentryReporter {
     pub async fn flush(self) {
         // Closes the transport's queue; the sender drains it and ends.
         self.client.close(Some(Duration::ZERO));
-        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let task = crate::mutex::lock(&self.task).take();
         if let Some(mut task) = task {
             if tokio::time::timeout(self.timeout, &mut task).await.is_err() {
                 // Stop the sender now rather than let it run on against the process's exit.

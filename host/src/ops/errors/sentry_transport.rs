@@ -50,7 +50,7 @@ impl QueueTransport {
 
 impl Transport for QueueTransport {
     fn send_envelope(&self, envelope: Envelope) {
-        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = crate::mutex::lock(&self.tx);
         let Some(tx) = tx.as_ref() else {
             // Shut down: what arrives now is the pipeline's last word after the flush.
             count("dropped");
@@ -72,7 +72,7 @@ impl Transport for QueueTransport {
 
     /// Close the queue: the background task sends what is in it and stops.
     fn shutdown(&self, _timeout: Duration) -> bool {
-        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        crate::mutex::lock(&self.tx).take();
         true
     }
 }
@@ -89,7 +89,7 @@ pub struct Factory {
 
 impl TransportFactory for Factory {
     fn create_transport_with_options(&self, options: TransportOptions) -> Arc<dyn Transport> {
-        let parts = self.parts.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let parts = crate::mutex::lock(&self.parts).take();
         let tx = parts.map(|(tx, recorder_tx)| {
             let _ = recorder_tx.send(options.client_report_recorder.clone());
             tx

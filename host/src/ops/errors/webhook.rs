@@ -163,7 +163,7 @@ impl Webhook {
     /// clone of this reporter is gone (the pipeline has stopped); for shutdown.
     pub async fn flush(self) {
         let limit = self.timeout;
-        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let task = crate::mutex::lock(&self.task).take();
         drop(self.tx);
         if let Some(task) = task {
             if tokio::time::timeout(limit, task).await.is_err() {
