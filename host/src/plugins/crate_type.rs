@@ -149,7 +149,7 @@ pub fn diagnose_missing(dirs: &[PathBuf], name: &str) -> Option<MissingCdylib> {
     for dir in dirs {
         let rlib = dir.join(format!("lib{lib}.rlib"));
         let rlib = rlib.is_file().then_some(rlib);
-        let shared = ["so", "dylib", "dll"]
+        let shared = super::load::LIBRARY_EXTENSIONS
             .iter()
             .any(|ext| dir.join(format!("lib{lib}.{ext}")).exists());
         if shared {
@@ -172,19 +172,36 @@ pub fn diagnose_missing(dirs: &[PathBuf], name: &str) -> Option<MissingCdylib> {
     None
 }
 
+/// `NAME` of a `libNAME.EXT` path.
+fn lib_stem(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().trim_start_matches("lib").to_string())
+        .unwrap_or_default()
+}
+
+/// The `libLIB.EXT` files cargo built under the crate directory `dir`, release first.
+fn built<'a>(dir: &'a Path, lib: &'a str, ext: &'a str) -> impl Iterator<Item = PathBuf> + 'a {
+    ["release", "debug"]
+        .into_iter()
+        .map(move |profile| {
+            dir.join("target")
+                .join(profile)
+                .join(format!("lib{lib}.{ext}"))
+        })
+        .filter(|file| file.is_file())
+}
+
 /// For `iniesta plugins check PATH` when PATH is not a library file: a crate directory, an
 /// `.rlib`, or a `.so` path that was never built. `Err` says what is missing (a crate without
 /// `cdylib`, or one not built yet); `Ok(file)` is the shared library to check instead.
 pub fn library_for(path: &Path) -> Result<Option<PathBuf>, String> {
     let is_rlib = path.extension().is_some_and(|e| e == "rlib");
-    let wanted = if path.is_dir() || is_rlib {
-        None
-    } else if path.exists() {
+    if !path.is_dir() && !is_rlib && path.exists() {
         return Ok(None);
-    } else {
-        path.file_stem()
-            .map(|s| s.to_string_lossy().trim_start_matches("lib").to_string())
-    };
+    }
+    // The library asked for: a file's name (`libNAME.rlib`, `libNAME.so` never built), not a
+    // crate directory's.
+    let wanted = (!path.is_dir()).then(|| lib_stem(path));
     // A directory counts only as a crate directory (its own Cargo.toml), not as a place in
     // some crate's build tree.
     let near = if path.is_dir() {
@@ -194,12 +211,8 @@ pub fn library_for(path: &Path) -> Result<Option<PathBuf>, String> {
     };
     let Some(manifest) = near else {
         if is_rlib {
-            let lib = path
-                .file_stem()
-                .map(|s| s.to_string_lossy().trim_start_matches("lib").to_string())
-                .unwrap_or_default();
             return Err(MissingCdylib {
-                lib,
+                lib: lib_stem(path),
                 manifest: None,
                 rlib: Some(path.to_path_buf()),
             }
@@ -208,28 +221,13 @@ pub fn library_for(path: &Path) -> Result<Option<PathBuf>, String> {
         return Ok(None);
     };
     let libraries = libraries(&manifest);
-    let wanted = wanted.or_else(|| {
-        if is_rlib {
-            path.file_stem()
-                .map(|s| s.to_string_lossy().trim_start_matches("lib").to_string())
-        } else {
-            None
-        }
-    });
     let candidates: Vec<&Library> = match &wanted {
         Some(lib) => libraries.iter().filter(|l| &l.lib == lib).collect(),
         None => libraries.iter().collect(),
     };
     if let Some(bad) = candidates.iter().find(|l| !l.has_cdylib()) {
         let dir = manifest.parent().unwrap_or_else(|| Path::new("."));
-        let rlib = ["release", "debug"]
-            .iter()
-            .map(|p| {
-                dir.join("target")
-                    .join(p)
-                    .join(format!("lib{}.rlib", bad.lib))
-            })
-            .find(|r| r.is_file());
+        let rlib = built(dir, &bad.lib, "rlib").next();
         return Err(MissingCdylib {
             lib: bad.lib.clone(),
             manifest: Some(bad.manifest.clone()),
@@ -247,14 +245,8 @@ pub fn library_for(path: &Path) -> Result<Option<PathBuf>, String> {
     // A crate with `cdylib`: its built library, else "build it".
     let dir = manifest.parent().unwrap_or_else(|| Path::new("."));
     for library in &candidates {
-        for profile in ["release", "debug"] {
-            let file = dir
-                .join("target")
-                .join(profile)
-                .join(format!("lib{}.so", library.lib));
-            if file.is_file() && (path.is_dir() || file == path) {
-                return Ok(Some(file));
-            }
+        if let Some(file) = built(dir, &library.lib, "so").find(|f| path.is_dir() || f == path) {
+            return Ok(Some(file));
         }
     }
     match candidates.first() {

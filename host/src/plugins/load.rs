@@ -288,8 +288,11 @@ impl LoadError {
 /// Whether a file name looks like a shared library on this platform.
 pub fn is_library_name(path: &Path) -> bool {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-    matches!(ext, "so" | "dylib" | "dll")
+    LIBRARY_EXTENSIONS.contains(&ext)
 }
+
+/// The endings of a shared library file.
+pub const LIBRARY_EXTENSIONS: [&str; 3] = ["so", "dylib", "dll"];
 
 /// Check an ELF file is complete and exports the iniesta root module.
 ///
