@@ -39,11 +39,7 @@ pub fn explain(config: &Config, envelope: &Envelope) -> Result<String, Vec<Probl
     let mut problems = Vec::new();
     let mut entries = Vec::new();
     for (index, binding) in config.bindings.iter().enumerate() {
-        let patterns: Vec<Pattern> = binding
-            .events
-            .iter()
-            .filter_map(|e| Pattern::parse(e).ok())
-            .collect();
+        let patterns = super::patterns_of(binding);
         match Rules::compile(binding, &format!("bindings[{index}]"), &config.base_dir) {
             Ok(rules) => entries.push((index, patterns, binding.default, rules)),
             Err(found) => problems.extend(found),
@@ -156,7 +152,7 @@ fn suggestions(config: &Config, event: &str) -> Vec<Suggestion> {
         .bindings
         .iter()
         .filter(|b| !b.default)
-        .flat_map(|b| b.events.iter().filter_map(|e| Pattern::parse(e).ok()))
+        .flat_map(super::patterns_of)
         .collect();
     if event.is_empty() || patterns.iter().any(|p| p.matches(event)) {
         return Vec::new();

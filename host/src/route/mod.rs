@@ -323,6 +323,16 @@ impl std::fmt::Debug for Binding {
 /// The live routing table.
 pub type Routes = RouteTable<std::sync::Arc<Binding>>;
 
+/// A binding's `events` as patterns (the ones that parse: the others are config problems,
+/// reported by the config check).
+pub fn patterns_of(binding: &crate::config::BindingConfig) -> Vec<Pattern> {
+    binding
+        .events
+        .iter()
+        .filter_map(|e| Pattern::parse(e).ok())
+        .collect()
+}
+
 /// Construct every binding's handler from the loaded plugins; every problem is reported with
 /// its key (`bindings[1].plugin`, `bindings[1].handler`, `bindings[1].config`).
 pub fn bind(
@@ -412,11 +422,7 @@ pub fn bind(
             }
         };
         let label = format!("{key} ({}/{handler_name})", plugin.name);
-        let patterns: Vec<Pattern> = b
-            .events
-            .iter()
-            .filter_map(|e| Pattern::parse(e).ok())
-            .collect();
+        let patterns = patterns_of(b);
         // What a handler publishes goes out as `{event}.{service}`: if this binding's own
         // patterns take that, the handler feeds itself (the context warns).
         let own = patterns.clone();
