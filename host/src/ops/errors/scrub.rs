@@ -33,6 +33,51 @@ const SECRET_NAME_PARTS: &[&str] = &[
     "cvv",
 ];
 
+/// A built-in pattern (the unit tests compile every one).
+pub(super) fn regex(pattern: &str) -> Regex {
+    Regex::new(pattern).expect("a valid built-in pattern")
+}
+
+/// Secret-looking text replaced wherever it appears, with what replaces it.
+static PATTERNS: LazyLock<Vec<(Regex, &'static str)>> = LazyLock::new(|| {
+    vec![
+        // scheme://user:password@host → scheme://[Filtered]@host
+        (
+            regex(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@"),
+            "${1}[Filtered]@",
+        ),
+        // AWS access key ids
+        (
+            regex(r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA)[A-Z0-9]{16}\b"),
+            FILTERED,
+        ),
+        // JWTs
+        (
+            regex(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"),
+            FILTERED,
+        ),
+    ]
+});
+
+/// Authorization: Bearer …, Basic …: only a token-shaped value (a digit in it, or 20
+/// characters and more) is filtered, so `basic validation failed` stays as it is.
+fn scheme_tokens(text: &str) -> Cow<'_, str> {
+    static SCHEME: LazyLock<Regex> =
+        LazyLock::new(|| regex(r"(?i)\b(bearer|basic)(\s+)([A-Za-z0-9._~+/=-]{8,})"));
+    let replaced = SCHEME.replace_all(text, |c: &regex::Captures<'_>| {
+        let token = &c[3];
+        if token.len() >= 20 || token.bytes().any(|b| b.is_ascii_digit()) {
+            format!("{}{}{FILTERED}", &c[1], &c[2])
+        } else {
+            c[0].to_string()
+        }
+    });
+    match replaced {
+        Cow::Owned(replaced) if replaced != text => Cow::Owned(replaced),
+        _ => Cow::Borrowed(text),
+    }
+}
+
 /// The names [`Scrubber`] always filters, and those a config adds.
 #[derive(Debug, Clone, Default)]
 pub struct Scrubber {
@@ -74,103 +119,78 @@ impl Scrubber {
 
     /// `text` with secret-looking parts replaced by `[Filtered]`.
     pub fn text<'a>(&self, text: &'a str) -> Cow<'a, str> {
-        static PATTERNS: LazyLock<Vec<(Regex, &'static str)>> = LazyLock::new(|| {
-            [
-                // scheme://user:password@host → scheme://[Filtered]@host
-                (r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@", "${1}[Filtered]@"),
-                // AWS access key ids
-                (r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA)[A-Z0-9]{16}\b", FILTERED),
-                // JWTs
-                (
-                    r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*",
-                    FILTERED,
-                ),
-            ]
-            .into_iter()
-            .filter_map(|(pattern, replacement)| {
-                Regex::new(pattern).ok().map(|re| (re, replacement))
-            })
-            .collect()
-        });
-        // Authorization: Bearer …, Basic …: only a token-shaped value (a digit in it, or 20
-        // characters and more), so `basic validation failed` stays as it is.
-        static SCHEME: LazyLock<Option<Regex>> =
-            LazyLock::new(|| Regex::new(r"(?i)\b(bearer|basic)(\s+)([A-Za-z0-9._~+/=-]{8,})").ok());
-        let mut out = Cow::Borrowed(text);
-        if let Some(scheme) = SCHEME.as_ref() {
-            let replaced = scheme.replace_all(text, |c: &regex::Captures<'_>| {
-                let token = &c[3];
-                if token.len() >= 20 || token.bytes().any(|b| b.is_ascii_digit()) {
-                    format!("{}{}{FILTERED}", &c[1], &c[2])
-                } else {
-                    c[0].to_string()
-                }
-            });
-            if let Cow::Owned(replaced) = replaced {
-                if replaced != text {
-                    out = Cow::Owned(replaced);
-                }
-            }
-        }
+        let mut out = scheme_tokens(text);
         for (pattern, replacement) in PATTERNS.iter() {
             if let Cow::Owned(replaced) = pattern.replace_all(&out, *replacement) {
                 out = Cow::Owned(replaced);
             }
         }
-        // NAME=value, "NAME": "value", NAME: Basic value: the value filtered (its scheme
-        // word too) when NAME is secret by the same rules as member names (drop_keys too).
-        // Names and separators are found first and the value read after them, so a value
-        // never swallows the next pair's name.
-        static NAME: LazyLock<Option<Regex>> =
-            LazyLock::new(|| Regex::new(r#"(?i)\b([a-z0-9_.-]+)("?\s*[:=]\s*"?)"#).ok());
-        static VALUE: LazyLock<Option<Regex>> = LazyLock::new(|| {
-            Regex::new(r#"^(?i)(?:(?:basic|bearer|digest|token)\s+)?[^\s"',;&]+"#).ok()
-        });
-        if let (Some(name), Some(value)) = (NAME.as_ref(), VALUE.as_ref()) {
-            let text = out.as_ref();
-            let mut scrubbed = String::new();
-            let mut copied = 0;
-            for pair in name.captures_iter(text) {
-                let (Some(whole), Some(key)) = (pair.get(0), pair.get(1)) else {
-                    continue;
-                };
-                if whole.start() < copied || !self.is_secret_key(key.as_str()) {
-                    continue;
-                }
-                if let Some(v) = value.find(&text[whole.end()..]) {
-                    scrubbed.push_str(&text[copied..whole.end()]);
-                    scrubbed.push_str(FILTERED);
-                    copied = whole.end() + v.end();
-                }
+        match self.secret_pairs(&out) {
+            Some(scrubbed) => Cow::Owned(scrubbed),
+            None => out,
+        }
+    }
+
+    /// NAME=value, "NAME": "value", NAME: Basic value: `text` with the value filtered (its
+    /// scheme word too) where NAME is secret by the same rules as member names (drop_keys
+    /// too); `None` when there is none. Names and separators are found first and the value
+    /// read after them, so a value never swallows the next pair's name.
+    fn secret_pairs(&self, text: &str) -> Option<String> {
+        static NAME: LazyLock<Regex> =
+            LazyLock::new(|| regex(r#"(?i)\b([a-z0-9_.-]+)("?\s*[:=]\s*"?)"#));
+        static VALUE: LazyLock<Regex> =
+            LazyLock::new(|| regex(r#"^(?i)(?:(?:basic|bearer|digest|token)\s+)?[^\s"',;&]+"#));
+        let mut scrubbed = String::new();
+        let mut copied = 0;
+        for pair in NAME.captures_iter(text) {
+            let (Some(whole), Some(key)) = (pair.get(0), pair.get(1)) else {
+                continue;
+            };
+            if whole.start() < copied || !self.is_secret_key(key.as_str()) {
+                continue;
             }
-            if copied > 0 {
-                scrubbed.push_str(&text[copied..]);
-                out = Cow::Owned(scrubbed);
+            if let Some(v) = VALUE.find(&text[whole.end()..]) {
+                scrubbed.push_str(&text[copied..whole.end()]);
+                scrubbed.push_str(FILTERED);
+                copied = whole.end() + v.end();
             }
         }
-        out
+        (copied > 0).then(|| {
+            scrubbed.push_str(&text[copied..]);
+            scrubbed
+        })
     }
 
     /// A JSON value with every secret-named member replaced by `[Filtered]` and every string
     /// scrubbed as [`Scrubber::text`], at any depth.
     pub fn json(&self, value: &mut serde_json::Value) {
         match value {
-            serde_json::Value::Object(members) => {
-                for (key, member) in members.iter_mut() {
-                    if self.is_secret_key(key) {
-                        *member = serde_json::Value::String(FILTERED.into());
-                    } else {
-                        self.json(member);
-                    }
-                }
-            }
+            serde_json::Value::Object(members) => self.members(members.iter_mut()),
             serde_json::Value::Array(items) => items.iter_mut().for_each(|v| self.json(v)),
-            serde_json::Value::String(s) => {
-                if let Cow::Owned(scrubbed) = self.text(s) {
-                    *s = scrubbed;
-                }
-            }
+            serde_json::Value::String(s) => self.string(s),
             _ => {}
+        }
+    }
+
+    /// Named members (a JSON object's, an event's extras or contexts): a secret-named one
+    /// becomes `[Filtered]`, the others are scrubbed as [`Scrubber::json`].
+    pub fn members<'a>(
+        &self,
+        members: impl IntoIterator<Item = (&'a String, &'a mut serde_json::Value)>,
+    ) {
+        for (key, member) in members {
+            if self.is_secret_key(key) {
+                *member = serde_json::Value::String(FILTERED.into());
+            } else {
+                self.json(member);
+            }
+        }
+    }
+
+    /// `text` scrubbed in place, as [`Scrubber::text`].
+    pub fn string(&self, text: &mut String) {
+        if let Cow::Owned(scrubbed) = self.text(text) {
+            *text = scrubbed;
         }
     }
 }

@@ -126,7 +126,7 @@ pub fn error_type(reason: &str) -> String {
             (r"\b(?:0x)?[0-9a-fA-F]*[0-9][0-9a-fA-F]*\b", "N"),
         ]
         .into_iter()
-        .filter_map(|(p, r)| regex::Regex::new(p).ok().map(|re| (re, r)))
+        .map(|(p, r)| (super::scrub::regex(p), r))
         .collect()
     });
     let head = reason.split(": ").next().unwrap_or(reason).trim();
@@ -560,26 +560,14 @@ pub fn scrub_event(scrubber: &Scrubber, mut event: Event<'static>) -> Event<'sta
     for (key, value) in event.tags.iter_mut() {
         if scrubber.is_secret_key(key) {
             *value = super::scrub::FILTERED.into();
-        } else if let Cow::Owned(v) = scrubber.text(value) {
-            *value = v;
-        }
-    }
-    for (key, value) in event.extra.iter_mut() {
-        if scrubber.is_secret_key(key) {
-            *value = Value::String(super::scrub::FILTERED.into());
         } else {
-            scrubber.json(value);
+            scrubber.string(value);
         }
     }
+    scrubber.members(event.extra.iter_mut());
     for context in event.contexts.values_mut() {
         if let Context::Other(map) = context {
-            for (key, value) in map.iter_mut() {
-                if scrubber.is_secret_key(key) {
-                    *value = Value::String(super::scrub::FILTERED.into());
-                } else {
-                    scrubber.json(value);
-                }
-            }
+            scrubber.members(map.iter_mut());
         }
     }
     if let Cow::Owned(fingerprint) = &mut event.fingerprint {
@@ -589,22 +577,16 @@ pub fn scrub_event(scrubber: &Scrubber, mut event: Event<'static>) -> Event<'sta
             }
         }
     }
-    if let Some(user) = &mut event.user {
-        if let Some(Cow::Owned(v)) = user.id.as_deref().map(|id| scrubber.text(id)) {
-            user.id = Some(v);
-        }
+    if let Some(id) = event.user.as_mut().and_then(|u| u.id.as_mut()) {
+        scrubber.string(id);
     }
     for exception in event.exception.values.iter_mut() {
-        if let Some(value) = &exception.value {
-            if let Cow::Owned(v) = scrubber.text(value) {
-                exception.value = Some(v);
-            }
+        if let Some(value) = &mut exception.value {
+            scrubber.string(value);
         }
     }
-    if let Some(message) = &event.message {
-        if let Cow::Owned(v) = scrubber.text(message) {
-            event.message = Some(v);
-        }
+    if let Some(message) = &mut event.message {
+        scrubber.string(message);
     }
     event
 }
