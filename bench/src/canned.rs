@@ -15,10 +15,17 @@
 //! - `ChangeMessageVisibility` → `{}`; `ChangeMessageVisibilityBatch` → every entry
 //!   `Successful` (the host gives unstarted messages back with it when it drains).
 //!
+//! Every answer can be held back by a per-request latency with jitter ([`Latency`]: 20 ± 5 ms is
+//! what a real region answers in), and every request is counted by action
+//! ([`Stats::requests`]), so a run tells how many AWS calls each message cost. Entry-level
+//! failures can be injected ([`Faults`]): the first delete of every k-th receipt fails as a
+//! retryable (server-side) batch entry failure, as SQS answers under load.
+//!
 //! Everything else gets a JSON error, and is counted, so a client that needs more fails loudly.
 //! The server keeps the times of the first `ReceiveMessage` and of the `total`-th delete, and
 //! can snapshot a watched process's CPU time at both moments (see [`crate::procfs`]).
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -42,10 +49,122 @@ const BODIES: usize = 64;
 /// How long an empty `ReceiveMessage` is held (the long poll), at most.
 const EMPTY_HOLD: Duration = Duration::from_secs(1);
 
+/// How long the server takes to answer each request: `mean` ± up to `jitter`, spread evenly
+/// (a fixed pseudo-random sequence, so two runs see the same delays).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Latency {
+    /// The average delay.
+    pub mean: Duration,
+    /// The largest deviation from `mean`, either way.
+    pub jitter: Duration,
+}
+
+impl Latency {
+    /// No delay: answer at once.
+    pub const NONE: Latency = Latency {
+        mean: Duration::ZERO,
+        jitter: Duration::ZERO,
+    };
+
+    /// `mean` ± `jitter`.
+    pub fn new(mean: Duration, jitter: Duration) -> Latency {
+        Latency {
+            mean,
+            jitter: jitter.min(mean),
+        }
+    }
+
+    /// Parse `20ms`, `20ms±5ms`, `20ms+-5ms` or `0`; without a jitter it is a quarter of the
+    /// mean (a real region's spread).
+    pub fn parse(text: &str) -> Result<Latency, String> {
+        fn duration(t: &str) -> Result<Duration, String> {
+            let t = t.trim();
+            let (number, unit) = t
+                .find(|c: char| !c.is_ascii_digit() && c != '.')
+                .map(|i| t.split_at(i))
+                .unwrap_or((t, "ms"));
+            let value: f64 = number
+                .parse()
+                .map_err(|_| format!("`{t}` is not a duration (say 20ms)"))?;
+            let ms = match unit {
+                "ms" => value,
+                "s" => value * 1000.0,
+                "us" | "µs" => value / 1000.0,
+                other => return Err(format!("unknown unit `{other}` in `{t}` (ms, s or us)")),
+            };
+            Ok(Duration::from_secs_f64(ms / 1000.0))
+        }
+        let (mean, jitter) = match text.split_once('±').or_else(|| text.split_once("+-")) {
+            Some((m, j)) => (duration(m)?, duration(j)?),
+            None => {
+                let m = duration(text)?;
+                (m, m / 4)
+            }
+        };
+        Ok(Latency::new(mean, jitter))
+    }
+
+    /// The delay of the `n`-th request.
+    pub fn nth(&self, n: u64) -> Duration {
+        if self.jitter.is_zero() {
+            return self.mean;
+        }
+        // splitmix64: a well-spread value in [0, 1) from the request number.
+        let mut z = n.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        let unit = (z >> 11) as f64 / (1u64 << 53) as f64;
+        let offset = self.jitter.as_secs_f64() * (2.0 * unit - 1.0);
+        Duration::from_secs_f64((self.mean.as_secs_f64() + offset).max(0.0))
+    }
+}
+
+impl std::fmt::Display for Latency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ± {} ms",
+            self.mean.as_millis(),
+            self.jitter.as_millis()
+        )
+    }
+}
+
+/// Failures the server injects.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Faults {
+    /// The first `DeleteMessageBatch` entry for every k-th receipt (by sequence number) fails
+    /// with `InternalError`, `SenderFault: false` (retryable); its next delete succeeds.
+    pub fail_first_delete_every: Option<u64>,
+}
+
+/// How a server behaves beyond the messages it hands out.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Behaviour {
+    /// The delay of every answer.
+    pub latency: Latency,
+    /// Injected failures.
+    pub faults: Faults,
+}
+
 /// What the server has seen.
 #[derive(Debug)]
 pub struct Stats {
     total: u64,
+    behaviour: Behaviour,
+    /// Requests so far (numbers the latency sequence).
+    request_count: AtomicU64,
+    /// Requests by action (`ReceiveMessage`, `DeleteMessageBatch`, ...).
+    requests: Mutex<BTreeMap<String, u64>>,
+    /// When each message was handed out (by sequence number).
+    handed_at: Mutex<Vec<Option<Instant>>>,
+    /// From hand-out to delete, per deleted message (µs).
+    residence_us: Mutex<Vec<u64>>,
+    /// Delete entries failed on purpose ([`Faults`]).
+    pub injected_failures: AtomicU64,
+    /// Receipts whose injected failure was already served.
+    failed_once: Mutex<std::collections::HashSet<u64>>,
     /// Messages handed out.
     pub handed_out: AtomicU64,
     /// Distinct receipts deleted.
@@ -92,9 +211,17 @@ pub struct Marks {
 }
 
 impl Stats {
-    fn new(total: u64) -> Stats {
+    fn new(total: u64, behaviour: Behaviour) -> Stats {
+        let slots = usize::try_from(total).unwrap_or(0);
         Stats {
             total,
+            behaviour,
+            request_count: AtomicU64::new(0),
+            requests: Mutex::new(BTreeMap::new()),
+            handed_at: Mutex::new(vec![None; slots]),
+            residence_us: Mutex::new(Vec::with_capacity(slots)),
+            injected_failures: AtomicU64::new(0),
+            failed_once: Mutex::new(std::collections::HashSet::new()),
             handed_out: AtomicU64::new(0),
             deleted: AtomicU64::new(0),
             duplicate_deletes: AtomicU64::new(0),
@@ -117,6 +244,68 @@ impl Stats {
     /// Messages this run hands out.
     pub fn total(&self) -> u64 {
         self.total
+    }
+
+    /// Requests so far by action.
+    pub fn requests(&self) -> BTreeMap<String, u64> {
+        self.requests.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// Every request so far.
+    pub fn request_total(&self) -> u64 {
+        self.requests().values().sum()
+    }
+
+    /// The `q`-quantile (0–1) of the time from a message's hand-out to its delete, for the
+    /// messages deleted so far.
+    pub fn residence_quantile(&self, q: f64) -> Option<Duration> {
+        let mut v = self.residence_us.lock().map(|v| v.clone()).ok()?;
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_unstable();
+        let index = ((v.len() - 1) as f64 * q.clamp(0.0, 1.0)).round() as usize;
+        v.get(index).map(|us| Duration::from_micros(*us))
+    }
+
+    fn count_request(&self, action: &str) -> u64 {
+        if let Ok(mut requests) = self.requests.lock() {
+            *requests.entry(action.to_string()).or_insert(0) += 1;
+        }
+        self.request_count.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn on_hand_out(&self, seqs: std::ops::Range<u64>) {
+        let now = Instant::now();
+        if let Ok(mut at) = self.handed_at.lock() {
+            for seq in seqs {
+                if let Some(slot) = at.get_mut(seq as usize) {
+                    *slot = Some(now);
+                }
+            }
+        }
+    }
+
+    /// Whether this delete entry fails on purpose ([`Faults`]).
+    fn inject_delete_failure(&self, receipt: &str) -> bool {
+        let (Some(every), Some(seq)) = (
+            self.behaviour.faults.fail_first_delete_every,
+            seq_of_receipt(receipt),
+        ) else {
+            return false;
+        };
+        if every == 0 || seq % every != 0 {
+            return false;
+        }
+        let first = self
+            .failed_once
+            .lock()
+            .map(|mut f| f.insert(seq))
+            .unwrap_or(false);
+        if first {
+            self.injected_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        first
     }
 
     /// Snapshot the CPU time of `pid` at the first receive and at the last delete.
@@ -202,6 +391,16 @@ impl Stats {
             },
             Err(_) => false,
         };
+        if fresh {
+            let handed = self
+                .handed_at
+                .lock()
+                .ok()
+                .and_then(|at| at.get(seq as usize).copied().flatten());
+            if let (Some(handed), Ok(mut residence)) = (handed, self.residence_us.lock()) {
+                residence.push(handed.elapsed().as_micros() as u64);
+            }
+        }
         if fresh && self.deleted.fetch_add(1, Ordering::SeqCst) + 1 == self.total {
             let now = Instant::now();
             let cpu = self.cpu_of_watched();
@@ -247,13 +446,18 @@ impl Canned {
     /// Start a server on a free loopback port that hands out `total` messages, each id tagged
     /// with `run` so ids never repeat across runs.
     pub fn start(total: u64, run: u32) -> anyhow::Result<Canned> {
+        Canned::start_with(total, run, Behaviour::default())
+    }
+
+    /// [`Canned::start`], answering with `behaviour`'s latency and faults.
+    pub fn start_with(total: u64, run: u32, behaviour: Behaviour) -> anyhow::Result<Canned> {
         // One thread: the server should take as little of the machine as it can.
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
         let addr = listener.local_addr()?;
-        let stats = Arc::new(Stats::new(total));
+        let stats = Arc::new(Stats::new(total, behaviour));
         let catalog = Arc::new(Catalog::new(addr, run));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let accept_stats = stats.clone();
@@ -473,11 +677,17 @@ async fn answer(req: Request<Incoming>, stats: &Stats, catalog: &Catalog) -> Res
         Err(e) => return stats.bad(format!("cannot read the request body: {e}")),
     };
     let Some(operation) = target.strip_prefix("AmazonSQS.") else {
+        stats.count_request("(not SQS)");
         return stats.bad(format!(
             "not an SQS JSON-protocol request (X-Amz-Target `{target}`, body starts {:?})",
             String::from_utf8_lossy(&body[..body.len().min(80)])
         ));
     };
+    let n = stats.count_request(operation);
+    let delay = stats.behaviour.latency.nth(n);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     let input: serde_json::Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => return stats.bad(format!("{operation}: request body is not JSON: {e}")),
@@ -512,6 +722,7 @@ async fn answer(req: Request<Incoming>, stats: &Stats, catalog: &Catalog) -> Res
                     .fetch_sub(start + max - end, Ordering::SeqCst);
             }
             stats.batches.fetch_add(1, Ordering::Relaxed);
+            stats.on_hand_out(start..end);
             let now_ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis())
@@ -534,7 +745,12 @@ async fn answer(req: Request<Incoming>, stats: &Stats, catalog: &Catalog) -> Res
             for entry in input["Entries"].as_array().into_iter().flatten() {
                 let id = entry["Id"].as_str().unwrap_or("").to_string();
                 let receipt = entry["ReceiptHandle"].as_str().unwrap_or("");
-                if stats.on_delete(receipt) {
+                if stats.inject_delete_failure(receipt) {
+                    failed.push(serde_json::json!({
+                        "Id": id, "SenderFault": false, "Code": "InternalError",
+                        "Message": "injected: try again"
+                    }));
+                } else if stats.on_delete(receipt) {
                     ok.push(serde_json::json!({ "Id": id }));
                 } else {
                     failed.push(serde_json::json!({
@@ -583,6 +799,32 @@ mod tests {
         assert_eq!(seq_of_receipt(&receipt_handle(7, 12345)), Some(12345));
         assert!(receipt_handle(7, 1).len() > 150);
         assert_eq!(message_id(1, 2).len(), 36);
+    }
+
+    #[test]
+    fn latency_parses_and_stays_within_its_jitter() {
+        let l = Latency::parse("20ms±5ms").expect("parse");
+        assert_eq!(
+            l,
+            Latency::new(Duration::from_millis(20), Duration::from_millis(5))
+        );
+        assert_eq!(Latency::parse("20ms+-5ms"), Ok(l));
+        assert_eq!(
+            Latency::parse("20ms"),
+            Ok(l),
+            "a quarter of the mean by default"
+        );
+        assert_eq!(Latency::parse("0"), Ok(Latency::NONE));
+        assert!(Latency::parse("fast").is_err());
+        assert!(Latency::parse("20h").is_err());
+        let delays: Vec<Duration> = (0..1000).map(|n| l.nth(n)).collect();
+        assert!(delays
+            .iter()
+            .all(|d| (Duration::from_millis(15)..=Duration::from_millis(25)).contains(d)));
+        let mean = delays.iter().sum::<Duration>() / 1000;
+        assert!((Duration::from_millis(19)..=Duration::from_millis(21)).contains(&mean));
+        assert!(delays.iter().any(|d| *d < Duration::from_millis(17)));
+        assert!(delays.iter().any(|d| *d > Duration::from_millis(23)));
     }
 
     #[test]

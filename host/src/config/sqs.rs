@@ -41,9 +41,15 @@ pub struct SqsConfig {
     /// Deliveries before the broker moves a message to the dead-letter queue.
     #[serde(default = "default_max_receive_count")]
     pub max_receive_count: u32,
-    /// Concurrent receive loops.
+    /// Receive loops that always take turns (the fewest; at least 1).
     #[serde(default = "default_pollers")]
     pub pollers: usize,
+    /// The most receive loops: more take turns while receives come back full and in-flight
+    /// slots are free, fewer after empty receives, never under `pollers` (see
+    /// [`SqsConfig::receive_loops`]). Unset: as many as `max_in_flight` fills with full
+    /// receives (`max_in_flight / max_messages`), at least `pollers`.
+    #[serde(default)]
+    pub max_pollers: Option<usize>,
     /// Messages being handled at once, across pollers (one slot covers all of a message's
     /// bindings); receiving pauses while every slot is taken.
     #[serde(default = "default_max_in_flight")]
@@ -95,6 +101,7 @@ impl Default for SqsConfig {
             dead_letter_queue: None,
             max_receive_count: default_max_receive_count(),
             pollers: default_pollers(),
+            max_pollers: None,
             max_in_flight: default_max_in_flight(),
             handler_timeout_secs: default_handler_timeout(),
             shutdown_timeout_secs: default_shutdown_timeout(),
@@ -105,6 +112,18 @@ impl Default for SqsConfig {
             fifo_default_group: default_fifo_group(),
             fifo_deduplication_attribute: None,
         }
+    }
+}
+
+impl SqsConfig {
+    /// The fewest and the most receive loops: `pollers`, and `max_pollers` or else as many as
+    /// `max_in_flight` fills with full receives (never under `pollers`).
+    pub fn receive_loops(&self) -> (usize, usize) {
+        let min = self.pollers.max(1);
+        let max = self
+            .max_pollers
+            .unwrap_or_else(|| self.max_in_flight / (self.max_messages.clamp(1, 10) as usize));
+        (min, max.max(min))
     }
 }
 
@@ -283,6 +302,17 @@ impl SqsConfig {
         }
         if self.max_in_flight == 0 {
             bad("sqs.max_in_flight", "must be at least 1".into());
+        }
+        if let Some(max) = self.max_pollers {
+            if max < self.pollers {
+                bad(
+                    "sqs.max_pollers",
+                    format!(
+                        "{max} is under sqs.pollers ({}): it is the most receive loops, pollers the fewest",
+                        self.pollers
+                    ),
+                );
+            }
         }
         if self.handler_timeout_secs == 0 {
             bad("sqs.handler_timeout_secs", "must be at least 1".into());

@@ -43,16 +43,26 @@ pub const LOCK_NODE_ERRORS: &str = "iniesta_lock_node_errors_total";
 /// `node`. Unstored releases expire with their locks; an unstored record means a duplicate of
 /// that message may run a handler again if it reaches only that server.
 pub const LOCK_WRITES_LOST: &str = "iniesta_lock_writes_lost_total";
-/// Messages received and not yet settled (gauge).
+/// Messages received whose handlers have not finished and whose fate is not yet decided: the
+/// `sqs.max_in_flight` slots taken (gauge). An acked message leaves it when its delete is
+/// queued ([`DELETES_PENDING`]).
 pub const IN_FLIGHT: &str = "iniesta_in_flight";
+/// Acked messages whose delete has not succeeded yet: queued for a `DeleteMessageBatch` or in
+/// one (gauge; at most `sqs.max_in_flight`).
+pub const DELETES_PENDING: &str = "iniesta_deletes_pending";
+/// Receive loops taking turns now (gauge): between `sqs.pollers` and `sqs.max_pollers`, grown
+/// while receives come back full with slots free, shrunk on empty receives.
+pub const RECEIVE_LOOPS: &str = "iniesta_receive_loops";
+/// Receive calls waiting for the broker's answer (gauge).
+pub const RECEIVES_IN_FLIGHT: &str = "iniesta_receives_in_flight";
 /// Failed receive calls.
 pub const POLL_ERRORS: &str = "iniesta_poll_errors_total";
 /// Visibility heartbeats sent for messages whose handlers were still running.
 pub const VISIBILITY_EXTENSIONS: &str = "iniesta_visibility_extensions_total";
 /// Acked messages the broker failed to delete (they will be redelivered).
 pub const DELETE_FAILURES: &str = "iniesta_delete_failures_total";
-/// Times receiving stopped because every `sqs.max_in_flight` slot held an acked message whose
-/// delete kept failing.
+/// Times receiving stopped because `sqs.max_in_flight` acked messages waited on deletes that
+/// kept failing.
 pub const DELETE_STALLS: &str = "iniesta_delete_stalls_total";
 /// 1 while receiving is stopped that way, else 0 (gauge).
 pub const DELETE_STALLED: &str = "iniesta_delete_stalled";
@@ -148,6 +158,8 @@ pub fn install() -> Result<Installed, OpsError> {
         metrics::counter!(RELEASED, "reason" => reason).absolute(0);
     }
     metrics::gauge!(IN_FLIGHT).set(0.0);
+    metrics::gauge!(DELETES_PENDING).set(0.0);
+    metrics::gauge!(RECEIVES_IN_FLIGHT).set(0.0);
     metrics::gauge!(DELETE_STALLED).set(0.0);
     Ok(handle)
 }
@@ -184,7 +196,22 @@ fn describe() {
         LOCK_WRITES_LOST,
         "Deferred lock writes (records, releases) a Redis server did not store, by node"
     );
-    describe_gauge!(IN_FLIGHT, "Messages received and not yet settled");
+    describe_gauge!(
+        IN_FLIGHT,
+        "Messages received whose handlers have not finished (sqs.max_in_flight slots taken)"
+    );
+    describe_gauge!(
+        DELETES_PENDING,
+        "Acked messages whose delete has not succeeded yet"
+    );
+    describe_gauge!(
+        RECEIVE_LOOPS,
+        "Receive loops taking turns now (adaptive, between sqs.pollers and sqs.max_pollers)"
+    );
+    describe_gauge!(
+        RECEIVES_IN_FLIGHT,
+        "Receive calls waiting for the broker's answer"
+    );
     describe_counter!(POLL_ERRORS, "Failed receive calls");
     describe_counter!(
         VISIBILITY_EXTENSIONS,
@@ -196,11 +223,11 @@ fn describe() {
     );
     describe_counter!(
         DELETE_STALLS,
-        "Times receiving stopped because every in-flight slot waited on a failing delete"
+        "Times receiving stopped because sqs.max_in_flight acked messages waited on failing deletes"
     );
     describe_gauge!(
         DELETE_STALLED,
-        "1 while every in-flight slot waits on a failing delete, else 0"
+        "1 while receiving is stopped by failing deletes, else 0"
     );
     describe_counter!(PLUGIN_RELOADS, "Plugin generations swapped in, by plugin");
     describe_counter!(

@@ -62,7 +62,7 @@ impl Shared {
             keeper.stop().await;
             self.report(FailureKind::Schema, None, &message, &envelope, &reason);
             let invalid = CallResult::Outcome(Outcome::DeadLetter { reason });
-            self.settle_message(&message, &envelope, &bindings, &[invalid], &slot, &mut held)
+            self.settle_message(&message, &envelope, &bindings, &[invalid], &mut held)
                 .await
         } else {
             let records = !self.parts.settings.completion_ttl.is_zero();
@@ -73,7 +73,7 @@ impl Shared {
                 keeper.stop().await;
                 tracing::info!(message_id = %envelope.message_id, event = %envelope.event, receive_count = message.receive_count, bindings = %labels(&done),
                     "every binding already completed this message (a redelivered duplicate); deleting it without running anything");
-                self.delete(&message, &envelope, &slot)
+                self.delete(&message, &envelope).await
             } else {
                 if !done.is_empty() {
                     tracing::info!(message_id = %envelope.message_id, event = %envelope.event, receive_count = message.receive_count, skipped = %labels(&done),
@@ -98,7 +98,7 @@ impl Shared {
                 // The heartbeat stops the moment the handlers return.
                 match keeper.finish().await {
                     Ok(()) => {
-                        self.settle_message(&message, &envelope, &todo, &results, &slot, &mut held)
+                        self.settle_message(&message, &envelope, &todo, &results, &mut held)
                             .await
                     }
                     Err(reason) => {

@@ -15,10 +15,16 @@
 //!
 //! Production behaviour:
 //!
-//! - **Backpressure.** A poller asks for at most as many messages as there are free slots of
-//!   `sqs.max_in_flight`; a message holds its slot from receipt until it is settled (its
-//!   delete done), so a poller waits instead of receiving what it cannot run. Every message
-//!   runs and settles in its own task: a slow handler never holds up its batch-mates.
+//! - **Backpressure.** A receive loop asks for a full batch once there are that many free
+//!   slots of `sqs.max_in_flight` (or, after a short wait without, for what is free); a
+//!   message holds its slot from receipt until its fate is carried out (an acked message's
+//!   delete queued), so a loop waits instead of receiving what it cannot run. Acked messages
+//!   waiting on their delete have room of their own (`max_in_flight` more), so failing
+//!   deletes stop receiving rather than pile up. Every message runs and settles in its own
+//!   task: a slow handler never holds up its batch-mates.
+//! - **Throughput at latency.** The number of receive loops taking turns adapts between
+//!   `sqs.pollers` and `sqs.max_pollers` ([`receivers`]), and several delete calls are in
+//!   flight at once ([`settle`]).
 //! - **Visibility heartbeat.** One keeper task per message extends its lock (with half of its
 //!   lifetime left) and, while its handlers run, its visibility: at half the visibility
 //!   timeout after receipt, and again at half of each extension, up to
@@ -35,7 +41,8 @@
 //!   elsewhere), the rest of its group in the batch is given back so the order holds.
 
 //!
-//! The modules: [`receive`] (poll loops, backpressure, locks, dispatch), [`message`] (one
+//! The modules: [`receive`] (poll loops, backpressure, locks, dispatch), [`receivers`] (how
+//! many loops take turns), [`message`] (one
 //! message from routing to settlement), [`invoke`] (the one place handlers run, used by
 //! ingress too), [`settle`] (settlement rules, the batch deleter), [`keepalive`] (lock
 //! renewal and visibility heartbeats), [`report`] (logs, error webhook, console),
@@ -46,6 +53,7 @@ pub mod invoke;
 mod keepalive;
 mod message;
 mod receive;
+mod receivers;
 pub mod report;
 mod settings;
 mod settle;
@@ -136,6 +144,7 @@ impl Pipeline {
         let settings = self.parts.settings.clone();
         let in_flight = Arc::new(Semaphore::new(settings.max_in_flight));
         let (delete_tx, delete_rx) = mpsc::unbounded_channel::<Delete>();
+        let delete_room = Arc::new(Semaphore::new(settings.max_in_flight));
         let flush = CancellationToken::new();
         let messages = Arc::new(AtomicUsize::new(0));
         let tasks = TaskTracker::new();
@@ -147,6 +156,7 @@ impl Pipeline {
                 self.parts.broker.clone(),
                 delete_rx,
                 flush.clone(),
+                delete_room.clone(),
                 settings.max_in_flight,
             ),
         );
@@ -166,16 +176,18 @@ impl Pipeline {
             in_flight: in_flight.clone(),
             messages: messages.clone(),
             deletes: delete_tx,
+            delete_room,
+            receivers: receivers::Receivers::new(settings.pollers, settings.max_pollers),
             shutdown: shutdown.clone(),
             abandon: abandon.clone(),
             tasks: tasks.clone(),
             summary,
         });
-        let pollers: Vec<_> = (0..settings.pollers)
+        let pollers: Vec<_> = (0..shared.receivers.max())
             .map(|poller| shared.spawn(shared.clone().poll(poller)))
             .collect();
         health.polling_started();
-        tracing::info!(broker = %shared.parts.broker.describe(), locks = %locks.describe(), pollers = settings.pollers, max_in_flight = settings.max_in_flight, "consuming");
+        tracing::info!(broker = %shared.parts.broker.describe(), locks = %locks.describe(), pollers = settings.pollers, max_pollers = shared.receivers.max(), max_in_flight = settings.max_in_flight, "consuming");
         drop(shared);
         shutdown.cancelled().await;
 

@@ -1,7 +1,8 @@
-//! Receiving: the poll loops (asking for no more than there are free in-flight slots),
-//! decoding, taking a batch's locks in one round trip (waiting out a lock-service outage,
-//! retrying locks held elsewhere) and dispatching each locked message to its own task, or a
-//! FIFO group's messages to one task in order.
+//! Receiving: the poll loops (taking turns as [`super::receivers`] decides, each asking for a
+//! full batch once there are that many free in-flight slots), decoding, taking a batch's locks
+//! in one round trip (waiting out a lock-service outage, retrying locks held elsewhere) and
+//! dispatching each locked message to its own task, or a FIFO group's messages to one task in
+//! order.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::Ordering;
@@ -17,7 +18,13 @@ use crate::ops::metrics as m;
 use crate::wire::{self, DecodeError};
 
 use super::keepalive::Keeper;
+use super::receivers;
 use super::state::{GiveBack, Shared, Slot, Taken};
+
+/// How long a receive loop waits for room for a full batch before it asks for what is free:
+/// long enough that loops never split freed slots one by one while handlers are quick, short
+/// enough that a few slow handlers do not leave the rest of the slots idle.
+const FILL_WAIT: Duration = Duration::from_millis(50);
 
 impl Shared {
     /// One receive loop, until shutdown.
@@ -35,30 +42,25 @@ impl Shared {
             if self.lock_outage.load(Ordering::Acquire) && !self.wait_for_locks(poller).await {
                 break;
             }
-            // Receive only as many messages as there is room to run.
-            let first = tokio::select! {
-                biased;
-                _ = self.shutdown.cancelled() => break,
-                permit = self.in_flight.clone().acquire_owned() => match permit {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-            };
-            let mut permits = vec![first];
-            while permits.len() < self.parts.settings.max_messages as usize {
-                match self.in_flight.clone().try_acquire_owned() {
-                    Ok(p) => permits.push(p),
-                    Err(_) => break,
-                }
+            // Only the loops the adaptive count lets take turns receive.
+            if !self.receivers.turn(poller, &self.shutdown).await {
+                break;
             }
+            // Receive only as many messages as there is room to run: a full batch, once there
+            // is room for one.
+            let Some(permits) = self.room_for_a_batch().await else {
+                break;
+            };
             let want = u32::try_from(permits.len()).unwrap_or(1);
             let received_at = Instant::now();
-            let batch = match self
+            metrics::gauge!(m::RECEIVES_IN_FLIGHT).increment(1.0);
+            let received = self
                 .parts
                 .broker
                 .receive(want, self.parts.settings.wait, &self.shutdown)
-                .await
-            {
+                .await;
+            metrics::gauge!(m::RECEIVES_IN_FLIGHT).decrement(1.0);
+            let batch = match received {
                 Ok(batch) => {
                     self.parts.health.broker_answered();
                     if std::mem::take(&mut failing) {
@@ -94,6 +96,12 @@ impl Shared {
                     continue;
                 }
             };
+            self.receivers.after_receive(receivers::Received {
+                asked: permits.len(),
+                got: batch.len(),
+                full: self.full_batch(),
+                free_slots: self.in_flight.available_permits(),
+            });
             if batch.is_empty() {
                 continue;
             }
@@ -125,6 +133,56 @@ impl Shared {
             }
         }
         tracing::debug!(poller, "poller stopped");
+    }
+
+    /// A full receive: `max_messages`, or `max_in_flight` when that is smaller.
+    fn full_batch(&self) -> usize {
+        (self.parts.settings.max_messages as usize)
+            .min(self.parts.settings.max_in_flight)
+            .max(1)
+    }
+
+    /// In-flight slots for one receive, one permit per message: a full batch once there is
+    /// room for one, or — after [`FILL_WAIT`] without — whatever is free (at least one slot).
+    /// `None` at shutdown.
+    async fn room_for_a_batch(&self) -> Option<Vec<OwnedSemaphorePermit>> {
+        let full = self.full_batch();
+        let whole = tokio::select! {
+            biased;
+            _ = self.shutdown.cancelled() => return None,
+            whole = tokio::time::timeout(
+                FILL_WAIT,
+                self.in_flight.clone().acquire_many_owned(u32::try_from(full).unwrap_or(1)),
+            ) => whole,
+        };
+        let mut permit = match whole {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return None,
+            Err(_) => {
+                // Not room for a full batch in FILL_WAIT: take what is free, waiting for one.
+                let mut first = tokio::select! {
+                    biased;
+                    _ = self.shutdown.cancelled() => return None,
+                    first = self.in_flight.clone().acquire_owned() => first.ok()?,
+                };
+                while first.num_permits() < full {
+                    match self.in_flight.clone().try_acquire_owned() {
+                        Ok(more) => first.merge(more),
+                        Err(_) => break,
+                    }
+                }
+                first
+            }
+        };
+        let mut permits = Vec::with_capacity(permit.num_permits());
+        while permit.num_permits() > 1 {
+            let Some(one) = permit.split(1) else {
+                break;
+            };
+            permits.push(one);
+        }
+        permits.push(permit);
+        Some(permits)
     }
 
     /// Wait until the lock service answers again; `false` if shutdown came first.

@@ -8,8 +8,10 @@ use crate::wire;
 /// Pipeline settings, taken from `[sqs]` and `[lock]`.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Receive loops.
+    /// Receive loops that always take turns (the fewest).
     pub pollers: usize,
+    /// The most receive loops (grown into while receives come back full).
+    pub max_pollers: usize,
     /// Messages per receive.
     pub max_messages: u32,
     /// Long-poll wait.
@@ -49,7 +51,8 @@ impl Settings {
     /// From a config.
     pub fn from_config(config: &crate::config::Config) -> Settings {
         Settings {
-            pollers: config.sqs.pollers,
+            pollers: config.sqs.receive_loops().0,
+            max_pollers: config.sqs.receive_loops().1,
             max_messages: config.sqs.max_messages,
             wait: Duration::from_secs(u64::from(config.sqs.wait_time_seconds)),
             max_in_flight: config.sqs.max_in_flight,

@@ -1,12 +1,20 @@
 //! Settling: the rules that decide a message's fate from its bindings' results ([`settle`]),
 //! and carrying them out — delete (through the batch deleter), retry (visibility change),
 //! dead letter — plus giving unstarted messages back and releasing locks.
+//!
+//! The batch deleter gathers acked receipts into `DeleteMessageBatch` calls of up to ten and
+//! keeps several calls in flight ([`DELETE_CALLS`]): at SQS's latency one call at a time would
+//! cap the host at ten messages per round trip. An acked message gives up its in-flight slot
+//! as soon as its delete is queued, so handlers never wait on deletes; what waits instead is
+//! bounded by `delete_room` (`max_in_flight` pending deletes), and shutdown flushes the queue
+//! and waits for every call.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -19,7 +27,12 @@ use crate::wire::Envelope;
 
 use super::invoke::CallResult;
 use super::report::labels;
-use super::state::{Delete, GiveBack, Shared, Slot};
+use super::state::{Delete, GiveBack, PendingDelete, Shared};
+
+/// `DeleteMessageBatch` calls in flight at once.
+pub const DELETE_CALLS: usize = 16;
+/// How long the deleter waits to fill a batch of ten before it sends what it has.
+pub const DELETE_LINGER: Duration = Duration::from_millis(20);
 
 /// What to do with a message once every binding has answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,13 +87,19 @@ pub fn settle(results: &[CallResult]) -> Settlement {
 }
 
 impl Shared {
-    /// Queue an acked message for the batch deleter; `false` if the deleter is gone.
-    pub(super) fn delete(&self, message: &Received, envelope: &Envelope, slot: &Arc<Slot>) -> bool {
+    /// Queue an acked message for the batch deleter; `false` if the deleter is gone. It waits
+    /// while `max_in_flight` deletes are pending (deletes failing): the message keeps its
+    /// in-flight slot meanwhile, so receiving stops rather than deletes piling up.
+    pub(super) async fn delete(&self, message: &Received, envelope: &Envelope) -> bool {
+        let Ok(permit) = self.delete_room.clone().acquire_owned().await else {
+            tracing::error!(message_id = %envelope.message_id, event = %envelope.event, "delete queue closed; the message will be redelivered");
+            return false;
+        };
         let sent = self.deletes.send(Delete {
             receipt: message.receipt.clone(),
             message_id: envelope.message_id.clone(),
             event: envelope.event.clone(),
-            _slot: slot.clone(),
+            _pending: PendingDelete::new(permit),
         });
         if sent.is_err() {
             tracing::error!(message_id = %envelope.message_id, event = %envelope.event, "delete queue closed; the message will be redelivered");
@@ -97,7 +116,6 @@ impl Shared {
         envelope: &Envelope,
         bindings: &[Arc<Binding>],
         results: &[CallResult],
-        slot: &Arc<Slot>,
         held: &mut Option<Held>,
     ) -> bool {
         let id = &envelope.message_id;
@@ -106,7 +124,7 @@ impl Shared {
         match settle(results) {
             Settlement::Delete => {
                 tracing::debug!(message_id = %id, event = %event, bindings = %labels, "every binding acked; deleting");
-                self.delete(message, envelope, slot)
+                self.delete(message, envelope).await
             }
             Settlement::Leave => {
                 metrics::counter!(m::RETRIED, "reason" => "failed").increment(1);
@@ -208,18 +226,25 @@ impl Shared {
     }
 }
 
-/// Whether receiving has stopped because every in-flight slot holds an acked message whose
-/// delete keeps failing: each message keeps its slot until its delete is done, so a broker
-/// that refuses deletes stops the pollers, and without this nothing would say why.
+/// Whether receiving has stopped because `max_in_flight` acked messages wait on deletes that
+/// keep failing: the next acked message then keeps its slot until there is room, so a broker
+/// that refuses deletes stops the pollers, and without this nothing would say why. It clears
+/// when no delete call is failing any more (each succeeded or was given up).
 struct DeleteStall {
-    /// `sqs.max_in_flight`.
+    /// `sqs.max_in_flight`: the room for pending deletes.
     slots: usize,
+    /// Delete calls whose last attempt failed and that are still being retried.
+    failing: usize,
     stalled: bool,
 }
 
 impl DeleteStall {
-    /// A delete attempt failed with `waiting` deletes queued or being retried.
-    fn failed(&mut self, waiting: usize) {
+    /// An attempt of a delete call failed (`first`: its first failure) with `waiting` acked
+    /// messages pending.
+    fn failed(&mut self, first: bool, waiting: usize) {
+        if first {
+            self.failing += 1;
+        }
         if self.stalled || waiting < self.slots {
             return;
         }
@@ -229,14 +254,17 @@ impl DeleteStall {
         tracing::warn!(
             slots = self.slots,
             waiting,
-            "receiving has stopped: every in-flight slot holds an acked message whose delete keeps failing; it resumes when deletes succeed (or are given up and the messages redelivered)"
+            "receiving has stopped: max_in_flight acked messages wait on deletes that keep failing; it resumes when deletes succeed (or are given up and the messages redelivered)"
         );
     }
 
-    /// A delete call succeeded (`deletes` = `"succeeded"`), or a batch was given up
-    /// (`"given_up"`): its slots are free again.
-    fn cleared(&mut self, waiting: usize, deletes: &'static str) {
-        if !self.stalled || waiting >= self.slots {
+    /// A delete call ended: it succeeded (`deletes` = `"succeeded"`) or was given up
+    /// (`"given_up"`); `was_failing` when an attempt of it had failed.
+    fn ended(&mut self, was_failing: bool, waiting: usize, deletes: &'static str) {
+        if was_failing {
+            self.failing = self.failing.saturating_sub(1);
+        }
+        if !self.stalled || self.failing > 0 {
             return;
         }
         self.stalled = false;
@@ -245,25 +273,31 @@ impl DeleteStall {
             slots = self.slots,
             waiting,
             deletes,
-            "receiving resumes: in-flight slots are free again"
+            "receiving resumes: deletes go through again"
         );
     }
 }
 
-/// Batch deletes: up to 10 receipts per call, gathered for at most 20 ms; retryable failures
-/// are retried with backoff, never dropped silently. `flush` ends it once what is queued is
-/// sent. When every one of the `slots` in-flight slots waits on a delete that failed, it says
-/// so once ([`DeleteStall`]).
+/// Batch deletes: up to 10 receipts per call, gathered for at most [`DELETE_LINGER`], with up
+/// to [`DELETE_CALLS`] calls in flight; retryable failures are retried with backoff, never
+/// dropped silently. `flush` ends it once everything queued is sent and every call has
+/// answered. When the `room` for pending deletes (`slots` places) is full and a delete fails,
+/// it says so once ([`DeleteStall`]).
 pub(super) async fn run_deleter(
     broker: Arc<dyn Broker>,
     mut rx: mpsc::UnboundedReceiver<Delete>,
     flush: CancellationToken,
+    room: Arc<Semaphore>,
     slots: usize,
 ) {
-    let mut stall = DeleteStall {
+    let waiting = Waiting { room, slots };
+    let stall = Arc::new(Mutex::new(DeleteStall {
         slots,
+        failing: 0,
         stalled: false,
-    };
+    }));
+    let calls = Arc::new(Semaphore::new(DELETE_CALLS));
+    let mut sending = JoinSet::new();
     loop {
         let first = tokio::select! {
             biased;
@@ -277,28 +311,52 @@ pub(super) async fn run_deleter(
             break;
         };
         let mut batch = vec![first];
-        let gather_until = Instant::now() + Duration::from_millis(20);
+        let gather_until = Instant::now() + DELETE_LINGER;
         while batch.len() < 10 {
             match tokio::time::timeout_at(gather_until, rx.recv()).await {
                 Ok(Some(delete)) => batch.push(delete),
                 _ => break,
             }
         }
-        delete_with_retry(broker.as_ref(), batch, &rx, &mut stall).await;
+        // Never closed: a permit always comes once a call in flight answers.
+        let Ok(call) = calls.clone().acquire_owned().await else {
+            break;
+        };
+        let (broker, stall, waiting) = (broker.clone(), stall.clone(), waiting.clone());
+        sending.spawn(async move {
+            delete_with_retry(broker.as_ref(), batch, &waiting, &stall).await;
+            drop(call);
+        });
+        while sending.try_join_next().is_some() {}
+    }
+    while sending.join_next().await.is_some() {}
+}
+
+/// How many acked messages wait on their delete.
+#[derive(Clone)]
+struct Waiting {
+    room: Arc<Semaphore>,
+    slots: usize,
+}
+
+impl Waiting {
+    fn now(&self) -> usize {
+        self.slots.saturating_sub(self.room.available_permits())
     }
 }
 
 async fn delete_with_retry(
     broker: &dyn Broker,
     mut batch: Vec<Delete>,
-    queued: &mpsc::UnboundedReceiver<Delete>,
-    stall: &mut DeleteStall,
+    waiting: &Waiting,
+    stall: &Mutex<DeleteStall>,
 ) {
     // A message delivered twice in one receive can bring the same receipt twice; SQS refuses
     // a batch with repeated entries (BatchEntryIdsNotDistinct), so send each receipt once.
     let mut seen = HashSet::new();
     batch.retain(|d| seen.insert(d.receipt.clone()));
     let mut backoff = Duration::from_millis(100);
+    let mut failing = false;
     for attempt in 1..=8 {
         let receipts: Vec<String> = batch.iter().map(|d| d.receipt.clone()).collect();
         match broker.delete_batch(&receipts).await {
@@ -321,16 +379,18 @@ async fn delete_with_retry(
                     }
                 }
                 if retry.is_empty() {
-                    stall.cleared(queued.len(), "succeeded");
+                    crate::mutex::lock(stall).ended(failing, waiting.now(), "succeeded");
                     return;
                 }
                 batch = retry;
-                stall.failed(batch.len() + queued.len());
+                crate::mutex::lock(stall).failed(!failing, waiting.now());
+                failing = true;
             }
             Err(e) => {
                 let ids: Vec<&str> = batch.iter().map(|d| d.message_id.as_str()).collect();
                 tracing::warn!(attempt, message_ids = ?ids, error = %e, "batch delete failed; retrying");
-                stall.failed(batch.len() + queued.len());
+                crate::mutex::lock(stall).failed(!failing, waiting.now());
+                failing = true;
             }
         }
         tokio::time::sleep(backoff).await;
@@ -341,9 +401,9 @@ async fn delete_with_retry(
         tracing::error!(message_id = %delete.message_id, event = %delete.event,
             "giving up deleting an acked message; it will be redelivered");
     }
-    // Their slots are free now.
+    // Their places are free now.
     drop(batch);
-    stall.cleared(queued.len(), "given_up");
+    crate::mutex::lock(stall).ended(failing, waiting.now(), "given_up");
 }
 
 #[cfg(test)]

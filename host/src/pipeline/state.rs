@@ -57,6 +57,12 @@ pub struct Shared {
     pub messages: Arc<AtomicUsize>,
     /// To the batch deleter.
     pub deletes: mpsc::UnboundedSender<Delete>,
+    /// Room for acked messages whose delete has not succeeded (`max_in_flight` places): a
+    /// message takes one before it gives up its slot, so deletes that keep failing stop
+    /// receiving instead of piling up.
+    pub delete_room: Arc<Semaphore>,
+    /// How many receive loops take turns.
+    pub receivers: super::receivers::Receivers,
     /// Fires on the first shutdown signal.
     pub shutdown: CancellationToken,
     /// Fires when the drain is over: every task still running is dropped (its message is not
@@ -94,7 +100,8 @@ where
 }
 
 /// A message's in-flight slot: one of the `max_in_flight` permits, counted in the in-flight
-/// gauge. It is held from receipt until the message is settled (its delete included) or
+/// gauge. It is held from receipt until the message's fate is decided and carried out (an
+/// acked message's delete queued, a retry's visibility changed, a dead letter sent) or it is
 /// given back; a timed-out handler's thread keeps a reference until it really returns.
 pub struct Slot {
     _permit: Option<OwnedSemaphorePermit>,
@@ -140,8 +147,28 @@ pub struct Delete {
     pub message_id: String,
     /// For log lines.
     pub event: String,
-    /// Held until the delete is done.
-    pub _slot: Arc<Slot>,
+    /// Held until the delete is done (or given up).
+    pub _pending: PendingDelete,
+}
+
+/// An acked message's place among the pending deletes (one of `delete_room`'s), counted in
+/// the pending-deletes gauge.
+pub struct PendingDelete {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl PendingDelete {
+    /// Count a pending delete holding `permit`.
+    pub fn new(permit: OwnedSemaphorePermit) -> PendingDelete {
+        metrics::gauge!(m::DELETES_PENDING).increment(1.0);
+        PendingDelete { _permit: permit }
+    }
+}
+
+impl Drop for PendingDelete {
+    fn drop(&mut self) {
+        metrics::gauge!(m::DELETES_PENDING).decrement(1.0);
+    }
 }
 
 /// A received message to give back (visibility 0).

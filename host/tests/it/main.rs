@@ -25,6 +25,7 @@ mod locks;
 mod operate;
 mod plugins;
 mod python_fleet;
+mod receiving;
 mod reload;
 mod routing;
 mod run;

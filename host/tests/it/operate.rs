@@ -284,13 +284,25 @@ fn sigterm_finishes_running_handlers_and_gives_back_what_has_not_started() {
     );
     // A long visibility timeout: anything stranded would stay invisible for a minute.
     let sqs_extra = "visibility_timeout = 60\nwait_time_seconds = 10\nmax_in_flight = 4\nshutdown_timeout_secs = 30";
-    let config = aws_config(&s, "iniesta.toml", &moto.url(), sqs_extra, &bindings);
+    let config = aws_config(
+        &s,
+        "iniesta.toml",
+        &moto.url(),
+        sqs_extra,
+        &format!("{bindings}[metrics]\nlisten = \"127.0.0.1:0\"\n"),
+    );
     ok(&config, &["setup"]);
     let mut host = start(&config, s.path("host.log"), &[], &[], true);
+    let port = host.port();
     ok(&config, &["publish", "Slow.One", r#"{"n":1}"#]);
     ok(&config, &["publish", "Slow.Two", r#"{"n":2}"#]);
     wait_for("both slow handlers to be running", || {
         ledger_ids(&s, "ledger.jsonl", "slow").len() == 2
+    });
+    // The signal must find a long poll pending (the receive loop asks for the two free slots
+    // once it has waited for room for a full batch).
+    wait_for("a long poll to be pending", || {
+        metric(&scrape(port), "iniesta_receives_in_flight", &[]) == 1.0
     });
     sigterm(&host);
     // Sent after the signal: the long poll that was pending when it came brings them.

@@ -27,6 +27,7 @@ use iniesta::wire::{encode, Attributes};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::paced::{Calls, Paced};
 use super::Scratch;
 
 /// One service's pipeline running in-process, with its broker and scratch directory.
@@ -46,6 +47,32 @@ impl InProcess {
     /// (bindings, other sections), over the standard header of [`Scratch::config`];
     /// `{scratch}` in `rest` stands for the scratch directory.
     pub async fn start(sqs_extra: &str, rest: &str) -> InProcess {
+        InProcess::start_with(sqs_extra, rest, |broker| broker).await
+    }
+
+    /// [`InProcess::start`] over a [`Paced`] broker: `latency` (tokio time) on every receive
+    /// and delete call; returns what the pipeline asked of it too.
+    pub async fn start_paced(
+        sqs_extra: &str,
+        rest: &str,
+        latency: Duration,
+    ) -> (InProcess, Arc<Calls>) {
+        let mut calls = None;
+        let host = InProcess::start_with(sqs_extra, rest, |broker| {
+            let paced = Paced::new(broker, latency);
+            calls = Some(paced.calls.clone());
+            Arc::new(paced)
+        })
+        .await;
+        (host, calls.expect("the broker was wrapped"))
+    }
+
+    /// [`InProcess::start`], the pipeline running over `wrap(broker)`.
+    pub async fn start_with(
+        sqs_extra: &str,
+        rest: &str,
+        wrap: impl FnOnce(Arc<LocalBroker>) -> Arc<dyn Broker>,
+    ) -> InProcess {
         let scratch = Scratch::new();
         let rest = rest.replace("{scratch}", &scratch.dir.path().display().to_string());
         let path = scratch.config(sqs_extra, &rest);
@@ -64,7 +91,7 @@ impl InProcess {
             .await
             .expect("the lock service starts");
         let pipeline = Pipeline::new(
-            broker.clone(),
+            wrap(broker.clone()),
             Arc::new(ArcSwap::from_pointee(routes)),
             locks,
             Settings::from_config(&config),

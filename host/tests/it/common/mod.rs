@@ -290,6 +290,7 @@ pub mod capture;
 pub mod inprocess;
 pub mod load;
 pub mod nats;
+pub mod paced;
 pub mod ports;
 pub mod redis;
 
