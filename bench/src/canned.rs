@@ -208,6 +208,8 @@ pub struct Marks {
     pub cpu_at_last_delete: Option<Duration>,
     /// The watched process's peak resident set then (bytes).
     pub peak_rss_at_last_delete: Option<u64>,
+    /// Requests by action up to then (what the run cost, without the idle polls after it).
+    pub requests_at_last_delete: BTreeMap<String, u64>,
 }
 
 impl Stats {
@@ -408,7 +410,9 @@ impl Stats {
                 0 => None,
                 pid => procfs::peak_rss(pid).ok(),
             };
+            let requests = self.requests();
             if let Ok(mut marks) = self.marks.lock() {
+                marks.requests_at_last_delete = requests;
                 marks.last_delete = Some(now);
                 marks.cpu_at_last_delete = cpu;
                 marks.peak_rss_at_last_delete = rss;

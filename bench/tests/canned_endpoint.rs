@@ -65,3 +65,60 @@ fn consume_and_delete_everything(inline: bool) {
         setup::tail(&log, 40)
     );
 }
+
+/// At 5 ms a request, with the first delete of every 7th message failing as a retryable entry
+/// failure (as SQS answers `InternalError` for one entry of a batch): every message is still
+/// deleted exactly once (the failed entries alone are sent again), and the endpoint counts
+/// the requests by action.
+#[test]
+fn failed_delete_entries_are_retried_alone_and_requests_are_counted() {
+    use bench::canned::{Behaviour, Faults, Latency};
+    let host = setup::host_binary().expect("build the workspace first (cargo build --workspace)");
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let plugins = setup::plugin_dir_with(scratch.path(), &["libecho.so"]).expect("echo plugin");
+    let behaviour = Behaviour {
+        latency: Latency::new(Duration::from_millis(5), Duration::from_millis(2)),
+        faults: Faults {
+            fail_first_delete_every: Some(7),
+        },
+    };
+    let canned = Canned::start_with(200, 9, behaviour).expect("canned server");
+    let config = SqsHost {
+        endpoint: canned.url(),
+        queue: "bench-queue".into(),
+        pollers: 1,
+        max_in_flight: 100,
+        lock_urls: Vec::new(),
+        plugins,
+        inline: false,
+    };
+    let path = scratch.path().join("iniesta.toml");
+    std::fs::write(&path, config.config()).expect("config");
+    let log = scratch.path().join("host.log");
+    let mut child = setup::spawn_host(&host, &path, &log).expect("host starts");
+    let all = canned.stats.wait_all_deleted(Duration::from_secs(60));
+    setup::terminate(&mut child, Duration::from_secs(20)).expect("terminate");
+    let stats = &canned.stats;
+    assert!(
+        all,
+        "only {} of 200 deleted:\n{}",
+        stats.deleted.load(Ordering::SeqCst),
+        setup::tail(&log, 40)
+    );
+    assert_eq!(stats.duplicate_deletes.load(Ordering::SeqCst), 0);
+    assert_eq!(stats.unknown_deletes.load(Ordering::SeqCst), 0);
+    assert_eq!(stats.bad_requests.load(Ordering::SeqCst), 0);
+    // Sequence numbers 0, 7, 14, … 196: 29 entries failed once each.
+    assert_eq!(stats.injected_failures.load(Ordering::SeqCst), 29);
+    let requests = stats.marks().requests_at_last_delete;
+    let receives = requests.get("ReceiveMessage").copied().unwrap_or(0);
+    let deletes = requests.get("DeleteMessageBatch").copied().unwrap_or(0);
+    assert!(receives >= 20, "{requests:?}");
+    // At least 20 full batches, plus the retries of the failed entries.
+    assert!(deletes > 20, "{requests:?}");
+    assert_eq!(
+        requests.values().sum::<u64>(),
+        receives + deletes + requests.get("GetQueueUrl").copied().unwrap_or(0),
+        "nothing but receives, deletes and the queue URL: {requests:?}"
+    );
+}
