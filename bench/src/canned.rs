@@ -14,6 +14,10 @@
 //!   handed out and counted once. `DeleteMessage` counts too.
 //! - `ChangeMessageVisibility` → `{}`; `ChangeMessageVisibilityBatch` → every entry
 //!   `Successful` (the host gives unstarted messages back with it when it drains).
+//! - SNS (the query protocol: a form-encoded `Action=…` body, XML answers): `Publish` and
+//!   `PublishBatch` → every entry `Successful` with a fresh `MessageId`; the entries are counted
+//!   ([`Stats::published`]), so a consume-and-publish run shows how many SNS calls each
+//!   published event cost.
 //!
 //! Every answer can be held back by a per-request latency with jitter ([`Latency`]: 20 ± 5 ms is
 //! what a real region answers in), and every request is counted by action
@@ -137,6 +141,9 @@ pub struct Faults {
     /// The first `DeleteMessageBatch` entry for every k-th receipt (by sequence number) fails
     /// with `InternalError`, `SenderFault: false` (retryable); its next delete succeeds.
     pub fail_first_delete_every: Option<u64>,
+    /// In every k-th `PublishBatch` call the first entry fails with `InternalError`,
+    /// `SenderFault` false (retryable); the others succeed.
+    pub fail_publish_entry_every: Option<u64>,
 }
 
 /// How a server behaves beyond the messages it hands out.
@@ -163,6 +170,11 @@ pub struct Stats {
     residence_us: Mutex<Vec<u64>>,
     /// Delete entries failed on purpose ([`Faults`]).
     pub injected_failures: AtomicU64,
+    /// SNS entries accepted (`Publish` calls and `PublishBatch` entries answered successful).
+    pub published: AtomicU64,
+    /// `PublishBatch` entries failed on purpose ([`Faults`]).
+    pub injected_publish_failures: AtomicU64,
+    publish_batches: AtomicU64,
     /// Receipts whose injected failure was already served.
     failed_once: Mutex<std::collections::HashSet<u64>>,
     /// Messages handed out.
@@ -223,6 +235,9 @@ impl Stats {
             handed_at: Mutex::new(vec![None; slots]),
             residence_us: Mutex::new(Vec::with_capacity(slots)),
             injected_failures: AtomicU64::new(0),
+            published: AtomicU64::new(0),
+            injected_publish_failures: AtomicU64::new(0),
+            publish_batches: AtomicU64::new(0),
             failed_once: Mutex::new(std::collections::HashSet::new()),
             handed_out: AtomicU64::new(0),
             deleted: AtomicU64::new(0),
@@ -680,6 +695,9 @@ async fn answer(req: Request<Incoming>, stats: &Stats, catalog: &Catalog) -> Res
         Ok(b) => b.to_bytes(),
         Err(e) => return stats.bad(format!("cannot read the request body: {e}")),
     };
+    if target.is_empty() && body.starts_with(b"Action=") {
+        return sns(&body, stats).await;
+    }
     let Some(operation) = target.strip_prefix("AmazonSQS.") else {
         stats.count_request("(not SQS)");
         return stats.bad(format!(
@@ -792,6 +810,91 @@ async fn answer(req: Request<Incoming>, stats: &Stats, catalog: &Catalog) -> Res
         }
         other => stats.bad(format!("operation {other} is not canned")),
     }
+}
+
+/// An SNS query-protocol request: `Publish` or `PublishBatch`.
+async fn sns(body: &[u8], stats: &Stats) -> Response<Full<Bytes>> {
+    let form: Vec<(String, String)> = form_urlencoded::parse(body)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let action = form
+        .iter()
+        .find(|(k, _)| k == "Action")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    let n = stats.count_request(&action);
+    let delay = stats.behaviour.latency.nth(n);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    match action.as_str() {
+        "Publish" => {
+            stats.published.fetch_add(1, Ordering::Relaxed);
+            xml_response(format!(
+                "<PublishResponse xmlns=\"{SNS_NS}\"><PublishResult><MessageId>{}</MessageId></PublishResult>{META}</PublishResponse>",
+                message_id(0xffff_ffff, n)
+            ))
+        }
+        "PublishBatch" => {
+            let ids: Vec<&str> = form
+                .iter()
+                .filter(|(k, _)| {
+                    k.starts_with("PublishBatchRequestEntries.member.") && k.ends_with(".Id")
+                })
+                .map(|(_, v)| v.as_str())
+                .collect();
+            let call = stats.publish_batches.fetch_add(1, Ordering::Relaxed) + 1;
+            let fail_first = stats
+                .behaviour
+                .faults
+                .fail_publish_entry_every
+                .is_some_and(|k| k > 0 && call.is_multiple_of(k));
+            let (mut ok, mut failed) = (String::new(), String::new());
+            for (i, id) in ids.iter().enumerate() {
+                if i == 0 && fail_first {
+                    stats
+                        .injected_publish_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    failed.push_str(&format!(
+                        "<member><Id>{id}</Id><Code>InternalError</Code><Message>injected: try again</Message><SenderFault>false</SenderFault></member>"
+                    ));
+                } else {
+                    stats.published.fetch_add(1, Ordering::Relaxed);
+                    ok.push_str(&format!(
+                        "<member><Id>{id}</Id><MessageId>{}</MessageId></member>",
+                        message_id(0xffff_fffe, n * 16 + i as u64)
+                    ));
+                }
+            }
+            xml_response(format!(
+                "<PublishBatchResponse xmlns=\"{SNS_NS}\"><PublishBatchResult><Successful>{ok}</Successful><Failed>{failed}</Failed></PublishBatchResult>{META}</PublishBatchResponse>"
+            ))
+        }
+        other => {
+            stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut last) = stats.last_bad.lock() {
+                *last = Some(format!("SNS action {other} is not canned"));
+            }
+            let mut response = xml_response(format!(
+                "<ErrorResponse xmlns=\"{SNS_NS}\"><Error><Type>Sender</Type><Code>InvalidAction</Code><Message>{other} is not canned</Message></Error>{META}</ErrorResponse>"
+            ));
+            *response.status_mut() = hyper::StatusCode::BAD_REQUEST;
+            response
+        }
+    }
+}
+
+const SNS_NS: &str = "http://sns.amazonaws.com/doc/2010-03-31/";
+const META: &str =
+    "<ResponseMetadata><RequestId>00000000-0000-4000-8000-000000000000</RequestId></ResponseMetadata>";
+
+fn xml_response(body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/xml"),
+    );
+    response
 }
 
 #[cfg(test)]

@@ -27,6 +27,8 @@ pub(crate) enum Consumer {
         lock_urls: Vec<String>,
         /// `inline` on the binding.
         inline: bool,
+        /// An event the binding publishes for every message it handles.
+        publish: Option<String>,
     },
     /// A plain boto3 loop.
     Boto3,
@@ -44,6 +46,7 @@ impl Consumer {
             max_in_flight: 20 * pollers,
             lock_urls: Vec::new(),
             inline: false,
+            publish: None,
         }
     }
 
@@ -55,6 +58,7 @@ impl Consumer {
             max_in_flight,
             lock_urls: Vec::new(),
             inline: false,
+            publish: None,
         }
     }
 
@@ -65,6 +69,7 @@ impl Consumer {
             max_in_flight: 20 * pollers,
             lock_urls: Vec::new(),
             inline: true,
+            publish: None,
         }
     }
 
@@ -75,12 +80,34 @@ impl Consumer {
                 pollers,
                 max_in_flight,
                 inline,
+                publish,
                 ..
             } => Consumer::Host {
                 pollers,
                 max_in_flight,
                 lock_urls: urls,
                 inline,
+                publish,
+            },
+            other => other,
+        }
+    }
+
+    /// The host's binding publishing `event` (to the topic) for every message it handles.
+    pub(crate) fn publishing(self, event: &str) -> Consumer {
+        match self {
+            Consumer::Host {
+                pollers,
+                max_in_flight,
+                lock_urls,
+                inline,
+                ..
+            } => Consumer::Host {
+                pollers,
+                max_in_flight,
+                lock_urls,
+                inline,
+                publish: Some(event.to_string()),
             },
             other => other,
         }
@@ -136,6 +163,7 @@ pub(crate) fn run_consumer(
             max_in_flight,
             lock_urls,
             inline,
+            publish,
         } => {
             let config = SqsHost {
                 endpoint: canned.url(),
@@ -145,6 +173,7 @@ pub(crate) fn run_consumer(
                 lock_urls: lock_urls.clone(),
                 plugins: ctx.echo_plugins.clone(),
                 inline: *inline,
+                publish: publish.clone(),
             };
             let path = dir.path().join("iniesta.toml");
             std::fs::write(&path, config.config())?;

@@ -88,6 +88,8 @@ pub struct SqsHost {
     pub plugins: PathBuf,
     /// `inline` on the echo binding: called on the async worker, no blocking-pool hand-off.
     pub inline: bool,
+    /// An event the echo binding publishes (to the topic, SNS_PRODUCER) for every message.
+    pub publish: Option<String>,
 }
 
 impl SqsHost {
@@ -98,7 +100,7 @@ impl SqsHost {
         format!(
             r#"service = "bench"
 env = "bench"
-initialization = ["QUEUE_POLLING"]
+initialization = [{initialization}]
 
 [broker]
 kind = "aws"
@@ -112,7 +114,7 @@ wait_time_seconds = 20
 visibility_timeout = 30
 pollers = {pollers}
 max_in_flight = {in_flight}
-
+{sns}
 [lock]
 urls = [{urls}]
 
@@ -124,7 +126,7 @@ watch = false
 default = true
 plugin = "echo"
 inline = {inline}
-config = {{ quiet = true }}
+config = {{ quiet = true{publish} }}
 "#,
             endpoint = self.endpoint,
             queue = self.queue,
@@ -133,6 +135,21 @@ config = {{ quiet = true }}
             urls = urls.join(", "),
             plugins = self.plugins.display(),
             inline = self.inline,
+            initialization = if self.publish.is_some() {
+                r#""QUEUE_POLLING", "SNS_PRODUCER""#
+            } else {
+                r#""QUEUE_POLLING""#
+            },
+            sns = if self.publish.is_some() {
+                "\n[sns]\ntopic_arn = \"arn:aws:sns:us-east-1:123456789012:bench\"\n"
+            } else {
+                ""
+            },
+            publish = self
+                .publish
+                .as_ref()
+                .map(|e| format!(", publish = {e:?}"))
+                .unwrap_or_default(),
         )
     }
 }

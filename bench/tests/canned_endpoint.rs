@@ -32,6 +32,7 @@ fn consume_and_delete_everything(inline: bool) {
         lock_urls: Vec::new(),
         plugins,
         inline,
+        publish: None,
     };
     let path = scratch.path().join("iniesta.toml");
     std::fs::write(&path, config.config()).expect("config");
@@ -67,11 +68,13 @@ fn consume_and_delete_everything(inline: bool) {
 }
 
 /// At 5 ms a request, with the first delete of every 7th message failing as a retryable entry
-/// failure (as SQS answers `InternalError` for one entry of a batch): every message is still
-/// deleted exactly once (the failed entries alone are sent again), and the endpoint counts
-/// the requests by action.
+/// failure (as SQS answers `InternalError` for one entry of a batch) and the first entry of
+/// every 3rd `PublishBatch` failing the same way, while the binding publishes one event per
+/// message: every message is still deleted exactly once and every event published exactly
+/// once (the failed entries alone are sent again), in batches, and the endpoint counts the
+/// requests by action.
 #[test]
-fn failed_delete_entries_are_retried_alone_and_requests_are_counted() {
+fn failed_delete_and_publish_entries_are_retried_alone_and_requests_are_counted() {
     use bench::canned::{Behaviour, Faults, Latency};
     let host = setup::host_binary().expect("build the workspace first (cargo build --workspace)");
     let scratch = tempfile::tempdir().expect("tempdir");
@@ -80,6 +83,7 @@ fn failed_delete_entries_are_retried_alone_and_requests_are_counted() {
         latency: Latency::new(Duration::from_millis(5), Duration::from_millis(2)),
         faults: Faults {
             fail_first_delete_every: Some(7),
+            fail_publish_entry_every: Some(3),
         },
     };
     let canned = Canned::start_with(200, 9, behaviour).expect("canned server");
@@ -91,12 +95,15 @@ fn failed_delete_entries_are_retried_alone_and_requests_are_counted() {
         lock_urls: Vec::new(),
         plugins,
         inline: false,
+        publish: Some("Order.Shipped".into()),
     };
     let path = scratch.path().join("iniesta.toml");
     std::fs::write(&path, config.config()).expect("config");
     let log = scratch.path().join("host.log");
     let mut child = setup::spawn_host(&host, &path, &log).expect("host starts");
     let all = canned.stats.wait_all_deleted(Duration::from_secs(60));
+    // A handler's publish is done before its message is acked, so by the last delete every
+    // event is out; the failed entries' retries too.
     setup::terminate(&mut child, Duration::from_secs(20)).expect("terminate");
     let stats = &canned.stats;
     assert!(
@@ -110,15 +117,28 @@ fn failed_delete_entries_are_retried_alone_and_requests_are_counted() {
     assert_eq!(stats.bad_requests.load(Ordering::SeqCst), 0);
     // Sequence numbers 0, 7, 14, … 196: 29 entries failed once each.
     assert_eq!(stats.injected_failures.load(Ordering::SeqCst), 29);
+    assert_eq!(
+        stats.published.load(Ordering::SeqCst),
+        200,
+        "each event published once, none lost, none twice:\n{}",
+        setup::tail(&log, 40)
+    );
+    assert!(stats.injected_publish_failures.load(Ordering::SeqCst) > 0);
     let requests = stats.marks().requests_at_last_delete;
-    let receives = requests.get("ReceiveMessage").copied().unwrap_or(0);
-    let deletes = requests.get("DeleteMessageBatch").copied().unwrap_or(0);
+    let count = |action: &str| requests.get(action).copied().unwrap_or(0);
+    let receives = count("ReceiveMessage");
+    let deletes = count("DeleteMessageBatch");
+    let publishes = count("PublishBatch") + count("Publish");
     assert!(receives >= 20, "{requests:?}");
     // At least 20 full batches, plus the retries of the failed entries.
     assert!(deletes > 20, "{requests:?}");
+    assert!(
+        publishes < 100,
+        "events are published in batches, not one call each: {requests:?}"
+    );
     assert_eq!(
         requests.values().sum::<u64>(),
-        receives + deletes + requests.get("GetQueueUrl").copied().unwrap_or(0),
-        "nothing but receives, deletes and the queue URL: {requests:?}"
+        receives + deletes + publishes + count("GetQueueUrl"),
+        "nothing but receives, deletes, publishes and the queue URL: {requests:?}"
     );
 }

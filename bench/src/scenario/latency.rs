@@ -64,6 +64,31 @@ pub(crate) fn run(ctx: &Ctx, rows: &mut Vec<Row>) -> anyhow::Result<()> {
             sized = m;
         }
     }
+    // Consume and publish one event per message (the binding publishes to the topic).
+    let label = format!("iniesta, max_in_flight {SIZED_SLOTS}, publishing one event per message");
+    let n = messages(&ctx.options, 20_000);
+    eprintln!("== at {latency}: {label}: {n} messages per run");
+    let consumer = Consumer::host_with_slots(SIZED_SLOTS).publishing("Order.Shipped");
+    let m = repeat_with(ctx, &label, &consumer, n, behaviour)?;
+    let scenario = format!("at {latency} a request: {label} (N={n})");
+    rows.push(Row::new(&scenario, "messages/s", rates(&m), 0));
+    let cpu = m.iter().map(|x| x.cpu_us_per_message).collect();
+    rows.push(Row::new(&scenario, "CPU µs/message", cpu, 1));
+    let all = m.iter().map(|x| x.requests_per_message(None)).collect();
+    rows.push(Row::new(&scenario, "AWS requests/message", all, 3).target("≤ 0.35", |x| x <= 0.35));
+    let batches = m
+        .iter()
+        .map(|x| {
+            x.requests_per_message(Some("PublishBatch")) + x.requests_per_message(Some("Publish"))
+        })
+        .collect();
+    rows.push(Row::new(
+        &scenario,
+        "Publish + PublishBatch/message",
+        batches,
+        3,
+    ));
+
     let ours = median(&rates(&sized));
     for (label, consumer, normal) in peers {
         let n = messages(&ctx.options, normal);

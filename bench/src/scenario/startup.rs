@@ -25,6 +25,7 @@ pub(crate) fn run(ctx: &Ctx, rows: &mut Vec<Row>) -> anyhow::Result<()> {
             lock_urls: Vec::new(),
             plugins: ctx.echo_plugins.clone(),
             inline: false,
+            publish: None,
         };
         let path = dir.path().join("iniesta.toml");
         std::fs::write(&path, config.config())?;
