@@ -21,7 +21,7 @@
 //! The local broker's `publish_batch` sends entry by entry, through the same interface.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -333,6 +333,49 @@ fn copy_error(error: &BrokerError) -> BrokerError {
             message: other.to_string(),
             retryable: other.is_retryable(),
         },
+    }
+}
+
+/// A destination's batcher, started on first use (starting one needs a runtime): the
+/// publisher's topic and own-queue batchers and the built-in egresses each hold one.
+pub struct LazyBatcher {
+    broker: Arc<dyn Broker>,
+    target: Target,
+    settings: Settings,
+    fifo: Option<FifoSettings>,
+    started: OnceLock<Batcher>,
+}
+
+impl LazyBatcher {
+    /// A batcher for `target` through `broker`, not started yet; see [`Batcher::spawn`].
+    pub fn new(
+        broker: Arc<dyn Broker>,
+        target: Target,
+        settings: Settings,
+        fifo: Option<FifoSettings>,
+    ) -> LazyBatcher {
+        LazyBatcher {
+            broker,
+            target,
+            settings,
+            fifo,
+            started: OnceLock::new(),
+        }
+    }
+
+    /// Publish one message through the batcher (started now if it is not yet).
+    pub async fn publish(&self, message: Outgoing) -> Result<String, BrokerError> {
+        self.started
+            .get_or_init(|| {
+                Batcher::spawn(
+                    Arc::new(BrokerSink(self.broker.clone())),
+                    self.target.clone(),
+                    self.settings.clone(),
+                    self.fifo.clone(),
+                )
+            })
+            .publish(message)
+            .await
     }
 }
 

@@ -21,7 +21,7 @@ pub mod outbox;
 pub mod plugin;
 pub mod startup;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use crate::acct::{AcctError, Profiles};
 use crate::broker::fifo::{is_fifo, FifoSettings};
@@ -29,7 +29,7 @@ use crate::broker::{Broker, BrokerError, Target};
 use crate::config::{Config, InitializationType, Problem};
 use crate::plugins::PluginSet;
 use crate::wire::{self, Attributes, EncodeError};
-use batch::{Batcher, BrokerSink};
+use batch::LazyBatcher;
 use fanout::{Fanout, NamedEgress, RetrySettings};
 use outbox::{Outbox, OutboxError};
 
@@ -72,58 +72,36 @@ pub struct Published {
 
 /// Publishes events for one service.
 pub struct Publisher {
-    broker: Arc<dyn Broker>,
     service: String,
     event_key: String,
     producer: bool,
     fanout: Option<Arc<Fanout>>,
-    batch: batch::Settings,
-    /// The FIFO settings, for the topic and the own queue when they are FIFO.
-    topic_fifo: Option<FifoSettings>,
-    queue_fifo: Option<FifoSettings>,
-    /// Started on first use (they need a runtime): the topic's and the own queue's.
-    topic_batcher: OnceLock<Batcher>,
-    queue_batcher: OnceLock<Batcher>,
+    /// The topic's and the own queue's batchers.
+    topic_batcher: LazyBatcher,
+    queue_batcher: LazyBatcher,
 }
 
 impl Publisher {
     /// A publisher for `config`'s service on `broker`.
     pub fn new(config: &Config, broker: Arc<dyn Broker>) -> Publisher {
-        let fifo = FifoSettings::from_config(config);
+        let topic_fifo = config.sns.topic_arn.as_deref().is_some_and(is_fifo);
+        let queue_fifo = is_fifo(&config.queue_name());
         Publisher {
-            broker,
             service: config.service.clone(),
             event_key: config.sns.event_key.clone(),
             producer: config.does(InitializationType::SnsProducer),
             fanout: None,
-            batch: batch::Settings::from_config(&config.publish)
-                .in_order(config.broker.kind == crate::config::BrokerKind::Local),
-            topic_fifo: config
-                .sns
-                .topic_arn
-                .as_deref()
-                .filter(|t| is_fifo(t))
-                .map(|_| fifo.clone()),
-            queue_fifo: is_fifo(&config.queue_name()).then_some(fifo),
-            topic_batcher: OnceLock::new(),
-            queue_batcher: OnceLock::new(),
+            topic_batcher: batcher_for(config, &broker, Target::Topic, topic_fifo),
+            queue_batcher: batcher_for(config, &broker, Target::Queue(None), queue_fifo),
         }
     }
 
-    /// The batcher for a destination, started on first use.
-    fn batcher(&self, destination: Destination) -> &Batcher {
-        let (cell, target, fifo) = match destination {
-            Destination::Topic => (&self.topic_batcher, Target::Topic, &self.topic_fifo),
-            Destination::OwnQueue => (&self.queue_batcher, Target::Queue(None), &self.queue_fifo),
-        };
-        cell.get_or_init(|| {
-            Batcher::spawn(
-                Arc::new(BrokerSink(self.broker.clone())),
-                target,
-                self.batch.clone(),
-                fifo.clone(),
-            )
-        })
+    /// The batcher for a destination.
+    fn batcher(&self, destination: Destination) -> &LazyBatcher {
+        match destination {
+            Destination::Topic => &self.topic_batcher,
+            Destination::OwnQueue => &self.queue_batcher,
+        }
     }
 
     /// Send topic publishes to every configured egress instead (`[[egress]]`).
@@ -255,6 +233,20 @@ pub fn pick_export(
     }
 }
 
+/// A batcher for `target` through `broker` with `[publish]`'s settings (one call in flight on
+/// the local broker, so its queues keep publish order); `fifo` when the destination is FIFO.
+fn batcher_for(
+    config: &Config,
+    broker: &Arc<dyn Broker>,
+    target: Target,
+    fifo: bool,
+) -> LazyBatcher {
+    let settings = batch::Settings::from_config(&config.publish)
+        .in_order(config.broker.kind == crate::config::BrokerKind::Local);
+    let fifo = fifo.then(|| FifoSettings::from_config(config));
+    LazyBatcher::new(broker.clone(), target, settings, fifo)
+}
+
 /// Build the fan-out for a config's `[[egress]]` entries (`None` without entries): construct
 /// every egress with its profile, open the outbox. Every problem is reported with its key.
 pub fn build_fanout(
@@ -278,20 +270,23 @@ pub fn build_fanout(
                     "the built-in egresses take no profile: they use the broker's AWS credentials"
                         .into(),
             }),
-            config::BUILTIN_SNS => Ok(Arc::new(builtin::SnsEgress::new(
-                broker.clone(),
-                config.sns.topic_arn.clone().unwrap_or_default(),
-            ))),
-            config::BUILTIN_SQS => Ok(Arc::new(builtin::SqsEgress::new(
-                broker.clone(),
-                entry
+            config::BUILTIN_SNS => {
+                let topic = config.sns.topic_arn.clone().unwrap_or_default();
+                let batcher = batcher_for(config, &broker, Target::Topic, is_fifo(&topic));
+                Ok(Arc::new(builtin::SnsEgress::new(batcher, topic)))
+            }
+            config::BUILTIN_SQS => {
+                let queue = entry
                     .config
                     .as_ref()
                     .and_then(|c| c.get("queue"))
                     .and_then(|q| q.as_str())
                     .unwrap_or_default()
-                    .to_string(),
-            ))),
+                    .to_string();
+                let target = Target::Queue(Some(queue.clone()));
+                let batcher = batcher_for(config, &broker, target, is_fifo(&queue));
+                Ok(Arc::new(builtin::SqsEgress::new(batcher, queue)))
+            }
             plugin_name => (|| {
                 let plugin = plugins.get(plugin_name).ok_or_else(|| Problem {
                     key: format!("{key}.plugin"),
