@@ -167,6 +167,7 @@ fn batch_failures(chunk: &[String], failed: &[BatchResultErrorEntry]) -> Vec<Del
                 .unwrap_or_default(),
             reason: format!("{}: {}", failed.code(), failed.message().unwrap_or("")),
             retryable: !failed.sender_fault(),
+            stale: is_stale_receipt(Some(failed.code()), failed.message()),
         })
         .collect()
 }

@@ -759,6 +759,7 @@ impl Broker for LocalBroker {
                             receipt,
                             reason: "receipt handle is stale or unknown".into(),
                             retryable: false,
+                            stale: true,
                         });
                     }
                 }

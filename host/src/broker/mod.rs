@@ -47,6 +47,8 @@ pub struct DeleteFailure {
     pub reason: String,
     /// Whether trying again may help (throttling, server errors).
     pub retryable: bool,
+    /// The receipt no longer names a delivery (redelivered or deleted).
+    pub stale: bool,
 }
 
 /// Where a publish goes: the topic, or a queue (this service's own when `None`).
@@ -107,6 +109,16 @@ pub enum BrokerError {
     /// A broker worker thread failed.
     #[error("broker worker failed: {0}")]
     Worker(String),
+    /// One entry of a batch call failed, or the whole call did (each entry gets this).
+    #[error("{operation}: {reason}")]
+    Entry {
+        /// The batch operation.
+        operation: &'static str,
+        /// Why.
+        reason: String,
+        /// Whether trying again may help.
+        retryable: bool,
+    },
 }
 
 impl BrokerError {
@@ -117,7 +129,7 @@ impl BrokerError {
                 source.sqlite_error_code(),
                 Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
             ),
-            BrokerError::Aws { retryable, .. } => *retryable,
+            BrokerError::Aws { retryable, .. } | BrokerError::Entry { retryable, .. } => *retryable,
             BrokerError::Worker(_) => true,
             _ => false,
         }
@@ -187,6 +199,7 @@ pub trait Broker: Send + Sync + 'static {
                 failures.push(DeleteFailure {
                     receipt: receipt.clone(),
                     retryable: e.is_retryable(),
+                    stale: matches!(e, BrokerError::StaleReceipt),
                     reason: e.to_string(),
                 });
             }

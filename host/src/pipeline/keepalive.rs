@@ -1,7 +1,9 @@
 //! Keeping a message alive while it waits or its handlers run: its lock is extended with
 //! half of its lifetime left, and its visibility — the heartbeat — at half the visibility
 //! timeout after receipt and at half of each extension, up to
-//! `sqs.max_visibility_extension_secs`. One task per message ([`Keeper`]).
+//! `sqs.max_visibility_extension_secs`. One task per message ([`Keeper`]); the visibility
+//! extensions of messages due together share `ChangeMessageVisibilityBatch` calls
+//! ([`super::heartbeats`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,10 +11,11 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{Broker, BrokerError};
+use crate::broker::BrokerError;
 use crate::lock::{Held, LockError, Locks};
 use crate::ops::metrics as m;
 
+use super::heartbeats::Heartbeats;
 use super::settings::Settings;
 use super::state::{Shared, Taken};
 
@@ -58,7 +61,7 @@ impl Keeper {
         let heartbeat = Heartbeat::new(&shared.parts.settings, taken);
         let services = KeepServices {
             locks: shared.parts.locks.clone(),
-            broker: shared.parts.broker.clone(),
+            heartbeats: shared.heartbeats.clone(),
             event: taken.envelope.event.clone(),
             ttl: shared.parts.settings.lock_ttl,
         };
@@ -133,7 +136,7 @@ impl Heartbeat {
     }
 
     /// Extend the visibility once (or retry); `false` when the heartbeat is over.
-    async fn beat(&mut self, broker: &dyn Broker) -> bool {
+    async fn beat(&mut self, heartbeats: &Heartbeats) -> bool {
         let now = Instant::now();
         let left = self.until_max.saturating_duration_since(now);
         if left.as_secs() == 0 {
@@ -145,7 +148,7 @@ impl Heartbeat {
         let secs = u32::try_from(extension.as_secs()).unwrap_or(u32::MAX);
         // Not cancelled midway: a request already sent could land after the message is
         // settled or given back and hide it again, so stopping waits for its answer.
-        let answer = broker.change_visibility(&self.receipt, secs).await;
+        let answer = heartbeats.extend(&self.receipt, secs).await;
         match answer {
             Ok(()) => {
                 metrics::counter!(m::VISIBILITY_EXTENSIONS).increment(1);
@@ -185,7 +188,7 @@ impl Heartbeat {
 /// What a keeper task extends through.
 struct KeepServices {
     locks: Arc<dyn Locks>,
-    broker: Arc<dyn Broker>,
+    heartbeats: Arc<Heartbeats>,
     /// The message's event, for log lines.
     event: String,
     /// The lock's lifetime.
@@ -201,7 +204,7 @@ async fn keep_alive(
 ) {
     let KeepServices {
         locks,
-        broker,
+        heartbeats,
         event,
         ttl,
     } = services;
@@ -254,7 +257,7 @@ async fn keep_alive(
             }
             _ = tokio::time::sleep_until(beat_next.unwrap_or(far)), if beat_next.is_some() => {
                 if let Some(beat) = heartbeat.as_mut() {
-                    if !beat.beat(broker.as_ref()).await {
+                    if !beat.beat(&heartbeats).await {
                         heartbeat = None;
                     }
                 }

@@ -45,10 +45,11 @@
 //! many loops take turns), [`message`] (one
 //! message from routing to settlement), [`invoke`] (the one place handlers run, used by
 //! ingress too), [`settle`] (settlement rules, the batch deleter), [`keepalive`] (lock
-//! renewal and visibility heartbeats), [`report`] (logs, error webhook, console),
+//! renewal and visibility heartbeats), [`heartbeats`] (their calls, batched), [`report`] (logs, error webhook, console),
 //! [`summary`] (the periodic `info` line of handler results per binding) and [`state`] (what
 //! the tasks of a run share).
 
+mod heartbeats;
 pub mod invoke;
 mod keepalive;
 mod message;
@@ -160,6 +161,8 @@ impl Pipeline {
                 settings.max_in_flight,
             ),
         );
+        let (heartbeats, heartbeat_task) = heartbeats::Heartbeats::new(self.parts.broker.clone());
+        spawn_tracked(&tasks, &abandon, heartbeat_task);
         let locks = self.parts.locks.clone();
         let health = self.parts.health.clone();
         let summary = Arc::new(summary::Summary::default());
@@ -178,6 +181,7 @@ impl Pipeline {
             deletes: delete_tx,
             delete_room,
             receivers: receivers::Receivers::new(settings.pollers, settings.max_pollers),
+            heartbeats: Arc::new(heartbeats),
             shutdown: shutdown.clone(),
             abandon: abandon.clone(),
             tasks: tasks.clone(),

@@ -3,7 +3,7 @@
 //! dead letter — plus giving unstarted messages back and releasing locks.
 //!
 //! The batch deleter gathers acked receipts into `DeleteMessageBatch` calls of up to ten and
-//! keeps several calls in flight ([`DELETE_CALLS`]): at SQS's latency one call at a time would
+//! keeps several calls in flight ([`delete_calls`]): at SQS's latency one call at a time would
 //! cap the host at ten messages per round trip. An acked message gives up its in-flight slot
 //! as soon as its delete is queued, so handlers never wait on deletes; what waits instead is
 //! bounded by `delete_room` (`max_in_flight` pending deletes), and shutdown flushes the queue
@@ -29,8 +29,15 @@ use super::invoke::CallResult;
 use super::report::labels;
 use super::state::{Delete, GiveBack, PendingDelete, Shared};
 
-/// `DeleteMessageBatch` calls in flight at once.
-pub const DELETE_CALLS: usize = 16;
+/// The fewest `DeleteMessageBatch` calls allowed in flight at once.
+pub const MIN_DELETE_CALLS: usize = 16;
+
+/// `DeleteMessageBatch` calls allowed in flight at once with room for `slots` pending
+/// deletes: enough to have all of them out in full batches (so the call count never caps the
+/// rate before the room does), and at least [`MIN_DELETE_CALLS`].
+pub fn delete_calls(slots: usize) -> usize {
+    slots.div_ceil(10).max(MIN_DELETE_CALLS)
+}
 /// How long the deleter waits to fill a batch of ten before it sends what it has.
 pub const DELETE_LINGER: Duration = Duration::from_millis(20);
 
@@ -279,7 +286,7 @@ impl DeleteStall {
 }
 
 /// Batch deletes: up to 10 receipts per call, gathered for at most [`DELETE_LINGER`], with up
-/// to [`DELETE_CALLS`] calls in flight; retryable failures are retried with backoff, never
+/// to [`delete_calls`] calls in flight; retryable failures are retried with backoff, never
 /// dropped silently. `flush` ends it once everything queued is sent and every call has
 /// answered. When the `room` for pending deletes (`slots` places) is full and a delete fails,
 /// it says so once ([`DeleteStall`]).
@@ -296,7 +303,7 @@ pub(super) async fn run_deleter(
         failing: 0,
         stalled: false,
     }));
-    let calls = Arc::new(Semaphore::new(DELETE_CALLS));
+    let calls = Arc::new(Semaphore::new(delete_calls(slots)));
     let mut sending = JoinSet::new();
     loop {
         let first = tokio::select! {

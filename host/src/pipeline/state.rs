@@ -63,6 +63,8 @@ pub struct Shared {
     pub delete_room: Arc<Semaphore>,
     /// How many receive loops take turns.
     pub receivers: super::receivers::Receivers,
+    /// Visibility extensions, batched.
+    pub heartbeats: Arc<super::heartbeats::Heartbeats>,
     /// Fires on the first shutdown signal.
     pub shutdown: CancellationToken,
     /// Fires when the drain is over: every task still running is dropped (its message is not

@@ -100,3 +100,66 @@ async fn an_acked_message_frees_its_slot_while_its_delete_waits() {
     .await;
     host.stop().await;
 }
+
+/// Ten handlers that outlast half the visibility timeout, received together: their heartbeats
+/// fall due together and go out as `ChangeMessageVisibilityBatch` calls, not one call each.
+#[tokio::test(start_paused = true)]
+async fn heartbeats_due_together_share_a_batch_call() {
+    let (host, calls) = InProcess::start_paced(
+        "max_in_flight = 10\nvisibility_timeout = 4\nhandler_timeout_secs = 600",
+        &format!(
+            "[[bindings]]\nevents = [\"Slow.*\"]\nplugin = \"panicky\"\nhandler = \"sleepy\"\nconfig = {{ sleep_ms = 3000 }}\n{}",
+            LEDGER.replace("Order.*", "Slow.*")
+        ),
+        Duration::from_millis(1),
+    )
+    .await;
+    // All ten are on the queue before the first receive, so one receive takes them together.
+    calls.hold_receives.store(true, Ordering::SeqCst);
+    for i in 0..10 {
+        host.publish("Slow.Job", &format!(r#"{{"n":{i}}}"#)).await;
+    }
+    calls.hold_receives.store(false, Ordering::SeqCst);
+    // The ledger binding returns at once; the sleepy one holds each message for 3 s of real
+    // time, which holds tokio's clock: move it by hand (the receive's own 1 ms too) until all
+    // ten started, then past two heartbeats (2 s and 4 s after receipt), letting the keepers
+    // run in between.
+    let started = std::time::Instant::now();
+    while handled(&host) < 10 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "only {} of 10 messages started",
+            handled(&host)
+        );
+        tokio::time::advance(Duration::from_millis(5)).await;
+        InProcess::settle_real(Duration::from_millis(10)).await;
+    }
+    for _ in 0..5 {
+        tokio::time::advance(Duration::from_secs(1)).await;
+        InProcess::settle_real(Duration::from_millis(50)).await;
+    }
+    host.wait_for("every message deleted", Duration::from_secs(60), || async {
+        host.queue().await.is_empty().then_some(())
+    })
+    .await;
+    host.stop().await;
+    let batches = calls
+        .visibility_batches
+        .lock()
+        .expect("not poisoned")
+        .clone();
+    assert_eq!(
+        calls.visibility_calls.load(Ordering::SeqCst),
+        0,
+        "no single ChangeMessageVisibility calls"
+    );
+    let entries: usize = batches.iter().sum();
+    assert!(
+        entries >= 10,
+        "every message's visibility was extended: {batches:?}"
+    );
+    assert!(
+        batches.len() * 3 <= entries,
+        "heartbeats share calls (at least three receipts a call on average): {batches:?}"
+    );
+}

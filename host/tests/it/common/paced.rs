@@ -29,6 +29,12 @@ pub struct Calls {
     pub delete_calls: AtomicUsize,
     /// While set, every delete waits.
     pub hold_deletes: AtomicBool,
+    /// While set, every receive waits (before it asks the broker).
+    pub hold_receives: AtomicBool,
+    /// Single `change_visibility` calls.
+    pub visibility_calls: AtomicUsize,
+    /// Receipts per `change_visibility_batch` call.
+    pub visibility_batches: Mutex<Vec<usize>>,
 }
 
 impl Calls {
@@ -79,6 +85,9 @@ impl Broker for Paced {
     ) -> Result<Vec<Received>, BrokerError> {
         Calls::enter(&self.calls.receiving, &self.calls.max_receiving);
         tokio::time::sleep(self.latency).await;
+        while self.calls.hold_receives.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let got = self.inner.receive(max, wait, cancel).await;
         self.calls.receiving.fetch_sub(1, Ordering::SeqCst);
         if let Ok(batch) = &got {
@@ -106,7 +115,23 @@ impl Broker for Paced {
     }
 
     async fn change_visibility(&self, receipt: &str, secs: u32) -> Result<(), BrokerError> {
+        self.calls.visibility_calls.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(self.latency).await;
         self.inner.change_visibility(receipt, secs).await
+    }
+
+    async fn change_visibility_batch(
+        &self,
+        receipts: &[String],
+        secs: u32,
+    ) -> Result<Vec<DeleteFailure>, BrokerError> {
+        self.calls
+            .visibility_batches
+            .lock()
+            .expect("not poisoned")
+            .push(receipts.len());
+        tokio::time::sleep(self.latency).await;
+        self.inner.change_visibility_batch(receipts, secs).await
     }
 
     async fn dead_letter(&self, message: &Received, reason: &str) -> Result<(), BrokerError> {
