@@ -310,15 +310,18 @@ impl AwsBroker {
         ))
     }
 
-    /// One SQS `SendMessageBatch` of at most 10 messages (the caller keeps within the limits).
-    async fn send_batch_to_url(
+    /// One SQS `SendMessageBatch` of at most 10 messages (the caller keeps within the limits);
+    /// on a FIFO queue each entry's group and deduplication ids are its own when given, else
+    /// the configured rules'. Within one call SQS keeps a group's entries in their order.
+    pub(crate) async fn send_batch_to_url(
         &self,
         url: &str,
-        messages: &[Outgoing],
+        messages: &[ToQueue<'_>],
     ) -> Result<Vec<Result<String, BrokerError>>, BrokerError> {
         use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
         let fifo = is_fifo(url);
-        let (entries, refused) = batch_entries(messages, |i, message| {
+        let (entries, refused) = batch_entries(messages, |i, to| {
+            let message = to.message;
             let mut entry = SendMessageBatchRequestEntry::builder()
                 .id(i.to_string())
                 .message_body(body_text(message)?);
@@ -327,8 +330,16 @@ impl AwsBroker {
             }
             if fifo {
                 entry = entry
-                    .message_group_id(self.fifo.group_of(message))
-                    .message_deduplication_id(self.fifo.deduplication_id_of(message));
+                    .message_group_id(
+                        to.group
+                            .map(str::to_string)
+                            .unwrap_or_else(|| self.fifo.group_of(message)),
+                    )
+                    .message_deduplication_id(
+                        to.deduplication_id
+                            .map(str::to_string)
+                            .unwrap_or_else(|| self.fifo.deduplication_id_of(message)),
+                    );
             }
             entry
                 .build()
@@ -407,11 +418,33 @@ impl AwsBroker {
     }
 }
 
+/// A message for a queue, with the FIFO group and deduplication ids to send it with (`None`:
+/// the configured rules decide).
+pub(crate) struct ToQueue<'a> {
+    /// The message.
+    pub message: &'a Outgoing,
+    /// Its `MessageGroupId` on a FIFO queue.
+    pub group: Option<&'a str>,
+    /// Its `MessageDeduplicationId` on a FIFO queue.
+    pub deduplication_id: Option<&'a str>,
+}
+
+impl<'a> ToQueue<'a> {
+    /// `message`, grouped and deduplicated by the configured rules.
+    pub(crate) fn by_rules(message: &'a Outgoing) -> ToQueue<'a> {
+        ToQueue {
+            message,
+            group: None,
+            deduplication_id: None,
+        }
+    }
+}
+
 /// A batch call's entries, built by `build` from each message and its position (the entry
 /// id), and the positions whose entry could not be built, with why.
-fn batch_entries<E>(
-    messages: &[Outgoing],
-    mut build: impl FnMut(usize, &Outgoing) -> Result<E, BrokerError>,
+fn batch_entries<T, E>(
+    messages: &[T],
+    mut build: impl FnMut(usize, &T) -> Result<E, BrokerError>,
 ) -> (Vec<E>, HashMap<usize, BrokerError>) {
     let mut entries = Vec::with_capacity(messages.len());
     let mut refused = HashMap::new();
@@ -593,7 +626,8 @@ impl Broker for AwsBroker {
                     None => self.queue_url().await?.to_string(),
                     Some(name) => self.url_of(name).await?,
                 };
-                self.send_batch_to_url(&url, messages).await
+                let messages: Vec<ToQueue<'_>> = messages.iter().map(ToQueue::by_rules).collect();
+                self.send_batch_to_url(&url, &messages).await
             }
         }
     }

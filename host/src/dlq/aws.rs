@@ -3,9 +3,10 @@
 //! SQS has no peek, so `list` receives with a visibility timeout and then makes every message
 //! it saw visible again at once (`ChangeMessageVisibility` to 0): the messages stay in the
 //! DLQ, but while a listing runs they are invisible to other listers and redrives, and each
-//! listing adds one to their receive count. A redrive receives, sends each chosen message to
-//! the main queue with its body, attributes (less `iniesta_dead_letter_reason`) and FIFO
-//! group, and deletes it from the DLQ only after that send succeeded; messages not chosen are
+//! listing adds one to their receive count. A redrive receives ten at a time, sends the
+//! chosen ones to the main queue in one `SendMessageBatch` with their bodies, attributes (less
+//! `iniesta_dead_letter_reason`) and FIFO groups, and deletes from the DLQ, in one
+//! `DeleteMessageBatch`, only those whose send succeeded; messages not chosen or not sent are
 //! made visible again when it ends.
 
 use std::collections::{HashMap, HashSet};
@@ -18,7 +19,7 @@ use aws_sdk_sqs::types::{
 
 use super::{event_of, DeadLetter, DeadLetterQueue, DlqError, Progress, RedriveReport, Selection};
 use crate::broker::aws::{
-    from_sqs_attributes, sdk_error, AwsBroker, DeadLetterOrigin, DEAD_LETTER_ORIGIN,
+    from_sqs_attributes, sdk_error, AwsBroker, DeadLetterOrigin, ToQueue, DEAD_LETTER_ORIGIN,
     DEAD_LETTER_REASON,
 };
 use crate::broker::BrokerError;
@@ -168,16 +169,127 @@ impl AwsDlq {
         }
     }
 
-    async fn delete(&self, url: &str, receipt: &str) -> Result<(), BrokerError> {
-        self.broker
-            .sqs()
-            .delete_message()
-            .queue_url(url)
-            .receipt_handle(receipt)
-            .send()
-            .await
-            .map_err(|e| sdk_error("DeleteMessage", e))?;
-        Ok(())
+    /// Delete `receipts` from `url` in calls of ten; for each receipt, why it was not deleted
+    /// (`None`: deleted). An error when a whole call failed.
+    async fn delete_all(
+        &self,
+        url: &str,
+        receipts: &[String],
+    ) -> Result<Vec<Option<String>>, BrokerError> {
+        let mut out = Vec::with_capacity(receipts.len());
+        for chunk in receipts.chunks(10) {
+            let mut request = self.broker.sqs().delete_message_batch().queue_url(url);
+            for (i, receipt) in chunk.iter().enumerate() {
+                let entry = DeleteMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(receipt)
+                    .build()
+                    .map_err(|e| BrokerError::Aws {
+                        operation: "DeleteMessageBatch",
+                        message: e.to_string(),
+                        retryable: false,
+                    })?;
+                request = request.entries(entry);
+            }
+            let answer = request
+                .send()
+                .await
+                .map_err(|e| sdk_error("DeleteMessageBatch", e))?;
+            let mut failed: HashMap<String, String> = answer
+                .failed()
+                .iter()
+                .map(|f| {
+                    let why = format!("{}: {}", f.code(), f.message().unwrap_or(""));
+                    (f.id().to_string(), why)
+                })
+                .collect();
+            out.extend((0..chunk.len()).map(|i| failed.remove(&i.to_string())));
+        }
+        Ok(out)
+    }
+
+    /// Send `chosen` (at most ten) to the main queue in one call, then delete from the DLQ the
+    /// ones sent; what was not sent stays in the DLQ (`keep`), and every failure is reported.
+    async fn redrive_batch(
+        &self,
+        url: &str,
+        main: &str,
+        chosen: Vec<Taken>,
+        report: &mut RedriveReport,
+        keep: &mut Vec<String>,
+    ) {
+        if chosen.is_empty() {
+            return;
+        }
+        let outgoing: Vec<Outgoing> = chosen
+            .iter()
+            .map(|taken| {
+                let mut attributes = taken.letter.attributes.clone();
+                attributes.remove(DEAD_LETTER_REASON);
+                attributes.remove(DEAD_LETTER_ORIGIN);
+                Outgoing {
+                    event: taken.letter.event.clone(),
+                    body: taken.letter.body.clone(),
+                    attributes,
+                }
+            })
+            .collect();
+        // On a FIFO queue, the DLQ copy's own id as the deduplication id: the original's may
+        // still be in SQS's 5-minute window (SQS would accept the send and drop the message,
+        // which is then deleted here), while a second redrive of this same copy (its delete
+        // failed) is rightly dropped.
+        let sends: Vec<ToQueue<'_>> = chosen
+            .iter()
+            .zip(&outgoing)
+            .map(|(taken, message)| ToQueue {
+                message,
+                group: taken.group.as_deref(),
+                deduplication_id: self.fifo.then_some(taken.dlq_id.as_str()),
+            })
+            .collect();
+        let sent = match self.broker.send_batch_to_url(main, &sends).await {
+            Ok(sent) => sent,
+            Err(e) => {
+                for taken in chosen {
+                    report.failed.push(format!(
+                        "{}: not sent, left in the DLQ: {e}",
+                        taken.letter.id
+                    ));
+                    keep.push(taken.receipt);
+                }
+                return;
+            }
+        };
+        let mut delivered = Vec::new();
+        for (taken, result) in chosen.into_iter().zip(sent) {
+            match result {
+                Ok(new_id) => delivered.push((taken, new_id)),
+                Err(e) => {
+                    report.failed.push(format!(
+                        "{}: not sent, left in the DLQ: {e}",
+                        taken.letter.id
+                    ));
+                    keep.push(taken.receipt);
+                }
+            }
+        }
+        let receipts: Vec<String> = delivered.iter().map(|(t, _)| t.receipt.clone()).collect();
+        let deleted = match self.delete_all(url, &receipts).await {
+            Ok(deleted) => deleted,
+            Err(e) => vec![Some(e.to_string()); receipts.len()],
+        };
+        for ((taken, new_id), not_deleted) in delivered.into_iter().zip(deleted) {
+            match not_deleted {
+                None => {
+                    tracing::debug!(message_id = %taken.letter.id, new_message_id = %new_id, event = %taken.letter.event, "redriven");
+                    report.redriven += 1;
+                }
+                Some(e) => report.failed.push(format!(
+                    "{}: sent to the main queue as {new_id} but not deleted from the dead-letter queue ({e}); it may be handled twice",
+                    taken.letter.id
+                )),
+            }
+        }
     }
 
     async fn approximate_count(&self, url: &str) -> Option<u64> {
@@ -251,6 +363,7 @@ impl DeadLetterQueue for AwsDlq {
                     break;
                 }
                 let mut new = 0;
+                let mut chosen = Vec::new();
                 for message in &batch {
                     let Some(taken) = self.taken(message) else {
                         continue;
@@ -267,47 +380,10 @@ impl DeadLetterQueue for AwsDlq {
                         keep.push(taken.receipt);
                         continue;
                     }
-                    let mut attributes = taken.letter.attributes;
-                    attributes.remove(DEAD_LETTER_REASON);
-                    attributes.remove(DEAD_LETTER_ORIGIN);
-                    // On a FIFO queue, the DLQ copy's own id as the deduplication id: the
-                    // original's may still be in SQS's 5-minute window (SQS would accept the
-                    // send and drop the message, which is then deleted here), while a second
-                    // redrive of this same copy (its delete failed) is rightly dropped.
-                    let deduplication = self.fifo.then(|| taken.dlq_id.clone());
-                    let outgoing = Outgoing {
-                        event: taken.letter.event.clone(),
-                        body: taken.letter.body,
-                        attributes,
-                    };
-                    match self
-                        .broker
-                        .send_to_url_in_group(
-                            &main,
-                            &outgoing,
-                            taken.group.as_deref(),
-                            deduplication.as_deref(),
-                        )
-                        .await
-                    {
-                        Ok(new_id) => match self.delete(&url, &taken.receipt).await {
-                            Ok(()) => {
-                                tracing::debug!(message_id = %taken.letter.id, new_message_id = %new_id, event = %taken.letter.event, "redriven");
-                                report.redriven += 1;
-                            }
-                            Err(e) => report.failed.push(format!(
-                                "{}: sent to the main queue as {new_id} but not deleted from the dead-letter queue ({e}); it may be handled twice",
-                                taken.letter.id
-                            )),
-                        },
-                        Err(e) => {
-                            report
-                                .failed
-                                .push(format!("{}: not sent, left in the DLQ: {e}", taken.letter.id));
-                            keep.push(taken.receipt);
-                        }
-                    }
+                    chosen.push(taken);
                 }
+                self.redrive_batch(&url, &main, chosen, &mut report, &mut keep)
+                    .await;
                 if new == 0 {
                     break;
                 }
@@ -329,32 +405,12 @@ impl DeadLetterQueue for AwsDlq {
             if batch.is_empty() {
                 break;
             }
-            let mut request = self.broker.sqs().delete_message_batch().queue_url(&url);
-            let mut n = 0;
-            for (i, message) in batch.iter().enumerate() {
-                let Some(receipt) = message.receipt_handle() else {
-                    continue;
-                };
-                let entry = DeleteMessageBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .receipt_handle(receipt)
-                    .build()
-                    .map_err(|e| BrokerError::Aws {
-                        operation: "DeleteMessageBatch",
-                        message: e.to_string(),
-                        retryable: false,
-                    })?;
-                request = request.entries(entry);
-                n += 1;
-            }
-            if n == 0 {
-                continue;
-            }
-            let out = request
-                .send()
-                .await
-                .map_err(|e| sdk_error("DeleteMessageBatch", e))?;
-            deleted += out.successful().len() as u64;
+            let receipts: Vec<String> = batch
+                .iter()
+                .filter_map(|m| m.receipt_handle().map(str::to_string))
+                .collect();
+            let answers = self.delete_all(&url, &receipts).await?;
+            deleted += answers.iter().filter(|a| a.is_none()).count() as u64;
         }
         tracing::info!(deleted, dead_letter_queue = %self.dlq, "dead-letter queue purged");
         Ok(deleted)
