@@ -12,6 +12,7 @@
 
 pub mod acct;
 pub mod app;
+pub mod backoff;
 pub mod broker;
 pub mod cli;
 pub mod config;

@@ -24,7 +24,6 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::FutureExt as _;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
@@ -124,17 +123,7 @@ impl Settings {
 
     /// The delay before attempt `attempt + 1` (`attempt` ≥ 1), with jitter.
     fn backoff(&self, attempt: u32) -> Duration {
-        ExponentialBuilder::default()
-            .with_min_delay(self.min_backoff)
-            .with_max_delay(MAX_BACKOFF)
-            .with_factor(2.0)
-            .with_jitter()
-            .without_max_times()
-            .build()
-            .nth(attempt.saturating_sub(1) as usize)
-            .unwrap_or(MAX_BACKOFF)
-            // backon adds its jitter after clamping to the maximum.
-            .min(MAX_BACKOFF)
+        crate::backoff::nth(self.min_backoff, MAX_BACKOFF, attempt)
     }
 }
 

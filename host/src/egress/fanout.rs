@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
+use backon::{ExponentialBuilder, Retryable};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -67,20 +67,12 @@ impl RetrySettings {
     }
 
     fn builder(&self) -> ExponentialBuilder {
-        ExponentialBuilder::default()
-            .with_min_delay(self.min_backoff)
-            .with_max_delay(self.max_backoff)
-            .with_factor(2.0)
-            .with_jitter()
+        crate::backoff::exponential(self.min_backoff, self.max_backoff)
     }
 
     /// The delay before outbox attempt `attempts + 1`.
     pub fn backoff(&self, attempts: u32) -> Duration {
-        self.builder()
-            .without_max_times()
-            .build()
-            .nth(attempts.saturating_sub(1) as usize)
-            .unwrap_or(self.max_backoff)
+        crate::backoff::nth(self.min_backoff, self.max_backoff, attempts)
     }
 }
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
+use crate::backoff::Backoff;
 use crate::broker::Received;
 use crate::lock::{self, Claim, LockError};
 use crate::ops::metrics as m;
@@ -25,11 +26,16 @@ use super::state::{GiveBack, Shared, Slot, Taken};
 /// long enough that loops never split freed slots one by one while handlers are quick, short
 /// enough that a few slow handlers do not leave the rest of the slots idle.
 const FILL_WAIT: Duration = Duration::from_millis(50);
+/// After a failed receive, a loop waits from 100 ms, doubling to 30 s, with jitter.
+const RECEIVE_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(30));
+/// While the lock service is down, a loop asks it again from 250 ms, doubling to 2 s.
+const LOCK_WAIT_BACKOFF: (Duration, Duration) =
+    (Duration::from_millis(250), Duration::from_secs(2));
 
 impl Shared {
     /// One receive loop, until shutdown.
     pub(super) async fn poll(self: Arc<Self>, poller: usize) {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(RECEIVE_BACKOFF.0, RECEIVE_BACKOFF.1);
         // This poller's last receive failed (counted in `receive_failing`; the `broker` alert
         // is raised while any poller's is).
         let mut failing = false;
@@ -76,7 +82,7 @@ impl Shared {
                             );
                         }
                     }
-                    backoff = Duration::from_millis(100);
+                    backoff.reset();
                     batch
                 }
                 Err(e) => {
@@ -85,14 +91,14 @@ impl Shared {
                         *crate::mutex::lock(&self.receive_failing) += 1;
                     }
                     metrics::counter!(m::POLL_ERRORS).increment(1);
-                    tracing::error!(poller, error = %e, alert = "broker", retry_in_ms = backoff.as_millis() as u64, "receive failed; retrying");
+                    let pause = backoff.next_delay();
+                    tracing::error!(poller, error = %e, alert = "broker", retry_in_ms = pause.as_millis() as u64, "receive failed; retrying");
                     drop(permits);
                     tokio::select! {
                         biased;
                         _ = self.shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
                     continue;
                 }
             };
@@ -187,13 +193,13 @@ impl Shared {
 
     /// Wait until the lock service answers again; `false` if shutdown came first.
     async fn wait_for_locks(&self, poller: usize) -> bool {
-        let mut pause = Duration::from_millis(250);
+        let mut backoff = Backoff::new(LOCK_WAIT_BACKOFF.0, LOCK_WAIT_BACKOFF.1);
         let mut last_report = Instant::now();
         loop {
             tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => return false,
-                _ = tokio::time::sleep(pause) => {}
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
             }
             if !self.lock_outage.load(Ordering::Acquire) {
                 return true;
@@ -211,7 +217,6 @@ impl Shared {
                         tracing::warn!(poller, error = %e, "the lock service is still unavailable; messages wait on the queue");
                         last_report = Instant::now();
                     }
-                    pause = (pause * 2).min(Duration::from_secs(2));
                 }
             }
         }

@@ -362,7 +362,8 @@ async fn delete_with_retry(
     // a batch with repeated entries (BatchEntryIdsNotDistinct), so send each receipt once.
     let mut seen = HashSet::new();
     batch.retain(|d| seen.insert(d.receipt.clone()));
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff =
+        crate::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let mut failing = false;
     for attempt in 1..=8 {
         let receipts: Vec<String> = batch.iter().map(|d| d.receipt.clone()).collect();
@@ -400,8 +401,7 @@ async fn delete_with_retry(
                 failing = true;
             }
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        tokio::time::sleep(backoff.next_delay()).await;
     }
     metrics::counter!(m::DELETE_FAILURES).increment(batch.len() as u64);
     for delete in &batch {
