@@ -112,7 +112,8 @@ struct Connection {
     generation: u64,
     /// While the server is down: no new attempt before this.
     retry_at: Option<Instant>,
-    backoff: Duration,
+    /// The reconnect delays while it is down (`None` while it is up).
+    backoff: Option<crate::backoff::Backoff>,
     last_error: String,
     down: bool,
 }
@@ -331,7 +332,7 @@ impl Node {
                 state.generation += 1;
                 state.conn = Some(conn.clone());
                 state.retry_at = None;
-                state.backoff = Duration::ZERO;
+                state.backoff = None;
                 state.down = false;
                 return Ok((conn, state.generation));
             }
@@ -344,8 +345,11 @@ impl Node {
 
     fn mark_down(&self, state: &mut Connection, failure: String) {
         state.conn = None;
-        state.backoff = (state.backoff * 2).clamp(MIN_BACKOFF, MAX_BACKOFF);
-        state.retry_at = Some(Instant::now() + state.backoff);
+        let pause = state
+            .backoff
+            .get_or_insert_with(|| crate::backoff::Backoff::new(MIN_BACKOFF, MAX_BACKOFF))
+            .next_delay();
+        state.retry_at = Some(Instant::now() + pause);
         if !state.down {
             tracing::warn!(node = %self.label, error = %failure, "Redis node unreachable; reconnecting on later requests, with back-off (failed requests are counted in iniesta_lock_node_errors_total until it is back)");
         }
