@@ -5,6 +5,7 @@
 pub mod acct;
 pub mod attributes;
 pub mod check;
+pub mod completions;
 pub mod config;
 pub mod dlq;
 pub mod filter_policies;
@@ -118,6 +119,14 @@ pub enum Command {
     },
     /// The outbox of `[[egress]]`: what waits per egress; `--drain` delivers it now.
     Outbox(outbox::OutboxArgs),
+    /// Print the shell completion script: `source <(iniesta completions bash)`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page of iniesta and its commands (roff): `iniesta man | man -l -`.
+    Man,
 }
 
 /// Entry point: parse, run, map errors to exit codes.
@@ -126,6 +135,7 @@ pub fn main() -> ExitCode {
     if let Command::PluginWorker { file } = &cli.command {
         return crate::isolate::worker::main(file);
     }
+
     let format = cli.log_format;
     init_tracing(format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -218,6 +228,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Acct { command } => acct::run(command, &acct),
         Command::Outbox(args) => outbox::run(path, args, &acct).await,
         Command::Check => check::run(path).await,
+        Command::Completions { shell } => completions::completions(shell),
+        Command::Man => completions::man(),
         Command::Setup => setup::run(path).await,
         Command::FilterPolicies => filter_policies::run(path),
         Command::InitializationType => initialization_type::run(path),

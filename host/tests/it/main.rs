@@ -11,6 +11,7 @@ mod common;
 
 mod authoring;
 mod aws;
+mod completions;
 mod config_errors;
 mod conformance;
 mod console;
