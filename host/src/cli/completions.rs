@@ -26,7 +26,10 @@ pub fn man() -> anyhow::Result<ExitCode> {
     clap_mangen::Man::new(Cli::command())
         .render(&mut out)
         .context("cannot render the man page")?;
-    for sub in Cli::command().get_subcommands().filter(|s| !s.is_hide_set()) {
+    for sub in Cli::command()
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set())
+    {
         clap_mangen::Man::new(sub.clone())
             .title(format!("iniesta-{}", sub.get_name()))
             .render(&mut out)

@@ -169,14 +169,46 @@ fn fatal(format: LogFormat, message: &str) {
     }
 }
 
+/// The AWS SDK's crates log at `warn` at most, whatever `INIESTA_LOG` asks: at `info` and
+/// below they name the credentials they load (the access key id), and signing logs the
+/// canonical request, which carries it too. Their warnings and errors still show.
+const SDK_TARGETS: &[&str] = &[
+    "aws_config",
+    "aws_credential_types",
+    "aws_runtime",
+    "aws_sigv4",
+    "aws_smithy_runtime",
+    "aws_smithy_runtime_api",
+    "aws_smithy_http_client",
+    "aws_sdk_sns",
+    "aws_sdk_sqs",
+    "aws_sdk_sso",
+    "aws_sdk_ssooidc",
+    "aws_sdk_sts",
+];
+
+/// `filter` with every [`SDK_TARGETS`] crate held at `warn`.
+pub fn quiet_sdk(
+    mut filter: tracing_subscriber::filter::EnvFilter,
+) -> tracing_subscriber::filter::EnvFilter {
+    for target in SDK_TARGETS {
+        if let Ok(directive) = format!("{target}=warn").parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
+    filter
+}
+
 fn init_tracing(format: LogFormat) {
     use std::io::IsTerminal;
     use tracing_subscriber::filter::EnvFilter;
     use tracing_subscriber::fmt::writer::BoxMakeWriter;
     use tracing_subscriber::prelude::*;
-    let filter = EnvFilter::try_from_env("INIESTA_LOG")
-        .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = quiet_sdk(
+        EnvFilter::try_from_env("INIESTA_LOG")
+            .or_else(|_| EnvFilter::try_from_default_env())
+            .unwrap_or_else(|_| EnvFilter::new("info")),
+    );
     // Host-level incidents reach Sentry from the log lines that carry an `alert` or
     // `alert_cleared` field, whatever the log level shown (ops/errors/alerts.rs).
     use crate::ops::errors::alerts;

@@ -29,6 +29,33 @@ use crate::wire::{DeliveryContext, Outgoing};
 /// How long messages stay invisible while a listing or redrive pages through the queue (s).
 const HOLD_SECS: i32 = 120;
 
+/// Split `chosen` (in order) into groups whose bodies and attributes fit one
+/// `SendMessageBatch` (256 KiB); a letter too big for any batch goes alone (SQS answers for it).
+fn within_batch_bytes(chosen: Vec<Taken>) -> Vec<Vec<Taken>> {
+    let mut parts: Vec<Vec<Taken>> = Vec::new();
+    let mut bytes = 0usize;
+    for taken in chosen {
+        let size = taken.letter.body.len()
+            + taken
+                .letter
+                .attributes
+                .iter()
+                .map(|(k, a)| k.len() + a.data_type.len() + a.value.len())
+                .sum::<usize>();
+        match parts.last_mut() {
+            Some(part) if bytes + size <= crate::egress::batch::MAX_BATCH_BYTES => {
+                bytes += size;
+                part.push(taken);
+            }
+            _ => {
+                bytes = size;
+                parts.push(vec![taken]);
+            }
+        }
+    }
+    parts
+}
+
 /// The dead-letter queue on SQS.
 pub struct AwsDlq {
     broker: AwsBroker,
@@ -382,8 +409,11 @@ impl DeadLetterQueue for AwsDlq {
                     }
                     chosen.push(taken);
                 }
-                self.redrive_batch(&url, &main, chosen, &mut report, &mut keep)
-                    .await;
+                // One call per group of letters within SendMessageBatch's 256 KiB.
+                for part in within_batch_bytes(chosen) {
+                    self.redrive_batch(&url, &main, part, &mut report, &mut keep)
+                        .await;
+                }
                 if new == 0 {
                     break;
                 }

@@ -210,6 +210,18 @@ impl Queue {
         self.entries.is_empty()
     }
 
+    /// Drop the entries whose caller stopped waiting (an egress attempt that timed out: the
+    /// fan-out retries the event itself, so sending it here too would send it twice).
+    fn drop_abandoned(&mut self, target: &Target) {
+        self.entries.retain(|entry| {
+            let gone = entry.reply.as_ref().is_some_and(|r| r.is_closed());
+            if gone {
+                tracing::debug!(target = ?target, event = %entry.message.event, "publish entry dropped: its caller stopped waiting");
+            }
+            !gone
+        });
+    }
+
     /// Which entries the next batch takes at `now`: in order, those due whose group has no
     /// batch in flight and no earlier entry held back, within the count and byte limits.
     pub(crate) fn plan(&self, now: Instant, settings: &Settings) -> Plan {
@@ -437,6 +449,7 @@ async fn run(
     let mut calls: JoinSet<Sent> = JoinSet::new();
     let mut open = true;
     loop {
+        queue.drop_abandoned(&target);
         // Send every batch that is ready.
         while calls.len() < settings.max_in_flight {
             let now = Instant::now();

@@ -91,8 +91,14 @@ impl Publisher {
             event_key: config.sns.event_key.clone(),
             producer: config.does(InitializationType::SnsProducer),
             fanout: None,
-            topic_batcher: batcher_for(config, &broker, Target::Topic, topic_fifo),
-            queue_batcher: batcher_for(config, &broker, Target::Queue(None), queue_fifo),
+            topic_batcher: batcher_for(config, &broker, Target::Topic, topic_fifo, Retries::Own),
+            queue_batcher: batcher_for(
+                config,
+                &broker,
+                Target::Queue(None),
+                queue_fifo,
+                Retries::Own,
+            ),
         }
     }
 
@@ -233,6 +239,15 @@ pub fn pick_export(
     }
 }
 
+/// Who retries a batcher's failed entries.
+enum Retries {
+    /// The batcher, up to `publish.attempts` (publishes from handlers and the CLI).
+    Own,
+    /// Its caller: the egress fan-out retries each event with `[outbox]`'s policy, so its
+    /// batchers try an entry once (retrying inside as well would multiply the attempts).
+    Caller,
+}
+
 /// A batcher for `target` through `broker` with `[publish]`'s settings (one call in flight on
 /// the local broker, so its queues keep publish order); `fifo` when the destination is FIFO.
 fn batcher_for(
@@ -240,9 +255,13 @@ fn batcher_for(
     broker: &Arc<dyn Broker>,
     target: Target,
     fifo: bool,
+    retries: Retries,
 ) -> LazyBatcher {
-    let settings = batch::Settings::from_config(&config.publish)
+    let mut settings = batch::Settings::from_config(&config.publish)
         .in_order(config.broker.kind == crate::config::BrokerKind::Local);
+    if let Retries::Caller = retries {
+        settings.attempts = 1;
+    }
     let fifo = fifo.then(|| FifoSettings::from_config(config));
     LazyBatcher::new(broker.clone(), target, settings, fifo)
 }
@@ -272,7 +291,13 @@ pub fn build_fanout(
             }),
             config::BUILTIN_SNS => {
                 let topic = config.sns.topic_arn.clone().unwrap_or_default();
-                let batcher = batcher_for(config, &broker, Target::Topic, is_fifo(&topic));
+                let batcher = batcher_for(
+                    config,
+                    &broker,
+                    Target::Topic,
+                    is_fifo(&topic),
+                    Retries::Caller,
+                );
                 Ok(Arc::new(builtin::SnsEgress::new(batcher, topic)))
             }
             config::BUILTIN_SQS => {
@@ -284,7 +309,8 @@ pub fn build_fanout(
                     .unwrap_or_default()
                     .to_string();
                 let target = Target::Queue(Some(queue.clone()));
-                let batcher = batcher_for(config, &broker, target, is_fifo(&queue));
+                let batcher =
+                    batcher_for(config, &broker, target, is_fifo(&queue), Retries::Caller);
                 Ok(Arc::new(builtin::SqsEgress::new(batcher, queue)))
             }
             plugin_name => (|| {

@@ -89,6 +89,9 @@ use state::{spawn_tracked, Delete, Parts, Shared};
 /// unless a task is blocked inside an inline handler that has not returned).
 const ABANDON_GRACE: Duration = Duration::from_secs(1);
 
+/// The least time the drain gives queued deletes to go out after the handlers are done.
+const FLUSH_GRACE: Duration = Duration::from_secs(10);
+
 /// The consumer for one service.
 pub struct Pipeline {
     parts: Parts,
@@ -220,7 +223,7 @@ impl Pipeline {
         match drained {
             Ok(_) => tracing::info!(
                 drain_ms = started.elapsed().as_millis() as u64,
-                "drained: all running handlers finished and their messages are settled"
+                "drained: all running handlers finished; queued deletes go out now"
             ),
             Err(_) => tracing::warn!(
                 still_running = messages.load(Ordering::Acquire),
@@ -228,12 +231,11 @@ impl Pipeline {
                 "handlers still running at the shutdown timeout; their messages will be redelivered after their visibility timeout"
             ),
         }
-        // Send what is queued for deletion, then stop the deleter.
+        // Send what is queued for deletion, then stop the deleter: the rest of the shutdown
+        // timeout, and at least FLUSH_GRACE (a failing delete call is retried for ~20 s).
         flush.cancel();
-        if tokio::time::timeout(Duration::from_secs(10), deleter)
-            .await
-            .is_err()
-        {
+        let flush_until = deadline.max(Instant::now() + FLUSH_GRACE);
+        if tokio::time::timeout_at(flush_until, deleter).await.is_err() {
             tracing::warn!("pending deletes did not finish; those messages will be redelivered");
         }
         // The last summary line: what the drain settled.

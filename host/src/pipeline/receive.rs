@@ -59,13 +59,13 @@ impl Shared {
             };
             let want = u32::try_from(permits.len()).unwrap_or(1);
             let received_at = Instant::now();
-            metrics::gauge!(m::RECEIVES_IN_FLIGHT).increment(1.0);
+            let counted = ReceiveInFlight::count();
             let received = self
                 .parts
                 .broker
                 .receive(want, self.parts.settings.wait, &self.shutdown)
                 .await;
-            metrics::gauge!(m::RECEIVES_IN_FLIGHT).decrement(1.0);
+            drop(counted);
             let batch = match received {
                 Ok(batch) => {
                     self.parts.health.broker_answered();
@@ -97,7 +97,7 @@ impl Shared {
                     tokio::select! {
                         biased;
                         _ = self.shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(backoff.next_delay()) => {}
+                        _ = tokio::time::sleep(pause) => {}
                     }
                     continue;
                 }
@@ -470,6 +470,23 @@ impl Shared {
         }
         self.give_back(back, held, reason).await;
         drop(slots);
+    }
+}
+
+/// One receive call in the receives-in-flight gauge, until dropped (also when the loop is
+/// dropped mid-call at the end of a drain).
+struct ReceiveInFlight;
+
+impl ReceiveInFlight {
+    fn count() -> ReceiveInFlight {
+        metrics::gauge!(m::RECEIVES_IN_FLIGHT).increment(1.0);
+        ReceiveInFlight
+    }
+}
+
+impl Drop for ReceiveInFlight {
+    fn drop(&mut self) {
+        metrics::gauge!(m::RECEIVES_IN_FLIGHT).decrement(1.0);
     }
 }
 

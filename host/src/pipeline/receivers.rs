@@ -81,11 +81,11 @@ impl Receivers {
             };
             let changed = next != *n;
             *n = next;
+            // Set under the channel's lock, so racing loops cannot leave a stale value.
+            metrics::gauge!(m::RECEIVE_LOOPS).set(next as f64);
             changed
         });
-        let now = self.active();
-        metrics::gauge!(m::RECEIVE_LOOPS).set(now as f64);
-        now
+        self.active()
     }
 }
 

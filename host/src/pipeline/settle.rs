@@ -38,6 +38,8 @@ pub const MIN_DELETE_CALLS: usize = 16;
 pub fn delete_calls(slots: usize) -> usize {
     slots.div_ceil(10).max(MIN_DELETE_CALLS)
 }
+/// Tries of one delete call before its messages are given up (and redelivered).
+const DELETE_ATTEMPTS: u32 = 8;
 /// How long the deleter waits to fill a batch of ten before it sends what it has.
 pub const DELETE_LINGER: Duration = Duration::from_millis(20);
 
@@ -261,7 +263,7 @@ impl DeleteStall {
         tracing::warn!(
             slots = self.slots,
             waiting,
-            "receiving has stopped: max_in_flight acked messages wait on deletes that keep failing; it resumes when deletes succeed (or are given up and the messages redelivered)"
+            "receiving has stopped, or will once the slots in use are done: max_in_flight acked messages wait on deletes that keep failing, so the next ones keep their slots; it resumes when deletes succeed (or are given up and the messages redelivered)"
         );
     }
 
@@ -365,7 +367,7 @@ async fn delete_with_retry(
     let mut backoff =
         crate::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let mut failing = false;
-    for attempt in 1..=8 {
+    for attempt in 1..=DELETE_ATTEMPTS {
         let receipts: Vec<String> = batch.iter().map(|d| d.receipt.clone()).collect();
         match broker.delete_batch(&receipts).await {
             Ok(failures) => {
@@ -401,7 +403,9 @@ async fn delete_with_retry(
                 failing = true;
             }
         }
-        tokio::time::sleep(backoff.next_delay()).await;
+        if attempt < DELETE_ATTEMPTS {
+            tokio::time::sleep(backoff.next_delay()).await;
+        }
     }
     metrics::counter!(m::DELETE_FAILURES).increment(batch.len() as u64);
     for delete in &batch {

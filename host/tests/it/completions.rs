@@ -50,12 +50,19 @@ fn the_man_page_has_a_page_per_command_and_hides_the_internal_one() {
     let man = iniesta(&["man"]);
     assert!(man.status.success());
     let text = String::from_utf8_lossy(&man.stdout);
-    assert!(text.contains(".TH iniesta 1"), "{}", &text[..200.min(text.len())]);
+    assert!(
+        text.contains(".TH iniesta 1"),
+        "{}",
+        &text[..200.min(text.len())]
+    );
     for command in ["run", "publish", "dlq", "completions"] {
         assert!(
             text.contains(&format!(".TH iniesta-{command} 1")),
             "a page for {command}"
         );
     }
-    assert!(!text.contains("plugin-worker"), "the internal command stays hidden");
+    assert!(
+        !text.contains("plugin-worker"),
+        "the internal command stays hidden"
+    );
 }

@@ -15,6 +15,7 @@ mod completions;
 mod config_errors;
 mod conformance;
 mod console;
+mod credentials;
 mod dlq;
 mod docs_book;
 mod egress;
