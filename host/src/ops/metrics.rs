@@ -43,6 +43,9 @@ pub const LOCK_NODE_ERRORS: &str = "iniesta_lock_node_errors_total";
 /// `node`. Unstored releases expire with their locks; an unstored record means a duplicate of
 /// that message may run a handler again if it reaches only that server.
 pub const LOCK_WRITES_LOST: &str = "iniesta_lock_writes_lost_total";
+/// Always 1, labelled with the host's `version` (a dashboard joins on it to show which build
+/// runs where).
+pub const BUILD_INFO: &str = "iniesta_build_info";
 /// Messages received whose handlers have not finished and whose fate is not yet decided: the
 /// `sqs.max_in_flight` slots taken (gauge). An acked message leaves it when its delete is
 /// queued ([`DELETES_PENDING`]).
@@ -134,6 +137,7 @@ pub fn install() -> Result<Installed, OpsError> {
         .build();
     metrics::set_global_recorder(fanout).map_err(|e| OpsError::Recorder(e.to_string()))?;
     describe();
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     // Series without labels start at zero so dashboards see them before the first event.
     for name in [
         RECEIVED,
@@ -196,6 +200,7 @@ fn describe() {
         LOCK_WRITES_LOST,
         "Deferred lock writes (records, releases) a Redis server did not store, by node"
     );
+    describe_gauge!(BUILD_INFO, "Always 1, labelled with the host's version");
     describe_gauge!(
         IN_FLIGHT,
         "Messages received whose handlers have not finished (sqs.max_in_flight slots taken)"

@@ -24,6 +24,11 @@ const QUEUE: &str = "iniesta-test-receiver";
 // helpers
 
 /// An AWS config against `endpoint`: `[sqs]` gets `sqs_extra`, then `rest` (bindings, ...).
+/// `rest` plus a `/metrics` endpoint on a port the OS picks (`Host::port` finds it).
+fn with_metrics(rest: &str) -> String {
+    format!("{rest}[metrics]\nlisten = \"127.0.0.1:0\"\n")
+}
+
 fn aws_config(s: &Scratch, name: &str, endpoint: &str, sqs_extra: &str, rest: &str) -> PathBuf {
     aws_config_with(s, name, endpoint, TOPIC, sqs_extra, rest)
 }
@@ -223,7 +228,7 @@ fn a_ten_second_handler_with_a_four_second_visibility_timeout_runs_once() {
         "a.toml",
         &moto.url(),
         sqs_extra,
-        &format!("{bindings}[metrics]\nlisten = \"127.0.0.1:0\"\n"),
+        &with_metrics(&bindings),
     );
     // A second host on the same queue with its own in-process locks: if the message
     // reappeared while the first ran it, this one would run it again.
@@ -232,7 +237,7 @@ fn a_ten_second_handler_with_a_four_second_visibility_timeout_runs_once() {
         "b.toml",
         &moto.url(),
         sqs_extra,
-        &format!("{bindings}[metrics]\nlisten = \"127.0.0.1:0\"\n"),
+        &with_metrics(&bindings),
     );
     ok(&a, &["setup"]);
     let host_a = start(&a, s.path("a.log"), &[], &[], true);
@@ -289,7 +294,7 @@ fn sigterm_finishes_running_handlers_and_gives_back_what_has_not_started() {
         "iniesta.toml",
         &moto.url(),
         sqs_extra,
-        &format!("{bindings}[metrics]\nlisten = \"127.0.0.1:0\"\n"),
+        &with_metrics(&bindings),
     );
     ok(&config, &["setup"]);
     let mut host = start(&config, s.path("host.log"), &[], &[], true);
@@ -368,7 +373,7 @@ fn a_slow_handler_does_not_delay_its_batch_mates_and_receiving_stops_at_max_in_f
         "iniesta.toml",
         &moto.url(),
         sqs_extra,
-        &format!("{bindings}[metrics]\nlisten = \"127.0.0.1:0\"\n"),
+        &with_metrics(&bindings),
     );
     ok(&config, &["setup"]);
     // One batch: a slow message and two fast ones, queued before the host starts.
@@ -798,7 +803,7 @@ fn metrics_match_the_ledger_and_health_flips_with_the_broker_and_the_drain() {
         "iniesta.toml",
         &proxy.url(),
         "",
-        &format!("{bindings}[metrics]\nlisten = \"127.0.0.1:0\"\n"),
+        &with_metrics(&bindings),
     );
     let mut host = start(&config, s.path("host.log"), &[], &["--no-check"], false);
     let port = host.port();
@@ -870,6 +875,15 @@ fn metrics_match_the_ledger_and_health_flips_with_the_broker_and_the_drain() {
     );
     assert!(metric(&text, "iniesta_messages_received_total", &[]) >= seen + 1.0);
     assert_eq!(metric(&text, "iniesta_in_flight", &[]), 0.0, "{text}");
+    assert_eq!(
+        metric(
+            &text,
+            "iniesta_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        1.0,
+        "{text}"
+    );
     assert!(
         metric(&text, "iniesta_poll_errors_total", &[]) >= 1.0,
         "receives failed while the proxy was down: {text}"
