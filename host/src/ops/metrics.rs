@@ -120,6 +120,18 @@ pub struct Installed {
     pub values: Values,
 }
 
+/// The collector of the standard `process_*` gauges (RSS, CPU seconds, open and maximum file
+/// descriptors, threads, start time), under their usual Prometheus names.
+fn process() -> &'static metrics_process::Collector {
+    static COLLECTOR: std::sync::OnceLock<metrics_process::Collector> = std::sync::OnceLock::new();
+    COLLECTOR.get_or_init(metrics_process::Collector::default)
+}
+
+/// Read the process's gauges now (each `/metrics` scrape does, so they are as fresh as it).
+pub fn collect_process() {
+    process().collect();
+}
+
 /// Install the recorder for this process (Prometheus and [`Values`] behind one fan-out) and
 /// describe every metric.
 pub fn install() -> Result<Installed, OpsError> {
@@ -137,6 +149,7 @@ pub fn install() -> Result<Installed, OpsError> {
         .build();
     metrics::set_global_recorder(fanout).map_err(|e| OpsError::Recorder(e.to_string()))?;
     describe();
+    process().describe();
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     // Series without labels start at zero so dashboards see them before the first event.
     for name in [

@@ -126,11 +126,14 @@ fn answer(endpoint: &Endpoint, request: &Request<Incoming>) -> Response<Full<Byt
         );
     }
     match request.uri().path() {
-        "/metrics" => text(
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            endpoint.metrics.render(),
-        ),
+        "/metrics" => {
+            super::metrics::collect_process();
+            text(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                endpoint.metrics.render(),
+            )
+        }
         "/health" => match endpoint.health.status() {
             Ok(()) => text(
                 StatusCode::OK,

@@ -884,6 +884,13 @@ fn metrics_match_the_ledger_and_health_flips_with_the_broker_and_the_drain() {
         1.0,
         "{text}"
     );
+    // The process's own gauges, read at the scrape.
+    assert!(
+        metric(&text, "process_resident_memory_bytes", &[]) > 1e6,
+        "{text}"
+    );
+    assert!(metric(&text, "process_open_fds", &[]) >= 3.0, "{text}");
+    assert!(metric(&text, "process_threads", &[]) >= 2.0, "{text}");
     assert!(
         metric(&text, "iniesta_poll_errors_total", &[]) >= 1.0,
         "receives failed while the proxy was down: {text}"
