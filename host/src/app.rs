@@ -209,6 +209,7 @@ impl App {
                 tokio::runtime::Handle::current(),
             );
             let reloads = crate::plugins::watch::start(reloader, shutdown.clone(), &tasks);
+            watch_depths(&config, &broker, &shutdown, &tasks);
             let pipeline = Pipeline::new(broker, routes, locks, Settings::from_config(&config))
                 .with_health(health)
                 .with_error_reporter(errors.clone())
@@ -252,6 +253,36 @@ impl App {
         }
         outcome
     }
+}
+
+/// With a metrics endpoint, read the queue's and the dead-letter queue's depths every
+/// `metrics.queue_depth_interval_secs` into `iniesta_queue_messages` (ops/depth.rs).
+fn watch_depths(
+    config: &Config,
+    broker: &Arc<dyn crate::broker::Broker>,
+    shutdown: &CancellationToken,
+    tasks: &Tasks,
+) {
+    let interval = config.metrics.queue_depth_interval_secs;
+    if config.metrics.listen.is_none() || interval == 0 {
+        return;
+    }
+    let mut queues = vec![crate::ops::depth::Watched {
+        name: config.queue_name(),
+        ask: None,
+    }];
+    if let Some(dlq) = &config.sqs.dead_letter_queue {
+        queues.push(crate::ops::depth::Watched {
+            name: dlq.clone(),
+            ask: Some(dlq.clone()),
+        });
+    }
+    tasks.spawn(crate::ops::depth::run(
+        broker.clone(),
+        queues,
+        Duration::from_secs(interval),
+        shutdown.clone(),
+    ));
 }
 
 /// The metrics endpoint, /health and the console, when `[metrics] listen` or `[console]`

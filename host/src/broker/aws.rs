@@ -20,7 +20,7 @@ use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
 use super::fifo::{is_fifo, FifoSettings};
-use super::{Broker, BrokerError, DeleteFailure, Received, Target};
+use super::{Broker, BrokerError, DeleteFailure, QueueDepth, Received, Target};
 use crate::config::Config;
 use crate::wire::{Attribute, Attributes, Outgoing};
 
@@ -827,6 +827,35 @@ impl Broker for AwsBroker {
             .await
             .map_err(|e| sdk_error("DeleteMessage", e))?;
         Ok(())
+    }
+
+    async fn depth(&self, queue: Option<&str>) -> Result<QueueDepth, BrokerError> {
+        use aws_sdk_sqs::types::QueueAttributeName as Name;
+        let url = match queue {
+            None => self.queue_url().await?.to_string(),
+            Some(name) => self.url_of(name).await?,
+        };
+        let out = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(Name::ApproximateNumberOfMessages)
+            .attribute_names(Name::ApproximateNumberOfMessagesNotVisible)
+            .attribute_names(Name::ApproximateNumberOfMessagesDelayed)
+            .send()
+            .await
+            .map_err(|e| sdk_error("GetQueueAttributes", e))?;
+        let count = |name: Name| {
+            out.attributes()
+                .and_then(|a| a.get(&name))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        Ok(QueueDepth {
+            visible: count(Name::ApproximateNumberOfMessages),
+            in_flight: count(Name::ApproximateNumberOfMessagesNotVisible),
+            delayed: count(Name::ApproximateNumberOfMessagesDelayed),
+        })
     }
 
     fn describe(&self) -> String {

@@ -22,7 +22,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tokio_util::sync::CancellationToken;
 
 use super::fifo::{is_fifo, FifoSettings};
-use super::{Broker, BrokerError, DeleteFailure, Received};
+use super::{Broker, BrokerError, DeleteFailure, QueueDepth, Received};
 use crate::config::{Config, InitializationType};
 use crate::filter::{FilterPolicy, Scope};
 use crate::wire::{Attributes, Outgoing};
@@ -815,6 +815,33 @@ impl Broker for LocalBroker {
             return Err(BrokerError::StaleReceipt);
         }
         Ok(())
+    }
+
+    async fn depth(&self, queue: Option<&str>) -> Result<QueueDepth, BrokerError> {
+        let queue = queue.unwrap_or(&self.queue).to_string();
+        let clock = self.clock.clone();
+        self.db
+            .call(move |conn| {
+                let now = clock.now_ms();
+                // Not visible yet: received (in flight) or never received (a delay).
+                conn.query_row(
+                    "SELECT COALESCE(SUM(visible_ms <= ?2), 0), \
+                            COALESCE(SUM(visible_ms > ?2 AND receive_count > 0), 0), \
+                            COALESCE(SUM(visible_ms > ?2 AND receive_count = 0), 0) \
+                     FROM messages WHERE queue = ?1",
+                    params![queue, now],
+                    |r| {
+                        let n =
+                            |i: usize| r.get::<_, i64>(i).map(|v| u64::try_from(v).unwrap_or(0));
+                        Ok(QueueDepth {
+                            visible: n(0)?,
+                            in_flight: n(1)?,
+                            delayed: n(2)?,
+                        })
+                    },
+                )
+            })
+            .await
     }
 
     fn describe(&self) -> String {

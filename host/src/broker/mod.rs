@@ -51,6 +51,17 @@ pub struct DeleteFailure {
     pub stale: bool,
 }
 
+/// How many messages a queue holds, by state (SQS's approximate counts).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueDepth {
+    /// Waiting to be received (`ApproximateNumberOfMessages`).
+    pub visible: u64,
+    /// Received and not yet deleted or visible again (`ApproximateNumberOfMessagesNotVisible`).
+    pub in_flight: u64,
+    /// Sent with a delay that has not passed (`ApproximateNumberOfMessagesDelayed`).
+    pub delayed: u64,
+}
+
 /// Where a publish goes: the topic, or a queue (this service's own when `None`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Target {
@@ -209,6 +220,14 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Move a delivery to the dead-letter queue with `reason`, then delete it.
     async fn dead_letter(&self, message: &Received, reason: &str) -> Result<(), BrokerError>;
+
+    /// How many messages `queue` holds (this service's own when `None`), by state.
+    async fn depth(&self, queue: Option<&str>) -> Result<QueueDepth, BrokerError> {
+        let _ = queue;
+        Err(BrokerError::Worker(
+            "this broker does not report queue depths".into(),
+        ))
+    }
 
     /// A one-line description for logs (`local broker .iniesta/broker.db, queue q`).
     fn describe(&self) -> String;

@@ -5,24 +5,53 @@ use serde::{Deserialize, Serialize};
 use super::Problem;
 
 /// `[metrics]`: Prometheus text at `/metrics` and readiness at `/health`.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     /// The address to serve on, e.g. `"127.0.0.1:9090"`; none turns the endpoint off.
     #[serde(default)]
     pub listen: Option<String>,
+    /// How often the queue and dead-letter queue depths are read for
+    /// `iniesta_queue_messages` (s); 0 turns it off.
+    #[serde(default = "default_queue_depth_interval")]
+    pub queue_depth_interval_secs: u64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: None,
+            queue_depth_interval_secs: default_queue_depth_interval(),
+        }
+    }
+}
+
+fn default_queue_depth_interval() -> u64 {
+    30
 }
 
 impl MetricsConfig {
     /// The section's own shape: `listen` is an address and port.
     pub fn problems(&self) -> Vec<Problem> {
-        match &self.listen {
-            Some(listen) if listen.parse::<std::net::SocketAddr>().is_err() => vec![Problem::new(
-                "metrics.listen",
-                format!("`{listen}` is not an address and port, e.g. \"127.0.0.1:9090\" (remove the key to turn metrics off)"),
-            )],
-            _ => Vec::new(),
+        let mut problems = Vec::new();
+        if let Some(listen) = &self.listen {
+            if listen.parse::<std::net::SocketAddr>().is_err() {
+                problems.push(Problem::new(
+                    "metrics.listen",
+                    format!("`{listen}` is not an address and port, e.g. \"127.0.0.1:9090\" (remove the key to turn metrics off)"),
+                ));
+            }
         }
+        if self.queue_depth_interval_secs > 3600 {
+            problems.push(Problem::new(
+                "metrics.queue_depth_interval_secs",
+                format!(
+                    "{} is over 3600 (an hour); 0 turns the queue depth gauges off",
+                    self.queue_depth_interval_secs
+                ),
+            ));
+        }
+        problems
     }
 }
 
@@ -148,5 +177,25 @@ impl ErrorsConfig {
             }
         }
         problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_queue_depth_interval_is_bounded_and_zero_turns_it_off() {
+        let mut m = MetricsConfig::default();
+        assert_eq!(m.queue_depth_interval_secs, 30);
+        assert!(m.problems().is_empty());
+        m.queue_depth_interval_secs = 0;
+        assert!(m.problems().is_empty(), "0 turns it off");
+        m.queue_depth_interval_secs = 3601;
+        let problems = m.problems();
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].key, "metrics.queue_depth_interval_secs");
+        m.listen = Some("nowhere".into());
+        assert_eq!(m.problems().len(), 2, "both keys are reported");
     }
 }

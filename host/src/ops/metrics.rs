@@ -43,6 +43,10 @@ pub const LOCK_NODE_ERRORS: &str = "iniesta_lock_node_errors_total";
 /// `node`. Unstored releases expire with their locks; an unstored record means a duplicate of
 /// that message may run a handler again if it reaches only that server.
 pub const LOCK_WRITES_LOST: &str = "iniesta_lock_writes_lost_total";
+/// Messages the service's queue and dead-letter queue hold (gauge): labels `queue` (its
+/// name) and `state` (`visible`, `in_flight`, `delayed`), read every
+/// `metrics.queue_depth_interval_secs`.
+pub const QUEUE_MESSAGES: &str = "iniesta_queue_messages";
 /// Always 1, labelled with the host's `version` (a dashboard joins on it to show which build
 /// runs where).
 pub const BUILD_INFO: &str = "iniesta_build_info";
@@ -214,6 +218,10 @@ fn describe() {
         "Deferred lock writes (records, releases) a Redis server did not store, by node"
     );
     describe_gauge!(BUILD_INFO, "Always 1, labelled with the host's version");
+    describe_gauge!(
+        QUEUE_MESSAGES,
+        "Messages the queue and the dead-letter queue hold, by queue and state (visible, in_flight, delayed)"
+    );
     describe_gauge!(
         IN_FLIGHT,
         "Messages received whose handlers have not finished (sqs.max_in_flight slots taken)"

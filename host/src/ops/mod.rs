@@ -1,13 +1,14 @@
 //! Operating a running host: Prometheus metrics and readiness over HTTP ([`metrics`],
 //! [`health`], [`server`]), structured reports of handler failures ([`errors`]) and JSON
 //! logs that stay JSON when plugins write to stderr ([`logs`]), and the operator web page
-//! ([`console`]) on the same server.
+//! ([`console`]) on the same server; queue depths as gauges ([`depth`]).
 //!
 //! All of it is optional and off by default: `[metrics] listen` turns the endpoint on,
 //! `[errors] webhook_url` and `[errors.sentry]` the reports. Without a listener no metrics recorder is installed and
 //! every metric call in the pipeline is a no-op.
 
 pub mod console;
+pub mod depth;
 pub mod errors;
 pub mod health;
 pub mod logs;

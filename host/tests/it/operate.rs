@@ -24,9 +24,10 @@ const QUEUE: &str = "iniesta-test-receiver";
 // helpers
 
 /// An AWS config against `endpoint`: `[sqs]` gets `sqs_extra`, then `rest` (bindings, ...).
-/// `rest` plus a `/metrics` endpoint on a port the OS picks (`Host::port` finds it).
+/// `rest` plus a `/metrics` endpoint on a port the OS picks (`Host::port` finds it), reading
+/// the queue depths every second.
 fn with_metrics(rest: &str) -> String {
-    format!("{rest}[metrics]\nlisten = \"127.0.0.1:0\"\n")
+    format!("{rest}[metrics]\nlisten = \"127.0.0.1:0\"\nqueue_depth_interval_secs = 1\n")
 }
 
 fn aws_config(s: &Scratch, name: &str, endpoint: &str, sqs_extra: &str, rest: &str) -> PathBuf {
@@ -873,6 +874,14 @@ fn metrics_match_the_ledger_and_health_flips_with_the_broker_and_the_drain() {
         metric(&text, "iniesta_messages_dead_lettered_total", &[]),
         1.0
     );
+    // The dead letter shows in the dead-letter queue's depth (GetQueueAttributes on SQS).
+    wait_for("the DLQ depth gauge to show the dead letter", || {
+        metric(
+            &scrape(port),
+            "iniesta_queue_messages",
+            &[("queue", "iniesta-test-receiver-dlq"), ("state", "visible")],
+        ) == 1.0
+    });
     assert!(metric(&text, "iniesta_messages_received_total", &[]) >= seen + 1.0);
     assert_eq!(metric(&text, "iniesta_in_flight", &[]), 0.0, "{text}");
     assert_eq!(

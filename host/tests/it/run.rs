@@ -643,3 +643,51 @@ fn a_stuck_inline_handler_does_not_hold_the_exit() {
         "the stuck message is left for redelivery: {log}"
     );
 }
+
+/// `iniesta_queue_messages{queue, state}`: with one slot and a handler that sleeps, three
+/// published messages read as one in flight and two visible; the dead-letter queue is
+/// watched too.
+#[test]
+fn queue_depths_are_read_into_gauges() {
+    let s = Scratch::new();
+    let bindings = "[[bindings]]\nevents = [\"Slow.*\"]\nplugin = \"panicky\"\nhandler = \"sleepy\"\nconfig = { sleep_ms = 4000 }\n\
+                    [metrics]\nlisten = \"127.0.0.1:0\"\nqueue_depth_interval_secs = 1\n";
+    let config = s.config(
+        "max_in_flight = 1\nvisibility_timeout = 60\nshutdown_timeout_secs = 1",
+        bindings,
+    );
+    let host = Host::start(&config, s.path("host.log"));
+    let port = host.port();
+    for n in 0..3 {
+        publish(&config, &["Slow.One", &format!("{{\"n\":{n}}}")]);
+    }
+    let depth = |text: &str, queue: &str, state: &str| -> Option<f64> {
+        text.lines()
+            .filter(|l| l.starts_with("iniesta_queue_messages{"))
+            .filter(|l| l.contains(&format!("queue=\"{queue}\"")))
+            .find(|l| l.contains(&format!("state=\"{state}\"")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.trim().parse().ok())
+    };
+    s.wait_for("one in flight and two waiting", LIMIT, || {
+        let text = common::http_get(port, "/metrics")
+            .map(|r| r.1)
+            .unwrap_or_default();
+        depth(&text, "iniesta-test-receiver", "in_flight") == Some(1.0)
+            && depth(&text, "iniesta-test-receiver", "visible") == Some(2.0)
+    });
+    let text = common::http_get(port, "/metrics")
+        .expect("/metrics answers")
+        .1;
+    assert_eq!(
+        depth(&text, "iniesta-test-receiver", "delayed"),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        depth(&text, "iniesta-test-receiver-dlq", "visible"),
+        Some(0.0),
+        "the dead-letter queue is watched too: {text}"
+    );
+    host.stop();
+}
