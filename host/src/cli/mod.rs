@@ -55,6 +55,15 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// How a command prints its result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// Lines for people.
+    Human,
+    /// One JSON object, for scripts.
+    Json,
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -73,7 +82,7 @@ pub enum Command {
     /// Publish an event (`{event}.{service}`) to the topic, or with --queue to the queue.
     Publish(publish::PublishArgs),
     /// Verify the topic, queue, subscription, filter policy and DLQ; non-zero exit on problems.
-    Check,
+    Check(check::CheckArgs),
     /// Create the resources `check` verifies; idempotent.
     Setup,
     /// Print the subscription filter policy built from `sqs.filters`.
@@ -259,7 +268,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Publish(args) => publish::run(path, args, &acct).await,
         Command::Acct { command } => acct::run(command, &acct),
         Command::Outbox(args) => outbox::run(path, args, &acct).await,
-        Command::Check => check::run(path).await,
+        Command::Check(args) => check::run(path, args).await,
         Command::Completions { shell } => completions::completions(shell),
         Command::Man => completions::man(),
         Command::Setup => setup::run(path).await,

@@ -50,6 +50,37 @@ impl Report {
     }
 }
 
+impl Report {
+    /// The report as JSON, for scripts and CI (`iniesta check --output json`):
+    /// `{"ok", "problems", "items": [{"resource", "ok", "detail", "fix"}], "warnings":
+    /// [{"subject", "detail"}]}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let items: Vec<serde_json::Value> = self
+            .items
+            .iter()
+            .map(|i| {
+                serde_json::json!({
+                    "resource": i.resource,
+                    "ok": i.ok,
+                    "detail": i.detail,
+                    "fix": i.fix,
+                })
+            })
+            .collect();
+        let warnings: Vec<serde_json::Value> = self
+            .warnings
+            .iter()
+            .map(|(subject, detail)| serde_json::json!({ "subject": subject, "detail": detail }))
+            .collect();
+        serde_json::json!({
+            "ok": self.ok(),
+            "problems": self.items.iter().filter(|i| !i.ok).count(),
+            "items": items,
+            "warnings": warnings,
+        })
+    }
+}
+
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for item in &self.items {

@@ -1003,3 +1003,40 @@ fn without_a_dead_letter_queue_a_foreign_envelope_stays_on_the_queue_unhandled()
         "left for redelivery, not deleted"
     );
 }
+
+/// `check --output json`: one object a script can read — exit 1 with the problems before
+/// `setup`, exit 0 and `ok` after it.
+#[test]
+fn check_reports_as_json_for_scripts() {
+    let moto = Moto::start();
+    let s = Scratch::new();
+    let config = consumer(
+        &s,
+        &moto.url(),
+        "",
+        "[[bindings]]\ndefault = true\nplugin = \"echo\"\n",
+    );
+    let before = iniesta(&config, &["check", "--output", "json"]);
+    assert_eq!(before.status.code(), Some(1), "problems exit 1");
+    let report: serde_json::Value =
+        serde_json::from_slice(&before.stdout).expect("stdout is one JSON object");
+    assert_eq!(report["ok"], false);
+    assert!(report["problems"].as_u64().unwrap_or(0) >= 1, "{report}");
+    let items = report["items"].as_array().cloned().unwrap_or_default();
+    assert!(
+        items
+            .iter()
+            .any(|i| i["ok"] == false && i["fix"].as_str().is_some_and(|f| f.contains("setup"))),
+        "a problem names its fix: {report}"
+    );
+    ok(&config, &["setup"]);
+    let after = iniesta(&config, &["check", "--output", "json"]);
+    assert!(after.status.success());
+    let report: serde_json::Value =
+        serde_json::from_slice(&after.stdout).expect("stdout is one JSON object");
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["problems"], 0);
+    assert!(report["items"]
+        .as_array()
+        .is_some_and(|items| items.len() >= 3 && items.iter().all(|i| i["ok"] == true)));
+}
