@@ -52,65 +52,37 @@ impl Consumer {
 
     /// The host with `max_in_flight` slots and one loop to start (more join as receives come
     /// back full).
-    pub(crate) fn host_with_slots(max_in_flight: usize) -> Consumer {
-        Consumer::Host {
-            pollers: 1,
-            max_in_flight,
-            lock_urls: Vec::new(),
-            inline: false,
-            publish: None,
+    pub(crate) fn host_with_slots(slots: usize) -> Consumer {
+        let mut host = Consumer::host(1);
+        if let Consumer::Host { max_in_flight, .. } = &mut host {
+            *max_in_flight = slots;
         }
+        host
     }
 
     /// The host with its echo binding `inline = true`.
     pub(crate) fn inline_host(pollers: usize) -> Consumer {
-        Consumer::Host {
-            pollers,
-            max_in_flight: 20 * pollers,
-            lock_urls: Vec::new(),
-            inline: true,
-            publish: None,
+        let mut host = Consumer::host(pollers);
+        if let Consumer::Host { inline, .. } = &mut host {
+            *inline = true;
         }
+        host
     }
 
     /// The host taking its locks from these Redis servers.
-    pub(crate) fn with_locks(self, urls: Vec<String>) -> Consumer {
-        match self {
-            Consumer::Host {
-                pollers,
-                max_in_flight,
-                inline,
-                publish,
-                ..
-            } => Consumer::Host {
-                pollers,
-                max_in_flight,
-                lock_urls: urls,
-                inline,
-                publish,
-            },
-            other => other,
+    pub(crate) fn with_locks(mut self, urls: Vec<String>) -> Consumer {
+        if let Consumer::Host { lock_urls, .. } = &mut self {
+            *lock_urls = urls;
         }
+        self
     }
 
     /// The host's binding publishing `event` (to the topic) for every message it handles.
-    pub(crate) fn publishing(self, event: &str) -> Consumer {
-        match self {
-            Consumer::Host {
-                pollers,
-                max_in_flight,
-                lock_urls,
-                inline,
-                ..
-            } => Consumer::Host {
-                pollers,
-                max_in_flight,
-                lock_urls,
-                inline,
-                publish: Some(event.to_string()),
-            },
-            other => other,
+    pub(crate) fn publishing(mut self, event: &str) -> Consumer {
+        if let Consumer::Host { publish, .. } = &mut self {
+            *publish = Some(event.to_string());
         }
+        self
     }
 }
 

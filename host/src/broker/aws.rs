@@ -418,6 +418,35 @@ impl AwsBroker {
     }
 }
 
+impl AwsBroker {
+    /// Delete `receipts` from the queue at `url` in `DeleteMessageBatch` calls of ten; returns
+    /// the entries SQS refused (the own queue's deletes and the DLQ's redrive and purge).
+    pub(crate) async fn delete_batch_at(
+        &self,
+        url: &str,
+        receipts: &[String],
+    ) -> Result<Vec<DeleteFailure>, BrokerError> {
+        let mut failures = Vec::new();
+        for chunk in receipts.chunks(10) {
+            let mut request = self.sqs.delete_message_batch().queue_url(url);
+            for (i, receipt) in chunk.iter().enumerate() {
+                let entry = DeleteMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(receipt)
+                    .build()
+                    .map_err(|e| invalid_entry("DeleteMessageBatch", e))?;
+                request = request.entries(entry);
+            }
+            let out = request
+                .send()
+                .await
+                .map_err(|e| sdk_error("DeleteMessageBatch", e))?;
+            failures.extend(batch_failures(chunk, out.failed()));
+        }
+        Ok(failures)
+    }
+}
+
 /// A message for a queue, with the FIFO group and deduplication ids to send it with (`None`:
 /// the configured rules decide).
 pub(crate) struct ToQueue<'a> {
@@ -723,24 +752,7 @@ impl Broker for AwsBroker {
 
     async fn delete_batch(&self, receipts: &[String]) -> Result<Vec<DeleteFailure>, BrokerError> {
         let url = self.queue_url().await?.to_string();
-        let mut failures = Vec::new();
-        for chunk in receipts.chunks(10) {
-            let mut request = self.sqs.delete_message_batch().queue_url(&url);
-            for (i, receipt) in chunk.iter().enumerate() {
-                let entry = DeleteMessageBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .receipt_handle(receipt)
-                    .build()
-                    .map_err(|e| invalid_entry("DeleteMessageBatch", e))?;
-                request = request.entries(entry);
-            }
-            let out = request
-                .send()
-                .await
-                .map_err(|e| sdk_error("DeleteMessageBatch", e))?;
-            failures.extend(batch_failures(chunk, out.failed()));
-        }
-        Ok(failures)
+        self.delete_batch_at(&url, receipts).await
     }
 
     async fn change_visibility(&self, receipt: &str, secs: u32) -> Result<(), BrokerError> {

@@ -13,8 +13,8 @@ use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use aws_sdk_sqs::types::{
-    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
-    MessageSystemAttributeName, QueueAttributeName,
+    ChangeMessageVisibilityBatchRequestEntry, Message, MessageSystemAttributeName,
+    QueueAttributeName,
 };
 
 use super::{event_of, DeadLetter, DeadLetterQueue, DlqError, Progress, RedriveReport, Selection};
@@ -35,13 +35,7 @@ fn within_batch_bytes(chosen: Vec<Taken>) -> Vec<Vec<Taken>> {
     let mut parts: Vec<Vec<Taken>> = Vec::new();
     let mut bytes = 0usize;
     for taken in chosen {
-        let size = taken.letter.body.len()
-            + taken
-                .letter
-                .attributes
-                .iter()
-                .map(|(k, a)| k.len() + a.data_type.len() + a.value.len())
-                .sum::<usize>();
+        let size = crate::wire::size_of(&taken.letter.body, &taken.letter.attributes);
         match parts.last_mut() {
             Some(part) if bytes + size <= crate::egress::batch::MAX_BATCH_BYTES => {
                 bytes += size;
@@ -196,45 +190,6 @@ impl AwsDlq {
         }
     }
 
-    /// Delete `receipts` from `url` in calls of ten; for each receipt, why it was not deleted
-    /// (`None`: deleted). An error when a whole call failed.
-    async fn delete_all(
-        &self,
-        url: &str,
-        receipts: &[String],
-    ) -> Result<Vec<Option<String>>, BrokerError> {
-        let mut out = Vec::with_capacity(receipts.len());
-        for chunk in receipts.chunks(10) {
-            let mut request = self.broker.sqs().delete_message_batch().queue_url(url);
-            for (i, receipt) in chunk.iter().enumerate() {
-                let entry = DeleteMessageBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .receipt_handle(receipt)
-                    .build()
-                    .map_err(|e| BrokerError::Aws {
-                        operation: "DeleteMessageBatch",
-                        message: e.to_string(),
-                        retryable: false,
-                    })?;
-                request = request.entries(entry);
-            }
-            let answer = request
-                .send()
-                .await
-                .map_err(|e| sdk_error("DeleteMessageBatch", e))?;
-            let mut failed: HashMap<String, String> = answer
-                .failed()
-                .iter()
-                .map(|f| {
-                    let why = format!("{}: {}", f.code(), f.message().unwrap_or(""));
-                    (f.id().to_string(), why)
-                })
-                .collect();
-            out.extend((0..chunk.len()).map(|i| failed.remove(&i.to_string())));
-        }
-        Ok(out)
-    }
-
     /// Send `chosen` (at most ten) to the main queue in one call, then delete from the DLQ the
     /// ones sent; what was not sent stays in the DLQ (`keep`), and every failure is reported.
     async fn redrive_batch(
@@ -301,12 +256,19 @@ impl AwsDlq {
             }
         }
         let receipts: Vec<String> = delivered.iter().map(|(t, _)| t.receipt.clone()).collect();
-        let deleted = match self.delete_all(url, &receipts).await {
-            Ok(deleted) => deleted,
-            Err(e) => vec![Some(e.to_string()); receipts.len()],
-        };
-        for ((taken, new_id), not_deleted) in delivered.into_iter().zip(deleted) {
-            match not_deleted {
+        let mut not_deleted: HashMap<String, String> =
+            match self.broker.delete_batch_at(url, &receipts).await {
+                Ok(failures) => failures
+                    .into_iter()
+                    .map(|f| (f.receipt, f.reason))
+                    .collect(),
+                Err(e) => receipts
+                    .iter()
+                    .map(|r| (r.clone(), e.to_string()))
+                    .collect(),
+            };
+        for (taken, new_id) in delivered {
+            match not_deleted.remove(&taken.receipt) {
                 None => {
                     tracing::debug!(message_id = %taken.letter.id, new_message_id = %new_id, event = %taken.letter.event, "redriven");
                     report.redriven += 1;
@@ -439,8 +401,8 @@ impl DeadLetterQueue for AwsDlq {
                 .iter()
                 .filter_map(|m| m.receipt_handle().map(str::to_string))
                 .collect();
-            let answers = self.delete_all(&url, &receipts).await?;
-            deleted += answers.iter().filter(|a| a.is_none()).count() as u64;
+            let failures = self.broker.delete_batch_at(&url, &receipts).await?;
+            deleted += (receipts.len() - failures.len()) as u64;
         }
         tracing::info!(deleted, dead_letter_queue = %self.dlq, "dead-letter queue purged");
         Ok(deleted)

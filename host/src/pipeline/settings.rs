@@ -50,9 +50,10 @@ impl Settings {
 
     /// From a config.
     pub fn from_config(config: &crate::config::Config) -> Settings {
+        let (pollers, max_pollers) = config.sqs.receive_loops();
         Settings {
-            pollers: config.sqs.receive_loops().0,
-            max_pollers: config.sqs.receive_loops().1,
+            pollers,
+            max_pollers,
             max_messages: config.sqs.max_messages,
             wait: Duration::from_secs(u64::from(config.sqs.wait_time_seconds)),
             max_in_flight: config.sqs.max_in_flight,

@@ -81,13 +81,18 @@ pub struct Outgoing {
 impl Outgoing {
     /// Its size as SNS and SQS count it: the body plus every attribute's name, type and value.
     pub fn size(&self) -> usize {
-        self.body.len()
-            + self
-                .attributes
-                .iter()
-                .map(|(k, a)| k.len() + a.data_type.len() + a.value.len())
-                .sum::<usize>()
+        size_of(&self.body, &self.attributes)
     }
+}
+
+/// A message's size as SNS and SQS count it against their limits: the body plus each
+/// attribute's name, data type and value.
+pub fn size_of(body: &[u8], attributes: &Attributes) -> usize {
+    body.len()
+        + attributes
+            .iter()
+            .map(|(k, a)| k.len() + a.data_type.len() + a.value.len())
+            .sum::<usize>()
 }
 
 /// A received message, decoded.

@@ -111,16 +111,21 @@ async fn drain(
     out
 }
 
+/// [`consumer`] with one default binding to the echo plugin.
+fn echo_consumer(s: &Scratch, endpoint: &str) -> PathBuf {
+    consumer(
+        s,
+        endpoint,
+        "",
+        "[[bindings]]\ndefault = true\nplugin = \"echo\"\n",
+    )
+}
+
 #[test]
 fn setup_then_check_passes_and_check_names_each_broken_resource() {
     let moto = Moto::start();
     let s = Scratch::new();
-    let config = consumer(
-        &s,
-        &moto.url(),
-        "",
-        "[[bindings]]\ndefault = true\nplugin = \"echo\"\n",
-    );
+    let config = echo_consumer(&s, &moto.url());
     let out = iniesta(&config, &["check"]);
     assert!(!out.status.success());
     let report = String::from_utf8_lossy(&out.stdout);
@@ -699,12 +704,7 @@ fn oversize_bodies_are_refused_before_any_call() {
 fn run_without_checks_survives_a_missing_queue_and_says_so() {
     let moto = Moto::start();
     let s = Scratch::new();
-    let config = consumer(
-        &s,
-        &moto.url(),
-        "",
-        "[[bindings]]\ndefault = true\nplugin = \"echo\"\n",
-    );
+    let config = echo_consumer(&s, &moto.url());
     let file = std::fs::File::create(s.path("host.log")).expect("log");
     let child = aws_env(
         Command::new(common::bin())
@@ -1010,12 +1010,7 @@ fn without_a_dead_letter_queue_a_foreign_envelope_stays_on_the_queue_unhandled()
 fn check_reports_as_json_for_scripts() {
     let moto = Moto::start();
     let s = Scratch::new();
-    let config = consumer(
-        &s,
-        &moto.url(),
-        "",
-        "[[bindings]]\ndefault = true\nplugin = \"echo\"\n",
-    );
+    let config = echo_consumer(&s, &moto.url());
     let before = iniesta(&config, &["check", "--output", "json"]);
     assert_eq!(before.status.code(), Some(1), "problems exit 1");
     let report: serde_json::Value =
