@@ -175,7 +175,7 @@ impl App {
             if let Some(console) = &console {
                 console.watch_routes(routes.clone());
             }
-            let locks = crate::lock::from_config(&config.lock, &tasks)
+            let locks = crate::lock::from_config(&config.lock, &config.base_dir, &tasks)
                 .await
                 .map_err(AppError::Locks)?;
             tasks.spawn(watch_signals(shutdown.clone(), tasks.stopping()));

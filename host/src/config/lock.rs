@@ -1,5 +1,7 @@
 //! `[lock]`: idempotency locks (the node URLs are worked out by `lock::nodes`).
 
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
 
 use super::Problem;
@@ -8,7 +10,8 @@ use super::Problem;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LockConfig {
-    /// Redis URLs: none = in-process locks.
+    /// Redis URLs: none = in-process locks. `rediss://` for TLS, `USER:PASSWORD@` for an ACL
+    /// user.
     #[serde(default)]
     pub urls: Vec<String>,
     /// The shortcut for the Python iniesta's lock layout: one Redis server
@@ -30,6 +33,25 @@ pub struct LockConfig {
     /// so a redelivered duplicate skips it (s); 0 turns completion records off.
     #[serde(default = "default_completion_ttl")]
     pub completion_ttl_secs: u64,
+    /// `[lock.tls]`: trusted roots and a client certificate for `rediss://` servers.
+    #[serde(default)]
+    pub tls: Option<LockTlsConfig>,
+}
+
+/// `[lock.tls]`: PEM files for `rediss://` lock servers (paths relative to the config file).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockTlsConfig {
+    /// The CA certificate(s) to trust instead of the system's roots (a private CA, a
+    /// self-signed server).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate chain to present (Redis `tls-auth-clients yes`); with `key_file`.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key; with `cert_file`.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
 }
 
 /// The Redis databases the Python iniesta takes its locks in, on one server
@@ -46,6 +68,7 @@ impl Default for LockConfig {
             retry_count: default_lock_retry(),
             timeout_secs: default_lock_timeout(),
             completion_ttl_secs: default_completion_ttl(),
+            tls: None,
         }
     }
 }
@@ -63,10 +86,18 @@ fn default_completion_ttl() -> u64 {
 impl LockConfig {
     /// The section's own shape (the nodes and their quorum are checked by `lock::nodes`).
     pub fn problems(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
         if self.timeout_secs == 0 {
-            vec![Problem::new("lock.timeout_secs", "must be at least 1")]
-        } else {
-            Vec::new()
+            problems.push(Problem::new("lock.timeout_secs", "must be at least 1"));
         }
+        if let Some(tls) = &self.tls {
+            if tls.cert_file.is_some() != tls.key_file.is_some() {
+                problems.push(Problem::new(
+                    "lock.tls",
+                    "cert_file and key_file go together (a client certificate and its key)",
+                ));
+            }
+        }
+        problems
     }
 }

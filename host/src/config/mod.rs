@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 pub use broker::{BrokerConfig, BrokerKind};
 pub use egress::{EgressConfig, IngressConfig, OutboxConfig, PublishConfig};
 pub use isolate::IsolateConfig;
-pub use lock::{LockConfig, PYTHON_INIESTA_LOCK_DATABASES};
+pub use lock::{LockConfig, LockTlsConfig, PYTHON_INIESTA_LOCK_DATABASES};
 pub use ops::{ConsoleConfig, ErrorsConfig, MetricsConfig, SentryConfig};
 pub use plugins::{BindingConfig, PluginsConfig};
 pub use sns::SnsConfig;

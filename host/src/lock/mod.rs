@@ -9,6 +9,9 @@
 //!   compare-and-extend;
 //! - three or more: the Redlock quorum over independent Redis servers ([`redlock::Redlock`]).
 //!
+//! `rediss://` URLs reach Redis over TLS ([`tls`], `[lock.tls]` for a private CA or a client
+//! certificate), and `redis://USER:PASSWORD@HOST` logs in as a Redis ACL user.
+//!
 //! `[lock] server` is the shortcut for the Python iniesta's layout: Redlock over databases
 //! 1, 2 and 3 of one server ([`nodes::node_urls`]), so both sides take the
 //! same locks.
@@ -27,6 +30,7 @@ pub mod local;
 pub mod nodes;
 pub mod redis;
 pub mod redlock;
+pub mod tls;
 pub mod url;
 pub mod validity;
 
@@ -184,10 +188,14 @@ pub fn retry_delay() -> Duration {
 /// Redlock quorum for three or more. Connections are made lazily: a Redis that is down at
 /// start is logged, not fatal, and used once it answers. The flusher of deferred writes is a
 /// task of `tasks`: it ends when they stop (sending what waits) or when the locks are dropped.
+///
+/// `base_dir` resolves the relative paths of `[lock.tls]` (the config file's directory).
 pub async fn from_config(
     config: &crate::config::LockConfig,
+    base_dir: &std::path::Path,
     tasks: &Tasks,
 ) -> Result<Arc<dyn Locks>, LockError> {
+    let tls = tls::TlsFiles::load(config.tls.as_ref(), base_dir)?;
     let ttl = ttl_from_secs(config.timeout_secs.max(1));
     // Releases and completion records ride along with the next acquire; the flusher below
     // sends them when none comes within `redis::LINGER`.
@@ -199,7 +207,8 @@ pub async fn from_config(
     let locks: Arc<dyn Locks> = match urls.as_slice() {
         [] => Arc::new(LocalLocks::new()),
         [url] => Arc::new(redis::RedisLocks::new(
-            redis::Node::open(0, url, redis::Node::timeout_for(ttl))?.defer_writes(wake.clone()),
+            redis::Node::open(0, url, tls.as_ref(), redis::Node::timeout_for(ttl))?
+                .defer_writes(wake.clone()),
         )),
         [_, _] => return Err(LockError::Service(
             "two Redis servers cannot form a quorum: use none (in-process), one, or three or more"
@@ -210,7 +219,7 @@ pub async fn from_config(
                 .iter()
                 .enumerate()
                 .map(|(i, url)| {
-                    redis::Node::open(i, url, redis::Node::timeout_for(ttl))
+                    redis::Node::open(i, url, tls.as_ref(), redis::Node::timeout_for(ttl))
                         .map(|node| node.defer_writes(wake.clone()))
                 })
                 .collect::<Result<Vec<_>, _>>()?;

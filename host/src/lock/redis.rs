@@ -34,6 +34,8 @@ use std::time::Duration;
 
 use ::redis::aio::MultiplexedConnection;
 use ::redis::{AsyncConnectionConfig, Client, Pipeline, Value};
+
+use super::tls::{is_tls_url, TlsFiles};
 use async_trait::async_trait;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -163,21 +165,39 @@ impl Node {
         (ttl / 4).clamp(Duration::from_millis(250), Duration::from_secs(1))
     }
 
-    /// A node for `lock.urls[index]`; nothing is connected yet.
-    pub fn open(index: usize, url: &str, timeout: Duration) -> Result<Node, LockError> {
+    /// A node for `lock.urls[index]`; nothing is connected yet. A `rediss://` URL connects
+    /// over TLS, trusting `tls`'s roots (else the system's) and presenting its client
+    /// certificate if it has one.
+    pub fn open(
+        index: usize,
+        url: &str,
+        tls: Option<&TlsFiles>,
+        timeout: Duration,
+    ) -> Result<Node, LockError> {
         let bad = |reason: String| LockError::BadUrl {
             index,
             url: redact(url),
             reason,
         };
-        if url.starts_with("rediss://") || url.starts_with("valkeys://") {
-            return Err(bad(
-                "TLS Redis URLs are not supported yet: use redis:// (a TLS tunnel or a private network)".into(),
-            ));
-        }
-        let client = Client::open(url).map_err(|e| {
+        let opened = if is_tls_url(url) {
+            if url.contains("#insecure") {
+                return Err(bad(
+                    "certificate checks cannot be turned off (#insecure): trust the server's CA with lock.tls.ca_file".into(),
+                ));
+            }
+            match tls {
+                Some(files) => files.client(url),
+                None => {
+                    super::tls::install_crypto_provider();
+                    Client::open(url)
+                }
+            }
+        } else {
+            Client::open(url)
+        };
+        let client = opened.map_err(|e| {
             bad(format!(
-                "not a Redis URL ({e}); expected redis://[:PASSWORD@]HOST[:PORT][/DB]"
+                "not a usable Redis URL ({e}); expected redis[s]://[[USER]:PASSWORD@]HOST[:PORT][/DB]"
             ))
         })?;
         let info = client.get_connection_info();
@@ -721,17 +741,24 @@ mod tests {
     #[test]
     fn urls_are_checked_and_never_leak_a_password() {
         let t = Duration::from_secs(1);
-        let node = Node::open(0, "redis://:s3cret@127.0.0.1:6390/2", t).expect("valid");
+        let node = Node::open(0, "redis://:s3cret@127.0.0.1:6390/2", None, t).expect("valid");
         assert_eq!(node.label(), "127.0.0.1:6390/2");
-        let err = Node::open(1, "redis://:s3cret@", t).expect_err("no host");
+        let err = Node::open(1, "redis://:s3cret@", None, t).expect_err("no host");
         let text = err.to_string();
         assert!(text.contains("lock.urls[1]"), "{text}");
         assert!(!text.contains("s3cret"), "{text}");
-        let tls = Node::open(0, "rediss://u:s3cret@h:1", t).expect_err("tls");
-        assert!(!tls.to_string().contains("s3cret") && tls.to_string().contains("TLS"));
-        assert!(Node::open(0, "http://h:1", t).is_err());
+        let tls = Node::open(0, "rediss://u:s3cret@h:1", None, t).expect("TLS with system roots");
+        assert_eq!(tls.label(), "h:1");
+        let insecure =
+            Node::open(0, "rediss://u:s3cret@h:1/#insecure", None, t).expect_err("no checks");
+        let text = insecure.to_string();
+        assert!(
+            !text.contains("s3cret") && text.contains("ca_file"),
+            "{text}"
+        );
+        assert!(Node::open(0, "http://h:1", None, t).is_err());
         // A Unix socket's password is a query parameter.
-        let unix = Node::open(2, "redis+unix:///tmp/r.sock?pass=s3cret&db=x", t)
+        let unix = Node::open(2, "redis+unix:///tmp/r.sock?pass=s3cret&db=x", None, t)
             .expect_err("bad db number");
         let text = unix.to_string();
         assert!(text.contains("lock.urls[2]"), "{text}");
@@ -758,7 +785,7 @@ mod tests {
     async fn a_dead_node_fails_fast_and_never_panics() {
         // Port 1 on loopback: nothing listens there.
         let locks = RedisLocks::new(
-            Node::open(0, "redis://127.0.0.1:1", Duration::from_millis(250)).expect("valid"),
+            Node::open(0, "redis://127.0.0.1:1", None, Duration::from_millis(250)).expect("valid"),
         );
         let err = locks
             .try_acquire(&["m".into()], Duration::from_secs(5))

@@ -1,14 +1,24 @@
-//! Readiness: whether this host is consuming, as `/health` reports it.
+//! Readiness and liveness: whether this host is consuming (`/health`, `/readyz`) and whether
+//! its process and core loops are alive (`/livez`).
+//!
+//! Alive means every core loop the pipeline started (each receive loop, the deleter, the
+//! heartbeat batcher) is still running, or the host is shutting down (loops end on purpose
+//! then; `/livez` stays 200 through the drain): a loop that returned or panicked before the
+//! stop signal makes `/livez` fail,
+//! so an orchestrator restarts a host that can no longer consume. A wedged runtime answers
+//! `/livez` not at all, which probes count as a failure too.
 //!
 //! Ready means all of: the pollers are running and not draining, the broker answers (the
 //! start-up resource check passed, or a receive succeeded since; a failed receive makes the
 //! host not ready until the next one succeeds), the lock service can decide, and at least one
 //! binding is served by a loaded plugin.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
 
 use crate::route::Routes;
 
@@ -20,6 +30,35 @@ pub struct Health {
     broker_ok: AtomicBool,
     lock_outage: AtomicBool,
     routes: OnceLock<Arc<ArcSwap<Routes>>>,
+    /// Core loops that ended while the host was not draining.
+    ended: Mutex<Vec<String>>,
+}
+
+/// Held by a running core loop (see [`Health::alive_while`]); dropped before the host's stop
+/// signal fired, it records the loop as ended.
+struct LoopGuard {
+    health: Arc<Health>,
+    name: String,
+    stop: CancellationToken,
+}
+
+impl Drop for LoopGuard {
+    fn drop(&mut self) {
+        if !self.stop.is_cancelled() {
+            let panicked = std::thread::panicking();
+            tracing::error!(
+                target: "iniesta::health",
+                core_loop = %self.name,
+                panicked,
+                "a core loop ended while the host was running: /livez fails from now on"
+            );
+            self.health
+                .ended
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(self.name.clone());
+        }
+    }
 }
 
 impl std::fmt::Debug for Health {
@@ -68,6 +107,35 @@ impl Health {
         self.lock_outage.store(down, Ordering::Release);
     }
 
+    /// `task`, with `/livez` failing if it ends (returns or panics) before `stop` fires (the
+    /// signal that ends it on purpose).
+    pub fn alive_while<F: Future>(
+        self: &Arc<Self>,
+        name: impl Into<String>,
+        stop: &CancellationToken,
+        task: F,
+    ) -> impl Future<Output = F::Output> {
+        let guard = LoopGuard {
+            health: self.clone(),
+            name: name.into(),
+            stop: stop.clone(),
+        };
+        async move {
+            let _guard = guard;
+            task.await
+        }
+    }
+
+    /// `Ok` while the core loops run (or the host drains), else which loops ended.
+    pub fn liveness(&self) -> Result<(), String> {
+        let ended = self.ended.lock().unwrap_or_else(PoisonError::into_inner);
+        if ended.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("core loops ended: {}", ended.join(", ")))
+        }
+    }
+
     /// `Ok` when ready, else why not.
     pub fn status(&self) -> Result<(), String> {
         if self.draining.load(Ordering::Acquire) {
@@ -108,5 +176,34 @@ mod tests {
         assert!(health.status().unwrap_err().contains("no plugins"));
         health.draining();
         assert!(health.status().unwrap_err().contains("draining"));
+    }
+
+    #[tokio::test]
+    async fn a_core_loop_that_ends_before_the_drain_fails_liveness() {
+        let health = Health::new();
+        let stop = CancellationToken::new();
+        health.alive_while("receive loop 0", &stop, async {}).await;
+        assert_eq!(
+            health.liveness(),
+            Err("core loops ended: receive loop 0".to_string())
+        );
+        let panicked = tokio::spawn(health.alive_while("deleter", &stop, async { panic!("boom") }));
+        assert!(panicked.await.is_err());
+        assert_eq!(
+            health.liveness(),
+            Err("core loops ended: receive loop 0, deleter".to_string())
+        );
+    }
+
+    #[tokio::test]
+    async fn loops_ending_after_the_stop_signal_keep_the_host_alive() {
+        let health = Health::new();
+        let stop = CancellationToken::new();
+        let running = health.alive_while("receive loop 0", &stop, std::future::pending::<()>());
+        assert_eq!(health.liveness(), Ok(()));
+        stop.cancel();
+        drop(running);
+        health.alive_while("deleter", &stop, async {}).await;
+        assert_eq!(health.liveness(), Ok(()));
     }
 }

@@ -1,5 +1,6 @@
 //! The HTTP endpoint for `[metrics] listen`: `GET /metrics` (Prometheus text format) and
-//! `GET /health` (`200 ready`, or `503` with the reason). HTTP/1.1 over plain TCP: bind it to
+//! `GET /health` or `/readyz` (readiness: `200 ready`, or `503` with the reason) and `GET /livez`
+//! (liveness: `200 alive`, or `503` naming the core loops that ended). HTTP/1.1 over plain TCP: bind it to
 //! a loopback or private address, or put a proxy in front of it. With `[console] enabled` it
 //! also serves the operator console (`/`, `/api/...`; see [`super::console`]).
 
@@ -23,7 +24,7 @@ use crate::tasks::Tasks;
 pub struct Endpoint {
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
-    /// Answers `/health`.
+    /// Answers `/health`, `/readyz` and `/livez`.
     pub health: Arc<Health>,
     /// Serves `/` and `/api/...` when `[console] enabled`.
     pub console: Option<Arc<super::console::Console>>,
@@ -134,7 +135,19 @@ fn answer(endpoint: &Endpoint, request: &Request<Incoming>) -> Response<Full<Byt
                 endpoint.metrics.render(),
             )
         }
-        "/health" => match endpoint.health.status() {
+        "/livez" => match endpoint.health.liveness() {
+            Ok(()) => text(
+                StatusCode::OK,
+                "text/plain; charset=utf-8",
+                "alive\n".into(),
+            ),
+            Err(reason) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain; charset=utf-8",
+                format!("not alive: {reason}\n"),
+            ),
+        },
+        "/health" | "/readyz" => match endpoint.health.status() {
             Ok(()) => text(
                 StatusCode::OK,
                 "text/plain; charset=utf-8",
@@ -149,7 +162,7 @@ fn answer(endpoint: &Endpoint, request: &Request<Incoming>) -> Response<Full<Byt
         _ => text(
             StatusCode::NOT_FOUND,
             "text/plain; charset=utf-8",
-            "not found: try /metrics or /health\n".into(),
+            "not found: try /metrics, /livez, /readyz or /health\n".into(),
         ),
     }
 }

@@ -153,21 +153,29 @@ impl Pipeline {
         let messages = Arc::new(AtomicUsize::new(0));
         let tasks = TaskTracker::new();
         let abandon = CancellationToken::new();
+        let health = self.parts.health.clone();
         let deleter = spawn_tracked(
             &tasks,
             &abandon,
-            settle::run_deleter(
-                self.parts.broker.clone(),
-                delete_rx,
-                flush.clone(),
-                delete_room.clone(),
-                settings.max_in_flight,
+            health.alive_while(
+                "deleter",
+                &shutdown,
+                settle::run_deleter(
+                    self.parts.broker.clone(),
+                    delete_rx,
+                    flush.clone(),
+                    delete_room.clone(),
+                    settings.max_in_flight,
+                ),
             ),
         );
         let (heartbeats, heartbeat_task) = heartbeats::Heartbeats::new(self.parts.broker.clone());
-        spawn_tracked(&tasks, &abandon, heartbeat_task);
+        spawn_tracked(
+            &tasks,
+            &abandon,
+            health.alive_while("heartbeat batcher", &shutdown, heartbeat_task),
+        );
         let locks = self.parts.locks.clone();
-        let health = self.parts.health.clone();
         let summary = Arc::new(summary::Summary::default());
         let summary_stop = CancellationToken::new();
         let summary_task = tokio::spawn(summary::run(
@@ -191,7 +199,13 @@ impl Pipeline {
             summary,
         });
         let pollers: Vec<_> = (0..shared.receivers.max())
-            .map(|poller| shared.spawn(shared.clone().poll(poller)))
+            .map(|poller| {
+                shared.spawn(health.alive_while(
+                    format!("receive loop {poller}"),
+                    &shutdown,
+                    shared.clone().poll(poller),
+                ))
+            })
             .collect();
         health.polling_started();
         tracing::info!(broker = %shared.parts.broker.describe(), locks = %locks.describe(), pollers = settings.pollers, max_pollers = shared.receivers.max(), max_in_flight = settings.max_in_flight, "consuming");

@@ -21,7 +21,7 @@ const LIMIT: Duration = Duration::from_secs(90);
 const TEN: Duration = Duration::from_secs(10);
 
 fn node(url: &str) -> Node {
-    Node::open(0, url, Duration::from_millis(500)).expect("a valid URL")
+    Node::open(0, url, None, Duration::from_millis(500)).expect("a valid URL")
 }
 
 fn single(server: &RedisServer) -> RedisLocks {
@@ -328,9 +328,13 @@ async fn an_idle_host_releases_without_waiting_for_another_batch() {
         urls: vec![server.url()],
         ..Default::default()
     };
-    let locks = iniesta::lock::from_config(&config, &iniesta::tasks::Tasks::new())
-        .await
-        .expect("locks");
+    let locks = iniesta::lock::from_config(
+        &config,
+        std::path::Path::new("."),
+        &iniesta::tasks::Tasks::new(),
+    )
+    .await
+    .expect("locks");
     let id = uuid::Uuid::new_v4().to_string();
     let claim = take_one(locks.as_ref(), &id, TEN).await.expect("free");
     locks.release(&[claim.held]).await.expect("released");

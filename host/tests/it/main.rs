@@ -23,6 +23,7 @@ mod filter_parity;
 mod inprocess;
 mod isolate;
 mod local_broker;
+mod lock_tls;
 mod locks;
 mod operate;
 mod plugins;

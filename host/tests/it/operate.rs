@@ -784,7 +784,7 @@ fn the_local_broker_keeps_fifo_group_order_and_deduplicates() {
 // metrics and health
 
 #[test]
-fn metrics_match_the_ledger_and_health_flips_with_the_broker_and_the_drain() {
+fn metrics_match_the_ledger_and_health_flips_with_the_broker_and_the_drain_while_livez_stays_up() {
     let moto = Moto::start();
     let proxy = Proxy::start(moto.port);
     proxy.down();
@@ -817,6 +817,9 @@ fn metrics_match_the_ledger_and_health_flips_with_the_broker_and_the_drain() {
     let (status, why) = http_get(port, "/health").expect("health");
     assert_eq!(status, 503, "{why}");
     assert!(why.contains("failed"), "{why}");
+    // Kubernetes' names: not ready (do not send work), but alive (do not restart it).
+    assert_eq!(http_get(port, "/readyz"), Some((status, why)));
+    assert_eq!(http_get(port, "/livez"), Some((200, "alive\n".to_string())));
     proxy.up();
     wait_for("/health to flip to ready", || {
         http_get(port, "/health") == Some((200, "ready\n".to_string()))
@@ -923,6 +926,8 @@ fn metrics_match_the_ledger_and_health_flips_with_the_broker_and_the_drain() {
         "/health to say draining",
         || matches!(http_get(port, "/health"), Some((503, body)) if body.contains("draining")),
     );
+    // A draining host stays alive: a liveness probe must not kill it mid-drain.
+    assert_eq!(http_get(port, "/livez"), Some((200, "alive\n".to_string())));
     let (_, log) = wait_exit(&mut host);
     assert_eq!(
         depth(&rt, &moto.url(), QUEUE),

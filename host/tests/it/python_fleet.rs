@@ -354,9 +354,13 @@ fn the_lock_server_shortcut_shares_locks_with_the_python_iniesta_layout() {
         ]
     );
     rt().block_on(async {
-        let locks = iniesta::lock::from_config(&config, &iniesta::tasks::Tasks::new())
-            .await
-            .expect("locks");
+        let locks = iniesta::lock::from_config(
+            &config,
+            std::path::Path::new("."),
+            &iniesta::tasks::Tasks::new(),
+        )
+        .await
+        .expect("locks");
         assert!(locks.describe().contains("Redlock"), "{}", locks.describe());
         let db = |n: u32| {
             redis::Client::open(format!("{}/{n}", redis.url()))

@@ -87,7 +87,7 @@ impl InProcess {
         let routes =
             iniesta::route::bind(&config, &set, None, Some(tokio::runtime::Handle::current()))
                 .unwrap_or_else(|problems| panic!("the bindings bind: {problems:?}"));
-        let locks = iniesta::lock::from_config(&config.lock, &Tasks::new())
+        let locks = iniesta::lock::from_config(&config.lock, &config.base_dir, &Tasks::new())
             .await
             .expect("the lock service starts");
         let pipeline = Pipeline::new(

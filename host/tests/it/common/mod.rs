@@ -208,16 +208,17 @@ impl Host {
         Host::start_with_env(config, log, &[])
     }
 
-    /// [`Host::start`] with more environment variables.
+    /// [`Host::start`] with more environment variables (`INIESTA_LOG` among them overrides
+    /// the default `info`).
     pub fn start_with_env(config: &Path, log: PathBuf, env: &[(&str, &str)]) -> Host {
         let file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(bin())
             .arg("-c")
             .arg(config)
             .arg("run")
-            .envs(env.iter().copied())
             .env("INIESTA_LOG", "info")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
