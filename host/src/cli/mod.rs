@@ -17,6 +17,7 @@ pub mod publish;
 pub mod route;
 pub mod run;
 pub mod setup;
+pub mod table;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

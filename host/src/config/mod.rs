@@ -12,6 +12,7 @@
 pub mod broker;
 pub mod change;
 pub mod egress;
+pub mod env;
 pub mod isolate;
 pub mod lock;
 pub mod ops;
@@ -93,6 +94,31 @@ pub struct Config {
     /// The file this config was read from, if any.
     #[serde(skip)]
     pub source: Option<PathBuf>,
+    /// The environment variables that override keys of the file ([`env`]).
+    #[serde(skip)]
+    pub overrides: Vec<env::Override>,
+}
+
+/// A figment error from layering the environment over the file, naming the key and the
+/// variable that set it (the file alone parsed, so the environment is at fault).
+fn env_error(error: &figment::Error, overrides: &[env::Override]) -> String {
+    let key = error.path.join(".");
+    let vars: Vec<&str> = overrides
+        .iter()
+        .filter(|o| key.is_empty() || o.key.starts_with(&key) || key.starts_with(&o.key))
+        .map(|o| o.var.as_str())
+        .collect();
+    let from = if vars.is_empty() {
+        "the environment".to_string()
+    } else {
+        vars.join(", ")
+    };
+    let at = if key.is_empty() {
+        String::new()
+    } else {
+        format!("{key}: ")
+    };
+    format!("{at}{} (set by {from})", error.kind)
 }
 
 fn default_env() -> String {
@@ -215,10 +241,25 @@ impl Config {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
-        let mut config = Config::parse(&text, &base).map_err(|e| ConfigError::Parse {
+        let parse_error = |message: String| ConfigError::Parse {
             path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+            message,
+        };
+        // The file alone first, so its own mistakes are reported with their line.
+        let mut config = Config::parse(&text, &base).map_err(|e| parse_error(e.to_string()))?;
+        let overrides = env::overrides().map_err(parse_error)?;
+        if !overrides.is_empty() {
+            let table: toml::Table =
+                toml::from_str(&text).map_err(|e| parse_error(e.to_string()))?;
+            let template =
+                toml::Table::try_from(&config).map_err(|e| parse_error(e.to_string()))?;
+            let mut layered: Config = env::layered(&table, &template, &overrides)
+                .extract()
+                .map_err(|e| parse_error(env_error(&e, &overrides)))?;
+            layered.base_dir = config.base_dir;
+            config = layered;
+        }
+        config.overrides = overrides;
         config.source = Some(path.to_path_buf());
         Ok(config)
     }

@@ -12,6 +12,7 @@ mod common;
 mod authoring;
 mod aws;
 mod completions;
+mod config_env;
 mod config_errors;
 mod conformance;
 mod console;

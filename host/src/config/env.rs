@@ -1,0 +1,205 @@
+//! Environment overrides for every config key, layered over the file: `INIESTA_<KEY>` for a
+//! top-level key (`INIESTA_SERVICE=orders`) and `INIESTA_<SECTION>__<KEY>` for a key of a
+//! section, `__` between levels (`INIESTA_SQS__MAX_IN_FLIGHT=256`,
+//! `INIESTA_ERRORS__SENTRY__DSN=…`). Names are case-insensitive; values are read as TOML-like
+//! values (`256`, `true`, `["a", "b"]`, `{ a = 1 }`), anything else as a string. An array
+//! (`INIESTA_LOCK__URLS`, `INIESTA_BINDINGS`) is replaced whole.
+//!
+//! A variable is an override when its first level is a top-level key of `iniesta.toml`; the
+//! host's other variables (`INIESTA_LOG`, `INIESTA_CONFIG`, `INIESTA_ACCT_FILE`, …) are not.
+//! One that looks like an override with a single `_` between levels
+//! (`INIESTA_SQS_MAX_IN_FLIGHT`) is refused with the spelling that works, and an unknown key
+//! is refused like one in the file, naming the variable. figment merges the overrides over
+//! the file's table and extracts the config.
+
+use figment::providers::Serialized;
+use figment::value::Value;
+use figment::Figment;
+
+/// What every override starts with.
+pub const PREFIX: &str = "INIESTA_";
+
+/// Between levels of a key in a variable's name.
+pub const SEPARATOR: &str = "__";
+
+/// The top-level keys of `iniesta.toml` (what a variable's first level must be).
+pub const TOP_LEVEL: &[&str] = &[
+    "service",
+    "env",
+    "initialization",
+    "broker",
+    "sns",
+    "sqs",
+    "lock",
+    "plugins",
+    "bindings",
+    "metrics",
+    "errors",
+    "console",
+    "egress",
+    "ingress",
+    "outbox",
+    "publish",
+];
+
+/// One environment variable that overrides a config key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Override {
+    /// The variable, as set (`INIESTA_SQS__MAX_IN_FLIGHT`).
+    pub var: String,
+    /// The dotted key it sets (`sqs.max_in_flight`).
+    pub key: String,
+}
+
+/// The dotted key a variable name sets, if it is an override (see the module docs).
+fn key_of(name: &str) -> Option<String> {
+    let rest = name
+        .get(..PREFIX.len())
+        .filter(|p| p.eq_ignore_ascii_case(PREFIX))
+        .map(|_| &name[PREFIX.len()..])?;
+    let key = rest.to_ascii_lowercase().replace(SEPARATOR, ".");
+    let first = key.split('.').next().unwrap_or_default();
+    TOP_LEVEL.contains(&first).then_some(key)
+}
+
+/// The overrides among `vars` (name, value), in name order; an error for a variable that
+/// looks like one but separates levels with a single `_`, or has an empty level.
+pub fn overrides_in<I>(vars: I) -> Result<Vec<Override>, String>
+where
+    I: IntoIterator<Item = String>,
+{
+    let mut found = Vec::new();
+    for var in vars {
+        if let Some(key) = key_of(&var) {
+            if key.split('.').any(str::is_empty) {
+                return Err(format!(
+                    "{var}: an empty level in the name (levels are separated by exactly `{SEPARATOR}`)"
+                ));
+            }
+            found.push(Override { var, key });
+            continue;
+        }
+        let Some(rest) = var
+            .get(..PREFIX.len())
+            .filter(|p| p.eq_ignore_ascii_case(PREFIX))
+            .map(|_| var[PREFIX.len()..].to_ascii_lowercase())
+        else {
+            continue;
+        };
+        if let Some(section) = TOP_LEVEL
+            .iter()
+            .find(|t| rest.starts_with(&format!("{t}_")) && !matches!(**t, "service" | "env"))
+        {
+            let tail = &var[PREFIX.len() + section.len() + 1..];
+            return Err(format!(
+                "{var}: levels of a config key are separated by `{SEPARATOR}`: write {PREFIX}{}{SEPARATOR}{tail}",
+                section.to_ascii_uppercase()
+            ));
+        }
+    }
+    found.sort_by(|a, b| a.var.cmp(&b.var));
+    Ok(found)
+}
+
+/// The overrides in this process's environment.
+pub fn overrides() -> Result<Vec<Override>, String> {
+    overrides_in(std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()))
+}
+
+/// `file` (the config file's table) with `overrides` merged over it, as figment layers them.
+/// `template` is the file's config with every default filled in, which tells a variable's
+/// text how to read:
+/// - a key whose value there is a string takes the text as it is (`INIESTA_SERVICE=12` is the
+///   service `"12"`);
+/// - a key holding a list of strings takes comma-separated text as that list
+///   (`INIESTA_SQS__FILTERS=Order.*,Invoice.*`), or a TOML array (`["a", "b"]`);
+/// - any other key reads the text as a value (`256`, `true`, `["a"]`, `{ a = 1 }`), else as a
+///   string. Quoting forces a string (`INIESTA_SQS__QUEUE_NAME='"123"'`).
+pub fn layered(file: &toml::Table, template: &toml::Table, overrides: &[Override]) -> Figment {
+    let mut figment = Figment::from(Serialized::defaults(file));
+    for o in overrides {
+        let Some(raw) = std::env::var_os(&o.var) else {
+            continue;
+        };
+        let raw = raw.to_string_lossy().trim().to_string();
+        let value = match reading(template, &o.key, &raw) {
+            Reading::Text => Value::from(raw),
+            Reading::TextList => Value::from(
+                raw.split(',')
+                    .map(str::trim)
+                    .filter(|item| !item.is_empty())
+                    .map(|item| Value::from(item.to_string()))
+                    .collect::<Vec<_>>(),
+            ),
+            Reading::Value => raw.parse::<Value>().unwrap_or_else(|never| match never {}),
+        };
+        figment = figment.merge(Serialized::default(&o.key, value));
+    }
+    figment
+}
+
+/// How a variable's text is read for a key.
+enum Reading {
+    Text,
+    TextList,
+    Value,
+}
+
+/// How to read `raw` for `key`, from the key's value in `template`.
+fn reading(template: &toml::Table, key: &str, raw: &str) -> Reading {
+    let mut parts = key.split('.');
+    let mut current = parts.next().and_then(|first| template.get(first));
+    for part in parts {
+        current = current.and_then(|v| v.get(part));
+    }
+    match current {
+        Some(toml::Value::String(_)) if !raw.starts_with('"') => Reading::Text,
+        Some(toml::Value::Array(items))
+            if !raw.starts_with('[') && items.iter().all(toml::Value::is_str) =>
+        {
+            Reading::TextList
+        }
+        _ => Reading::Value,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(vars: &[&str]) -> Result<Vec<Override>, String> {
+        overrides_in(vars.iter().map(|v| v.to_string()))
+    }
+
+    #[test]
+    fn overrides_are_the_variables_named_for_a_key() {
+        let found = names(&[
+            "INIESTA_SQS__MAX_IN_FLIGHT",
+            "INIESTA_LOG",
+            "INIESTA_CONFIG",
+            "INIESTA_ACCT_FILE",
+            "INIESTA_MOTO_SERVER",
+            "PATH",
+            "iniesta_service",
+            "INIESTA_ERRORS__SENTRY__DSN",
+        ])
+        .expect("valid");
+        let keys: Vec<_> = found.iter().map(|o| o.key.as_str()).collect();
+        assert_eq!(keys, ["sqs.max_in_flight", "errors.sentry.dsn", "service"]);
+    }
+
+    #[test]
+    fn a_single_underscore_between_levels_is_refused_with_the_right_spelling() {
+        let err = names(&["INIESTA_SQS_MAX_IN_FLIGHT"]).expect_err("one underscore");
+        assert!(err.contains("INIESTA_SQS__MAX_IN_FLIGHT"), "{err}");
+        let err = names(&["INIESTA_SQS____X"]).expect_err("empty level");
+        assert!(err.contains("empty level"), "{err}");
+        // Variables of the host and its tools that merely share the prefix are not config.
+        assert_eq!(
+            names(&["INIESTA_ENV", "INIESTA_LOG_FORMAT"])
+                .expect("ok")
+                .len(),
+            1
+        );
+    }
+}
