@@ -185,7 +185,7 @@ mod tests {
         ])
         .expect("valid");
         let keys: Vec<_> = found.iter().map(|o| o.key.as_str()).collect();
-        assert_eq!(keys, ["sqs.max_in_flight", "errors.sentry.dsn", "service"]);
+        assert_eq!(keys, ["errors.sentry.dsn", "sqs.max_in_flight", "service"]);
     }
 
     #[test]

@@ -267,19 +267,26 @@ impl Config {
     /// Parse TOML text; relative paths will resolve against `base_dir`. The error names the
     /// line and the dotted key at fault (an unknown or mistyped one).
     pub fn parse(text: &str, base_dir: &Path) -> Result<Config, ParseError> {
-        let mut config: Config = serde_path_to_error::deserialize(toml::Deserializer::new(text))
-            .map_err(|e| {
-                let key = e.path().to_string();
-                let inner = e.into_inner();
-                let line = inner
-                    .span()
-                    .map(|span| text.get(..span.start).unwrap_or(text).matches('\n').count() + 1);
-                ParseError {
-                    key: (key != ".").then_some(key),
-                    line,
-                    message: inner.message().trim_end().to_string(),
-                }
-            })?;
+        let line_of = |error: &toml::de::Error| {
+            error
+                .span()
+                .map(|span| text.get(..span.start).unwrap_or(text).matches('\n').count() + 1)
+        };
+        // Not TOML at all: no key to name yet.
+        let document = toml::Deserializer::parse(text).map_err(|e| ParseError {
+            key: None,
+            line: line_of(&e),
+            message: e.message().trim_end().to_string(),
+        })?;
+        let mut config: Config = serde_path_to_error::deserialize(document).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            ParseError {
+                key: (key != ".").then_some(key),
+                line: line_of(&inner),
+                message: inner.message().trim_end().to_string(),
+            }
+        })?;
         config.base_dir = if base_dir.as_os_str().is_empty() {
             PathBuf::from(".")
         } else {
