@@ -95,6 +95,14 @@ set -e
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "suite: %d passed, %d failed\n", p, f }' "$log"
 
+# --- the container image (Dockerfile, scripts/container.sh; docs/src/guide/deploying.md) -------
+# Builds the Dockerfile's runtime stage around target/debug's host and echo plugin (built above;
+# it never builds Rust) and runs the default job in it. Installs podman, runc and debootstrap
+# with apt-get when missing; exits 0 with "container test skipped: <why>" when no engine can run.
+container_status=0
+bash scripts/container.sh || container_status=$?
+# --- end the container image ------------------------------------------------------------------
+
 # --- the book (docs/; docs/src/contributing.md) -----------------------------------------------
 # `mdbook build` (a failed {{#include}} only logs ERROR, so the log is checked too) and
 # `mdbook test`, which compiles the book's Rust examples against a plugin-api built in a target
@@ -142,5 +150,8 @@ if [ "$status" -ne 0 ]; then
 fi
 if [ "$book_status" -ne 0 ]; then
     exit "$book_status"
+fi
+if [ "$container_status" -ne 0 ]; then
+    exit "$container_status"
 fi
 exit "$fuzz_status"
