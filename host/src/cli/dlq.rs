@@ -4,7 +4,6 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
-use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::dlq::{DeadLetter, Progress, Selection};
 
@@ -18,9 +17,15 @@ pub enum DlqCommand {
         /// Show at most this many.
         #[arg(long, default_value_t = 50)]
         limit: usize,
-        /// Show the start of each body (bodies may hold personal data; hidden by default).
+        /// Show the start of each body (bodies may hold personal data; hidden by default); with
+        /// `--output json`, the whole body.
         #[arg(long)]
         show_bodies: bool,
+        /// `human` (a table) or `json` (one object: `queue`, `letters` with `id`, `event`,
+        /// `receive_count`, `first_seen`, `last_seen`, `reason`, `body_bytes` and, with
+        /// --show-bodies, `body`).
+        #[arg(long, value_enum, default_value_t = super::Output::Human)]
+        output: super::Output,
     },
     /// Send dead letters back to the main queue with their attributes (each is deleted from
     /// the DLQ only after the send succeeded). Without --event or --id: all of them.
@@ -50,22 +55,35 @@ pub async fn run(path: &Path, command: DlqCommand) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot open the dead-letter queue for {}", path.display()))?;
     match command {
-        DlqCommand::List { limit, show_bodies } => {
+        DlqCommand::List {
+            limit,
+            show_bodies,
+            output,
+        } => {
             let letters = dlq
                 .list(limit)
                 .await
                 .with_context(|| format!("cannot list the {}", dlq.describe()))?;
-            print!("{}", render(&letters, show_bodies));
+            match output {
+                super::Output::Human => print!("{}", render(&letters, show_bodies)),
+                super::Output::Json => {
+                    println!("{}", to_json(&dlq.describe(), &letters, show_bodies));
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         DlqCommand::Redrive { events, ids } => {
             let selection = Selection::new(&events, &ids)?;
-            let bar = Bar::new();
+            let bar = Bar(super::progress::Bar::new(
+                0,
+                "{spinner} {msg} [{bar:30}] {pos}/{len} ({eta})",
+                "redrive",
+            ));
             let report = dlq
                 .redrive(&selection, &bar)
                 .await
                 .with_context(|| format!("redrive from the {} failed", dlq.describe()))?;
-            bar.0.finish_and_clear();
+            drop(bar);
             println!(
                 "redriven {} message(s) to {}, {} left in the dead-letter queue (not selected)",
                 report.redriven,
@@ -92,30 +110,20 @@ pub async fn run(path: &Path, command: DlqCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// A progress bar on stderr (hidden when stderr is not a terminal).
-struct Bar(ProgressBar);
-
-impl Bar {
-    fn new() -> Bar {
-        let bar = ProgressBar::new(0);
-        if let Ok(style) =
-            ProgressStyle::with_template("{spinner} redrive [{bar:30}] {pos}/{len} ({eta})")
-        {
-            bar.set_style(style.progress_chars("=> "));
-        }
-        Bar(bar)
-    }
-}
+/// The redrive's progress on a bar on stderr (hidden when stderr is not a terminal; log lines
+/// print above it).
+struct Bar(super::progress::Bar);
 
 impl Progress for Bar {
     fn total(&self, total: u64) {
-        self.0.set_length(total);
+        self.0.bar().set_length(total);
     }
     fn advance(&self, n: u64) {
-        self.0.inc(n);
+        let bar = self.0.bar();
+        bar.inc(n);
         // SQS counts are estimates: never let the bar run past its end.
-        if self.0.position() > self.0.length().unwrap_or(0) {
-            self.0.set_length(self.0.position());
+        if bar.position() > bar.length().unwrap_or(0) {
+            bar.set_length(bar.position());
         }
     }
 }
@@ -136,22 +144,56 @@ pub fn render(letters: &[DeadLetter], show_bodies: bool) -> String {
     if letters.is_empty() {
         return "the dead-letter queue is empty\n".into();
     }
-    let mut out = format!(
-        "{:<36}  {:<28}  {:>8}  {:<20}  {:<20}  {:<40}  {}\n",
-        "ID", "EVENT", "RECEIVES", "FIRST SEEN", "LAST SEEN", "REASON", "BODY"
+    let mut out = super::table::render(
+        &[
+            "id",
+            "event",
+            "receives",
+            "first seen",
+            "last seen",
+            "reason",
+            "body",
+        ],
+        letters.iter().map(|l| {
+            vec![
+                l.id.clone(),
+                if l.event.is_empty() {
+                    "-".to_string()
+                } else {
+                    l.event.clone()
+                },
+                l.receive_count.to_string(),
+                time(l.first_seen_ms),
+                time(l.last_seen_ms),
+                l.reason.as_deref().unwrap_or("-").replace('\n', " "),
+                l.body_preview(show_bodies, 60),
+            ]
+        }),
     );
-    for l in letters {
-        out.push_str(&format!(
-            "{:<36}  {:<28}  {:>8}  {:<20}  {:<20}  {:<40}  {}\n",
-            l.id,
-            if l.event.is_empty() { "-" } else { &l.event },
-            l.receive_count,
-            time(l.first_seen_ms),
-            time(l.last_seen_ms),
-            l.reason.as_deref().unwrap_or("-").replace('\n', " "),
-            l.body_preview(show_bodies, 60)
-        ));
-    }
-    out.push_str(&format!("{} message(s)\n", letters.len()));
+    out.push_str(&format!("\n{} message(s)\n", letters.len()));
     out
+}
+
+/// `dlq list --output json`.
+fn to_json(queue: &str, letters: &[DeadLetter], show_bodies: bool) -> serde_json::Value {
+    let when = |ms: Option<u64>| ms.map(|ms| time(Some(ms)));
+    let letters: Vec<serde_json::Value> = letters
+        .iter()
+        .map(|l| {
+            let mut letter = serde_json::json!({
+                "id": l.id,
+                "event": l.event,
+                "receive_count": l.receive_count,
+                "first_seen": when(l.first_seen_ms),
+                "last_seen": when(l.last_seen_ms),
+                "reason": l.reason,
+                "body_bytes": l.body.len(),
+            });
+            if show_bodies {
+                letter["body"] = String::from_utf8_lossy(&l.body).into_owned().into();
+            }
+            letter
+        })
+        .collect();
+    serde_json::json!({ "queue": queue, "letters": letters })
 }

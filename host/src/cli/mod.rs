@@ -13,6 +13,7 @@ pub mod initialization_type;
 pub mod new_plugin;
 pub mod outbox;
 pub mod plugins;
+pub mod progress;
 pub mod publish;
 pub mod route;
 pub mod run;
@@ -96,6 +97,10 @@ pub enum Command {
         /// `check FILE.so`.
         #[command(subcommand)]
         command: Option<plugins::PluginsCommand>,
+        /// `human` (a table and notes) or `json` (one object: `plugins`, `overridden`,
+        /// `refused`, `missing`, `running_hosts`).
+        #[arg(long, value_enum, default_value_t = Output::Human)]
+        output: Output,
     },
     /// Write a ready-to-build handler plugin crate.
     NewPlugin(new_plugin::NewPluginArgs),
@@ -148,6 +153,9 @@ pub fn main() -> ExitCode {
 
     let format = cli.log_format;
     init_tracing(format);
+    if !matches!(cli.command, Command::Run(..)) {
+        restore_sigpipe();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -227,7 +235,8 @@ fn init_tracing(format: LogFormat) {
             .with(
                 tracing_subscriber::fmt::layer()
                     .with_ansi(std::io::stderr().is_terminal())
-                    .with_writer(std::io::stderr)
+                    // Above a progress bar when one is shown (publish --file, dlq redrive).
+                    .with_writer(|| progress::LogWriter)
                     .with_target(false)
                     .with_filter(filter),
             )
@@ -275,9 +284,21 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Setup => setup::run(path).await,
         Command::FilterPolicies => filter_policies::run(path),
         Command::InitializationType => initialization_type::run(path),
-        Command::Plugins { command } => plugins::run(path, command).await,
+        Command::Plugins { command, output } => plugins::run(path, command, output).await,
         Command::NewPlugin(args) => new_plugin::run(args),
         Command::Config { command } => config::run(path, command),
         Command::PluginWorker { file } => Ok(crate::isolate::worker::main(&file)),
+    }
+}
+
+/// A printing command piped into `head` or `grep -q` ends quietly when the reader leaves, as
+/// Unix tools do, instead of panicking on a broken pipe: SIGPIPE goes back to its default
+/// (Rust's runtime ignores it). `run` keeps it ignored, so a peer that closes a socket is an
+/// error on that write, never the end of the host.
+fn restore_sigpipe() {
+    // SAFETY: resetting a signal's disposition to SIG_DFL at start-up, before any thread that
+    // could be writing exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

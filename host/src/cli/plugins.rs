@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
+use super::Output;
 use crate::plugins::PluginSet;
 
 /// `iniesta plugins ...`.
@@ -23,13 +24,26 @@ pub enum PluginsCommand {
 
 /// `iniesta plugins`: the table, the configured egresses, the running hosts; exit 1 when a
 /// file was refused.
-pub async fn run(path: &Path, command: Option<PluginsCommand>) -> anyhow::Result<ExitCode> {
+pub async fn run(
+    path: &Path,
+    command: Option<PluginsCommand>,
+    output: Output,
+) -> anyhow::Result<ExitCode> {
     match command {
         Some(PluginsCommand::Check { file }) => Ok(check(&file)),
         None => {
             let config = crate::validate::load(path)?;
             let set = PluginSet::scan(&config.plugin_dirs());
             let hosts = crate::plugins::watch::running_hosts(&config);
+            let status = if set.refused.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            };
+            if output == Output::Json {
+                println!("{}", to_json(&config, &set, &hosts));
+                return Ok(status);
+            }
             print!("{}", render_plugins(&set, &hosts));
             for plugin in bound_but_missing(&config, &set) {
                 match crate::plugins::crate_type::diagnose_missing(&set.dirs, &plugin) {
@@ -42,13 +56,50 @@ pub async fn run(path: &Path, command: Option<PluginsCommand>) -> anyhow::Result
             print!("{}", crate::egress::render_configured(&config).await);
             print!("{}", render_running(&hosts));
             // Non-zero when a file was refused, so deploy scripts notice.
-            Ok(if set.refused.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            Ok(status)
         }
     }
+}
+
+/// `iniesta plugins --output json`: the same facts as the table, one object.
+fn to_json(
+    config: &crate::config::Config,
+    set: &PluginSet,
+    hosts: &[crate::plugins::watch::HostState],
+) -> serde_json::Value {
+    let plugin = |p: &crate::plugins::LoadedPlugin| {
+        serde_json::json!({
+            "name": p.name,
+            "version": p.version,
+            "api": p.abi_version,
+            "handlers": p.handlers,
+            "egresses": p.egresses,
+            "ingresses": p.ingresses,
+            "file": p.file,
+            "origin_dir": p.origin_dir,
+            "panic": if p.in_process_refusal().is_some() { "abort" } else { "unwind" },
+            "serving_generations": serving(hosts, &p.name),
+        })
+    };
+    let missing: Vec<serde_json::Value> = bound_but_missing(config, set)
+        .into_iter()
+        .map(|name| {
+            let why = crate::plugins::crate_type::diagnose_missing(&set.dirs, &name)
+                .map(|why| why.to_string())
+                .unwrap_or_else(|| "no plugin of that name in plugins.dirs".into());
+            serde_json::json!({ "plugin": name, "why": why })
+        })
+        .collect();
+    serde_json::json!({
+        "plugins": set.plugins.values().map(|p| plugin(p)).collect::<Vec<_>>(),
+        "overridden": set.overridden.iter().map(|p| plugin(p)).collect::<Vec<_>>(),
+        "refused": set.refused.iter().map(|r| serde_json::json!({
+            "file": r.file,
+            "error": r.error.to_string(),
+        })).collect::<Vec<_>>(),
+        "missing": missing,
+        "running_hosts": hosts,
+    })
 }
 
 /// `iniesta plugins check FILE`.
@@ -102,14 +153,7 @@ fn check(file: &Path) -> ExitCode {
 /// The generations of plugin `name` the running `hosts` serve (`2`, or `2,3` when hosts
 /// differ), `-` when no running host serves it.
 fn serving_generations(hosts: &[crate::plugins::watch::HostState], name: &str) -> String {
-    let mut generations: Vec<u64> = hosts
-        .iter()
-        .flat_map(|h| h.plugins.iter())
-        .filter(|p| p.name == name)
-        .map(|p| p.generation)
-        .collect();
-    generations.sort_unstable();
-    generations.dedup();
+    let generations = serving(hosts, name);
     if generations.is_empty() {
         return "-".to_string();
     }
@@ -118,6 +162,19 @@ fn serving_generations(hosts: &[crate::plugins::watch::HostState], name: &str) -
         .map(u64::to_string)
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// The generations of plugin `name` the running `hosts` serve, ascending, without repeats.
+fn serving(hosts: &[crate::plugins::watch::HostState], name: &str) -> Vec<u64> {
+    let mut generations: Vec<u64> = hosts
+        .iter()
+        .flat_map(|h| h.plugins.iter())
+        .filter(|p| p.name == name)
+        .map(|p| p.generation)
+        .collect();
+    generations.sort_unstable();
+    generations.dedup();
+    generations
 }
 
 /// Plugins the config's bindings name that no directory has.
@@ -137,23 +194,29 @@ fn bound_but_missing(config: &crate::config::Config, set: &PluginSet) -> Vec<Str
 /// their state files, so it follows their hot reloads), `-` where none runs: this command's
 /// own load of the files is not what any host serves.
 pub fn render_plugins(set: &PluginSet, hosts: &[crate::plugins::watch::HostState]) -> String {
-    let mut out = String::new();
-    out.push_str(&format!(
-        "{:<16} {:<10} {:<8} {:<4} {:<24} {:<40} {}\n",
-        "NAME", "VERSION", "API", "GEN", "HANDLERS", "FILE", "ORIGIN DIR"
-    ));
-    for plugin in set.plugins.values() {
-        out.push_str(&format!(
-            "{:<16} {:<10} {:<8} {:<4} {:<24} {:<40} {}\n",
-            plugin.name,
-            plugin.version,
-            plugin.abi_version,
-            serving_generations(hosts, &plugin.name),
-            crate::egress::exports(plugin),
-            plugin.file.display(),
-            plugin.origin_dir.display()
-        ));
-    }
+    let mut out = super::table::render(
+        &[
+            "name",
+            "version",
+            "api",
+            "gen",
+            "handlers",
+            "file",
+            "origin dir",
+        ],
+        set.plugins.values().map(|plugin| {
+            vec![
+                plugin.name.clone(),
+                plugin.version.clone(),
+                plugin.abi_version.clone(),
+                serving_generations(hosts, &plugin.name),
+                crate::egress::exports(plugin),
+                plugin.file.display().to_string(),
+                plugin.origin_dir.display().to_string(),
+            ]
+        }),
+    );
+    out.push('\n');
     for plugin in &set.overridden {
         out.push_str(&format!(
             "overridden: {} {} from {} (a later directory has a plugin of the same name)\n",

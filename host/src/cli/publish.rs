@@ -190,6 +190,17 @@ pub async fn run(
     // SendMessageBatch take 10); they enter it in file order, which keeps FIFO groups in
     // order, and their ids are printed in file order.
     let publisher = &publisher;
+    let total = events.len();
+    let started = std::time::Instant::now();
+    // A file: a bar on stderr while it goes, one summary line at the end (stdout keeps one
+    // `ID EVENT` line per event, for scripts).
+    let bar = args.file.as_ref().map(|_| {
+        super::progress::Bar::new(
+            u64::try_from(total).unwrap_or(u64::MAX),
+            "{spinner} {msg} [{bar:30}] {pos}/{len} ({per_sec}, {eta})",
+            "publish",
+        )
+    });
     // After a failure no new event is started; those already under way finish and are
     // reported, so nothing is sent without its id being printed.
     let stopped = std::sync::atomic::AtomicBool::new(false);
@@ -230,6 +241,9 @@ pub async fn run(
                     after += 1;
                 }
                 println!("{} {}", published.message_id, published.event);
+                if let Some(bar) = &bar {
+                    bar.bar().inc(1);
+                }
                 super::outbox::report_queued(&published);
             }
             Some(Err(e)) => {
@@ -242,6 +256,19 @@ pub async fn run(
             }
             None => not_sent += 1,
         }
+    }
+    drop(bar);
+    let sent = total - failed_too - not_sent - usize::from(failure.is_some());
+    if args.file.is_some() {
+        let secs = started.elapsed().as_secs_f64();
+        let to = match destination {
+            Destination::OwnQueue => format!("the queue {}", config.queue_name()),
+            Destination::Topic => "the topic".to_string(),
+        };
+        eprintln!(
+            "published {sent} of {total} event(s) to {to} in {secs:.1} s ({:.0}/s)",
+            sent as f64 / secs.max(1e-6)
+        );
     }
     if let Some(e) = failure {
         return Err(e.context(format!(

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 
 use super::attributes::{parse_attributes, read_body};
+use super::Output;
 
 /// `iniesta route` arguments.
 #[derive(Debug, clap::Args)]
@@ -19,6 +20,10 @@ pub struct RouteArgs {
     /// An attribute: `KEY=VALUE` (String), `KEY:Number=5`, `KEY:Binary=BASE64`.
     #[arg(short = 'a', long = "attribute", value_name = "KEY=VALUE")]
     pub attributes: Vec<String>,
+    /// `human` (the report) or `json` (one object: `message`, `bindings` with their `checks`,
+    /// `takers`, `schema_rejections`, `outcome`, `suggestions`).
+    #[arg(long, value_enum, default_value_t = Output::Human)]
+    pub output: Output,
 }
 
 /// `iniesta route`: print which bindings the message would reach and why.
@@ -34,6 +39,9 @@ pub fn run(path: &Path, args: RouteArgs) -> anyhow::Result<ExitCode> {
             problems,
         }
     })?;
-    print!("{report}");
+    match args.output {
+        Output::Human => print!("{}", report.text),
+        Output::Json => println!("{}", report.json),
+    }
     Ok(ExitCode::SUCCESS)
 }

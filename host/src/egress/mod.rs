@@ -132,7 +132,7 @@ impl Publisher {
         if let (Destination::Topic, Some(fanout)) = (destination, &self.fanout) {
             let message = wire::encode(event, &self.service, &self.event_key, body, attributes)?;
             let report = fanout.publish(&message).await?;
-            tracing::info!(event_id = %report.event_id, event = %message.event, queued = ?report.queued(), "published to every egress");
+            tracing::debug!(event_id = %report.event_id, event = %message.event, queued = ?report.queued(), "published to every egress");
             return Ok(Published {
                 message_id: report.message_id(),
                 queued: report.queued().into_iter().map(str::to_string).collect(),
@@ -145,7 +145,9 @@ impl Publisher {
         let message = wire::encode(event, &self.service, &self.event_key, body, attributes)?;
         let event = message.event.clone();
         let message_id = self.batcher(destination).publish(message).await?;
-        tracing::info!(message_id = %message_id, event = %event, ?destination, "published");
+        // One line per event: debug, as a handler may publish thousands a second (`publish`
+        // prints each id on stdout).
+        tracing::debug!(message_id = %message_id, event = %event, ?destination, "published");
         Ok(Published {
             message_id,
             event,

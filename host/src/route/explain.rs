@@ -34,8 +34,51 @@ pub fn message(
     )?)
 }
 
+/// What `iniesta route` prints: the report for people, and the same facts as one JSON object
+/// (`--output json`).
+#[derive(Debug, Clone)]
+pub struct Explanation {
+    /// The report, line by line.
+    pub text: String,
+    /// `message` (the header's facts), `bindings` (each with `index`, `label`, `default`,
+    /// `status` = `takes`/`skipped`/`not_needed`, and `checks`: `ok` and `check`), `takers`,
+    /// `schema_rejections`, `outcome` = `taken`/`no_binding`/`dead_lettered`, and
+    /// `suggestions`.
+    pub json: serde_json::Value,
+}
+
+/// The checks among report lines (`  ok    …`, `  FAIL  …`) as JSON.
+fn checks_of(lines: &str) -> Vec<serde_json::Value> {
+    lines
+        .lines()
+        .filter_map(|line| {
+            let (ok, check) = if let Some(rest) = line.strip_prefix("  ok    ") {
+                (true, rest)
+            } else {
+                (false, line.strip_prefix("  FAIL  ")?)
+            };
+            Some(serde_json::json!({ "ok": ok, "check": check }))
+        })
+        .collect()
+}
+
+/// The header's `name   value` lines as a JSON object.
+fn header_json(header: &str) -> serde_json::Value {
+    let fields: serde_json::Map<String, serde_json::Value> = header
+        .lines()
+        .filter_map(|line| {
+            let (name, value) = line.split_once("  ")?;
+            Some((
+                name.trim().replace(' ', "_"),
+                serde_json::Value::String(value.trim().to_string()),
+            ))
+        })
+        .collect();
+    serde_json::Value::Object(fields)
+}
+
 /// The report `iniesta route` prints.
-pub fn explain(config: &Config, envelope: &Envelope) -> Result<String, Vec<Problem>> {
+pub fn explain(config: &Config, envelope: &Envelope) -> Result<Explanation, Vec<Problem>> {
     let mut problems = Vec::new();
     let mut entries = Vec::new();
     for (index, binding) in config.bindings.iter().enumerate() {
@@ -52,6 +95,8 @@ pub fn explain(config: &Config, envelope: &Envelope) -> Result<String, Vec<Probl
     let takers: Vec<usize> = table.route(envelope).into_iter().copied().collect();
     let mut out = String::new();
     header(&mut out, config, envelope);
+    let message = header_json(&out);
+    let mut bindings = Vec::new();
     let mut rejections = Vec::new();
     for (index, binding) in config.bindings.iter().enumerate() {
         let Some(rules) = table.rules(index) else {
@@ -59,11 +104,20 @@ pub fn explain(config: &Config, envelope: &Envelope) -> Result<String, Vec<Probl
         };
         let label = label(index, binding);
         let takes = takers.contains(&index);
+        let mut entry = serde_json::json!({
+            "index": index,
+            "label": label,
+            "default": binding.default,
+            "status": if takes { "takes" } else { "skipped" },
+        });
         if binding.default && takers.iter().any(|t| *t != index) {
             let _ = writeln!(
                 out,
                 "\n{label} (default): not needed, other bindings take the message"
             );
+            entry["status"] = "not_needed".into();
+            entry["checks"] = serde_json::Value::Array(Vec::new());
+            bindings.push(entry);
             continue;
         }
         let status = if takes {
@@ -73,13 +127,22 @@ pub fn explain(config: &Config, envelope: &Envelope) -> Result<String, Vec<Probl
         };
         let default = if binding.default { " (default)" } else { "" };
         let _ = writeln!(out, "\n{label}{default}: {status}");
-        if binding.default {
+        let checks_start = out.len();
+        let relevant = if binding.default {
             let _ = writeln!(out, "  ok    no other binding takes the message");
-        } else if !events_line(&mut out, binding, envelope) {
-            // The event is not this binding's: its content rules do not matter.
+            true
+        } else {
+            events_line(&mut out, binding, envelope)
+        };
+        if relevant {
+            content_lines(&mut out, rules, envelope);
+        }
+        // The event is not this binding's: its content rules do not matter.
+        if !relevant {
+            entry["checks"] = checks_of(&out[checks_start..]).into();
+            bindings.push(entry);
             continue;
         }
-        content_lines(&mut out, rules, envelope);
         if takes {
             if let Some(schema) = &rules.schema {
                 match schema.check_showing(envelope.payload(), true) {
@@ -93,6 +156,8 @@ pub fn explain(config: &Config, envelope: &Envelope) -> Result<String, Vec<Probl
                 }
             }
         }
+        entry["checks"] = checks_of(&out[checks_start..]).into();
+        bindings.push(entry);
     }
     out.push('\n');
     let labels: Vec<String> = takers
@@ -131,7 +196,22 @@ pub fn explain(config: &Config, envelope: &Envelope) -> Result<String, Vec<Probl
             envelope.event
         );
     }
-    Ok(out)
+    let outcome = if labels.is_empty() {
+        "no_binding"
+    } else if !rejections.is_empty() {
+        "dead_lettered"
+    } else {
+        "taken"
+    };
+    let json = serde_json::json!({
+        "message": message,
+        "bindings": bindings,
+        "takers": labels,
+        "schema_rejections": rejections,
+        "outcome": outcome,
+        "suggestions": suggested.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
+    });
+    Ok(Explanation { text: out, json })
 }
 
 /// A name `iniesta route` suggests instead of the one given.
@@ -380,7 +460,7 @@ mod tests {
             .collect();
         let envelope =
             message(config, event, body.as_bytes().to_vec(), attributes).expect("message");
-        explain(config, &envelope).expect("explains")
+        explain(config, &envelope).expect("explains").text
     }
 
     #[test]
@@ -434,6 +514,50 @@ mod tests {
         // Off the subscription's filters: noted.
         let out = report(&c, "Payment.Done.svc", "{}", &[]);
         assert!(out.contains("NOTE: sqs.filters"), "{out}");
+    }
+
+    #[test]
+    fn the_json_form_carries_the_same_verdicts_and_checks() {
+        let c = config(
+            "[[bindings]]\nevents = [\"user.*\"]\nplugin = \"ledger\"\n[bindings.match]\nemail = { not = { empty = true } }\n\
+             [[bindings]]\nevents = [\"Order.*\"]\nplugin = \"echo\"\n\
+             [[bindings]]\ndefault = true\nplugin = \"echo\"\n",
+        );
+        let body =
+            r#"{"protocol":"mega","event":{"name":"user:updated","attributes":{"email":"j@x"}}}"#;
+        let envelope = message(
+            &c,
+            "user.updated.svc",
+            body.as_bytes().to_vec(),
+            Attributes::new(),
+        )
+        .expect("message");
+        let json = explain(&c, &envelope).expect("explains").json;
+        assert_eq!(json["outcome"], "taken");
+        assert_eq!(json["takers"], serde_json::json!(["bindings[0] ledger"]));
+        assert_eq!(json["message"]["event"], "`user.updated.svc`");
+        let statuses: Vec<&str> = json["bindings"]
+            .as_array()
+            .expect("bindings")
+            .iter()
+            .filter_map(|b| b["status"].as_str())
+            .collect();
+        assert_eq!(statuses, ["takes", "skipped", "not_needed"]);
+        assert_eq!(json["bindings"][0]["checks"][0]["ok"], true);
+        assert_eq!(json["bindings"][1]["checks"][0]["ok"], false);
+        assert!(json["bindings"][1]["checks"][0]["check"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("events: none of")));
+        // Nothing takes a misspelt event: the outcome says so and names the nearest.
+        let c = config("[[bindings]]\nevents = [\"Order.Created.shop\"]\nplugin = \"echo\"\n");
+        let envelope =
+            message(&c, "Order.Craeted.shop", b"{}".to_vec(), Attributes::new()).expect("message");
+        let json = explain(&c, &envelope).expect("explains").json;
+        assert_eq!(json["outcome"], "no_binding");
+        assert_eq!(
+            json["suggestions"],
+            serde_json::json!(["Order.Created.shop"])
+        );
     }
 
     /// Issue 24: "did you mean" for short names (no service suffix) as well as full ones.

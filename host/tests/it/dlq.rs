@@ -166,6 +166,40 @@ fn scenario(broker: Broker) {
         shown.contains("card-2") && shown.contains("pin-1"),
         "{shown}"
     );
+    // The same for scripts, as JSON.
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&config, &["dlq", "list", "--output", "json"]))
+            .expect("dlq list --output json prints one JSON object");
+    let letters = json["letters"].as_array().expect("letters");
+    assert_eq!(letters.len(), 5, "{json}");
+    let mut json_ids: Vec<String> = letters
+        .iter()
+        .filter_map(|l| l["id"].as_str().map(str::to_string))
+        .collect();
+    json_ids.sort();
+    assert_eq!(json_ids, dead_lettered);
+    for letter in letters {
+        assert_eq!(letter["receive_count"], 1, "{letter}");
+        assert!(
+            letter["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("flaky dead-letters")),
+            "{letter}"
+        );
+        assert!(
+            letter["body_bytes"].as_u64().is_some_and(|n| n > 0),
+            "{letter}"
+        );
+        assert!(
+            letter.get("body").is_none(),
+            "no body unless asked: {letter}"
+        );
+    }
+    let with_bodies = ok(
+        &config,
+        &["dlq", "list", "--output", "json", "--show-bodies"],
+    );
+    assert!(with_bodies.contains("card-2"), "{with_bodies}");
     let two = ok(&config, &["dlq", "list", "--limit", "2"]);
     assert_eq!(rows(&two).len(), 2, "{two}");
     // Listing leaves every message in the DLQ (on SQS: received, then made visible again).

@@ -5,7 +5,7 @@ use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::load::{handled_per_seq, marks_in_order, Load};
@@ -16,29 +16,7 @@ const POISON: &[&str] = &["segfault", "abort", "exit", "oom", "hang", "orphan"];
 
 /// `iniesta run` with extra environment variables (a secret among them).
 fn start_host(config: &Path, log: PathBuf, env: &[(&str, &str)]) -> Host {
-    let file = std::fs::File::create(&log).expect("log file");
-    let child = Command::new(common::bin())
-        .arg("-c")
-        .arg(config)
-        .arg("run")
-        .env("INIESTA_LOG", "info")
-        .env("NO_COLOR", "1")
-        .envs(env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(file)
-        .spawn()
-        .expect("iniesta run starts");
-    let host = Host { child, log };
-    let start = Instant::now();
-    while !host.log_text().contains("consuming") {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "host did not start:\n{}",
-            host.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    host
+    Host::start_with_env(config, log, env)
 }
 
 fn process_alive(pid: u32) -> bool {
@@ -134,7 +112,12 @@ listen = "127.0.0.1:0"
     let mut host = start_host(
         &config,
         s.path("host.log"),
-        &[("ISOLATE_VISIBLE", "yes"), ("ISOLATE_SECRET", "hunter2")],
+        &[
+            ("ISOLATE_VISIBLE", "yes"),
+            ("ISOLATE_SECRET", "hunter2"),
+            // Events handlers publish are logged at debug (one line per event).
+            ("INIESTA_LOG", "info,iniesta::egress=debug"),
+        ],
     );
     let port = host.port();
     let rt = tokio::runtime::Runtime::new().expect("runtime");

@@ -11,6 +11,7 @@ mod common;
 
 mod authoring;
 mod aws;
+mod cli_output;
 mod completions;
 mod config_env;
 mod config_errors;
