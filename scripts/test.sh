@@ -84,6 +84,34 @@ cargo build --workspace --all-targets
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
+# --- cargo-deny: licenses, bans, sources, advisories (deny.toml) -------------------------------
+# cargo-deny from crates.io, pinned, installed once under ~/.cache/iniesta (a few minutes cold).
+# Advisories need the RustSec database, which lives on GitHub (not reachable from these
+# machines): a local copy of github.com/rustsec/advisory-db at $INIESTA_ADVISORY_DB (default
+# ~/.cache/iniesta/advisory-db) is checked; without one the script says so and skips only that.
+DENY_VERSION="0.20.2"
+DENY_ROOT="${XDG_CACHE_HOME:-$HOME/.cache}/iniesta/cargo-deny-$DENY_VERSION"
+if [ ! -x "$DENY_ROOT/bin/cargo-deny" ]; then
+    echo "==> installing cargo-deny $DENY_VERSION into $DENY_ROOT"
+    if ! cargo install cargo-deny --locked --version "$DENY_VERSION" --root "$DENY_ROOT"; then
+        DENY_ROOT="$PWD/target/cargo-deny-$DENY_VERSION"
+        cargo install cargo-deny --locked --version "$DENY_VERSION" --root "$DENY_ROOT"
+    fi
+fi
+echo "==> cargo deny check licenses bans sources"
+"$DENY_ROOT/bin/cargo-deny" --offline check licenses bans sources
+ADVISORY_DB="${INIESTA_ADVISORY_DB:-${XDG_CACHE_HOME:-$HOME/.cache}/iniesta/advisory-db}"
+if [ -d "$ADVISORY_DB/crates" ]; then
+    mkdir -p target/advisory-dbs
+    # The directory name cargo-deny derives from the database's URL.
+    ln -sfn "$ADVISORY_DB" target/advisory-dbs/advisory-db-3157b0e258782691
+    echo "==> cargo deny check advisories (database of $(git -C "$ADVISORY_DB" log -1 --format=%cs 2>/dev/null || echo 'unknown date'))"
+    "$DENY_ROOT/bin/cargo-deny" --offline check advisories
+else
+    echo "==> cargo deny check advisories skipped: no RustSec database at $ADVISORY_DB (github.com is not reachable from here; clone github.com/rustsec/advisory-db there to check)"
+fi
+# --- end cargo-deny ---------------------------------------------------------------------------
+
 echo "==> cargo test"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
