@@ -11,9 +11,15 @@ pub enum ScaffoldError {
     /// The target directory exists and is not empty.
     #[error("{} already exists and is not empty; pick another --dir or name", .0.display())]
     Exists(PathBuf),
-    /// plugin-api could not be found.
-    #[error("cannot find iniesta-plugin-api at {}: pass --api-path PATH to the plugin-api directory of an iniesta checkout", .0.display())]
+    /// `--api-path` does not name a plugin-api crate.
+    #[error("no iniesta-plugin-api crate at {} (no Cargo.toml): name the plugin-api directory of an iniesta checkout, or leave --api-path out to use the copy this binary carries", .0.display())]
     NoApi(PathBuf),
+    /// The carried plugin-api's manifest could not be made standalone (a build problem).
+    #[error("cannot write the plugin-api copy's manifest: {0}")]
+    Manifest(String),
+    /// `--update-api` on a directory that has no vendored plugin-api.
+    #[error("{} has no {VENDORED_API} to update (was it made with --api-path?)", .0.display())]
+    NotVendored(PathBuf),
     /// Writing failed.
     #[error("cannot write {}: {cause}", path.display())]
     Write {
@@ -24,9 +30,171 @@ pub enum ScaffoldError {
     },
 }
 
-/// The plugin-api this binary was built from.
-pub fn default_api_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugin-api")
+/// The plugin-api this binary was built from, as source files carried in the binary: a new
+/// plugin gets a copy (`vendor/iniesta-plugin-api`), so it builds anywhere, with no path into
+/// the checkout the binary came from and no registry.
+const API_FILES: &[(&str, &str)] = &[
+    ("src/lib.rs", include_str!("../../plugin-api/src/lib.rs")),
+    (
+        "src/config.rs",
+        include_str!("../../plugin-api/src/config.rs"),
+    ),
+    (
+        "src/context.rs",
+        include_str!("../../plugin-api/src/context.rs"),
+    ),
+    (
+        "src/egress.rs",
+        include_str!("../../plugin-api/src/egress.rs"),
+    ),
+    (
+        "src/export.rs",
+        include_str!("../../plugin-api/src/export.rs"),
+    ),
+    ("src/ffi.rs", include_str!("../../plugin-api/src/ffi.rs")),
+    (
+        "src/ingress.rs",
+        include_str!("../../plugin-api/src/ingress.rs"),
+    ),
+    (
+        "src/message.rs",
+        include_str!("../../plugin-api/src/message.rs"),
+    ),
+    (
+        "src/outcome.rs",
+        include_str!("../../plugin-api/src/outcome.rs"),
+    ),
+    (
+        "src/payload.rs",
+        include_str!("../../plugin-api/src/payload.rs"),
+    ),
+    (
+        "src/testing.rs",
+        include_str!("../../plugin-api/src/testing.rs"),
+    ),
+    ("GUIDE.md", include_str!("../../plugin-api/GUIDE.md")),
+];
+
+/// The plugin-api's manifest and the workspace's (its `workspace = true` entries come from the
+/// latter), to write the copy's standalone manifest.
+const API_MANIFEST: &str = include_str!("../../plugin-api/Cargo.toml");
+const WORKSPACE_MANIFEST: &str = include_str!("../../Cargo.toml");
+
+/// Where a new plugin keeps its copy of the plugin-api, relative to its crate.
+pub const VENDORED_API: &str = "vendor/iniesta-plugin-api";
+
+/// The version of the plugin-api this binary carries (and speaks).
+pub fn api_version() -> String {
+    iniesta_plugin_api::ABI_VERSION.to_string()
+}
+
+/// The copy's standalone `Cargo.toml`: the plugin-api's own, with every `workspace = true`
+/// resolved from the workspace's tables (as `cargo package` does).
+fn standalone_api_manifest() -> Result<String, String> {
+    let api: toml::Table = toml::from_str(API_MANIFEST).map_err(|e| e.to_string())?;
+    let workspace: toml::Table = toml::from_str(WORKSPACE_MANIFEST).map_err(|e| e.to_string())?;
+    let ws = workspace.get("workspace").and_then(toml::Value::as_table);
+    let inherited = |table: &str, key: &str| -> Option<toml::Value> {
+        ws.and_then(|w| w.get(table))
+            .and_then(toml::Value::as_table)
+            .and_then(|t| t.get(key))
+            .cloned()
+    };
+    let is_inherited = |value: &toml::Value| {
+        value
+            .as_table()
+            .and_then(|t| t.get("workspace"))
+            .and_then(toml::Value::as_bool)
+            == Some(true)
+    };
+    let mut out = toml::Table::new();
+    for (section, value) in api {
+        let Some(table) = value.as_table() else {
+            out.insert(section, value);
+            continue;
+        };
+        let mut resolved = toml::Table::new();
+        for (key, value) in table {
+            let value = if !is_inherited(value) {
+                value.clone()
+            } else if section == "package" {
+                inherited("package", key).ok_or(format!("workspace.package.{key} is missing"))?
+            } else {
+                inherited("dependencies", key)
+                    .ok_or(format!("workspace.dependencies.{key} is missing"))?
+            };
+            resolved.insert(key.clone(), value);
+        }
+        if section == "package" {
+            resolved.insert("publish".into(), toml::Value::Boolean(false));
+        }
+        out.insert(section, toml::Value::Table(resolved));
+    }
+    let text = toml::to_string(&out).map_err(|e| e.to_string())?;
+    Ok(format!(
+        "# iniesta-plugin-api {}, copied by `iniesta new-plugin` from the iniesta binary that speaks\n\
+         # it. Do not edit: `iniesta new-plugin --update-api DIR` replaces it with the copy a newer\n\
+         # host carries. A path dependency inside the plugin's crate: a member of its workspace.\n\n{text}",
+        api_version()
+    ))
+}
+
+/// Replace the plugin-api copy of the plugin crate at `crate_dir` with the one this binary
+/// carries (after upgrading the host); its `Cargo.toml`'s pinned version is updated too.
+pub fn update_api(crate_dir: &Path) -> Result<PathBuf, ScaffoldError> {
+    if !crate_dir.join(VENDORED_API).join("Cargo.toml").exists() {
+        return Err(ScaffoldError::NotVendored(crate_dir.to_path_buf()));
+    }
+    let manifest_path = crate_dir.join("Cargo.toml");
+    let manifest =
+        std::fs::read_to_string(&manifest_path).map_err(|cause| ScaffoldError::Write {
+            path: manifest_path.clone(),
+            cause,
+        })?;
+    let pin = format!(
+        "version = \"={}\", path = \"{VENDORED_API}\"",
+        api_version()
+    );
+    let updated: Vec<String> = manifest
+        .lines()
+        .map(|line| match line.strip_prefix("iniesta-plugin-api = ") {
+            Some(_) => format!("iniesta-plugin-api = {{ {pin} }}"),
+            None => line.to_string(),
+        })
+        .collect();
+    write_file(&manifest_path, &(updated.join("\n") + "\n"))?;
+    write_api(crate_dir)
+}
+
+/// Write the plugin-api copy into `crate_dir/vendor/iniesta-plugin-api`, replacing an older
+/// one.
+pub fn write_api(crate_dir: &Path) -> Result<PathBuf, ScaffoldError> {
+    let dir = crate_dir.join(VENDORED_API);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|cause| ScaffoldError::Write {
+            path: dir.clone(),
+            cause,
+        })?;
+    }
+    let manifest = standalone_api_manifest().map_err(ScaffoldError::Manifest)?;
+    write_file(&dir.join("Cargo.toml"), &manifest)?;
+    for (path, text) in API_FILES {
+        write_file(&dir.join(path), text)?;
+    }
+    Ok(dir)
+}
+
+fn write_file(path: &Path, text: &str) -> Result<(), ScaffoldError> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|cause| ScaffoldError::Write {
+            path: parent.to_path_buf(),
+            cause,
+        })?;
+    }
+    std::fs::write(path, text).map_err(|cause| ScaffoldError::Write {
+        path: path.to_path_buf(),
+        cause,
+    })
 }
 
 /// What was created.
@@ -76,11 +244,18 @@ pub fn create(
     {
         return Err(ScaffoldError::Exists(dir));
     }
-    let api = api.map(Path::to_path_buf).unwrap_or_else(default_api_path);
-    let api = std::fs::canonicalize(&api).map_err(|_| ScaffoldError::NoApi(api.clone()))?;
-    if !api.join("Cargo.toml").exists() {
-        return Err(ScaffoldError::NoApi(api));
-    }
+    // `--api-path`: a plugin-api checkout the user chose, named as given; by default the copy
+    // this binary carries, inside the new crate.
+    let api = match api {
+        Some(api) => {
+            if !api.join("Cargo.toml").exists() {
+                return Err(ScaffoldError::NoApi(api.to_path_buf()));
+            }
+            api.display().to_string()
+        }
+        None => VENDORED_API.to_string(),
+    };
+    let version = api_version();
     let lib = name.replace('-', "_");
     let ty = type_name(name);
     let manifest = format!(
@@ -95,7 +270,9 @@ publish = false
 {fix}
 
 [dependencies]
-iniesta-plugin-api = {{ path = "{api}" }}
+# The plugin-api this host speaks: version {version}, from {api}
+# (`iniesta new-plugin --update-api .` refreshes a vendored copy for a newer host).
+iniesta-plugin-api = {{ version = "={version}", path = "{api}" }}
 serde_json = "1"
 
 # A panic must unwind so the plugin boundary can catch it and the host retries the message.
@@ -110,7 +287,6 @@ panic = "unwind"
 # enclosing workspace instead, delete this table and add the crate to that workspace's members.
 [workspace]
 "#,
-        api = api.display(),
         fix = crate::plugins::crate_type::FIX
     );
     let source = format!(
@@ -171,18 +347,12 @@ mod tests {{
 }}
 "#
     );
-    let write = |path: PathBuf, text: &str| {
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|cause| ScaffoldError::Write {
-                path: parent.to_path_buf(),
-                cause,
-            })?;
-        }
-        std::fs::write(&path, text).map_err(|cause| ScaffoldError::Write { path, cause })
-    };
-    write(dir.join("Cargo.toml"), &manifest)?;
-    write(dir.join("src/lib.rs"), &source)?;
-    write(dir.join(".gitignore"), "/target\n")?;
+    write_file(&dir.join("Cargo.toml"), &manifest)?;
+    write_file(&dir.join("src/lib.rs"), &source)?;
+    write_file(&dir.join(".gitignore"), "/target\n")?;
+    if api == VENDORED_API {
+        write_api(&dir)?;
+    }
     Ok(Created {
         library: dir.join("target/release").join(format!("lib{lib}.so")),
         dir,

@@ -47,6 +47,29 @@ fn scaffold_build_and_run(dir: PathBuf, name: &str) {
         steps.contains("cargo build --release") && steps.contains(&format!("plugin = \"{name}\"")),
         "{steps}"
     );
+    // Nothing points into the checkout the binary was built from: the crate carries its own
+    // copy of the plugin-api, pinned by version.
+    let checkout = common::workspace_root();
+    let checkout = checkout.to_str().expect("utf-8 path");
+    for file in ["Cargo.toml", "vendor/iniesta-plugin-api/Cargo.toml"] {
+        let text = std::fs::read_to_string(dir.join(file)).expect("generated file");
+        assert!(
+            !text.contains(checkout),
+            "{file} names the checkout:\n{text}"
+        );
+        assert!(
+            !text.contains("workspace = true"),
+            "{file} is standalone:\n{text}"
+        );
+    }
+    let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).expect("manifest");
+    assert!(
+        manifest.contains(&format!(
+            "iniesta-plugin-api = {{ version = \"={}\", path = \"vendor/iniesta-plugin-api\" }}",
+            iniesta_plugin_api::ABI_VERSION
+        )),
+        "{manifest}"
+    );
     // The generated test passes as generated, then the library builds.
     cargo(&dir, &["test"]);
     cargo(&dir, &["build"]);
