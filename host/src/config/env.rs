@@ -7,8 +7,9 @@
 //!
 //! A variable is an override when its first level is a top-level key of `iniesta.toml`; the
 //! host's other variables (`INIESTA_LOG`, `INIESTA_CONFIG`, `INIESTA_ACCT_FILE`, …) are not.
-//! One that looks like an override with a single `_` between levels
-//! (`INIESTA_SQS_MAX_IN_FLIGHT`) is refused with the spelling that works, and an unknown key
+//! One that names a key with a single `_` between levels (`INIESTA_SQS_MAX_IN_FLIGHT`) is
+//! refused with the spelling that works (`INIESTA_CONSOLE_TOKEN` names no key: it is left
+//! alone), and an unknown key
 //! is refused like one in the file, naming the variable. figment merges the overrides over
 //! the file's table and extracts the config.
 
@@ -62,9 +63,11 @@ fn key_of(name: &str) -> Option<String> {
     TOP_LEVEL.contains(&first).then_some(key)
 }
 
-/// The overrides among `vars` (name, value), in name order; an error for a variable that
-/// looks like one but separates levels with a single `_`, or has an empty level.
-pub fn overrides_in<I>(vars: I) -> Result<Vec<Override>, String>
+/// The overrides among `vars` (names), in name order; an error for a variable with an empty
+/// level, or one that names a key of `template` (the config with its defaults) with a single
+/// `_` between levels (`INIESTA_SQS_MAX_IN_FLIGHT`): other variables that merely share the
+/// prefix (`INIESTA_CONSOLE_TOKEN`, a team's own) are not the config's business.
+pub fn overrides_in<I>(vars: I, template: &toml::Table) -> Result<Vec<Override>, String>
 where
     I: IntoIterator<Item = String>,
 {
@@ -86,14 +89,19 @@ where
         else {
             continue;
         };
-        if let Some(section) = TOP_LEVEL
-            .iter()
-            .find(|t| rest.starts_with(&format!("{t}_")) && !matches!(**t, "service" | "env"))
-        {
-            let tail = &var[PREFIX.len() + section.len() + 1..];
+        let meant = TOP_LEVEL.iter().find_map(|section| {
+            let tail = rest.strip_prefix(&format!("{section}_"))?;
+            template
+                .get(*section)
+                .and_then(toml::Value::as_table)
+                .is_some_and(|t| t.contains_key(tail))
+                .then_some((section, tail))
+        });
+        if let Some((section, tail)) = meant {
             return Err(format!(
-                "{var}: levels of a config key are separated by `{SEPARATOR}`: write {PREFIX}{}{SEPARATOR}{tail}",
-                section.to_ascii_uppercase()
+                "{var}: levels of a config key are separated by `{SEPARATOR}`: write {PREFIX}{}{SEPARATOR}{}",
+                section.to_ascii_uppercase(),
+                tail.to_ascii_uppercase()
             ));
         }
     }
@@ -101,9 +109,12 @@ where
     Ok(found)
 }
 
-/// The overrides in this process's environment.
-pub fn overrides() -> Result<Vec<Override>, String> {
-    overrides_in(std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()))
+/// The overrides in this process's environment (see [`overrides_in`]).
+pub fn overrides(template: &toml::Table) -> Result<Vec<Override>, String> {
+    overrides_in(
+        std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()),
+        template,
+    )
 }
 
 /// `file` (the config file's table) with `overrides` merged over it, as figment layers them.
@@ -167,8 +178,13 @@ fn reading(template: &toml::Table, key: &str, raw: &str) -> Reading {
 mod tests {
     use super::*;
 
+    fn template() -> toml::Table {
+        toml::from_str("service = \"s\"\n[sqs]\nmax_in_flight = 16\n[console]\ntoken_env = \"T\"\n")
+            .expect("toml")
+    }
+
     fn names(vars: &[&str]) -> Result<Vec<Override>, String> {
-        overrides_in(vars.iter().map(|v| v.to_string()))
+        overrides_in(vars.iter().map(|v| v.to_string()), &template())
     }
 
     #[test]
@@ -189,17 +205,20 @@ mod tests {
     }
 
     #[test]
-    fn a_single_underscore_between_levels_is_refused_with_the_right_spelling() {
+    fn a_single_underscore_before_a_known_key_is_refused_with_the_right_spelling() {
         let err = names(&["INIESTA_SQS_MAX_IN_FLIGHT"]).expect_err("one underscore");
         assert!(err.contains("INIESTA_SQS__MAX_IN_FLIGHT"), "{err}");
         let err = names(&["INIESTA_SQS____X"]).expect_err("empty level");
         assert!(err.contains("empty level"), "{err}");
-        // Variables of the host and its tools that merely share the prefix are not config.
-        assert_eq!(
-            names(&["INIESTA_ENV", "INIESTA_LOG_FORMAT"])
-                .expect("ok")
-                .len(),
-            1
-        );
+        // Variables that share the prefix but name no key are not the config's: the console's
+        // token, a team's own, the host's.
+        let found = names(&[
+            "INIESTA_CONSOLE_TOKEN",
+            "INIESTA_SQS_QUEUE_URL_FOR_MY_SCRIPT",
+            "INIESTA_ENV",
+            "INIESTA_LOG_FORMAT",
+        ])
+        .expect("ok");
+        assert_eq!(found.len(), 1, "only INIESTA_ENV: {found:?}");
     }
 }

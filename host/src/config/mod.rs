@@ -247,12 +247,13 @@ impl Config {
         };
         // The file alone first, so its own mistakes are reported with their line.
         let mut config = Config::parse(&text, &base).map_err(|e| parse_error(e.to_string()))?;
-        let overrides = env::overrides().map_err(parse_error)?;
+        // The config with its defaults: how an override's text is read, and which names are
+        // keys (an unserialisable config only loses the misspelling hint).
+        let template = toml::Table::try_from(&config).unwrap_or_default();
+        let overrides = env::overrides(&template).map_err(parse_error)?;
         if !overrides.is_empty() {
             let table: toml::Table =
                 toml::from_str(&text).map_err(|e| parse_error(e.to_string()))?;
-            let template =
-                toml::Table::try_from(&config).map_err(|e| parse_error(e.to_string()))?;
             let mut layered: Config = env::layered(&table, &template, &overrides)
                 .extract()
                 .map_err(|e| parse_error(env_error(&e, &overrides)))?;
