@@ -66,6 +66,11 @@ impl PluginsConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BindingConfig {
+    /// The binding's name in metrics (`binding` label) and the console: stable when bindings
+    /// are reordered. Default `PLUGIN/HANDLER` (or `PLUGIN`), `#2`, `#3`, … on later bindings
+    /// that would share one (see [`binding_names`]).
+    #[serde(default)]
+    pub name: Option<String>,
     /// Exact event names or globs (`*` matches any run of characters, dots included).
     #[serde(default)]
     pub events: Vec<String>,
@@ -103,6 +108,62 @@ pub struct BindingConfig {
     /// dead-lettered before any handler runs.
     #[serde(default)]
     pub schema: Option<PathBuf>,
+}
+
+/// Each binding's name, in order: its `name`, else `PLUGIN/HANDLER` (`PLUGIN` without a
+/// `handler`); a default name already taken gets `#2`, `#3`, … in file order.
+pub fn binding_names(bindings: &[BindingConfig]) -> Vec<String> {
+    let explicit: std::collections::BTreeSet<&str> =
+        bindings.iter().filter_map(|b| b.name.as_deref()).collect();
+    let mut taken: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    bindings
+        .iter()
+        .map(|b| {
+            if let Some(name) = &b.name {
+                taken.insert(name.clone());
+                return name.clone();
+            }
+            let base = match &b.handler {
+                Some(handler) => format!("{}/{handler}", b.plugin),
+                None => b.plugin.clone(),
+            };
+            let mut name = base.clone();
+            let mut n = 1;
+            while taken.contains(&name) || explicit.contains(name.as_str()) {
+                n += 1;
+                name = format!("{base}#{n}");
+            }
+            taken.insert(name.clone());
+            name
+        })
+        .collect()
+}
+
+/// Problems with the bindings' `name`s: the characters, and two bindings with one name.
+pub fn name_problems(bindings: &[BindingConfig]) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let mut seen = std::collections::BTreeMap::new();
+    for (i, b) in bindings.iter().enumerate() {
+        let Some(name) = &b.name else { continue };
+        let ok = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':' | '/'));
+        if !ok {
+            problems.push(Problem::new(
+                format!("bindings[{i}].name"),
+                format!("`{name}`: use 1–64 of A-Z a-z 0-9 _ - . : / (it is a metric label)"),
+            ));
+        }
+        if let Some(first) = seen.insert(name.clone(), i) {
+            problems.push(Problem::new(
+                format!("bindings[{i}].name"),
+                format!("`{name}` is also bindings[{first}]'s name: names must be unique"),
+            ));
+        }
+    }
+    problems
 }
 
 impl BindingConfig {
@@ -172,5 +233,60 @@ pub fn bindings_problems(config: &Config) -> Vec<Problem> {
             format!("{defaults} bindings say `default = true`; only one may"),
         ));
     }
+    problems.extend(name_problems(&config.bindings));
     problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn binding(name: Option<&str>, plugin: &str, handler: Option<&str>) -> BindingConfig {
+        let mut text = format!("plugin = \"{plugin}\"\nevents = [\"E.*\"]\n");
+        if let Some(name) = name {
+            text.push_str(&format!("name = \"{name}\"\n"));
+        }
+        if let Some(handler) = handler {
+            text.push_str(&format!("handler = \"{handler}\"\n"));
+        }
+        toml::from_str(&text).expect("a binding")
+    }
+
+    #[test]
+    fn names_are_given_or_derived_and_stay_unique() {
+        let bindings = vec![
+            binding(None, "echo", None),
+            binding(Some("orders"), "ledger", None),
+            binding(None, "echo", None),
+            binding(None, "seeds", Some("shipper")),
+            // An explicit name wins over a derived one it would collide with.
+            binding(Some("ledger"), "flaky", None),
+            binding(None, "ledger", None),
+        ];
+        assert_eq!(
+            binding_names(&bindings),
+            [
+                "echo",
+                "orders",
+                "echo#2",
+                "seeds/shipper",
+                "ledger",
+                "ledger#2"
+            ]
+        );
+        assert!(name_problems(&bindings).is_empty());
+        let clash = vec![binding(Some("x"), "a", None), binding(Some("x"), "b", None)];
+        let problems = name_problems(&clash);
+        assert_eq!(problems.len(), 1);
+        assert!(
+            problems[0].to_string().contains("bindings[1].name"),
+            "{}",
+            problems[0]
+        );
+        let bad = vec![
+            binding(Some("has space"), "a", None),
+            binding(Some("a#2"), "b", None),
+        ];
+        assert_eq!(name_problems(&bad).len(), 2);
+    }
 }

@@ -441,14 +441,15 @@ impl Console {
             .map(|b| {
                 serde_json::json!({
                     "label": b.label,
+                    "name": b.name,
                     "plugin": b.plugin.name,
                     "version": b.plugin.version,
                     "handler": b.handler_name,
                     "default": b.is_default,
-                    "acked": count(&b.label, &["ack"]),
-                    "retried": count(&b.label, &["retry"]),
-                    "failed": count(&b.label, &["error", "panic", "timeout", "crashed"]),
-                    "dead_lettered": count(&b.label, &["dead_letter"]),
+                    "acked": count(&b.name, &["ack"]),
+                    "retried": count(&b.name, &["retry"]),
+                    "failed": count(&b.name, &["error", "panic", "timeout", "crashed"]),
+                    "dead_lettered": count(&b.name, &["dead_letter"]),
                 })
             })
             .collect();

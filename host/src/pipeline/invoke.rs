@@ -91,9 +91,9 @@ pub async fn call_all(
                     }
                     Call::Inline(message, span) => call_inline(binding, &message, span),
                 };
-                metrics::histogram!(m::HANDLER_DURATION, "binding" => binding.label.clone())
+                metrics::histogram!(m::HANDLER_DURATION, "binding" => binding.name.clone())
                     .record(started.elapsed().as_secs_f64());
-                metrics::counter!(m::HANDLER_CALLS, "binding" => binding.label.clone(), "result" => result_label(&result))
+                metrics::counter!(m::HANDLER_CALLS, "binding" => binding.name.clone(), "result" => result_label(&result))
                     .increment(1);
                 if let (CallResult::Outcome(Outcome::Ack), Some(record)) = (&result, record) {
                     record.write().await;
@@ -147,7 +147,7 @@ fn call_inline(binding: &Binding, message: &CallMessage, span: tracing::Span) ->
     };
     let took = started.elapsed();
     if took > binding.timeout {
-        metrics::counter!(m::INLINE_OVERRUNS, "binding" => binding.label.clone()).increment(1);
+        metrics::counter!(m::INLINE_OVERRUNS, "binding" => binding.name.clone()).increment(1);
         tracing::warn!(binding = %binding.label, took_ms = took.as_millis() as u64, timeout_secs = binding.timeout.as_secs(),
             "an inline handler ran past its timeout, holding up an async worker thread all along; bind handlers that can block without `inline`");
     }

@@ -291,8 +291,12 @@ impl<B> RouteTable<B> {
 pub struct Binding {
     /// Position in `[[bindings]]`.
     pub index: usize,
-    /// `bindings[0] (echo/echo)`, for logs.
+    /// `bindings[0] (echo/echo)`, for logs (points into the file).
     pub label: String,
+    /// The binding's name (`name`, else `PLUGIN/HANDLER`; see
+    /// [`crate::config::plugins::binding_names`]): the `binding` label of its metrics, stable
+    /// when bindings are reordered.
+    pub name: String,
     /// The plugin generation serving this binding.
     pub plugin: std::sync::Arc<crate::plugins::LoadedPlugin>,
     /// The handler's name.
@@ -343,6 +347,7 @@ pub fn bind(
 ) -> Result<Routes, Vec<crate::config::Problem>> {
     let mut problems = Vec::new();
     let mut entries = Vec::new();
+    let names = crate::config::plugins::binding_names(&config.bindings);
     // A misspelt name in `plugins.isolate.names` would quietly run that plugin in-process.
     for (i, name) in config.plugins.isolate.names.iter().enumerate() {
         if !name.trim().is_empty() && plugins.get(name).is_none() {
@@ -441,6 +446,7 @@ pub fn bind(
         let binding = Binding {
             index,
             label,
+            name: names.get(index).cloned().unwrap_or_default(),
             plugin: plugin.clone(),
             handler_name,
             handler,

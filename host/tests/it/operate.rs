@@ -791,7 +791,7 @@ fn metrics_match_the_ledger_and_health_flips_with_the_broker_and_the_drain_while
     let s = Scratch::new();
     let ledger = s.path("ledger.jsonl");
     let bindings = format!(
-        "{}[[bindings]]\nevents = [\"Bad.*\"]\nplugin = \"flaky\"\nconfig = {{ mode = \"dead-letter\" }}\n{}{}",
+        "{}[[bindings]]\nname = \"bad-input\"\nevents = [\"Bad.*\"]\nplugin = \"flaky\"\nconfig = {{ mode = \"dead-letter\" }}\n{}{}",
         ledger_binding(&ledger, "orders", r#"["Order.*"]"#),
         ledger_binding(&ledger, "slow", r#"["Slow.*"]"#),
         sleepy_binding(r#"["Slow.*"]"#, 4000),
@@ -839,8 +839,10 @@ fn metrics_match_the_ledger_and_health_flips_with_the_broker_and_the_drain_while
     });
     let seen = ledger_ids(&s, "ledger.jsonl", "orders").len() as f64;
     let text = scrape(port);
-    let orders = "bindings[0] (ledger/ledger)";
-    let bad = "bindings[1] (flaky/flaky)";
+    // Series are labelled with the binding's name: `name` where set, else the plugin's
+    // (`ledger`; the second ledger binding, `slow`, is `ledger#2`).
+    let orders = "ledger";
+    let bad = "bad-input";
     assert_eq!(
         metric(&text, "iniesta_messages_acked_total", &[]),
         seen,
@@ -920,6 +922,13 @@ fn metrics_match_the_ledger_and_health_flips_with_the_broker_and_the_drain_while
     ok(&direct, &["publish", "Slow.Job", "{}"]);
     wait_for("the slow handler to run", || {
         ledger_ids(&s, "ledger.jsonl", "slow").len() == 1
+    });
+    wait_for("the second ledger binding's series, as ledger#2", || {
+        metric(
+            &scrape(port),
+            "iniesta_handler_calls_total",
+            &[("binding", "ledger#2"), ("result", "ack")],
+        ) == 1.0
     });
     sigterm(&host);
     wait_for(

@@ -116,7 +116,7 @@ async function refreshState() {
   fill("load-failures", failed.map((f) => row([[f.plugin, "mono"], f.reason,
     f.serving_generation == null ? "-" : "gen " + f.serving_generation, [f.error, "reason"]])));
   document.getElementById("load-failures").hidden = failed.length === 0;
-  fill("bindings", s.bindings.map((b) => row([[b.label, "mono"], b.plugin + " " + b.version,
+  fill("bindings", s.bindings.map((b) => row([[b.name + "  " + b.label, "mono"], b.plugin + " " + b.version,
     [b.acked, "num"], [b.retried, "num"], [b.failed, "num"], [b.dead_lettered, "num"]])));
   fill("failures", s.failures.map((f) => row([[time(f.at_ms), "when"], f.kind.replace("_", " "), [f.binding || "-", "mono"],
     f.event || "-", [f.message_id, "mono"], [f.receive_count, "num"], [f.reason, "reason"]])));
