@@ -8,7 +8,9 @@
 //! - the config reference (docs/src/reference/config.md) lists exactly the keys the config
 //!   parser accepts, table by table;
 //! - the metrics reference (docs/src/reference/metrics.md) names exactly the metrics that
-//!   host/src/ops/metrics.rs defines.
+//!   host/src/ops/metrics.rs defines;
+//! - the Grafana dashboard (examples/grafana/iniesta-dashboard.json) queries only the series
+//!   that page lists, in the forms the exporter renders, and only their labels.
 //!
 //! docs/src/contributing.md says the same for people writing the docs.
 
@@ -467,6 +469,260 @@ fn the_config_reference_lists_every_key_and_no_other() {
     assert!(
         problems.is_empty(),
         "docs/src/reference/config.md is out of date:\n{}",
+        problems.join("\n")
+    );
+}
+
+const DASHBOARD: &str = "examples/grafana/iniesta-dashboard.json";
+
+/// Labels every scraped series may carry besides its own: Prometheus's target labels, and
+/// the ones histograms (`le`) and summaries (`quantile`) are exported with.
+const TARGET_LABELS: &[&str] = &["job", "instance", "le", "quantile"];
+
+/// One metric as docs/src/reference/metrics.md describes it.
+#[derive(Debug)]
+struct Documented {
+    /// `counter`, `gauge`, `histogram` or `summary`.
+    kind: String,
+    /// Its label names (not their values).
+    labels: BTreeSet<String>,
+}
+
+/// The label names in a labels cell of the metrics table: "`binding`, `result`: `ack`, ..."
+/// names `binding` and `result`. A backticked word followed by `:` is a label whose values
+/// follow; the values run until a `;` or the next such label; other backticked words are labels.
+fn documented_labels(cell: &str) -> BTreeSet<String> {
+    let parts: Vec<&str> = cell.split('`').collect();
+    let mut labels = BTreeSet::new();
+    let mut in_values = false;
+    for i in (1..parts.len()).step_by(2) {
+        if parts[i - 1].contains(';') {
+            in_values = false;
+        }
+        let after = parts.get(i + 1).copied().unwrap_or_default();
+        if after.trim_start().starts_with(':') {
+            labels.insert(parts[i].to_string());
+            in_values = true;
+        } else if !in_values {
+            labels.insert(parts[i].to_string());
+        }
+    }
+    labels
+}
+
+/// Every metric metrics.md documents: the table's `iniesta_*` rows (name, type, labels) and
+/// the `process_*` names of its "Process metrics" paragraph (no labels of their own).
+fn documented_metrics() -> std::collections::BTreeMap<String, Documented> {
+    let page = read(&repo_root().join("docs/src/reference/metrics.md"));
+    let mut metrics = std::collections::BTreeMap::new();
+    for line in page.lines().filter(|l| l.starts_with("| `iniesta_")) {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let name = cells[1].trim_matches('`').to_string();
+        let documented = Documented {
+            kind: cells[2].to_string(),
+            labels: documented_labels(cells[3]),
+        };
+        metrics.insert(name, documented);
+    }
+    let process = page
+        .split("**Process metrics**")
+        .nth(1)
+        .and_then(|rest| rest.split("\n\n").next())
+        .expect("metrics.md has a **Process metrics** paragraph");
+    for name in process.split('`').skip(1).step_by(2) {
+        if name.starts_with("process_") {
+            let kind = if name.ends_with("_total") {
+                "counter"
+            } else {
+                "gauge"
+            };
+            let documented = Documented {
+                kind: kind.to_string(),
+                labels: BTreeSet::new(),
+            };
+            metrics.insert(name.to_string(), documented);
+        }
+    }
+    metrics
+}
+
+/// The names /metrics serves for each documented metric, mapped to the metric: histograms as
+/// `_bucket`, `_sum` and `_count` (no bare name); summaries as the bare name (with
+/// `quantile`), `_sum` and `_count`; counters and gauges by their name.
+fn exported_series(
+    metrics: &std::collections::BTreeMap<String, Documented>,
+) -> std::collections::BTreeMap<String, String> {
+    let mut series = std::collections::BTreeMap::new();
+    for (name, documented) in metrics {
+        let suffixes: &[&str] = match documented.kind.as_str() {
+            "histogram" => &["_bucket", "_sum", "_count"],
+            "summary" => &["", "_sum", "_count"],
+            _ => &[""],
+        };
+        for suffix in suffixes {
+            series.insert(format!("{name}{suffix}"), name.clone());
+        }
+    }
+    series
+}
+
+/// Every PromQL expression of the dashboard: (where, expression) for each panel target (rows'
+/// nested panels included) and each query variable.
+fn dashboard_queries(dashboard: &serde_json::Value) -> Vec<(String, String)> {
+    fn walk(value: &serde_json::Value, out: &mut Vec<(String, String)>) {
+        match value {
+            serde_json::Value::Object(object) => {
+                if let Some(targets) = object.get("targets").and_then(|t| t.as_array()) {
+                    let title = object.get("title").and_then(|t| t.as_str()).unwrap_or("?");
+                    for target in targets {
+                        if let Some(expr) = target.get("expr").and_then(|e| e.as_str()) {
+                            out.push((format!("panel {title:?}"), expr.to_string()));
+                        }
+                    }
+                }
+                for (key, inner) in object {
+                    if key != "targets" {
+                        walk(inner, out);
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|i| walk(i, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(&dashboard["panels"], &mut out);
+    let variables = dashboard["templating"]["list"]
+        .as_array()
+        .expect("the dashboard has templating.list");
+    for variable in variables.iter().filter(|v| v["type"] == "query") {
+        let name = variable["name"].as_str().unwrap_or("?");
+        let query = &variable["query"];
+        let query = query
+            .as_str()
+            .or_else(|| query["query"].as_str())
+            .unwrap_or_else(|| panic!("variable {name} has no query"));
+        out.push((format!("variable {name}"), query.to_string()));
+    }
+    out
+}
+
+#[test]
+fn the_grafana_dashboard_uses_only_exported_series() {
+    let metrics = documented_metrics();
+    let handler_calls = &metrics["iniesta_handler_calls_total"].labels;
+    assert_eq!(
+        handler_calls.iter().map(String::as_str).collect::<Vec<_>>(),
+        ["binding", "result"],
+        "the labels column of metrics.md no longer parses: {handler_calls:?}"
+    );
+    assert!(
+        metrics.contains_key("process_resident_memory_bytes"),
+        "no process metrics found in metrics.md"
+    );
+    let series = exported_series(&metrics);
+
+    let text = read(&repo_root().join(DASHBOARD));
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{DASHBOARD}: not JSON: {e}"));
+    assert_eq!(dashboard["schemaVersion"], 39, "{DASHBOARD}: schemaVersion");
+    let queries = dashboard_queries(&dashboard);
+    assert!(
+        queries.len() > 20,
+        "only {} queries found in {DASHBOARD}: is the scan broken?",
+        queries.len()
+    );
+
+    let strings = regex::Regex::new(r#""(?:[^"\\]|\\.)*""#).expect("regex");
+    let names = regex::Regex::new(r"\b(?:iniesta|process)_[a-z0-9_]+\b").expect("regex");
+    let selector =
+        regex::Regex::new(r"\b((?:iniesta|process)_[a-z0-9_]+)\s*\{([^}]*)\}").expect("regex");
+    let matcher = regex::Regex::new(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?:=~|!~|!=|=)").expect("regex");
+    let grouping =
+        regex::Regex::new(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)")
+            .expect("regex");
+    let label_values =
+        regex::Regex::new(r"label_values\((?:[^()]*,)?\s*([A-Za-z_][A-Za-z0-9_]*)\s*\)")
+            .expect("regex");
+
+    let mut problems = Vec::new();
+    let mut panels_of: std::collections::BTreeMap<String, BTreeSet<String>> = Default::default();
+    for (at, expr) in &queries {
+        // Label values and regexes say nothing about names: blank them out.
+        let expr = strings.replace_all(expr, "\"\"");
+        let mut used = BTreeSet::new();
+        for name in names.find_iter(&expr).map(|m| m.as_str()) {
+            match series.get(name) {
+                Some(base) => {
+                    used.insert(base.clone());
+                    if at.starts_with("panel") {
+                        panels_of
+                            .entry(base.clone())
+                            .or_default()
+                            .insert(at.clone());
+                    }
+                }
+                None => problems.push(format!(
+                    "{at}: `{name}` is not a series /metrics exports (metrics.md lists the \
+                     metrics; histograms are exported as _bucket/_sum/_count, summaries as the \
+                     name with `quantile`, _sum and _count)"
+                )),
+            }
+        }
+        let allowed = |label: &str, metrics_used: &BTreeSet<String>| {
+            TARGET_LABELS.contains(&label)
+                || metrics_used
+                    .iter()
+                    .any(|m| metrics.get(m).is_some_and(|d| d.labels.contains(label)))
+        };
+        let mut selectors = 0;
+        for found in selector.captures_iter(&expr) {
+            selectors += 1;
+            let Some(base) = series.get(&found[1]) else {
+                continue; // reported above
+            };
+            let one = BTreeSet::from([base.clone()]);
+            for label in matcher.captures_iter(&found[2]) {
+                if !allowed(&label[1], &one) {
+                    problems.push(format!(
+                        "{at}: `{}` does not carry the label `{}` (metrics.md: {:?})",
+                        &found[1], &label[1], metrics[base].labels
+                    ));
+                }
+            }
+        }
+        if expr.matches('{').count() != selectors {
+            problems.push(format!(
+                "{at}: a label selector without a metric name in {expr}"
+            ));
+        }
+        let clauses = grouping.captures_iter(&expr).map(|c| c[1].to_string());
+        let label_args = label_values.captures_iter(&expr).map(|c| c[1].to_string());
+        for list in clauses.chain(label_args) {
+            for label in list.split(',').map(str::trim).filter(|l| !l.is_empty()) {
+                if !allowed(label, &used) {
+                    problems.push(format!(
+                        "{at}: `{label}` is not a label of {used:?} in {expr}"
+                    ));
+                }
+            }
+        }
+    }
+    for required in [
+        "iniesta_messages_received_total",
+        "iniesta_handler_calls_total",
+        "iniesta_queue_messages",
+        "iniesta_in_flight",
+        "iniesta_lock_failures_total",
+    ] {
+        if !panels_of.contains_key(required) {
+            problems.push(format!("no panel shows `{required}`"));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{DASHBOARD} strays from the series /metrics exports \
+         (docs/src/reference/metrics.md):\n{}",
         problems.join("\n")
     );
 }
