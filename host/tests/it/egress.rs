@@ -699,7 +699,7 @@ fn an_ingress_message_is_handled_by_the_bound_handler() {
         metrics
             .lines()
             .any(|l| l.starts_with("iniesta_handler_calls_total")
-                && l.contains("ledger/ledger")
+                && l.contains("binding=\"ledger\"")
                 && l.contains("result=\"ack\"")
                 && l.ends_with(" 2")),
         "{metrics}"
