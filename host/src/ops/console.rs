@@ -45,8 +45,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:9090";
 const COOKIE: &str = "iniesta_console";
 /// Failures kept for the page.
 const RECENT_FAILURES: usize = 50;
-/// Throughput samples kept (one every [`SAMPLE_EVERY`]: ten minutes).
-const SAMPLES: usize = 300;
+/// Throughput samples kept (one every [`SAMPLE_EVERY`]: an hour, about 70 KB).
+const SAMPLES: usize = 1800;
 const SAMPLE_EVERY: Duration = Duration::from_secs(2);
 
 const INDEX_HTML: &str = include_str!("console/index.html");
@@ -482,6 +482,24 @@ impl Console {
             }
         };
         let samples: Vec<Sample> = crate::mutex::lock(&self.series).iter().copied().collect();
+        // True depths, as the queue-depth reader last saw them (GetQueueAttributes on SQS, a
+        // count on the local broker; absent until the first read, or with the reader off).
+        let depth = |queue: &str| -> Option<serde_json::Value> {
+            let read = |state: &str| {
+                self.metrics
+                    .gauge(m::QUEUE_MESSAGES, &[("queue", queue), ("state", state)])
+            };
+            let visible = read("visible")?;
+            Some(serde_json::json!({
+                "visible": visible,
+                "in_flight": read("in_flight").unwrap_or(0.0),
+                "delayed": read("delayed").unwrap_or(0.0),
+            }))
+        };
+        let depths = serde_json::json!({
+            "queue": depth(&self.config.queue_name()),
+            "dead_letter_queue": self.config.sqs.dead_letter_queue.as_deref().and_then(depth),
+        });
         serde_json::json!({
             "service": self.config.service,
             "queue": self.config.queue_name(),
@@ -494,6 +512,7 @@ impl Console {
             "plugins": plugins,
             "bindings": bindings,
             "series": samples,
+            "depths": depths,
             "failures": self.failures.snapshot(),
             "retained_mb": host.as_ref().map(|h| h.retained_bytes as f64 / 1e6).unwrap_or(0.0),
             // Plugin files refused now, each with the generation that keeps serving.

@@ -70,6 +70,29 @@ impl Values {
     }
 }
 
+impl Values {
+    /// The gauge named `name` whose labels are exactly `labels` (values compared as given);
+    /// `None` when no such series was ever set.
+    pub fn gauge(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let mut found = None;
+        self.registry.visit_gauges(|key, gauge| {
+            if key.name() != name || key.labels().count() != labels.len() {
+                return;
+            }
+            let matches = labels.iter().all(|(label, value)| {
+                key.labels()
+                    .any(|l| l.key() == *label && l.value() == *value)
+            });
+            if matches {
+                found = Some(f64::from_bits(
+                    gauge.load(std::sync::atomic::Ordering::Relaxed),
+                ));
+            }
+        });
+        found
+    }
+}
+
 impl Recorder for Values {
     fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
     fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}

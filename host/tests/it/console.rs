@@ -131,7 +131,7 @@ fn console_config_with(s: &Scratch, port: u16, token: &str, bindings: &str) -> P
     s.config(
         "",
         &format!(
-            "[metrics]\nlisten = \"127.0.0.1:{port}\"\n[console]\nenabled = true\n{token}{bindings}"
+            "[metrics]\nlisten = \"127.0.0.1:{port}\"\nqueue_depth_interval_secs = 1\n[console]\nenabled = true\n{token}{bindings}"
         ),
     )
 }
@@ -234,6 +234,14 @@ fn the_console_shows_plugins_and_failures_and_redrives_from_the_browser() {
         !dlq.contains("4111-") && dlq.contains("bytes hidden"),
         "bodies hidden: {dlq}"
     );
+    // True depths (the queue-depth reader's), not a count of what one listing saw.
+    s.wait_for("the DLQ's depth in the state", LIMIT, || {
+        let (_, state) = get(port, "/api/state", &bearer());
+        serde_json::from_str::<serde_json::Value>(&state).is_ok_and(|v| {
+            v["depths"]["dead_letter_queue"]["visible"] == 3.0
+                && v["depths"]["queue"]["visible"] == 0.0
+        })
+    });
     assert_eq!(
         dlq_depth(&config),
         3,

@@ -71,10 +71,10 @@ function drawChart(series) {
     rates.push({ t: b.t, received: Math.max(b.received - a.received, 0) / dt,
       acked: Math.max(b.acked - a.acked, 0) / dt, in_flight: b.in_flight });
   }
-  // The window grows with the data: at least a minute, at most the ten minutes kept.
+  // The window grows with the data: at least a minute, at most the hour kept.
   const now = Date.now();
   const oldest = series.length ? series[0].t : now;
-  const span = Math.min(10 * 60 * 1000, Math.max(60 * 1000, now - oldest));
+  const span = Math.min(60 * 60 * 1000, Math.max(60 * 1000, now - oldest));
   let max = 1;
   for (const p of rates) max = Math.max(max, p.received, p.acked, p.in_flight);
   max = Math.max(4, Math.ceil(max * 1.1 / 4) * 4); // four whole-number grid steps
@@ -111,6 +111,13 @@ async function refreshState() {
   health.className = "badge " + (s.health === "ready" ? "ok" : "bad");
   document.getElementById("uptime").textContent = "up " + duration(s.uptime_secs);
   document.getElementById("dlq-name").textContent = s.dead_letter_queue || "(none configured)";
+  // True depths from the queue-depth reader (GetQueueAttributes on SQS), when it has read.
+  const depths = s.depths || {};
+  const q = depths.queue;
+  document.getElementById("queue-depth").textContent = q ?
+    "queue: " + q.visible + " visible, " + q.in_flight + " in flight, " + q.delayed + " delayed" : "";
+  dlqDepth = depths.dead_letter_queue ? depths.dead_letter_queue.visible : null;
+  showDlqCount();
   fill("plugins", s.plugins.map((p) => row([[p.name, "mono"], p.version, [p.generation, "num"], [p.reloads, "num"], [p.file, "mono"]])));
   const failed = s.load_failures || [];
   fill("load-failures", failed.map((f) => row([[f.plugin, "mono"], f.reason,
@@ -136,6 +143,16 @@ async function redrive(body, button) {
   await refreshDlq();
 }
 
+// The DLQ's count: its true depth when the depth reader has one, else what a listing saw.
+let dlqDepth = null, listed = null, listedLimit = 0;
+function showDlqCount() {
+  const count = document.getElementById("dlq-count");
+  const n = dlqDepth != null ? dlqDepth : listed;
+  if (n == null) return;
+  count.textContent = String(n) + (dlqDepth == null && listed >= listedLimit ? "+" : "");
+  count.className = "badge " + (n ? "bad" : "ok");
+}
+
 async function refreshDlq() {
   const count = document.getElementById("dlq-count");
   let d;
@@ -147,8 +164,9 @@ async function refreshDlq() {
     document.getElementById("dlq-redrive-all").disabled = true;
     return;
   }
-  count.textContent = d.messages.length + (d.messages.length >= d.limit ? "+" : "");
-  count.className = "badge " + (d.messages.length ? "bad" : "ok");
+  listed = d.messages.length;
+  listedLimit = d.limit;
+  showDlqCount();
   document.getElementById("dlq-redrive-all").disabled = d.messages.length === 0;
   fill("dlq", d.messages.map((m) => {
     const b = el("button", "Redrive", "redrive");
