@@ -248,8 +248,12 @@ pub fn create(
     // this binary carries, inside the new crate.
     let api = match api {
         Some(api) => {
+            // Absolute: cargo reads a relative path from the new crate's directory, not from
+            // where this command ran.
+            let api =
+                std::fs::canonicalize(api).map_err(|_| ScaffoldError::NoApi(api.to_path_buf()))?;
             if !api.join("Cargo.toml").exists() {
-                return Err(ScaffoldError::NoApi(api.to_path_buf()));
+                return Err(ScaffoldError::NoApi(api));
             }
             api.display().to_string()
         }

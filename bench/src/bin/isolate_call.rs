@@ -120,7 +120,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let plugin = iniesta::plugins::load::load_file(&plugin_file, &dir)?;
-    let ctx = HostContext::boxed(None, None, "panicky", "bench", None);
+    let ctx = HostContext::boxed(None, None, "panicky", "bench", "bench", None);
     let in_process = plugin
         .new_handler("panicky", "{}")
         .map_err(anyhow::Error::msg)?;

@@ -46,7 +46,7 @@ pub(crate) fn run(ctx: &Ctx, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let handler = plugin
         .new_handler("echo", r#"{"quiet":true}"#)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let context = HostContext::boxed(None, None, "echo", "bench", None);
+    let context = HostContext::boxed(None, None, "echo", "bench", "bench", None);
     let calls: u64 = if ctx.options.quick {
         1_000_000
     } else {

@@ -60,6 +60,14 @@ fn show(path: &Path, output: Output) -> anyhow::Result<ExitCode> {
     let effective = toml::Table::try_from(&config).context("the config does not serialise")?;
     let mut rows = Vec::new();
     flatten("", &toml::Value::Table(effective), &mut rows);
+    // The error reports' scrubber, with the config's own `drop_keys`.
+    let drop_keys = config
+        .errors
+        .sentry
+        .as_ref()
+        .map(|s| s.drop_keys.clone())
+        .unwrap_or_default();
+    let scrubber = crate::ops::errors::scrub::Scrubber::new(&drop_keys);
     let rows: Vec<Row> = rows
         .into_iter()
         .map(|(key, value)| {
@@ -68,7 +76,7 @@ fn show(path: &Path, output: Output) -> anyhow::Result<ExitCode> {
                 None if lookup(&file, &key) => From::File,
                 None => From::Default,
             };
-            let value = mask(&key, value);
+            let value = mask(&scrubber, &key, value);
             Row { key, value, from }
         })
         .collect();
@@ -186,26 +194,34 @@ fn lookup(file: &toml::Table, key: &str) -> bool {
     true
 }
 
-/// The value with secrets masked: values under secret-looking names (passwords, tokens, DSNs,
-/// …; not `*_env`, which name a variable), the error webhook's URL (a Slack or Teams webhook
-/// URL is itself the secret), and the credentials of any URL (the lock servers').
-fn mask(key: &str, value: toml::Value) -> toml::Value {
+/// The value with secrets masked: values under a secret-looking name at any level of the key
+/// (passwords, tokens, DSNs, keys, `errors.sentry.drop_keys`, …; not `*_env`, which name a
+/// variable), the error webhook's URL (a Slack or Teams webhook URL is itself the secret),
+/// and, in any other text, credentials in URLs and secret-looking `name=value` parts (the
+/// error reports' scrubber).
+fn mask(
+    scrubber: &crate::ops::errors::scrub::Scrubber,
+    key: &str,
+    value: toml::Value,
+) -> toml::Value {
     const MASK: &str = "***";
-    let name = key.rsplit('.').next().unwrap_or(key);
-    let scrubber = crate::ops::errors::scrub::Scrubber::new(&[]);
-    let secret_name = scrubber.is_secret_key(name) && !name.ends_with("_env");
+    let secret_name = key.split('.').any(|part| {
+        let name = part.split('[').next().unwrap_or(part);
+        scrubber.is_secret_key(name) && !name.ends_with("_env")
+    });
     match value {
-        toml::Value::String(s) if !s.is_empty() && (secret_name || key == "errors.webhook_url") => {
-            toml::Value::String(MASK.into())
+        toml::Value::String(s) if s.is_empty() => toml::Value::String(s),
+        _ if secret_name || key == "errors.webhook_url" => toml::Value::String(MASK.into()),
+        toml::Value::String(s) => {
+            let redacted = crate::lock::redact(&s);
+            toml::Value::String(scrubber.text(&redacted).into_owned())
         }
-        toml::Value::String(s) => toml::Value::String(crate::lock::redact(&s)),
-        toml::Value::Array(items) => {
-            toml::Value::Array(items.into_iter().map(|item| mask(key, item)).collect())
-        }
-        other if secret_name => {
-            let _ = other;
-            toml::Value::String(MASK.into())
-        }
+        toml::Value::Array(items) => toml::Value::Array(
+            items
+                .into_iter()
+                .map(|item| mask(scrubber, key, item))
+                .collect(),
+        ),
         other => other,
     }
 }

@@ -153,7 +153,7 @@ pub fn main() -> ExitCode {
 
     let format = cli.log_format;
     init_tracing(format);
-    if !matches!(cli.command, Command::Run(..)) {
+    if prints_only(&cli.command) {
         restore_sigpipe();
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -288,6 +288,24 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::NewPlugin(args) => new_plugin::run(args),
         Command::Config { command } => config::run(path, command),
         Command::PluginWorker { file } => Ok(crate::isolate::worker::main(&file)),
+    }
+}
+
+/// Whether `command` only reads and prints: a closed reader may end it at once. Commands that
+/// change state (`publish`, `dlq redrive`, `outbox --drain`, `setup`, …) keep SIGPIPE ignored,
+/// so a closed pipe is an error they report and account for, never a silent kill midway.
+fn prints_only(command: &Command) -> bool {
+    match command {
+        Command::Config { command } => matches!(command, config::ConfigCommand::Show { .. }),
+        Command::Dlq { command } => matches!(command, dlq::DlqCommand::List { .. }),
+        Command::Plugins { .. }
+        | Command::Route(..)
+        | Command::FilterPolicies
+        | Command::InitializationType
+        | Command::Check(..)
+        | Command::Completions { .. }
+        | Command::Man => true,
+        _ => false,
     }
 }
 

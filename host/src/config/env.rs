@@ -63,15 +63,22 @@ fn key_of(name: &str) -> Option<String> {
     TOP_LEVEL.contains(&first).then_some(key)
 }
 
-/// The overrides among `vars` (names), in name order; an error for a variable with an empty
-/// level, or one that names a key of `template` (the config with its defaults) with a single
-/// `_` between levels (`INIESTA_SQS_MAX_IN_FLIGHT`): other variables that merely share the
-/// prefix (`INIESTA_CONSOLE_TOKEN`, a team's own) are not the config's business.
-pub fn overrides_in<I>(vars: I, template: &toml::Table) -> Result<Vec<Override>, String>
+/// The overrides among `vars` (names), in name order, and warnings; an error for a variable
+/// with an empty level. A variable that names a key of `template` (the config with its
+/// defaults) with a single `_` between levels (`INIESTA_SQS_MAX_IN_FLIGHT`, and the Python
+/// iniesta's own settings such as `INIESTA_SQS_QUEUE_NAME_TEMPLATE`, which a mixed fleet's
+/// environment may still carry) is not read: it gets a warning with the spelling iniesta
+/// reads. Variables that merely share the prefix (`INIESTA_CONSOLE_TOKEN`, a team's own) are
+/// not the config's business.
+pub fn overrides_in<I>(
+    vars: I,
+    template: &toml::Table,
+) -> Result<(Vec<Override>, Vec<String>), String>
 where
     I: IntoIterator<Item = String>,
 {
     let mut found = Vec::new();
+    let mut warnings = Vec::new();
     for var in vars {
         if let Some(key) = key_of(&var) {
             if key.split('.').any(str::is_empty) {
@@ -98,23 +105,58 @@ where
                 .then_some((section, tail))
         });
         if let Some((section, tail)) = meant {
-            return Err(format!(
-                "{var}: levels of a config key are separated by `{SEPARATOR}`: write {PREFIX}{}{SEPARATOR}{}",
+            warnings.push(format!(
+                "{var} is not read (the Python iniesta's spelling, or a typo): iniesta reads {PREFIX}{}{SEPARATOR}{} for `{section}.{tail}`",
                 section.to_ascii_uppercase(),
                 tail.to_ascii_uppercase()
             ));
         }
     }
     found.sort_by(|a, b| a.var.cmp(&b.var));
-    Ok(found)
+    warnings.sort();
+    Ok((found, warnings))
 }
 
-/// The overrides in this process's environment (see [`overrides_in`]).
-pub fn overrides(template: &toml::Table) -> Result<Vec<Override>, String> {
-    overrides_in(
+/// The overrides in this process's environment and warnings (see [`overrides_in`]); an empty
+/// override is an error (an unset secret would otherwise quietly mean "none").
+pub fn overrides(template: &toml::Table) -> Result<(Vec<Override>, Vec<String>), String> {
+    let (found, warnings) = overrides_in(
         std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()),
         template,
-    )
+    )?;
+    for o in &found {
+        if std::env::var_os(&o.var).is_some_and(|v| v.to_string_lossy().trim().is_empty()) {
+            return Err(format!(
+                "{} is set but empty: give it a value, or unset it to keep `{}` from the file",
+                o.var, o.key
+            ));
+        }
+    }
+    Ok((found, warnings))
+}
+
+/// The config `T` from `file` with `overrides` layered over it. A variable whose text was read
+/// as a value (`2024`, `true`) for a key that wants a string (one `template` did not know, e.g.
+/// an unset `sqs.queue_name`) is taken as text instead.
+pub fn extract<T: serde::de::DeserializeOwned>(
+    file: &toml::Table,
+    template: &toml::Table,
+    overrides: &[Override],
+) -> Result<T, Box<figment::Error>> {
+    let mut as_text = std::collections::BTreeSet::new();
+    loop {
+        match layered(file, template, overrides, &as_text).extract::<T>() {
+            Ok(config) => return Ok(config),
+            Err(e) => {
+                let key = e.path.join(".");
+                let wants_text = matches!(&e.kind, figment::error::Kind::InvalidType(_, expected) if expected.contains("string"));
+                if wants_text && overrides.iter().any(|o| o.key == key) && as_text.insert(key) {
+                    continue;
+                }
+                return Err(Box::new(e));
+            }
+        }
+    }
 }
 
 /// `file` (the config file's table) with `overrides` merged over it, as figment layers them.
@@ -126,14 +168,24 @@ pub fn overrides(template: &toml::Table) -> Result<Vec<Override>, String> {
 ///   (`INIESTA_SQS__FILTERS=Order.*,Invoice.*`), or a TOML array (`["a", "b"]`);
 /// - any other key reads the text as a value (`256`, `true`, `["a"]`, `{ a = 1 }`), else as a
 ///   string. Quoting forces a string (`INIESTA_SQS__QUEUE_NAME='"123"'`).
-pub fn layered(file: &toml::Table, template: &toml::Table, overrides: &[Override]) -> Figment {
+fn layered(
+    file: &toml::Table,
+    template: &toml::Table,
+    overrides: &[Override],
+    as_text: &std::collections::BTreeSet<String>,
+) -> Figment {
     let mut figment = Figment::from(Serialized::defaults(file));
     for o in overrides {
         let Some(raw) = std::env::var_os(&o.var) else {
             continue;
         };
         let raw = raw.to_string_lossy().trim().to_string();
-        let value = match reading(template, &o.key, &raw) {
+        let reading = if as_text.contains(&o.key) {
+            Reading::Text
+        } else {
+            reading(template, &o.key, &raw)
+        };
+        let value = match reading {
             Reading::Text => Value::from(raw),
             Reading::TextList => Value::from(
                 raw.split(',')
@@ -184,7 +236,7 @@ mod tests {
     }
 
     fn names(vars: &[&str]) -> Result<Vec<Override>, String> {
-        overrides_in(vars.iter().map(|v| v.to_string()), &template())
+        overrides_in(vars.iter().map(|v| v.to_string()), &template()).map(|(found, _)| found)
     }
 
     #[test]
@@ -205,20 +257,32 @@ mod tests {
     }
 
     #[test]
-    fn a_single_underscore_before_a_known_key_is_refused_with_the_right_spelling() {
-        let err = names(&["INIESTA_SQS_MAX_IN_FLIGHT"]).expect_err("one underscore");
-        assert!(err.contains("INIESTA_SQS__MAX_IN_FLIGHT"), "{err}");
+    fn a_single_underscore_before_a_known_key_is_not_read_but_warned_about() {
+        let (found, warnings) =
+            overrides_in(["INIESTA_SQS_MAX_IN_FLIGHT".to_string()], &template())
+                .expect("not an error");
+        assert!(found.is_empty());
+        assert_eq!(warnings.len(), 1);
+        assert!(
+            warnings[0].contains("INIESTA_SQS__MAX_IN_FLIGHT"),
+            "{warnings:?}"
+        );
         let err = names(&["INIESTA_SQS____X"]).expect_err("empty level");
         assert!(err.contains("empty level"), "{err}");
         // Variables that share the prefix but name no key are not the config's: the console's
-        // token, a team's own, the host's.
-        let found = names(&[
-            "INIESTA_CONSOLE_TOKEN",
-            "INIESTA_SQS_QUEUE_URL_FOR_MY_SCRIPT",
-            "INIESTA_ENV",
-            "INIESTA_LOG_FORMAT",
-        ])
+        // token, a team's own, the host's; nothing is said about them.
+        let (found, warnings) = overrides_in(
+            [
+                "INIESTA_CONSOLE_TOKEN",
+                "INIESTA_SQS_QUEUE_URL_FOR_MY_SCRIPT",
+                "INIESTA_ENV",
+                "INIESTA_LOG_FORMAT",
+            ]
+            .map(String::from),
+            &template(),
+        )
         .expect("ok");
         assert_eq!(found.len(), 1, "only INIESTA_ENV: {found:?}");
+        assert!(warnings.is_empty(), "{warnings:?}");
     }
 }

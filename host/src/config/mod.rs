@@ -246,20 +246,50 @@ impl Config {
             message,
         };
         // The file alone first, so its own mistakes are reported with their line.
-        let mut config = Config::parse(&text, &base).map_err(|e| parse_error(e.to_string()))?;
+        let file_only = Config::parse(&text, &base).map_err(|e| parse_error(e.to_string()));
         // The config with its defaults: how an override's text is read, and which names are
-        // keys (an unserialisable config only loses the misspelling hint).
-        let template = toml::Table::try_from(&config).unwrap_or_default();
-        let overrides = env::overrides(&template).map_err(parse_error)?;
-        if !overrides.is_empty() {
-            let table: toml::Table =
-                toml::from_str(&text).map_err(|e| parse_error(e.to_string()))?;
-            let mut layered: Config = env::layered(&table, &template, &overrides)
-                .extract()
-                .map_err(|e| parse_error(env_error(&e, &overrides)))?;
-            layered.base_dir = config.base_dir;
-            config = layered;
+        // keys (without it, only the misspelling hint is lost).
+        let template = match &file_only {
+            Ok(config) => toml::Table::try_from(config).ok(),
+            // The file does not parse alone (a required key it leaves to the environment):
+            // the defaults still say which names are keys and which keys are text.
+            Err(_) => Config::parse("service = \"\"", &base)
+                .ok()
+                .and_then(|c| toml::Table::try_from(&c).ok()),
         }
+        .unwrap_or_default();
+        let (overrides, warnings) = env::overrides(&template).map_err(parse_error)?;
+        for warning in &warnings {
+            tracing::warn!(path = %path.display(), "{warning}");
+        }
+        let mut config = if overrides.is_empty() {
+            file_only?
+        } else {
+            let table: toml::Table = match toml::from_str(&text) {
+                Ok(table) => table,
+                // Not TOML: the file's own error, with its line.
+                Err(e) => {
+                    return Err(file_only
+                        .err()
+                        .unwrap_or_else(|| parse_error(e.to_string())))
+                }
+            };
+            match env::extract::<Config>(&table, &template, &overrides) {
+                Ok(mut layered) => {
+                    layered.base_dir = if base.as_os_str().is_empty() {
+                        PathBuf::from(".")
+                    } else {
+                        base.clone()
+                    };
+                    layered
+                }
+                // A mistake of the file that no variable covers: reported with its line.
+                Err(e) => match file_only {
+                    Err(file_error) => return Err(file_error),
+                    Ok(_) => return Err(parse_error(env_error(&e, &overrides))),
+                },
+            }
+        };
         config.overrides = overrides;
         config.source = Some(path.to_path_buf());
         Ok(config)

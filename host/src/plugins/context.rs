@@ -68,6 +68,8 @@ pub struct HostContext {
     runtime: Option<tokio::runtime::Handle>,
     plugin: String,
     binding: String,
+    /// The binding's name: the `binding` label of its metrics.
+    name: String,
     consumes: Option<Consumes>,
     warned: Mutex<Warned>,
 }
@@ -81,6 +83,7 @@ impl HostContext {
         runtime: Option<tokio::runtime::Handle>,
         plugin: &str,
         binding: &str,
+        name: &str,
         consumes: Option<Consumes>,
     ) -> HostContextBox {
         HostContextFfi_TO::from_value(
@@ -89,6 +92,7 @@ impl HostContext {
                 runtime,
                 plugin: plugin.to_string(),
                 binding: binding.to_string(),
+                name: name.to_string(),
                 consumes,
                 warned: Mutex::new(Warned::default()),
             },
@@ -98,7 +102,7 @@ impl HostContext {
 
     /// Note a published event `full` (as it went out) that this binding consumes itself.
     fn self_published(&self, full: &str) {
-        metrics::counter!(crate::ops::metrics::SELF_PUBLISHES, "binding" => self.binding.clone())
+        metrics::counter!(crate::ops::metrics::SELF_PUBLISHES, "binding" => self.name.clone())
             .increment(1);
         let count = {
             let mut all = crate::mutex::lock(&SELF_PUBLISHES);

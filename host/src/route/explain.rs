@@ -95,7 +95,9 @@ pub fn explain(config: &Config, envelope: &Envelope) -> Result<Explanation, Vec<
     let takers: Vec<usize> = table.route(envelope).into_iter().copied().collect();
     let mut out = String::new();
     header(&mut out, config, envelope);
-    let message = header_json(&out);
+    let mut message = header_json(&out);
+    // The event as it is, not as the report quotes it.
+    message["event"] = envelope.event.clone().into();
     let mut bindings = Vec::new();
     let mut rejections = Vec::new();
     for (index, binding) in config.bindings.iter().enumerate() {
@@ -535,7 +537,7 @@ mod tests {
         let json = explain(&c, &envelope).expect("explains").json;
         assert_eq!(json["outcome"], "taken");
         assert_eq!(json["takers"], serde_json::json!(["bindings[0] ledger"]));
-        assert_eq!(json["message"]["event"], "`user.updated.svc`");
+        assert_eq!(json["message"]["event"], "user.updated.svc");
         let statuses: Vec<&str> = json["bindings"]
             .as_array()
             .expect("bindings")

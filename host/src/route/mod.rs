@@ -427,6 +427,7 @@ pub fn bind(
             }
         };
         let label = format!("{key} ({}/{handler_name})", plugin.name);
+        let name = names.get(index).cloned().unwrap_or_default();
         let patterns = patterns_of(b);
         // What a handler publishes goes out as `{event}.{service}`: if this binding's own
         // patterns take that, the handler feeds itself (the context warns).
@@ -441,12 +442,13 @@ pub fn bind(
             runtime.clone(),
             &plugin.name,
             &label,
+            &name,
             Some(consumes),
         );
         let binding = Binding {
             index,
             label,
-            name: names.get(index).cloned().unwrap_or_default(),
+            name,
             plugin: plugin.clone(),
             handler_name,
             handler,

@@ -9,8 +9,16 @@ use std::time::Duration;
 
 use common::Scratch;
 
+/// One generated crate is built at a time: every one has its plugin-api copy at the same
+/// relative path (`vendor/iniesta-plugin-api`), so cargo gives both copies one artifact name
+/// in the shared target dir, and two builds at once replace each other's rlib mid-build.
+static CARGO: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Build a generated crate with cargo (shared target dir, pinned to the workspace's lock file).
 fn cargo(dir: &Path, args: &[&str]) {
+    let _one_at_a_time = CARGO
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let root = common::workspace_root();
     let _ = std::fs::copy(root.join("Cargo.lock"), dir.join("Cargo.lock"));
     let cargo = option_env!("CARGO").unwrap_or("cargo");

@@ -11,6 +11,8 @@ use common::{iniesta_command, Host, Scratch};
 const LOCK_PASSWORD: &str = "lockpass-s3cret";
 const DSN_KEY: &str = "0123456789abcdef0123456789abcdef";
 const WEBHOOK_TOKEN: &str = "T000/B000/hooktoken";
+const NESTED: &str = "nested-k3y-value";
+const INLINE: &str = "inline-pw-value";
 
 fn config(s: &Scratch) -> std::path::PathBuf {
     s.config(
@@ -18,7 +20,8 @@ fn config(s: &Scratch) -> std::path::PathBuf {
         &format!(
             "[lock]\nurls = [\"redis://iniesta:{LOCK_PASSWORD}@127.0.0.1:1\"]\n\
              [errors]\nwebhook_url = \"https://hooks.example.com/services/{WEBHOOK_TOKEN}\"\n\
-             [[bindings]]\nevents = [\"Order.*\"]\nplugin = \"echo\"\n"
+             [[bindings]]\nevents = [\"Order.*\"]\nplugin = \"echo\"\n\
+             config = {{ credentials = {{ user = \"u\", key = \"{NESTED}\" }}, conn = \"host=db password={INLINE}\" }}\n"
         ),
     )
 }
@@ -38,7 +41,7 @@ fn text(out: &Output) -> String {
 }
 
 fn assert_no_secret(out: &str) {
-    for secret in [LOCK_PASSWORD, DSN_KEY, WEBHOOK_TOKEN] {
+    for secret in [LOCK_PASSWORD, DSN_KEY, WEBHOOK_TOKEN, NESTED, INLINE] {
         assert!(
             !out.contains(secret),
             "a secret is shown ({secret}):\n{out}"
@@ -84,9 +87,10 @@ fn config_show_layers_the_environment_over_the_file_and_masks_secrets() {
     assert_eq!(key("bindings[0].plugin")["from"], "file");
     assert_eq!(key("errors.sentry.dsn")["value"], "***");
     assert_eq!(key("errors.webhook_url")["value"], "***");
-    assert_eq!(
-        key("lock.urls")["value"],
-        serde_json::json!(["redis://***@127.0.0.1:1"])
+    let urls = key("lock.urls")["value"].to_string();
+    assert!(
+        urls.contains("@127.0.0.1:1") && !urls.contains("iniesta:"),
+        "the URL's credentials are masked, its host shown: {urls}"
     );
     assert_eq!(
         json["overrides"].as_array().map(Vec::len),
@@ -116,12 +120,13 @@ fn bad_overrides_are_refused_naming_the_variable() {
     for (var, value, expect) in [
         ("INIESTA_SQS__MAX_IN_FLIGHT", "lots", "sqs.max_in_flight"),
         ("INIESTA_SQS__MAX_INFLIGHT", "5", "unknown field"),
-        (
-            "INIESTA_SQS_MAX_IN_FLIGHT",
-            "5",
-            "INIESTA_SQS__MAX_IN_FLIGHT",
-        ),
         ("INIESTA_LOCK__URLS", "redis://a:1,redis://b:1", "quorum"),
+        // An empty secret must not quietly mean "no lock servers".
+        (
+            "INIESTA_LOCK__URLS",
+            "",
+            "INIESTA_LOCK__URLS is set but empty",
+        ),
     ] {
         let out = run(&config, &["config", "check"], &[(var, value)]);
         let said = text(&out);
@@ -157,4 +162,48 @@ fn run_takes_its_settings_from_the_environment() {
         Some((200, "alive\n".to_string()))
     );
     host.stop();
+}
+
+#[test]
+fn string_keys_the_file_leaves_unset_and_missing_required_keys_come_from_the_environment() {
+    let s = Scratch::new();
+    // No `service`: the file alone is refused, the environment completes it.
+    let config = s.write(
+        "iniesta.toml",
+        "initialization = [\"QUEUE_POLLING\"]\n[broker]\npath = \"b.db\"\n",
+    );
+    let alone = run(&config, &["config", "show"], &[]);
+    assert!(!alone.status.success(), "{}", text(&alone));
+    let out = run(
+        &config,
+        &["config", "show", "--output", "json"],
+        &[
+            ("INIESTA_SERVICE", "orders"),
+            // A string key the file leaves unset, whose text looks like a number.
+            ("INIESTA_SQS__QUEUE_NAME", "2024"),
+            // The Python iniesta's spelling of a setting: not read, but named in a warning.
+            ("INIESTA_SQS_QUEUE_NAME_TEMPLATE", "x-{service_name}"),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let value = |name: &str| {
+        json["keys"]
+            .as_array()
+            .and_then(|keys| keys.iter().find(|k| k["key"] == name))
+            .map(|k| k["value"].clone())
+    };
+    assert_eq!(value("service"), Some(serde_json::json!("orders")));
+    assert_eq!(value("sqs.queue_name"), Some(serde_json::json!("2024")));
+    assert_eq!(
+        value("sqs.queue_name_template"),
+        Some(serde_json::json!("iniesta-{env}-{service_name}")),
+        "the single-underscore name is not read"
+    );
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("INIESTA_SQS_QUEUE_NAME_TEMPLATE is not read")
+            && log.contains("INIESTA_SQS__QUEUE_NAME_TEMPLATE"),
+        "{log}"
+    );
 }

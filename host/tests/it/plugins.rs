@@ -25,7 +25,7 @@ fn message(body: &str) -> MessageFfi {
 }
 
 fn no_host() -> iniesta_plugin_api::ffi::HostContextBox {
-    iniesta::plugins::context::HostContext::boxed(None, None, "test", "test", None)
+    iniesta::plugins::context::HostContext::boxed(None, None, "test", "test", "test", None)
 }
 
 #[test]

@@ -147,9 +147,26 @@ pub async fn queue_messages(
     broker.messages(queue).await.expect("messages")
 }
 
+/// `iniesta` with none of the test environment's `INIESTA_*` variables: they would be config
+/// overrides (`INIESTA_METRICS__LISTEN`, `INIESTA_ENV`) or change logging, and a test states
+/// the ones it means.
+pub fn bare_iniesta() -> Command {
+    let mut cmd = Command::new(bin());
+    for (name, _) in std::env::vars_os() {
+        if name
+            .to_string_lossy()
+            .to_ascii_uppercase()
+            .starts_with("INIESTA_")
+        {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}
+
 /// Run `iniesta -c CONFIG ARGS...` to completion.
 pub fn iniesta(config: &Path, args: &[&str]) -> Output {
-    Command::new(bin())
+    bare_iniesta()
         .arg("-c")
         .arg(config)
         .args(args)
@@ -161,7 +178,7 @@ pub fn iniesta(config: &Path, args: &[&str]) -> Output {
 /// `iniesta -c CONFIG ARGS...` with only the environment the test gives it: no acct variables
 /// from outside, `env` on top.
 pub fn iniesta_command(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(bin());
+    let mut cmd = bare_iniesta();
     cmd.arg("-c")
         .arg(config)
         .args(args)
@@ -212,7 +229,7 @@ impl Host {
     /// the default `info`).
     pub fn start_with_env(config: &Path, log: PathBuf, env: &[(&str, &str)]) -> Host {
         let file = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(bin())
+        let child = bare_iniesta()
             .arg("-c")
             .arg(config)
             .arg("run")
