@@ -240,6 +240,19 @@ mod tests {
     }
 
     #[test]
+    fn the_top_level_keys_are_the_configs() {
+        // A new section of `Config` must be added to TOP_LEVEL, or its overrides are ignored.
+        let config = crate::config::Config::parse("service = \"s\"", std::path::Path::new("."))
+            .expect("parses");
+        let table = toml::Table::try_from(&config).expect("serialises");
+        let mut keys: Vec<&str> = table.keys().map(String::as_str).collect();
+        let mut top: Vec<&str> = TOP_LEVEL.to_vec();
+        keys.sort_unstable();
+        top.sort_unstable();
+        assert_eq!(keys, top);
+    }
+
+    #[test]
     fn overrides_are_the_variables_named_for_a_key() {
         let found = names(&[
             "INIESTA_SQS__MAX_IN_FLIGHT",
