@@ -51,6 +51,27 @@ pub struct DeleteFailure {
     pub stale: bool,
 }
 
+/// What a batch call (delete, change visibility) left unsettled, by receipt: its failed
+/// entries' reasons, or every receipt with the call's own error when the call failed whole.
+pub fn unsettled_by_receipt<E: std::fmt::Display>(
+    result: Result<Vec<DeleteFailure>, E>,
+    receipts: &[String],
+) -> std::collections::HashMap<String, String> {
+    match result {
+        Ok(failures) => failures
+            .into_iter()
+            .map(|f| (f.receipt, f.reason))
+            .collect(),
+        Err(e) => {
+            let reason = e.to_string();
+            receipts
+                .iter()
+                .map(|r| (r.clone(), reason.clone()))
+                .collect()
+        }
+    }
+}
+
 /// How many messages a queue holds, by state (SQS's approximate counts).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct QueueDepth {

@@ -90,14 +90,17 @@ impl LockConfig {
         if self.timeout_secs == 0 {
             problems.push(Problem::new("lock.timeout_secs", "must be at least 1"));
         }
-        if let Some(tls) = &self.tls {
-            if tls.cert_file.is_some() != tls.key_file.is_some() {
-                problems.push(Problem::new(
-                    "lock.tls",
-                    "cert_file and key_file go together (a client certificate and its key)",
-                ));
-            }
+        if let Some(why) = self.tls.as_ref().and_then(LockTlsConfig::pairing_problem) {
+            problems.push(Problem::new("lock.tls", why));
         }
         problems
+    }
+}
+
+impl LockTlsConfig {
+    /// Why the client certificate is half configured, if it is.
+    pub fn pairing_problem(&self) -> Option<&'static str> {
+        (self.cert_file.is_some() != self.key_file.is_some())
+            .then_some("cert_file and key_file go together (a client certificate and its key)")
     }
 }

@@ -99,6 +99,16 @@ pub struct Config {
     pub overrides: Vec<env::Override>,
 }
 
+/// `path` as a config names it, resolved against `base_dir` (the config file's directory)
+/// unless it is absolute: [`Config::resolve`], for code that holds only a section.
+pub fn resolve_in(base_dir: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base_dir.join(path)
+    }
+}
+
 /// A figment error from layering the environment over the file, naming the key and the
 /// variable that set it (the file alone parsed, so the environment is at fault).
 fn env_error(error: &figment::Error, overrides: &[env::Override]) -> String {
@@ -335,11 +345,7 @@ impl Config {
 
     /// Resolve a configured path against the config file's directory.
     pub fn resolve(&self, path: &Path) -> PathBuf {
-        if path.is_absolute() {
-            path.to_path_buf()
-        } else {
-            self.base_dir.join(path)
-        }
+        resolve_in(&self.base_dir, path)
     }
 
     /// The plugin directories, resolved.

@@ -256,17 +256,10 @@ impl AwsDlq {
             }
         }
         let receipts: Vec<String> = delivered.iter().map(|(t, _)| t.receipt.clone()).collect();
-        let mut not_deleted: HashMap<String, String> =
-            match self.broker.delete_batch_at(url, &receipts).await {
-                Ok(failures) => failures
-                    .into_iter()
-                    .map(|f| (f.receipt, f.reason))
-                    .collect(),
-                Err(e) => receipts
-                    .iter()
-                    .map(|r| (r.clone(), e.to_string()))
-                    .collect(),
-            };
+        let mut not_deleted = crate::broker::unsettled_by_receipt(
+            self.broker.delete_batch_at(url, &receipts).await,
+            &receipts,
+        );
         for (taken, new_id) in delivered {
             match not_deleted.remove(&taken.receipt) {
                 None => {

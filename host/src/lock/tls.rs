@@ -54,13 +54,10 @@ impl TlsFiles {
         let Some(config) = config else {
             return Ok(None);
         };
-        let resolve = |p: &PathBuf| -> PathBuf {
-            if p.is_absolute() {
-                p.clone()
-            } else {
-                base_dir.join(p)
-            }
-        };
+        if let Some(why) = config.pairing_problem() {
+            return Err(LockError::Service(format!("lock.tls: {why}")));
+        }
+        let resolve = |p: &PathBuf| crate::config::resolve_in(base_dir, p);
         let root_cert = match &config.ca_file {
             Some(path) => Some(read("ca_file", &resolve(path))?),
             None => None,
@@ -70,11 +67,8 @@ impl TlsFiles {
                 read("cert_file", &resolve(cert))?,
                 read("key_file", &resolve(key))?,
             )),
-            (None, None) => None,
-            _ => return Err(LockError::Service(
-                "lock.tls: cert_file and key_file go together (a client certificate and its key)"
-                    .into(),
-            )),
+            // Half a pair was refused above.
+            _ => None,
         };
         Ok(Some(TlsFiles { root_cert, client }))
     }

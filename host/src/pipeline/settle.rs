@@ -196,21 +196,13 @@ impl Shared {
             }
         }
         let receipts: Vec<String> = back.iter().map(|b| b.receipt.clone()).collect();
-        let failed: HashMap<String, String> = match self
-            .parts
-            .broker
-            .change_visibility_batch(&receipts, 0)
-            .await
-        {
-            Ok(failures) => failures
-                .into_iter()
-                .map(|f| (f.receipt, f.reason))
-                .collect(),
-            Err(e) => receipts
-                .iter()
-                .map(|r| (r.clone(), e.to_string()))
-                .collect(),
-        };
+        let failed = crate::broker::unsettled_by_receipt(
+            self.parts
+                .broker
+                .change_visibility_batch(&receipts, 0)
+                .await,
+            &receipts,
+        );
         let mut given = 0u64;
         for b in &back {
             match failed.get(&b.receipt) {
