@@ -98,6 +98,11 @@ if [ ! -x "$DENY_ROOT/bin/cargo-deny" ]; then
         cargo install cargo-deny --locked --version "$DENY_VERSION" --root "$DENY_ROOT"
     fi
 fi
+# cargo-deny reads every crate of the lock file, those of other platforms too (windows-sys, …),
+# which the builds above never downloaded: fetch them all first, or --offline fails on a fresh
+# machine ("failed to download `windows-sys`").
+echo "==> cargo fetch --locked (every platform's crates, for cargo-deny)"
+cargo fetch --locked --quiet
 echo "==> cargo deny check licenses bans sources"
 "$DENY_ROOT/bin/cargo-deny" --offline check licenses bans sources
 ADVISORY_DB="${INIESTA_ADVISORY_DB:-${XDG_CACHE_HOME:-$HOME/.cache}/iniesta/advisory-db}"
