@@ -1,41 +1,76 @@
-//! `iniesta dlq list | redrive | purge` (the dead-letter queue itself is [`crate::dlq`]).
+//! `iniesta dlq list | redrive | delete | purge` (the dead-letter queue itself is
+//! [`crate::dlq`]).
 
 use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
 
-use crate::dlq::{DeadLetter, Progress, Selection};
+use crate::dlq::{Action, DeadLetter, Listing, Progress, Query, Selection};
+
+/// Which dead letters a command takes: `--id`s and `--event` globs (any of them), narrowed by
+/// `--reason` texts.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Select {
+    /// Only events matching this glob (`*` matches any run, dots included); repeatable.
+    #[arg(long = "event", value_name = "GLOB")]
+    pub events: Vec<String>,
+    /// Only this message id; repeatable.
+    #[arg(long = "id", value_name = "ID")]
+    pub ids: Vec<String>,
+    /// Only dead letters whose reason contains this text (ignoring case); repeatable (any of
+    /// them). Applies on top of --event and --id.
+    #[arg(long = "reason", value_name = "TEXT")]
+    pub reasons: Vec<String>,
+}
+
+impl Select {
+    fn selection(&self) -> anyhow::Result<Selection> {
+        Ok(Selection::new(&self.events, &self.ids, &self.reasons)?)
+    }
+}
 
 /// `iniesta dlq ...`.
 #[derive(Debug, clap::Subcommand)]
 pub enum DlqCommand {
     /// Show the dead letters: id, event, receive count, first/last seen, the reason iniesta
-    /// dead-lettered it for, and a body preview (hidden unless --show-bodies). On SQS the
-    /// messages are received and made visible again at once (SQS has no peek).
+    /// dead-lettered it for, and a body preview (hidden unless --show-bodies); search them by
+    /// --event, --id and --reason, page with --offset and --limit. On SQS the messages read are
+    /// received and made visible again at once (SQS has no peek).
     List {
+        #[command(flatten)]
+        select: Select,
         /// Show at most this many.
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// Skip this many matching dead letters first (the next page: --offset 50).
+        #[arg(long, default_value_t = 0)]
+        offset: usize,
+        /// Read at most this many dead letters to search and count (at most 10000; at least
+        /// --offset plus --limit).
+        #[arg(long, default_value_t = 1000)]
+        scan: usize,
         /// Show the start of each body (bodies may hold personal data; hidden by default); with
         /// `--output json`, the whole body.
         #[arg(long)]
         show_bodies: bool,
         /// `human` (a table) or `json` (one object: `queue`, `letters` with `id`, `event`,
         /// `receive_count`, `first_seen`, `last_seen`, `reason`, `body_bytes` and, with
-        /// --show-bodies, `body`).
+        /// --show-bodies, `body`; `matching`, `scanned`, `complete`, `offset`, `limit`).
         #[arg(long, value_enum, default_value_t = super::Output::Human)]
         output: super::Output,
     },
     /// Send dead letters back to the main queue with their attributes (each is deleted from
-    /// the DLQ only after the send succeeded). Without --event or --id: all of them.
+    /// the DLQ only after the send succeeded). Without --event, --id or --reason: all of them.
     Redrive {
-        /// Only events matching this glob (`*` matches any run, dots included); repeatable.
-        #[arg(long = "event", value_name = "GLOB")]
-        events: Vec<String>,
-        /// Only this message id; repeatable.
-        #[arg(long = "id", value_name = "ID")]
-        ids: Vec<String>,
+        #[command(flatten)]
+        select: Select,
+    },
+    /// Delete the dead letters chosen by --id, --event or --reason, for good (to delete every
+    /// one, use `dlq purge --yes`).
+    Delete {
+        #[command(flatten)]
+        select: Select,
     },
     /// Delete every dead letter (asks for --yes).
     Purge {
@@ -48,48 +83,88 @@ pub enum DlqCommand {
 /// Run a `dlq` command against the config's broker.
 pub async fn run(path: &Path, command: DlqCommand) -> anyhow::Result<ExitCode> {
     let config = crate::validate::load(path)?;
-    if let DlqCommand::Purge { yes: false } = command {
-        bail!("`dlq purge` deletes every dead letter for good: add --yes to confirm");
+    match &command {
+        DlqCommand::Purge { yes: false } => {
+            bail!("`dlq purge` deletes every dead letter for good: add --yes to confirm")
+        }
+        DlqCommand::Delete { select } if select.selection()?.is_all() => {
+            bail!("`dlq delete` needs --id, --event or --reason; to delete every dead letter, use `dlq purge --yes`")
+        }
+        _ => {}
     }
     let dlq = crate::dlq::open(&config)
         .await
         .with_context(|| format!("cannot open the dead-letter queue for {}", path.display()))?;
     match command {
         DlqCommand::List {
+            select,
             limit,
+            offset,
+            scan,
             show_bodies,
             output,
         } => {
-            let letters = dlq
-                .list(limit)
+            let query = Query {
+                selection: select.selection()?,
+                offset,
+                limit,
+                scan,
+            };
+            let listing = crate::dlq::search(dlq.as_ref(), &query)
                 .await
                 .with_context(|| format!("cannot list the {}", dlq.describe()))?;
             match output {
-                super::Output::Human => print!("{}", render(&letters, show_bodies)),
-                super::Output::Json => {
-                    println!("{}", to_json(&dlq.describe(), &letters, show_bodies));
+                super::Output::Human => {
+                    print!("{}", render_listing(&listing, &query, show_bodies))
                 }
+                super::Output::Json => println!(
+                    "{}",
+                    to_json(&dlq.describe(), &listing, &query, show_bodies)
+                ),
+            }
+            if !listing.complete {
+                eprintln!(
+                    "note: {} dead letters were read and the queue holds more; counts are of those read (raise --scan, at most {})",
+                    listing.scanned,
+                    crate::dlq::MAX_SCAN
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
-        DlqCommand::Redrive { events, ids } => {
-            let selection = Selection::new(&events, &ids)?;
+        DlqCommand::Redrive { ref select } | DlqCommand::Delete { ref select } => {
+            let action = match command {
+                DlqCommand::Delete { .. } => Action::Delete,
+                _ => Action::Redrive,
+            };
+            let selection = select.selection()?;
+            let verb = match action {
+                Action::Redrive => "redrive",
+                Action::Delete => "delete",
+            };
             let bar = Bar(super::progress::Bar::new(
                 0,
                 "{spinner} {msg} [{bar:30}] {pos}/{len} ({eta})",
-                "redrive",
+                verb,
             ));
             let report = dlq
-                .redrive(&selection, &bar)
+                .act(action, &selection, &bar)
                 .await
-                .with_context(|| format!("redrive from the {} failed", dlq.describe()))?;
+                .with_context(|| format!("{verb} in the {} failed", dlq.describe()))?;
             drop(bar);
-            println!(
-                "redriven {} message(s) to {}, {} left in the dead-letter queue (not selected)",
-                report.redriven,
-                config.queue_name(),
-                report.kept
-            );
+            match action {
+                Action::Redrive => println!(
+                    "redriven {} message(s) to {}, {} left in the dead-letter queue (not selected)",
+                    report.done,
+                    config.queue_name(),
+                    report.kept
+                ),
+                Action::Delete => println!(
+                    "deleted {} message(s) from the {}, {} left (not selected)",
+                    report.done,
+                    dlq.describe(),
+                    report.kept
+                ),
+            }
             for failure in &report.failed {
                 println!("FAILED {failure}");
             }
@@ -140,7 +215,7 @@ pub fn time(ms: Option<u64>) -> String {
 }
 
 /// The `dlq list` table.
-pub fn render(letters: &[DeadLetter], show_bodies: bool) -> String {
+fn render(letters: &[DeadLetter], show_bodies: bool) -> String {
     if letters.is_empty() {
         return "the dead-letter queue is empty\n".into();
     }
@@ -174,10 +249,37 @@ pub fn render(letters: &[DeadLetter], show_bodies: bool) -> String {
     out
 }
 
+/// The `dlq list` table of one page of a search, with what it is a page of.
+fn render_listing(listing: &Listing, query: &Query, show_bodies: bool) -> String {
+    if listing.scanned == 0 {
+        return "the dead-letter queue is empty\n".into();
+    }
+    if listing.matching == 0 {
+        return format!("no dead letter matches (of {} read)\n", listing.scanned);
+    }
+    let first = query.offset + 1;
+    if listing.letters.is_empty() {
+        return format!(
+            "nothing from #{first} on: {} dead letter(s) match\n",
+            listing.matching
+        );
+    }
+    let mut out = render(&listing.letters, show_bodies);
+    if query.offset > 0 || listing.letters.len() < listing.matching {
+        out.push_str(&format!(
+            "#{first}–{} of {} matching\n",
+            query.offset + listing.letters.len(),
+            listing.matching
+        ));
+    }
+    out
+}
+
 /// `dlq list --output json`.
-fn to_json(queue: &str, letters: &[DeadLetter], show_bodies: bool) -> serde_json::Value {
+fn to_json(queue: &str, listing: &Listing, query: &Query, show_bodies: bool) -> serde_json::Value {
     let when = |ms: Option<u64>| ms.map(|ms| time(Some(ms)));
-    let letters: Vec<serde_json::Value> = letters
+    let letters: Vec<serde_json::Value> = listing
+        .letters
         .iter()
         .map(|l| {
             let mut letter = serde_json::json!({
@@ -195,5 +297,13 @@ fn to_json(queue: &str, letters: &[DeadLetter], show_bodies: bool) -> serde_json
             letter
         })
         .collect();
-    serde_json::json!({ "queue": queue, "letters": letters })
+    serde_json::json!({
+        "queue": queue,
+        "letters": letters,
+        "matching": listing.matching,
+        "scanned": listing.scanned,
+        "complete": listing.complete,
+        "offset": query.offset,
+        "limit": query.limit,
+    })
 }

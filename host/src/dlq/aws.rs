@@ -7,7 +7,8 @@
 //! chosen ones to the main queue in one `SendMessageBatch` with their bodies, attributes (less
 //! `iniesta_dead_letter_reason`) and FIFO groups, and deletes from the DLQ, in one
 //! `DeleteMessageBatch`, only those whose send succeeded; messages not chosen or not sent are
-//! made visible again when it ends.
+//! made visible again when it ends. A delete walks the queue the same way and deletes the
+//! chosen ones in one `DeleteMessageBatch` per receive.
 
 use std::collections::{HashMap, HashSet};
 
@@ -17,7 +18,9 @@ use aws_sdk_sqs::types::{
     QueueAttributeName,
 };
 
-use super::{event_of, DeadLetter, DeadLetterQueue, DlqError, Progress, RedriveReport, Selection};
+use super::{
+    event_of, Action, ActionReport, DeadLetter, DeadLetterQueue, DlqError, Progress, Selection,
+};
 use crate::broker::aws::{
     from_sqs_attributes, sdk_error, AwsBroker, DeadLetterOrigin, ToQueue, DEAD_LETTER_ORIGIN,
     DEAD_LETTER_REASON,
@@ -197,7 +200,7 @@ impl AwsDlq {
         url: &str,
         main: &str,
         chosen: Vec<Taken>,
-        report: &mut RedriveReport,
+        report: &mut ActionReport,
         keep: &mut Vec<String>,
     ) {
         if chosen.is_empty() {
@@ -264,12 +267,45 @@ impl AwsDlq {
             match not_deleted.remove(&taken.receipt) {
                 None => {
                     tracing::debug!(message_id = %taken.letter.id, new_message_id = %new_id, event = %taken.letter.event, "redriven");
-                    report.redriven += 1;
+                    report.done += 1;
                 }
                 Some(e) => report.failed.push(format!(
                     "{}: sent to the main queue as {new_id} but not deleted from the dead-letter queue ({e}); it may be handled twice",
                     taken.letter.id
                 )),
+            }
+        }
+    }
+
+    /// Delete `chosen` from the DLQ; what SQS refuses stays (`keep`) and is reported.
+    async fn delete_batch(
+        &self,
+        url: &str,
+        chosen: Vec<Taken>,
+        report: &mut ActionReport,
+        keep: &mut Vec<String>,
+    ) {
+        if chosen.is_empty() {
+            return;
+        }
+        let receipts: Vec<String> = chosen.iter().map(|t| t.receipt.clone()).collect();
+        let mut not_deleted = crate::broker::unsettled_by_receipt(
+            self.broker.delete_batch_at(url, &receipts).await,
+            &receipts,
+        );
+        for taken in chosen {
+            match not_deleted.remove(&taken.receipt) {
+                None => {
+                    tracing::debug!(message_id = %taken.letter.id, event = %taken.letter.event, "dead letter deleted");
+                    report.done += 1;
+                }
+                Some(e) => {
+                    report.failed.push(format!(
+                        "{}: not deleted, left in the DLQ: {e}",
+                        taken.letter.id
+                    ));
+                    keep.push(taken.receipt);
+                }
             }
         }
     }
@@ -325,17 +361,22 @@ impl DeadLetterQueue for AwsDlq {
         Ok(letters)
     }
 
-    async fn redrive(
+    async fn act(
         &self,
+        action: Action,
         selection: &Selection,
         progress: &dyn Progress,
-    ) -> Result<RedriveReport, DlqError> {
+    ) -> Result<ActionReport, DlqError> {
         let url = self.broker.url_of(&self.dlq).await?;
-        let main = self.broker.queue_url().await?.to_string();
+        // The main queue, where a redrive sends to (a delete needs none).
+        let main = match action {
+            Action::Redrive => self.broker.queue_url().await?.to_string(),
+            Action::Delete => String::new(),
+        };
         if let Some(total) = self.approximate_count(&url).await {
             progress.total(total);
         }
-        let mut report = RedriveReport::default();
+        let mut report = ActionReport::default();
         let mut keep: Vec<String> = Vec::new();
         let mut seen: HashMap<String, ()> = HashMap::new();
         let result = async {
@@ -357,17 +398,25 @@ impl DeadLetterQueue for AwsDlq {
                     }
                     new += 1;
                     progress.advance(1);
-                    if !selection.matches(&taken.letter.id, &taken.letter.event) {
+                    if !selection.matches(&taken.letter) {
                         report.kept += 1;
                         keep.push(taken.receipt);
                         continue;
                     }
                     chosen.push(taken);
                 }
-                // One call per group of letters within SendMessageBatch's 256 KiB.
-                for part in within_batch_bytes(chosen) {
-                    self.redrive_batch(&url, &main, part, &mut report, &mut keep)
-                        .await;
+                match action {
+                    // One call per group of letters within SendMessageBatch's 256 KiB.
+                    Action::Redrive => {
+                        for part in within_batch_bytes(chosen) {
+                            self.redrive_batch(&url, &main, part, &mut report, &mut keep)
+                                .await;
+                        }
+                    }
+                    Action::Delete => {
+                        self.delete_batch(&url, chosen, &mut report, &mut keep)
+                            .await
+                    }
                 }
                 if new == 0 {
                     break;
@@ -378,7 +427,7 @@ impl DeadLetterQueue for AwsDlq {
         .await;
         self.release(&url, &keep).await;
         result?;
-        tracing::info!(redriven = report.redriven, kept = report.kept, failed = report.failed.len(), dead_letter_queue = %self.dlq, "redrive finished");
+        tracing::info!(?action, done = report.done, kept = report.kept, failed = report.failed.len(), dead_letter_queue = %self.dlq, "dead-letter action finished");
         Ok(report)
     }
 

@@ -2,12 +2,15 @@
 //!
 //! A redrive moves rows back to the main queue in one transaction per batch (so a message is
 //! never in both queues, nor in neither), visible at once, with its body, attributes and FIFO
-//! group kept and its receive count reset, as SQS counts a redriven message as a new one.
+//! group kept and its receive count reset, as SQS counts a redriven message as a new one. A
+//! delete removes the selected rows, in one transaction per batch too.
 
 use async_trait::async_trait;
 use rusqlite::{params, TransactionBehavior};
 
-use super::{event_of, DeadLetter, DeadLetterQueue, DlqError, Progress, RedriveReport, Selection};
+use super::{
+    event_of, Action, ActionReport, DeadLetter, DeadLetterQueue, DlqError, Progress, Selection,
+};
 use crate::broker::local::{Db, LocalBroker};
 use crate::config::Config;
 use crate::wire::DeliveryContext;
@@ -114,17 +117,18 @@ impl DeadLetterQueue for LocalDlq {
             .collect())
     }
 
-    async fn redrive(
+    async fn act(
         &self,
+        action: Action,
         selection: &Selection,
         progress: &dyn Progress,
-    ) -> Result<RedriveReport, DlqError> {
+    ) -> Result<ActionReport, DlqError> {
         let rows = self.rows(None).await?;
         progress.total(rows.len() as u64);
-        let mut report = RedriveReport::default();
+        let mut report = ActionReport::default();
         let mut chosen = Vec::new();
         for row in &rows {
-            if selection.matches(&row.letter.id, &row.letter.event) {
+            if selection.matches(&row.letter) {
                 chosen.push(row.seq);
             } else {
                 report.kept += 1;
@@ -133,36 +137,42 @@ impl DeadLetterQueue for LocalDlq {
         }
         for batch in chosen.chunks(BATCH) {
             let (seqs, queue, dlq) = (batch.to_vec(), self.queue.clone(), self.dlq.clone());
-            let moved = self
+            let done = self
                 .db
                 .call(move |conn| {
                     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                     let now = now_ms();
-                    let mut moved = 0u64;
+                    let mut done = 0u64;
                     for seq in seqs {
-                        // Only if it is still in the DLQ (another operator may have moved it).
-                        moved += tx.execute(
-                            "UPDATE messages SET queue = ?1, visible_ms = ?2, receipt = NULL,
-                                receive_count = 0, first_receive_ms = NULL, last_receive_ms = NULL,
-                                dead_letter_reason = NULL, dead_lettered_ms = NULL
-                             WHERE seq = ?3 AND queue = ?4",
-                            params![queue, now, seq, dlq],
-                        )? as u64;
+                        // Only if it is still in the DLQ (another operator may have taken it).
+                        done += match action {
+                            Action::Redrive => tx.execute(
+                                "UPDATE messages SET queue = ?1, visible_ms = ?2, receipt = NULL,
+                                    receive_count = 0, first_receive_ms = NULL, last_receive_ms = NULL,
+                                    dead_letter_reason = NULL, dead_lettered_ms = NULL
+                                 WHERE seq = ?3 AND queue = ?4",
+                                params![queue, now, seq, dlq],
+                            )?,
+                            Action::Delete => tx.execute(
+                                "DELETE FROM messages WHERE seq = ?1 AND queue = ?2",
+                                params![seq, dlq],
+                            )?,
+                        } as u64;
                     }
                     tx.commit()?;
-                    Ok(moved)
+                    Ok(done)
                 })
                 .await?;
-            let gone = batch.len() as u64 - moved;
+            let gone = batch.len() as u64 - done;
             if gone > 0 {
                 report.failed.push(format!(
                     "{gone} message(s) were no longer in the dead-letter queue"
                 ));
             }
-            report.redriven += moved;
+            report.done += done;
             progress.advance(batch.len() as u64);
         }
-        tracing::info!(redriven = report.redriven, kept = report.kept, dead_letter_queue = %self.dlq, queue = %self.queue, "redrive finished");
+        tracing::info!(?action, done = report.done, kept = report.kept, dead_letter_queue = %self.dlq, queue = %self.queue, "dead-letter action finished");
         Ok(report)
     }
 

@@ -1,11 +1,16 @@
-//! Dead letters you can act on: list what is in this service's dead-letter queue, send chosen
-//! messages back to the main queue (redrive), or empty it (purge).
+//! Dead letters you can act on: list and search what is in this service's dead-letter queue,
+//! send chosen messages back to the main queue (redrive), delete chosen ones, or empty it
+//! (purge).
 //!
 //! Both brokers implement [`DeadLetterQueue`]: [`local`] works on the SQLite tables in one
 //! transaction per batch; [`aws`] receives from the DLQ with a visibility timeout, sends each
 //! chosen message to the main queue with its body and attributes, and deletes it from the DLQ
 //! only after the send succeeded. SQS has no peek: listing receives and then makes the
 //! messages visible again, so two operators listing at once each see only part of the queue.
+//!
+//! Which messages an action takes is a [`Selection`] (ids, event globs, reason texts); a
+//! search ([`search`]) reads up to a number of dead letters, keeps those a selection takes and
+//! returns one page of them with the count of all that matched.
 
 pub mod aws;
 pub mod local;
@@ -73,51 +78,157 @@ pub fn preview(body: &[u8], show: bool, max: usize) -> String {
     out
 }
 
-/// Which dead letters a redrive takes: those whose event matches any glob or whose id is
-/// listed; everything when both are empty.
+/// Which dead letters an action or a search takes: those whose id is listed or whose event
+/// matches any glob (every one when neither is given), and of those, when reason texts are
+/// given, only the ones whose reason contains any of them (ignoring case). Nothing given
+/// selects everything.
 #[derive(Debug, Clone, Default)]
 pub struct Selection {
     /// Event globs (`*` matches any run of characters, dots included).
     pub events: Vec<Pattern>,
     /// Message ids.
     pub ids: Vec<String>,
+    /// Texts the reason must contain (one of them), lowercased.
+    reasons: Vec<String>,
 }
 
 impl Selection {
-    /// Parse `--event` globs and `--id`s; a bad glob is named.
-    pub fn new(events: &[String], ids: &[String]) -> Result<Selection, DlqError> {
+    /// Parse `--event` globs, `--id`s and `--reason` texts; a bad glob or an empty text is
+    /// named.
+    pub fn new(
+        events: &[String],
+        ids: &[String],
+        reasons: &[String],
+    ) -> Result<Selection, DlqError> {
         let events = events
             .iter()
             .map(|e| Pattern::parse(e).map_err(|why| DlqError::BadGlob(e.clone(), why)))
             .collect::<Result<_, _>>()?;
+        if ids.iter().any(|i| i.trim().is_empty()) {
+            return Err(DlqError::BadSelection("an empty message id".into()));
+        }
+        let reasons = reasons
+            .iter()
+            .map(|r| {
+                if r.trim().is_empty() {
+                    Err(DlqError::BadSelection(
+                        "an empty reason text (it would match every reason)".into(),
+                    ))
+                } else {
+                    Ok(r.to_lowercase())
+                }
+            })
+            .collect::<Result<_, _>>()?;
         Ok(Selection {
             events,
             ids: ids.to_vec(),
+            reasons,
         })
     }
 
     /// Whether everything is selected.
     pub fn is_all(&self) -> bool {
-        self.events.is_empty() && self.ids.is_empty()
+        self.events.is_empty() && self.ids.is_empty() && self.reasons.is_empty()
     }
 
-    /// Whether a message with this id and event is selected.
-    pub fn matches(&self, id: &str, event: &str) -> bool {
-        self.is_all()
-            || self.ids.iter().any(|i| i == id)
-            || self.events.iter().any(|p| p.matches(event))
+    /// Whether this dead letter is selected.
+    pub fn matches(&self, letter: &DeadLetter) -> bool {
+        let named = (self.ids.is_empty() && self.events.is_empty())
+            || self.ids.contains(&letter.id)
+            || self.events.iter().any(|p| p.matches(&letter.event));
+        let reason = self.reasons.is_empty()
+            || letter.reason.as_deref().is_some_and(|r| {
+                let r = r.to_lowercase();
+                self.reasons.iter().any(|text| r.contains(text.as_str()))
+            });
+        named && reason
     }
 }
 
-/// What a redrive did.
+/// Which action a walk through the queue takes on the selected dead letters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Send back to the main queue, then remove from the DLQ.
+    Redrive,
+    /// Remove from the DLQ for good.
+    Delete,
+}
+
+/// What a redrive or a delete did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct RedriveReport {
-    /// Messages sent back to the main queue (and removed from the DLQ).
-    pub redriven: u64,
+pub struct ActionReport {
+    /// Messages redriven (sent back to the main queue and removed from the DLQ) or deleted.
+    pub done: u64,
     /// Messages looked at and left in the DLQ (not selected).
     pub kept: u64,
-    /// Messages that could not be moved, with why (they stay in the DLQ).
+    /// Messages the action failed for, with why (they stay in the DLQ, unless the text says
+    /// otherwise).
     pub failed: Vec<String>,
+}
+
+/// What to list: dead letters a selection takes, one page of them.
+#[derive(Debug, Clone)]
+pub struct Query {
+    /// Which dead letters.
+    pub selection: Selection,
+    /// How many matching ones to skip (in listing order).
+    pub offset: usize,
+    /// How many to return at most.
+    pub limit: usize,
+    /// How many dead letters to read at most (at least `offset + limit`); on SQS each one read
+    /// is received and made visible again.
+    pub scan: usize,
+}
+
+/// The most dead letters one search reads.
+pub const MAX_SCAN: usize = 10_000;
+
+/// One page of a search.
+#[derive(Debug, Clone)]
+pub struct Listing {
+    /// The page: at most `limit` matching dead letters from `offset` on.
+    pub letters: Vec<DeadLetter>,
+    /// How many of those read matched.
+    pub matching: usize,
+    /// How many dead letters were read.
+    pub scanned: usize,
+    /// Whether every dead letter was read (else the queue holds more than `scan`, and
+    /// `matching` counts only those read).
+    pub complete: bool,
+}
+
+/// Read up to `query.scan` dead letters (oldest first where the broker knows the order) and
+/// return the page of those the selection takes.
+pub async fn search(dlq: &dyn DeadLetterQueue, query: &Query) -> Result<Listing, DlqError> {
+    let scan = query
+        .scan
+        .max(query.offset.saturating_add(query.limit))
+        .clamp(1, MAX_SCAN);
+    // One more than asked: whether the queue holds more than `scan` is then known.
+    let mut letters = dlq.list(scan + 1).await?;
+    let complete = letters.len() <= scan;
+    letters.truncate(scan);
+    Ok(page(letters, query, complete))
+}
+
+/// The page of `letters` (everything read) that `query` asks for.
+fn page(letters: Vec<DeadLetter>, query: &Query, complete: bool) -> Listing {
+    let scanned = letters.len();
+    let matching: Vec<DeadLetter> = letters
+        .into_iter()
+        .filter(|l| query.selection.matches(l))
+        .collect();
+    let count = matching.len();
+    Listing {
+        letters: matching
+            .into_iter()
+            .skip(query.offset)
+            .take(query.limit)
+            .collect(),
+        matching: count,
+        scanned,
+        complete,
+    }
 }
 
 /// Progress of a long redrive, for a progress bar.
@@ -148,6 +259,9 @@ pub enum DlqError {
     /// An `--event` glob is not a pattern.
     #[error("--event `{0}`: {1}")]
     BadGlob(String, String),
+    /// A selection that cannot be meant (an empty id or reason text).
+    #[error("bad selection: {0}")]
+    BadSelection(String),
 }
 
 /// A service's dead-letter queue.
@@ -156,13 +270,15 @@ pub trait DeadLetterQueue: Send + Sync + 'static {
     /// Up to `limit` dead letters, oldest first where the broker knows the order.
     async fn list(&self, limit: usize) -> Result<Vec<DeadLetter>, DlqError>;
 
-    /// Move the selected dead letters back to the main queue, keeping body and attributes;
-    /// each is removed from the DLQ only once it is on the main queue.
-    async fn redrive(
+    /// Redrive or delete the selected dead letters. A redrive moves them back to the main
+    /// queue, keeping body and attributes; each is removed from the DLQ only once it is on the
+    /// main queue.
+    async fn act(
         &self,
+        action: Action,
         selection: &Selection,
         progress: &dyn Progress,
-    ) -> Result<RedriveReport, DlqError>;
+    ) -> Result<ActionReport, DlqError>;
 
     /// Delete every dead letter; returns how many.
     async fn purge(&self) -> Result<u64, DlqError>;
@@ -199,15 +315,78 @@ pub fn event_of(
 mod tests {
     use super::*;
 
+    fn letter(id: &str, event: &str, reason: Option<&str>) -> DeadLetter {
+        DeadLetter {
+            id: id.into(),
+            event: event.into(),
+            receive_count: 1,
+            first_seen_ms: None,
+            last_seen_ms: None,
+            reason: reason.map(str::to_string),
+            body: Vec::new(),
+            attributes: Attributes::default(),
+        }
+    }
+
     #[test]
     fn selection_by_glob_and_id() {
-        let all = Selection::new(&[], &[]).expect("ok");
-        assert!(all.matches("x", "anything"));
-        let some = Selection::new(&["Order.*".into()], &["m-7".into()]).expect("ok");
-        assert!(some.matches("m-1", "Order.Created.shop"));
-        assert!(some.matches("m-7", "Invoice.Paid.shop"));
-        assert!(!some.matches("m-2", "Invoice.Paid.shop"));
-        assert!(Selection::new(&[String::new()], &[]).is_err());
+        let all = Selection::new(&[], &[], &[]).expect("ok");
+        assert!(all.is_all());
+        assert!(all.matches(&letter("x", "anything", None)));
+        let some = Selection::new(&["Order.*".into()], &["m-7".into()], &[]).expect("ok");
+        assert!(some.matches(&letter("m-1", "Order.Created.shop", None)));
+        assert!(some.matches(&letter("m-7", "Invoice.Paid.shop", None)));
+        assert!(!some.matches(&letter("m-2", "Invoice.Paid.shop", None)));
+        assert!(Selection::new(&[String::new()], &[], &[]).is_err());
+        assert!(Selection::new(&[], &[" ".into()], &[]).is_err());
+    }
+
+    #[test]
+    fn a_reason_text_narrows_the_selection_ignoring_case() {
+        let timeouts = Selection::new(&[], &[], &["TIMED OUT".into()]).expect("ok");
+        assert!(!timeouts.is_all());
+        assert!(timeouts.matches(&letter("a", "E", Some("handler timed out after 30s"))));
+        assert!(!timeouts.matches(&letter("b", "E", Some("schema: missing field"))));
+        assert!(
+            !timeouts.matches(&letter("c", "E", None)),
+            "no reason, no match"
+        );
+        // Events or ids first, then the reason: both must hold.
+        let orders = Selection::new(&["Order.*".into()], &[], &["schema".into(), "timed".into()])
+            .expect("ok");
+        assert!(orders.matches(&letter("a", "Order.Paid", Some("schema: x"))));
+        assert!(!orders.matches(&letter("a", "Invoice.Paid", Some("schema: x"))));
+        assert!(!orders.matches(&letter("a", "Order.Paid", Some("refused"))));
+        assert!(Selection::new(&[], &[], &["".into()]).is_err());
+    }
+
+    #[test]
+    fn a_page_counts_every_match_and_returns_its_slice() {
+        let letters: Vec<DeadLetter> = (0..10)
+            .map(|n| {
+                let event = if n % 2 == 0 {
+                    "Order.Paid"
+                } else {
+                    "Invoice.Sent"
+                };
+                letter(&format!("m-{n}"), event, Some("boom"))
+            })
+            .collect();
+        let query = |events: &[String], offset, limit| Query {
+            selection: Selection::new(events, &[], &[]).expect("ok"),
+            offset,
+            limit,
+            scan: 100,
+        };
+        let orders = page(letters.clone(), &query(&["Order.*".into()], 1, 2), true);
+        assert_eq!(orders.matching, 5);
+        assert_eq!(orders.scanned, 10);
+        let ids: Vec<&str> = orders.letters.iter().map(|l| l.id.as_str()).collect();
+        assert_eq!(ids, ["m-2", "m-4"]);
+        let past_the_end = page(letters, &query(&[], 20, 5), false);
+        assert_eq!(past_the_end.matching, 10);
+        assert!(past_the_end.letters.is_empty());
+        assert!(!past_the_end.complete);
     }
 
     #[test]

@@ -1,9 +1,15 @@
 //! The operator console: a small web page at `/` of the metrics server.
 //!
 //! It shows the plugins (version, generation, reloads, file), the bindings with what each
-//! acked, retried, failed and dead-lettered, throughput and in-flight messages over the last
-//! ten minutes, the latest handler failures with their reasons, and the dead-letter queue with
-//! redrive buttons. The page, its script and its style are compiled into the binary.
+//! acked, retried, failed and dead-lettered and their latency and failure rate over the last
+//! minute, charts of throughput and in-flight messages and of each binding's latency (p95)
+//! and failure rate over the last hour, the true queue and DLQ depths, the latest handler
+//! failures with their reasons, and the dead-letter queue: searched by event and reason, paged,
+//! with redrive and delete for one message or all that match. The page, its script and its
+//! style are compiled into the binary.
+//!
+//! `/api/state?since=T` returns only the chart points newer than `T` (ms since the Unix epoch):
+//! the page asks for the hour once, then for what is new every two seconds.
 //!
 //! Security: without a token the console must listen on a loopback address and only answers
 //! requests whose `Host` is a loopback name (a guard against DNS rebinding). With
@@ -16,7 +22,7 @@
 //! scheme, any header without a token configured) exempts nothing.
 //! Bodies are never shown unless `console.show_bodies = true`.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -32,10 +38,10 @@ use subtle::ConstantTimeEq;
 use super::errors::FailureKind;
 use super::health::Health;
 use super::metrics as m;
-use super::values::Values;
+use super::values::{Distribution, Values};
 use super::OpsError;
 use crate::config::{BrokerKind, Config};
-use crate::dlq::{DeadLetterQueue, Selection};
+use crate::dlq::{Action, DeadLetterQueue, Query, Selection};
 use crate::route::Routes;
 use crate::tasks::Tasks;
 
@@ -45,9 +51,14 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:9090";
 const COOKIE: &str = "iniesta_console";
 /// Failures kept for the page.
 const RECENT_FAILURES: usize = 50;
-/// Throughput samples kept (one every [`SAMPLE_EVERY`]: an hour, about 70 KB).
+/// Samples kept (one every [`SAMPLE_EVERY`]: an hour; about 70 KB for the throughput and as
+/// much per binding).
 const SAMPLES: usize = 1800;
 const SAMPLE_EVERY: Duration = Duration::from_secs(2);
+/// The window of the bindings table's latency and failure rate.
+const RECENT: Duration = Duration::from_secs(60);
+/// Handler results counted as failures (a retry is counted apart).
+const FAILED: &[&str] = &["error", "panic", "timeout", "crashed", "dead_letter"];
 
 const INDEX_HTML: &str = include_str!("console/index.html");
 const CONSOLE_JS: &str = include_str!("console/console.js");
@@ -186,6 +197,55 @@ struct Sample {
     in_flight: f64,
 }
 
+/// A binding's handler calls over one sample interval, for its charts.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct BindingPoint {
+    t: u64,
+    /// Calls that ended in the interval.
+    calls: u64,
+    /// Of those, failed ones ([`FAILED`]).
+    failed: u64,
+    /// Of those, retried ones.
+    retried: u64,
+    /// Median and 95th percentile duration (ms), when there were calls.
+    p50_ms: Option<f64>,
+    p95_ms: Option<f64>,
+}
+
+/// A binding's counts since the start, at one moment.
+#[derive(Debug, Clone, Default)]
+struct Totals {
+    at: u64,
+    calls: u64,
+    failed: u64,
+    retried: u64,
+    durations: Distribution,
+}
+
+impl Totals {
+    /// The calls between `earlier` and these totals.
+    fn since(&self, earlier: &Totals) -> BindingPoint {
+        let durations = self.durations.since(&earlier.durations);
+        let ms = |q: f64| durations.quantile(q).map(|s| (s * 1e6).round() / 1e3);
+        BindingPoint {
+            t: self.at,
+            calls: self.calls.saturating_sub(earlier.calls),
+            failed: self.failed.saturating_sub(earlier.failed),
+            retried: self.retried.saturating_sub(earlier.retried),
+            p50_ms: ms(0.5),
+            p95_ms: ms(0.95),
+        }
+    }
+}
+
+/// The history of one binding: its chart points and the totals of the last minute.
+#[derive(Debug, Default)]
+struct BindingHistory {
+    points: VecDeque<BindingPoint>,
+    /// Totals at each sample of the last [`RECENT`] (oldest first).
+    recent: VecDeque<Totals>,
+}
+
 /// The console of one host.
 pub struct Console {
     settings: ConsoleSettings,
@@ -197,6 +257,7 @@ pub struct Console {
     failures: Arc<RecentFailures>,
     dlq: Option<Arc<dyn DeadLetterQueue>>,
     series: Mutex<VecDeque<Sample>>,
+    bindings: Mutex<HashMap<String, BindingHistory>>,
     started: std::time::Instant,
     tasks: Tasks,
 }
@@ -226,6 +287,7 @@ impl Console {
             failures: Arc::new(RecentFailures::default()),
             dlq,
             series: Mutex::new(VecDeque::new()),
+            bindings: Mutex::new(HashMap::new()),
             started: std::time::Instant::now(),
             tasks: tasks.clone(),
         });
@@ -272,11 +334,87 @@ impl Console {
             dead_lettered: sum(m::DEAD_LETTERED),
             in_flight: sum(m::IN_FLIGHT),
         };
-        let mut samples = crate::mutex::lock(&self.series);
-        if samples.len() >= SAMPLES {
-            samples.pop_front();
+        {
+            let mut samples = crate::mutex::lock(&self.series);
+            if samples.len() >= SAMPLES {
+                samples.pop_front();
+            }
+            samples.push_back(sample);
         }
-        samples.push_back(sample);
+        self.sample_bindings(sample.t);
+    }
+
+    /// One chart point per binding bound now (the history of a binding a reload removed is
+    /// dropped with it).
+    fn sample_bindings(&self, at: u64) {
+        let Some(routes) = self.routes.get().map(|r| r.load_full()) else {
+            return;
+        };
+        let mut histories = crate::mutex::lock(&self.bindings);
+        histories.retain(|name, _| routes.bindings().iter().any(|b| b.name == *name));
+        for binding in routes.bindings() {
+            let totals = self.totals(&binding.name, at);
+            let history = histories.entry(binding.name.clone()).or_default();
+            if let Some(previous) = history.recent.back() {
+                if history.points.len() >= SAMPLES {
+                    history.points.pop_front();
+                }
+                history.points.push_back(totals.since(previous));
+            }
+            while history
+                .recent
+                .front()
+                .is_some_and(|t| at.saturating_sub(t.at) > RECENT.as_millis() as u64)
+            {
+                history.recent.pop_front();
+            }
+            history.recent.push_back(totals);
+        }
+    }
+
+    /// A binding's handler calls since the start.
+    fn totals(&self, binding: &str, at: u64) -> Totals {
+        let count = |results: Option<&[&str]>| -> u64 {
+            match results {
+                Some(results) => self.metrics.counter_sum(
+                    m::HANDLER_CALLS,
+                    &[("binding", &[binding]), ("result", results)],
+                ),
+                None => self
+                    .metrics
+                    .counter_sum(m::HANDLER_CALLS, &[("binding", &[binding])]),
+            }
+        };
+        Totals {
+            at,
+            calls: count(None),
+            failed: count(Some(FAILED)),
+            retried: count(Some(&["retry"])),
+            durations: self
+                .metrics
+                .distribution(m::HANDLER_DURATION, &[("binding", binding)])
+                .unwrap_or_default(),
+        }
+    }
+
+    /// A binding's calls over the last minute: count, failure rate, latency.
+    fn recent(&self, binding: &str) -> serde_json::Value {
+        let histories = crate::mutex::lock(&self.bindings);
+        let Some(window) = histories
+            .get(binding)
+            .and_then(|h| Some((h.recent.front()?, h.recent.back()?)))
+            .map(|(first, last)| last.since(first))
+        else {
+            return serde_json::Value::Null;
+        };
+        serde_json::json!({
+            "calls": window.calls,
+            "failed": window.failed,
+            "retried": window.retried,
+            "failure_rate": (window.calls > 0).then(|| window.failed as f64 / window.calls as f64),
+            "p50_ms": window.p50_ms,
+            "p95_ms": window.p95_ms,
+        })
     }
 
     /// Answer a console request (auth, CSRF, then the route).
@@ -316,21 +454,24 @@ impl Console {
             (Method::GET, "/console.css") => {
                 respond(StatusCode::OK, "text/css; charset=utf-8", CONSOLE_CSS)
             }
-            (Method::GET, "/api/state") => json(StatusCode::OK, &self.state()),
-            (Method::GET, "/api/dlq") => {
-                let limit = query_param(&request, "limit")
-                    .and_then(|l| l.parse::<usize>().ok())
-                    .unwrap_or(100)
-                    .clamp(1, 1000);
-                self.dlq_list(limit).await
+            (Method::GET, "/api/state") => {
+                let since = match number_param(&request, "since", 0) {
+                    Ok(since) => since,
+                    Err(why) => {
+                        return json(StatusCode::BAD_REQUEST, &serde_json::json!({"error": why}))
+                    }
+                };
+                json(StatusCode::OK, &self.state(since as u64))
             }
-            (Method::POST, "/api/dlq/redrive") => self.redrive(request).await,
+            (Method::GET, "/api/dlq") => self.dlq_list(&request).await,
+            (Method::POST, "/api/dlq/redrive") => self.act(Action::Redrive, request).await,
+            (Method::POST, "/api/dlq/delete") => self.act(Action::Delete, request).await,
             (_, "/" | "/console.js" | "/console.css" | "/api/state" | "/api/dlq") => respond(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "text/plain; charset=utf-8",
                 "only GET\n",
             ),
-            (_, "/api/dlq/redrive") => respond(
+            (_, "/api/dlq/redrive" | "/api/dlq/delete") => respond(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "text/plain; charset=utf-8",
                 "only POST\n",
@@ -424,7 +565,7 @@ impl Console {
         Ok(())
     }
 
-    fn state(&self) -> serde_json::Value {
+    fn state(&self, since: u64) -> serde_json::Value {
         let count = |binding: &str, results: &[&str]| -> u64 {
             self.metrics.counter_sum(
                 m::HANDLER_CALLS,
@@ -450,6 +591,7 @@ impl Console {
                     "retried": count(&b.name, &["retry"]),
                     "failed": count(&b.name, &["error", "panic", "timeout", "crashed"]),
                     "dead_lettered": count(&b.name, &["dead_letter"]),
+                    "last_minute": self.recent(&b.name),
                 })
             })
             .collect();
@@ -481,7 +623,20 @@ impl Console {
                 seen.into_values().collect()
             }
         };
-        let samples: Vec<Sample> = crate::mutex::lock(&self.series).iter().copied().collect();
+        let samples: Vec<Sample> = crate::mutex::lock(&self.series)
+            .iter()
+            .filter(|s| s.t > since)
+            .copied()
+            .collect();
+        let binding_series: serde_json::Map<String, serde_json::Value> =
+            crate::mutex::lock(&self.bindings)
+                .iter()
+                .map(|(name, history)| {
+                    let points: Vec<&BindingPoint> =
+                        history.points.iter().filter(|p| p.t > since).collect();
+                    (name.clone(), serde_json::json!(points))
+                })
+                .collect();
         // True depths, as the queue-depth reader last saw them (GetQueueAttributes on SQS, a
         // count on the local broker; absent until the first read, or with the reader off).
         let depth = |queue: &str| -> Option<serde_json::Value> {
@@ -512,6 +667,7 @@ impl Console {
             "plugins": plugins,
             "bindings": bindings,
             "series": samples,
+            "binding_series": binding_series,
             "depths": depths,
             "failures": self.failures.snapshot(),
             "retained_mb": host.as_ref().map(|h| h.retained_bytes as f64 / 1e6).unwrap_or(0.0),
@@ -522,16 +678,47 @@ impl Console {
         })
     }
 
-    async fn dlq_list(&self, limit: usize) -> Response<Full<Bytes>> {
+    /// `GET /api/dlq?limit=&offset=&event=&reason=&scan=`: one page of the dead letters that
+    /// match (an event glob and a reason text, both optional).
+    async fn dlq_list(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+        let bad = |why: String| json(StatusCode::BAD_REQUEST, &serde_json::json!({"error": why}));
         let Some(dlq) = &self.dlq else {
             return json(
                 StatusCode::OK,
                 &serde_json::json!({"configured": false, "messages": []}),
             );
         };
-        match dlq.list(limit).await {
-            Ok(letters) => {
-                let messages: Vec<serde_json::Value> = letters
+        let numbers = (|| {
+            Ok::<_, String>((
+                number_param(request, "limit", 100)?.clamp(1, 1000),
+                number_param(request, "offset", 0)?.min(crate::dlq::MAX_SCAN),
+                number_param(request, "scan", 1000)?.clamp(1, crate::dlq::MAX_SCAN),
+            ))
+        })();
+        let (limit, offset, scan) = match numbers {
+            Ok(numbers) => numbers,
+            Err(why) => return bad(why),
+        };
+        let given = |name: &str| -> Vec<String> {
+            query_param(request, name)
+                .filter(|v| !v.trim().is_empty())
+                .into_iter()
+                .collect()
+        };
+        let selection = match Selection::new(&given("event"), &[], &given("reason")) {
+            Ok(selection) => selection,
+            Err(e) => return bad(e.to_string()),
+        };
+        let query = Query {
+            selection,
+            offset,
+            limit,
+            scan,
+        };
+        match crate::dlq::search(dlq.as_ref(), &query).await {
+            Ok(listing) => {
+                let messages: Vec<serde_json::Value> = listing
+                    .letters
                     .iter()
                     .map(|l| {
                         serde_json::json!({
@@ -543,7 +730,11 @@ impl Console {
                     .collect();
                 json(
                     StatusCode::OK,
-                    &serde_json::json!({"configured": true, "messages": messages, "limit": limit}),
+                    &serde_json::json!({
+                        "configured": true, "messages": messages, "limit": limit,
+                        "offset": offset, "matching": listing.matching,
+                        "scanned": listing.scanned, "complete": listing.complete,
+                    }),
                 )
             }
             Err(e) => {
@@ -556,7 +747,9 @@ impl Console {
         }
     }
 
-    async fn redrive(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    /// `POST /api/dlq/redrive` and `/api/dlq/delete` with `{"ids": [..]}`, `{"events": [..]}`,
+    /// `{"reasons": [..]}` (combined as in [`Selection`]) or, for a redrive, `{"all": true}`.
+    async fn act(&self, action: Action, request: Request<Incoming>) -> Response<Full<Bytes>> {
         #[derive(serde::Deserialize)]
         #[serde(deny_unknown_fields)]
         struct Ask {
@@ -564,6 +757,8 @@ impl Console {
             ids: Vec<String>,
             #[serde(default)]
             events: Vec<String>,
+            #[serde(default)]
+            reasons: Vec<String>,
             #[serde(default)]
             all: bool,
         }
@@ -579,41 +774,50 @@ impl Console {
             Ok(a) => a,
             Err(e) => {
                 return bad(format!(
-                    "expected {{\"ids\": [..]}}, {{\"events\": [..]}} or {{\"all\": true}}: {e}"
+                    "expected {{\"ids\": [..]}}, {{\"events\": [..]}}, {{\"reasons\": [..]}} or {{\"all\": true}}: {e}"
                 ))
             }
         };
-        if !ask.all && ask.ids.is_empty() && ask.events.is_empty() {
-            return bad("nothing selected: give ids, events, or all = true".into());
-        }
-        let selection = match Selection::new(&ask.events, &ask.ids) {
+        let selection = match Selection::new(&ask.events, &ask.ids, &ask.reasons) {
             Ok(s) => s,
             Err(e) => return bad(e.to_string()),
         };
+        match (action, ask.all, selection.is_all()) {
+            (_, true, false) => {
+                return bad("`all` selects everything: give it alone, without ids, events or reasons".into())
+            }
+            (_, false, true) => {
+                return bad("nothing selected: give ids, events, reasons, or all = true".into())
+            }
+            (Action::Delete, true, _) => {
+                return bad("the console deletes chosen dead letters only; to delete every one, run `iniesta dlq purge --yes`".into())
+            }
+            _ => {}
+        }
         // In a task of its own: a browser that goes away mid-redrive must not cancel it between
         // a send and its delete (the message would then be in both queues); tracked, so
         // shutdown waits for it too.
         let dlq = dlq.clone();
-        let redrive = self
+        let task = self
             .tasks
-            .spawn(async move { dlq.redrive(&selection, &crate::dlq::NoProgress).await });
-        let outcome = match redrive.await {
+            .spawn(async move { dlq.act(action, &selection, &crate::dlq::NoProgress).await });
+        let outcome = match task.await {
             Ok(outcome) => outcome,
             Err(e) => {
-                tracing::error!(error = %e, "console: the redrive task failed");
+                tracing::error!(error = %e, ?action, "console: the dead-letter task failed");
                 return json(
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    &serde_json::json!({"error": format!("the redrive task failed: {e}")}),
+                    &serde_json::json!({"error": format!("the dead-letter task failed: {e}")}),
                 );
             }
         };
         match outcome {
             Ok(report) => {
-                tracing::info!(redriven = report.redriven, kept = report.kept, ids = ?ask.ids, events = ?ask.events, "console: redrive");
+                tracing::info!(?action, done = report.done, kept = report.kept, failed = report.failed.len(), ids = ?ask.ids, events = ?ask.events, reasons = ?ask.reasons, "console: dead-letter action");
                 json(StatusCode::OK, &report)
             }
             Err(e) => {
-                tracing::warn!(error = %e, "console: redrive failed");
+                tracing::warn!(error = %e, ?action, "console: dead-letter action failed");
                 json(
                     StatusCode::BAD_GATEWAY,
                     &serde_json::json!({"error": e.to_string()}),
@@ -651,6 +855,16 @@ fn respond(
 fn json(status: StatusCode, value: &impl Serialize) -> Response<Full<Bytes>> {
     let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
     respond(status, "application/json", body)
+}
+
+/// A whole-number query parameter, `default` when absent; anything else is refused, named.
+fn number_param(request: &Request<Incoming>, name: &str, default: usize) -> Result<usize, String> {
+    match query_param(request, name) {
+        None => Ok(default),
+        Some(text) => text
+            .parse::<usize>()
+            .map_err(|_| format!("`{name}` must be a whole number, not {text:?}")),
+    }
 }
 
 fn query_param(request: &Request<Incoming>, name: &str) -> Option<String> {

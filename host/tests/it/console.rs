@@ -1,7 +1,9 @@
 //! The operator console end to end: a real host serves it, headless Chromium (Debian's
 //! `chromium`, driven through `chromedriver` over WebDriver) loads the page with the token,
-//! sees the plugins and a handler failure, clicks a redrive button and sees the dead-letter
-//! list shrink. Requests without the token, without the CSRF token or from another origin are
+//! sees the plugins, a handler failure and each binding's latency, searches the dead letters
+//! by reason, deletes one, clicks a redrive button and sees the dead-letter list shrink. The
+//! API pages and searches the dead letters and gives each binding's failure rate, latency and
+//! chart points (only the new ones with `since`). Requests without the token, without the CSRF token or from another origin are
 //! refused; a console on a non-loopback address without a token refuses to start.
 //!
 //! Chromium and chromedriver come from `$INIESTA_CHROMIUM` / `$INIESTA_CHROMEDRIVER`, else
@@ -136,6 +138,20 @@ fn console_config_with(s: &Scratch, port: u16, token: &str, bindings: &str) -> P
     )
 }
 
+fn state(port: u16, query: &str) -> serde_json::Value {
+    let (status, body) = get(port, &format!("/api/state{query}"), &bearer());
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).expect("state is JSON")
+}
+
+fn dlq_page(port: u16, query: &str) -> (u16, serde_json::Value) {
+    let (status, body) = get(port, &format!("/api/dlq{query}"), &bearer());
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)),
+    )
+}
+
 fn start_host(config: &Path, log: PathBuf) -> common::Host {
     let file = std::fs::File::create(&log).expect("log");
     let child = Command::new(common::bin())
@@ -175,6 +191,10 @@ fn the_console_shows_plugins_and_failures_and_redrives_from_the_browser() {
     );
     let host = start_host(&config, s.path("host.log"));
     let port = host.port();
+    // The binding's history has its first sample before anything is handled.
+    s.wait_for("the binding's first sample", LIMIT, || {
+        !state(port, "")["bindings"][0]["last_minute"].is_null()
+    });
     for n in 1..=3 {
         common::publish(
             &config,
@@ -185,6 +205,11 @@ fn the_console_shows_plugins_and_failures_and_redrives_from_the_browser() {
         );
     }
     s.wait_for("three dead letters", LIMIT, || dlq_depth(&config) == 3);
+    // The last minute of a binding that dead-letters everything: three calls, all failed.
+    s.wait_for("the failure rate", LIMIT, || {
+        let minute = &state(port, "")["bindings"][0]["last_minute"];
+        minute["calls"] == 3 && minute["failed"] == 3 && minute["failure_rate"] == 1.0
+    });
 
     // Without the token, with a wrong one, without CSRF, from another origin: refused.
     let (status, body) = get(port, "/", "");
@@ -266,6 +291,10 @@ fn the_console_shows_plugins_and_failures_and_redrives_from_the_browser() {
             .contains("bindings[0] (echo/echo)")
     });
 
+    // The echo binding's history (a new binding, or the same name's) has a sample.
+    s.wait_for("the echo binding's first sample", LIMIT, || {
+        !state(port, "")["bindings"][0]["last_minute"].is_null()
+    });
     // Some traffic for the throughput chart: bursts of events the echo binding acks, one per
     // sample of the console's counters.
     let mut sent = 0;
@@ -292,6 +321,102 @@ fn the_console_shows_plugins_and_failures_and_redrives_from_the_browser() {
         let state: serde_json::Value = serde_json::from_str(&state).expect("state is JSON");
         state["bindings"][0]["acked"] == sent
     });
+    // Each binding's chart points: calls that succeeded, with a latency.
+    let name = state(port, "")["bindings"][0]["name"]
+        .as_str()
+        .expect("the binding's name")
+        .to_string();
+    s.wait_for("the bursts in the binding's points", LIMIT, || {
+        let now = state(port, "");
+        let points = now["binding_series"][&name]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let calls: u64 = points.iter().filter_map(|p| p["calls"].as_u64()).sum();
+        let acked_points = points
+            .iter()
+            .filter(|p| p["calls"].as_u64() > Some(0) && p["failed"] == 0)
+            .count();
+        calls >= sent
+            && acked_points > 0
+            && points
+                .iter()
+                .filter(|p| p["calls"].as_u64() > Some(0))
+                .all(|p| {
+                    p["p95_ms"].as_f64().is_some_and(|ms| ms >= 0.0) && p["p50_ms"].is_number()
+                })
+            && now["bindings"][0]["last_minute"]["p95_ms"].is_number()
+    });
+    // `since`: only the points after it.
+    let now = state(port, "");
+    let last = now["series"]
+        .as_array()
+        .and_then(|a| a.last())
+        .and_then(|p| p["t"].as_u64())
+        .expect("a sample");
+    let newer = state(port, &format!("?since={last}"));
+    for points in [&newer["series"], &newer["binding_series"][&name]] {
+        assert!(
+            points
+                .as_array()
+                .expect("points")
+                .iter()
+                .all(|p| p["t"].as_u64() > Some(last)),
+            "{newer}"
+        );
+    }
+    assert!(
+        newer["series"].as_array().map(Vec::len) < now["series"].as_array().map(Vec::len),
+        "{newer}"
+    );
+    assert_eq!(get(port, "/api/state?since=yesterday", &bearer()).0, 400);
+
+    // The dead letters, paged and searched through the API.
+    let (status, page) = dlq_page(port, "?limit=1&offset=1");
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["messages"].as_array().map(Vec::len), Some(1), "{page}");
+    assert_eq!(page["matching"], 3, "{page}");
+    assert_eq!(page["complete"], true, "{page}");
+    let (_, all) = dlq_page(port, "");
+    let second = all["messages"][1]["id"]
+        .as_str()
+        .expect("an id")
+        .to_string();
+    assert_eq!(page["messages"][0]["id"], second.as_str(), "{page}");
+    let (_, nothing) = dlq_page(port, "?event=Invoice.*");
+    assert_eq!(nothing["matching"], 0, "{nothing}");
+    let (_, by_reason) = dlq_page(port, &format!("?reason={}", second.to_uppercase()));
+    assert_eq!(by_reason["matching"], 1, "{by_reason}");
+    assert_eq!(dlq_page(port, "?limit=ten").0, 400);
+    assert_eq!(dlq_page(port, "?event=Order.%20*").0, 400, "a bad glob");
+    let page = get(port, "/", &bearer()).1;
+    let csrf = csrf_of(&page);
+    let action = |path: &str, body: &str| {
+        post(
+            port,
+            path,
+            &format!("{}X-CSRF-Token: {csrf}\r\n", bearer()),
+            body,
+        )
+    };
+    for refused in [
+        r#"{"all":true}"#,
+        r#"{}"#,
+        r#"{"ids":[""]}"#,
+        r#"{"reasons":[" "]}"#,
+        r#"{"nope":1}"#,
+    ] {
+        let (status, body) = action("/api/dlq/delete", refused);
+        assert_eq!(status, 400, "{refused}: {body}");
+    }
+    let (status, body) = action("/api/dlq/redrive", r#"{"all":true,"ids":["x"]}"#);
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = action("/api/dlq/delete", r#"{"ids":["no-such-id"]}"#);
+    assert_eq!(status, 200, "{body}");
+    let report: serde_json::Value = serde_json::from_str(&body).expect("a report");
+    assert_eq!(report["done"], 0, "{report}");
+    assert_eq!(report["kept"], 3, "{report}");
+    assert_eq!(dlq_depth(&config), 3, "nothing was deleted");
 
     // The browser.
     let (driver, driver_port) = common::ports::spawn_listening("chromedriver", |port| {
@@ -310,7 +435,7 @@ fn the_console_shows_plugins_and_failures_and_redrives_from_the_browser() {
             serde_json::json!({
                 "binary": chromium.display().to_string(),
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                         "--window-size=1280,1400", "--hide-scrollbars"],
+                         "--window-size=1280,2000", "--hide-scrollbars"],
             }),
         );
         let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
@@ -353,12 +478,41 @@ fn the_console_shows_plugins_and_failures_and_redrives_from_the_browser() {
             rows(3).await?;
             let page = client.source().await?;
             assert!(!page.contains("4111-"), "bodies are not shown unless enabled");
+            // The binding's latency over the last minute.
+            wait()
+                .for_element(Locator::XPath(
+                    "//table[@id='bindings']//td[contains(@class, 'p95') and contains(., 'ms')]",
+                ))
+                .await?;
             let shot = client.screenshot().await?;
+            // Search by reason (flaky's names the message), delete the one found.
+            let doomed = client
+                .find(Locator::Css("#dlq tbody tr"))
+                .await?
+                .attr("data-id")
+                .await?
+                .expect("rows name their message");
+            client.find(Locator::Id("dlq-reason")).await?.send_keys(&doomed).await?;
+            client.find(Locator::Id("dlq-search-go")).await?.click().await?;
+            rows(1).await?;
+            assert!(client.find(Locator::Id("dlq-delete-matching")).await?.is_displayed().await?);
+            let found = client.find(Locator::Css("#dlq tbody")).await?.text().await?;
+            assert!(found.contains(&doomed), "{found}");
+            client.find(Locator::Css("#dlq button.delete")).await?.click().await?;
+            client.accept_alert().await?;
+            rows(0).await?;
+            let pager = client.find(Locator::Id("dlq-page")).await?.text().await?;
+            assert!(pager.contains("of 0 matching"), "{pager}");
+            // Back to everything: two left.
+            client.find(Locator::Id("dlq-reason")).await?.clear().await?;
+            client.find(Locator::Id("dlq-search-go")).await?.click().await?;
+            rows(2).await?;
+            assert!(!client.find(Locator::Id("dlq-delete-matching")).await?.is_displayed().await?);
             let buttons = client.find_all(Locator::Css("#dlq button.redrive")).await?;
-            assert_eq!(buttons.len(), 3);
+            assert_eq!(buttons.len(), 2);
             let chosen = buttons[0].attr("data-id").await?.expect("the button names its message");
             buttons[0].click().await?;
-            rows(2).await?;
+            rows(1).await?;
             let left = client.find(Locator::Css("#dlq tbody")).await?.text().await?;
             assert!(!left.contains(&chosen), "the redriven message left the list: {left}");
             Ok::<_, fantoccini::error::CmdError>(shot)
@@ -367,13 +521,13 @@ fn the_console_shows_plugins_and_failures_and_redrives_from_the_browser() {
         let _ = client.close().await;
         result.expect("the console works in the browser")
     });
-    // The redriven message is acked by the fixed handler; the other two stay.
+    // The redriven message is acked by the fixed handler; the deleted one is gone, one stays.
     s.wait_for("echo to ack the redriven message", LIMIT, || {
         let (_, state) = get(port, "/api/state", &bearer());
         let state: serde_json::Value = serde_json::from_str(&state).expect("state is JSON");
         state["bindings"][0]["acked"] == sent + 1
     });
-    assert_eq!(dlq_depth(&config), 2);
+    assert_eq!(dlq_depth(&config), 1);
     host.stop();
     let out = common::workspace_root().join("target/console-e2e.png");
     std::fs::write(&out, shot).expect("write the screenshot");

@@ -1,7 +1,8 @@
-//! `iniesta dlq list | redrive | purge` on both brokers: the local SQLite one and SQS (a real
-//! moto server per test). Messages are dead-lettered by a real host running the `flaky`
-//! plugin, listed with their reasons, a subset is redriven by event glob and acked by the
-//! handler the config now binds, the rest stays, then one is redriven by id and the rest purged.
+//! `iniesta dlq list | redrive | delete | purge` on both brokers: the local SQLite one and SQS
+//! (a real moto server per test). Messages are dead-lettered by a real host running the
+//! `flaky` plugin, listed with their reasons, searched by event and reason and paged, one is
+//! deleted by its reason, a subset is redriven by event glob and acked by the handler the
+//! config now binds, the rest stays, then one is redriven by id and the rest purged.
 
 use crate::common;
 
@@ -56,11 +57,24 @@ impl Broker {
     }
 }
 
-/// The rows of a `dlq list` table (header and summary left out).
+/// The rows of a `dlq list` table (header and summary lines left out).
 fn rows(table: &str) -> Vec<String> {
     table
         .lines()
-        .filter(|l| !l.starts_with("ID ") && !l.ends_with("message(s)") && !l.contains("is empty"))
+        .filter(|l| {
+            !l.starts_with("ID ")
+                && !l.starts_with('#')
+                && !l.ends_with("message(s)")
+                && !l.contains("is empty")
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// The id column of `dlq list` rows.
+fn ids(rows: &[String]) -> Vec<String> {
+    rows.iter()
+        .filter_map(|r| r.split_whitespace().next())
         .map(str::to_string)
         .collect()
 }
@@ -73,7 +87,7 @@ fn scenario(broker: Broker) {
     if let Broker::Aws(_) = broker {
         ok(&config, &["setup"]);
     }
-    // 1. A host dead-letters everything: three orders (one with an extra attribute), two bad.
+    // 1. A host dead-letters everything: three orders (one with an extra attribute), three bad.
     let host = start_host(&config, s.path("host1.log"));
     for n in 1..=3 {
         let body = format!(r#"{{"order":{n},"secret":"card-{n}"}}"#);
@@ -86,7 +100,7 @@ fn scenario(broker: Broker) {
             ok(&config, &["publish", "Order.Created", &body]);
         }
     }
-    for n in 1..=2 {
+    for n in 1..=3 {
         ok(
             &config,
             &[
@@ -96,9 +110,7 @@ fn scenario(broker: Broker) {
             ],
         );
     }
-    s.wait_for("five dead letters", LIMIT, || {
-        broker.dlq_depth(&config) == 5
-    });
+    s.wait_for("six dead letters", LIMIT, || broker.dlq_depth(&config) == 6);
     let log = host.stop();
     // The ids the host dead-lettered (the main queue's message ids, as in its logs).
     let mut dead_lettered: Vec<String> = log
@@ -109,13 +121,13 @@ fn scenario(broker: Broker) {
         .map(str::to_string)
         .collect();
     dead_lettered.sort();
-    assert_eq!(dead_lettered.len(), 5, "{log}");
+    assert_eq!(dead_lettered.len(), 6, "{log}");
 
     // 2. List: every one with its reason, bodies hidden unless asked for.
     let table = ok(&config, &["dlq", "list"]);
     let listed = rows(&table);
-    assert_eq!(listed.len(), 5, "{table}");
-    assert!(table.contains("5 message(s)"), "{table}");
+    assert_eq!(listed.len(), 6, "{table}");
+    assert!(table.contains("6 message(s)"), "{table}");
     for row in &listed {
         assert!(
             row.contains("flaky dead-letters") && row.contains("by design"),
@@ -154,7 +166,7 @@ fn scenario(broker: Broker) {
             .iter()
             .filter(|r| r.contains("Bad.Input.receiver"))
             .count(),
-        2,
+        3,
         "{table}"
     );
     assert!(
@@ -171,7 +183,10 @@ fn scenario(broker: Broker) {
         serde_json::from_str(&ok(&config, &["dlq", "list", "--output", "json"]))
             .expect("dlq list --output json prints one JSON object");
     let letters = json["letters"].as_array().expect("letters");
-    assert_eq!(letters.len(), 5, "{json}");
+    assert_eq!(letters.len(), 6, "{json}");
+    assert_eq!(json["matching"], 6, "{json}");
+    assert_eq!(json["scanned"], 6, "{json}");
+    assert_eq!(json["complete"], true, "{json}");
     let mut json_ids: Vec<String> = letters
         .iter()
         .filter_map(|l| l["id"].as_str().map(str::to_string))
@@ -203,12 +218,90 @@ fn scenario(broker: Broker) {
     let two = ok(&config, &["dlq", "list", "--limit", "2"]);
     assert_eq!(rows(&two).len(), 2, "{two}");
     // Listing leaves every message in the DLQ (on SQS: received, then made visible again).
-    assert_eq!(broker.dlq_depth(&config), 5);
+    assert_eq!(broker.dlq_depth(&config), 6);
     assert_eq!(
         rows(&ok(&config, &["dlq", "list"])).len(),
-        5,
+        6,
         "a second listing sees them all again"
     );
+
+    // 2b. Search by event and by reason (flaky's reason names the message id), page, and
+    // delete one by its reason.
+    let bad = ok(&config, &["dlq", "list", "--event", "Bad.*"]);
+    let bad_rows = rows(&bad);
+    assert_eq!(bad_rows.len(), 3, "{bad}");
+    assert!(
+        bad_rows.iter().all(|r| r.contains("Bad.Input.receiver")),
+        "{bad}"
+    );
+    let doomed = bad_rows[0]
+        .split_whitespace()
+        .next()
+        .expect("id column")
+        .to_string();
+    for text in [doomed.clone(), doomed.to_uppercase()] {
+        let found = ok(&config, &["dlq", "list", "--reason", &text]);
+        let found_rows = rows(&found);
+        assert_eq!(found_rows.len(), 1, "--reason {text}: {found}");
+        assert!(found_rows[0].starts_with(&doomed), "{found}");
+    }
+    let page = ok(&config, &["dlq", "list", "--limit", "2", "--offset", "4"]);
+    assert_eq!(
+        ids(&rows(&page)),
+        ids(&listed)[4..6],
+        "the 5th and 6th of the first listing: {page}"
+    );
+    assert!(page.contains("#5–6 of 6 matching"), "{page}");
+    let past = ok(&config, &["dlq", "list", "--offset", "10"]);
+    assert!(
+        past.contains("nothing from #11 on: 6 dead letter(s) match"),
+        "{past}"
+    );
+    let none = ok(&config, &["dlq", "list", "--event", "Nope.*"]);
+    assert!(
+        none.contains("no dead letter matches (of 6 read)"),
+        "{none}"
+    );
+    let partial = iniesta(
+        &config,
+        &[
+            "dlq", "list", "--scan", "4", "--limit", "2", "--output", "json",
+        ],
+    );
+    assert!(partial.status.success(), "{partial:?}");
+    let partial_json: serde_json::Value =
+        serde_json::from_slice(&partial.stdout).expect("one JSON object");
+    assert_eq!(partial_json["scanned"], 4, "{partial_json}");
+    assert_eq!(partial_json["complete"], false, "{partial_json}");
+    assert_eq!(partial_json["matching"], 4, "{partial_json}");
+    assert_eq!(partial_json["letters"].as_array().map(Vec::len), Some(2));
+    // (stdout stays JSON; the note that the queue holds more goes to stderr.)
+    assert!(
+        String::from_utf8_lossy(&partial.stderr).contains("raise --scan"),
+        "{partial:?}"
+    );
+    let refused = iniesta(&config, &["dlq", "delete"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("dlq purge --yes"),
+        "{refused:?}"
+    );
+    let empty_reason = iniesta(&config, &["dlq", "delete", "--reason", " "]);
+    assert!(!empty_reason.status.success(), "{empty_reason:?}");
+    assert_eq!(
+        broker.dlq_depth(&config),
+        6,
+        "a refused delete deletes nothing"
+    );
+    let deleted = ok(&config, &["dlq", "delete", "--reason", &doomed]);
+    assert!(
+        deleted.contains("deleted 1 message(s)") && deleted.contains("5 left"),
+        "{deleted}"
+    );
+    assert_eq!(broker.dlq_depth(&config), 5);
+    let after = ok(&config, &["dlq", "list"]);
+    assert_eq!(rows(&after).len(), 5, "{after}");
+    assert!(!after.contains(&doomed), "{after}");
 
     // 3. Purge asks for --yes and touches nothing without it; a bad glob is named.
     let refused = iniesta(&config, &["dlq", "purge"]);
