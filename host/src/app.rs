@@ -156,11 +156,14 @@ impl App {
                 .map(Arc::new);
             let publisher =
                 Arc::new(Publisher::new(&config, broker.clone()).with_fanout(fanout.clone()));
+            let guards =
+                crate::policy::Guards::new(Some(crate::plugins::watch::state_dir(&config)));
             let routes = crate::route::bind(
                 &config,
                 &set,
                 Some(publisher.clone()),
                 Some(tokio::runtime::Handle::current()),
+                &guards,
             )
             .map_err(|problems| ConfigError::Invalid {
                 path: path.clone(),
@@ -207,6 +210,7 @@ impl App {
                 routes.clone(),
                 publisher,
                 tokio::runtime::Handle::current(),
+                guards,
             );
             let reloads = crate::plugins::watch::start(reloader, shutdown.clone(), &tasks);
             watch_depths(&config, &broker, &shutdown, &tasks);

@@ -28,6 +28,19 @@ pub fn nth(min: Duration, max: Duration, attempt: u32) -> Duration {
         .min(max)
 }
 
+/// A retry delay with full jitter (whole seconds, as visibility timeouts are): a random time
+/// between 0 and `base * 2^(attempt - 1)`, that bound capped at `max` (`attempt` ≥ 1). Spread
+/// over the whole range, the retries of messages that failed together do not come back
+/// together.
+pub fn full_jitter(base_secs: u32, max_secs: u32, attempt: u32) -> u32 {
+    let doublings = attempt.saturating_sub(1).min(31);
+    let bound = u64::from(base_secs)
+        .saturating_mul(1u64 << doublings)
+        .min(u64::from(max_secs));
+    // `bound` ≤ max_secs, a u32.
+    fastrand::u32(0..=u32::try_from(bound).unwrap_or(max_secs))
+}
+
 /// A retry loop's delays: [`Backoff::next_delay`] after each failure, [`Backoff::reset`] after a
 /// success.
 pub struct Backoff {
@@ -63,6 +76,25 @@ mod tests {
 
     const MIN: Duration = Duration::from_millis(100);
     const MAX: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn full_jitter_spreads_over_the_doubling_bound_and_stops_at_the_cap() {
+        for attempt in 1..=40 {
+            let bound = (2u64 << (attempt - 1).min(31)).min(300) as u32;
+            let delays: Vec<u32> = (0..200).map(|_| full_jitter(2, 300, attempt)).collect();
+            assert!(
+                delays.iter().all(|d| *d <= bound),
+                "attempt {attempt}: {delays:?}"
+            );
+            if bound >= 8 {
+                // Spread over the range, not stuck at one end.
+                assert!(delays.iter().any(|d| *d < bound / 2), "attempt {attempt}");
+                assert!(delays.iter().any(|d| *d > bound / 2), "attempt {attempt}");
+            }
+        }
+        assert_eq!(full_jitter(0, 300, 5), 0);
+        assert!(full_jitter(1, 1, u32::MAX) <= 1);
+    }
 
     #[test]
     fn delays_grow_with_jitter_stay_under_the_maximum_and_reset() {

@@ -27,6 +27,7 @@ pub mod mutex;
 pub mod ops;
 pub mod pipeline;
 pub mod plugins;
+pub mod policy;
 pub mod provision;
 pub mod route;
 pub mod scaffold;

@@ -245,7 +245,7 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let set = PluginSet::scan(&config.plugin_dirs());
-    match crate::route::bind(&config, &set, None, None) {
+    match crate::route::bind(&config, &set, None, None, &crate::policy::Guards::new(None)) {
         Ok(routes) => {
             // What no file says: loops the running hosts of this config saw.
             for host in crate::plugins::watch::running_hosts(&config) {

@@ -293,6 +293,17 @@ pub fn render_running(hosts: &[crate::plugins::watch::HostState]) -> String {
             out.push_str(&format!("  WARNING {warning}\n"));
         }
         out.push_str(&crate::isolate::render_status(&host.workers));
+        for c in &host.circuits {
+            let left = c
+                .open_for_secs
+                .map(|s| format!(" for another {s} s"))
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "  CIRCUIT {} {}{left}: its messages wait on the queue\n",
+                c.state.as_str().to_uppercase(),
+                c.binding
+            ));
+        }
     }
     out
 }

@@ -17,6 +17,7 @@ pub mod isolate;
 pub mod lock;
 pub mod ops;
 pub mod plugins;
+pub mod policy;
 pub mod sns;
 pub mod sqs;
 

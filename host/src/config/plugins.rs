@@ -108,6 +108,20 @@ pub struct BindingConfig {
     /// dead-lettered before any handler runs.
     #[serde(default)]
     pub schema: Option<PathBuf>,
+    /// At most this many of this binding's calls at once; messages over it wait (their
+    /// visibility extended), they do not fail.
+    #[serde(default)]
+    pub max_concurrency: Option<u32>,
+    /// At most this many of this binding's calls per second (a token bucket holding one
+    /// second's worth); messages over it wait.
+    #[serde(default)]
+    pub max_per_second: Option<f64>,
+    /// `[bindings.retry]`: backoff, attempts and what is not worth retrying.
+    #[serde(default)]
+    pub retry: Option<super::policy::RetryConfig>,
+    /// `[bindings.circuit_breaker]`: stop handing a failing binding messages for a while.
+    #[serde(default)]
+    pub circuit_breaker: Option<super::policy::BreakerConfig>,
 }
 
 /// Each binding's name, in order: its `name`, else `PLUGIN/HANDLER` (`PLUGIN` without a
@@ -176,9 +190,21 @@ impl BindingConfig {
     }
 
     /// The entry's own shape, keyed under `key` (`bindings[2]`); `isolate` tells whether its
-    /// plugin runs in a worker.
-    pub fn problems(&self, key: &str, isolate: &IsolateConfig) -> Vec<Problem> {
-        let mut problems = Vec::new();
+    /// plugin runs in a worker; `max_receive_count` is the queue's (a retry policy must fit).
+    pub fn problems(
+        &self,
+        key: &str,
+        isolate: &IsolateConfig,
+        max_receive_count: u32,
+    ) -> Vec<Problem> {
+        let mut problems = super::policy::problems(
+            key,
+            self.max_concurrency,
+            self.max_per_second,
+            self.retry.as_ref(),
+            self.circuit_breaker.as_ref(),
+            max_receive_count,
+        );
         let mut bad = |key: String, message: String| problems.push(Problem::new(key, message));
         if self.plugin.trim().is_empty() {
             bad(format!("{key}.plugin"), "must name a plugin".into());

@@ -31,7 +31,7 @@ use crate::egress::{config::constructor_config, pick_export, profile_of, SetupEr
 use crate::ops::metrics as m;
 use crate::pipeline::invoke::{self, Hold};
 use crate::pipeline::report::report_failures;
-use crate::pipeline::{settle, CallResult, Settlement};
+use crate::pipeline::{settle, CallResult, Policy, Settlement};
 use crate::plugins::Outcome;
 use crate::plugins::PluginSet;
 use crate::route::{Binding, Routes};
@@ -340,7 +340,17 @@ async fn handle(
     }
     // The pipeline's invoke: `inline = true`, timeouts and metrics exactly as for queue
     // messages. An ingress message is delivered once as far as the host knows.
-    let results = invoke::call_all(&envelope, 1, &bindings, slot, None).await;
+    // An open circuit: the source keeps the message and retries after the cooldown.
+    let probes = match invoke::admit(&bindings) {
+        Ok(probes) => probes,
+        Err((wait, open)) => {
+            return IngressOutcomeFfi::Retry {
+                after_secs: u32::try_from(wait.as_secs().max(1)).unwrap_or(u32::MAX),
+                reason: format!("the circuit of {} is open", open.join(", ")).into(),
+            }
+        }
+    };
+    let results = invoke::call_all(&envelope, 1, &bindings, slot, None, &probes).await;
     report_failures(
         settings.errors.as_ref(),
         settings.failures.as_deref(),
@@ -350,7 +360,7 @@ async fn handle(
         &results,
     );
     let labels: Vec<&str> = bindings.iter().map(|b| b.label.as_str()).collect();
-    let outcome = match settle(&results) {
+    let outcome = match settle(&results, &Policy::of(&bindings), 1) {
         Settlement::Delete => IngressOutcomeFfi::Ack,
         Settlement::RetryAfter(secs) => IngressOutcomeFfi::Retry {
             after_secs: secs,

@@ -592,6 +592,12 @@ impl Console {
                     "failed": count(&b.name, &["error", "panic", "timeout", "crashed"]),
                     "dead_lettered": count(&b.name, &["dead_letter"]),
                     "last_minute": self.recent(&b.name),
+                    // The circuit breaker's state, for bindings that have one.
+                    "circuit": self.metrics.gauge(m::CIRCUIT_STATE, &[("binding", &b.name)]).map(|state| match state as u8 {
+                        1 => "open",
+                        2 => "half-open",
+                        _ => "closed",
+                    }),
                 })
             })
             .collect();

@@ -110,6 +110,15 @@ pub const WORKER_RESTARTS: &str = "iniesta_plugin_worker_restarts_total";
 /// `plugin`.
 pub const WORKER_CRASHES_IN_A_ROW: &str = "iniesta_plugin_worker_crashes_in_a_row";
 
+/// Calls that waited for a binding's limit, labelled `binding` and `limit` (`concurrency`,
+/// `rate`).
+pub const LIMIT_WAITS: &str = "iniesta_binding_limit_waits_total";
+/// A binding's circuit: 0 closed, 1 open, 2 half-open; labelled `binding`.
+pub const CIRCUIT_STATE: &str = "iniesta_circuit_state";
+/// Messages given back (with a delay) because a binding's circuit was open, labelled
+/// `binding`.
+pub const CIRCUIT_REFUSALS: &str = "iniesta_circuit_refusals_total";
+
 /// Upper bounds of the handler duration buckets (s).
 pub const DURATION_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
@@ -199,6 +208,18 @@ fn describe() {
         "Received messages given back unstarted with visibility 0, by reason"
     );
     describe_counter!(HANDLER_CALLS, "Handler calls by binding and result");
+    describe_counter!(
+        LIMIT_WAITS,
+        "Handler calls that waited for their binding's limit, by binding and limit (concurrency, rate)"
+    );
+    describe_gauge!(
+        CIRCUIT_STATE,
+        "A binding's circuit breaker: 0 closed, 1 open, 2 half-open"
+    );
+    describe_counter!(
+        CIRCUIT_REFUSALS,
+        "Messages given back with a delay because a binding's circuit was open"
+    );
     describe_histogram!(
         HANDLER_DURATION,
         Unit::Seconds,

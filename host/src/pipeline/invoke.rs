@@ -3,7 +3,9 @@
 //! others on the blocking pool (an isolated plugin's handler is one of these: it forwards to
 //! its worker process) with the binding's timeout — and each call is counted
 //! (`iniesta_handler_calls_total`, `iniesta_handler_duration_seconds`) and, when asked,
-//! recorded as completed the moment it acks.
+//! recorded as completed the moment it acks. A binding with limits waits for them first (its
+//! timeout starts when its call does); every result is counted by the binding's circuit
+//! breaker, which [`admit`] asks before a message's calls start.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -14,6 +16,7 @@ use tokio::time::Instant;
 use crate::lock::{completion, Locks};
 use crate::ops::metrics as m;
 use crate::plugins::call::{self, CallMessage, Outcome};
+use crate::policy::{Admission, Health, Permit};
 use crate::route::Binding;
 use crate::wire::Envelope;
 
@@ -44,15 +47,64 @@ pub struct Recorder {
     pub ttl: Duration,
 }
 
+/// Whether every binding's circuit lets a message through now: `Ok` with, per binding, whether
+/// its call is a half-open circuit's probe; else how long the message should wait (the
+/// longest any open circuit asks), with the probes this took handed back.
+pub fn admit(bindings: &[Arc<Binding>]) -> Result<Vec<bool>, (Duration, Vec<String>)> {
+    let mut probes = Vec::with_capacity(bindings.len());
+    let mut wait: Option<(Duration, Vec<String>)> = None;
+    for binding in bindings {
+        match binding.guard.breaker.as_ref().map(|b| b.admit()) {
+            None | Some(Admission::Go { probe: false }) => probes.push(false),
+            Some(Admission::Go { probe: true }) => probes.push(true),
+            Some(Admission::Wait(after)) => {
+                probes.push(false);
+                let (longest, names) = wait.get_or_insert((Duration::ZERO, Vec::new()));
+                *longest = (*longest).max(after);
+                names.push(binding.name.clone());
+            }
+        }
+    }
+    match wait {
+        None => Ok(probes),
+        Some(refused) => {
+            for (binding, probe) in bindings.iter().zip(&probes) {
+                if *probe {
+                    if let Some(breaker) = &binding.guard.breaker {
+                        breaker.abandon_probe();
+                    }
+                }
+            }
+            for name in &refused.1 {
+                metrics::counter!(m::CIRCUIT_REFUSALS, "binding" => name.clone()).increment(1);
+            }
+            Err(refused)
+        }
+    }
+}
+
+/// How a call's result counts for its binding's circuit breaker.
+fn health(result: &CallResult) -> Health {
+    match result {
+        CallResult::Outcome(Outcome::Ack) => Health::Ok,
+        CallResult::Outcome(Outcome::Retry { .. } | Outcome::DeadLetter { .. }) => Health::Neutral,
+        CallResult::Outcome(Outcome::Failed { .. } | Outcome::Panicked { .. })
+        | CallResult::TimedOut
+        | CallResult::Crashed(_) => Health::Failed,
+    }
+}
+
 /// Run every binding's handler on one message and collect their results, in the order of
 /// `bindings`. `receive_count` is what handlers see; `hold` is kept by every call until it
-/// really returns; with a `record`, each ack is recorded as soon as it comes.
+/// really returns; with a `record`, each ack is recorded as soon as it comes; `probes` (from
+/// [`admit`]; empty: none) marks the calls that decide a half-open circuit.
 pub async fn call_all(
     envelope: &Envelope,
     receive_count: u32,
     bindings: &[Arc<Binding>],
     hold: &Hold,
     record: Option<&Recorder>,
+    probes: &[bool],
 ) -> Vec<CallResult> {
     let message = Arc::new(CallMessage::new(envelope, receive_count));
     // Every binding's call at once, collected in order; they are futures of this task, so no
@@ -62,7 +114,9 @@ pub async fn call_all(
     let started = Instant::now();
     let calls: Vec<_> = bindings
         .iter()
-        .map(|binding| {
+        .enumerate()
+        .map(|(i, binding)| {
+            let probe = probes.get(i).copied().unwrap_or(false);
             let span = tracing::info_span!("handle", message_id = %envelope.message_id, event = %envelope.event, binding = %binding.label);
             // Each ack is recorded as soon as it comes, before the lock is released, so a
             // duplicate delivered later skips this binding even if a sibling fails.
@@ -74,12 +128,30 @@ pub async fn call_all(
                 label: binding.label.clone(),
                 ttl: r.ttl,
             });
-            let call = if binding.inline {
+            // A binding with limits starts its call (and its timeout) once they let it.
+            let call = if binding.guard.limits.any() {
+                Call::Limited(message.clone(), hold.clone(), span)
+            } else if binding.inline {
                 Call::Inline(message.clone(), span)
             } else {
-                Call::Blocking(call_blocking(binding, message.clone(), hold.clone(), span))
+                Call::Blocking(call_blocking(binding, message.clone(), hold.clone(), None, span))
             };
             async move {
+                let (call, started) = match call {
+                    Call::Limited(message, hold, span) => {
+                        let permit = binding.guard.limits.acquire(&binding.name).await;
+                        let now = Instant::now();
+                        if binding.inline {
+                            let result = call_inline(binding, &message, span);
+                            drop(permit);
+                            (Call::Done(result), now)
+                        } else {
+                            let task = call_blocking(binding, message, hold, Some(permit), span);
+                            (Call::Blocking(task), now)
+                        }
+                    }
+                    call => (call, started),
+                };
                 let result = match call {
                     Call::Blocking(task) => {
                         match tokio::time::timeout_at(started + binding.timeout, task).await {
@@ -90,7 +162,10 @@ pub async fn call_all(
                         }
                     }
                     Call::Inline(message, span) => call_inline(binding, &message, span),
+                    Call::Done(result) => result,
+                    Call::Limited(..) => CallResult::Crashed("unreachable: a limited call was not started".into()),
                 };
+                binding.guard.record(health(&result), probe);
                 metrics::histogram!(m::HANDLER_DURATION, "binding" => binding.name.clone())
                     .record(started.elapsed().as_secs_f64());
                 metrics::counter!(m::HANDLER_CALLS, "binding" => binding.name.clone(), "result" => result_label(&result))
@@ -105,23 +180,28 @@ pub async fn call_all(
     futures_util::future::join_all(calls).await
 }
 
-/// One binding's call: started on the blocking pool, or to be made inline when polled.
+/// One binding's call: started on the blocking pool, to be made inline when polled, to be
+/// started once its limits let it, or made already.
 enum Call {
     Blocking(tokio::task::JoinHandle<Result<Outcome, String>>),
     Inline(Arc<CallMessage>, tracing::Span),
+    Limited(Arc<CallMessage>, Hold, tracing::Span),
+    Done(CallResult),
 }
 
 /// Start a handler call on the blocking pool (the caller abandons it at its timeout). `hold`
-/// travels with the call until its thread really returns.
+/// and the binding's limit `permit` travel with the call until its thread really returns.
 fn call_blocking(
     binding: &Arc<Binding>,
     message: Arc<CallMessage>,
     hold: Hold,
+    permit: Option<Permit>,
     span: tracing::Span,
 ) -> tokio::task::JoinHandle<Result<Outcome, String>> {
     let binding = binding.clone();
     tokio::task::spawn_blocking(move || {
         let _hold = hold;
+        let _permit = permit;
         let _entered = span.enter();
         call::handle(
             &binding.handler,

@@ -79,6 +79,32 @@ impl Shared {
                     tracing::info!(message_id = %envelope.message_id, event = %envelope.event, receive_count = message.receive_count, skipped = %labels(&done),
                         "bindings that already completed this message are not run again");
                 }
+                // An open circuit: the message goes back, unhandled, until the cooldown ends.
+                let probes = match invoke::admit(&todo) {
+                    Ok(probes) => probes,
+                    Err((wait, open)) => {
+                        keeper.stop().await;
+                        let secs =
+                            u32::try_from(wait.as_secs() + u64::from(wait.subsec_nanos() > 0))
+                                .unwrap_or(u32::MAX)
+                                .clamp(1, crate::config::policy::MAX_DELAY_SECS);
+                        tracing::info!(message_id = %envelope.message_id, event = %envelope.event, receive_count = message.receive_count, open = ?open, after_secs = secs,
+                            "a binding's circuit is open: the message goes back to the queue unhandled, visible again after the cooldown");
+                        self.retry_later(
+                            &message,
+                            &envelope,
+                            &labels(&todo),
+                            secs,
+                            "circuit_open",
+                            &mut held,
+                        )
+                        .await;
+                        if let Some(held) = held {
+                            self.release(&envelope, held).await;
+                        }
+                        return false;
+                    }
+                };
                 let record = records.then(|| Recorder {
                     locks: self.parts.locks.clone(),
                     ttl: self.parts.settings.completion_ttl,
@@ -90,6 +116,7 @@ impl Shared {
                     &todo,
                     &hold,
                     record.as_ref(),
+                    &probes,
                 )
                 .await;
                 log_results(message.receive_count, &envelope, &todo, &results);

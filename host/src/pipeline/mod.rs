@@ -81,7 +81,7 @@ use crate::route::Routes;
 pub use invoke::CallResult;
 pub use keepalive::LockLost;
 pub use settings::Settings;
-pub use settle::{settle, Settlement};
+pub use settle::{settle, Policy, Settlement};
 
 use state::{spawn_tracked, Delete, Parts, Shared};
 

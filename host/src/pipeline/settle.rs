@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Broker, Received};
+use crate::config::policy::RetryConfig;
 use crate::lock::Held;
 use crate::ops::metrics as m;
 use crate::plugins::Outcome;
@@ -56,38 +57,129 @@ pub enum Settlement {
     DeadLetter(String),
 }
 
-/// Decide a message's fate from its bindings' results.
-pub fn settle(results: &[CallResult]) -> Settlement {
+/// The binding a result came from, as settlement needs it: its label (for reasons) and its
+/// retry policy.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy<'a> {
+    /// `bindings[0] (echo/echo)`.
+    pub label: &'a str,
+    /// `[bindings.retry]`, if any.
+    pub retry: Option<&'a RetryConfig>,
+}
+
+impl<'a> Policy<'a> {
+    /// The policies of `bindings`, in order.
+    pub fn of(bindings: &'a [Arc<Binding>]) -> Vec<Policy<'a>> {
+        bindings
+            .iter()
+            .map(|b| Policy {
+                label: &b.label,
+                retry: b.retry.as_ref(),
+            })
+            .collect()
+    }
+}
+
+/// A failed call's kind (as `retry.dead_letter_on` names it) and text.
+fn failure(result: &CallResult) -> Option<(&'static str, String)> {
+    match result {
+        CallResult::Outcome(Outcome::Failed { reason }) => Some(("error", reason.clone())),
+        CallResult::Outcome(Outcome::Panicked { message }) => {
+            Some(("panic", format!("panicked: {message}")))
+        }
+        CallResult::TimedOut => Some(("timeout", "timed out".to_string())),
+        CallResult::Crashed(why) => Some(("crashed", format!("crashed: {why}"))),
+        CallResult::Outcome(_) => None,
+    }
+}
+
+/// What one binding's result asks for, under its retry policy, on delivery `receive_count`.
+fn verdict(result: &CallResult, policy: &Policy<'_>, receive_count: u32) -> Settlement {
+    let label = policy.label;
+    match (result, policy.retry) {
+        (CallResult::Outcome(Outcome::Ack), _) => Settlement::Delete,
+        (CallResult::Outcome(Outcome::DeadLetter { reason }), _) => {
+            Settlement::DeadLetter(reason.clone())
+        }
+        (CallResult::Outcome(Outcome::Retry { after_secs }), retry) => match retry {
+            Some(retry) if receive_count >= retry.max_attempts => Settlement::DeadLetter(format!(
+                "{label}: asked for a retry on delivery {receive_count} of retry.max_attempts {}",
+                retry.max_attempts
+            )),
+            _ => Settlement::RetryAfter(*after_secs),
+        },
+        (_, None) => Settlement::Leave,
+        (failed, Some(retry)) => {
+            let Some((kind, text)) = failure(failed) else {
+                return Settlement::Leave;
+            };
+            if retry.dead_letter_on.iter().any(|k| k == kind) {
+                return Settlement::DeadLetter(format!(
+                    "{label}: {text} (not retried: retry.dead_letter_on has `{kind}`)"
+                ));
+            }
+            if kind == "error" {
+                if let Some(matched) = retry
+                    .dead_letter_on_errors
+                    .iter()
+                    .find(|t| text.contains(t.as_str()))
+                {
+                    return Settlement::DeadLetter(format!(
+                        "{label}: {text} (not retried: retry.dead_letter_on_errors has {matched:?})"
+                    ));
+                }
+            }
+            if receive_count >= retry.max_attempts {
+                return Settlement::DeadLetter(format!(
+                    "{label}: {text} (failed on delivery {receive_count} of retry.max_attempts {})",
+                    retry.max_attempts
+                ));
+            }
+            Settlement::RetryAfter(crate::backoff::full_jitter(
+                retry.backoff_base_secs,
+                retry.backoff_max_secs,
+                receive_count.max(1),
+            ))
+        }
+    }
+}
+
+/// Decide a message's fate from its bindings' results (one per policy, in order), on
+/// delivery `receive_count`: a dead letter wins (the first one's reason), then every binding
+/// acking deletes, then a failure without a retry policy leaves the message for the
+/// visibility timeout, else it is retried after the longest delay asked for (a handler's own
+/// `Retry`, or its binding's backoff).
+pub fn settle(results: &[CallResult], policies: &[Policy<'_>], receive_count: u32) -> Settlement {
     if results.is_empty() {
         return Settlement::Leave;
     }
-    if let Some(reason) = results.iter().find_map(|r| match r {
-        CallResult::Outcome(Outcome::DeadLetter { reason }) => Some(reason.clone()),
-        _ => None,
-    }) {
-        return Settlement::DeadLetter(reason);
-    }
-    if results
+    let verdicts: Vec<Settlement> = results
         .iter()
-        .all(|r| matches!(r, CallResult::Outcome(Outcome::Ack)))
+        .enumerate()
+        .map(|(i, result)| {
+            let policy = policies.get(i).copied().unwrap_or(Policy {
+                label: "",
+                retry: None,
+            });
+            verdict(result, &policy, receive_count)
+        })
+        .collect();
+    if let Some(dead) = verdicts
+        .iter()
+        .find(|v| matches!(v, Settlement::DeadLetter(_)))
     {
+        return dead.clone();
+    }
+    if verdicts.iter().all(|v| *v == Settlement::Delete) {
         return Settlement::Delete;
     }
-    let failed = results.iter().any(|r| {
-        matches!(
-            r,
-            CallResult::TimedOut
-                | CallResult::Crashed(_)
-                | CallResult::Outcome(Outcome::Failed { .. } | Outcome::Panicked { .. })
-        )
-    });
-    if failed {
+    if verdicts.contains(&Settlement::Leave) {
         return Settlement::Leave;
     }
-    let after = results
+    let after = verdicts
         .iter()
-        .filter_map(|r| match r {
-            CallResult::Outcome(Outcome::Retry { after_secs }) => Some(*after_secs),
+        .filter_map(|v| match v {
+            Settlement::RetryAfter(secs) => Some(*secs),
             _ => None,
         })
         .max()
@@ -130,7 +222,7 @@ impl Shared {
         let id = &envelope.message_id;
         let event = &envelope.event;
         let labels = labels(bindings);
-        match settle(results) {
+        match settle(results, &Policy::of(bindings), message.receive_count) {
             Settlement::Delete => {
                 tracing::debug!(message_id = %id, event = %event, bindings = %labels, "every binding acked; deleting");
                 self.delete(message, envelope).await
@@ -142,23 +234,8 @@ impl Shared {
                 false
             }
             Settlement::RetryAfter(secs) => {
-                metrics::counter!(m::RETRIED, "reason" => "retry").increment(1);
-                // The lock goes first: with `after_secs` 0 the message is visible at once, and a
-                // poller that took it while this lock still stood would have to leave it,
-                // spending one of its deliveries.
-                if let Some(held) = held.take() {
-                    self.release(envelope, held).await;
-                }
-                if let Err(e) = self
-                    .parts
-                    .broker
-                    .change_visibility(&message.receipt, secs)
-                    .await
-                {
-                    tracing::warn!(message_id = %id, event = %event, bindings = %labels, error = %e, "cannot change visibility; the message returns after its visibility timeout");
-                } else {
-                    tracing::debug!(message_id = %id, event = %event, bindings = %labels, after_secs = secs, "retry: visible again after the delay");
-                }
+                self.retry_later(message, envelope, &labels, secs, "retry", held)
+                    .await;
                 false
             }
             Settlement::DeadLetter(reason) => {
@@ -174,6 +251,37 @@ impl Shared {
                     }
                 }
             }
+        }
+    }
+
+    /// Make a message visible again after `secs` (a retry, or an open circuit: `reason` labels
+    /// `iniesta_messages_retried_total`), its lock released first.
+    pub(super) async fn retry_later(
+        &self,
+        message: &Received,
+        envelope: &Envelope,
+        labels: &str,
+        secs: u32,
+        reason: &'static str,
+        held: &mut Option<Held>,
+    ) {
+        let (id, event) = (&envelope.message_id, &envelope.event);
+        metrics::counter!(m::RETRIED, "reason" => reason).increment(1);
+        // The lock goes first: with `after_secs` 0 the message is visible at once, and a
+        // poller that took it while this lock still stood would have to leave it, spending
+        // one of its deliveries.
+        if let Some(held) = held.take() {
+            self.release(envelope, held).await;
+        }
+        if let Err(e) = self
+            .parts
+            .broker
+            .change_visibility(&message.receipt, secs)
+            .await
+        {
+            tracing::warn!(message_id = %id, event = %event, bindings = %labels, error = %e, "cannot change visibility; the message returns after its visibility timeout");
+        } else {
+            tracing::debug!(message_id = %id, event = %event, bindings = %labels, after_secs = secs, reason, "visible again after the delay");
         }
     }
 
@@ -417,21 +525,26 @@ mod tests {
         CallResult::Outcome(Outcome::Ack)
     }
 
+    /// Settle without any retry policy.
+    fn plain(results: &[CallResult]) -> Settlement {
+        settle(results, &[], 1)
+    }
+
     #[test]
     fn settlement_rules() {
-        assert_eq!(settle(&[ok(), ok()]), Settlement::Delete);
-        assert_eq!(settle(&[]), Settlement::Leave);
+        assert_eq!(plain(&[ok(), ok()]), Settlement::Delete);
+        assert_eq!(plain(&[]), Settlement::Leave);
         assert_eq!(
-            settle(&[
+            plain(&[
                 ok(),
                 CallResult::Outcome(Outcome::Retry { after_secs: 3 }),
                 CallResult::Outcome(Outcome::Retry { after_secs: 7 })
             ]),
             Settlement::RetryAfter(7)
         );
-        assert_eq!(settle(&[ok(), CallResult::TimedOut]), Settlement::Leave);
+        assert_eq!(plain(&[ok(), CallResult::TimedOut]), Settlement::Leave);
         assert_eq!(
-            settle(&[
+            plain(&[
                 CallResult::Outcome(Outcome::Panicked {
                     message: "x".into()
                 }),
@@ -440,13 +553,101 @@ mod tests {
             Settlement::Leave
         );
         assert_eq!(
-            settle(&[
+            plain(&[
                 CallResult::TimedOut,
                 CallResult::Outcome(Outcome::DeadLetter {
                     reason: "bad".into()
                 })
             ]),
             Settlement::DeadLetter("bad".into())
+        );
+    }
+
+    fn retry(text: &str) -> RetryConfig {
+        toml::from_str(text).expect("a retry table")
+    }
+
+    fn error(text: &str) -> CallResult {
+        CallResult::Outcome(Outcome::Failed {
+            reason: text.into(),
+        })
+    }
+
+    #[test]
+    fn retry_policies_back_off_give_up_and_skip_what_is_not_worth_retrying() {
+        let policy = retry("max_attempts = 4\nbackoff_base_secs = 10\nbackoff_max_secs = 25\ndead_letter_on = [\"panic\"]\ndead_letter_on_errors = [\"invalid order\"]");
+        let p = [Policy {
+            label: "bindings[0] (x)",
+            retry: Some(&policy),
+        }];
+        // Backoff with full jitter: up to 10, 20, then 25 (the cap).
+        for (delivery, bound) in [(1, 10), (2, 20), (3, 25)] {
+            for _ in 0..50 {
+                match settle(&[error("db down")], &p, delivery) {
+                    Settlement::RetryAfter(secs) => assert!(secs <= bound, "{delivery}: {secs}"),
+                    other => panic!("delivery {delivery}: {other:?}"),
+                }
+            }
+        }
+        // The last attempt dead-letters, with the error and the policy in the reason.
+        let Settlement::DeadLetter(reason) = settle(&[error("db down")], &p, 4) else {
+            panic!("the fourth delivery is the last")
+        };
+        assert!(
+            reason.contains("db down")
+                && reason.contains("retry.max_attempts 4")
+                && reason.contains("bindings[0] (x)"),
+            "{reason}"
+        );
+        // Not worth retrying: a panic, an error text; straight to the DLQ on delivery 1.
+        let panic = CallResult::Outcome(Outcome::Panicked {
+            message: "index out of bounds".into(),
+        });
+        let Settlement::DeadLetter(reason) = settle(&[panic], &p, 1) else {
+            panic!("a panic is not retried")
+        };
+        assert!(
+            reason.contains("dead_letter_on has `panic`") && reason.contains("index out of bounds"),
+            "{reason}"
+        );
+        let Settlement::DeadLetter(reason) = settle(&[error("invalid order 7")], &p, 1) else {
+            panic!("not retried")
+        };
+        assert!(reason.contains("dead_letter_on_errors"), "{reason}");
+        assert!(
+            matches!(settle(&[CallResult::TimedOut], &p, 1), Settlement::RetryAfter(s) if s <= 10)
+        );
+        // A handler's own retry wins on the delay, but not past max_attempts.
+        assert_eq!(
+            settle(
+                &[CallResult::Outcome(Outcome::Retry { after_secs: 600 })],
+                &p,
+                3
+            ),
+            Settlement::RetryAfter(600)
+        );
+        assert!(matches!(
+            settle(
+                &[CallResult::Outcome(Outcome::Retry { after_secs: 600 })],
+                &p,
+                4
+            ),
+            Settlement::DeadLetter(_)
+        ));
+        // Beside a binding without a policy, a failure there leaves the message as before.
+        let two = [
+            p[0],
+            Policy {
+                label: "bindings[1] (y)",
+                retry: None,
+            },
+        ];
+        assert_eq!(
+            settle(&[error("db down"), CallResult::TimedOut], &two, 1),
+            Settlement::Leave
+        );
+        assert!(
+            matches!(settle(&[error("db down"), ok()], &two, 1), Settlement::RetryAfter(s) if s <= 10)
         );
     }
 }

@@ -105,6 +105,9 @@ pub struct HostState {
     /// Isolated plugins' worker processes (read from their own state file).
     #[serde(default, skip_serializing)]
     pub workers: Vec<crate::isolate::WorkerStatus>,
+    /// Bindings whose circuit is not closed (read from their own state file).
+    #[serde(default, skip_serializing)]
+    pub circuits: Vec<crate::policy::CircuitView>,
 }
 
 impl HostState {
@@ -213,9 +216,11 @@ pub fn running_hosts(config: &Config) -> Vec<HostState> {
             let _ = std::fs::remove_file(&path);
             let _ =
                 std::fs::remove_file(crate::isolate::status_path(&state_dir(config), state.pid));
+            let _ = std::fs::remove_file(crate::policy::status_path(&state_dir(config), state.pid));
             continue;
         }
         state.workers = crate::isolate::read_status(&state_dir(config), state.pid);
+        state.circuits = crate::policy::read_status(&state_dir(config), state.pid);
         hosts.push(state);
     }
     hosts.sort_by_key(|h| h.pid);
@@ -230,6 +235,8 @@ pub struct Reloader {
     routes: Arc<ArcSwap<Routes>>,
     publisher: Arc<Publisher>,
     runtime: tokio::runtime::Handle,
+    /// The bindings' limits and circuit breakers, kept across reloads.
+    guards: Arc<crate::policy::Guards>,
     stats: ReloadStats,
     pending_restart: Vec<String>,
     /// The last reload refused the config file (the `config` alert is raised).
@@ -247,6 +254,7 @@ impl Reloader {
         routes: Arc<ArcSwap<Routes>>,
         publisher: Arc<Publisher>,
         runtime: tokio::runtime::Handle,
+        guards: Arc<crate::policy::Guards>,
     ) -> Reloader {
         let mut stats = ReloadStats::default();
         count_new_refusals(&plugins, &mut stats);
@@ -257,6 +265,7 @@ impl Reloader {
             routes,
             publisher,
             runtime,
+            guards,
             stats,
             pending_restart: Vec::new(),
             config_refused: false,
@@ -298,6 +307,7 @@ impl Reloader {
             pending_restart: self.pending_restart.clone(),
             self_publishes: super::context::self_publishes(),
             workers: Vec::new(),
+            circuits: Vec::new(),
         };
         let dir = state_dir(&self.config);
         let path = dir.join(format!("host-{}.json", state.pid));
@@ -320,6 +330,7 @@ impl Reloader {
             &state_dir(&self.config),
             std::process::id(),
         ));
+        self.guards.remove_status();
     }
 
     /// The config being served: what the host runs (restart-only keys keep the values it
@@ -508,6 +519,7 @@ impl Reloader {
                 plugins,
                 Some(self.publisher.clone()),
                 Some(self.runtime.clone()),
+                &self.guards,
             ) {
                 Ok(routes) => return Ok(routes),
                 Err(problems) => problems,
@@ -562,6 +574,7 @@ impl Reloader {
             plugins,
             Some(self.publisher.clone()),
             Some(self.runtime.clone()),
+            &self.guards,
         )
     }
 

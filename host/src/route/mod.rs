@@ -316,6 +316,10 @@ pub struct Binding {
     pub is_default: bool,
     /// `schema = "..."`: bodies that fail it are dead-lettered before any handler runs.
     pub schema: Option<Arc<Schema>>,
+    /// `[bindings.retry]`: how its failed calls are retried (settlement applies it).
+    pub retry: Option<crate::config::policy::RetryConfig>,
+    /// Its limits and circuit breaker, kept across reloads by name (see [`crate::policy`]).
+    pub guard: Arc<crate::policy::Guard>,
 }
 
 impl std::fmt::Debug for Binding {
@@ -338,12 +342,14 @@ pub fn patterns_of(binding: &crate::config::BindingConfig) -> Vec<Pattern> {
 }
 
 /// Construct every binding's handler from the loaded plugins; every problem is reported with
-/// its key (`bindings[1].plugin`, `bindings[1].handler`, `bindings[1].config`).
+/// its key (`bindings[1].plugin`, `bindings[1].handler`, `bindings[1].config`). Each binding
+/// takes its guard (limits, circuit breaker) from `guards`, which keeps them across reloads.
 pub fn bind(
     config: &crate::config::Config,
     plugins: &crate::plugins::PluginSet,
     publisher: Option<std::sync::Arc<crate::egress::Publisher>>,
     runtime: Option<tokio::runtime::Handle>,
+    guards: &Arc<crate::policy::Guards>,
 ) -> Result<Routes, Vec<crate::config::Problem>> {
     let mut problems = Vec::new();
     let mut entries = Vec::new();
@@ -445,6 +451,7 @@ pub fn bind(
             &name,
             Some(consumes),
         );
+        let guard = guards.guard(&name, b);
         let binding = Binding {
             index,
             label,
@@ -460,10 +467,13 @@ pub fn bind(
             schema: rules.schema.clone(),
             inline: b.inline,
             isolated: config.plugins.isolate.isolates(&plugin.name),
+            retry: b.retry.clone(),
+            guard,
         };
         entries.push((std::sync::Arc::new(binding), patterns, b.default, rules));
     }
     if problems.is_empty() {
+        guards.retain(&names);
         Ok(RouteTable::with_rules(entries))
     } else {
         Err(problems)

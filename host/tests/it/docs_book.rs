@@ -440,6 +440,8 @@ fn the_config_reference_lists_every_key_and_no_other() {
         let header = match name.as_str() {
             "" => String::new(),
             "bindings" => "[[bindings]]".to_string(),
+            // A binding's sub-table, under the last `[[bindings]]` entry.
+            other if other.starts_with("bindings.") => format!("[[bindings]]\n[{other}]"),
             other => format!("[{other}]"),
         };
         let in_code = keys_in_code(&header);

@@ -29,6 +29,7 @@ mod lock_tls;
 mod locks;
 mod operate;
 mod plugins;
+mod policies;
 mod python_fleet;
 mod receiving;
 mod reload;

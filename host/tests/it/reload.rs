@@ -795,11 +795,13 @@ mod in_process {
             .expect("local broker");
         let set = PluginSet::scan(&loaded.plugin_dirs());
         let publisher = Arc::new(Publisher::new(&loaded, broker));
+        let guards = iniesta::policy::Guards::new(None);
         let routes = iniesta::route::bind(
             &loaded,
             &set,
             Some(publisher.clone()),
             Some(rt.handle().clone()),
+            &guards,
         )
         .expect("binds");
         let routes = Arc::new(ArcSwap::from_pointee(routes));
@@ -810,6 +812,7 @@ mod in_process {
             routes.clone(),
             publisher,
             rt.handle().clone(),
+            guards,
         );
         Running {
             reloader,

@@ -191,6 +191,7 @@ async function refreshState() {
     key.style.background = PALETTE[i % PALETTE.length];
     const name = el("span", b.name + "  " + b.label);
     const cell = el("td", null, "mono"); cell.append(key, name);
+    if (b.circuit && b.circuit !== "closed") cell.append(" ", el("span", "circuit " + b.circuit, "badge bad circuit"));
     const m = b.last_minute || {};
     const tr = row([b.plugin + " " + b.version, [b.acked, "num"], [b.retried, "num"], [b.failed, "num"],
       [b.dead_lettered, "num"], [m.calls == null ? "-" : m.calls, "num"], [percent(m.failure_rate), "num rate"],

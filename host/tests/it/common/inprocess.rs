@@ -84,9 +84,14 @@ impl InProcess {
                 .with_clock(Clock::tokio()),
         );
         let set = PluginSet::scan(&config.plugin_dirs());
-        let routes =
-            iniesta::route::bind(&config, &set, None, Some(tokio::runtime::Handle::current()))
-                .unwrap_or_else(|problems| panic!("the bindings bind: {problems:?}"));
+        let routes = iniesta::route::bind(
+            &config,
+            &set,
+            None,
+            Some(tokio::runtime::Handle::current()),
+            &iniesta::policy::Guards::new(None),
+        )
+        .unwrap_or_else(|problems| panic!("the bindings bind: {problems:?}"));
         let locks = iniesta::lock::from_config(&config.lock, &config.base_dir, &Tasks::new())
             .await
             .expect("the lock service starts");

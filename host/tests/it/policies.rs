@@ -1,0 +1,208 @@
+//! A binding's delivery policies, on the real pipeline in-process on a paused tokio clock
+//! (`common::inprocess`): retry backoff and attempts, failures not worth retrying, the rate
+//! and concurrency limits, and the circuit breaker.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::common::inprocess::InProcess;
+
+/// Orders fail on every delivery (an error), as `flaky` does on purpose.
+const FAILING: &str = "[[bindings]]\nevents = [\"Order.*\"]\nplugin = \"flaky\"\nconfig = { mode = \"error\", fail_times = 1000 }\n";
+
+/// Wait until the message's `receive_count` reaches `n`; when it did (tokio time).
+async fn delivery(host: &InProcess, n: u32) -> Instant {
+    host.wait_for(
+        &format!("delivery {n}"),
+        Duration::from_secs(600),
+        || async {
+            let q = host.queue().await;
+            (q.len() == 1 && q[0].receive_count >= n).then_some(())
+        },
+    )
+    .await;
+    Instant::now()
+}
+
+/// A failing message is retried after a backoff with full jitter — well before the 120 s
+/// visibility timeout — and dead-lettered on its last attempt with the error and the policy in
+/// the reason (the queue's own max_receive_count, 10, is never reached).
+#[tokio::test(start_paused = true)]
+async fn a_retry_policy_backs_off_then_dead_letters_with_the_error() {
+    let host = InProcess::start(
+        "visibility_timeout = 120\nmax_receive_count = 10",
+        &format!("{FAILING}[bindings.retry]\nmax_attempts = 3\nbackoff_base_secs = 4\nbackoff_max_secs = 6\n"),
+    )
+    .await;
+    host.publish("Order.Created", r#"{"n":1}"#).await;
+    let first = delivery(&host, 1).await;
+    let second = delivery(&host, 2).await;
+    // The third delivery fails for the last time: the message is dead-lettered.
+    let dead = host
+        .wait_for("the dead letter", Duration::from_secs(60), || async {
+            let dlq = host.dead_letters().await;
+            (host.queue().await.is_empty() && dlq.len() == 1).then_some(dlq)
+        })
+        .await;
+    let third = Instant::now();
+    // Up to 4 s, then up to 6 s (the cap), plus a poll of at most 1 s each time; never the
+    // visibility timeout's 120 s.
+    assert!(
+        second - first <= Duration::from_secs(6),
+        "{:?}",
+        second - first
+    );
+    assert!(
+        third - second <= Duration::from_secs(8),
+        "{:?}",
+        third - second
+    );
+    assert_eq!(dead[0].receive_count, 3, "{dead:?}");
+    let reason = dead[0].dead_letter_reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains("delivery 3 failed on purpose")
+            && reason.contains("failed on delivery 3 of retry.max_attempts 3"),
+        "{reason}"
+    );
+    host.stop().await;
+}
+
+/// A failure kind or error text the policy names is not retried: the first delivery
+/// dead-letters the message.
+#[tokio::test(start_paused = true)]
+async fn failures_not_worth_retrying_go_straight_to_the_dead_letter_queue() {
+    for retry in [
+        "dead_letter_on = [\"error\"]",
+        "dead_letter_on_errors = [\"failed on purpose\"]",
+    ] {
+        let host = InProcess::start(
+            "visibility_timeout = 120\nmax_receive_count = 10",
+            &format!("{FAILING}[bindings.retry]\n{retry}\n"),
+        )
+        .await;
+        host.publish("Order.Created", r#"{"n":1}"#).await;
+        let dead = host
+            .wait_for("the dead letter", Duration::from_secs(60), || async {
+                let dlq = host.dead_letters().await;
+                (dlq.len() == 1).then_some(dlq)
+            })
+            .await;
+        assert_eq!(dead[0].receive_count, 1, "{retry}: {dead:?}");
+        let reason = dead[0].dead_letter_reason.clone().unwrap_or_default();
+        assert!(reason.contains("not retried"), "{retry}: {reason}");
+        host.stop().await;
+    }
+}
+
+/// Publish `n` orders and return how long (tokio time) until every one is acked; none fails.
+async fn ack_all(host: &InProcess, n: usize) -> Duration {
+    let start = Instant::now();
+    for i in 0..n {
+        host.publish("Order.Created", &format!(r#"{{"n":{i}}}"#))
+            .await;
+    }
+    host.wait_for("every order acked", Duration::from_secs(600), || async {
+        host.queue().await.is_empty().then_some(())
+    })
+    .await;
+    assert!(host.dead_letters().await.is_empty());
+    start.elapsed()
+}
+
+/// Two calls per second: six messages take two seconds, not one poll; without the limit the
+/// same six take well under a second. None fails or is redelivered.
+#[tokio::test(start_paused = true)]
+async fn a_rate_limit_spaces_the_calls_and_fails_nothing() {
+    let echo = "[[bindings]]\nevents = [\"Order.*\"]\nplugin = \"echo\"\n";
+    let free = InProcess::start("visibility_timeout = 30", echo).await;
+    let unlimited = ack_all(&free, 6).await;
+    free.stop().await;
+    let host = InProcess::start(
+        "visibility_timeout = 30",
+        &format!("{echo}max_per_second = 2\n"),
+    )
+    .await;
+    let limited = ack_all(&host, 6).await;
+    host.stop().await;
+    assert!(unlimited < Duration::from_secs(1), "{unlimited:?}");
+    assert!(limited >= Duration::from_secs(2), "{limited:?}");
+}
+
+/// One call at a time: each `sleepy` call ends before the next starts. Without the limit the
+/// same messages' calls overlap (the control that shows the check can fail).
+#[tokio::test(start_paused = true)]
+async fn a_concurrency_limit_runs_one_call_at_a_time() {
+    for (limit, overlap) in [("", true), ("max_concurrency = 1\n", false)] {
+        let host = InProcess::start(
+            "visibility_timeout = 30\nhandler_timeout_secs = 600",
+            &format!(
+                "[[bindings]]\nevents = [\"Order.*\"]\nplugin = \"panicky\"\nhandler = \"sleepy\"\n{limit}\
+                 config = {{ sleep_ms = 150, started = \"{{scratch}}/calls.txt\", finished = \"{{scratch}}/calls.txt\" }}\n"
+            ),
+        )
+        .await;
+        for i in 0..4 {
+            host.publish("Order.Created", &format!(r#"{{"n":{i}}}"#))
+                .await;
+        }
+        let log = host.scratch.path("calls.txt");
+        // Tokio time: it stands still while a handler sleeps on its thread.
+        host.wait_for("four calls", Duration::from_secs(600), || async {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            (text.lines().filter(|l| l.starts_with("end ")).count() == 4).then_some(())
+        })
+        .await;
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        // One at a time: every start is followed by its own end.
+        let serial = lines
+            .chunks(2)
+            .all(|pair| pair.len() == 2 && pair[1] == format!("end {}", pair[0]));
+        assert_eq!(serial, !overlap, "limit {limit:?}: {lines:?}");
+        host.stop().await;
+    }
+}
+
+/// Two failures in a row open the circuit: for its 60 s cooldown the binding gets no message
+/// (they would succeed on their next delivery, yet stay on the queue, not in the DLQ); then
+/// one probes it, succeeds, and the rest follow.
+#[tokio::test(start_paused = true)]
+async fn an_open_circuit_holds_messages_back_then_a_probe_closes_it() {
+    let host = InProcess::start(
+        "visibility_timeout = 5\nmax_receive_count = 10",
+        "[[bindings]]\nevents = [\"Order.*\"]\nplugin = \"flaky\"\nconfig = { mode = \"error\", fail_times = 1 }\n\
+         [bindings.circuit_breaker]\nconsecutive_failures = 2\ncooldown_secs = 60\n",
+    )
+    .await;
+    for i in 0..3 {
+        host.publish("Order.Created", &format!(r#"{{"n":{i}}}"#))
+            .await;
+        // One at a time, so the first two failures open the circuit before the third runs.
+        host.wait_for("its first delivery", Duration::from_secs(30), || async {
+            let q = host.queue().await;
+            q.iter().all(|m| m.receive_count >= 1).then_some(())
+        })
+        .await;
+    }
+    let opened = Instant::now();
+    // Half the cooldown later: all three still on the queue, none acked, none dead-lettered,
+    // though a second delivery would ack them (fail_times = 1): the handler was not called.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let q = host.queue().await;
+    assert_eq!(q.len(), 3, "held back while the circuit is open: {q:?}");
+    assert!(host.dead_letters().await.is_empty());
+    host.wait_for(
+        "the probe and the rest",
+        Duration::from_secs(300),
+        || async { host.queue().await.is_empty().then_some(()) },
+    )
+    .await;
+    assert!(
+        opened.elapsed() >= Duration::from_secs(55),
+        "acked only after the cooldown: {:?}",
+        opened.elapsed()
+    );
+    assert!(host.dead_letters().await.is_empty());
+    host.stop().await;
+}
