@@ -47,9 +47,10 @@ pub enum DlqCommand {
         #[arg(long, default_value_t = 0)]
         offset: usize,
         /// Read at most this many dead letters to search and count (at most 10000; at least
-        /// --offset plus --limit).
-        #[arg(long, default_value_t = 1000)]
-        scan: usize,
+        /// --offset plus --limit). Default: --offset plus --limit without a search, 1000 with
+        /// --event, --id or --reason. On SQS every one read is received and made visible again.
+        #[arg(long)]
+        scan: Option<usize>,
         /// Show the start of each body (bodies may hold personal data; hidden by default); with
         /// `--output json`, the whole body.
         #[arg(long)]
@@ -87,8 +88,8 @@ pub async fn run(path: &Path, command: DlqCommand) -> anyhow::Result<ExitCode> {
         DlqCommand::Purge { yes: false } => {
             bail!("`dlq purge` deletes every dead letter for good: add --yes to confirm")
         }
-        DlqCommand::Delete { select } if select.selection()?.is_all() => {
-            bail!("`dlq delete` needs --id, --event or --reason; to delete every dead letter, use `dlq purge --yes`")
+        DlqCommand::Delete { select } => {
+            select.selection()?.for_delete()?;
         }
         _ => {}
     }
@@ -110,6 +111,9 @@ pub async fn run(path: &Path, command: DlqCommand) -> anyhow::Result<ExitCode> {
                 limit,
                 scan,
             };
+            // Without a search, a listing that stops at its page is no news; with one (or an
+            // explicit --scan) the counts are of what was read, which the note says.
+            let counted = !query.selection.is_all() || scan.is_some();
             let listing = crate::dlq::search(dlq.as_ref(), &query)
                 .await
                 .with_context(|| format!("cannot list the {}", dlq.describe()))?;
@@ -122,7 +126,7 @@ pub async fn run(path: &Path, command: DlqCommand) -> anyhow::Result<ExitCode> {
                     to_json(&dlq.describe(), &listing, &query, show_bodies)
                 ),
             }
-            if !listing.complete {
+            if !listing.complete && counted {
                 eprintln!(
                     "note: {} dead letters were read and the queue holds more; counts are of those read (raise --scan, at most {})",
                     listing.scanned,
@@ -136,7 +140,10 @@ pub async fn run(path: &Path, command: DlqCommand) -> anyhow::Result<ExitCode> {
                 DlqCommand::Delete { .. } => Action::Delete,
                 _ => Action::Redrive,
             };
-            let selection = select.selection()?;
+            let selection = match action {
+                Action::Delete => select.selection()?.for_delete()?,
+                Action::Redrive => select.selection()?,
+            };
             let verb = match action {
                 Action::Redrive => "redrive",
                 Action::Delete => "delete",
@@ -168,7 +175,10 @@ pub async fn run(path: &Path, command: DlqCommand) -> anyhow::Result<ExitCode> {
             for failure in &report.failed {
                 println!("FAILED {failure}");
             }
-            Ok(if report.failed.is_empty() {
+            for id in &report.missing {
+                println!("NOT FOUND {id}: not in the dead-letter queue (or, on SQS, held invisible by another listing or redrive just now)");
+            }
+            Ok(if report.ok() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
@@ -265,11 +275,17 @@ fn render_listing(listing: &Listing, query: &Query, show_bodies: bool) -> String
         );
     }
     let mut out = render(&listing.letters, show_bodies);
-    if query.offset > 0 || listing.letters.len() < listing.matching {
+    if query.offset > 0 || listing.letters.len() < listing.matching || !listing.complete {
         out.push_str(&format!(
-            "#{first}–{} of {} matching\n",
+            "#{first}–{} of {}{}{}\n",
             query.offset + listing.letters.len(),
-            listing.matching
+            listing.matching,
+            if listing.complete { "" } else { "+" },
+            if query.selection.is_all() {
+                ""
+            } else {
+                " matching"
+            }
         ));
     }
     out

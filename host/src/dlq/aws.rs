@@ -15,7 +15,6 @@ use std::collections::{HashMap, HashSet};
 use async_trait::async_trait;
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, Message, MessageSystemAttributeName,
-    QueueAttributeName,
 };
 
 use super::{
@@ -258,48 +257,48 @@ impl AwsDlq {
                 }
             }
         }
-        let receipts: Vec<String> = delivered.iter().map(|(t, _)| t.receipt.clone()).collect();
-        let mut not_deleted = crate::broker::unsettled_by_receipt(
-            self.broker.delete_batch_at(url, &receipts).await,
-            &receipts,
-        );
-        for (taken, new_id) in delivered {
-            match not_deleted.remove(&taken.receipt) {
-                None => {
-                    tracing::debug!(message_id = %taken.letter.id, new_message_id = %new_id, event = %taken.letter.event, "redriven");
-                    report.done += 1;
-                }
-                Some(e) => report.failed.push(format!(
-                    "{}: sent to the main queue as {new_id} but not deleted from the dead-letter queue ({e}); it may be handled twice",
-                    taken.letter.id
-                )),
-            }
-        }
+        self.remove(
+            url,
+            delivered
+                .into_iter()
+                .map(|(taken, new_id)| (taken, Some(new_id)))
+                .collect(),
+            report,
+            keep,
+        )
+        .await;
     }
 
-    /// Delete `chosen` from the DLQ; what SQS refuses stays (`keep`) and is reported.
-    async fn delete_batch(
+    /// Delete `done` from the DLQ in `DeleteMessageBatch` calls and count each deleted one.
+    /// Each comes with its new id on the main queue when a redrive sent it there (a failed
+    /// delete is then reported as a possible duplicate); a deleted-only one that SQS refuses
+    /// stays in the DLQ (`keep`).
+    async fn remove(
         &self,
         url: &str,
-        chosen: Vec<Taken>,
+        done: Vec<(Taken, Option<String>)>,
         report: &mut ActionReport,
         keep: &mut Vec<String>,
     ) {
-        if chosen.is_empty() {
+        if done.is_empty() {
             return;
         }
-        let receipts: Vec<String> = chosen.iter().map(|t| t.receipt.clone()).collect();
+        let receipts: Vec<String> = done.iter().map(|(t, _)| t.receipt.clone()).collect();
         let mut not_deleted = crate::broker::unsettled_by_receipt(
             self.broker.delete_batch_at(url, &receipts).await,
             &receipts,
         );
-        for taken in chosen {
-            match not_deleted.remove(&taken.receipt) {
-                None => {
-                    tracing::debug!(message_id = %taken.letter.id, event = %taken.letter.event, "dead letter deleted");
+        for (taken, new_id) in done {
+            match (not_deleted.remove(&taken.receipt), new_id) {
+                (None, new_id) => {
+                    tracing::debug!(message_id = %taken.letter.id, new_message_id = ?new_id, event = %taken.letter.event, "removed from the dead-letter queue");
                     report.done += 1;
                 }
-                Some(e) => {
+                (Some(e), Some(new_id)) => report.failed.push(format!(
+                    "{}: sent to the main queue as {new_id} but not deleted from the dead-letter queue ({e}); it may be handled twice",
+                    taken.letter.id
+                )),
+                (Some(e), None) => {
                     report.failed.push(format!(
                         "{}: not deleted, left in the DLQ: {e}",
                         taken.letter.id
@@ -308,22 +307,6 @@ impl AwsDlq {
                 }
             }
         }
-    }
-
-    async fn approximate_count(&self, url: &str) -> Option<u64> {
-        let out = self
-            .broker
-            .sqs()
-            .get_queue_attributes()
-            .queue_url(url)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-            .send()
-            .await
-            .ok()?;
-        out.attributes()?
-            .get(&QueueAttributeName::ApproximateNumberOfMessages)?
-            .parse()
-            .ok()
     }
 }
 
@@ -373,12 +356,13 @@ impl DeadLetterQueue for AwsDlq {
             Action::Redrive => self.broker.queue_url().await?.to_string(),
             Action::Delete => String::new(),
         };
-        if let Some(total) = self.approximate_count(&url).await {
+        if let Some(total) = self.depth().await {
             progress.total(total);
         }
         let mut report = ActionReport::default();
         let mut keep: Vec<String> = Vec::new();
         let mut seen: HashMap<String, ()> = HashMap::new();
+        let mut taken_ids = HashSet::new();
         let result = async {
             loop {
                 let batch = self.receive(&url, 10).await?;
@@ -403,6 +387,7 @@ impl DeadLetterQueue for AwsDlq {
                         keep.push(taken.receipt);
                         continue;
                     }
+                    taken_ids.insert(taken.letter.id.clone());
                     chosen.push(taken);
                 }
                 match action {
@@ -414,8 +399,8 @@ impl DeadLetterQueue for AwsDlq {
                         }
                     }
                     Action::Delete => {
-                        self.delete_batch(&url, chosen, &mut report, &mut keep)
-                            .await
+                        let chosen = chosen.into_iter().map(|t| (t, None)).collect();
+                        self.remove(&url, chosen, &mut report, &mut keep).await
                     }
                 }
                 if new == 0 {
@@ -427,6 +412,7 @@ impl DeadLetterQueue for AwsDlq {
         .await;
         self.release(&url, &keep).await;
         result?;
+        report.missing = selection.missing(&taken_ids);
         tracing::info!(?action, done = report.done, kept = report.kept, failed = report.failed.len(), dead_letter_queue = %self.dlq, "dead-letter action finished");
         Ok(report)
     }
@@ -448,6 +434,16 @@ impl DeadLetterQueue for AwsDlq {
         }
         tracing::info!(deleted, dead_letter_queue = %self.dlq, "dead-letter queue purged");
         Ok(deleted)
+    }
+
+    async fn depth(&self) -> Option<u64> {
+        use crate::broker::Broker as _;
+        let depth = self.broker.depth(Some(&self.dlq)).await.ok()?;
+        Some(depth.visible + depth.in_flight + depth.delayed)
+    }
+
+    fn listing_sees_all(&self) -> bool {
+        !self.fifo
     }
 
     fn describe(&self) -> String {

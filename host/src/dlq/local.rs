@@ -127,9 +127,11 @@ impl DeadLetterQueue for LocalDlq {
         progress.total(rows.len() as u64);
         let mut report = ActionReport::default();
         let mut chosen = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for row in &rows {
             if selection.matches(&row.letter) {
                 chosen.push(row.seq);
+                seen.insert(row.letter.id.clone());
             } else {
                 report.kept += 1;
                 progress.advance(1);
@@ -172,7 +174,8 @@ impl DeadLetterQueue for LocalDlq {
             report.done += done;
             progress.advance(batch.len() as u64);
         }
-        tracing::info!(?action, done = report.done, kept = report.kept, dead_letter_queue = %self.dlq, queue = %self.queue, "dead-letter action finished");
+        report.missing = selection.missing(&seen);
+        tracing::info!(?action, done = report.done, kept = report.kept, missing = report.missing.len(), dead_letter_queue = %self.dlq, queue = %self.queue, "dead-letter action finished");
         Ok(report)
     }
 
@@ -184,6 +187,21 @@ impl DeadLetterQueue for LocalDlq {
             .await?;
         tracing::info!(deleted, dead_letter_queue = %self.dlq, "dead-letter queue purged");
         Ok(deleted as u64)
+    }
+
+    async fn depth(&self) -> Option<u64> {
+        let dlq = self.dlq.clone();
+        self.db
+            .call(move |conn| {
+                conn.query_row(
+                    "SELECT COUNT(*) FROM messages WHERE queue = ?1",
+                    params![dlq],
+                    |r| r.get::<_, i64>(0),
+                )
+            })
+            .await
+            .ok()
+            .and_then(|n| u64::try_from(n).ok())
     }
 
     fn describe(&self) -> String {

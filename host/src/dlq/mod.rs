@@ -131,6 +131,26 @@ impl Selection {
         self.events.is_empty() && self.ids.is_empty() && self.reasons.is_empty()
     }
 
+    /// This selection for a delete, which must choose something: deleting every dead letter
+    /// is `purge`'s, with its confirmation.
+    pub fn for_delete(self) -> Result<Selection, DlqError> {
+        if self.is_all() {
+            return Err(DlqError::BadSelection(
+                "a delete needs ids, events or reasons; to delete every dead letter, run `iniesta dlq purge --yes`".into(),
+            ));
+        }
+        Ok(self)
+    }
+
+    /// The listed ids none of `seen` (the ids of the letters an action took) has.
+    pub fn missing(&self, seen: &std::collections::HashSet<String>) -> Vec<String> {
+        self.ids
+            .iter()
+            .filter(|id| !seen.contains(*id))
+            .cloned()
+            .collect()
+    }
+
     /// Whether this dead letter is selected.
     pub fn matches(&self, letter: &DeadLetter) -> bool {
         let named = (self.ids.is_empty() && self.events.is_empty())
@@ -164,6 +184,16 @@ pub struct ActionReport {
     /// Messages the action failed for, with why (they stay in the DLQ, unless the text says
     /// otherwise).
     pub failed: Vec<String>,
+    /// Ids asked for by `--id` that the action did not find (gone already, or, on SQS, held
+    /// invisible by another listing or action at the time).
+    pub missing: Vec<String>,
+}
+
+impl ActionReport {
+    /// Whether everything asked for was done.
+    pub fn ok(&self) -> bool {
+        self.failed.is_empty() && self.missing.is_empty()
+    }
 }
 
 /// What to list: dead letters a selection takes, one page of them.
@@ -175,13 +205,16 @@ pub struct Query {
     pub offset: usize,
     /// How many to return at most.
     pub limit: usize,
-    /// How many dead letters to read at most (at least `offset + limit`); on SQS each one read
-    /// is received and made visible again.
-    pub scan: usize,
+    /// How many dead letters to read at most (at least `offset + limit`; default: just that
+    /// without a search, [`DEFAULT_SCAN`] with one); on SQS each one read is received and made
+    /// visible again.
+    pub scan: Option<usize>,
 }
 
 /// The most dead letters one search reads.
 pub const MAX_SCAN: usize = 10_000;
+/// How many dead letters a search (a selection) reads when no `scan` is given.
+pub const DEFAULT_SCAN: usize = 1000;
 
 /// One page of a search.
 #[derive(Debug, Clone)]
@@ -192,21 +225,32 @@ pub struct Listing {
     pub matching: usize,
     /// How many dead letters were read.
     pub scanned: usize,
-    /// Whether every dead letter was read (else the queue holds more than `scan`, and
-    /// `matching` counts only those read).
+    /// Whether every dead letter was read (else the queue holds more than was read, or, on
+    /// SQS, may: a FIFO queue shows one message per group, other listings hide what they
+    /// hold; `matching` counts only those read).
     pub complete: bool,
 }
 
 /// Read up to `query.scan` dead letters (oldest first where the broker knows the order) and
 /// return the page of those the selection takes.
 pub async fn search(dlq: &dyn DeadLetterQueue, query: &Query) -> Result<Listing, DlqError> {
+    let wanted = query.offset.saturating_add(query.limit);
     let scan = query
         .scan
-        .max(query.offset.saturating_add(query.limit))
+        .unwrap_or(if query.selection.is_all() {
+            wanted
+        } else {
+            DEFAULT_SCAN
+        })
+        .max(wanted)
         .clamp(1, MAX_SCAN);
+    // What the queue held before the listing (its messages are invisible during it).
+    let held = dlq.depth().await;
     // One more than asked: whether the queue holds more than `scan` is then known.
     let mut letters = dlq.list(scan + 1).await?;
-    let complete = letters.len() <= scan;
+    let complete = letters.len() <= scan
+        && dlq.listing_sees_all()
+        && held.is_none_or(|held| letters.len() as u64 >= held);
     letters.truncate(scan);
     Ok(page(letters, query, complete))
 }
@@ -282,6 +326,16 @@ pub trait DeadLetterQueue: Send + Sync + 'static {
 
     /// Delete every dead letter; returns how many.
     async fn purge(&self) -> Result<u64, DlqError>;
+
+    /// How many dead letters the queue holds (on SQS approximately: visible plus in flight),
+    /// when known.
+    async fn depth(&self) -> Option<u64>;
+
+    /// Whether a listing that runs dry has seen every dead letter (not on a FIFO queue on SQS,
+    /// which hands out one message per group at a time).
+    fn listing_sees_all(&self) -> bool {
+        true
+    }
 
     /// `dead-letter queue q of local broker f`, for messages.
     fn describe(&self) -> String;
@@ -361,6 +415,20 @@ mod tests {
     }
 
     #[test]
+    fn a_delete_must_choose_and_missing_ids_are_named() {
+        assert!(Selection::new(&[], &[], &[])
+            .expect("ok")
+            .for_delete()
+            .is_err());
+        let some = Selection::new(&[], &["a".into(), "b".into()], &[])
+            .expect("ok")
+            .for_delete()
+            .expect("ids choose");
+        let seen: std::collections::HashSet<String> = ["a".to_string()].into();
+        assert_eq!(some.missing(&seen), ["b"]);
+    }
+
+    #[test]
     fn a_page_counts_every_match_and_returns_its_slice() {
         let letters: Vec<DeadLetter> = (0..10)
             .map(|n| {
@@ -376,7 +444,7 @@ mod tests {
             selection: Selection::new(events, &[], &[]).expect("ok"),
             offset,
             limit,
-            scan: 100,
+            scan: None,
         };
         let orders = page(letters.clone(), &query(&["Order.*".into()], 1, 2), true);
         assert_eq!(orders.matching, 5);
@@ -386,7 +454,6 @@ mod tests {
         let past_the_end = page(letters, &query(&[], 20, 5), false);
         assert_eq!(past_the_end.matching, 10);
         assert!(past_the_end.letters.is_empty());
-        assert!(!past_the_end.complete);
     }
 
     #[test]

@@ -57,7 +57,8 @@ const SAMPLES: usize = 1800;
 const SAMPLE_EVERY: Duration = Duration::from_secs(2);
 /// The window of the bindings table's latency and failure rate.
 const RECENT: Duration = Duration::from_secs(60);
-/// Handler results counted as failures (a retry is counted apart).
+/// Handler results the failure rate counts: the failed calls ([`m::FAILED_RESULTS`]) and the
+/// dead-letter outcomes (a retry is counted apart).
 const FAILED: &[&str] = &["error", "panic", "timeout", "crashed", "dead_letter"];
 
 const INDEX_HTML: &str = include_str!("console/index.html");
@@ -238,6 +239,14 @@ impl Totals {
     }
 }
 
+/// What the charts show: the throughput samples and each binding's history, under one lock
+/// so a reader sees both at the same sample (the page's `since` cursor covers both).
+#[derive(Debug, Default)]
+struct History {
+    series: VecDeque<Sample>,
+    bindings: HashMap<String, BindingHistory>,
+}
+
 /// The history of one binding: its chart points and the totals of the last minute.
 #[derive(Debug, Default)]
 struct BindingHistory {
@@ -256,8 +265,10 @@ pub struct Console {
     routes: OnceLock<Arc<ArcSwap<Routes>>>,
     failures: Arc<RecentFailures>,
     dlq: Option<Arc<dyn DeadLetterQueue>>,
-    series: Mutex<VecDeque<Sample>>,
-    bindings: Mutex<HashMap<String, BindingHistory>>,
+    history: Mutex<History>,
+    /// One dead-letter operation (a listing, a redrive, a delete) at a time: on SQS each holds
+    /// the messages it read invisible, and a listing holds them in memory.
+    dlq_gate: Arc<tokio::sync::Semaphore>,
     started: std::time::Instant,
     tasks: Tasks,
 }
@@ -286,8 +297,8 @@ impl Console {
             routes: OnceLock::new(),
             failures: Arc::new(RecentFailures::default()),
             dlq,
-            series: Mutex::new(VecDeque::new()),
-            bindings: Mutex::new(HashMap::new()),
+            history: Mutex::new(History::default()),
+            dlq_gate: Arc::new(tokio::sync::Semaphore::new(1)),
             started: std::time::Instant::now(),
             tasks: tasks.clone(),
         });
@@ -334,27 +345,25 @@ impl Console {
             dead_lettered: sum(m::DEAD_LETTERED),
             in_flight: sum(m::IN_FLIGHT),
         };
-        {
-            let mut samples = crate::mutex::lock(&self.series);
-            if samples.len() >= SAMPLES {
-                samples.pop_front();
-            }
-            samples.push_back(sample);
+        // Every binding bound now (the history of a binding a reload removed is dropped).
+        let totals: Vec<(String, Totals)> = self
+            .routes
+            .get()
+            .map(|r| r.load_full())
+            .iter()
+            .flat_map(|r| r.bindings().iter())
+            .map(|b| (b.name.clone(), self.totals(&b.name, sample.t)))
+            .collect();
+        let mut history = crate::mutex::lock(&self.history);
+        if history.series.len() >= SAMPLES {
+            history.series.pop_front();
         }
-        self.sample_bindings(sample.t);
-    }
-
-    /// One chart point per binding bound now (the history of a binding a reload removed is
-    /// dropped with it).
-    fn sample_bindings(&self, at: u64) {
-        let Some(routes) = self.routes.get().map(|r| r.load_full()) else {
-            return;
-        };
-        let mut histories = crate::mutex::lock(&self.bindings);
-        histories.retain(|name, _| routes.bindings().iter().any(|b| b.name == *name));
-        for binding in routes.bindings() {
-            let totals = self.totals(&binding.name, at);
-            let history = histories.entry(binding.name.clone()).or_default();
+        history.series.push_back(sample);
+        let at = sample.t;
+        let histories = &mut history.bindings;
+        histories.retain(|name, _| totals.iter().any(|(n, _)| n == name));
+        for (name, totals) in totals {
+            let history = histories.entry(name).or_default();
             if let Some(previous) = history.recent.back() {
                 if history.points.len() >= SAMPLES {
                     history.points.pop_front();
@@ -399,8 +408,9 @@ impl Console {
 
     /// A binding's calls over the last minute: count, failure rate, latency.
     fn recent(&self, binding: &str) -> serde_json::Value {
-        let histories = crate::mutex::lock(&self.bindings);
-        let Some(window) = histories
+        let history = crate::mutex::lock(&self.history);
+        let Some(window) = history
+            .bindings
             .get(binding)
             .and_then(|h| Some((h.recent.front()?, h.recent.back()?)))
             .map(|(first, last)| last.since(first))
@@ -589,7 +599,7 @@ impl Console {
                     "default": b.is_default,
                     "acked": count(&b.name, &["ack"]),
                     "retried": count(&b.name, &["retry"]),
-                    "failed": count(&b.name, &["error", "panic", "timeout", "crashed"]),
+                    "failed": count(&b.name, m::FAILED_RESULTS),
                     "dead_lettered": count(&b.name, &["dead_letter"]),
                     "last_minute": self.recent(&b.name),
                     // The circuit breaker's state, for bindings that have one.
@@ -629,13 +639,16 @@ impl Console {
                 seen.into_values().collect()
             }
         };
-        let samples: Vec<Sample> = crate::mutex::lock(&self.series)
-            .iter()
-            .filter(|s| s.t > since)
-            .copied()
-            .collect();
-        let binding_series: serde_json::Map<String, serde_json::Value> =
-            crate::mutex::lock(&self.bindings)
+        let (samples, binding_series) = {
+            let history = crate::mutex::lock(&self.history);
+            let samples: Vec<Sample> = history
+                .series
+                .iter()
+                .filter(|s| s.t > since)
+                .copied()
+                .collect();
+            let binding_series: serde_json::Map<String, serde_json::Value> = history
+                .bindings
                 .iter()
                 .map(|(name, history)| {
                     let points: Vec<&BindingPoint> =
@@ -643,6 +656,8 @@ impl Console {
                     (name.clone(), serde_json::json!(points))
                 })
                 .collect();
+            (samples, binding_series)
+        };
         // True depths, as the queue-depth reader last saw them (GetQueueAttributes on SQS, a
         // count on the local broker; absent until the first read, or with the reader off).
         let depth = |queue: &str| -> Option<serde_json::Value> {
@@ -695,10 +710,14 @@ impl Console {
             );
         };
         let numbers = (|| {
+            let scan = match query_param(request, "scan") {
+                None => None,
+                Some(_) => Some(number_param(request, "scan", 0)?.clamp(1, crate::dlq::MAX_SCAN)),
+            };
             Ok::<_, String>((
                 number_param(request, "limit", 100)?.clamp(1, 1000),
                 number_param(request, "offset", 0)?.min(crate::dlq::MAX_SCAN),
-                number_param(request, "scan", 1000)?.clamp(1, crate::dlq::MAX_SCAN),
+                scan,
             ))
         })();
         let (limit, offset, scan) = match numbers {
@@ -721,7 +740,34 @@ impl Console {
             limit,
             scan,
         };
-        match crate::dlq::search(dlq.as_ref(), &query).await {
+        // One at a time (a second waits), in a task of its own: a browser that goes away
+        // mid-listing must not leave what it read on SQS invisible until the hold ends (the
+        // listing makes them visible again when it ends).
+        // (Never closed: the gate lives as long as the console.)
+        let Ok(permit) = self.dlq_gate.clone().acquire_owned().await else {
+            return json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!({"error": "the console is stopping"}),
+            );
+        };
+        let task_dlq = dlq.clone();
+        let searched = self
+            .tasks
+            .spawn(async move {
+                let _permit = permit;
+                crate::dlq::search(task_dlq.as_ref(), &query).await
+            })
+            .await;
+        let searched = match searched {
+            Ok(searched) => searched,
+            Err(e) => {
+                return json(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &serde_json::json!({"error": format!("the listing task failed: {e}")}),
+                )
+            }
+        };
+        match searched {
             Ok(listing) => {
                 let messages: Vec<serde_json::Value> = listing
                     .letters
@@ -788,25 +834,40 @@ impl Console {
             Ok(s) => s,
             Err(e) => return bad(e.to_string()),
         };
-        match (action, ask.all, selection.is_all()) {
-            (_, true, false) => {
-                return bad("`all` selects everything: give it alone, without ids, events or reasons".into())
+        match (ask.all, selection.is_all()) {
+            (true, false) => {
+                return bad(
+                    "`all` selects everything: give it alone, without ids, events or reasons"
+                        .into(),
+                )
             }
-            (_, false, true) => {
+            (false, true) => {
                 return bad("nothing selected: give ids, events, reasons, or all = true".into())
-            }
-            (Action::Delete, true, _) => {
-                return bad("the console deletes chosen dead letters only; to delete every one, run `iniesta dlq purge --yes`".into())
             }
             _ => {}
         }
+        let selection = match action {
+            Action::Delete => match selection.for_delete() {
+                Ok(selection) => selection,
+                Err(e) => return bad(e.to_string()),
+            },
+            Action::Redrive => selection,
+        };
+        // (Never closed: the gate lives as long as the console.)
+        let Ok(permit) = self.dlq_gate.clone().acquire_owned().await else {
+            return json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!({"error": "the console is stopping"}),
+            );
+        };
         // In a task of its own: a browser that goes away mid-redrive must not cancel it between
         // a send and its delete (the message would then be in both queues); tracked, so
         // shutdown waits for it too.
         let dlq = dlq.clone();
-        let task = self
-            .tasks
-            .spawn(async move { dlq.act(action, &selection, &crate::dlq::NoProgress).await });
+        let task = self.tasks.spawn(async move {
+            let _permit = permit;
+            dlq.act(action, &selection, &crate::dlq::NoProgress).await
+        });
         let outcome = match task.await {
             Ok(outcome) => outcome,
             Err(e) => {
@@ -819,7 +880,7 @@ impl Console {
         };
         match outcome {
             Ok(report) => {
-                tracing::info!(?action, done = report.done, kept = report.kept, failed = report.failed.len(), ids = ?ask.ids, events = ?ask.events, reasons = ?ask.reasons, "console: dead-letter action");
+                tracing::info!(?action, done = report.done, kept = report.kept, failed = report.failed.len(), missing = report.missing.len(), ids = ?ask.ids, events = ?ask.events, reasons = ?ask.reasons, "console: dead-letter action");
                 json(StatusCode::OK, &report)
             }
             Err(e) => {

@@ -27,6 +27,9 @@ pub const RELEASED: &str = "iniesta_messages_released_total";
 /// Handler calls: labels `binding` and `result` = `ack`, `retry`, `dead_letter`, `error`,
 /// `panic`, `timeout`, `crashed`.
 pub const HANDLER_CALLS: &str = "iniesta_handler_calls_total";
+/// The `result`s of [`HANDLER_CALLS`] that are failed calls (not an outcome the handler
+/// chose): an error, a panic, a timeout, a crashed worker.
+pub const FAILED_RESULTS: &[&str] = &["error", "panic", "timeout", "crashed"];
 /// How long handler calls took (s), a histogram labelled `binding`.
 pub const HANDLER_DURATION: &str = "iniesta_handler_duration_seconds";
 /// Calls of `inline = true` bindings that ran past their timeout (label `binding`).

@@ -89,6 +89,20 @@ impl Distribution {
         }
     }
 
+    /// The values of both.
+    fn plus(&self, other: &Distribution) -> Distribution {
+        let len = self.counts.len().max(other.counts.len());
+        Distribution {
+            counts: (0..len)
+                .map(|i| {
+                    self.counts.get(i).copied().unwrap_or(0)
+                        + other.counts.get(i).copied().unwrap_or(0)
+                })
+                .collect(),
+            sum: self.sum + other.sum,
+        }
+    }
+
     /// The mean, if any value was recorded.
     pub fn mean(&self) -> Option<f64> {
         let n = self.count();
@@ -211,14 +225,7 @@ impl Values {
     pub fn gauge(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         let mut found = None;
         self.registry.visit_gauges(|key, gauge| {
-            if key.name() != name || key.labels().count() != labels.len() {
-                return;
-            }
-            let matches = labels.iter().all(|(label, value)| {
-                key.labels()
-                    .any(|l| l.key() == *label && l.value() == *value)
-            });
-            if matches {
+            if key.name() == name && key.labels().count() == labels.len() && has(key, labels) {
                 found = Some(f64::from_bits(
                     gauge.load(std::sync::atomic::Ordering::Relaxed),
                 ));
@@ -229,24 +236,29 @@ impl Values {
 }
 
 impl Values {
-    /// What the histogram named `name` with exactly `labels` recorded so far; `None` when no
-    /// such series was ever recorded.
+    /// What the histograms named `name` carrying `labels` (and any others) recorded so far,
+    /// together; `None` when no such series was ever recorded.
     pub fn distribution(&self, name: &str, labels: &[(&str, &str)]) -> Option<Distribution> {
-        let mut found = None;
+        let mut found: Option<Distribution> = None;
         self.registry.visit_histograms(|key, buckets| {
-            if key.name() != name || key.labels().count() != labels.len() {
-                return;
-            }
-            let matches = labels.iter().all(|(label, value)| {
-                key.labels()
-                    .any(|l| l.key() == *label && l.value() == *value)
-            });
-            if matches {
-                found = Some(buckets.snapshot());
+            if key.name() == name && has(key, labels) {
+                let snapshot = buckets.snapshot();
+                found = Some(match found.take() {
+                    None => snapshot,
+                    Some(sum) => sum.plus(&snapshot),
+                });
             }
         });
         found
     }
+}
+
+/// Whether `key` carries every `(label, value)` of `labels`.
+fn has(key: &Key, labels: &[(&str, &str)]) -> bool {
+    labels.iter().all(|(label, value)| {
+        key.labels()
+            .any(|l| l.key() == *label && l.value() == *value)
+    })
 }
 
 impl Recorder for Values {
@@ -351,5 +363,14 @@ mod tests {
         assert_eq!(tail.quantile(1.0), Some(300.0));
         assert!(tail.quantile(0.1).is_some_and(|q| q <= 0.0001));
         assert_eq!(values.distribution("took", &[("binding", "b")]), None);
+        // Series with more labels are summed.
+        metrics::with_local_recorder(&values, || {
+            metrics::histogram!("split", "binding" => "a", "kind" => "x").record(0.001);
+            metrics::histogram!("split", "binding" => "a", "kind" => "y").record(0.001);
+        });
+        let both = values
+            .distribution("split", &[("binding", "a")])
+            .expect("recorded");
+        assert_eq!(both.count(), 2);
     }
 }

@@ -251,7 +251,29 @@ fn scenario(broker: Broker) {
         ids(&listed)[4..6],
         "the 5th and 6th of the first listing: {page}"
     );
-    assert!(page.contains("#5–6 of 6 matching"), "{page}");
+    assert!(page.contains("#5–6 of 6\n"), "{page}");
+    // Without a search a listing reads just its page: one more tells there are more.
+    let first = ok(&config, &["dlq", "list", "--limit", "2"]);
+    assert!(first.contains("#1–2 of 2+"), "{first}");
+    let bad_page = ok(
+        &config,
+        &[
+            "dlq", "list", "--event", "Bad.*", "--limit", "2", "--offset", "1",
+        ],
+    );
+    assert!(bad_page.contains("#2–3 of 3 matching"), "{bad_page}");
+    // A scan of exactly the queue's size is complete; one less is not.
+    for (scan, complete) in [("6", true), ("5", false)] {
+        let json: serde_json::Value = serde_json::from_str(&ok(
+            &config,
+            &[
+                "dlq", "list", "--scan", scan, "--limit", "1", "--output", "json",
+            ],
+        ))
+        .expect("JSON");
+        assert_eq!(json["complete"], complete, "--scan {scan}: {json}");
+        assert_eq!(json["scanned"], scan.parse::<u64>().expect("n"), "{json}");
+    }
     let past = ok(&config, &["dlq", "list", "--offset", "10"]);
     assert!(
         past.contains("nothing from #11 on: 6 dead letter(s) match"),
@@ -292,6 +314,14 @@ fn scenario(broker: Broker) {
         broker.dlq_depth(&config),
         6,
         "a refused delete deletes nothing"
+    );
+    // An id that is not there: nothing deleted, named, exit 1.
+    let nowhere = iniesta(&config, &["dlq", "delete", "--id", "no-such-id"]);
+    assert!(!nowhere.status.success(), "{nowhere:?}");
+    let said = String::from_utf8_lossy(&nowhere.stdout);
+    assert!(
+        said.contains("deleted 0 message(s)") && said.contains("NOT FOUND no-such-id"),
+        "{said}"
     );
     let deleted = ok(&config, &["dlq", "delete", "--reason", &doomed]);
     assert!(

@@ -227,7 +227,8 @@ async function act(action, body, button, question) {
   try {
     const r = await post("/api/dlq/" + action, body);
     status.textContent = (action === "redrive" ? "redriven " : "deleted ") + r.done +
-      (r.failed.length ? ", failed: " + r.failed.join("; ") : "");
+      (r.failed.length ? ", failed: " + r.failed.join("; ") : "") +
+      (r.missing && r.missing.length ? ", not found (gone, or held by another listing): " + r.missing.join(", ") : "");
   } catch (e) {
     status.textContent = action + " failed: " + e.message;
   }
@@ -244,14 +245,21 @@ function showDlqCount() {
   count.className = "badge " + (n ? "bad" : "ok");
 }
 
+// The last listing (for the confirmations) and a sequence number: only the latest request's
+// answer is shown (a slow answer to an older one is dropped).
+let lastListing = null, dlqSeq = 0;
+
 async function refreshDlq() {
   const count = document.getElementById("dlq-count");
   const params = new URLSearchParams({ limit: PAGE, offset });
   if (search.event) params.set("event", search.event);
   if (search.reason) params.set("reason", search.reason);
+  const mine = ++dlqSeq;
   let d;
   try { d = await getJSON("/api/dlq?" + params.toString().replace(/\+/g, "%20")); }
-  catch (e) { document.getElementById("dlq-status").textContent = e.message; return; }
+  catch (e) { if (mine === dlqSeq) document.getElementById("dlq-status").textContent = e.message; return; }
+  if (mine !== dlqSeq) return;
+  lastListing = d;
   const all = document.getElementById("dlq-redrive-all");
   const del = document.getElementById("dlq-delete-matching");
   if (!d.configured) {
@@ -261,9 +269,9 @@ async function refreshDlq() {
     return;
   }
   if (!filtered()) { listed = d.complete ? d.matching : d.scanned + "+"; showDlqCount(); }
-  // Past the end (the last page emptied by an action): back one page.
-  if (d.messages.length === 0 && offset > 0 && d.matching > 0) {
-    offset = Math.max(0, Math.floor((d.matching - 1) / PAGE) * PAGE);
+  // Past the end (the last page emptied by an action): to the last page there is.
+  if (d.messages.length === 0 && offset > 0) {
+    offset = d.matching > 0 ? Math.floor((d.matching - 1) / PAGE) * PAGE : 0;
     return refreshDlq();
   }
   all.textContent = filtered() ? "Redrive matching" : "Redrive all";
@@ -272,9 +280,11 @@ async function refreshDlq() {
   del.disabled = d.matching === 0;
   const first = d.messages.length ? offset + 1 : 0;
   document.getElementById("dlq-page").textContent = first + "–" + (offset + d.messages.length) + " of " +
-    d.matching + (filtered() ? " matching" : "") + (d.complete ? "" : " (of the first " + d.scanned + " read)");
+    d.matching + (d.complete ? "" : "+") + (filtered() ? " matching" : "") +
+    (d.complete || !filtered() ? "" : " (among the first " + d.scanned + " read)");
   document.getElementById("dlq-prev").disabled = offset === 0;
-  document.getElementById("dlq-next").disabled = offset + d.messages.length >= d.matching;
+  // More may follow a page when the listing did not see the whole queue.
+  document.getElementById("dlq-next").disabled = offset + d.messages.length >= d.matching && d.complete;
   fill("dlq", d.messages.map((m) => {
     const redrive = el("button", "Redrive", "redrive");
     redrive.type = "button";
@@ -308,15 +318,23 @@ document.getElementById("dlq-search").addEventListener("submit", (e) => {
 });
 document.getElementById("dlq-prev").addEventListener("click", () => { offset = Math.max(0, offset - PAGE); refreshDlq(); });
 document.getElementById("dlq-next").addEventListener("click", () => { offset += PAGE; refreshDlq(); });
+// What a confirmation says about how many an action over the search takes.
+function howMany() {
+  const d = lastListing;
+  if (!d) return "";
+  return d.complete ? " (" + d.matching + " now)" :
+    " (" + d.matching + " among the " + d.scanned + " listed; the action searches the whole queue)";
+}
+
 document.getElementById("dlq-redrive-all").addEventListener("click", (e) => {
   if (filtered()) {
-    act("redrive", selection(), e.target, "Send every dead letter that matches the search back to the main queue?");
+    act("redrive", selection(), e.target, "Send every dead letter that matches the search back to the main queue" + howMany() + "?");
   } else {
-    act("redrive", { all: true }, e.target, "Send every message in the dead-letter queue back to the main queue?");
+    act("redrive", { all: true }, e.target, "Send every message in the dead-letter queue back to the main queue" + howMany() + "?");
   }
 });
 document.getElementById("dlq-delete-matching").addEventListener("click", (e) => {
-  act("delete", selection(), e.target, "Delete every dead letter that matches the search, for good?");
+  act("delete", selection(), e.target, "Delete every dead letter that matches the search, for good" + howMany() + "?");
 });
 
 refreshState().then(refreshDlq);
