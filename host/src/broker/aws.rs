@@ -262,6 +262,8 @@ impl AwsBroker {
                 entry = entry
                     .message_group_id(self.fifo.group_of(message))
                     .message_deduplication_id(self.fifo.deduplication_id_of(message));
+            } else if let Some(tenant) = self.fifo.fair_group_of(message) {
+                entry = entry.message_group_id(tenant);
             }
             entry.build().map_err(|e| invalid_entry("PublishBatch", e))
         });
@@ -340,6 +342,8 @@ impl AwsBroker {
                             .map(str::to_string)
                             .unwrap_or_else(|| self.fifo.deduplication_id_of(message)),
                     );
+            } else if let Some(tenant) = self.fifo.fair_group_of(message) {
+                entry = entry.message_group_id(tenant);
             }
             entry
                 .build()
@@ -409,6 +413,8 @@ impl AwsBroker {
                     .map(str::to_string)
                     .unwrap_or_else(|| self.fifo.deduplication_id_of(message)),
             );
+        } else if let Some(tenant) = self.fifo.fair_group_of(message) {
+            request = request.message_group_id(tenant);
         }
         let out = request
             .send()
@@ -629,6 +635,8 @@ impl Broker for AwsBroker {
             request = request
                 .message_group_id(self.fifo.group_of(message))
                 .message_deduplication_id(self.fifo.deduplication_id_of(message));
+        } else if let Some(tenant) = self.fifo.fair_group_of(message) {
+            request = request.message_group_id(tenant);
         }
         match request.send().await {
             Ok(out) => Ok(out.message_id().unwrap_or_default().to_string()),

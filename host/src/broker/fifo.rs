@@ -1,4 +1,5 @@
-//! FIFO queues and topics: the `MessageGroupId` and `MessageDeduplicationId` of what is sent.
+//! FIFO queues and topics: the `MessageGroupId` and `MessageDeduplicationId` of what is sent;
+//! and fair queues: the `MessageGroupId` (a tenant id) of what is sent to standard ones.
 //!
 //! A queue or topic whose name ends in `.fifo` is FIFO. Everything sent to one gets a group
 //! id, from the `sqs.fifo_group_attribute` attribute, else the `sqs.fifo_group_field` body
@@ -8,6 +9,12 @@
 //! once, as SQS content-based deduplication does with the body alone). Values SQS would
 //! refuse (over 128 characters, or characters outside printable ASCII) are replaced by their
 //! SHA-256, so any value works as a key.
+//!
+//! On standard queues and topics a `MessageGroupId` asks for no order: SQS fair queues use it
+//! to tell tenants apart, so one tenant's backlog does not hold up the others' messages (and
+//! SNS standard topics pass it on to SQS subscriptions). It comes from the
+//! `sqs.fair_group_attribute` attribute, else the `sqs.fair_group_field` body field; a message
+//! with neither is sent without one.
 
 use sha2::{Digest, Sha256};
 
@@ -30,6 +37,10 @@ pub struct FifoSettings {
     pub default_group: String,
     /// The attribute holding the deduplication id.
     pub deduplication_attribute: Option<String>,
+    /// Standard destinations: the attribute holding the fair-queue group (tenant) id.
+    pub fair_attribute: Option<String>,
+    /// Standard destinations: the top-level body field holding it.
+    pub fair_field: Option<String>,
 }
 
 impl Default for FifoSettings {
@@ -39,6 +50,8 @@ impl Default for FifoSettings {
             group_field: None,
             default_group: "default".into(),
             deduplication_attribute: None,
+            fair_attribute: None,
+            fair_field: None,
         }
     }
 }
@@ -104,6 +117,30 @@ pub fn check_id(value: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// A key from the `attribute` (checked first) or the top-level body `field` (a non-empty
+/// string, a number or a boolean), made usable as an id.
+fn key_of(attribute: Option<&str>, field: Option<&str>, message: &Outgoing) -> Option<String> {
+    if let Some(value) = attribute
+        .and_then(|name| message.attributes.get(name))
+        .filter(|a| !a.value.is_empty())
+    {
+        return Some(usable(&value.value));
+    }
+    let field = field?;
+    let Ok(serde_json::Value::Object(body)) =
+        serde_json::from_slice::<serde_json::Value>(&message.body)
+    else {
+        return None;
+    };
+    match body.get(field) {
+        Some(serde_json::Value::String(s)) if !s.is_empty() => Some(usable(s)),
+        Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
+            Some(usable(&v.to_string()))
+        }
+        _ => None,
+    }
+}
+
 fn usable(value: &str) -> String {
     match check_id(value) {
         Ok(()) => value.to_string(),
@@ -134,36 +171,29 @@ impl FifoSettings {
             group_field: config.sqs.fifo_group_field.clone(),
             default_group: config.sqs.fifo_default_group.clone(),
             deduplication_attribute: config.sqs.fifo_deduplication_attribute.clone(),
+            fair_attribute: config.sqs.fair_group_attribute.clone(),
+            fair_field: config.sqs.fair_group_field.clone(),
         }
     }
 
-    /// The `MessageGroupId` of a message.
+    /// The `MessageGroupId` of a message to a FIFO destination.
     pub fn group_of(&self, message: &Outgoing) -> String {
-        if let Some(value) = self
-            .group_attribute
-            .as_ref()
-            .and_then(|name| message.attributes.get(name))
-            .filter(|a| !a.value.is_empty())
-        {
-            return usable(&value.value);
-        }
-        if let Some(field) = &self.group_field {
-            if let Ok(serde_json::Value::Object(body)) =
-                serde_json::from_slice::<serde_json::Value>(&message.body)
-            {
-                let text = match body.get(field) {
-                    Some(serde_json::Value::String(s)) if !s.is_empty() => Some(s.clone()),
-                    Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
-                        Some(v.to_string())
-                    }
-                    _ => None,
-                };
-                if let Some(text) = text {
-                    return usable(&text);
-                }
-            }
-        }
-        usable(&self.default_group)
+        key_of(
+            self.group_attribute.as_deref(),
+            self.group_field.as_deref(),
+            message,
+        )
+        .unwrap_or_else(|| usable(&self.default_group))
+    }
+
+    /// The `MessageGroupId` of a message to a standard destination (a fair queue's tenant),
+    /// if the config names where it is and the message has it.
+    pub fn fair_group_of(&self, message: &Outgoing) -> Option<String> {
+        key_of(
+            self.fair_attribute.as_deref(),
+            self.fair_field.as_deref(),
+            message,
+        )
     }
 
     /// The `MessageDeduplicationId` of a message.
@@ -203,7 +233,7 @@ mod tests {
             group_attribute: Some("tenant".into()),
             group_field: Some("customer".into()),
             default_group: "all".into(),
-            deduplication_attribute: None,
+            ..FifoSettings::default()
         };
         assert_eq!(
             fifo.group_of(&outgoing(r#"{"customer":"c1"}"#, &[("tenant", "t9")])),
@@ -217,6 +247,30 @@ mod tests {
         let spaced = fifo.group_of(&outgoing(r#"{"customer":"a b"}"#, &[]));
         assert_eq!(spaced.len(), 64);
         assert!(check_id(&spaced).is_ok());
+    }
+
+    #[test]
+    fn fair_groups_from_attribute_then_field_else_none() {
+        let fair = FifoSettings {
+            fair_attribute: Some("tenant".into()),
+            fair_field: Some("customer".into()),
+            ..FifoSettings::default()
+        };
+        let tenant = outgoing(r#"{"customer":"c1"}"#, &[("tenant", "t9")]);
+        assert_eq!(fair.fair_group_of(&tenant).as_deref(), Some("t9"));
+        assert_eq!(
+            fair.fair_group_of(&outgoing(r#"{"customer":7}"#, &[]))
+                .as_deref(),
+            Some("7")
+        );
+        assert_eq!(
+            fair.fair_group_of(&outgoing(r#"{"other":1}"#, &[])),
+            None,
+            "no tenant, no group"
+        );
+        // FIFO destinations use the FIFO rules (here: the default group).
+        assert_eq!(fair.group_of(&tenant), "default");
+        assert_eq!(FifoSettings::default().fair_group_of(&tenant), None);
     }
 
     #[test]

@@ -85,6 +85,16 @@ pub struct SqsConfig {
     /// when a message lacks it) the id is the SHA-256 of the event name and the body.
     #[serde(default)]
     pub fifo_deduplication_attribute: Option<String>,
+    /// Fair queues: on standard queues and topics, the message attribute whose value (a tenant
+    /// id) is sent as the `MessageGroupId` (checked first). Without it and `fair_group_field`,
+    /// standard sends carry no group.
+    #[serde(default)]
+    pub fair_group_attribute: Option<String>,
+    /// Fair queues: the top-level body field (JSON bodies) whose value is the `MessageGroupId`
+    /// on standard queues and topics (checked when the attribute is absent). A message with
+    /// neither is sent without a group.
+    #[serde(default)]
+    pub fair_group_field: Option<String>,
 }
 
 impl Default for SqsConfig {
@@ -111,6 +121,8 @@ impl Default for SqsConfig {
             fifo_group_field: None,
             fifo_default_group: default_fifo_group(),
             fifo_deduplication_attribute: None,
+            fair_group_attribute: None,
+            fair_group_field: None,
         }
     }
 }
@@ -185,6 +197,8 @@ impl SqsConfig {
                 "sqs.fifo_deduplication_attribute",
                 &self.fifo_deduplication_attribute,
             ),
+            ("sqs.fair_group_attribute", &self.fair_group_attribute),
+            ("sqs.fair_group_field", &self.fair_group_field),
         ]
         .into_iter()
         .filter(|(_, value)| value.as_deref().is_some_and(|v| v.trim().is_empty()))

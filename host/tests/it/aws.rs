@@ -1035,3 +1035,121 @@ fn check_reports_as_json_for_scripts() {
         .as_array()
         .is_some_and(|items| items.len() >= 3 && items.iter().all(|i| i["ok"] == true)));
 }
+
+/// The `MessageGroupId`s on a queue, by body (`None`: sent without one), read raw with the SDK.
+async fn groups_on(
+    endpoint: &str,
+    queue: &str,
+    n: usize,
+) -> std::collections::BTreeMap<String, Option<String>> {
+    use aws_sdk_sqs::types::MessageSystemAttributeName as Name;
+    let sqs = common::aws::sqs(endpoint);
+    let url = common::aws::queue_url(endpoint, queue).await;
+    let mut found = std::collections::BTreeMap::new();
+    for _ in 0..20 {
+        let out = sqs
+            .receive_message()
+            .queue_url(&url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .message_system_attribute_names(Name::MessageGroupId)
+            .send()
+            .await
+            .expect("receive");
+        for m in out.messages() {
+            found.insert(
+                m.body().unwrap_or_default().to_string(),
+                m.attributes()
+                    .and_then(|a| a.get(&Name::MessageGroupId))
+                    .cloned(),
+            );
+        }
+        if found.len() >= n {
+            break;
+        }
+    }
+    found
+}
+
+/// Fair queues: on a standard topic and a standard queue, what is published carries its
+/// tenant as the `MessageGroupId` — from the attribute, else the body field — and a message
+/// with neither carries none (SNS passes the group on to its SQS subscription).
+#[test]
+fn fair_queue_groups_come_from_the_tenant_attribute_or_field() {
+    let moto = Moto::start();
+    let s = Scratch::new();
+    let fair = "fair_group_attribute = \"tenant_id\"\nfair_group_field = \"tenant\"";
+    let config = consumer(
+        &s,
+        &moto.url(),
+        fair,
+        &ledger(&s.path("l.jsonl"), "x", r#"["Order.*"]"#),
+    );
+    ok(&config, &["setup"]);
+    ok(
+        &config,
+        &["publish", "Order.Created", r#"{"tenant":"acme","n":1}"#],
+    );
+    ok(
+        &config,
+        &[
+            "publish",
+            "Order.Created",
+            r#"{"tenant":"globex","n":2}"#,
+            "-a",
+            "tenant_id=initech",
+        ],
+    );
+    let lines = "{\"event\":\"Order.Created\",\"body\":{\"tenant\":42,\"n\":3}}\n{\"event\":\"Order.Created\",\"body\":{\"n\":4}}\n";
+    ok(
+        &config,
+        &[
+            "publish",
+            "--file",
+            s.write("orders.jsonl", lines).to_str().expect("utf-8"),
+        ],
+    );
+    let rt = common::rt();
+    let groups = rt.block_on(groups_on(&moto.url(), "iniesta-test-receiver", 4));
+    let group = |n: u32| {
+        groups
+            .iter()
+            .find(|(body, _)| body.contains(&format!("\"n\":{n}")))
+            .map(|(_, g)| g.clone())
+            .unwrap_or_else(|| panic!("message {n} arrived: {groups:?}"))
+    };
+    assert_eq!(group(1).as_deref(), Some("acme"), "{groups:?}");
+    assert_eq!(
+        group(2).as_deref(),
+        Some("initech"),
+        "the attribute wins: {groups:?}"
+    );
+    assert_eq!(group(3).as_deref(), Some("42"), "{groups:?}");
+    assert_eq!(group(4), None, "no tenant, no group: {groups:?}");
+
+    // Straight to a standard queue (SendMessage).
+    let direct = aws_config(
+        &s,
+        "direct.toml",
+        &moto.url(),
+        "service = \"worker\"\nenv = \"test\"\ninitialization = [\"QUEUE_POLLING\"]",
+        fair,
+        &ledger(&s.path("d.jsonl"), "d", r#"["*"]"#),
+    );
+    ok(&direct, &["setup"]);
+    ok(
+        &direct,
+        &[
+            "publish",
+            "Job.Run",
+            r#"{"tenant":"acme","n":5}"#,
+            "--queue",
+        ],
+    );
+    let groups = rt.block_on(groups_on(&moto.url(), "iniesta-test-worker", 1));
+    assert_eq!(
+        groups.values().next().cloned().flatten().as_deref(),
+        Some("acme"),
+        "{groups:?}"
+    );
+}
