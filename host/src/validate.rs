@@ -38,11 +38,7 @@ fn binding_problems(config: &Config) -> Vec<Problem> {
     let mut problems = bindings_problems(config);
     for (i, binding) in config.bindings.iter().enumerate() {
         let key = format!("bindings[{i}]");
-        problems.extend(binding.problems(
-            &key,
-            &config.plugins.isolate,
-            config.sqs.max_receive_count,
-        ));
+        problems.extend(binding.problems(&key, config));
         problems.extend(crate::route::check::binding_problems(config, &key, binding));
     }
     problems

@@ -295,7 +295,7 @@ pub fn render_running(hosts: &[crate::plugins::watch::HostState]) -> String {
         out.push_str(&crate::isolate::render_status(&host.workers));
         for c in &host.circuits {
             let left = c
-                .open_for_secs
+                .open_for_secs()
                 .map(|s| format!(" for another {s} s"))
                 .unwrap_or_default();
             out.push_str(&format!(

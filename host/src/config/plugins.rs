@@ -189,21 +189,17 @@ impl BindingConfig {
         }
     }
 
-    /// The entry's own shape, keyed under `key` (`bindings[2]`); `isolate` tells whether its
-    /// plugin runs in a worker; `max_receive_count` is the queue's (a retry policy must fit).
-    pub fn problems(
-        &self,
-        key: &str,
-        isolate: &IsolateConfig,
-        max_receive_count: u32,
-    ) -> Vec<Problem> {
+    /// The entry's own shape, keyed under `key` (`bindings[2]`), in `config` (whether its
+    /// plugin runs in a worker; the queue a retry policy must fit).
+    pub fn problems(&self, key: &str, config: &Config) -> Vec<Problem> {
+        let isolate = &config.plugins.isolate;
         let mut problems = super::policy::problems(
             key,
             self.max_concurrency,
             self.max_per_second,
             self.retry.as_ref(),
             self.circuit_breaker.as_ref(),
-            max_receive_count,
+            &config.sqs,
         );
         let mut bad = |key: String, message: String| problems.push(Problem::new(key, message));
         if self.plugin.trim().is_empty() {

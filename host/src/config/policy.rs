@@ -71,16 +71,16 @@ fn default_cooldown() -> u32 {
     30
 }
 
-/// Problems with a binding's policies (`key` is `bindings[2]`); `max_receive_count` is the
-/// queue's.
+/// Problems with a binding's policies (`key` is `bindings[2]`) on the queue of `sqs`.
 pub fn problems(
     key: &str,
     max_concurrency: Option<u32>,
     max_per_second: Option<f64>,
     retry: Option<&RetryConfig>,
     breaker: Option<&BreakerConfig>,
-    max_receive_count: u32,
+    sqs: &super::SqsConfig,
 ) -> Vec<Problem> {
+    let max_receive_count = sqs.max_receive_count;
     let mut problems = Vec::new();
     let mut bad =
         |k: &str, message: String| problems.push(Problem::new(format!("{key}.{k}"), message));
@@ -99,6 +99,12 @@ pub fn problems(
         }
     }
     if let Some(retry) = retry {
+        if sqs.dead_letter_queue.is_none() {
+            bad(
+                "retry",
+                "needs sqs.dead_letter_queue: a message that runs out of attempts, or fails in a way not worth retrying, is dead-lettered".into(),
+            );
+        }
         if retry.max_attempts == 0 {
             bad(
                 "retry.max_attempts",
@@ -176,21 +182,31 @@ mod tests {
         toml::from_str(text).expect("a retry table")
     }
 
+    /// A queue with a dead-letter queue and `max_receive_count` 5.
+    fn sqs() -> crate::config::SqsConfig {
+        crate::config::SqsConfig {
+            dead_letter_queue: Some("dlq".into()),
+            max_receive_count: 5,
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn defaults_and_problems() {
+        let q = sqs();
         let r = retry("");
         assert_eq!(
             (r.max_attempts, r.backoff_base_secs, r.backoff_max_secs),
             (5, 1, 300)
         );
-        assert!(problems("bindings[0]", Some(4), Some(2.5), Some(&r), None, 5).is_empty());
+        assert!(problems("bindings[0]", Some(4), Some(2.5), Some(&r), None, &q).is_empty());
         let keys = |p: Vec<Problem>| p.into_iter().map(|p| p.key).collect::<Vec<_>>();
         assert_eq!(
-            keys(problems("b", Some(0), Some(0.0), None, None, 5)),
+            keys(problems("b", Some(0), Some(0.0), None, None, &q)),
             ["b.max_concurrency", "b.max_per_second"]
         );
         assert_eq!(
-            keys(problems("b", None, Some(f64::NAN), Some(&retry("max_attempts = 9\ndead_letter_on = [\"oops\"]\ndead_letter_on_errors = [\" \"]")), None, 5)),
+            keys(problems("b", None, Some(f64::NAN), Some(&retry("max_attempts = 9\ndead_letter_on = [\"oops\"]\ndead_letter_on_errors = [\" \"]")), None, &q)),
             ["b.max_per_second", "b.retry.max_attempts", "b.retry.dead_letter_on[0]", "b.retry.dead_letter_on_errors[0]"]
         );
         assert_eq!(
@@ -200,7 +216,7 @@ mod tests {
                 None,
                 Some(&retry("backoff_base_secs = 60\nbackoff_max_secs = 50000")),
                 None,
-                5
+                &q
             )),
             ["b.retry.backoff_max_secs"]
         );
@@ -211,14 +227,14 @@ mod tests {
                 None,
                 Some(&retry("backoff_base_secs = 60\nbackoff_max_secs = 50")),
                 None,
-                5
+                &q
             )),
             ["b.retry.backoff_base_secs"]
         );
         let breaker: BreakerConfig =
             toml::from_str("consecutive_failures = 0\ncooldown_secs = 0").expect("a table");
         assert_eq!(
-            keys(problems("b", None, None, None, Some(&breaker), 5)),
+            keys(problems("b", None, None, None, Some(&breaker), &q)),
             [
                 "b.circuit_breaker.consecutive_failures",
                 "b.circuit_breaker.cooldown_secs"

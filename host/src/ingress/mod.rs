@@ -345,7 +345,7 @@ async fn handle(
         Ok(probes) => probes,
         Err((wait, open)) => {
             return IngressOutcomeFfi::Retry {
-                after_secs: u32::try_from(wait.as_secs().max(1)).unwrap_or(u32::MAX),
+                after_secs: invoke::wait_secs(wait),
                 reason: format!("the circuit of {} is open", open.join(", ")).into(),
             }
         }
@@ -364,7 +364,8 @@ async fn handle(
         Settlement::Delete => IngressOutcomeFfi::Ack,
         Settlement::RetryAfter(secs) => IngressOutcomeFfi::Retry {
             after_secs: secs,
-            reason: "a handler asked for a retry".into(),
+            reason: format!("retry after {secs} s (a handler's retry or its binding's backoff)")
+                .into(),
         },
         Settlement::Leave => retry(failure_text(&bindings, &results)),
         Settlement::DeadLetter(reason) => IngressOutcomeFfi::DeadLetter {

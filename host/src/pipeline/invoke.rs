@@ -47,6 +47,30 @@ pub struct Recorder {
     pub ttl: Duration,
 }
 
+impl CallResult {
+    /// A failed call's kind (as `retry.dead_letter_on` and the metrics' `result` name it) and
+    /// text; `None` for an outcome the handler chose.
+    pub fn failure(&self) -> Option<(&'static str, String)> {
+        match self {
+            CallResult::Outcome(Outcome::Failed { reason }) => Some(("error", reason.clone())),
+            CallResult::Outcome(Outcome::Panicked { message }) => {
+                Some(("panic", format!("panicked: {message}")))
+            }
+            CallResult::TimedOut => Some(("timeout", "timed out".to_string())),
+            CallResult::Crashed(why) => Some(("crashed", format!("crashed: {why}"))),
+            CallResult::Outcome(_) => None,
+        }
+    }
+}
+
+/// A wait in whole seconds for a visibility delay or an ingress retry: rounded up, at least 1,
+/// at most SQS's 12 h.
+pub fn wait_secs(wait: Duration) -> u32 {
+    u32::try_from(wait.as_secs() + u64::from(wait.subsec_nanos() > 0))
+        .unwrap_or(u32::MAX)
+        .clamp(1, crate::config::policy::MAX_DELAY_SECS)
+}
+
 /// Whether every binding's circuit lets a message through now: `Ok` with, per binding, whether
 /// its call is a half-open circuit's probe; else how long the message should wait (the
 /// longest any open circuit asks), with the probes this took handed back.
@@ -54,10 +78,9 @@ pub fn admit(bindings: &[Arc<Binding>]) -> Result<Vec<bool>, (Duration, Vec<Stri
     let mut probes = Vec::with_capacity(bindings.len());
     let mut wait: Option<(Duration, Vec<String>)> = None;
     for binding in bindings {
-        match binding.guard.breaker.as_ref().map(|b| b.admit()) {
-            None | Some(Admission::Go { probe: false }) => probes.push(false),
-            Some(Admission::Go { probe: true }) => probes.push(true),
-            Some(Admission::Wait(after)) => {
+        match binding.guard.admit() {
+            Admission::Go { probe } => probes.push(probe),
+            Admission::Wait(after) => {
                 probes.push(false);
                 let (longest, names) = wait.get_or_insert((Duration::ZERO, Vec::new()));
                 *longest = (*longest).max(after);
@@ -87,10 +110,21 @@ pub fn admit(bindings: &[Arc<Binding>]) -> Result<Vec<bool>, (Duration, Vec<Stri
 fn health(result: &CallResult) -> Health {
     match result {
         CallResult::Outcome(Outcome::Ack) => Health::Ok,
-        CallResult::Outcome(Outcome::Retry { .. } | Outcome::DeadLetter { .. }) => Health::Neutral,
-        CallResult::Outcome(Outcome::Failed { .. } | Outcome::Panicked { .. })
-        | CallResult::TimedOut
-        | CallResult::Crashed(_) => Health::Failed,
+        failed if failed.failure().is_some() => Health::Failed,
+        _ => Health::Neutral,
+    }
+}
+
+/// Wait for a blocking call until `deadline`.
+async fn finish(
+    task: tokio::task::JoinHandle<Result<Outcome, String>>,
+    deadline: Instant,
+) -> CallResult {
+    match tokio::time::timeout_at(deadline, task).await {
+        Ok(Ok(Ok(outcome))) => CallResult::Outcome(outcome),
+        Ok(Ok(Err(crash))) => CallResult::Crashed(crash),
+        Ok(Err(e)) => CallResult::Crashed(e.to_string()),
+        Err(_) => CallResult::TimedOut,
     }
 }
 
@@ -137,33 +171,50 @@ pub async fn call_all(
                 Call::Blocking(call_blocking(binding, message.clone(), hold.clone(), None, span))
             };
             async move {
-                let (call, started) = match call {
+                let mut probe = probe;
+                let (result, started) = match call {
+                    Call::Blocking(task) => (finish(task, started + binding.timeout).await, started),
+                    Call::Inline(message, span) => (call_inline(binding, &message, span), started),
                     Call::Limited(message, hold, span) => {
-                        let permit = binding.guard.limits.acquire(&binding.name).await;
+                        // The wait for a limit is bounded by the binding's timeout: a call
+                        // that cannot start in that time (its slots held by hung calls) ends
+                        // as a timeout without running, and counts as a failure.
+                        let Ok(permit) = tokio::time::timeout(
+                            binding.timeout,
+                            binding.guard.limits.acquire(&binding.name),
+                        )
+                        .await
+                        else {
+                            tracing::warn!(binding = %binding.label, message_id = %envelope.message_id, timeout_secs = binding.timeout.as_secs(),
+                                "the call waited its whole timeout for the binding's limit and did not run");
+                            let result = CallResult::TimedOut;
+                            binding.guard.record(health(&result), probe);
+                            metrics::counter!(m::HANDLER_CALLS, "binding" => binding.name.clone(), "result" => result_label(&result)).increment(1);
+                            return result;
+                        };
+                        // The circuit may have opened while it waited: then the call does not
+                        // run and its message comes back after the cooldown (nothing counted).
+                        if !probe {
+                            match binding.guard.admit() {
+                                Admission::Go { probe: now } => probe = now,
+                                Admission::Wait(after) => {
+                                    metrics::counter!(m::CIRCUIT_REFUSALS, "binding" => binding.name.clone()).increment(1);
+                                    return CallResult::Outcome(Outcome::Retry {
+                                        after_secs: wait_secs(after),
+                                    });
+                                }
+                            }
+                        }
                         let now = Instant::now();
                         if binding.inline {
                             let result = call_inline(binding, &message, span);
                             drop(permit);
-                            (Call::Done(result), now)
+                            (result, now)
                         } else {
                             let task = call_blocking(binding, message, hold, Some(permit), span);
-                            (Call::Blocking(task), now)
+                            (finish(task, now + binding.timeout).await, now)
                         }
                     }
-                    call => (call, started),
-                };
-                let result = match call {
-                    Call::Blocking(task) => {
-                        match tokio::time::timeout_at(started + binding.timeout, task).await {
-                            Ok(Ok(Ok(outcome))) => CallResult::Outcome(outcome),
-                            Ok(Ok(Err(crash))) => CallResult::Crashed(crash),
-                            Ok(Err(e)) => CallResult::Crashed(e.to_string()),
-                            Err(_) => CallResult::TimedOut,
-                        }
-                    }
-                    Call::Inline(message, span) => call_inline(binding, &message, span),
-                    Call::Done(result) => result,
-                    Call::Limited(..) => CallResult::Crashed("unreachable: a limited call was not started".into()),
                 };
                 binding.guard.record(health(&result), probe);
                 metrics::histogram!(m::HANDLER_DURATION, "binding" => binding.name.clone())
@@ -180,13 +231,12 @@ pub async fn call_all(
     futures_util::future::join_all(calls).await
 }
 
-/// One binding's call: started on the blocking pool, to be made inline when polled, to be
-/// started once its limits let it, or made already.
+/// One binding's call: started on the blocking pool, to be made inline when polled, or to be
+/// started once its limits let it.
 enum Call {
     Blocking(tokio::task::JoinHandle<Result<Outcome, String>>),
     Inline(Arc<CallMessage>, tracing::Span),
     Limited(Arc<CallMessage>, Hold, tracing::Span),
-    Done(CallResult),
 }
 
 /// Start a handler call on the blocking pool (the caller abandons it at its timeout). `hold`

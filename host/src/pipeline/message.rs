@@ -84,10 +84,7 @@ impl Shared {
                     Ok(probes) => probes,
                     Err((wait, open)) => {
                         keeper.stop().await;
-                        let secs =
-                            u32::try_from(wait.as_secs() + u64::from(wait.subsec_nanos() > 0))
-                                .unwrap_or(u32::MAX)
-                                .clamp(1, crate::config::policy::MAX_DELAY_SECS);
+                        let secs = invoke::wait_secs(wait);
                         tracing::info!(message_id = %envelope.message_id, event = %envelope.event, receive_count = message.receive_count, open = ?open, after_secs = secs,
                             "a binding's circuit is open: the message goes back to the queue unhandled, visible again after the cooldown");
                         self.retry_later(
@@ -99,9 +96,7 @@ impl Shared {
                             &mut held,
                         )
                         .await;
-                        if let Some(held) = held {
-                            self.release(&envelope, held).await;
-                        }
+                        // (retry_later released the lock.)
                         return false;
                     }
                 };

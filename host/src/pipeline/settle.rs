@@ -80,19 +80,6 @@ impl<'a> Policy<'a> {
     }
 }
 
-/// A failed call's kind (as `retry.dead_letter_on` names it) and text.
-fn failure(result: &CallResult) -> Option<(&'static str, String)> {
-    match result {
-        CallResult::Outcome(Outcome::Failed { reason }) => Some(("error", reason.clone())),
-        CallResult::Outcome(Outcome::Panicked { message }) => {
-            Some(("panic", format!("panicked: {message}")))
-        }
-        CallResult::TimedOut => Some(("timeout", "timed out".to_string())),
-        CallResult::Crashed(why) => Some(("crashed", format!("crashed: {why}"))),
-        CallResult::Outcome(_) => None,
-    }
-}
-
 /// What one binding's result asks for, under its retry policy, on delivery `receive_count`.
 fn verdict(result: &CallResult, policy: &Policy<'_>, receive_count: u32) -> Settlement {
     let label = policy.label;
@@ -110,7 +97,7 @@ fn verdict(result: &CallResult, policy: &Policy<'_>, receive_count: u32) -> Sett
         },
         (_, None) => Settlement::Leave,
         (failed, Some(retry)) => {
-            let Some((kind, text)) = failure(failed) else {
+            let Some((kind, text)) = failed.failure() else {
                 return Settlement::Leave;
             };
             if retry.dead_letter_on.iter().any(|k| k == kind) {

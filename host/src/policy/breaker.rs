@@ -4,6 +4,7 @@
 //! it, and a success closes it, a failure opens it again. State is on the tokio clock and in
 //! `iniesta_circuit_state{binding}` (0 closed, 1 open, 2 half-open).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -45,9 +46,17 @@ impl CircuitState {
 
 #[derive(Debug, Clone, Copy)]
 enum State {
-    Closed { in_a_row: u32 },
-    Open { until: Instant },
-    HalfOpen { probing: bool },
+    Closed {
+        in_a_row: u32,
+    },
+    Open {
+        until: Instant,
+    },
+    /// `probing`: since when a probe runs (one that never reports, its message given back
+    /// for another reason or the host stopping, is given up after a cooldown).
+    HalfOpen {
+        probing: Option<Instant>,
+    },
 }
 
 /// What a call of the binding may do now.
@@ -79,18 +88,34 @@ pub struct Breaker {
     binding: String,
     config: BreakerConfig,
     state: Mutex<State>,
+    /// Replaced by a reload (or its binding removed): calls still running on it count, but
+    /// its state is no longer the binding's gauge.
+    retired: AtomicBool,
 }
 
 impl Breaker {
-    /// A closed circuit for `binding`.
+    /// A closed circuit for `binding` (shown in the gauge once [`Breaker::show`] is called,
+    /// when the bind it is part of succeeded).
     pub fn new(binding: &str, config: BreakerConfig) -> Breaker {
-        metrics::gauge!(m::CIRCUIT_STATE, "binding" => binding.to_string())
-            .set(CircuitState::Closed.gauge());
         Breaker {
             binding: binding.to_string(),
             config,
             state: Mutex::new(State::Closed { in_a_row: 0 }),
+            retired: AtomicBool::new(false),
         }
+    }
+
+    /// Show this circuit's state in `iniesta_circuit_state`.
+    pub fn show(&self) {
+        let state = Self::view(&crate::mutex::lock(&self.state));
+        metrics::gauge!(m::CIRCUIT_STATE, "binding" => self.binding.clone()).set(state.gauge());
+    }
+
+    /// No longer the binding's circuit: the gauge shows closed until a new one shows itself.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+        metrics::gauge!(m::CIRCUIT_STATE, "binding" => self.binding.clone())
+            .set(CircuitState::Closed.gauge());
     }
 
     fn cooldown(&self) -> Duration {
@@ -100,7 +125,9 @@ impl Breaker {
     fn set(&self, state: &mut State, to: State) -> CircuitState {
         *state = to;
         let now = Self::view(&to);
-        metrics::gauge!(m::CIRCUIT_STATE, "binding" => self.binding.clone()).set(now.gauge());
+        if !self.retired.load(Ordering::Relaxed) {
+            metrics::gauge!(m::CIRCUIT_STATE, "binding" => self.binding.clone()).set(now.gauge());
+        }
         now
     }
 
@@ -119,12 +146,18 @@ impl Breaker {
         match *state {
             State::Closed { .. } => Admission::Go { probe: false },
             State::Open { until } if now < until => Admission::Wait(until - now),
-            State::Open { .. } | State::HalfOpen { probing: false } => {
-                self.set(&mut state, State::HalfOpen { probing: true });
+            State::HalfOpen {
+                probing: Some(since),
+            } if now < since + self.cooldown() => Admission::Wait(since + self.cooldown() - now),
+            State::Open { .. } => {
+                self.set(&mut state, State::HalfOpen { probing: Some(now) });
                 tracing::info!(binding = %self.binding, "circuit half-open: one message probes the binding");
                 Admission::Go { probe: true }
             }
-            State::HalfOpen { probing: true } => Admission::Wait(self.cooldown()),
+            State::HalfOpen { .. } => {
+                *state = State::HalfOpen { probing: Some(now) };
+                Admission::Go { probe: true }
+            }
         }
     }
 
@@ -132,8 +165,8 @@ impl Breaker {
     /// the next message probes instead.
     pub fn abandon_probe(&self) {
         let mut state = crate::mutex::lock(&self.state);
-        if let State::HalfOpen { probing: true } = *state {
-            *state = State::HalfOpen { probing: false };
+        if let State::HalfOpen { probing: Some(_) } = *state {
+            *state = State::HalfOpen { probing: None };
         }
     }
 
@@ -175,7 +208,7 @@ impl Breaker {
                 ))
             }
             (State::HalfOpen { .. }, Health::Neutral) if probe => {
-                *state = State::HalfOpen { probing: false };
+                *state = State::HalfOpen { probing: None };
                 None
             }
             // A call admitted before the circuit opened, ending now: the state stands.
@@ -242,6 +275,11 @@ mod tests {
             Admission::Wait(Duration::from_secs(60)),
             "one probe at a time"
         );
+        // A probe that never reports is given up after a cooldown: another message probes.
+        tokio::time::advance(Duration::from_secs(20)).await;
+        assert_eq!(b.admit(), Admission::Wait(Duration::from_secs(40)));
+        tokio::time::advance(Duration::from_secs(40)).await;
+        assert_eq!(b.admit(), Admission::Go { probe: true });
         // The probe fails: open for another cooldown.
         assert_eq!(b.record(Health::Failed, true), Some(CircuitState::Open));
         tokio::time::advance(Duration::from_secs(60)).await;

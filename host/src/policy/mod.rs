@@ -51,19 +51,17 @@ pub struct Guard {
 }
 
 impl Guard {
-    /// A guard with no policy (for bindings built outside a host, e.g. `config show`).
-    pub fn none(name: &str) -> Arc<Guard> {
-        Arc::new(Guard {
-            name: name.to_string(),
-            settings: Settings {
-                max_concurrency: None,
-                max_per_second: None,
-                breaker: None,
-            },
-            limits: Limits::new(None, None),
-            breaker: None,
-            registry: Weak::new(),
-        })
+    /// Whether a call may start now (see [`Breaker::admit`]); a circuit turning half-open is
+    /// written to the status file.
+    pub fn admit(&self) -> Admission {
+        let Some(breaker) = &self.breaker else {
+            return Admission::Go { probe: false };
+        };
+        let admission = breaker.admit();
+        if admission == (Admission::Go { probe: true }) {
+            self.changed();
+        }
+        admission
     }
 
     /// Count a call's result; a change of the circuit is written to the status file.
@@ -72,9 +70,13 @@ impl Guard {
             return;
         };
         if breaker.record(health, probe).is_some() {
-            if let Some(registry) = self.registry.upgrade() {
-                registry.write_status();
-            }
+            self.changed();
+        }
+    }
+
+    fn changed(&self) {
+        if let Some(registry) = self.registry.upgrade() {
+            registry.write_status();
         }
     }
 }
@@ -86,9 +88,21 @@ pub struct CircuitView {
     pub binding: String,
     /// Its state.
     pub state: CircuitState,
-    /// Seconds an open circuit stays open.
+    /// Until when an open circuit stays open (ms since the Unix epoch).
     #[serde(default)]
-    pub open_for_secs: Option<u64>,
+    pub open_until_ms: Option<u64>,
+}
+
+impl CircuitView {
+    /// Seconds an open circuit still stays open, now.
+    pub fn open_for_secs(&self) -> Option<u64> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        self.open_until_ms
+            .map(|until| until.saturating_sub(now).div_ceil(1000))
+    }
 }
 
 /// Every binding's guard, by name.
@@ -97,26 +111,36 @@ pub struct Guards {
     guards: Mutex<HashMap<String, Arc<Guard>>>,
     /// Where open circuits are written (`circuits-PID.json`), if anywhere.
     status: Option<PathBuf>,
+    /// Held while the status file is written (one writer at a time); `true` once the host
+    /// stopped (nothing is written after its removal).
+    writing: Mutex<bool>,
 }
 
 impl Guards {
-    /// Guards that write open circuits to `circuits-PID.json` in `state_dir` (none: nowhere).
+    /// Guards that write open circuits to `circuits-PID.json` in `state_dir` (none: nowhere);
+    /// a file an earlier process of this PID left is removed.
     pub fn new(state_dir: Option<PathBuf>) -> Arc<Guards> {
+        let status = state_dir.map(|dir| status_path(&dir, std::process::id()));
+        if let Some(path) = &status {
+            let _ = std::fs::remove_file(path);
+        }
         Arc::new(Guards {
             guards: Mutex::new(HashMap::new()),
-            status: state_dir.map(|dir| status_path(&dir, std::process::id())),
+            status,
+            writing: Mutex::new(false),
         })
     }
 
-    /// The guard of the binding named `name` configured as `binding`: the one it had when its
-    /// policy is unchanged, else a new one.
+    /// The guard for the binding named `name` configured as `binding`: the one it has when
+    /// its policy is unchanged, else a new one. Nothing changes until [`Guards::install`]
+    /// (a bind that fails leaves the running guards as they are).
     pub fn guard(self: &Arc<Self>, name: &str, binding: &BindingConfig) -> Arc<Guard> {
         let settings = Settings::of(binding);
-        let mut guards = crate::mutex::lock(&self.guards);
+        let guards = crate::mutex::lock(&self.guards);
         if let Some(guard) = guards.get(name).filter(|g| g.settings == settings) {
             return guard.clone();
         }
-        let guard = Arc::new(Guard {
+        Arc::new(Guard {
             name: name.to_string(),
             limits: Limits::new(settings.max_concurrency, settings.max_per_second),
             breaker: settings
@@ -125,20 +149,39 @@ impl Guards {
                 .map(|config| Breaker::new(name, config)),
             settings,
             registry: Arc::downgrade(self),
-        });
-        guards.insert(name.to_string(), guard.clone());
-        guard
+        })
     }
 
-    /// Forget the guards of bindings no longer configured.
-    pub fn retain(&self, names: &[String]) {
-        crate::mutex::lock(&self.guards).retain(|name, _| names.contains(name));
+    /// Make `guards` (a successful bind's, by binding name) the running ones: a replaced or
+    /// removed circuit breaker is retired (its state no longer shown), a new one shown closed.
+    pub fn install(&self, guards: Vec<(String, Arc<Guard>)>) {
+        {
+            let mut running = crate::mutex::lock(&self.guards);
+            let new: HashMap<String, Arc<Guard>> = guards.into_iter().collect();
+            for (name, old) in running.iter() {
+                let kept = new.get(name).is_some_and(|g| Arc::ptr_eq(g, old));
+                if let (false, Some(breaker)) = (kept, &old.breaker) {
+                    breaker.retire();
+                }
+            }
+            for (name, guard) in &new {
+                let fresh = running.get(name).is_none_or(|old| !Arc::ptr_eq(old, guard));
+                if let (true, Some(breaker)) = (fresh, &guard.breaker) {
+                    breaker.show();
+                }
+            }
+            *running = new;
+        }
         self.write_status();
     }
 
     /// Every circuit that is not closed.
     pub fn circuits(&self) -> Vec<CircuitView> {
         let guards = crate::mutex::lock(&self.guards);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         let mut views: Vec<CircuitView> = guards
             .values()
             .filter_map(|g| {
@@ -146,7 +189,7 @@ impl Guards {
                 (state != CircuitState::Closed).then(|| CircuitView {
                     binding: g.name.clone(),
                     state,
-                    open_for_secs: open_for.map(|d| d.as_secs()),
+                    open_until_ms: open_for.map(|d| now_ms + d.as_millis() as u64),
                 })
             })
             .collect();
@@ -154,12 +197,16 @@ impl Guards {
         views
     }
 
-    /// Write the open circuits to the status file (removed when none is open); failures are
-    /// only logged.
+    /// Write the open circuits to the status file (removed when none is open), one writer at
+    /// a time; failures are only logged. Nothing is written once the host stopped.
     pub fn write_status(&self) {
         let Some(path) = &self.status else {
             return;
         };
+        let stopped = crate::mutex::lock(&self.writing);
+        if *stopped {
+            return;
+        }
         let circuits = self.circuits();
         let result = if circuits.is_empty() {
             match std::fs::remove_file(path) {
@@ -179,13 +226,17 @@ impl Guards {
                 })
                 .and_then(|()| std::fs::rename(&tmp, path))
         };
+        drop(stopped);
         if let Err(e) = result {
             tracing::debug!(path = %path.display(), error = %e, "cannot write the circuit status file");
         }
     }
 
-    /// Remove the status file (on shutdown).
+    /// Remove the status file for good (the host stops: a circuit changing during the drain
+    /// writes nothing).
     pub fn remove_status(&self) {
+        let mut stopped = crate::mutex::lock(&self.writing);
+        *stopped = true;
         if let Some(path) = &self.status {
             let _ = std::fs::remove_file(path);
         }
@@ -203,4 +254,37 @@ pub fn read_status(state_dir: &std::path::Path, pid: u32) -> Vec<CircuitView> {
         .ok()
         .and_then(|text| serde_json::from_str(&text).ok())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn binding(cooldown: u32) -> BindingConfig {
+        toml::from_str(&format!(
+            "plugin = \"p\"\nevents = [\"E\"]\nmax_concurrency = 2\n[circuit_breaker]\ncooldown_secs = {cooldown}\n"
+        ))
+        .expect("a binding")
+    }
+
+    #[test]
+    fn a_bind_that_fails_leaves_the_running_guards_and_a_success_swaps_them() {
+        let guards = Guards::new(None);
+        let running = guards.guard("a", &binding(30));
+        guards.install(vec![("a".into(), running.clone())]);
+        assert!(
+            Arc::ptr_eq(&guards.guard("a", &binding(30)), &running),
+            "same policy, same guard"
+        );
+        // A bind with a changed policy that then fails: nothing installed, nothing changed.
+        let staged = guards.guard("a", &binding(60));
+        assert!(!Arc::ptr_eq(&staged, &running));
+        assert!(Arc::ptr_eq(&guards.guard("a", &binding(30)), &running));
+        // It succeeds: the new guard runs, the old one is retired.
+        guards.install(vec![("a".into(), staged.clone())]);
+        assert!(Arc::ptr_eq(&guards.guard("a", &binding(60)), &staged));
+        assert!(!Arc::ptr_eq(&guards.guard("a", &binding(30)), &running));
+        guards.install(Vec::new());
+        assert!(guards.circuits().is_empty());
+    }
 }

@@ -473,7 +473,12 @@ pub fn bind(
         entries.push((std::sync::Arc::new(binding), patterns, b.default, rules));
     }
     if problems.is_empty() {
-        guards.retain(&names);
+        guards.install(
+            entries
+                .iter()
+                .map(|(binding, ..)| (binding.name.clone(), binding.guard.clone()))
+                .collect(),
+        );
         Ok(RouteTable::with_rules(entries))
     } else {
         Err(problems)
