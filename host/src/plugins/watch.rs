@@ -105,8 +105,9 @@ pub struct HostState {
     /// Isolated plugins' worker processes (read from their own state file).
     #[serde(default, skip_serializing)]
     pub workers: Vec<crate::isolate::WorkerStatus>,
-    /// Bindings whose circuit is not closed (read from their own state file).
-    #[serde(default, skip_serializing)]
+    /// Bindings whose circuit is not closed (read from their own state file; in
+    /// `iniesta plugins --output json` too).
+    #[serde(default)]
     pub circuits: Vec<crate::policy::CircuitView>,
 }
 

@@ -58,6 +58,9 @@ type Bucket = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<To
 pub struct Limits {
     concurrency: Option<Arc<Semaphore>>,
     rate: Option<Bucket>,
+    /// Calls waiting for a token take turns in arrival order (a fair lock), so under overload
+    /// no call keeps losing the race for the next token.
+    turn: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Limits {
@@ -91,6 +94,7 @@ impl Limits {
                 .filter(|n| *n > 0)
                 .map(|n| Arc::new(Semaphore::new(n as usize))),
             rate,
+            turn: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -114,6 +118,7 @@ impl Limits {
             None => None,
         };
         if let Some(bucket) = &self.rate {
+            let _turn = self.turn.lock().await;
             let mut waited = false;
             while let Err(not_until) = bucket.check() {
                 if !waited {

@@ -221,3 +221,61 @@ async fn an_open_circuit_holds_messages_back_then_a_probe_closes_it() {
     assert!(host.dead_letters().await.is_empty());
     host.stop().await;
 }
+
+/// An open circuit as on-call sees it, from a real host: `iniesta plugins` (text and JSON),
+/// the `iniesta_circuit_state` gauge and the console's binding; gone once the host stops.
+#[test]
+fn an_open_circuit_shows_in_iniesta_plugins_the_metrics_and_the_console() {
+    use crate::common::{self, Host, Scratch};
+    let s = Scratch::new();
+    let config = s.config(
+        "",
+        "[metrics]\nlisten = \"127.0.0.1:0\"\n[console]\nenabled = true\n\
+         [[bindings]]\nname = \"orders\"\nevents = [\"Order.*\"]\nplugin = \"flaky\"\n\
+         config = { mode = \"error\", fail_times = 1000 }\n\
+         [bindings.circuit_breaker]\nconsecutive_failures = 1\ncooldown_secs = 600\n",
+    );
+    let host = Host::start(&config, s.path("host.log"));
+    let port = host.port();
+    common::publish(&config, &["Order.Created", "{}"]);
+    let plugins = |args: &[&str]| {
+        let mut all = vec!["plugins"];
+        all.extend_from_slice(args);
+        let out = common::iniesta(&config, &all);
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    s.wait_for(
+        "the open circuit in iniesta plugins",
+        Duration::from_secs(60),
+        || plugins(&[]).contains("CIRCUIT OPEN orders for another"),
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&plugins(&["--output", "json"])).expect("plugins JSON");
+    let circuit = &json["running_hosts"][0]["circuits"][0];
+    assert_eq!(circuit["binding"], "orders", "{json}");
+    assert_eq!(circuit["state"], "open", "{json}");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    assert!(
+        circuit["open_until_ms"]
+            .as_u64()
+            .is_some_and(|until| until > now_ms + 500_000),
+        "open for about 600 s: {json}"
+    );
+    let (_, metrics) = common::http_get(port, "/metrics").expect("/metrics answers");
+    assert!(
+        metrics.contains("iniesta_circuit_state{binding=\"orders\"} 1"),
+        "{metrics}"
+    );
+    let (_, state) = common::http_get(port, "/api/state").expect("the console answers");
+    let state: serde_json::Value = serde_json::from_str(&state).expect("state JSON");
+    assert_eq!(state["bindings"][0]["circuit"], "open", "{state}");
+    host.stop();
+    assert!(
+        !plugins(&[]).contains("CIRCUIT"),
+        "a stopped host shows no circuit"
+    );
+}
