@@ -30,6 +30,13 @@ pub trait Egress: Send + Sync + 'static {
 
     /// One line for logs and `iniesta plugins`: what it is (never a secret).
     fn describe(&self) -> String;
+
+    /// How many outbox events the drain may have under way at once for this egress, oldest
+    /// first: 1 (the default) keeps their order strictly; the built-in egresses on standard
+    /// destinations take a batch call's worth, which their batcher sends in one call.
+    fn window(&self) -> usize {
+        1
+    }
 }
 
 /// A configured egress: its name (`[[egress]] name`) and the egress.
@@ -287,25 +294,31 @@ impl Fanout {
     }
 
     /// One pass over the outbox: per egress, deliver its waiting events oldest first (due
-    /// ones only when `due_only`, else every one not being sent elsewhere) until one fails.
-    /// Egresses are drained concurrently.
+    /// ones only when `due_only`, else every one not being sent elsewhere), up to the egress's
+    /// [`Egress::window`] at once, until one fails. Egresses are drained concurrently.
     pub async fn drain(&self, due_only: bool) -> DrainReport {
         let lease = self.settings.attempt_timeout + Duration::from_secs(5);
         let passes = self.egresses.iter().map(|egress| async move {
             let mut report = DrainReport::default();
+            let window = egress.egress.window().max(1);
             loop {
-                let pending = match self.outbox.lease_next(&egress.name, due_only, lease).await {
-                    Ok(Some(p)) => p,
-                    Ok(None) => break,
+                let batch = match self.outbox.lease(&egress.name, due_only, lease, window).await {
+                    Ok(batch) if batch.is_empty() => break,
+                    Ok(batch) => batch,
                     Err(e) => {
                         tracing::error!(egress = %egress.name, error = %e, "cannot read the outbox");
                         break;
                     }
                 };
-                if self.redeliver(egress, &pending).await {
-                    report.delivered += 1;
-                } else {
-                    report.failed += 1;
+                // Started in order (the batcher takes them in that order), answered each.
+                let delivered = futures_util::future::join_all(
+                    batch.iter().map(|pending| self.redeliver(egress, pending)),
+                )
+                .await;
+                let failed = delivered.iter().filter(|ok| !**ok).count() as u64;
+                report.delivered += delivered.len() as u64 - failed;
+                if failed > 0 {
+                    report.failed += failed;
                     break;
                 }
             }

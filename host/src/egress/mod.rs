@@ -268,6 +268,17 @@ fn batcher_for(
     LazyBatcher::new(broker.clone(), target, settings, fifo)
 }
 
+/// How many outbox events the drain has under way at once for a built-in egress to
+/// `destination`: a batch's worth (`publish.max_batch`) to a standard one, one at a time to a
+/// FIFO one (strict order).
+fn drain_window(config: &Config, destination: &str) -> usize {
+    if is_fifo(destination) {
+        1
+    } else {
+        config.publish.max_batch.max(1)
+    }
+}
+
 /// Build the fan-out for a config's `[[egress]]` entries (`None` without entries): construct
 /// every egress with its profile, open the outbox. Every problem is reported with its key.
 pub fn build_fanout(
@@ -300,7 +311,8 @@ pub fn build_fanout(
                     is_fifo(&topic),
                     Retries::Caller,
                 );
-                Ok(Arc::new(builtin::SnsEgress::new(batcher, topic)))
+                let window = drain_window(config, &topic);
+                Ok(Arc::new(builtin::SnsEgress::new(batcher, topic, window)))
             }
             config::BUILTIN_SQS => {
                 let queue = entry
@@ -313,7 +325,8 @@ pub fn build_fanout(
                 let target = Target::Queue(Some(queue.clone()));
                 let batcher =
                     batcher_for(config, &broker, target, is_fifo(&queue), Retries::Caller);
-                Ok(Arc::new(builtin::SqsEgress::new(batcher, queue)))
+                let window = drain_window(config, &queue);
+                Ok(Arc::new(builtin::SqsEgress::new(batcher, queue, window)))
             }
             plugin_name => (|| {
                 let plugin = plugins.get(plugin_name).ok_or_else(|| Problem {

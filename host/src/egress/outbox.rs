@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 
 use crate::wire::{Attributes, Outgoing};
 
@@ -186,50 +186,64 @@ impl Outbox {
         due_only: bool,
         lease: Duration,
     ) -> Result<Option<Pending>, OutboxError> {
+        Ok(self.lease(egress, due_only, lease, 1).await?.pop())
+    }
+
+    /// Lease up to `max` of the oldest rows of `egress` that are due (or every unleased row
+    /// when `due_only` is false) for `lease`, oldest first, in one transaction.
+    pub async fn lease(
+        &self,
+        egress: &str,
+        due_only: bool,
+        lease: Duration,
+        max: usize,
+    ) -> Result<Vec<Pending>, OutboxError> {
         let egress = egress.to_string();
+        let max = i64::try_from(max.max(1)).unwrap_or(i64::MAX);
         self.with(move |conn| {
             let now = now_ms();
             // Immediate: take the write lock up front, so a concurrent drainer waits (busy
             // timeout) instead of failing when its read turns into a write.
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let row = tx
-                .query_row(
+            let rows = {
+                let mut stmt = tx.prepare(
                     "SELECT seq, event_id, event, body, attributes, attempts FROM outbox
                      WHERE egress = ?1 AND leased_until <= ?2 AND (?3 = 0 OR next_attempt_at <= ?2)
-                     ORDER BY seq LIMIT 1",
-                    params![egress, now, i64::from(due_only)],
-                    |r| {
-                        Ok((
-                            r.get::<_, i64>(0)?,
-                            r.get::<_, String>(1)?,
-                            r.get::<_, String>(2)?,
-                            r.get::<_, Vec<u8>>(3)?,
-                            r.get::<_, String>(4)?,
-                            r.get::<_, u32>(5)?,
-                        ))
-                    },
-                )
-                .optional()?;
-            let Some((seq, event_id, event, body, attributes, attempts)) = row else {
-                return Ok(None);
+                     ORDER BY seq LIMIT ?4",
+                )?;
+                let rows = stmt.query_map(params![egress, now, i64::from(due_only), max], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, Vec<u8>>(3)?,
+                        r.get::<_, String>(4)?,
+                        r.get::<_, u32>(5)?,
+                    ))
+                })?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()?
             };
-            tx.execute(
-                "UPDATE outbox SET leased_until = ?1 WHERE seq = ?2",
-                params![now + lease.as_millis() as i64, seq],
-            )?;
+            let mut leased = Vec::with_capacity(rows.len());
+            for (seq, event_id, event, body, attributes, attempts) in rows {
+                tx.execute(
+                    "UPDATE outbox SET leased_until = ?1 WHERE seq = ?2",
+                    params![now + lease.as_millis() as i64, seq],
+                )?;
+                let attributes: Attributes = serde_json::from_str(&attributes).unwrap_or_default();
+                leased.push(Pending {
+                    seq,
+                    egress: egress.clone(),
+                    event_id,
+                    message: Outgoing {
+                        event,
+                        body,
+                        attributes,
+                    },
+                    attempts,
+                });
+            }
             tx.commit()?;
-            let attributes: Attributes = serde_json::from_str(&attributes).unwrap_or_default();
-            Ok(Some(Pending {
-                seq,
-                egress,
-                event_id,
-                message: Outgoing {
-                    event,
-                    body,
-                    attributes,
-                },
-                attempts,
-            }))
+            Ok(leased)
         })
         .await
     }

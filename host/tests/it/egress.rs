@@ -916,3 +916,59 @@ fn a_hanging_egress_holds_up_no_other_egress() {
     assert!(stdout.contains("nats: 1 event(s) waiting"), "{stdout}");
     drop(held);
 }
+
+/// The outbox drain shares batch calls: 25 events kept while the destination refused them go
+/// out in three calls (10, 10, 5) through the built-in `sqs` egress, where one at a time they
+/// took 25; every one arrives.
+#[tokio::test]
+async fn the_outbox_drain_sends_a_batch_at_a_time_to_a_standard_destination() {
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+
+    let s = Scratch::new();
+    let path = s.config(
+        "",
+        "[outbox]\nattempts = 1\nmin_backoff_ms = 10\n\
+         [[egress]]\nplugin = \"sqs\"\nconfig = { queue = \"iniesta-test-receiver\" }\n",
+    );
+    let config = iniesta::config::Config::read(&path).expect("the config reads");
+    let local = Arc::new(
+        iniesta::broker::local::LocalBroker::open(&config)
+            .await
+            .expect("the local broker opens"),
+    );
+    let paced = Arc::new(common::paced::Paced::new(local.clone(), Duration::ZERO));
+    let calls = paced.calls.clone();
+    calls.fail_sends.store(true, Ordering::SeqCst);
+    let plugins = iniesta::plugins::PluginSet::scan(&config.plugin_dirs());
+    let fanout = iniesta::egress::build_fanout(&config, &plugins, None, paced)
+        .expect("the fan-out builds")
+        .expect("one egress");
+    for n in 0..25 {
+        let message = iniesta::wire::Outgoing {
+            event: "Order.Created.receiver".into(),
+            body: format!(r#"{{"n":{n}}}"#).into_bytes(),
+            attributes: Default::default(),
+        };
+        fanout.publish(&message).await.expect("kept in the outbox");
+    }
+    assert!(local
+        .messages("iniesta-test-receiver")
+        .await
+        .expect("messages")
+        .is_empty());
+    calls.send_batches.lock().expect("not poisoned").clear();
+    calls.fail_sends.store(false, Ordering::SeqCst);
+    let report = fanout.drain(false).await;
+    assert_eq!((report.delivered, report.failed), (25, 0));
+    let batches = calls.send_batches.lock().expect("not poisoned").clone();
+    assert_eq!(batches, [10, 10, 5], "one call per batch");
+    assert_eq!(
+        local
+            .messages("iniesta-test-receiver")
+            .await
+            .expect("messages")
+            .len(),
+        25
+    );
+}

@@ -35,6 +35,10 @@ pub struct Calls {
     pub visibility_calls: AtomicUsize,
     /// Receipts per `change_visibility_batch` call.
     pub visibility_batches: Mutex<Vec<usize>>,
+    /// Messages per `publish_batch` call (sends to the topic or a queue).
+    pub send_batches: Mutex<Vec<usize>>,
+    /// While set, every `publish_batch` call fails whole.
+    pub fail_sends: AtomicBool,
 }
 
 impl Calls {
@@ -65,6 +69,22 @@ impl Paced {
 
 #[async_trait]
 impl Broker for Paced {
+    async fn publish_batch(
+        &self,
+        target: &iniesta::broker::Target,
+        messages: &[Outgoing],
+    ) -> Result<Vec<Result<String, BrokerError>>, BrokerError> {
+        self.calls
+            .send_batches
+            .lock()
+            .expect("not poisoned")
+            .push(messages.len());
+        if self.calls.fail_sends.load(Ordering::SeqCst) {
+            return Err(BrokerError::Worker("sends refused on purpose".into()));
+        }
+        self.inner.publish_batch(target, messages).await
+    }
+
     async fn publish(&self, message: &Outgoing) -> Result<String, BrokerError> {
         self.inner.publish(message).await
     }
