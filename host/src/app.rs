@@ -334,6 +334,9 @@ async fn start_ops(
 /// handler still runs). The visibility heartbeat keeps a message invisible while its handlers
 /// run, up to `sqs.max_visibility_extension_secs`.
 fn warn_about_timeouts(config: &Config) {
+    for warning in crate::config::policy::warnings(config) {
+        tracing::warn!("{warning}");
+    }
     let longest = config
         .bindings
         .iter()

@@ -253,6 +253,9 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
                     println!("warning: {warning}");
                 }
             }
+            for warning in crate::config::policy::warnings(&config) {
+                println!("warning: {warning}");
+            }
             println!(
                 "{}: ok ({} binding(s){}, {} plugin(s) loaded)",
                 path.display(),

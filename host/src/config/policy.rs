@@ -174,6 +174,35 @@ pub fn problems(
     problems
 }
 
+/// What a config allows but a user likely did not mean, one text per binding: a circuit whose
+/// cooldowns the queue's redrive policy cuts short. Every message an open circuit gives back is
+/// a delivery in SQS's count, so after about `cooldown_secs × (max_receive_count − 1)` of
+/// outage the queue moves them to the DLQ with no reason.
+pub fn warnings(config: &super::Config) -> Vec<String> {
+    let sqs = &config.sqs;
+    if sqs.dead_letter_queue.is_none() {
+        return Vec::new();
+    }
+    config
+        .bindings
+        .iter()
+        .enumerate()
+        .filter_map(|(i, b)| {
+            let breaker = b.circuit_breaker.as_ref()?;
+            let ridden = u64::from(breaker.cooldown_secs)
+                * u64::from(sqs.max_receive_count.saturating_sub(1));
+            (ridden < 600).then(|| {
+                format!(
+                    "bindings[{i}].circuit_breaker: messages an open circuit gives back count as deliveries, so with cooldown_secs {} and sqs.max_receive_count {} an outage longer than about {ridden} s moves them to {} without a reason; raise cooldown_secs or max_receive_count to ride out longer ones",
+                    breaker.cooldown_secs,
+                    sqs.max_receive_count,
+                    sqs.dead_letter_queue.as_deref().unwrap_or_default()
+                )
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,5 +273,29 @@ mod tests {
             toml::from_str::<RetryConfig>("max_tries = 3").is_err(),
             "unknown keys are refused"
         );
+        // Retries end in the dead-letter queue: there must be one.
+        let no_dlq = crate::config::SqsConfig {
+            dead_letter_queue: None,
+            ..sqs()
+        };
+        assert_eq!(
+            keys(problems("b", None, None, Some(&r), None, &no_dlq)),
+            ["b.retry"]
+        );
+    }
+
+    #[test]
+    fn a_short_ride_out_of_an_open_circuit_is_worth_a_warning() {
+        let mut config = crate::config::Config::parse(
+            "service = \"s\"\n[sqs]\ndead_letter_queue = \"dlq\"\nmax_receive_count = 5\n\
+             [[bindings]]\nevents = [\"E\"]\nplugin = \"p\"\n[bindings.circuit_breaker]\ncooldown_secs = 30\n",
+            std::path::Path::new("."),
+        )
+        .expect("a config");
+        let said = warnings(&config);
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(said[0].contains("about 120 s"), "{said:?}");
+        config.sqs.max_receive_count = 50;
+        assert!(warnings(&config).is_empty());
     }
 }

@@ -63,10 +63,14 @@ impl CallResult {
     }
 }
 
-/// A wait in whole seconds for a visibility delay or an ingress retry: rounded up, at least 1,
-/// at most SQS's 12 h.
+/// A wait in whole seconds for a visibility delay or an ingress retry: rounded up, plus a
+/// random tenth of it at most (the messages an open circuit refused together do not all come
+/// back at the moment it half-opens, where all but the probe would be refused again), at least
+/// 1, at most SQS's 12 h.
 pub fn wait_secs(wait: Duration) -> u32 {
-    u32::try_from(wait.as_secs() + u64::from(wait.subsec_nanos() > 0))
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let spread = fastrand::u64(0..=secs / 10);
+    u32::try_from(secs + spread)
         .unwrap_or(u32::MAX)
         .clamp(1, crate::config::policy::MAX_DELAY_SECS)
 }

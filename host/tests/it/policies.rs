@@ -153,12 +153,22 @@ async fn a_concurrency_limit_runs_one_call_at_a_time() {
                 .await;
         }
         let log = host.scratch.path("calls.txt");
-        // Tokio time: it stands still while a handler sleeps on its thread.
-        host.wait_for("four calls", Duration::from_secs(600), || async {
+        // The handlers sleep in real time: poll in real time, letting tokio's clock move a
+        // little each time (the receive loop's long poll needs it), never far enough for a
+        // waiting call's 600 s timeout, however the paused clock treats blocking threads.
+        let started = std::time::Instant::now();
+        loop {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
-            (text.lines().filter(|l| l.starts_with("end ")).count() == 4).then_some(())
-        })
-        .await;
+            if text.lines().filter(|l| l.starts_with("end ")).count() == 4 {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "four calls, limit {limit:?}: {text}"
+            );
+            InProcess::settle_real(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         // One at a time: every start is followed by its own end.
