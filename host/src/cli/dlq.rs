@@ -40,8 +40,8 @@ pub enum DlqCommand {
     List {
         #[command(flatten)]
         select: Select,
-        /// Show at most this many.
-        #[arg(long, default_value_t = 50)]
+        /// Show at most this many (1 or more).
+        #[arg(long, default_value_t = 50, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000))]
         limit: usize,
         /// Skip this many matching dead letters first (the next page: --offset 50).
         #[arg(long, default_value_t = 0)]
@@ -49,7 +49,7 @@ pub enum DlqCommand {
         /// Read at most this many dead letters to search and count (at most 10000; at least
         /// --offset plus --limit). Default: --offset plus --limit without a search, 1000 with
         /// --event, --id or --reason. On SQS every one read is received and made visible again.
-        #[arg(long)]
+        #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000))]
         scan: Option<usize>,
         /// Show the start of each body (bodies may hold personal data; hidden by default); with
         /// `--output json`, the whole body.

@@ -113,7 +113,7 @@ pub enum Command {
     /// Dry run: print which bindings a message would reach and why (patterns, media types,
     /// match conditions, schemas). Loads no plugin, publishes nothing; exit 0.
     Route(route::RouteArgs),
-    /// The dead-letter queue: list, redrive to the main queue, purge.
+    /// The dead-letter queue: list and search, redrive to the main queue, delete, purge.
     Dlq {
         /// What to do.
         #[command(subcommand)]

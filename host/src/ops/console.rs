@@ -842,7 +842,10 @@ impl Console {
                 )
             }
             (false, true) => {
-                return bad("nothing selected: give ids, events, reasons, or all = true".into())
+                return bad(match action {
+                    Action::Redrive => "nothing selected: give \"ids\", \"events\", \"reasons\", or \"all\": true".into(),
+                    Action::Delete => "nothing selected: give \"ids\", \"events\" or \"reasons\" (emptying the queue is `iniesta dlq purge --yes`)".into(),
+                })
             }
             _ => {}
         }

@@ -184,7 +184,14 @@ pub fn install() -> Result<Installed, OpsError> {
     for reason in ["held_elsewhere", "lost", "unavailable"] {
         metrics::counter!(LOCK_FAILURES, "reason" => reason).absolute(0);
     }
-    for reason in ["retry", "failed", "unbound", "undecodable", "lock_lost"] {
+    for reason in [
+        "retry",
+        "failed",
+        "unbound",
+        "undecodable",
+        "lock_lost",
+        "circuit_open",
+    ] {
         metrics::counter!(RETRIED, "reason" => reason).absolute(0);
     }
     for reason in ["shutdown", "fifo_order"] {
@@ -203,7 +210,7 @@ fn describe() {
     describe_counter!(ACKED, "Messages deleted after every binding acked");
     describe_counter!(
         RETRIED,
-        "Messages left for redelivery, by reason (retry, failed, unbound, undecodable, lock_lost)"
+        "Messages left for redelivery, by reason (retry, failed, unbound, undecodable, lock_lost, circuit_open)"
     );
     describe_counter!(DEAD_LETTERED, "Messages moved to the dead-letter queue");
     describe_counter!(

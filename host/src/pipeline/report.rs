@@ -111,16 +111,16 @@ pub fn log_results(
                 tracing::warn!(message_id = %id, event = %event, binding = %binding.label, reason = %reason, "handler dead-lettered the message")
             }
             CallResult::Outcome(Outcome::Failed { reason }) => {
-                tracing::warn!(message_id = %id, event = %event, binding = %binding.label, error = %reason, receive_count, "handler failed; the message will be redelivered")
+                tracing::warn!(message_id = %id, event = %event, binding = %binding.label, error = %reason, receive_count, "handler failed")
             }
             CallResult::Outcome(Outcome::Panicked { message: text }) => {
-                tracing::error!(message_id = %id, event = %event, binding = %binding.label, panic = %text, receive_count, "handler panicked; the message will be redelivered")
+                tracing::error!(message_id = %id, event = %event, binding = %binding.label, panic = %text, receive_count, "handler panicked")
             }
             CallResult::TimedOut => {
-                tracing::error!(message_id = %id, event = %event, binding = %binding.label, timeout_secs = binding.timeout.as_secs(), "handler timed out; the message will be redelivered")
+                tracing::error!(message_id = %id, event = %event, binding = %binding.label, timeout_secs = binding.timeout.as_secs(), "handler timed out")
             }
             CallResult::Crashed(e) => {
-                tracing::error!(message_id = %id, event = %event, binding = %binding.label, error = %e, "handler crashed; the message will be redelivered")
+                tracing::error!(message_id = %id, event = %event, binding = %binding.label, error = %e, "handler crashed")
             }
         }
     }
