@@ -32,6 +32,7 @@ pub mod provision;
 pub mod route;
 pub mod scaffold;
 pub mod sqlite;
+pub mod state_file;
 pub mod tasks;
 pub mod validate;
 pub mod wire;

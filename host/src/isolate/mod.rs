@@ -172,23 +172,15 @@ pub fn status_path(dir: &Path, pid: u32) -> PathBuf {
 
 /// Write this host's worker states (failures are only logged).
 pub fn write_status(dir: &Path, workers: &[WorkerStatus]) {
-    let pid = std::process::id();
-    let path = status_path(dir, pid);
-    let tmp = dir.join(format!(".workers-{pid}.json.tmp"));
-    let result = std::fs::create_dir_all(dir)
-        .and_then(|()| std::fs::write(&tmp, serde_json::to_vec_pretty(workers).unwrap_or_default()))
-        .and_then(|()| std::fs::rename(&tmp, &path));
-    if let Err(e) = result {
+    let path = status_path(dir, std::process::id());
+    if let Err(e) = crate::state_file::write(&path, workers) {
         tracing::debug!(path = %path.display(), error = %e, "cannot write the worker state file");
     }
 }
 
 /// Host `pid`'s worker states, if it wrote any.
 pub fn read_status(dir: &Path, pid: u32) -> Vec<WorkerStatus> {
-    std::fs::read_to_string(status_path(dir, pid))
-        .ok()
-        .and_then(|text| serde_json::from_str(&text).ok())
-        .unwrap_or_default()
+    crate::state_file::read(&status_path(dir, pid))
 }
 
 /// Lines for `iniesta plugins` under a running host.

@@ -699,6 +699,34 @@ impl Console {
         })
     }
 
+    /// Run a dead-letter listing or action: one at a time (another waits for the gate), in a
+    /// task of its own, tracked so shutdown waits for it — a browser that goes away must not
+    /// cancel a redrive between a send and its delete (the message would be in both queues),
+    /// nor a listing before it makes what it read on SQS visible again.
+    async fn dlq_task<T: Send + 'static>(
+        &self,
+        work: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> Result<T, Response<Full<Bytes>>> {
+        // (Never closed: the gate lives as long as the console.)
+        let Ok(permit) = self.dlq_gate.clone().acquire_owned().await else {
+            return Err(json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!({"error": "the console is stopping"}),
+            ));
+        };
+        let task = self.tasks.spawn(async move {
+            let _permit = permit;
+            work.await
+        });
+        task.await.map_err(|e| {
+            tracing::error!(error = %e, "console: the dead-letter task failed");
+            json(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &serde_json::json!({"error": format!("the dead-letter task failed: {e}")}),
+            )
+        })
+    }
+
     /// `GET /api/dlq?limit=&offset=&event=&reason=&scan=`: one page of the dead letters that
     /// match (an event glob and a reason text, both optional).
     async fn dlq_list(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
@@ -740,32 +768,13 @@ impl Console {
             limit,
             scan,
         };
-        // One at a time (a second waits), in a task of its own: a browser that goes away
-        // mid-listing must not leave what it read on SQS invisible until the hold ends (the
-        // listing makes them visible again when it ends).
-        // (Never closed: the gate lives as long as the console.)
-        let Ok(permit) = self.dlq_gate.clone().acquire_owned().await else {
-            return json(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &serde_json::json!({"error": "the console is stopping"}),
-            );
-        };
         let task_dlq = dlq.clone();
-        let searched = self
-            .tasks
-            .spawn(async move {
-                let _permit = permit;
-                crate::dlq::search(task_dlq.as_ref(), &query).await
-            })
-            .await;
-        let searched = match searched {
+        let searched = match self
+            .dlq_task(async move { crate::dlq::search(task_dlq.as_ref(), &query).await })
+            .await
+        {
             Ok(searched) => searched,
-            Err(e) => {
-                return json(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    &serde_json::json!({"error": format!("the listing task failed: {e}")}),
-                )
-            }
+            Err(refused) => return refused,
         };
         match searched {
             Ok(listing) => {
@@ -856,30 +865,13 @@ impl Console {
             },
             Action::Redrive => selection,
         };
-        // (Never closed: the gate lives as long as the console.)
-        let Ok(permit) = self.dlq_gate.clone().acquire_owned().await else {
-            return json(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &serde_json::json!({"error": "the console is stopping"}),
-            );
-        };
-        // In a task of its own: a browser that goes away mid-redrive must not cancel it between
-        // a send and its delete (the message would then be in both queues); tracked, so
-        // shutdown waits for it too.
         let dlq = dlq.clone();
-        let task = self.tasks.spawn(async move {
-            let _permit = permit;
-            dlq.act(action, &selection, &crate::dlq::NoProgress).await
-        });
-        let outcome = match task.await {
+        let outcome = match self
+            .dlq_task(async move { dlq.act(action, &selection, &crate::dlq::NoProgress).await })
+            .await
+        {
             Ok(outcome) => outcome,
-            Err(e) => {
-                tracing::error!(error = %e, ?action, "console: the dead-letter task failed");
-                return json(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    &serde_json::json!({"error": format!("the dead-letter task failed: {e}")}),
-                );
-            }
+            Err(refused) => return refused,
         };
         match outcome {
             Ok(report) => {

@@ -310,15 +310,8 @@ impl Reloader {
             workers: Vec::new(),
             circuits: Vec::new(),
         };
-        let dir = state_dir(&self.config);
-        let path = dir.join(format!("host-{}.json", state.pid));
-        let tmp = dir.join(format!(".host-{}.json.tmp", state.pid));
-        let result = std::fs::create_dir_all(&dir)
-            .and_then(|()| {
-                std::fs::write(&tmp, serde_json::to_vec_pretty(&state).unwrap_or_default())
-            })
-            .and_then(|()| std::fs::rename(&tmp, &path));
-        if let Err(e) = result {
+        let path = state_dir(&self.config).join(format!("host-{}.json", state.pid));
+        if let Err(e) = crate::state_file::write(&path, &state) {
             tracing::debug!(path = %path.display(), error = %e, "cannot write the host state file");
         }
     }

@@ -214,17 +214,7 @@ impl Guards {
                 _ => Ok(()),
             }
         } else {
-            let tmp = path.with_extension("json.tmp");
-            path.parent()
-                .map(std::fs::create_dir_all)
-                .unwrap_or(Ok(()))
-                .and_then(|()| {
-                    std::fs::write(
-                        &tmp,
-                        serde_json::to_vec_pretty(&circuits).unwrap_or_default(),
-                    )
-                })
-                .and_then(|()| std::fs::rename(&tmp, path))
+            crate::state_file::write(path, &circuits)
         };
         drop(stopped);
         if let Err(e) = result {
@@ -250,10 +240,7 @@ pub fn status_path(state_dir: &std::path::Path, pid: u32) -> PathBuf {
 
 /// The open circuits host `pid` wrote (none when it wrote nothing or the file is unreadable).
 pub fn read_status(state_dir: &std::path::Path, pid: u32) -> Vec<CircuitView> {
-    std::fs::read_to_string(status_path(state_dir, pid))
-        .ok()
-        .and_then(|text| serde_json::from_str(&text).ok())
-        .unwrap_or_default()
+    crate::state_file::read(&status_path(state_dir, pid))
 }
 
 #[cfg(test)]
