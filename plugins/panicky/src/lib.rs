@@ -39,7 +39,10 @@ fn note(path: &str, line: &str) -> Result<(), String> {
         .append(true)
         .open(path)
         .map_err(|e| format!("cannot open {path}: {e}"))?;
-    writeln!(file, "{line}").map_err(|e| format!("cannot write {path}: {e}"))
+    // One write per line: with O_APPEND it lands whole even when calls run at once
+    // (`writeln!` may split the text and its newline into two writes that interleave).
+    file.write_all(format!("{line}\n").as_bytes())
+        .map_err(|e| format!("cannot write {path}: {e}"))
 }
 
 impl Handler for Sleepy {
