@@ -267,9 +267,15 @@ fn private_dir() -> Result<PathBuf, String> {
     Ok(path)
 }
 
+/// Set when the host exits ([`remove_private_dir`]): crashed workers are no longer replaced
+/// (a replacement due after the exit would find its plugin copy gone).
+static EXITING: AtomicBool = AtomicBool::new(false);
+
 /// Remove the private directory with the plugin copies in it (at the host's exit: the
-/// workers have loaded their copies, so the files are no longer needed).
+/// workers have loaded their copies, so the files are no longer needed). No worker is
+/// started after this.
 pub fn remove_private_dir() {
+    EXITING.store(true, Ordering::SeqCst);
     if let Some(dir) = lock(&PRIVATE_DIR).take() {
         let path = dir.path().to_path_buf();
         if let Err(e) = dir.close() {
@@ -531,6 +537,9 @@ impl Worker {
     /// pool is full. The pool is back to its size before the crash without waiting for a call
     /// to need the process.
     fn replace(&self) {
+        if EXITING.load(Ordering::SeqCst) {
+            return;
+        }
         let mut inner = lock(&self.inner);
         {
             let stats = lock(&self.stats);
