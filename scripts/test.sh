@@ -24,6 +24,16 @@ if [ ! -x "$MOTO_VENV/bin/moto_server" ] || ! grep -q "^Version: $MOTO_VERSION\$
     fi
     "$MOTO_VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
 fi
+# The Amazon SQS and SNS Extended Client Libraries for Python (the S3 claim check's other
+# side, host/tests/it/claim_check.rs), in the same venv: they want the recent boto3 moto has.
+EXTENDED_CLIENTS="amazon-sqs-extended-client==1.0.1 amazon-sns-extended-client==1.0.1"
+extended_installed="$("$MOTO_VENV/bin/pip" freeze 2>/dev/null || true)"
+if ! grep -q "^amazon-sqs-extended-client==1.0.1\$" <<<"$extended_installed" \
+    || ! grep -q "^amazon-sns-extended-client==1.0.1\$" <<<"$extended_installed"; then
+    echo "==> installing $EXTENDED_CLIENTS into $MOTO_VENV"
+    # shellcheck disable=SC2086
+    "$MOTO_VENV/bin/pip" install --quiet --disable-pip-version-check $EXTENDED_CLIENTS
+fi
 export INIESTA_MOTO_SERVER="$PWD/$MOTO_VENV/bin/moto_server"
 
 # --- the real Python libraries for the conformance suite (host/tests/it/conformance.rs) ---------

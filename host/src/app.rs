@@ -154,8 +154,12 @@ impl App {
             let fanout = crate::egress::build_fanout(&config, &set, profiles.as_ref(), broker.clone())
                 .map_err(|e| invalid(&config, e))?
                 .map(Arc::new);
-            let publisher =
-                Arc::new(Publisher::new(&config, broker.clone()).with_fanout(fanout.clone()));
+            let claim_check = crate::claim_check::ClaimCheck::connect(&config).await;
+            let publisher = Arc::new(
+                Publisher::new(&config, broker.clone())
+                    .with_fanout(fanout.clone())
+                    .with_claim_check(claim_check.clone()),
+            );
             let guards =
                 crate::policy::Guards::new(Some(crate::plugins::watch::state_dir(&config)));
             let routes = crate::route::bind(
@@ -217,7 +221,8 @@ impl App {
             let pipeline = Pipeline::new(broker, routes, locks, Settings::from_config(&config))
                 .with_health(health)
                 .with_error_reporter(errors.clone())
-                .with_recent_failures(failures);
+                .with_recent_failures(failures)
+                .with_claim_check(claim_check);
             // The outbox drains until shutdown; then the ingresses stop at once (no new messages,
             // like the pollers) and let their running handlers finish.
             let drainer = fanout.map(|f| tasks.spawn(f.run_drainer(shutdown.clone())));

@@ -14,6 +14,7 @@ pub mod acct;
 pub mod app;
 pub mod backoff;
 pub mod broker;
+pub mod claim_check;
 pub mod cli;
 pub mod config;
 pub mod dlq;

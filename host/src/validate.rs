@@ -14,7 +14,7 @@ use crate::config::{plugins::bindings_problems, Config, ConfigError, Problem};
 
 /// Every problem that can be found without loading plugins, in a fixed order: the root keys,
 /// `[sns]`, `[sqs]`, FIFO, egress/ingress/outbox, metrics and errors, isolation, locks, the
-/// broker, the plugin directories, then the bindings one by one.
+/// broker, payloads, the plugin directories, then the bindings one by one.
 pub fn problems(config: &Config) -> Vec<Problem> {
     let mut problems = config.root_problems();
     problems.extend(config.sns.problems(config.needs_topic()));
@@ -28,6 +28,11 @@ pub fn problems(config: &Config) -> Vec<Problem> {
     problems.extend(config.lock.problems());
     problems.extend(crate::lock::nodes::problems(config));
     problems.extend(config.broker.problems());
+    problems.extend(
+        config
+            .payloads
+            .problems(config.broker.kind == crate::config::BrokerKind::Aws),
+    );
     problems.extend(config.plugins.dir_problems(config));
     problems.extend(binding_problems(config));
     problems

@@ -95,6 +95,7 @@ config = {{ path = "{ledger}" }}
                     "iniesta_pass",
                     format!("{{\"seq\":{seq}}}").into_bytes(),
                     Default::default(),
+                    &iniesta::wire::SizeLimit::sns(),
                 )
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
                 broker

@@ -183,7 +183,7 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Publish several messages to `target` in as few calls as the broker allows (SNS
     /// `PublishBatch`, SQS `SendMessageBatch`: one call for at most 10 messages within the
-    /// 256 KiB total). `Err` when the whole call failed (nothing was taken); otherwise one
+    /// total size, 256 KiB for SNS, 1 MiB for SQS). `Err` when the whole call failed (nothing was taken); otherwise one
     /// result per message, in order: its id, or why that entry alone was refused. The default
     /// sends them one by one (the local broker).
     async fn publish_batch(

@@ -151,6 +151,19 @@ pub async fn run(
     } else {
         events
     };
+    let broker = crate::broker::open(&config)
+        .await
+        .with_context(|| format!("cannot open the broker for {}", path.display()))?;
+    let fanout = crate::egress::startup::fanout_for_publish(&config, acct, broker.clone()).await?;
+    let claim_check = crate::claim_check::ClaimCheck::connect(&config).await;
+    let publisher = Publisher::new(&config, broker)
+        .with_fanout(fanout)
+        .with_claim_check(claim_check);
+    let destination = if args.queue {
+        Destination::OwnQueue
+    } else {
+        Destination::Topic
+    };
     // Every event must encode (size, attribute types) before the first one is sent.
     for (n, event) in events.iter().enumerate() {
         let mut attributes = event.attributes.clone();
@@ -159,33 +172,18 @@ pub async fn run(
                 .entry(name.clone())
                 .or_insert_with(|| attribute.clone());
         }
-        crate::wire::encode(
-            &event.event,
-            &config.service,
-            &config.sns.event_key,
-            event.body.clone(),
-            attributes,
-        )
-        .with_context(|| match &args.file {
-            Some(file) => format!(
-                "{}: event {} (`{}`); nothing was published",
-                file.display(),
-                n + 1,
-                event.event
-            ),
-            None => format!("cannot publish `{}`", event.event),
-        })?;
+        publisher
+            .encode(destination, &event.event, event.body.clone(), attributes)
+            .with_context(|| match &args.file {
+                Some(file) => format!(
+                    "{}: event {} (`{}`); nothing was published",
+                    file.display(),
+                    n + 1,
+                    event.event
+                ),
+                None => format!("cannot publish `{}`", event.event),
+            })?;
     }
-    let broker = crate::broker::open(&config)
-        .await
-        .with_context(|| format!("cannot open the broker for {}", path.display()))?;
-    let fanout = crate::egress::startup::fanout_for_publish(&config, acct, broker.clone()).await?;
-    let publisher = Publisher::new(&config, broker).with_fanout(fanout);
-    let destination = if args.queue {
-        Destination::OwnQueue
-    } else {
-        Destination::Topic
-    };
     // Many publishes at once, so the batcher fills its calls (PublishBatch and
     // SendMessageBatch take 10); they enter it in file order, which keeps FIFO groups in
     // order, and their ids are printed in file order.

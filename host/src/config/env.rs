@@ -41,6 +41,7 @@ pub const TOP_LEVEL: &[&str] = &[
     "ingress",
     "outbox",
     "publish",
+    "payloads",
 ];
 
 /// One environment variable that overrides a config key.

@@ -16,6 +16,7 @@ pub mod env;
 pub mod isolate;
 pub mod lock;
 pub mod ops;
+pub mod payloads;
 pub mod plugins;
 pub mod policy;
 pub mod sns;
@@ -31,6 +32,7 @@ pub use egress::{EgressConfig, IngressConfig, OutboxConfig, PublishConfig};
 pub use isolate::IsolateConfig;
 pub use lock::{LockConfig, LockTlsConfig, PYTHON_INIESTA_LOCK_DATABASES};
 pub use ops::{ConsoleConfig, ErrorsConfig, MetricsConfig, SentryConfig};
+pub use payloads::PayloadsConfig;
 pub use plugins::{BindingConfig, PluginsConfig};
 pub use sns::SnsConfig;
 pub use sqs::SqsConfig;
@@ -89,6 +91,9 @@ pub struct Config {
     /// How published events are batched.
     #[serde(default)]
     pub publish: PublishConfig,
+    /// Message size limits and the S3 claim check for larger bodies.
+    #[serde(default)]
+    pub payloads: PayloadsConfig,
     /// The directory relative paths are resolved against (the config file's directory).
     #[serde(skip)]
     pub base_dir: PathBuf,

@@ -32,14 +32,14 @@ use crate::wire::{DeliveryContext, Outgoing};
 const HOLD_SECS: i32 = 120;
 
 /// Split `chosen` (in order) into groups whose bodies and attributes fit one
-/// `SendMessageBatch` (256 KiB); a letter too big for any batch goes alone (SQS answers for it).
+/// `SendMessageBatch` (1 MiB); a letter too big for any batch goes alone (SQS answers for it).
 fn within_batch_bytes(chosen: Vec<Taken>) -> Vec<Vec<Taken>> {
     let mut parts: Vec<Vec<Taken>> = Vec::new();
     let mut bytes = 0usize;
     for taken in chosen {
         let size = crate::wire::size_of(&taken.letter.body, &taken.letter.attributes);
         match parts.last_mut() {
-            Some(part) if bytes + size <= crate::egress::batch::MAX_BATCH_BYTES => {
+            Some(part) if bytes + size <= crate::wire::MAX_SQS_BYTES => {
                 bytes += size;
                 part.push(taken);
             }
@@ -121,6 +121,8 @@ impl AwsDlq {
         let delivery = DeliveryContext {
             event_key: &self.event_key,
             envelope_topic: self.envelope_topic.as_deref(),
+            // A letter is listed as it is kept: a claim check shows its pointer.
+            claim_checks: false,
         };
         let event = event_of(&id, &body, &attributes, delivery);
         Some(Taken {
@@ -391,7 +393,7 @@ impl DeadLetterQueue for AwsDlq {
                     chosen.push(taken);
                 }
                 match action {
-                    // One call per group of letters within SendMessageBatch's 256 KiB.
+                    // One call per group of letters within SendMessageBatch's 1 MiB.
                     Action::Redrive => {
                         for part in within_batch_bytes(chosen) {
                             self.redrive_batch(&url, &main, part, &mut report, &mut keep)

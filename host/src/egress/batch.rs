@@ -3,7 +3,7 @@
 //! Every publish to the topic or to a queue goes through a [`Batcher`] for that destination.
 //! Entries wait up to `publish.linger_ms` for others, then go out in one SNS `PublishBatch` /
 //! SQS `SendMessageBatch` ([`Broker::publish_batch`]) of at most `publish.max_batch` (≤ 10)
-//! entries within [`MAX_BATCH_BYTES`]; a full batch goes at once. The caller of
+//! entries within [`max_batch_bytes`]; a full batch goes at once. The caller of
 //! [`Batcher::publish`] awaits its own entry's outcome.
 //!
 //! Retries: when the call answers with per-entry failures, only the failed entries are tried
@@ -34,8 +34,14 @@ use crate::broker::{Broker, BrokerError, Target};
 use crate::config::{Problem, PublishConfig};
 use crate::wire::Outgoing;
 
-/// The most bytes one batch call may carry (SNS and SQS: 256 KiB for all entries together).
-pub const MAX_BATCH_BYTES: usize = 256 * 1024;
+/// The most bytes one batch call to `target` may carry, all entries together: SNS's
+/// `PublishBatch` 256 KiB, SQS's `SendMessageBatch` 1 MiB (the limits of one message).
+pub const fn max_batch_bytes(target: &Target) -> usize {
+    match target {
+        Target::Topic => crate::wire::MAX_SNS_BYTES,
+        Target::Queue(_) => crate::wire::MAX_SQS_BYTES,
+    }
+}
 
 /// The most entries one batch call may carry (SNS and SQS).
 pub const MAX_BATCH_ENTRIES: usize = 10;
@@ -100,12 +106,12 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// From `[publish]`, clamped to the AWS limits.
-    pub fn from_config(config: &PublishConfig) -> Settings {
+    /// From `[publish]`, clamped to the AWS limits of `target`.
+    pub fn from_config(config: &PublishConfig, target: &Target) -> Settings {
         Settings {
             linger: Duration::from_millis(config.linger_ms.min(1000)),
             max_entries: config.max_batch.clamp(1, MAX_BATCH_ENTRIES),
-            max_bytes: MAX_BATCH_BYTES,
+            max_bytes: max_batch_bytes(target),
             max_in_flight: config.max_in_flight.max(1),
             attempts: config.attempts.max(1),
             min_backoff: Duration::from_millis(config.min_backoff_ms.clamp(1, 5000)),
@@ -463,7 +469,7 @@ async fn run(
             let (sink, target) = (sink.clone(), target.clone());
             calls.spawn(async move {
                 // The messages are lent to the call (moved out and back, not copied: a body
-                // may be 256 KiB), and stay with their entries for a retry.
+                // may be 1 MiB), and stay with their entries for a retry.
                 let messages: Vec<Outgoing> = batch
                     .iter_mut()
                     .map(|e| std::mem::take(&mut e.message))
@@ -613,7 +619,7 @@ mod tests {
         Settings {
             linger: Duration::from_millis(linger_ms),
             max_entries: 10,
-            max_bytes: MAX_BATCH_BYTES,
+            max_bytes: max_batch_bytes(&Target::Topic),
             max_in_flight: 4,
             attempts: 5,
             min_backoff: Duration::from_millis(10),

@@ -26,7 +26,8 @@ use std::sync::Arc;
 use crate::acct::{AcctError, Profiles};
 use crate::broker::fifo::{is_fifo, FifoSettings};
 use crate::broker::{Broker, BrokerError, Target};
-use crate::config::{Config, InitializationType, Problem};
+use crate::claim_check::{self, ClaimCheck, Service, StoreError};
+use crate::config::{Config, InitializationType, PayloadsConfig, Problem};
 use crate::plugins::PluginSet;
 use crate::wire::{self, Attributes, EncodeError};
 use batch::LazyBatcher;
@@ -51,6 +52,9 @@ pub enum PublishError {
     /// The broker refused or failed.
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    /// The body was too large to send and could not be stored in S3.
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// An egress failed and its outbox could not keep the event.
     #[error("an egress failed and the outbox cannot keep the event: {0}")]
     Outbox(#[from] OutboxError),
@@ -79,6 +83,10 @@ pub struct Publisher {
     /// The topic's and the own queue's batchers.
     topic_batcher: LazyBatcher,
     queue_batcher: LazyBatcher,
+    /// Size limits (`[payloads]`).
+    payloads: PayloadsConfig,
+    /// Where bodies too large to send go (`payloads.s3_bucket`).
+    claim_check: Option<Arc<ClaimCheck>>,
 }
 
 impl Publisher {
@@ -99,7 +107,55 @@ impl Publisher {
                 queue_fifo,
                 Retries::Own,
             ),
+            payloads: config.payloads.clone(),
+            claim_check: None,
         }
+    }
+
+    /// Store bodies too large to send in S3 (`payloads.s3_bucket`; [`ClaimCheck::connect`]).
+    pub fn with_claim_check(mut self, claim_check: Option<Arc<ClaimCheck>>) -> Publisher {
+        self.claim_check = claim_check;
+        self
+    }
+
+    /// Encode an event for `destination` as [`Publisher::publish`] would, without sending it:
+    /// the wire format and the size limit (`publish --file` checks every event first).
+    pub fn encode(
+        &self,
+        destination: Destination,
+        event: &str,
+        body: Vec<u8>,
+        attributes: Attributes,
+    ) -> Result<wire::Outgoing, EncodeError> {
+        let limit = claim_check::size_limit(&self.payloads, service_of(destination));
+        wire::encode(
+            event,
+            &self.service,
+            &self.event_key,
+            body,
+            attributes,
+            &limit,
+        )
+    }
+
+    /// Encode, then store the body in S3 when it is too large to send (or always, with
+    /// `payloads.always_through_s3`).
+    async fn prepare(
+        &self,
+        destination: Destination,
+        event: &str,
+        body: Vec<u8>,
+        attributes: Attributes,
+    ) -> Result<wire::Outgoing, PublishError> {
+        let message = self.encode(destination, event, body, attributes)?;
+        Ok(match &self.claim_check {
+            Some(claim_check) => {
+                claim_check
+                    .offload(message, service_of(destination))
+                    .await?
+            }
+            None => message,
+        })
     }
 
     /// The batcher for a destination.
@@ -130,7 +186,7 @@ impl Publisher {
         attributes: Attributes,
     ) -> Result<Published, PublishError> {
         if let (Destination::Topic, Some(fanout)) = (destination, &self.fanout) {
-            let message = wire::encode(event, &self.service, &self.event_key, body, attributes)?;
+            let message = self.prepare(destination, event, body, attributes).await?;
             let report = fanout.publish(&message).await?;
             tracing::debug!(event_id = %report.event_id, event = %message.event, queued = ?report.queued(), "published to every egress");
             return Ok(Published {
@@ -142,7 +198,7 @@ impl Publisher {
         if destination == Destination::Topic && !self.producer {
             return Err(PublishError::NotProducer);
         }
-        let message = wire::encode(event, &self.service, &self.event_key, body, attributes)?;
+        let message = self.prepare(destination, event, body, attributes).await?;
         let event = message.event.clone();
         let message_id = self.batcher(destination).publish(message).await?;
         // One line per event: debug, as a handler may publish thousands a second (`publish`
@@ -153,6 +209,15 @@ impl Publisher {
             event,
             queued: Vec::new(),
         })
+    }
+}
+
+/// The service a destination's size limit is taken from. The topic is SNS's (256 KiB) even
+/// when `[[egress]]` fans it out: an `sns` egress may be among the entries.
+fn service_of(destination: Destination) -> Service {
+    match destination {
+        Destination::Topic => Service::Sns,
+        Destination::OwnQueue => Service::Sqs,
     }
 }
 
@@ -259,7 +324,7 @@ fn batcher_for(
     fifo: bool,
     retries: Retries,
 ) -> LazyBatcher {
-    let mut settings = batch::Settings::from_config(&config.publish)
+    let mut settings = batch::Settings::from_config(&config.publish, &target)
         .in_order(config.broker.kind == crate::config::BrokerKind::Local);
     if let Retries::Caller = retries {
         settings.attempts = 1;

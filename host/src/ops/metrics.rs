@@ -50,6 +50,13 @@ pub const LOCK_WRITES_LOST: &str = "iniesta_lock_writes_lost_total";
 /// name) and `state` (`visible`, `in_flight`, `delayed`), read every
 /// `metrics.queue_depth_interval_secs`.
 pub const QUEUE_MESSAGES: &str = "iniesta_queue_messages";
+/// S3 claim-check operations ([`crate::claim_check`]): label `operation` = `store` (a body
+/// too large to send, stored before its pointer is published), `fetch` (a received pointer
+/// read), `delete` (an object removed after handling, `payloads.delete_after_handling`), and
+/// `result` = `ok`, `refused` (a fetch that can never succeed: bucket not trusted, object
+/// missing or too large; the message is dead-lettered) or `error` (S3 failed; a fetch is
+/// retried by redelivery, a store fails the publish).
+pub const CLAIM_CHECKS: &str = "iniesta_claim_checks_total";
 /// Always 1, labelled with the host's `version` (a dashboard joins on it to show which build
 /// runs where).
 pub const BUILD_INFO: &str = "iniesta_build_info";
@@ -324,4 +331,8 @@ fn describe() {
         "Events waiting in the outbox, by egress"
     );
     describe_counter!(INGRESS_MESSAGES, "Ingress messages by ingress and result");
+    describe_counter!(
+        CLAIM_CHECKS,
+        "S3 claim-check operations (store, fetch, delete) by result"
+    );
 }

@@ -48,6 +48,13 @@ impl Shared {
         }
         // Taken (`None`) when a retry releases it early.
         let mut held = Some(claim.held.clone());
+        let (envelope, keeper) = match self
+            .fetch_claim(&message, envelope, keeper, &mut held)
+            .await
+        {
+            Ok(fetched) => fetched,
+            Err(gone) => return gone,
+        };
         let routes = self.parts.routes.load_full();
         let bindings: Vec<Arc<Binding>> = routes.route(&envelope).into_iter().cloned().collect();
         let gone = if bindings.is_empty() {
@@ -157,7 +164,7 @@ impl Shared {
         );
     }
 
-    fn report(
+    pub(super) fn report(
         &self,
         kind: FailureKind,
         binding: Option<&Arc<Binding>>,

@@ -43,12 +43,13 @@
 //!
 //! The modules: [`receive`] (poll loops, backpressure, locks, dispatch), [`receivers`] (how
 //! many loops take turns), [`message`] (one
-//! message from routing to settlement), [`invoke`] (the one place handlers run, used by
+//! message from routing to settlement), [`claim`] (S3 claim checks fetched before routing), [`invoke`] (the one place handlers run, used by
 //! ingress too), [`settle`] (settlement rules, the batch deleter), [`keepalive`] (lock
 //! renewal and visibility heartbeats), [`heartbeats`] (their calls, batched), [`report`] (logs, error webhook, console),
 //! [`summary`] (the periodic `info` line of handler results per binding) and [`state`] (what
 //! the tasks of a run share).
 
+mod claim;
 mod heartbeats;
 pub mod invoke;
 mod keepalive;
@@ -114,6 +115,7 @@ impl Pipeline {
                 health: Health::new(),
                 errors: None,
                 failures: None,
+                claim_check: None,
             },
         }
     }
@@ -127,6 +129,15 @@ impl Pipeline {
     /// Report handler failures through `errors` (`[errors] webhook_url`).
     pub fn with_error_reporter(mut self, errors: Option<ErrorReporter>) -> Pipeline {
         self.parts.errors = errors;
+        self
+    }
+
+    /// Fetch received S3 claim checks before routing them (`[payloads]`).
+    pub fn with_claim_check(
+        mut self,
+        claim_check: Option<Arc<crate::claim_check::ClaimCheck>>,
+    ) -> Pipeline {
+        self.parts.claim_check = claim_check;
         self
     }
 

@@ -248,7 +248,10 @@ impl Shared {
                 &message.body,
                 &message.attributes,
                 message.sent_timestamp_ms,
-                self.parts.settings.delivery(),
+                self.parts
+                    .settings
+                    .delivery()
+                    .with_claim_checks(self.parts.claim_check.is_some()),
             ) {
                 Ok(envelope) => {
                     let t = Taken {
@@ -262,8 +265,9 @@ impl Shared {
                         _ => taken.push(t),
                     }
                 }
-                Err(e @ DecodeError::ForeignTopic { .. }) => {
-                    // Never meant for this queue: no redelivery can change that.
+                Err(e @ (DecodeError::ForeignTopic { .. } | DecodeError::BadPointer(_))) => {
+                    // Never meant for this queue, or a claim check that is not one: no
+                    // redelivery can change that.
                     if let Some(group) = &message.group_id {
                         broken.insert(group.clone());
                     }
@@ -346,19 +350,10 @@ impl Shared {
         Ok(())
     }
 
-    /// Dead-letter a message refused before any handler (an envelope from a foreign topic);
-    /// without a dead-letter queue it stays on the queue, logged.
+    /// Dead-letter a message refused before any handler (an envelope from a foreign topic, a
+    /// malformed claim check); without a dead-letter queue it stays on the queue, logged.
     async fn refuse(self: Arc<Self>, message: Received, reason: String, slot: Arc<Slot>) {
-        match self.parts.broker.dead_letter(&message, &reason).await {
-            Ok(()) => {
-                metrics::counter!(m::DEAD_LETTERED).increment(1);
-                tracing::warn!(message_id = %message.message_id, reason = %reason, "refused before any handler: moved to the dead-letter queue");
-            }
-            Err(e) => {
-                metrics::counter!(m::RETRIED, "reason" => "undecodable").increment(1);
-                tracing::error!(message_id = %message.message_id, reason = %reason, error = %e, "refused before any handler, but cannot dead-letter it; it stays on the queue for redelivery");
-            }
-        }
+        self.dead_letter_unhandled(&message, "", &reason).await;
         drop(slot);
     }
 

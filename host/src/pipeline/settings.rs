@@ -45,6 +45,7 @@ impl Settings {
         wire::DeliveryContext {
             event_key: &self.event_key,
             envelope_topic: self.envelope_topic.as_deref(),
+            claim_checks: false,
         }
     }
 

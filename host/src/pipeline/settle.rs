@@ -187,6 +187,7 @@ impl Shared {
             receipt: message.receipt.clone(),
             message_id: envelope.message_id.clone(),
             event: envelope.event.clone(),
+            after: self.after_delete(envelope),
             _pending: PendingDelete::new(permit),
         });
         if sent.is_err() {
@@ -466,7 +467,10 @@ async fn delete_with_retry(
                 for delete in batch {
                     match failed.remove(&delete.receipt) {
                         None => {
-                            tracing::debug!(message_id = %delete.message_id, event = %delete.event, "deleted")
+                            tracing::debug!(message_id = %delete.message_id, event = %delete.event, "deleted");
+                            if let Some(after) = delete.after {
+                                after.start();
+                            }
                         }
                         Some((_, true)) => retry.push(delete),
                         Some((reason, false)) => {

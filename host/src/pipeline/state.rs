@@ -39,6 +39,8 @@ pub struct Parts {
     pub errors: Option<ErrorReporter>,
     /// The console's list of recent failures, if enabled.
     pub failures: Option<Arc<RecentFailures>>,
+    /// Reads received S3 claim checks (`[payloads]`), if configured.
+    pub claim_check: Option<Arc<crate::claim_check::ClaimCheck>>,
 }
 
 /// A running pipeline's shared state: its parts and the run's own state.
@@ -149,8 +151,27 @@ pub struct Delete {
     pub message_id: String,
     /// For log lines.
     pub event: String,
+    /// What to do once the message is deleted (not if the delete is given up).
+    pub after: Option<AfterDelete>,
     /// Held until the delete is done (or given up).
     pub _pending: PendingDelete,
+}
+
+/// Work that waits for a message's delete: the S3 object of its claim check is deleted
+/// (`payloads.delete_after_handling`), never before the message is gone, so a redelivery
+/// never finds its body missing.
+pub struct AfterDelete {
+    /// Where the object is deleted.
+    pub claim_check: Arc<crate::claim_check::ClaimCheck>,
+    /// The object.
+    pub pointer: crate::wire::pointer::Pointer,
+}
+
+impl AfterDelete {
+    /// Start it (in the background: the deleter does not wait for S3).
+    pub fn start(self) {
+        tokio::spawn(async move { self.claim_check.discard(&self.pointer).await });
+    }
 }
 
 /// An acked message's place among the pending deletes (one of `delete_room`'s), counted in

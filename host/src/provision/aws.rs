@@ -10,7 +10,7 @@ use crate::broker::aws::{sdk_error, AwsBroker};
 use crate::broker::BrokerError;
 use crate::config::{Config, InitializationType};
 
-const FIX: &str = "iniesta setup";
+pub(super) const FIX: &str = "iniesta setup";
 
 /// What was found of one queue.
 struct QueueFacts {
@@ -216,6 +216,7 @@ pub async fn check(config: &Config) -> Result<Report, BrokerError> {
             Some(FIX),
         );
     }
+    super::bucket::check(config, &mut report).await;
     if !config.consumes() {
         return Ok(report);
     }
@@ -388,6 +389,7 @@ pub async fn setup(config: &Config) -> Result<Report, BrokerError> {
         }
         tracing::info!(topic = %arn, "topic in place");
     }
+    super::bucket::setup(config).await?;
     if !config.consumes() {
         return check(config).await;
     }

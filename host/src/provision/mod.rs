@@ -1,11 +1,12 @@
 //! Resource checks and setup: `iniesta check` and `iniesta setup`.
 //!
 //! A check reports every resource by name — topic, queue, dead-letter queue, subscription and
-//! its filter policy — with the command that fixes each problem.
+//! its filter policy, the claim check's S3 buckets — with the command that fixes each problem.
 
 use std::fmt;
 
 mod aws;
+mod bucket;
 mod local;
 
 use crate::broker::BrokerError;

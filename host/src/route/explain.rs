@@ -22,7 +22,12 @@ pub fn message(
     attributes: Attributes,
 ) -> anyhow::Result<Envelope> {
     let key = &config.sns.event_key;
-    let outgoing = wire::encode(event, "", key, body, attributes)?;
+    // The size is not a routing question: `iniesta route` takes any body.
+    let any_size = wire::SizeLimit {
+        max_bytes: usize::MAX,
+        explained: String::new(),
+    };
+    let outgoing = wire::encode(event, "", key, body, attributes, &any_size)?;
     // As delivered raw (a raw subscription, `publish --queue`): the event is the attribute,
     // whatever the body looks like.
     Ok(wire::decode(

@@ -16,6 +16,7 @@
 //! attribute: see [`payload`].
 
 pub mod payload;
+pub mod pointer;
 mod sns;
 
 use std::collections::BTreeMap;
@@ -64,8 +65,12 @@ impl Attribute {
 /// Message attributes by name.
 pub type Attributes = BTreeMap<String, Attribute>;
 
-/// The largest message SNS and SQS accept: body plus attribute names, types and values.
-pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+/// The largest message SNS accepts (`Publish`, and all entries of a `PublishBatch`
+/// together): body plus attribute names, types and values.
+pub const MAX_SNS_BYTES: usize = 256 * 1024;
+/// The largest message SQS accepts (`SendMessage`, and all entries of a `SendMessageBatch`
+/// together), since August 2025.
+pub const MAX_SQS_BYTES: usize = 1024 * 1024;
 
 /// A message as we publish it: the body and its attributes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -111,11 +116,37 @@ pub struct Envelope {
     pub delivery: Delivery,
     /// When the message was sent, ms since the Unix epoch (0 if unknown).
     pub sent_timestamp_ms: u64,
+    /// Where the body is stored, when the message is an S3 claim check (decoded with
+    /// [`DeliveryContext::claim_checks`]). Until it is [`fetched`](Self::fetched), `body` is
+    /// the pointer's text.
+    pub pointer: Option<pointer::Pointer>,
+    /// Whether `body` is the stored body of [`pointer`](Self::pointer) ([`Envelope::resolved`]).
+    pub fetched: bool,
     /// The body classified, parsed on first use (routing on content, schemas).
     payload: OnceLock<Payload>,
 }
 
 impl Envelope {
+    /// Whether this is a claim check whose stored body has not been fetched yet.
+    pub fn awaits_fetch(&self) -> bool {
+        self.pointer.is_some() && !self.fetched
+    }
+
+    /// This claim check with its stored body fetched: the body as published (its transport
+    /// encoding undone, as [`decode`] does for an ordinary message) and the claim-check
+    /// attribute removed; the pointer stays, [`fetched`](Self::fetched) set. An envelope
+    /// that [`awaits_fetch`](Self::awaits_fetch) nothing is returned unchanged.
+    pub fn resolved(mut self, stored: Vec<u8>) -> Result<Envelope, DecodeError> {
+        if !self.awaits_fetch() {
+            return Ok(self);
+        }
+        pointer::strip(&mut self.attributes);
+        self.body = payload::decode_body(stored, &mut self.attributes)?;
+        self.fetched = true;
+        self.payload = OnceLock::new();
+        Ok(self)
+    }
+
     /// The body's kind and, for JSON and MEGA, its parsed value; parsed once, on first use.
     pub fn payload(&self) -> &Payload {
         self.payload.get_or_init(|| {
@@ -148,6 +179,9 @@ pub enum DecodeError {
     /// The body does not decode as its content-type attribute says.
     #[error("{0}; the publisher must base64-encode binary and BSON bodies (iniesta publish does)")]
     BadBody(String),
+    /// A message marked as an S3 claim check whose body is not a pointer.
+    #[error(transparent)]
+    BadPointer(#[from] pointer::PointerError),
     /// An SNS envelope from a topic the queue is not subscribed to for envelopes.
     #[error("SNS envelope from topic `{topic}`, but this queue takes envelopes only from `{expected}` (sns.topic_arn); a subscription to another topic must use raw delivery")]
     ForeignTopic {
@@ -169,13 +203,15 @@ pub enum DecodeError {
 /// Why a message could not be published.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EncodeError {
-    /// Over the 256 KiB SNS/SQS limit.
-    #[error("message for `{event}` is {size} bytes with its attributes; SNS and SQS accept at most {MAX_MESSAGE_BYTES} (262144). Store the payload elsewhere (e.g. S3) and publish a reference")]
+    /// Over the size limit of its destination (or `payloads.max_message_bytes`).
+    #[error("message for `{event}` is {size} bytes with its attributes; {limit}")]
     TooLarge {
         /// The event.
         event: String,
         /// Its size.
         size: usize,
+        /// The limit it broke, said for a person.
+        limit: String,
     },
     /// An empty event name.
     #[error("the event name must not be empty")]
@@ -206,15 +242,35 @@ pub fn full_event_name(event: &str, service: &str) -> String {
     }
 }
 
+/// The most bytes a message may have, and how to say so when one has more.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SizeLimit {
+    /// Body plus attributes, as [`size_of`] counts.
+    pub max_bytes: usize,
+    /// The end of the error message: what the limit is and what to do.
+    pub explained: String,
+}
+
+impl SizeLimit {
+    /// SNS's limit, for `explain`-style checks that send nothing.
+    pub fn sns() -> SizeLimit {
+        SizeLimit {
+            max_bytes: MAX_SNS_BYTES,
+            explained: format!("SNS accepts at most {MAX_SNS_BYTES}"),
+        }
+    }
+}
+
 /// Build an outgoing message the way the Python iniesta does: the event under `event_key`
 /// (String) with the service appended, `version` (Number, default 1), then user attributes
-/// (which may override `version`).
+/// (which may override `version`). Refused when larger than `limit`.
 pub fn encode(
     event: &str,
     service: &str,
     event_key: &str,
     body: Vec<u8>,
     extra: Attributes,
+    limit: &SizeLimit,
 ) -> Result<Outgoing, EncodeError> {
     if event.trim().is_empty() {
         return Err(EncodeError::EmptyEvent);
@@ -236,16 +292,24 @@ pub fn encode(
                 problem: format!("`{}` is not a number", attribute.value),
             });
         }
+        if pointer::is_reserved(&name) {
+            return Err(EncodeError::BadAttribute {
+                name,
+                problem:
+                    "is reserved for S3 claim checks (payloads.s3_bucket offloads large bodies)"
+                        .into(),
+            });
+        }
         attributes.insert(name, attribute);
     }
     let body = payload::encode_body(body, &mut attributes)?;
-    let size = body.len()
-        + attributes
-            .iter()
-            .map(|(k, a)| k.len() + a.data_type.len() + a.value.len())
-            .sum::<usize>();
-    if size > MAX_MESSAGE_BYTES {
-        return Err(EncodeError::TooLarge { event: full, size });
+    let size = size_of(&body, &attributes);
+    if size > limit.max_bytes {
+        return Err(EncodeError::TooLarge {
+            event: full,
+            size,
+            limit: limit.explained.clone(),
+        });
     }
     Ok(Outgoing {
         event: full,
@@ -263,6 +327,10 @@ pub struct DeliveryContext<'a> {
     /// The topic whose SNS envelopes this queue receives (a subscription with raw delivery
     /// off); `None` when everything arrives raw: a body is then never read as an envelope.
     pub envelope_topic: Option<&'a str>,
+    /// Read S3 claim checks ([`pointer`]): a message carrying the claim-check attribute keeps
+    /// its pointer as the body, its [`Envelope::pointer`] set, until [`Envelope::resolved`].
+    /// Off (no `payloads.s3_bucket`), such a message is an ordinary one: its pointer is the body.
+    pub claim_checks: bool,
 }
 
 impl<'a> DeliveryContext<'a> {
@@ -272,6 +340,7 @@ impl<'a> DeliveryContext<'a> {
         Self {
             event_key,
             envelope_topic: None,
+            claim_checks: false,
         }
     }
 
@@ -281,7 +350,14 @@ impl<'a> DeliveryContext<'a> {
         Self {
             event_key,
             envelope_topic: Some(topic_arn),
+            claim_checks: false,
         }
+    }
+
+    /// The same, reading S3 claim checks when `on`.
+    pub const fn with_claim_checks(mut self, on: bool) -> Self {
+        self.claim_checks = on;
+        self
     }
 }
 
@@ -308,9 +384,10 @@ pub fn decode(
                 }
                 let mut attributes = notification.attributes;
                 let event = event_of(&attributes, event_key)?;
-                let body = payload::decode_body(
+                let (body, pointer) = body_of(
                     notification.message.into_owned().into_bytes(),
                     &mut attributes,
+                    context.claim_checks,
                 )?;
                 return Ok(Envelope {
                     message_id: message_id.to_string(),
@@ -319,6 +396,8 @@ pub fn decode(
                     attributes,
                     delivery: Delivery::SnsWrapped,
                     sent_timestamp_ms: notification.timestamp_ms.unwrap_or(sent_timestamp_ms),
+                    pointer,
+                    fetched: false,
                     payload: OnceLock::new(),
                 });
             }
@@ -331,7 +410,7 @@ pub fn decode(
         Delivery::Raw
     };
     let mut attributes = attributes.clone();
-    let body = payload::decode_body(body.to_vec(), &mut attributes)?;
+    let (body, pointer) = body_of(body.to_vec(), &mut attributes, context.claim_checks)?;
     Ok(Envelope {
         message_id: message_id.to_string(),
         event,
@@ -339,8 +418,25 @@ pub fn decode(
         attributes,
         delivery,
         sent_timestamp_ms,
+        pointer,
+        fetched: false,
         payload: OnceLock::new(),
     })
+}
+
+/// A delivered body with its transport encoding undone, or, for a claim check read as one,
+/// the pointer's text and the pointer (the stored body is decoded once fetched).
+fn body_of(
+    body: Vec<u8>,
+    attributes: &mut Attributes,
+    claim_checks: bool,
+) -> Result<(Vec<u8>, Option<pointer::Pointer>), DecodeError> {
+    if claim_checks {
+        if let Some(pointer) = pointer::parse(&body, attributes)? {
+            return Ok((body, Some(pointer)));
+        }
+    }
+    Ok((payload::decode_body(body, attributes)?, None))
 }
 
 fn event_of(attributes: &Attributes, event_key: &str) -> Result<String, DecodeError> {
@@ -403,6 +499,7 @@ mod tests {
             "iniesta_pass",
             b"{\"id\":1}".to_vec(),
             Attributes::new(),
+            &SizeLimit::sns(),
         )
         .expect("encodes");
         assert_eq!(
@@ -410,14 +507,34 @@ mod tests {
             Attribute::string("Order.Created.shop")
         );
         assert_eq!(out.attributes["version"], Attribute::number(1));
-        let big = vec![b'x'; MAX_MESSAGE_BYTES];
+        let big = vec![b'x'; MAX_SNS_BYTES];
         assert!(matches!(
-            encode("E", "s", "iniesta_pass", big, Attributes::new()),
+            encode(
+                "E",
+                "s",
+                "iniesta_pass",
+                big,
+                Attributes::new(),
+                &SizeLimit::sns()
+            ),
             Err(EncodeError::TooLarge { .. })
         ));
         let mut bad = Attributes::new();
         bad.insert("n".into(), Attribute::number("x"));
-        assert!(encode("E", "s", "iniesta_pass", vec![], bad).is_err());
+        assert!(encode("E", "s", "iniesta_pass", vec![], bad, &SizeLimit::sns()).is_err());
+        let mut reserved = Attributes::new();
+        reserved.insert(pointer::SIZE_ATTRIBUTE.into(), Attribute::number(3));
+        assert!(matches!(
+            encode(
+                "E",
+                "s",
+                "iniesta_pass",
+                vec![],
+                reserved,
+                &SizeLimit::sns()
+            ),
+            Err(EncodeError::BadAttribute { .. })
+        ));
     }
 
     #[test]
@@ -663,6 +780,39 @@ mod tests {
         let parsed = sns::parse(&body).expect("parses").expect("an envelope");
         assert!(matches!(parsed.topic_arn, std::borrow::Cow::Borrowed(_)));
         assert!(matches!(parsed.message, std::borrow::Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn claim_checks_are_read_only_when_asked_and_resolve_to_the_stored_body() {
+        let mut attributes = attrs(&[("iniesta_pass", "Big.A.s")]);
+        let body = pointer::write("b-1", "k", 8, &mut attributes);
+        // Off: the pointer is the body, as before.
+        let plain = decode("m", &body, &attributes, 0, RAW).expect("decodes");
+        assert_eq!(
+            (plain.body.as_slice(), plain.pointer.is_none()),
+            (body.as_slice(), true)
+        );
+        // On: the pointer is kept for the fetch; the stored body (a binary one, as base64
+        // with its content type on the message) is decoded once fetched.
+        attributes.insert(
+            iniesta_plugin_api::payload::CONTENT_TYPE_ATTRIBUTE.into(),
+            Attribute::string(iniesta_plugin_api::payload::BINARY_CONTENT_TYPE),
+        );
+        let on = RAW.with_claim_checks(true);
+        let marked = decode("m", &body, &attributes, 0, on).expect("decodes");
+        assert!(marked.awaits_fetch());
+        assert_eq!(marked.pointer.as_ref().map(|p| p.key.as_str()), Some("k"));
+        let resolved = marked.resolved(b"AAEC/w==".to_vec()).expect("resolves");
+        assert_eq!(resolved.body, [0u8, 1, 2, 255]);
+        assert!(resolved.fetched && !resolved.awaits_fetch());
+        assert!(!resolved.attributes.contains_key(pointer::SIZE_ATTRIBUTE));
+        // A marked message that is not a pointer is refused (dead-lettered by the pipeline).
+        let mut forged = attrs(&[("iniesta_pass", "Big.A.s")]);
+        forged.insert(pointer::SIZE_ATTRIBUTE.into(), Attribute::number(3));
+        assert!(matches!(
+            decode("m", b"hello", &forged, 0, on),
+            Err(DecodeError::BadPointer(_))
+        ));
     }
 
     #[test]

@@ -32,6 +32,7 @@ fn message(event: &str, body: &str, extra: &[(&str, Attribute)]) -> iniesta::wir
         "iniesta_pass",
         body.as_bytes().to_vec(),
         attrs,
+        &iniesta::wire::SizeLimit::sns(),
     )
     .expect("encodes")
 }

@@ -11,6 +11,7 @@ mod common;
 
 mod authoring;
 mod aws;
+mod claim_check;
 mod cli_output;
 mod completions;
 mod config_env;

@@ -43,11 +43,14 @@ pub enum FailureKind {
     Schema,
     /// The handler's task (or its isolated worker) failed in the host.
     Crashed,
+    /// The message's S3 claim check could not be read (bucket not trusted, object gone or too
+    /// large) and it was dead-lettered before any handler ran.
+    ClaimCheck,
 }
 
 impl FailureKind {
     /// The kind as written in reports and tags (`error`, `panic`, `timeout`, `dead_letter`,
-    /// `schema`, `crashed`).
+    /// `schema`, `crashed`, `claim_check`).
     pub fn as_str(self) -> &'static str {
         match self {
             FailureKind::Error => "error",
@@ -56,6 +59,7 @@ impl FailureKind {
             FailureKind::DeadLetter => "dead_letter",
             FailureKind::Schema => "schema",
             FailureKind::Crashed => "crashed",
+            FailureKind::ClaimCheck => "claim_check",
         }
     }
 }

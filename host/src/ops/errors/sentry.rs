@@ -405,6 +405,7 @@ fn failure_event(shape: &Shape, failure: &Failure<'_>) -> Event<'static> {
         FailureKind::DeadLetter => ("DeadLettered", true),
         FailureKind::Schema => ("SchemaRejected", true),
         FailureKind::Crashed => ("HandlerCrashed", false),
+        FailureKind::ClaimCheck => ("ClaimCheckRefused", true),
     };
     let error_type = match kind {
         // One issue per binding: a timeout's text only repeats the limit; schema errors name
@@ -420,7 +421,9 @@ fn failure_event(shape: &Shape, failure: &Failure<'_>) -> Event<'static> {
         .unwrap_or_else(|| format!("event {}", envelope.event));
     let mut event = Event {
         level: match kind {
-            FailureKind::DeadLetter | FailureKind::Schema => Level::Warning,
+            FailureKind::DeadLetter | FailureKind::Schema | FailureKind::ClaimCheck => {
+                Level::Warning
+            }
             _ => Level::Error,
         },
         logger: Some("iniesta".into()),

@@ -287,3 +287,62 @@ pub fn start_host(config: &std::path::Path, log: PathBuf) -> super::Host {
     }
     host
 }
+
+/// An S3 client for moto (path-style: moto's buckets are not DNS names here).
+pub fn s3(endpoint: &str) -> aws_sdk_s3::Client {
+    let conf = aws_sdk_s3::Config::builder()
+        .behavior_version_latest()
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .force_path_style(true)
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            "test", "test", None, None, "test",
+        ))
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
+
+/// The keys of every object in `bucket`.
+pub async fn s3_keys(endpoint: &str, bucket: &str) -> Vec<String> {
+    s3(endpoint)
+        .list_objects_v2()
+        .bucket(bucket)
+        .send()
+        .await
+        .expect("list objects")
+        .contents()
+        .iter()
+        .filter_map(|o| o.key().map(str::to_string))
+        .collect()
+}
+
+/// `iniesta -c CONFIG ARGS...` with `stdin` written to its standard input, to completion.
+pub fn iniesta_with_stdin(
+    config: &std::path::Path,
+    args: &[&str],
+    stdin: &[u8],
+) -> std::process::Output {
+    use std::io::Write;
+    let mut child = aws_env(Command::new(super::bin()).arg("-c").arg(config).args(args))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin)
+        .expect("write");
+    child.wait_with_output().expect("ends")
+}
+
+/// The Python of the moto venv (scripts/test.sh installs the Amazon SQS and SNS Extended
+/// Client Libraries there, beside moto's boto3).
+pub fn moto_python() -> PathBuf {
+    moto_binary()
+        .parent()
+        .map(|bin| bin.join("python"))
+        .expect("moto_server is in a venv's bin")
+}

@@ -120,6 +120,7 @@ impl InProcess {
             "iniesta_pass",
             body.as_bytes().to_vec(),
             Attributes::new(),
+            &iniesta::wire::SizeLimit::sns(),
         )
         .expect("the message encodes");
         self.broker.publish(&message).await.expect("publishes");

@@ -38,6 +38,7 @@ impl Load {
                         "iniesta_pass",
                         format!("{{\"seq\":{seq}}}").into_bytes(),
                         Default::default(),
+                        &iniesta::wire::SizeLimit::sns(),
                     )
                     .expect("encode");
                     broker.publish(&message).await.expect("publish");
