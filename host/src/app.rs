@@ -70,6 +70,9 @@ pub enum AppError {
     /// The lock service cannot be set up.
     #[error("cannot set up the idempotency locks ([lock] urls)")]
     Locks(#[source] LockError),
+    /// Tracing could not start (`[tracing]`).
+    #[error(transparent)]
+    Telemetry(#[from] crate::telemetry::TelemetryError),
 }
 
 /// A host to run: its config and how to start.
@@ -154,6 +157,7 @@ impl App {
             let fanout = crate::egress::build_fanout(&config, &set, profiles.as_ref(), broker.clone())
                 .map_err(|e| invalid(&config, e))?
                 .map(Arc::new);
+            crate::telemetry::install(&config, tokio::runtime::Handle::current())?;
             let claim_check = crate::claim_check::ClaimCheck::connect(&config).await;
             let publisher = Arc::new(
                 Publisher::new(&config, broker.clone())
@@ -240,6 +244,7 @@ impl App {
             if let Some(drainer) = drainer {
                 let _ = tokio::time::timeout(EGRESS_STOP, drainer).await;
             }
+            crate::telemetry::shutdown().await;
             if let Some(errors) = errors {
                 errors.flush().await;
             }

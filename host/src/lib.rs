@@ -35,5 +35,6 @@ pub mod scaffold;
 pub mod sqlite;
 pub mod state_file;
 pub mod tasks;
+pub mod telemetry;
 pub mod validate;
 pub mod wire;

@@ -33,6 +33,7 @@ pub fn problems(config: &Config) -> Vec<Problem> {
             .payloads
             .problems(config.broker.kind == crate::config::BrokerKind::Aws),
     );
+    problems.extend(config.tracing.problems());
     problems.extend(config.plugins.dir_problems(config));
     problems.extend(binding_problems(config));
     problems

@@ -135,6 +135,15 @@ impl<'a> Message<'a> {
             .map(|a| a.value.as_str())
     }
 
+    /// The W3C trace context of this handler run (`00-{trace id}-{span id}-{flags}`), when the
+    /// host traces (`[tracing]` in `iniesta.toml`): send it as the `traceparent` header of
+    /// your own outgoing calls so they join the trace. Events published through the host's
+    /// context carry it on by themselves. (It is the message's `traceparent` attribute, which
+    /// the host sets to the run's span.)
+    pub fn traceparent(&self) -> Option<&'a str> {
+        self.attribute("traceparent")
+    }
+
     /// Every attribute, in the order the broker gave them.
     pub fn attributes(&self) -> impl Iterator<Item = Attribute<'a>> + 'a {
         self.raw

@@ -6,7 +6,7 @@
 
 use arbitrary::Arbitrary;
 use iniesta::wire::payload::{bson_to_json, encoding_of, json_to_bson};
-use iniesta::wire::{encode, Attribute, Attributes};
+use iniesta::wire::{encode, Attribute, Attributes, SizeLimit};
 use iniesta_fuzz::{decode, Context, EVENT_KEY};
 use iniesta_plugin_api::payload::{
     Encoding, BINARY_CONTENT_TYPE, BSON_CONTENT_TYPE, CONTENT_TYPE_ATTRIBUTE,
@@ -94,7 +94,14 @@ fuzz_target!(|input: Input| {
             Attribute::string(content_type),
         );
     }
-    let Ok(out) = encode(&input.event, &input.service, EVENT_KEY, body.clone(), extra) else {
+    let Ok(out) = encode(
+        &input.event,
+        &input.service,
+        EVENT_KEY,
+        body.clone(),
+        extra,
+        &SizeLimit::sns(),
+    ) else {
         return;
     };
     // On a raw-delivery queue a body is only a body, whatever it looks like (an SNS envelope

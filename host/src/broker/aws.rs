@@ -753,6 +753,9 @@ impl Broker for AwsBroker {
                     .filter(|_| is_fifo(&self.queue))
                     .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId))
                     .cloned(),
+                aws_trace_header: system
+                    .and_then(|a| a.get(&MessageSystemAttributeName::AwsTraceHeader))
+                    .cloned(),
             });
         }
         Ok(received)

@@ -649,6 +649,7 @@ impl LocalBroker {
                 receive_count: receive_count + 1,
                 sent_timestamp_ms: u64::try_from(sent_ms).unwrap_or(0),
                 group_id,
+                aws_trace_header: None,
             });
         }
         tx.commit()?;

@@ -36,6 +36,8 @@ pub struct Received {
     pub sent_timestamp_ms: u64,
     /// Its FIFO message group, when it came from a FIFO queue.
     pub group_id: Option<String>,
+    /// SQS's `AWSTraceHeader` system attribute (an X-Ray trace context), if it carried one.
+    pub aws_trace_header: Option<String>,
 }
 
 /// One receipt a batch call (delete, change visibility) could not settle.

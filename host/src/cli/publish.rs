@@ -156,6 +156,7 @@ pub async fn run(
         .with_context(|| format!("cannot open the broker for {}", path.display()))?;
     let fanout = crate::egress::startup::fanout_for_publish(&config, acct, broker.clone()).await?;
     let claim_check = crate::claim_check::ClaimCheck::connect(&config).await;
+    crate::telemetry::install(&config, tokio::runtime::Handle::current())?;
     let publisher = Publisher::new(&config, broker)
         .with_fanout(fanout)
         .with_claim_check(claim_check);
@@ -256,6 +257,8 @@ pub async fn run(
         }
     }
     drop(bar);
+    // The publishes' spans go out before the process ends.
+    crate::telemetry::shutdown().await;
     let sent = total - failed_too - not_sent - usize::from(failure.is_some());
     if args.file.is_some() {
         let secs = started.elapsed().as_secs_f64();

@@ -42,6 +42,7 @@ pub const TOP_LEVEL: &[&str] = &[
     "outbox",
     "publish",
     "payloads",
+    "tracing",
 ];
 
 /// One environment variable that overrides a config key.

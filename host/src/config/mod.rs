@@ -21,6 +21,7 @@ pub mod plugins;
 pub mod policy;
 pub mod sns;
 pub mod sqs;
+pub mod telemetry;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -36,6 +37,7 @@ pub use payloads::PayloadsConfig;
 pub use plugins::{BindingConfig, PluginsConfig};
 pub use sns::SnsConfig;
 pub use sqs::SqsConfig;
+pub use telemetry::TracingConfig;
 
 /// The default config file name, looked up in the working directory.
 pub const DEFAULT_CONFIG: &str = "iniesta.toml";
@@ -94,6 +96,9 @@ pub struct Config {
     /// Message size limits and the S3 claim check for larger bodies.
     #[serde(default)]
     pub payloads: PayloadsConfig,
+    /// Distributed tracing (off unless an OTLP endpoint is set).
+    #[serde(default)]
+    pub tracing: TracingConfig,
     /// The directory relative paths are resolved against (the config file's directory).
     #[serde(skip)]
     pub base_dir: PathBuf,

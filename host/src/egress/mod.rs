@@ -139,14 +139,20 @@ impl Publisher {
     }
 
     /// Encode, then store the body in S3 when it is too large to send (or always, with
-    /// `payloads.always_through_s3`).
+    /// `payloads.always_through_s3`). With tracing on, the message carries the context of
+    /// `span`, the publish's producer span (ended when the caller drops it).
     async fn prepare(
         &self,
         destination: Destination,
         event: &str,
         body: Vec<u8>,
-        attributes: Attributes,
+        mut attributes: Attributes,
+        span: &mut Option<crate::telemetry::Publishing>,
     ) -> Result<wire::Outgoing, PublishError> {
+        *span = crate::telemetry::publishing(
+            &wire::full_event_name(event, &self.service),
+            &mut attributes,
+        );
         let message = self.encode(destination, event, body, attributes)?;
         Ok(match &self.claim_check {
             Some(claim_check) => {
@@ -185,8 +191,11 @@ impl Publisher {
         body: Vec<u8>,
         attributes: Attributes,
     ) -> Result<Published, PublishError> {
+        let mut span = None;
         if let (Destination::Topic, Some(fanout)) = (destination, &self.fanout) {
-            let message = self.prepare(destination, event, body, attributes).await?;
+            let message = self
+                .prepare(destination, event, body, attributes, &mut span)
+                .await?;
             let report = fanout.publish(&message).await?;
             tracing::debug!(event_id = %report.event_id, event = %message.event, queued = ?report.queued(), "published to every egress");
             return Ok(Published {
@@ -198,7 +207,9 @@ impl Publisher {
         if destination == Destination::Topic && !self.producer {
             return Err(PublishError::NotProducer);
         }
-        let message = self.prepare(destination, event, body, attributes).await?;
+        let message = self
+            .prepare(destination, event, body, attributes, &mut span)
+            .await?;
         let event = message.event.clone();
         let message_id = self.batcher(destination).publish(message).await?;
         // One line per event: debug, as a handler may publish thousands a second (`publish`

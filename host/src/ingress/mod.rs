@@ -350,7 +350,9 @@ async fn handle(
             }
         }
     };
-    let results = invoke::call_all(&envelope, 1, &bindings, slot, None, &probes).await;
+    let trace = crate::telemetry::parent_of(&envelope.attributes, None);
+    let results =
+        invoke::call_all(&envelope, 1, &bindings, slot, None, &probes, trace.as_ref()).await;
     report_failures(
         settings.errors.as_ref(),
         settings.failures.as_deref(),

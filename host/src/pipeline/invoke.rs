@@ -18,6 +18,7 @@ use crate::ops::metrics as m;
 use crate::plugins::call::{self, CallMessage, Outcome};
 use crate::policy::{Admission, Health, Permit};
 use crate::route::Binding;
+use crate::telemetry;
 use crate::wire::Envelope;
 
 /// What one binding's call came to.
@@ -139,7 +140,8 @@ async fn finish(
 /// Run every binding's handler on one message and collect their results, in the order of
 /// `bindings`. `receive_count` is what handlers see; `hold` is kept by every call until it
 /// really returns; with a `record`, each ack is recorded as soon as it comes; `probes` (from
-/// [`admit`]; empty: none) marks the calls that decide a half-open circuit.
+/// [`admit`]; empty: none) marks the calls that decide a half-open circuit. With tracing on,
+/// each call is a consumer span whose parent is `trace` (the message's producer).
 pub async fn call_all(
     envelope: &Envelope,
     receive_count: u32,
@@ -147,8 +149,9 @@ pub async fn call_all(
     hold: &Hold,
     record: Option<&Recorder>,
     probes: &[bool],
+    trace: Option<&opentelemetry::Context>,
 ) -> Vec<CallResult> {
-    let message = Arc::new(CallMessage::new(envelope, receive_count));
+    let shared = Arc::new(CallMessage::new(envelope, receive_count));
     // Every binding's call at once, collected in order; they are futures of this task, so no
     // task is spawned per call. The blocking-pool calls are all started (in this closure)
     // before any inline call runs (when `join_all` first polls), so an inline sibling cannot
@@ -159,6 +162,22 @@ pub async fn call_all(
         .enumerate()
         .map(|(i, binding)| {
             let probe = probes.get(i).copied().unwrap_or(false);
+            // Traced: the handler sees its own run as the message's `traceparent`.
+            let run = telemetry::Run::start(
+                trace,
+                &envelope.event,
+                &envelope.message_id,
+                &binding.label,
+            );
+            let (message, traced) = match &run {
+                Some(run) => {
+                    let mut attributes = envelope.attributes.clone();
+                    run.stamp(&mut attributes);
+                    let message = CallMessage::with_attributes(envelope, &attributes, receive_count);
+                    (Arc::new(message), Some(run.context()))
+                }
+                None => (shared.clone(), None),
+            };
             let span = tracing::info_span!("handle", message_id = %envelope.message_id, event = %envelope.event, binding = %binding.label);
             // Each ack is recorded as soon as it comes, before the lock is released, so a
             // duplicate delivered later skips this binding even if a sibling fails.
@@ -172,17 +191,18 @@ pub async fn call_all(
             });
             // A binding with limits starts its call (and its timeout) once they let it.
             let call = if binding.guard.limits.any() {
-                Call::Limited(message.clone(), hold.clone(), span)
+                Call::Limited(message, hold.clone(), span)
             } else if binding.inline {
-                Call::Inline(message.clone(), span)
+                Call::Inline(message, span)
             } else {
-                Call::Blocking(call_blocking(binding, message.clone(), hold.clone(), None, span))
+                Call::Blocking(call_blocking(binding, message, hold.clone(), None, span, traced.clone()))
             };
             async move {
                 let mut probe = probe;
+                let result = async {
                 let (result, started) = match call {
                     Call::Blocking(task) => (finish(task, started + binding.timeout).await, started),
-                    Call::Inline(message, span) => (call_inline(binding, &message, span), started),
+                    Call::Inline(message, span) => (call_inline(binding, &message, span, traced), started),
                     Call::Limited(message, hold, span) => {
                         // The wait for a limit is bounded by the binding's timeout: a call
                         // that cannot start in that time (its slots held by hung calls) ends
@@ -215,11 +235,11 @@ pub async fn call_all(
                         }
                         let now = Instant::now();
                         if binding.inline {
-                            let result = call_inline(binding, &message, span);
+                            let result = call_inline(binding, &message, span, traced);
                             drop(permit);
                             (result, now)
                         } else {
-                            let task = call_blocking(binding, message, hold, Some(permit), span);
+                            let task = call_blocking(binding, message, hold, Some(permit), span, traced);
                             (finish(task, now + binding.timeout).await, now)
                         }
                     }
@@ -231,6 +251,12 @@ pub async fn call_all(
                     .increment(1);
                 if let (CallResult::Outcome(Outcome::Ack), Some(record)) = (&result, record) {
                     record.write().await;
+                }
+                result
+                }
+                .await;
+                if let Some(run) = run {
+                    run.finish(result_label(&result), result.failure().is_some());
                 }
                 result
             }
@@ -255,12 +281,14 @@ fn call_blocking(
     hold: Hold,
     permit: Option<Permit>,
     span: tracing::Span,
+    traced: Option<opentelemetry::Context>,
 ) -> tokio::task::JoinHandle<Result<Outcome, String>> {
     let binding = binding.clone();
     tokio::task::spawn_blocking(move || {
         let _hold = hold;
         let _permit = permit;
         let _entered = span.enter();
+        let _run = telemetry::enter(traced);
         call::handle(
             &binding.handler,
             &binding.context,
@@ -272,10 +300,16 @@ fn call_blocking(
 
 /// Call an `inline = true` handler right here, on the async worker. It cannot be abandoned,
 /// so a call past its timeout is only reported (its outcome still counts).
-fn call_inline(binding: &Binding, message: &CallMessage, span: tracing::Span) -> CallResult {
+fn call_inline(
+    binding: &Binding,
+    message: &CallMessage,
+    span: tracing::Span,
+    traced: Option<opentelemetry::Context>,
+) -> CallResult {
     let started = std::time::Instant::now();
     let answer = {
         let _entered = span.enter();
+        let _run = telemetry::enter(traced);
         call::handle(
             &binding.handler,
             &binding.context,

@@ -119,6 +119,11 @@ impl Shared {
                     &hold,
                     record.as_ref(),
                     &probes,
+                    crate::telemetry::parent_of(
+                        &envelope.attributes,
+                        message.aws_trace_header.as_deref(),
+                    )
+                    .as_ref(),
                 )
                 .await;
                 log_results(message.receive_count, &envelope, &todo, &results);

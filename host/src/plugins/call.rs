@@ -60,11 +60,20 @@ pub struct CallMessage(MessageFfi);
 impl CallMessage {
     /// A decoded message as handlers receive it, delivered for the `receive_count`th time.
     pub fn new(envelope: &Envelope, receive_count: u32) -> CallMessage {
+        Self::with_attributes(envelope, &envelope.attributes, receive_count)
+    }
+
+    /// The same with other attributes (a traced call's `traceparent` is its run's).
+    pub fn with_attributes(
+        envelope: &Envelope,
+        attributes: &Attributes,
+        receive_count: u32,
+    ) -> CallMessage {
         CallMessage(MessageFfi {
             id: RString::from(envelope.message_id.as_str()),
             event: RString::from(envelope.event.as_str()),
             body: RVec::from(envelope.body.clone()),
-            attributes: attributes_ffi(&envelope.attributes),
+            attributes: attributes_ffi(attributes),
             receive_count,
             sent_timestamp_ms: envelope.sent_timestamp_ms,
         })

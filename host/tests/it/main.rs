@@ -37,3 +37,4 @@ mod reload;
 mod routing;
 mod run;
 mod sentry;
+mod traces;
