@@ -158,6 +158,8 @@ pub struct Behaviour {
 /// What the server has seen.
 #[derive(Debug)]
 pub struct Stats {
+    /// OTLP span exports received (not AWS requests).
+    pub otlp_exports: AtomicU64,
     total: u64,
     behaviour: Behaviour,
     /// Requests so far (numbers the latency sequence).
@@ -249,6 +251,7 @@ impl Stats {
             visibility_calls: AtomicU64::new(0),
             queue_url_calls: AtomicU64::new(0),
             bad_requests: AtomicU64::new(0),
+            otlp_exports: AtomicU64::new(0),
             last_bad: Mutex::new(None),
             watch_pid: AtomicU32::new(0),
             seen: Mutex::new(vec![false; usize::try_from(total).unwrap_or(0)]),
@@ -685,6 +688,13 @@ fn json_response(status: u16, body: String) -> Response<Full<Bytes>> {
 }
 
 async fn answer(req: Request<Incoming>, stats: &Stats, catalog: &Catalog) -> Response<Full<Bytes>> {
+    // The host's OTLP span exports (the tracing-on runs point `[tracing]` here): taken and
+    // counted, not AWS requests.
+    if req.uri().path() == OTLP_PATH {
+        let _ = req.into_body().collect().await;
+        stats.otlp_exports.fetch_add(1, Ordering::Relaxed);
+        return Response::new(Full::new(Bytes::new()));
+    }
     let target = req
         .headers()
         .get("x-amz-target")
@@ -883,6 +893,9 @@ async fn sns(body: &[u8], stats: &Stats) -> Response<Full<Bytes>> {
         }
     }
 }
+
+/// Where the canned endpoint takes OTLP/HTTP span exports.
+pub const OTLP_PATH: &str = "/v1/traces";
 
 const SNS_NS: &str = "http://sns.amazonaws.com/doc/2010-03-31/";
 const META: &str =

@@ -29,6 +29,8 @@ pub(crate) enum Consumer {
         inline: bool,
         /// An event the binding publishes for every message it handles.
         publish: Option<String>,
+        /// `[tracing]` on, exporting to the canned endpoint.
+        tracing: bool,
     },
     /// A plain boto3 loop.
     Boto3,
@@ -47,7 +49,17 @@ impl Consumer {
             lock_urls: Vec::new(),
             inline: false,
             publish: None,
+            tracing: false,
         }
+    }
+
+    /// The host with tracing on: a span per handler run, exported over OTLP (to the canned
+    /// endpoint, which takes and counts the exports).
+    pub(crate) fn traced(mut self) -> Consumer {
+        if let Consumer::Host { tracing, .. } = &mut self {
+            *tracing = true;
+        }
+        self
     }
 
     /// The host with `max_in_flight` slots and one loop to start (more join as receives come
@@ -136,6 +148,7 @@ pub(crate) fn run_consumer(
             lock_urls,
             inline,
             publish,
+            tracing,
         } => {
             let config = SqsHost {
                 endpoint: canned.url(),
@@ -146,6 +159,8 @@ pub(crate) fn run_consumer(
                 plugins: ctx.echo_plugins.clone(),
                 inline: *inline,
                 publish: publish.clone(),
+                otlp_endpoint: tracing
+                    .then(|| format!("{}{}", canned.url(), bench::canned::OTLP_PATH)),
             };
             let path = dir.path().join("iniesta.toml");
             std::fs::write(&path, config.config())?;

@@ -90,6 +90,8 @@ pub struct SqsHost {
     pub inline: bool,
     /// An event the echo binding publishes (to the topic, SNS_PRODUCER) for every message.
     pub publish: Option<String>,
+    /// `[tracing] otlp_endpoint`: tracing on, spans exported there.
+    pub otlp_endpoint: Option<String>,
 }
 
 impl SqsHost {
@@ -127,7 +129,7 @@ default = true
 plugin = "echo"
 inline = {inline}
 config = {{ quiet = true{publish} }}
-"#,
+{tracing}"#,
             endpoint = self.endpoint,
             queue = self.queue,
             pollers = self.pollers,
@@ -149,6 +151,11 @@ config = {{ quiet = true{publish} }}
                 .publish
                 .as_ref()
                 .map(|e| format!(", publish = {e:?}"))
+                .unwrap_or_default(),
+            tracing = self
+                .otlp_endpoint
+                .as_ref()
+                .map(|e| format!("\n[tracing]\notlp_endpoint = {e:?}\n"))
                 .unwrap_or_default(),
         )
     }

@@ -26,6 +26,7 @@ pub(crate) fn run(ctx: &Ctx, rows: &mut Vec<Row>) -> anyhow::Result<()> {
             plugins: ctx.echo_plugins.clone(),
             inline: false,
             publish: None,
+            otlp_endpoint: None,
         };
         let path = dir.path().join("iniesta.toml");
         std::fs::write(&path, config.config())?;
