@@ -33,6 +33,7 @@ fn consume_and_delete_everything(inline: bool) {
         plugins,
         inline,
         publish: None,
+        otlp_endpoint: None,
     };
     let path = scratch.path().join("iniesta.toml");
     std::fs::write(&path, config.config()).expect("config");
@@ -96,6 +97,7 @@ fn failed_delete_and_publish_entries_are_retried_alone_and_requests_are_counted(
         plugins,
         inline: false,
         publish: Some("Order.Shipped".into()),
+        otlp_endpoint: None,
     };
     let path = scratch.path().join("iniesta.toml");
     std::fs::write(&path, config.config()).expect("config");

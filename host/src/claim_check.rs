@@ -92,10 +92,17 @@ pub enum FetchError {
     /// It never will be: the message is dead-lettered with this reason.
     #[error("{0}")]
     Refused(String),
+    #[error("{0}")]
+    /// Its object is gone (S3 answered `NoSuchKey` or `NoSuchBucket`): dead-lettered, unless
+    /// the message was handled before (its object deleted after handling).
+    Gone(String),
     /// S3 failed; a redelivery may succeed.
     #[error("{0}")]
     Unavailable(String),
 }
+
+/// How long reading one stored body may take, request and body together.
+const FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// The S3 side of `[payloads]`: stores, fetches and deletes claim-check bodies.
 pub struct ClaimCheck {
@@ -153,6 +160,19 @@ impl ClaimCheck {
         {
             return Ok(message);
         }
+        if message.attributes.len() >= crate::wire::MAX_ATTRIBUTES {
+            return Err(StoreError {
+                event: message.event,
+                size: message.body.len(),
+                bucket: bucket.clone(),
+                message: format!(
+                    "a claim check adds the `{}` attribute, and the message already has {} (SQS takes at most {})",
+                    pointer::SIZE_ATTRIBUTE,
+                    message.attributes.len(),
+                    crate::wire::MAX_ATTRIBUTES
+                ),
+            });
+        }
         let key = format!("{}{}", self.config.s3_key_prefix, uuid::Uuid::new_v4());
         let size = message.body.len();
         let body = std::mem::take(&mut message.body);
@@ -183,10 +203,18 @@ impl ClaimCheck {
     /// The stored body of a received claim check, read whole (at most
     /// `max_offloaded_bytes`).
     pub async fn fetch(&self, pointer: &Pointer) -> Result<Vec<u8>, FetchError> {
-        let result = self.read(pointer).await;
+        let result = match tokio::time::timeout(FETCH_TIMEOUT, self.read(pointer)).await {
+            Ok(result) => result,
+            Err(_) => Err(FetchError::Unavailable(format!(
+                "reading s3://{}/{} took over {} s",
+                pointer.bucket,
+                pointer.key,
+                FETCH_TIMEOUT.as_secs()
+            ))),
+        };
         let label = match &result {
             Ok(_) => "ok",
-            Err(FetchError::Refused(_)) => "refused",
+            Err(FetchError::Refused(_) | FetchError::Gone(_)) => "refused",
             Err(FetchError::Unavailable(_)) => "error",
         };
         metrics::counter!(m::CLAIM_CHECKS, "operation" => "fetch", "result" => label).increment(1);
@@ -198,6 +226,12 @@ impl ClaimCheck {
         if !self.config.may_read(&pointer.bucket) {
             return Err(FetchError::Refused(format!(
                 "the claim check points to {location}, a bucket this host does not read (payloads.s3_bucket, payloads.read_buckets)"
+            )));
+        }
+        if !self.is_own(pointer) && self.config.s3_bucket.as_deref() == Some(&pointer.bucket) {
+            return Err(FetchError::Refused(format!(
+                "the claim check points to {location}, outside payloads.s3_key_prefix `{}`",
+                self.config.s3_key_prefix
             )));
         }
         let max = self.config.max_offloaded_bytes;
@@ -217,7 +251,7 @@ impl ClaimCheck {
             .send()
             .await
             .map_err(|e| match e.code() {
-                Some("NoSuchKey" | "NoSuchBucket") => FetchError::Refused(format!(
+                Some("NoSuchKey" | "NoSuchBucket") => FetchError::Gone(format!(
                     "the claim check's body is gone: {location} ({})",
                     describe(&e)
                 )),
@@ -257,10 +291,17 @@ impl ClaimCheck {
         self.config.delete_after_handling
     }
 
-    /// Delete a handled claim check's object (only from a bucket this host reads; a failure
-    /// is logged and counted, the object stays).
+    /// Whether an object is in this host's own bucket, under its key prefix: the only objects
+    /// it deletes (never another service's `read_buckets`).
+    fn is_own(&self, pointer: &Pointer) -> bool {
+        self.config.s3_bucket.as_deref() == Some(&pointer.bucket)
+            && pointer.key.starts_with(&self.config.s3_key_prefix)
+    }
+
+    /// Delete a handled claim check's object (only one of this host's own: `s3_bucket`, under
+    /// `s3_key_prefix`; a failure is logged and counted, the object stays).
     pub async fn discard(&self, pointer: &Pointer) {
-        if !self.config.may_read(&pointer.bucket) {
+        if !self.is_own(pointer) {
             return;
         }
         let result = self

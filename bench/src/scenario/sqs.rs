@@ -11,10 +11,11 @@ pub(crate) fn run(ctx: &Ctx, rows: &mut Vec<Row>) -> anyhow::Result<Vec<Vec<Meas
     let mut all = Vec::new();
     // The echo binding called from the blocking pool (the default), then `inline = true`,
     // then the default with tracing on.
-    let runs = [1, 2, 4]
-        .map(|p| (p, false, false))
-        .into_iter()
-        .chain([(1, true, false), (2, true, false), (2, false, true)]);
+    let runs = [1, 2, 4].map(|p| (p, false, false)).into_iter().chain([
+        (1, true, false),
+        (2, true, false),
+        (2, false, true),
+    ]);
     for (pollers, inline, traced) in runs {
         let how = match (inline, traced) {
             (true, _) => ", inline binding",

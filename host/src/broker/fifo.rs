@@ -70,6 +70,44 @@ pub fn problems(config: &Config) -> Vec<Problem> {
             format!("`{group}` {e}"),
         ));
     }
+    problems.extend(claim_check_problems(config, &queue));
+    problems
+}
+
+/// Keys read from a body cannot be read once the body went to S3 (`payloads.s3_bucket`): the
+/// message then carries a pointer with a fresh object key. Such keys must come from attributes,
+/// which travel with the pointer.
+fn claim_check_problems(config: &Config, queue: &str) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    if config.payloads.s3_bucket.is_none() {
+        return problems;
+    }
+    let why = "is read from the body, and a body offloaded to S3 (payloads.s3_bucket) is a pointer by then";
+    for (key, set) in [
+        (
+            "sqs.fifo_group_field",
+            config.sqs.fifo_group_field.is_some(),
+        ),
+        (
+            "sqs.fair_group_field",
+            config.sqs.fair_group_field.is_some(),
+        ),
+    ] {
+        if set {
+            let attribute = key.replace("_field", "_attribute");
+            problems.push(Problem::new(
+                key,
+                format!("the group {why}: name an attribute instead ({attribute})"),
+            ));
+        }
+    }
+    let fifo_destination = is_fifo(queue) || config.topic_name().is_some_and(|t| is_fifo(&t));
+    if fifo_destination && config.sqs.fifo_deduplication_attribute.is_none() {
+        problems.push(Problem::new(
+            "sqs.fifo_deduplication_attribute",
+            format!("must be set on a FIFO topic or queue with payloads.s3_bucket: the default deduplication id {why}, so two publishes of one event would not be recognised as duplicates"),
+        ));
+    }
     problems
 }
 
@@ -290,5 +328,36 @@ mod tests {
         );
         assert!(is_fifo("q.fifo") && !is_fifo("q"));
         assert!(check_id("").is_err() && check_id(&"x".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn keys_from_the_body_are_refused_when_bodies_may_go_to_s3() {
+        let parse = |text: &str| {
+            crate::config::Config::parse(text, std::path::Path::new(".")).expect("parses")
+        };
+        let keys = |config: &Config| -> Vec<String> {
+            claim_check_problems(config, &config.queue_name())
+                .into_iter()
+                .map(|p| p.key)
+                .collect()
+        };
+        let base = "service = \"s\"\n[sns]\ntopic_arn = \"arn:aws:sns:us-east-1:1:t.fifo\"\n";
+        // Without a bucket, nothing to say.
+        assert!(keys(&parse(&format!("{base}[sqs]\nfifo_group_field = \"id\"\n"))).is_empty());
+        let with_bucket = parse(&format!(
+            "{base}[sqs]\nfifo_group_field = \"id\"\nfair_group_field = \"t\"\n[payloads]\ns3_bucket = \"b-1\"\n"
+        ));
+        assert_eq!(
+            keys(&with_bucket),
+            [
+                "sqs.fifo_group_field",
+                "sqs.fair_group_field",
+                "sqs.fifo_deduplication_attribute"
+            ]
+        );
+        let from_attributes = parse(&format!(
+            "{base}[sqs]\nfifo_group_attribute = \"id\"\nfifo_deduplication_attribute = \"req\"\n[payloads]\ns3_bucket = \"b-1\"\n"
+        ));
+        assert!(keys(&from_attributes).is_empty());
     }
 }

@@ -225,7 +225,17 @@ pub async fn run(
     });
     // A fan-out (topic publishes only) keeps each egress's order by publishing one event at
     // a time.
-    let in_flight = if destination == Destination::Topic && publisher.fanout().is_some() {
+    // So does a FIFO destination when bodies may go through S3 first: an event enters its
+    // batcher once its body is stored, and stores finish in any order.
+    let fifo = match destination {
+        Destination::Topic => config
+            .topic_name()
+            .is_some_and(|t| crate::broker::fifo::is_fifo(&t)),
+        Destination::OwnQueue => crate::broker::fifo::is_fifo(&config.queue_name()),
+    };
+    let in_flight = if (destination == Destination::Topic && publisher.fanout().is_some())
+        || (fifo && config.payloads.s3_bucket.is_some())
+    {
         1
     } else {
         IN_FLIGHT

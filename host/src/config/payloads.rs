@@ -122,7 +122,7 @@ impl PayloadsConfig {
             if !valid_bucket_name(bucket) {
                 problems.push(Problem::new(
                     key,
-                    format!("`{bucket}` is not an S3 bucket name (3 to 63 lowercase letters, digits, dots and hyphens)"),
+                    format!("`{bucket}` is not an S3 bucket name (3 to 63 lowercase letters, digits, dots and hyphens; older buckets may have up to 255 with capitals and underscores)"),
                 ));
             }
         }

@@ -18,12 +18,17 @@ impl Shared {
     /// gone or too large, a body that does not decode) is dead-lettered with the reason; an S3
     /// failure leaves the message for redelivery. Either way the keeper is stopped, the lock
     /// released, and `Err` says whether the message is gone from the queue.
+    ///
+    /// `handled_before`: a binding already completed this message (a completion record). A
+    /// claim check whose object is gone is then a duplicate of a message handled and deleted
+    /// (its object deleted after handling): it is deleted, not dead-lettered.
     pub(super) async fn fetch_claim(
         &self,
         message: &Received,
         envelope: Envelope,
         keeper: Keeper,
         held: &mut Option<Held>,
+        handled_before: bool,
     ) -> Result<(Envelope, Keeper), bool> {
         let (Some(pointer), Some(claim_check)) =
             (envelope.pointer.clone(), self.parts.claim_check.as_ref())
@@ -48,7 +53,12 @@ impl Shared {
         };
         keeper.stop().await;
         let gone = match error {
-            FetchError::Refused(reason) => {
+            FetchError::Gone(_) if handled_before => {
+                tracing::info!(message_id = %envelope.message_id, event = %envelope.event, receive_count = message.receive_count,
+                    "a duplicate of a handled claim check whose object was deleted after handling; deleting it without running anything");
+                self.delete(message, &envelope).await
+            }
+            FetchError::Refused(reason) | FetchError::Gone(reason) => {
                 self.report(FailureKind::ClaimCheck, None, message, &envelope, &reason);
                 self.dead_letter_unhandled(message, &envelope.event, &reason)
                     .await

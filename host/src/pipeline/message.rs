@@ -49,7 +49,13 @@ impl Shared {
         // Taken (`None`) when a retry releases it early.
         let mut held = Some(claim.held.clone());
         let (envelope, keeper) = match self
-            .fetch_claim(&message, envelope, keeper, &mut held)
+            .fetch_claim(
+                &message,
+                envelope,
+                keeper,
+                &mut held,
+                !claim.completed.is_empty(),
+            )
             .await
         {
             Ok(fetched) => fetched,

@@ -5,12 +5,10 @@ use std::collections::HashMap;
 use aws_sdk_sqs::types::QueueAttributeName;
 use serde_json::{json, Value};
 
-use super::Report;
+use super::{Report, FIX};
 use crate::broker::aws::{sdk_error, AwsBroker};
 use crate::broker::BrokerError;
 use crate::config::{Config, InitializationType};
-
-pub(super) const FIX: &str = "iniesta setup";
 
 /// What was found of one queue.
 struct QueueFacts {

@@ -46,7 +46,7 @@ pub async fn check(config: &Config, report: &mut Report) {
             ok,
             detail,
             // Another service's bucket is theirs to create.
-            ours.then_some(super::aws::FIX),
+            ours.then_some(super::FIX),
         );
     }
 }

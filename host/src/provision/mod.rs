@@ -12,6 +12,9 @@ mod local;
 use crate::broker::BrokerError;
 use crate::config::{BrokerKind, Config};
 
+/// The command that fixes a missing or misconfigured resource.
+const FIX: &str = "iniesta setup";
+
 /// One checked resource.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Item {

@@ -72,6 +72,9 @@ pub const MAX_SNS_BYTES: usize = 256 * 1024;
 /// together), since August 2025.
 pub const MAX_SQS_BYTES: usize = 1024 * 1024;
 
+/// The most message attributes an SQS message may carry (SNS delivers no more to SQS).
+pub const MAX_ATTRIBUTES: usize = 10;
+
 /// A message as we publish it: the body and its attributes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Outgoing {
@@ -303,6 +306,15 @@ pub fn encode(
         attributes.insert(name, attribute);
     }
     let body = payload::encode_body(body, &mut attributes)?;
+    if attributes.len() > MAX_ATTRIBUTES {
+        return Err(EncodeError::BadAttribute {
+            name: attributes.keys().last().cloned().unwrap_or_default(),
+            problem: format!(
+                "the message would carry {} attributes, and SQS takes at most {MAX_ATTRIBUTES} (iniesta's own count: see the wire format reference)",
+                attributes.len()
+            ),
+        });
+    }
     let size = size_of(&body, &attributes);
     if size > limit.max_bytes {
         return Err(EncodeError::TooLarge {
@@ -522,6 +534,25 @@ mod tests {
         let mut bad = Attributes::new();
         bad.insert("n".into(), Attribute::number("x"));
         assert!(encode("E", "s", "iniesta_pass", vec![], bad, &SizeLimit::sns()).is_err());
+        // SQS takes 10 attributes: iniesta_pass, version and 8 more.
+        let eight: Attributes = (0..8)
+            .map(|i| (format!("a{i}"), Attribute::string("x")))
+            .collect();
+        assert!(encode(
+            "E",
+            "s",
+            "iniesta_pass",
+            vec![],
+            eight.clone(),
+            &SizeLimit::sns()
+        )
+        .is_ok());
+        let mut nine = eight;
+        nine.insert("a8".into(), Attribute::string("x"));
+        assert!(matches!(
+            encode("E", "s", "iniesta_pass", vec![], nine, &SizeLimit::sns()),
+            Err(EncodeError::BadAttribute { .. })
+        ));
         let mut reserved = Attributes::new();
         reserved.insert(pointer::SIZE_ATTRIBUTE.into(), Attribute::number(3));
         assert!(matches!(

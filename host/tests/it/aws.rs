@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName};
+use aws_sdk_sqs::types::QueueAttributeName;
 use common::aws::{
-    approximate_counts, aws_env, create_topic, iniesta, ok, queue_url, sns, sqs, start_host, Moto,
-    Proxy,
+    approximate_counts, aws_env, create_topic, drain, iniesta, iniesta_with_stdin, ok, queue_url,
+    sns, sqs, start_host, Moto, Proxy,
 };
 use common::{rt, Scratch};
 
@@ -72,43 +72,6 @@ async fn depth(endpoint: &str, name: &str) -> u64 {
     .await
     .iter()
     .sum()
-}
-
-/// Drain a queue with the SDK: (body, attributes) of every message.
-async fn drain(
-    endpoint: &str,
-    name: &str,
-) -> Vec<(
-    String,
-    std::collections::HashMap<String, MessageAttributeValue>,
-)> {
-    let client = sqs(endpoint);
-    let url = queue_url(endpoint, name).await;
-    let mut out = Vec::new();
-    for _ in 0..5 {
-        let got = client
-            .receive_message()
-            .queue_url(&url)
-            .max_number_of_messages(10)
-            .message_attribute_names("All")
-            .wait_time_seconds(1)
-            .send()
-            .await
-            .expect("receive");
-        for m in got.messages() {
-            out.push((
-                m.body().unwrap_or_default().to_string(),
-                m.message_attributes().cloned().unwrap_or_default(),
-            ));
-            let _ = client
-                .delete_message()
-                .queue_url(&url)
-                .receipt_handle(m.receipt_handle().unwrap_or_default())
-                .send()
-                .await;
-        }
-    }
-    out
 }
 
 /// [`consumer`] with one default binding to the echo plugin.
@@ -670,28 +633,7 @@ fn oversize_bodies_are_refused_before_any_call() {
         "",
     );
     let big = "x".repeat(256 * 1024 + 1);
-    let mut child = aws_env(Command::new(common::bin()).args([
-        "-c",
-        &config.display().to_string(),
-        "publish",
-        "Big",
-        "-",
-    ]))
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .expect("spawn");
-    {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(big.as_bytes())
-            .expect("write");
-    }
-    let out = child.wait_with_output().expect("ends");
+    let out = iniesta_with_stdin(&config, &["publish", "Big", "-"], big.as_bytes());
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use aws_sdk_sqs::types::MessageAttributeValue;
 use common::aws::{
-    iniesta, iniesta_with_stdin, moto_python, ok, queue_url, s3, s3_keys, sns, sqs, start_host,
-    Moto,
+    drain, iniesta, iniesta_with_stdin, moto_python, ok, queue_url, s3, s3_keys, sns, sqs,
+    start_host, Moto,
 };
 use common::{rt, Scratch};
 use sha2::{Digest, Sha256};
@@ -50,43 +50,6 @@ fn sha256(bytes: &[u8]) -> String {
 fn body_of(size: usize) -> String {
     let head = "{\"filler\": \"";
     format!("{head}{}\"}}", "x".repeat(size - head.len() - 2))
-}
-
-/// Every message on a queue, drained: (body, attributes).
-async fn drain(
-    endpoint: &str,
-    name: &str,
-) -> Vec<(
-    String,
-    std::collections::HashMap<String, MessageAttributeValue>,
-)> {
-    let client = sqs(endpoint);
-    let url = queue_url(endpoint, name).await;
-    let mut out = Vec::new();
-    for _ in 0..4 {
-        let got = client
-            .receive_message()
-            .queue_url(&url)
-            .max_number_of_messages(10)
-            .message_attribute_names("All")
-            .wait_time_seconds(1)
-            .send()
-            .await
-            .expect("receive");
-        for m in got.messages() {
-            out.push((
-                m.body().unwrap_or_default().to_string(),
-                m.message_attributes().cloned().unwrap_or_default(),
-            ));
-            let _ = client
-                .delete_message()
-                .queue_url(&url)
-                .receipt_handle(m.receipt_handle().unwrap_or_default())
-                .send()
-                .await;
-        }
-    }
-    out
 }
 
 #[test]
@@ -255,7 +218,9 @@ fn claim_checks_that_cannot_be_read_are_dead_lettered_with_the_reason_and_nothin
     let config = config(
         &s,
         &moto.url(),
-        &format!("s3_bucket = \"{BUCKET}\"\ndelete_after_handling = true"),
+        &format!(
+            "s3_bucket = \"{BUCKET}\"\ns3_key_prefix = \"iniesta/\"\ndelete_after_handling = true"
+        ),
     );
     ok(&config, &["setup"]);
     let rt = rt();
@@ -290,22 +255,37 @@ fn claim_checks_that_cannot_be_read_are_dead_lettered_with_the_reason_and_nothin
         send_marked(
             &moto.url(),
             "Big.Missing.receiver",
-            &pointer(BUCKET, "gone"),
+            &pointer(BUCKET, "iniesta/gone"),
+        )
+        .await;
+        // A key of the own bucket outside the prefix: refused unread (and never deleted).
+        client
+            .put_object()
+            .bucket(BUCKET)
+            .key("other/key")
+            .body(b"not ours".to_vec().into())
+            .send()
+            .await
+            .expect("object");
+        send_marked(
+            &moto.url(),
+            "Big.Outside.receiver",
+            &pointer(BUCKET, "other/key"),
         )
         .await;
         send_marked(&moto.url(), "Big.Malformed.receiver", "not a pointer").await;
     });
     let host = start_host(&config, s.path("host.log"));
-    s.wait_for("three dead letters", LIMIT, || {
+    s.wait_for("four dead letters", LIMIT, || {
         host.log_text()
             .matches("refused before any handler: moved to the dead-letter queue")
             .count()
-            >= 3
+            >= 4
     });
     host.stop();
     assert!(s.ledger("ledger.jsonl").is_empty(), "no handler ran");
     let letters = rt.block_on(drain(&moto.url(), DLQ));
-    assert_eq!(letters.len(), 3, "{letters:?}");
+    assert_eq!(letters.len(), 4, "{letters:?}");
     let reason_of = |event: &str| {
         let (body, attributes) = letters
             .iter()
@@ -328,6 +308,12 @@ fn claim_checks_that_cannot_be_read_are_dead_lettered_with_the_reason_and_nothin
     assert!(reason.contains("body is gone"), "{reason}");
     let (_, reason) = reason_of("Big.Malformed.receiver");
     assert!(reason.contains("not an S3 pointer"), "{reason}");
+    let (_, reason) = reason_of("Big.Outside.receiver");
+    assert!(
+        reason.contains("outside payloads.s3_key_prefix"),
+        "{reason}"
+    );
+    assert_eq!(rt.block_on(s3_keys(&moto.url(), BUCKET)), ["other/key"]);
     // The untrusted bucket's object was neither read into a handler nor deleted.
     assert_eq!(rt.block_on(s3_keys(&moto.url(), "secrets")), ["key"]);
 }

@@ -346,3 +346,40 @@ pub fn moto_python() -> PathBuf {
         .map(|bin| bin.join("python"))
         .expect("moto_server is in a venv's bin")
 }
+
+/// Drain a queue with the SDK: (body, attributes) of every message.
+pub async fn drain(
+    endpoint: &str,
+    name: &str,
+) -> Vec<(
+    String,
+    std::collections::HashMap<String, aws_sdk_sqs::types::MessageAttributeValue>,
+)> {
+    let client = sqs(endpoint);
+    let url = queue_url(endpoint, name).await;
+    let mut out = Vec::new();
+    for _ in 0..5 {
+        let got = client
+            .receive_message()
+            .queue_url(&url)
+            .max_number_of_messages(10)
+            .message_attribute_names("All")
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .expect("receive");
+        for m in got.messages() {
+            out.push((
+                m.body().unwrap_or_default().to_string(),
+                m.message_attributes().cloned().unwrap_or_default(),
+            ));
+            let _ = client
+                .delete_message()
+                .queue_url(&url)
+                .receipt_handle(m.receipt_handle().unwrap_or_default())
+                .send()
+                .await;
+        }
+    }
+    out
+}
