@@ -31,6 +31,8 @@ pub(crate) enum Consumer {
         publish: Option<String>,
         /// `[tracing]` on, exporting to the canned endpoint.
         tracing: bool,
+        /// Another binding than the quiet echo: its plugins directory and its TOML entry.
+        binding: Option<(std::path::PathBuf, String)>,
     },
     /// A plain boto3 loop.
     Boto3,
@@ -50,7 +52,16 @@ impl Consumer {
             inline: false,
             publish: None,
             tracing: false,
+            binding: None,
         }
+    }
+
+    /// The host with `binding` (a `[[bindings]]` entry) to a plugin in `plugins`.
+    pub(crate) fn bound(mut self, plugins: &std::path::Path, binding: &str) -> Consumer {
+        if let Consumer::Host { binding: b, .. } = &mut self {
+            *b = Some((plugins.to_path_buf(), binding.to_string()));
+        }
+        self
     }
 
     /// The host with tracing on: a span per handler run, exported over OTLP (to the canned
@@ -107,6 +118,9 @@ pub(crate) struct Measured {
     pub(crate) cpu_us_per_message: f64,
     /// Its peak resident set at the last delete.
     pub(crate) peak_rss: Option<u64>,
+    /// Its threads right after the last delete (idle pool threads linger for 10 s, so this
+    /// is about the most it ran).
+    pub(crate) threads: Option<u64>,
     /// Receives that returned messages.
     pub(crate) batches: u64,
     /// The canned endpoint's own CPU per message (to see it is not the bottleneck).
@@ -149,6 +163,7 @@ pub(crate) fn run_consumer(
             inline,
             publish,
             tracing,
+            binding,
         } => {
             let config = SqsHost {
                 endpoint: canned.url(),
@@ -156,11 +171,15 @@ pub(crate) fn run_consumer(
                 pollers: *pollers,
                 max_in_flight: *max_in_flight,
                 lock_urls: lock_urls.clone(),
-                plugins: ctx.echo_plugins.clone(),
+                plugins: binding
+                    .as_ref()
+                    .map(|(dir, _)| dir.clone())
+                    .unwrap_or_else(|| ctx.echo_plugins.clone()),
                 inline: *inline,
                 publish: publish.clone(),
                 otlp_endpoint: tracing
                     .then(|| format!("{}{}", canned.url(), bench::canned::OTLP_PATH)),
+                binding: binding.as_ref().map(|(_, toml)| toml.clone()),
             };
             let path = dir.path().join("iniesta.toml");
             std::fs::write(&path, config.config())?;
@@ -190,6 +209,7 @@ pub(crate) fn run_consumer(
         }
     }
     let bench_cpu = procfs::own_cpu_time().saturating_sub(bench_cpu_before);
+    let threads = procfs::threads(child.id()).ok();
     let _ = setup::terminate(&mut child, Duration::from_secs(10))?;
     let stats = &canned.stats;
     if !all {
@@ -227,6 +247,7 @@ pub(crate) fn run_consumer(
         rate: n as f64 / elapsed,
         cpu_us_per_message: c1.saturating_sub(c0).as_secs_f64() * 1e6 / n as f64,
         peak_rss: marks.peak_rss_at_last_delete,
+        threads,
         batches: stats.batches.load(Ordering::SeqCst),
         bench_cpu_us_per_message: bench_cpu.as_secs_f64() * 1e6 / n as f64,
         requests: marks.requests_at_last_delete,

@@ -37,6 +37,8 @@ pub(crate) enum Scenario {
     All,
     /// The host on the SQS path, endpoint answering at once.
     Sqs,
+    /// Sync and async handlers that wait 10 ms, on the SQS path.
+    Handlers,
     /// The host and the peers at a real region's latency (`--latency`).
     Latency,
     /// The peers on the endpoint answering at once, with ratios.
@@ -190,6 +192,13 @@ fn main() -> anyhow::Result<()> {
     let mut sqs = None;
     if wants(Scenario::Sqs) {
         sqs = Some(scenario::sqs::run(&ctx, &mut rows)?);
+    }
+    if wants(Scenario::Handlers) {
+        let plugins = setup::plugin_dir_with(
+            &ctx.scratch.path().join("shapes"),
+            &["libshapes.so", "libpanicky.so"],
+        )?;
+        scenario::handlers::run(&ctx, &plugins, &mut rows)?;
     }
     if wants(Scenario::Latency) {
         scenario::latency::run(&ctx, &mut rows)?;

@@ -34,6 +34,10 @@ pub(crate) fn build(options: &Options) -> anyhow::Result<()> {
         "iniesta-plugin-echo",
         "-p",
         "iniesta-plugin-ledger",
+        "-p",
+        "iniesta-plugin-shapes",
+        "-p",
+        "iniesta-plugin-panicky",
     ]);
     if setup::profile_dir()?
         .file_name()

@@ -44,6 +44,17 @@ fn status_kib(pid: u32, key: &str) -> anyhow::Result<u64> {
     Ok(kib * 1024)
 }
 
+/// The process's threads now (`Threads` in its status).
+pub fn threads(pid: u32) -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("cannot read /proc/{pid}/status"))?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("Threads:"))
+        .with_context(|| format!("no Threads in /proc/{pid}/status"))?;
+    Ok(line.trim_start_matches("Threads:").trim().parse()?)
+}
+
 /// Resident set now (`VmRSS`), in bytes.
 pub fn rss(pid: u32) -> anyhow::Result<u64> {
     status_kib(pid, "VmRSS")

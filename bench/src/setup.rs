@@ -92,6 +92,8 @@ pub struct SqsHost {
     pub publish: Option<String>,
     /// `[tracing] otlp_endpoint`: tracing on, spans exported there.
     pub otlp_endpoint: Option<String>,
+    /// A `[[bindings]]` entry (TOML) instead of the default one to the quiet echo.
+    pub binding: Option<String>,
 }
 
 impl SqsHost {
@@ -124,11 +126,7 @@ urls = [{urls}]
 dirs = ["{plugins}"]
 watch = false
 
-[[bindings]]
-default = true
-plugin = "echo"
-inline = {inline}
-config = {{ quiet = true{publish} }}
+{binding}
 {tracing}"#,
             endpoint = self.endpoint,
             queue = self.queue,
@@ -136,7 +134,14 @@ config = {{ quiet = true{publish} }}
             in_flight = self.max_in_flight,
             urls = urls.join(", "),
             plugins = self.plugins.display(),
-            inline = self.inline,
+            binding = self.binding.clone().unwrap_or_else(|| format!(
+                "[[bindings]]\ndefault = true\nplugin = \"echo\"\ninline = {}\nconfig = {{ quiet = true{} }}",
+                self.inline,
+                self.publish
+                    .as_ref()
+                    .map(|e| format!(", publish = {e:?}"))
+                    .unwrap_or_default()
+            )),
             initialization = if self.publish.is_some() {
                 r#""QUEUE_POLLING", "SNS_PRODUCER""#
             } else {
@@ -147,11 +152,6 @@ config = {{ quiet = true{publish} }}
             } else {
                 ""
             },
-            publish = self
-                .publish
-                .as_ref()
-                .map(|e| format!(", publish = {e:?}"))
-                .unwrap_or_default(),
             tracing = self
                 .otlp_endpoint
                 .as_ref()

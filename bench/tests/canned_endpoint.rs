@@ -34,6 +34,7 @@ fn consume_and_delete_everything(inline: bool) {
         inline,
         publish: None,
         otlp_endpoint: None,
+        binding: None,
     };
     let path = scratch.path().join("iniesta.toml");
     std::fs::write(&path, config.config()).expect("config");
@@ -98,6 +99,7 @@ fn failed_delete_and_publish_entries_are_retried_alone_and_requests_are_counted(
         inline: false,
         publish: Some("Order.Shipped".into()),
         otlp_endpoint: None,
+        binding: None,
     };
     let path = scratch.path().join("iniesta.toml");
     std::fs::write(&path, config.config()).expect("config");

@@ -53,6 +53,10 @@ const API_FILES: &[(&str, &str)] = &[
     ),
     ("src/ffi.rs", include_str!("../../plugin-api/src/ffi.rs")),
     (
+        "src/handler.rs",
+        include_str!("../../plugin-api/src/handler.rs"),
+    ),
+    (
         "src/ingress.rs",
         include_str!("../../plugin-api/src/ingress.rs"),
     ),
@@ -67,6 +71,10 @@ const API_FILES: &[(&str, &str)] = &[
     (
         "src/payload.rs",
         include_str!("../../plugin-api/src/payload.rs"),
+    ),
+    (
+        "src/reactor.rs",
+        include_str!("../../plugin-api/src/reactor.rs"),
     ),
     (
         "src/testing.rs",
@@ -385,6 +393,27 @@ pub fn next_steps(created: &Created) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_copy_carries_every_source_file_of_the_plugin_api() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugin-api/src");
+        let mut on_disk: Vec<String> = std::fs::read_dir(&src)
+            .expect("plugin-api/src")
+            .filter_map(|e| e.ok())
+            .map(|e| format!("src/{}", e.file_name().to_string_lossy()))
+            .collect();
+        on_disk.sort();
+        let mut carried: Vec<String> = API_FILES
+            .iter()
+            .map(|(path, _)| path.to_string())
+            .filter(|p| p.starts_with("src/"))
+            .collect();
+        carried.sort();
+        assert_eq!(
+            carried, on_disk,
+            "API_FILES must list every file in plugin-api/src"
+        );
+    }
 
     #[test]
     fn names_and_type_names() {

@@ -266,6 +266,35 @@ pub fn enter(context: Option<Context>) -> Option<Entered> {
     Some(Entered { before })
 }
 
+/// `future`, with the run of `context` current on its thread during each of its polls (an
+/// async handler's publishes become children of the run, whichever worker polls it). `None`:
+/// the future as it is.
+pub fn within<F: std::future::Future>(context: Option<Context>, future: F) -> Within<F> {
+    Within {
+        context,
+        future: Box::pin(future),
+    }
+}
+
+/// See [`within`].
+pub struct Within<F> {
+    context: Option<Context>,
+    future: std::pin::Pin<Box<F>>,
+}
+
+impl<F: std::future::Future> std::future::Future for Within<F> {
+    type Output = F::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let this = &mut *self;
+        let _entered = enter(this.context.clone());
+        this.future.as_mut().poll(cx)
+    }
+}
+
 /// Restores the thread's previous current run when dropped.
 pub struct Entered {
     before: Option<Context>,

@@ -1,6 +1,6 @@
 //! What a handler can ask of the host while it runs: publish events and log.
 
-use abi_stable::std_types::{RSlice, RStr, RString};
+use abi_stable::std_types::{RResult, RSlice, RStr, RString};
 
 use crate::ffi::{AttributeFfi, HostContextBox};
 
@@ -50,23 +50,51 @@ impl<'a> Context<'a> {
         body: impl AsRef<[u8]>,
         attributes: &[(&str, &str)],
     ) -> Result<String, PublishError> {
-        let attrs: Vec<AttributeFfi> = attributes
-            .iter()
-            .map(|(name, value)| AttributeFfi {
-                name: RString::from(*name),
-                data_type: RString::from("String"),
-                value: RString::from(*value),
-            })
-            .collect();
-        self.raw
-            .publish(
-                RStr::from_str(event),
-                RSlice::from_slice(body.as_ref()),
-                RSlice::from_slice(&attrs),
-            )
-            .into_result()
-            .map(|id| id.into_string())
-            .map_err(|e| PublishError(e.into_string()))
+        let attrs = string_attributes(attributes);
+        answer(self.raw.publish(
+            RStr::from_str(event),
+            RSlice::from_slice(body.as_ref()),
+            RSlice::from_slice(&attrs),
+        ))
+    }
+
+    /// [`publish`](Self::publish) for an [`AsyncHandler`](crate::AsyncHandler): resolves
+    /// once the host has published, without blocking a thread meanwhile.
+    pub async fn publish_async(
+        &self,
+        event: &str,
+        body: impl AsRef<[u8]>,
+    ) -> Result<String, PublishError> {
+        self.publish_with_async(event, body, &[]).await
+    }
+
+    /// [`publish_json`](Self::publish_json) for an [`AsyncHandler`](crate::AsyncHandler).
+    pub async fn publish_json_async(
+        &self,
+        event: &str,
+        body: &serde_json::Value,
+    ) -> Result<String, PublishError> {
+        self.publish_with_async(event, body.to_string(), &[]).await
+    }
+
+    /// [`publish_with`](Self::publish_with) for an [`AsyncHandler`](crate::AsyncHandler).
+    pub async fn publish_with_async(
+        &self,
+        event: &str,
+        body: impl AsRef<[u8]>,
+        attributes: &[(&str, &str)],
+    ) -> Result<String, PublishError> {
+        let attrs = string_attributes(attributes);
+        let body = body.as_ref();
+        answer(
+            self.raw
+                .publish_async(
+                    RStr::from_str(event),
+                    RSlice::from_slice(body),
+                    RSlice::from_slice(&attrs),
+                )
+                .await,
+        )
     }
 
     /// Log an error line through the host's logger (tagged with plugin, binding and message).
@@ -88,4 +116,22 @@ impl<'a> Context<'a> {
     pub fn debug(&self, message: &str) {
         self.raw.log(4, RStr::from_str(message));
     }
+}
+
+fn string_attributes(attributes: &[(&str, &str)]) -> Vec<AttributeFfi> {
+    attributes
+        .iter()
+        .map(|(name, value)| AttributeFfi {
+            name: RString::from(*name),
+            data_type: RString::from("String"),
+            value: RString::from(*value),
+        })
+        .collect()
+}
+
+fn answer(result: RResult<RString, RString>) -> Result<String, PublishError> {
+    result
+        .into_result()
+        .map(|id| id.into_string())
+        .map_err(|e| PublishError(e.into_string()))
 }

@@ -1,23 +1,31 @@
 //! The machinery behind [`crate::export_plugin!`]. Not part of the public API.
 
+use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 
 use abi_stable::sabi_trait::TD_Opaque;
 
 use crate::egress::{Egress, Event};
 use crate::ffi::{
-    EgressBox, EgressFfi, EgressFfi_TO, EventFfi, HandlerBox, HandlerFfi, HandlerFfi_TO,
-    HostContextBox, IngressBox, IngressFfi, IngressFfi_TO, IngressSinkBox, MessageFfi, OutcomeFfi,
+    BorrowingFfiFuture, EgressBox, EgressFfi, EgressFfi_TO, EventFfi, HandlerBox, HandlerFfi,
+    HandlerFfi_TO, HandlerShape, HostContextBox, IngressBox, IngressFfi, IngressFfi_TO,
+    IngressSinkBox, MessageFfi, OutcomeFfi,
 };
 use crate::ingress::{Ingress, IngressSink};
-use crate::{Config, Context, Handler, Message, Outcome};
+use crate::reactor::Reactor;
+use crate::{
+    AsyncHandler, BatchHandler, Config, Context, Handler, HandlerResult, Message, Outcome,
+};
 
 pub use crate::ffi::{PanicStrategy, PluginMod, PluginModRef};
 pub use abi_stable::library::{
     __call_root_module_loader, LibHeader, RootModule, RootModuleResult, ROOT_MODULE_LOADER_NAME,
 };
 pub use abi_stable::prefix_type::PrefixTypeTrait;
-pub use abi_stable::std_types::{RResult, RString};
+pub use abi_stable::std_types::{RResult, RString, RVec};
 pub use abi_stable::std_types::{RSlice, RStr};
 
 /// The exported symbol name abi_stable looks up; checked against abi_stable in a test.
@@ -55,27 +63,174 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-/// Wraps an author's handler so that no panic ever crosses the boundary.
+/// A handler's answer, or the panic that interrupted it, as it crosses the boundary.
+fn outcome_ffi(result: std::thread::Result<HandlerResult>) -> OutcomeFfi {
+    match result {
+        Ok(Ok(Outcome::Ack)) => OutcomeFfi::Ack,
+        Ok(Ok(Outcome::Retry { after_secs })) => OutcomeFfi::Retry { after_secs },
+        Ok(Ok(Outcome::DeadLetter { reason })) => OutcomeFfi::DeadLetter {
+            reason: reason.into(),
+        },
+        Ok(Err(error)) => OutcomeFfi::Failed {
+            reason: error.to_string().into(),
+        },
+        Err(payload) => OutcomeFfi::Panicked {
+            message: panic_text(payload.as_ref()).into(),
+        },
+    }
+}
+
+/// Call `handle` once per message: how a handler written for one message answers a batch.
+fn one_by_one(
+    messages: RSlice<'_, MessageFfi>,
+    handle: impl Fn(&MessageFfi) -> OutcomeFfi,
+) -> RVec<OutcomeFfi> {
+    messages.iter().map(handle).collect()
+}
+
+/// Wraps an author's [`Handler`] so that no panic ever crosses the boundary.
 struct Guarded<H>(H);
 
 impl<H: Handler> HandlerFfi for Guarded<H> {
     fn handle(&self, message: &MessageFfi, ctx: &HostContextBox) -> OutcomeFfi {
-        let result = catch_unwind(AssertUnwindSafe(|| {
+        outcome_ffi(catch_unwind(AssertUnwindSafe(|| {
             self.0
                 .handle(&Message::from_ffi(message), &Context::from_ffi(ctx))
+        })))
+    }
+
+    fn shape(&self) -> HandlerShape {
+        HandlerShape::Sync
+    }
+
+    fn handle_async<'a>(
+        &'a self,
+        message: &'a MessageFfi,
+        ctx: &'a HostContextBox,
+    ) -> BorrowingFfiFuture<'a, OutcomeFfi> {
+        let outcome = HandlerFfi::handle(self, message, ctx);
+        BorrowingFfiFuture::new(std::future::ready(outcome))
+    }
+
+    fn handle_batch(
+        &self,
+        messages: RSlice<'_, MessageFfi>,
+        ctx: &HostContextBox,
+    ) -> RVec<OutcomeFfi> {
+        one_by_one(messages, |m| HandlerFfi::handle(self, m, ctx))
+    }
+}
+
+/// Wraps an author's [`AsyncHandler`]: its futures are polled inside the plugin's reactor and
+/// no panic, in a poll or in the call that makes the future, ever crosses the boundary.
+struct GuardedAsync<H> {
+    handler: H,
+    reactor: Arc<Reactor>,
+}
+
+/// A future that turns a panic in any of its polls into the `Panicked` outcome.
+struct CatchPanic<F>(Pin<Box<F>>);
+
+impl<F: Future<Output = HandlerResult>> Future for CatchPanic<F> {
+    type Output = OutcomeFfi;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<OutcomeFfi> {
+        let future = self.0.as_mut();
+        match catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(result)) => Poll::Ready(outcome_ffi(Ok(result))),
+            Err(payload) => Poll::Ready(outcome_ffi(Err(payload))),
+        }
+    }
+}
+
+impl<H: AsyncHandler> HandlerFfi for GuardedAsync<H> {
+    fn handle(&self, message: &MessageFfi, ctx: &HostContextBox) -> OutcomeFfi {
+        // A blocking call (an isolated worker's, the test kit's): wait on a thread that is not
+        // one of an async runtime's.
+        let future = HandlerFfi::handle_async(self, message, ctx);
+        self.reactor.block_on(future)
+    }
+
+    fn shape(&self) -> HandlerShape {
+        HandlerShape::Async
+    }
+
+    fn handle_async<'a>(
+        &'a self,
+        message: &'a MessageFfi,
+        ctx: &'a HostContextBox,
+    ) -> BorrowingFfiFuture<'a, OutcomeFfi> {
+        let call = async move {
+            let message = Message::from_ffi(message);
+            let context = Context::from_ffi(ctx);
+            self.handler.handle(&message, &context).await
+        };
+        BorrowingFfiFuture::new(self.reactor.enter(CatchPanic(Box::pin(call))))
+    }
+
+    fn handle_batch(
+        &self,
+        messages: RSlice<'_, MessageFfi>,
+        ctx: &HostContextBox,
+    ) -> RVec<OutcomeFfi> {
+        one_by_one(messages, |m| HandlerFfi::handle(self, m, ctx))
+    }
+}
+
+/// Wraps an author's [`BatchHandler`] so that no panic ever crosses the boundary.
+struct GuardedBatch<H>(H);
+
+impl<H: BatchHandler> HandlerFfi for GuardedBatch<H> {
+    fn handle(&self, message: &MessageFfi, ctx: &HostContextBox) -> OutcomeFfi {
+        let batch =
+            HandlerFfi::handle_batch(self, RSlice::from_slice(std::slice::from_ref(message)), ctx);
+        batch
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| OutcomeFfi::Failed {
+                reason: "the batch handler returned no result".into(),
+            })
+    }
+
+    fn shape(&self) -> HandlerShape {
+        HandlerShape::Batch
+    }
+
+    fn handle_async<'a>(
+        &'a self,
+        message: &'a MessageFfi,
+        ctx: &'a HostContextBox,
+    ) -> BorrowingFfiFuture<'a, OutcomeFfi> {
+        let outcome = HandlerFfi::handle(self, message, ctx);
+        BorrowingFfiFuture::new(std::future::ready(outcome))
+    }
+
+    fn handle_batch(
+        &self,
+        messages: RSlice<'_, MessageFfi>,
+        ctx: &HostContextBox,
+    ) -> RVec<OutcomeFfi> {
+        let count = messages.len();
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            let batch: Vec<Message<'_>> = messages.iter().map(Message::from_ffi).collect();
+            self.0.handle_batch(&batch, &Context::from_ffi(ctx))
         }));
+        // The whole batch failed, or panicked: every message gets that outcome.
+        let all = |outcome: OutcomeFfi| (0..count).map(|_| outcome.clone()).collect();
         match result {
-            Ok(Ok(Outcome::Ack)) => OutcomeFfi::Ack,
-            Ok(Ok(Outcome::Retry { after_secs })) => OutcomeFfi::Retry { after_secs },
-            Ok(Ok(Outcome::DeadLetter { reason })) => OutcomeFfi::DeadLetter {
-                reason: reason.into(),
-            },
-            Ok(Err(error)) => OutcomeFfi::Failed {
-                reason: error.to_string().into(),
-            },
-            Err(payload) => OutcomeFfi::Panicked {
-                message: panic_text(payload.as_ref()).into(),
-            },
+            Ok(Ok(results)) if results.len() == count => {
+                results.into_iter().map(|r| outcome_ffi(Ok(r))).collect()
+            }
+            Ok(Ok(results)) => all(OutcomeFfi::Failed {
+                reason: format!(
+                    "the batch handler returned {} results for {count} messages",
+                    results.len()
+                )
+                .into(),
+            }),
+            Ok(Err(error)) => all(outcome_ffi(Ok(Err(error)))),
+            Err(payload) => all(outcome_ffi(Err(payload))),
         }
     }
 }
@@ -88,6 +243,34 @@ where
 {
     match result {
         Ok(handler) => Ok(HandlerFfi_TO::from_value(Guarded(handler), TD_Opaque)),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Turn an async handler constructor's result into a boxed, guarded handler, starting the
+/// plugin's reactor if it is not running.
+pub fn build_async<H, E>(result: Result<H, E>) -> Result<HandlerBox, String>
+where
+    H: AsyncHandler,
+    E: std::fmt::Display,
+{
+    let handler = result.map_err(|e| e.to_string())?;
+    let reactor =
+        Reactor::shared().map_err(|e| format!("cannot start the plugin's async reactor: {e}"))?;
+    Ok(HandlerFfi_TO::from_value(
+        GuardedAsync { handler, reactor },
+        TD_Opaque,
+    ))
+}
+
+/// Turn a batch handler constructor's result into a boxed, guarded handler.
+pub fn build_batch<H, E>(result: Result<H, E>) -> Result<HandlerBox, String>
+where
+    H: BatchHandler,
+    E: std::fmt::Display,
+{
+    match result {
+        Ok(handler) => Ok(HandlerFfi_TO::from_value(GuardedBatch(handler), TD_Opaque)),
         Err(e) => Err(e.to_string()),
     }
 }

@@ -14,6 +14,7 @@ use abi_stable::{
     std_types::{RBox, RResult, RSlice, RStr, RString, RVec},
     StableAbi,
 };
+pub use async_ffi::BorrowingFfiFuture;
 
 /// One message attribute as it crosses the boundary.
 #[repr(C)]
@@ -87,19 +88,64 @@ pub trait HostContextFfi: Send + Sync {
     ) -> RResult<RString, RString>;
 
     /// Log a line through the host's logger. `level`: 1 error, 2 warn, 3 info, 4 debug, 5 trace.
-    #[sabi(last_prefix_field)]
     fn log(&self, level: u8, message: RStr<'_>);
+
+    /// Publish an event through the host without blocking the caller: the future the host
+    /// returns is polled by the async handler that asked (added in 0.4.0).
+    #[sabi(last_prefix_field)]
+    fn publish_async<'a>(
+        &'a self,
+        event: RStr<'a>,
+        body: RSlice<'a, u8>,
+        attributes: RSlice<'a, AttributeFfi>,
+    ) -> BorrowingFfiFuture<'a, RResult<RString, RString>>;
 }
 
 /// An owned host context trait object.
 pub type HostContextBox = HostContextFfi_TO<'static, RBox<()>>;
 
-/// A constructed handler, as the host holds it.
+/// Which of the three handler traits a handler was written against: the host calls it the
+/// way it was written (added in 0.4.0).
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandlerShape {
+    /// [`crate::Handler`]: one blocking call per message, on the host's blocking pool.
+    Sync,
+    /// [`crate::AsyncHandler`]: one future per message, polled on the host's async workers.
+    Async,
+    /// [`crate::BatchHandler`]: one blocking call per batch of messages.
+    Batch,
+}
+
+/// A constructed handler, as the host holds it. Every handler answers all three calls (an
+/// async one blocks on its future when called with `handle`, a batch one takes a single
+/// message as a batch of one, a sync one's `handle_async` is ready at once); [`shape`]
+/// tells which one it was written for. None of them ever unwinds: the plugin side catches
+/// panics.
+///
+/// [`shape`]: HandlerFfi::shape
 #[sabi_trait]
 pub trait HandlerFfi: Send + Sync {
-    /// Handle one message. Never unwinds: the plugin side catches panics.
-    #[sabi(last_prefix_field)]
+    /// Handle one message, blocking the calling thread until it is done.
     fn handle(&self, message: &MessageFfi, ctx: &HostContextBox) -> OutcomeFfi;
+
+    /// Which handler trait the plugin implemented.
+    fn shape(&self) -> HandlerShape;
+
+    /// Handle one message as a future; dropping it cancels the call.
+    fn handle_async<'a>(
+        &'a self,
+        message: &'a MessageFfi,
+        ctx: &'a HostContextBox,
+    ) -> BorrowingFfiFuture<'a, OutcomeFfi>;
+
+    /// Handle several messages in one call: one outcome per message, in their order.
+    #[sabi(last_prefix_field)]
+    fn handle_batch(
+        &self,
+        messages: RSlice<'_, MessageFfi>,
+        ctx: &HostContextBox,
+    ) -> RVec<OutcomeFfi>;
 }
 
 /// An owned handler trait object.

@@ -6,9 +6,11 @@
 mod config;
 mod context;
 mod egress;
+mod handler;
 mod ingress;
 mod message;
 mod outcome;
+mod reactor;
 
 /// The types that cross the host/plugin boundary. Public because the export macros and the
 /// host use them; a plugin never needs them (use [`Handler`], [`Message`] and [`Outcome`]).
@@ -23,6 +25,7 @@ pub mod export;
 pub use config::{Config, ConfigError};
 pub use context::{Context, PublishError};
 pub use egress::{Egress, EgressError, Event};
+pub use handler::{AsyncHandler, BatchHandler, BatchResult, Handler, HandlerError, HandlerResult};
 pub use ingress::{Incoming, Ingress, IngressOutcome, IngressSink};
 pub use message::{Attribute, Message};
 pub use outcome::Outcome;
@@ -30,21 +33,6 @@ pub use payload::{Encoding, MegaEvent, MegaObject, MegaPayload, PayloadError, Pa
 
 /// The plugin-api version a plugin is built against; the host refuses incompatible ones.
 pub const ABI_VERSION: &str = env!("CARGO_PKG_VERSION");
-
-/// Any error a handler returns; the message is then left for redelivery.
-pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
-
-/// What [`Handler::handle`] returns.
-pub type HandlerResult = Result<Outcome, HandlerError>;
-
-/// Business logic for one binding. Implement it on a plain Rust type.
-///
-/// The host calls `handle` on a blocking thread pool, possibly from several threads at once,
-/// so the type must be `Send + Sync`; keep per-message state on the stack.
-pub trait Handler: Send + Sync + 'static {
-    /// Handle one message: return an [`Outcome`], or an error to have it redelivered.
-    fn handle(&self, message: &Message<'_>, ctx: &Context<'_>) -> HandlerResult;
-}
 
 /// Export this crate's handlers, egresses and ingresses as an iniesta plugin.
 ///
@@ -55,6 +43,12 @@ pub trait Handler: Send + Sync + 'static {
 ///         "first" => First::new,         // fn(Config) -> Result<impl Handler, impl Display>
 ///         "second" => |_config| Ok::<_, String>(Second),
 ///     },
+///     async_handlers: {                  // optional: fn(Config) -> Result<impl AsyncHandler, _>
+///         "notify" => Notify::new,
+///     },
+///     batch_handlers: {                  // optional: fn(Config) -> Result<impl BatchHandler, _>
+///         "ledger" => Ledger::new,
+///     },
 ///     egress: {                          // optional: `[[egress]] plugin = "my-plugin"`
 ///         "my-plugin" => MyEgress::new,  // fn(Config) -> Result<impl Egress, impl Display>
 ///     },
@@ -64,7 +58,9 @@ pub trait Handler: Send + Sync + 'static {
 /// }
 /// ```
 ///
-/// Use it once per crate; every section but `name` is optional. The plugin's version is the
+/// Use it once per crate; every section but `name` is optional, and the sections come in this
+/// order. Handler names are one namespace across `handlers`, `async_handlers` and
+/// `batch_handlers`: a binding names one with `handler = "..."` whatever its shape. The plugin's version is the
 /// crate's `CARGO_PKG_VERSION`. The macro also records the panic strategy the plugin is
 /// compiled with: the host refuses to run a `panic = "abort"` build inside its own process
 /// (its first panic would end the host); such a plugin runs only isolated
@@ -74,6 +70,8 @@ macro_rules! export_plugin {
     (
         name: $name:literal
         $(, handlers: { $( $handler:literal => $ctor:expr ),* $(,)? } )?
+        $(, async_handlers: { $( $ahandler:literal => $actor:expr ),* $(,)? } )?
+        $(, batch_handlers: { $( $bhandler:literal => $bctor:expr ),* $(,)? } )?
         $(, egress: { $( $egress:literal => $ector:expr ),* $(,)? } )?
         $(, ingress: { $( $ingress:literal => $ictor:expr ),* $(,)? } )?
         $(,)?
@@ -91,7 +89,11 @@ macro_rules! export_plugin {
 
         #[doc(hidden)]
         const __INIESTA_HANDLER_NAMES: &[$crate::export::RStr<'static>] =
-            &[$($( $crate::export::RStr::from_str($handler) ),*)?];
+            &[
+                $($( $crate::export::RStr::from_str($handler), )*)?
+                $($( $crate::export::RStr::from_str($ahandler), )*)?
+                $($( $crate::export::RStr::from_str($bhandler), )*)?
+            ];
 
         #[doc(hidden)]
         const __INIESTA_EGRESS_NAMES: &[$crate::export::RStr<'static>] =
@@ -129,7 +131,13 @@ macro_rules! export_plugin {
                 let _ = &config;
                 match name.as_str() {
                     $($( $handler => $crate::export::build(($ctor)(config)), )*)?
-                    other => Err($crate::export::unknown_handler($name, other, &[$($($handler),*)?])),
+                    $($( $ahandler => $crate::export::build_async(($actor)(config)), )*)?
+                    $($( $bhandler => $crate::export::build_batch(($bctor)(config)), )*)?
+                    other => Err($crate::export::unknown_handler(
+                        $name,
+                        other,
+                        &[$($($handler,)*)? $($($ahandler,)*)? $($($bhandler,)*)?],
+                    )),
                 }
             })
         }

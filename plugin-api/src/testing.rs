@@ -33,9 +33,10 @@ use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RResult, RSlice, RStr, RString, RVec};
 
 use crate::ffi::{
-    AttributeFfi, HandlerBox, HostContextFfi, HostContextFfi_TO, MessageFfi, OutcomeFfi,
+    AttributeFfi, BorrowingFfiFuture, HandlerBox, HostContextBox, HostContextFfi,
+    HostContextFfi_TO, MessageFfi, OutcomeFfi,
 };
-use crate::{Config, Handler};
+use crate::{AsyncHandler, BatchHandler, Config, Handler};
 
 /// A message to hand to a handler in a test.
 #[derive(Debug, Clone)]
@@ -295,6 +296,16 @@ impl HostContextFfi for RecordingContext {
             message: message.as_str().into(),
         });
     }
+
+    fn publish_async<'a>(
+        &'a self,
+        event: RStr<'a>,
+        body: RSlice<'a, u8>,
+        attributes: RSlice<'a, AttributeFfi>,
+    ) -> BorrowingFfiFuture<'a, RResult<RString, RString>> {
+        let answer = HostContextFfi::publish(self, event, body, attributes);
+        BorrowingFfiFuture::new(std::future::ready(answer))
+    }
 }
 
 /// Calls one handler the way the host does: through the plugin boundary's panic guard, with a
@@ -304,20 +315,103 @@ pub struct Harness {
     context: RecordingContext,
 }
 
+/// What one batch call did: an outcome per message, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchCallResult {
+    /// One outcome per message, in the order given (see [`TestOutcome`]). A batch handler
+    /// that returned `Err`, panicked or returned the wrong number of results gives every
+    /// message the same outcome, as the host would.
+    pub outcomes: Vec<TestOutcome>,
+    /// Events published during this call, in order.
+    pub published: Vec<PublishedEvent>,
+    /// Lines logged during this call, in order.
+    pub logs: Vec<LogLine>,
+}
+
+impl BatchCallResult {
+    /// Whether any logged line contains `text`.
+    pub fn logged(&self, text: &str) -> bool {
+        self.logs.iter().any(|l| l.message.contains(text))
+    }
+}
+
 impl Harness {
-    /// Wrap a handler you constructed yourself.
+    /// Wrap a [`Handler`] you constructed yourself.
     pub fn new<H: Handler>(handler: H) -> Harness {
-        let handler = match crate::export::build(Ok::<H, String>(handler)) {
-            Ok(h) => h,
-            Err(_) => unreachable!("building from Ok never fails"),
-        };
-        Harness {
-            handler,
-            context: RecordingContext::default(),
+        Harness::built(crate::export::build(Ok::<H, String>(handler)))
+    }
+
+    /// Wrap an [`AsyncHandler`]. Its futures run in the plugin's reactor as they do in the
+    /// host: [`call`](Self::call) blocks on one (not from inside an async runtime: use
+    /// [`call_async`](Self::call_async) in a `#[tokio::test]`).
+    ///
+    /// ```
+    /// use iniesta_plugin_api::testing::{Harness, TestMessage, TestOutcome};
+    /// use iniesta_plugin_api::{AsyncHandler, Context, HandlerResult, Message, Outcome};
+    ///
+    /// struct Waits;
+    ///
+    /// impl AsyncHandler for Waits {
+    ///     async fn handle(&self, message: &Message<'_>, ctx: &Context<'_>) -> HandlerResult {
+    ///         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    ///         ctx.publish_async("Order.Checked", message.body()).await?;
+    ///         Ok(Outcome::Ack)
+    ///     }
+    /// }
+    ///
+    /// let result = Harness::new_async(Waits).call(&TestMessage::new("Order.Created.shop"));
+    /// assert_eq!(result.outcome, TestOutcome::Ack);
+    /// assert_eq!(result.published[0].event, "Order.Checked");
+    /// ```
+    pub fn new_async<H: AsyncHandler>(handler: H) -> Harness {
+        Harness::built(crate::export::build_async(Ok::<H, String>(handler)))
+    }
+
+    /// Wrap a [`BatchHandler`]; call it with [`call_batch`](Self::call_batch) (or with
+    /// [`call`](Self::call), as a batch of one).
+    ///
+    /// ```
+    /// use iniesta_plugin_api::testing::{Harness, TestMessage, TestOutcome};
+    /// use iniesta_plugin_api::{BatchHandler, BatchResult, Context, Message, Outcome};
+    ///
+    /// struct Rows;
+    ///
+    /// impl BatchHandler for Rows {
+    ///     fn handle_batch(&self, messages: &[Message<'_>], _ctx: &Context<'_>) -> BatchResult {
+    ///         Ok(messages
+    ///             .iter()
+    ///             .map(|m| match m.json::<serde_json::Value>() {
+    ///                 Ok(_) => Ok(Outcome::Ack),
+    ///                 Err(e) => Err(e.into()),
+    ///             })
+    ///             .collect())
+    ///     }
+    /// }
+    ///
+    /// let result = Harness::new_batch(Rows).call_batch(&[
+    ///     TestMessage::new("Row.Added.shop"),
+    ///     TestMessage::new("Row.Added.shop").text("not json"),
+    /// ]);
+    /// assert_eq!(result.outcomes[0], TestOutcome::Ack);
+    /// assert!(matches!(result.outcomes[1], TestOutcome::Failed { .. }));
+    /// ```
+    pub fn new_batch<H: BatchHandler>(handler: H) -> Harness {
+        Harness::built(crate::export::build_batch(Ok::<H, String>(handler)))
+    }
+
+    fn built(handler: Result<HandlerBox, String>) -> Harness {
+        match handler {
+            Ok(handler) => Harness {
+                handler,
+                context: RecordingContext::default(),
+            },
+            // Only an async handler's reactor can fail to start (no thread could be spawned).
+            Err(e) => panic!("cannot set the handler up: {e}"),
         }
     }
 
-    /// Construct a handler from a binding config, as the host would with `config = { ... }`.
+    /// Construct a [`Handler`] from a binding config, as the host would with
+    /// `config = { ... }`.
     pub fn from_config<H, E>(
         constructor: impl FnOnce(Config) -> Result<H, E>,
         config: serde_json::Value,
@@ -330,22 +424,89 @@ impl Harness {
         Ok(Harness::new(handler))
     }
 
+    /// [`from_config`](Self::from_config) for an [`AsyncHandler`].
+    pub fn from_async_config<H, E>(
+        constructor: impl FnOnce(Config) -> Result<H, E>,
+        config: serde_json::Value,
+    ) -> Result<Harness, String>
+    where
+        H: AsyncHandler,
+        E: std::fmt::Display,
+    {
+        let handler = constructor(Config::from_value(config)).map_err(|e| e.to_string())?;
+        Ok(Harness::new_async(handler))
+    }
+
+    /// [`from_config`](Self::from_config) for a [`BatchHandler`].
+    pub fn from_batch_config<H, E>(
+        constructor: impl FnOnce(Config) -> Result<H, E>,
+        config: serde_json::Value,
+    ) -> Result<Harness, String>
+    where
+        H: BatchHandler,
+        E: std::fmt::Display,
+    {
+        let handler = constructor(Config::from_value(config)).map_err(|e| e.to_string())?;
+        Ok(Harness::new_batch(handler))
+    }
+
     /// Make every publish through the context fail with `error` (to test error paths).
     pub fn fail_publish(&self, error: &str) -> &Self {
         self.context.lock().fail_publish = Some(error.into());
         self
     }
 
-    /// Call the handler with `message`; returns the outcome and what was published and logged
-    /// during this call.
-    pub fn call(&self, message: &TestMessage) -> CallResult {
-        let ctx = HostContextFfi_TO::from_value(self.context.clone(), TD_Opaque);
-        let outcome = self.handler.handle(&message.to_ffi(), &ctx);
+    fn context(&self) -> HostContextBox {
+        HostContextFfi_TO::from_value(self.context.clone(), TD_Opaque)
+    }
+
+    fn take(&self) -> (Vec<PublishedEvent>, Vec<LogLine>) {
         let mut recording = self.context.lock();
+        (
+            std::mem::take(&mut recording.published),
+            std::mem::take(&mut recording.logs),
+        )
+    }
+
+    /// Call the handler with `message`, blocking until it is done; returns the outcome and
+    /// what was published and logged during this call. Works for every handler shape; for an
+    /// async handler, not from inside an async runtime (use [`call_async`](Self::call_async)).
+    pub fn call(&self, message: &TestMessage) -> CallResult {
+        let outcome = self.handler.handle(&message.to_ffi(), &self.context());
+        let (published, logs) = self.take();
         CallResult {
             outcome: outcome.into(),
-            published: std::mem::take(&mut recording.published),
-            logs: std::mem::take(&mut recording.logs),
+            published,
+            logs,
+        }
+    }
+
+    /// Call the handler with `message` the way the host calls an async handler: the future
+    /// is awaited here (in a `#[tokio::test]`, say) and runs in the plugin's reactor. Dropping
+    /// the returned future cancels the call, as the host's timeout does.
+    pub async fn call_async(&self, message: &TestMessage) -> CallResult {
+        let (message, ctx) = (message.to_ffi(), self.context());
+        let outcome = self.handler.handle_async(&message, &ctx).await;
+        let (published, logs) = self.take();
+        CallResult {
+            outcome: outcome.into(),
+            published,
+            logs,
+        }
+    }
+
+    /// Call the handler with several messages at once, the way the host calls a batch
+    /// handler (any other handler takes them one by one).
+    pub fn call_batch(&self, messages: &[TestMessage]) -> BatchCallResult {
+        let batch: Vec<MessageFfi> = messages.iter().map(TestMessage::to_ffi).collect();
+        let outcomes = self
+            .handler
+            .handle_batch(RSlice::from_slice(&batch), &self.context());
+        let (published, logs) = self.take();
+        BatchCallResult {
+            outcomes: outcomes.into_iter().map(TestOutcome::from).collect(),
+            published,
+            logs,
         }
     }
 }
@@ -353,7 +514,7 @@ impl Harness {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Context, HandlerResult, Message, Outcome};
+    use crate::{BatchResult, Context, HandlerResult, Message, Outcome};
 
     struct Boom;
 
@@ -428,5 +589,142 @@ mod tests {
                 .receive_count(3),
         );
         assert!(r.logged("m9|A.b|Some(\"acme\")|3"), "{:?}", r.logs);
+    }
+
+    struct Waits;
+
+    impl AsyncHandler for Waits {
+        async fn handle(&self, message: &Message<'_>, ctx: &Context<'_>) -> HandlerResult {
+            match message.body_str() {
+                Some("panic") => {
+                    // Panics after its first poll: caught in a later poll, not only in the
+                    // call that made the future.
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                    panic!("late boom")
+                }
+                Some("forever") => {
+                    std::future::pending::<()>().await;
+                    Ok(Outcome::Ack)
+                }
+                Some("spawn") => {
+                    // A task spawned from a handler runs on the plugin's reactor.
+                    let task = tokio::spawn(async { 40 + 2 });
+                    let n = task.await?;
+                    ctx.publish_async("Spawned", n.to_string()).await?;
+                    Ok(Outcome::Ack)
+                }
+                _ => {
+                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                    ctx.publish_with_async("Next", "x", &[("k", "v")]).await?;
+                    ctx.info("waited");
+                    Ok(Outcome::retry(3))
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn async_handlers_run_their_timers_and_tasks_in_the_plugin_reactor_and_panics_are_caught() {
+        let h = Harness::new_async(Waits);
+        let r = h.call(&TestMessage::new("E"));
+        assert_eq!(r.outcome, TestOutcome::Retry { after_secs: 3 });
+        assert_eq!(r.published[0].event, "Next");
+        assert!(r.logged("waited"));
+        let r = h.call(&TestMessage::new("E").text("spawn"));
+        assert_eq!(r.outcome, TestOutcome::Ack);
+        assert_eq!(r.published[0].body, b"42");
+        match h.call(&TestMessage::new("E").text("panic")).outcome {
+            TestOutcome::Panicked { message } => assert_eq!(message, "late boom"),
+            other => panic!("{other:?}"),
+        }
+        h.fail_publish("down");
+        match h.call(&TestMessage::new("E")).outcome {
+            TestOutcome::Failed { reason } => assert!(reason.contains("down"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(h.handler.shape(), crate::ffi::HandlerShape::Async);
+    }
+
+    #[tokio::test]
+    async fn an_async_call_is_awaited_by_the_caller_and_cancelled_by_dropping_it() {
+        let h = Harness::new_async(Waits);
+        let r = h.call_async(&TestMessage::new("E")).await;
+        assert_eq!(r.outcome, TestOutcome::Retry { after_secs: 3 });
+        let forever = TestMessage::new("E").text("forever");
+        let cut =
+            tokio::time::timeout(std::time::Duration::from_millis(20), h.call_async(&forever))
+                .await;
+        assert!(cut.is_err(), "a pending handler never resolves");
+    }
+
+    struct Rows;
+
+    impl BatchHandler for Rows {
+        fn handle_batch(&self, messages: &[Message<'_>], ctx: &Context<'_>) -> BatchResult {
+            ctx.info(&format!("batch of {}", messages.len()));
+            match messages.first().and_then(|m| m.body_str()) {
+                Some("whole") => Err("the database is down".into()),
+                Some("short") => Ok(vec![Ok(Outcome::Ack)]),
+                Some("panic") => panic!("batch boom"),
+                _ => Ok(messages
+                    .iter()
+                    .map(|m| match m.body_str() {
+                        Some("bad") => Err("bad row".into()),
+                        Some("later") => Ok(Outcome::retry(9)),
+                        _ => Ok(Outcome::Ack),
+                    })
+                    .collect()),
+            }
+        }
+    }
+
+    #[test]
+    fn a_batch_gets_one_outcome_per_message_and_a_whole_batch_failure_reaches_every_message() {
+        let h = Harness::new_batch(Rows);
+        let m = |body: &str| TestMessage::new("E").text(body);
+        let r = h.call_batch(&[m("ok"), m("bad"), m("later")]);
+        assert_eq!(
+            r.outcomes,
+            vec![
+                TestOutcome::Ack,
+                TestOutcome::Failed {
+                    reason: "bad row".into()
+                },
+                TestOutcome::Retry { after_secs: 9 }
+            ]
+        );
+        assert!(r.logged("batch of 3"));
+        let failed = |reason: &str| TestOutcome::Failed {
+            reason: reason.into(),
+        };
+        assert_eq!(
+            h.call_batch(&[m("whole"), m("ok")]).outcomes,
+            vec![
+                failed("the database is down"),
+                failed("the database is down")
+            ]
+        );
+        assert_eq!(
+            h.call_batch(&[m("short"), m("ok")]).outcomes,
+            vec![
+                failed("the batch handler returned 1 results for 2 messages"),
+                failed("the batch handler returned 1 results for 2 messages")
+            ]
+        );
+        let panicked = h.call_batch(&[m("panic"), m("ok")]).outcomes;
+        assert!(panicked.iter().all(|o| *o
+            == TestOutcome::Panicked {
+                message: "batch boom".into()
+            }));
+        // A single call is a batch of one; a sync handler takes a batch one by one.
+        assert_eq!(
+            h.call(&m("later")).outcome,
+            TestOutcome::Retry { after_secs: 9 }
+        );
+        let sync = Harness::new(Boom).call_batch(&[m("retry"), m("ok")]);
+        assert_eq!(
+            sync.outcomes,
+            vec![TestOutcome::Retry { after_secs: 5 }, TestOutcome::Ack]
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! The scenarios: one module each, each adding its rows to the table.
 
+pub(crate) mod handlers;
 pub(crate) mod latency;
 pub(crate) mod local;
 pub(crate) mod peers;

@@ -27,6 +27,7 @@ pub(crate) fn run(ctx: &Ctx, rows: &mut Vec<Row>) -> anyhow::Result<()> {
             inline: false,
             publish: None,
             otlp_endpoint: None,
+            binding: None,
         };
         let path = dir.path().join("iniesta.toml");
         std::fs::write(&path, config.config())?;

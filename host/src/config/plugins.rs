@@ -122,6 +122,9 @@ pub struct BindingConfig {
     /// `[bindings.circuit_breaker]`: stop handing a failing binding messages for a while.
     #[serde(default)]
     pub circuit_breaker: Option<super::policy::BreakerConfig>,
+    /// `[bindings.batch]`: how a batch handler's batches are gathered (a batch handler only).
+    #[serde(default)]
+    pub batch: Option<super::policy::BatchConfig>,
 }
 
 /// Each binding's name, in order: its `name`, else `PLUGIN/HANDLER` (`PLUGIN` without a
@@ -199,6 +202,7 @@ impl BindingConfig {
             self.max_per_second,
             self.retry.as_ref(),
             self.circuit_breaker.as_ref(),
+            self.batch.as_ref(),
             &config.sqs,
         );
         let mut bad = |key: String, message: String| problems.push(Problem::new(key, message));
@@ -219,6 +223,15 @@ impl BindingConfig {
         }
         if self.timeout_secs == Some(0) {
             bad(format!("{key}.timeout_secs"), "must be at least 1".into());
+        }
+        if self.batch.is_some() && isolate.isolates(&self.plugin) {
+            bad(
+                format!("{key}.batch"),
+                format!(
+                    "plugin `{}` is isolated, and batch handlers do not run isolated (the worker protocol carries one message per call); take it out of plugins.isolate.names",
+                    self.plugin
+                ),
+            );
         }
         if self.inline && isolate.isolates(&self.plugin) {
             bad(

@@ -1,6 +1,8 @@
 //! A binding's delivery policies in `[[bindings]]`: `max_concurrency` and `max_per_second`
-//! (limits), `[bindings.retry]` (how failed calls are retried) and
-//! `[bindings.circuit_breaker]`. The policies themselves run in [`crate::policy`].
+//! (limits), `[bindings.retry]` (how failed calls are retried),
+//! `[bindings.circuit_breaker]` and `[bindings.batch]` (how a batch handler's batches are
+//! gathered). The policies themselves run in [`crate::policy`]; batches are gathered in
+//! [`crate::pipeline::batch`].
 
 use serde::{Deserialize, Serialize};
 
@@ -71,6 +73,41 @@ fn default_cooldown() -> u32 {
     30
 }
 
+/// `[bindings.batch]`: how the messages a batch handler takes are gathered into one call.
+/// A batch handler's binding without it gets the defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// The most messages in one call.
+    #[serde(default = "default_batch_max_size")]
+    pub max_size: u32,
+    /// How long the first message of a batch waits for more before the call starts (ms; 0:
+    /// only the messages already there).
+    #[serde(default = "default_batch_max_wait_ms")]
+    pub max_wait_ms: u64,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_size: default_batch_max_size(),
+            max_wait_ms: default_batch_max_wait_ms(),
+        }
+    }
+}
+
+fn default_batch_max_size() -> u32 {
+    10
+}
+fn default_batch_max_wait_ms() -> u64 {
+    20
+}
+
+/// The largest `batch.max_size`.
+pub const MAX_BATCH_SIZE: u32 = 1000;
+/// The longest `batch.max_wait_ms` (a waiting message's visibility timeout keeps running).
+pub const MAX_BATCH_WAIT_MS: u64 = 10_000;
+
 /// Problems with a binding's policies (`key` is `bindings[2]`) on the queue of `sqs`.
 pub fn problems(
     key: &str,
@@ -78,6 +115,7 @@ pub fn problems(
     max_per_second: Option<f64>,
     retry: Option<&RetryConfig>,
     breaker: Option<&BreakerConfig>,
+    batch: Option<&BatchConfig>,
     sqs: &super::SqsConfig,
 ) -> Vec<Problem> {
     let max_receive_count = sqs.max_receive_count;
@@ -155,6 +193,23 @@ pub fn problems(
             }
         }
     }
+    if let Some(batch) = batch {
+        if !(1..=MAX_BATCH_SIZE).contains(&batch.max_size) {
+            bad(
+                "batch.max_size",
+                format!("must be between 1 and {MAX_BATCH_SIZE}"),
+            );
+        }
+        if batch.max_wait_ms > MAX_BATCH_WAIT_MS {
+            bad(
+                "batch.max_wait_ms",
+                format!(
+                    "{} is above {MAX_BATCH_WAIT_MS} (10 s): messages wait for their batch while their visibility timeout runs",
+                    batch.max_wait_ms
+                ),
+            );
+        }
+    }
     if let Some(breaker) = breaker {
         if breaker.consecutive_failures == 0 {
             bad(
@@ -228,14 +283,14 @@ mod tests {
             (r.max_attempts, r.backoff_base_secs, r.backoff_max_secs),
             (5, 1, 300)
         );
-        assert!(problems("bindings[0]", Some(4), Some(2.5), Some(&r), None, &q).is_empty());
+        assert!(problems("bindings[0]", Some(4), Some(2.5), Some(&r), None, None, &q).is_empty());
         let keys = |p: Vec<Problem>| p.into_iter().map(|p| p.key).collect::<Vec<_>>();
         assert_eq!(
-            keys(problems("b", Some(0), Some(0.0), None, None, &q)),
+            keys(problems("b", Some(0), Some(0.0), None, None, None, &q)),
             ["b.max_concurrency", "b.max_per_second"]
         );
         assert_eq!(
-            keys(problems("b", None, Some(f64::NAN), Some(&retry("max_attempts = 9\ndead_letter_on = [\"oops\"]\ndead_letter_on_errors = [\" \"]")), None, &q)),
+            keys(problems("b", None, Some(f64::NAN), Some(&retry("max_attempts = 9\ndead_letter_on = [\"oops\"]\ndead_letter_on_errors = [\" \"]")), None, None, &q)),
             ["b.max_per_second", "b.retry.max_attempts", "b.retry.dead_letter_on[0]", "b.retry.dead_letter_on_errors[0]"]
         );
         assert_eq!(
@@ -244,6 +299,7 @@ mod tests {
                 None,
                 None,
                 Some(&retry("backoff_base_secs = 60\nbackoff_max_secs = 50000")),
+                None,
                 None,
                 &q
             )),
@@ -256,6 +312,7 @@ mod tests {
                 None,
                 Some(&retry("backoff_base_secs = 60\nbackoff_max_secs = 50")),
                 None,
+                None,
                 &q
             )),
             ["b.retry.backoff_base_secs"]
@@ -263,7 +320,7 @@ mod tests {
         let breaker: BreakerConfig =
             toml::from_str("consecutive_failures = 0\ncooldown_secs = 0").expect("a table");
         assert_eq!(
-            keys(problems("b", None, None, None, Some(&breaker), &q)),
+            keys(problems("b", None, None, None, Some(&breaker), None, &q)),
             [
                 "b.circuit_breaker.consecutive_failures",
                 "b.circuit_breaker.cooldown_secs"
@@ -279,7 +336,7 @@ mod tests {
             ..sqs()
         };
         assert_eq!(
-            keys(problems("b", None, None, Some(&r), None, &no_dlq)),
+            keys(problems("b", None, None, Some(&r), None, None, &no_dlq)),
             ["b.retry"]
         );
     }

@@ -22,8 +22,10 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
-use abi_stable::std_types::RSlice;
-use iniesta_plugin_api::ffi::{HandlerFfi, HostContextBox, MessageFfi, OutcomeFfi};
+use abi_stable::std_types::{RSlice, RVec};
+use iniesta_plugin_api::ffi::{
+    BorrowingFfiFuture, HandlerFfi, HandlerShape, HostContextBox, MessageFfi, OutcomeFfi,
+};
 
 use super::protocol::{
     attributes_into_ffi, FrameReader, FrameWriter, FromWorker, ToWorker, WireMessage, WireOutcome,
@@ -1019,9 +1021,35 @@ impl IsolatedHandler {
     }
 }
 
+/// In the host an isolated handler is a blocking call whatever the plugin wrote (an async
+/// one is awaited in the worker); batch handlers are refused isolated (see the worker).
 impl HandlerFfi for IsolatedHandler {
     fn handle(&self, message: &MessageFfi, ctx: &HostContextBox) -> OutcomeFfi {
         self.worker.call(self.id, message, ctx, self.timeout)
+    }
+
+    fn shape(&self) -> HandlerShape {
+        HandlerShape::Sync
+    }
+
+    fn handle_async<'a>(
+        &'a self,
+        message: &'a MessageFfi,
+        ctx: &'a HostContextBox,
+    ) -> BorrowingFfiFuture<'a, OutcomeFfi> {
+        let outcome = HandlerFfi::handle(self, message, ctx);
+        BorrowingFfiFuture::new(std::future::ready(outcome))
+    }
+
+    fn handle_batch(
+        &self,
+        messages: RSlice<'_, MessageFfi>,
+        ctx: &HostContextBox,
+    ) -> RVec<OutcomeFfi> {
+        messages
+            .iter()
+            .map(|m| HandlerFfi::handle(self, m, ctx))
+            .collect()
     }
 }
 

@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RResult, RSlice, RStr, RString};
-use iniesta_plugin_api::ffi::{AttributeFfi, HandlerBox, HostContextFfi, HostContextFfi_TO};
+use iniesta_plugin_api::ffi::{
+    AttributeFfi, BorrowingFfiFuture, HandlerBox, HandlerShape, HostContextFfi, HostContextFfi_TO,
+};
 
 use super::protocol::{
     attributes_from_ffi, FrameReader, FrameWriter, FromWorker, ToWorker, WireOutcome,
@@ -97,12 +99,21 @@ pub fn main(file: &Path) -> ExitCode {
                 config,
             } => {
                 // Isolated: a plugin built with panic = "abort" may run here.
+                // A batch handler wants its batches whole, which the call protocol cannot
+                // carry: refused here rather than called one message at a time.
                 let result = plugin
                     .new_handler_in_worker(&handler, &config)
+                    .map_err(|e| e.to_string())
+                    .and_then(|h| match h.shape() {
+                        HandlerShape::Batch => Err(format!(
+                            "`{handler}` is a batch handler, which does not run isolated; \
+                             take the plugin out of [plugins.isolate] to bind it"
+                        )),
+                        _ => Ok(h),
+                    })
                     .map(|h| {
                         write(&handlers).insert(id, Arc::new(h));
-                    })
-                    .map_err(|e| e.to_string());
+                    });
                 if send(&writer, &FromWorker::Constructed { id, result }).is_err() {
                     break;
                 }
@@ -256,5 +267,17 @@ impl HostContextFfi for WorkerContext {
                 text: message.to_string(),
             },
         );
+    }
+
+    /// In the worker every call has a thread of its own (an async handler's future is
+    /// blocked on there), so an async publish may wait for the host's answer in place.
+    fn publish_async<'a>(
+        &'a self,
+        event: RStr<'a>,
+        body: RSlice<'a, u8>,
+        attributes: RSlice<'a, AttributeFfi>,
+    ) -> BorrowingFfiFuture<'a, RResult<RString, RString>> {
+        let answer = HostContextFfi::publish(self, event, body, attributes);
+        BorrowingFfiFuture::new(std::future::ready(answer))
     }
 }

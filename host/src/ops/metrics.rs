@@ -32,6 +32,8 @@ pub const HANDLER_CALLS: &str = "iniesta_handler_calls_total";
 pub const FAILED_RESULTS: &[&str] = &["error", "panic", "timeout", "crashed"];
 /// How long handler calls took (s), a histogram labelled `binding`.
 pub const HANDLER_DURATION: &str = "iniesta_handler_duration_seconds";
+/// How many messages a batch handler's calls took (label `binding`), a histogram.
+pub const BATCH_SIZE: &str = "iniesta_handler_batch_size";
 /// Calls of `inline = true` bindings that ran past their timeout (label `binding`).
 pub const INLINE_OVERRUNS: &str = "iniesta_inline_handler_overruns_total";
 /// Idempotency lock failures: label `reason` = `held_elsewhere` (another consumer holds the
@@ -134,6 +136,10 @@ pub const DURATION_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 ];
 
+/// Upper bounds of the batch size buckets (messages).
+pub const BATCH_SIZE_BUCKETS: &[f64] =
+    &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0];
+
 /// The installed recorders: the Prometheus text for `/metrics`, the values for the console.
 #[derive(Clone)]
 pub struct Installed {
@@ -160,6 +166,8 @@ pub fn collect_process() {
 pub fn install() -> Result<Installed, OpsError> {
     let prometheus = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(HANDLER_DURATION.into()), DURATION_BUCKETS)
+        .map_err(|e| OpsError::Recorder(e.to_string()))?
+        .set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), BATCH_SIZE_BUCKETS)
         .map_err(|e| OpsError::Recorder(e.to_string()))?
         .build_recorder();
     let handle = Installed {
@@ -241,6 +249,11 @@ fn describe() {
         HANDLER_DURATION,
         Unit::Seconds,
         "Handler call durations by binding"
+    );
+    describe_histogram!(
+        BATCH_SIZE,
+        Unit::Count,
+        "Messages per call of a batch handler, by binding"
     );
     describe_counter!(
         INLINE_OVERRUNS,

@@ -7,7 +7,6 @@
 //! timeout starts when its call does); every result is counted by the binding's circuit
 //! breaker, which [`admit`] asks before a message's calls start.
 
-use std::any::Any;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,28 +14,17 @@ use tokio::time::Instant;
 
 use crate::lock::{completion, Locks};
 use crate::ops::metrics as m;
-use crate::plugins::call::{self, CallMessage, Outcome};
+use iniesta_plugin_api::ffi::HandlerShape;
+use tracing::Instrument as _;
+
+use crate::plugins::call::{self, BatchEntry, CallMessage, Outcome};
+use crate::policy::batch::Joined;
 use crate::policy::{Admission, Health, Permit};
 use crate::route::Binding;
 use crate::telemetry;
 use crate::wire::Envelope;
 
-/// What one binding's call came to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CallResult {
-    /// The plugin's outcome.
-    Outcome(Outcome),
-    /// The call ran past its timeout; it was abandoned.
-    TimedOut,
-    /// The isolated worker process running the call died under it, or the blocking task
-    /// failed (which should not happen: plugins catch their panics).
-    Crashed(String),
-}
-
-/// Something that must live as long as the handler calls do, their abandoned threads
-/// included (a message's in-flight slot): a timed-out handler keeps it until its thread
-/// really returns, so stuck handlers cannot pile up threads.
-pub type Hold = Arc<dyn Any + Send + Sync>;
+pub use crate::plugins::call::{CallResult, Hold};
 
 /// Where acks are recorded as completions (the lock service), so a redelivered duplicate
 /// skips the bindings that already acked.
@@ -46,22 +34,6 @@ pub struct Recorder {
     pub locks: Arc<dyn Locks>,
     /// How long a record is kept.
     pub ttl: Duration,
-}
-
-impl CallResult {
-    /// A failed call's kind (as `retry.dead_letter_on` and the metrics' `result` name it) and
-    /// text; `None` for an outcome the handler chose.
-    pub fn failure(&self) -> Option<(&'static str, String)> {
-        match self {
-            CallResult::Outcome(Outcome::Failed { reason }) => Some(("error", reason.clone())),
-            CallResult::Outcome(Outcome::Panicked { message }) => {
-                Some(("panic", format!("panicked: {message}")))
-            }
-            CallResult::TimedOut => Some(("timeout", "timed out".to_string())),
-            CallResult::Crashed(why) => Some(("crashed", format!("crashed: {why}"))),
-            CallResult::Outcome(_) => None,
-        }
-    }
 }
 
 /// A wait in whole seconds for a visibility delay or an ingress retry: rounded up, plus a
@@ -192,10 +164,13 @@ pub async fn call_all(
             // A binding with limits starts its call (and its timeout) once they let it.
             let call = if binding.guard.limits.any() {
                 Call::Limited(message, hold.clone(), span)
-            } else if binding.inline {
-                Call::Inline(message, span)
             } else {
-                Call::Blocking(call_blocking(binding, message, hold.clone(), None, span, traced.clone()))
+                match binding.shape {
+                    HandlerShape::Async => Call::Async(message, span),
+                    HandlerShape::Batch => Call::Batched(message, hold.clone(), span),
+                    HandlerShape::Sync if binding.inline => Call::Inline(message, span),
+                    HandlerShape::Sync => Call::Blocking(call_blocking(binding, message, hold.clone(), None, span, traced.clone())),
+                }
             };
             async move {
                 let mut probe = probe;
@@ -203,6 +178,8 @@ pub async fn call_all(
                 let (result, started) = match call {
                     Call::Blocking(task) => (finish(task, started + binding.timeout).await, started),
                     Call::Inline(message, span) => (call_inline(binding, &message, span, traced), started),
+                    Call::Async(message, span) => (call_async(binding, &message, span, traced, started + binding.timeout).await, started),
+                    Call::Batched(message, hold, span) => (call_batched(binding, message, hold, None, span, traced).await, started),
                     Call::Limited(message, hold, span) => {
                         // The wait for a limit is bounded by the binding's timeout: a call
                         // that cannot start in that time (its slots held by hung calls) ends
@@ -234,13 +211,22 @@ pub async fn call_all(
                             }
                         }
                         let now = Instant::now();
-                        if binding.inline {
-                            let result = call_inline(binding, &message, span, traced);
-                            drop(permit);
-                            (result, now)
-                        } else {
-                            let task = call_blocking(binding, message, hold, Some(permit), span, traced);
-                            (finish(task, now + binding.timeout).await, now)
+                        match binding.shape {
+                            HandlerShape::Async => {
+                                let result = call_async(binding, &message, span, traced, now + binding.timeout).await;
+                                drop(permit);
+                                (result, now)
+                            }
+                            HandlerShape::Batch => (call_batched(binding, message, hold, Some(permit), span, traced).await, now),
+                            HandlerShape::Sync if binding.inline => {
+                                let result = call_inline(binding, &message, span, traced);
+                                drop(permit);
+                                (result, now)
+                            }
+                            HandlerShape::Sync => {
+                                let task = call_blocking(binding, message, hold, Some(permit), span, traced);
+                                (finish(task, now + binding.timeout).await, now)
+                            }
                         }
                     }
                 };
@@ -265,12 +251,103 @@ pub async fn call_all(
     futures_util::future::join_all(calls).await
 }
 
-/// One binding's call: started on the blocking pool, to be made inline when polled, or to be
-/// started once its limits let it.
+/// One binding's call: started on the blocking pool, to be made inline, awaited or batched
+/// when polled, or to be started once its limits let it.
 enum Call {
     Blocking(tokio::task::JoinHandle<Result<Outcome, String>>),
     Inline(Arc<CallMessage>, tracing::Span),
+    Async(Arc<CallMessage>, tracing::Span),
+    Batched(Arc<CallMessage>, Hold, tracing::Span),
     Limited(Arc<CallMessage>, Hold, tracing::Span),
+}
+
+/// Call an async handler: its future is polled right here, on this message's task (no thread
+/// of its own), and dropped — the call cancelled — at `deadline`.
+async fn call_async(
+    binding: &Binding,
+    message: &CallMessage,
+    span: tracing::Span,
+    traced: Option<opentelemetry::Context>,
+    deadline: Instant,
+) -> CallResult {
+    let call = telemetry::within(
+        traced,
+        call::handle_async(&binding.handler, &binding.context, message),
+    )
+    .instrument(span);
+    match tokio::time::timeout_at(deadline, call).await {
+        Ok(outcome) => CallResult::Outcome(outcome),
+        Err(_) => CallResult::TimedOut,
+    }
+}
+
+/// Hand a message to its batch handler's next batch and wait for its result: the message that
+/// opens a batch gathers it (see [`crate::policy::batch`]) and runs it for all.
+async fn call_batched(
+    binding: &Arc<Binding>,
+    message: Arc<CallMessage>,
+    hold: Hold,
+    permit: Option<Permit>,
+    span: tracing::Span,
+    traced: Option<opentelemetry::Context>,
+) -> CallResult {
+    let Some(batches) = &binding.batches else {
+        return CallResult::Crashed("the binding gathers no batches".into());
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let entry = BatchEntry {
+        message,
+        hold,
+        permit,
+        reply,
+    };
+    if let Joined::Lead(batch) = batches.join(entry).await {
+        run_batch(binding, batch, span, traced).await;
+    }
+    answer.await.unwrap_or_else(|_| {
+        CallResult::Crashed("the batch it was in was dropped before its call ended".into())
+    })
+}
+
+/// Run one batch on the blocking pool with the binding's timeout and answer every message in
+/// it. The messages' slots and permits travel with the call until its thread returns. With
+/// tracing on, the call runs in the run of the batch's first message.
+async fn run_batch(
+    binding: &Arc<Binding>,
+    batch: Vec<BatchEntry>,
+    span: tracing::Span,
+    traced: Option<opentelemetry::Context>,
+) {
+    let count = batch.len();
+    metrics::histogram!(m::BATCH_SIZE, "binding" => binding.name.clone()).record(count as f64);
+    let mut replies = Vec::with_capacity(count);
+    let mut messages = Vec::with_capacity(count);
+    let mut keep = Vec::with_capacity(count);
+    for entry in batch {
+        replies.push(entry.reply);
+        messages.push(entry.message);
+        keep.push((entry.hold, entry.permit));
+    }
+    let started = Instant::now();
+    let task = {
+        let binding = binding.clone();
+        tokio::task::spawn_blocking(move || {
+            let _keep = keep;
+            let _entered = span.enter();
+            let _run = telemetry::enter(traced);
+            let batch: Vec<_> = messages.iter().map(|m| m.ffi().clone()).collect();
+            call::handle_batch(&binding.handler, &binding.context, &batch)
+        })
+    };
+    let results: Vec<CallResult> =
+        match tokio::time::timeout_at(started + binding.timeout, task).await {
+            Ok(Ok(outcomes)) => outcomes.into_iter().map(CallResult::Outcome).collect(),
+            Ok(Err(e)) => vec![CallResult::Crashed(e.to_string()); count],
+            Err(_) => vec![CallResult::TimedOut; count],
+        };
+    for (reply, result) in replies.into_iter().zip(results) {
+        let _ = reply.send(result);
+    }
 }
 
 /// Start a handler call on the blocking pool (the caller abandons it at its timeout). `hold`

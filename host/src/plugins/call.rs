@@ -3,7 +3,7 @@
 //! types (`MessageFfi`, `AttributeFfi`, `OutcomeFfi`) lives here and nowhere else on the
 //! handler path.
 
-use abi_stable::std_types::{RString, RVec};
+use abi_stable::std_types::{RSlice, RString, RVec};
 use iniesta_plugin_api::ffi::{AttributeFfi, HandlerBox, HostContextBox, MessageFfi, OutcomeFfi};
 
 use crate::wire::{Attributes, Envelope};
@@ -51,6 +51,52 @@ impl From<OutcomeFfi> for Outcome {
             },
         }
     }
+}
+
+/// What one binding's call came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallResult {
+    /// The plugin's outcome.
+    Outcome(Outcome),
+    /// The call ran past its timeout; it was abandoned.
+    TimedOut,
+    /// The isolated worker process running the call died under it, or the blocking task
+    /// failed (which should not happen: plugins catch their panics).
+    Crashed(String),
+}
+
+/// Something that must live as long as the handler calls do, their abandoned threads
+/// included (a message's in-flight slot): a timed-out handler keeps it until its thread
+/// really returns, so stuck handlers cannot pile up threads.
+pub type Hold = std::sync::Arc<dyn std::any::Any + Send + Sync>;
+
+impl CallResult {
+    /// A failed call's kind (as `retry.dead_letter_on` and the metrics' `result` name it) and
+    /// text; `None` for an outcome the handler chose.
+    pub fn failure(&self) -> Option<(&'static str, String)> {
+        match self {
+            CallResult::Outcome(Outcome::Failed { reason }) => Some(("error", reason.clone())),
+            CallResult::Outcome(Outcome::Panicked { message }) => {
+                Some(("panic", format!("panicked: {message}")))
+            }
+            CallResult::TimedOut => Some(("timeout", "timed out".to_string())),
+            CallResult::Crashed(why) => Some(("crashed", format!("crashed: {why}"))),
+            CallResult::Outcome(_) => None,
+        }
+    }
+}
+
+/// One message's place in a batch handler's batch (see `policy::batch`): the message, what
+/// must live as long as the batch's call, and where its result goes.
+pub struct BatchEntry {
+    /// The message as the handler gets it.
+    pub message: std::sync::Arc<CallMessage>,
+    /// The message's in-flight slot.
+    pub hold: Hold,
+    /// Its binding's limit permit, when the binding has limits.
+    pub permit: Option<crate::policy::Permit>,
+    /// Where the message's result goes.
+    pub reply: tokio::sync::oneshot::Sender<CallResult>,
 }
 
 /// A message converted once for the plugin boundary, shared by every binding's call.
@@ -111,6 +157,56 @@ pub fn handle(
     match CRASH.with(|c| c.borrow_mut().take()) {
         Some(reason) => Err(reason),
         None => Ok(outcome),
+    }
+}
+
+/// Call an async `handler` with `context`: the future the plugin returns, converted. Dropping
+/// it cancels the call. A panic in a poll is caught by the plugin; one that escapes anyway
+/// (async-ffi turns it into a panic here) becomes `Panicked` rather than taking the message's
+/// task down.
+pub async fn handle_async(
+    handler: &HandlerBox,
+    context: &HostContextBox,
+    delivery: &CallMessage,
+) -> Outcome {
+    use futures_util::FutureExt as _;
+    let call = handler.handle_async(&delivery.0, context);
+    match std::panic::AssertUnwindSafe(call).catch_unwind().await {
+        Ok(outcome) => outcome.into(),
+        Err(_) => Outcome::Panicked {
+            message: "the handler's future panicked across the plugin boundary".into(),
+        },
+    }
+}
+
+/// Call a batch `handler` with `context` on this thread: one outcome per message, in order
+/// (a plugin that answered with another count gets `Failed` for every message).
+pub fn handle_batch(
+    handler: &HandlerBox,
+    context: &HostContextBox,
+    batch: &[MessageFfi],
+) -> Vec<Outcome> {
+    let outcomes = handler.handle_batch(RSlice::from_slice(batch), context);
+    if outcomes.len() != batch.len() {
+        let reason = format!(
+            "the batch handler returned {} outcomes for {} messages",
+            outcomes.len(),
+            batch.len()
+        );
+        return batch
+            .iter()
+            .map(|_| Outcome::Failed {
+                reason: reason.clone(),
+            })
+            .collect();
+    }
+    outcomes.into_iter().map(Outcome::from).collect()
+}
+
+impl CallMessage {
+    /// The message as it crosses the boundary (a batch is a slice of these).
+    pub fn ffi(&self) -> &MessageFfi {
+        &self.0
     }
 }
 

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RResult, RSlice, RStr, RString};
-use iniesta_plugin_api::ffi::{AttributeFfi, HostContextBox, HostContextFfi, HostContextFfi_TO};
+use iniesta_plugin_api::ffi::{
+    AttributeFfi, BorrowingFfiFuture, HostContextBox, HostContextFfi, HostContextFfi_TO,
+};
 
 use crate::egress::{Destination, Publisher};
 use crate::wire::{Attribute, Attributes};
@@ -134,18 +136,19 @@ impl HostContext {
     }
 }
 
-impl HostContextFfi for HostContext {
-    fn publish(
+impl HostContext {
+    /// What a publish needs, checked: the publisher and the attributes as the host's own;
+    /// notes a self-publish.
+    fn prepare(
         &self,
-        event: RStr<'_>,
-        body: RSlice<'_, u8>,
-        attributes: RSlice<'_, AttributeFfi>,
-    ) -> RResult<RString, RString> {
-        if let Some(full) = self.consumes.as_ref().and_then(|c| c(event.as_str())) {
+        event: &str,
+        attributes: &[AttributeFfi],
+    ) -> Result<(Arc<Publisher>, Attributes), RString> {
+        if let Some(full) = self.consumes.as_ref().and_then(|c| c(event)) {
             self.self_published(&full);
         }
-        let (Some(publisher), Some(runtime)) = (&self.publisher, &self.runtime) else {
-            return RResult::RErr("publishing is not available here (no broker)".into());
+        let Some(publisher) = &self.publisher else {
+            return Err("publishing is not available here (no broker)".into());
         };
         let attributes: Attributes = attributes
             .iter()
@@ -159,6 +162,37 @@ impl HostContextFfi for HostContext {
                 )
             })
             .collect();
+        Ok((publisher.clone(), attributes))
+    }
+
+    fn answer(
+        &self,
+        result: Result<crate::egress::Published, crate::egress::PublishError>,
+    ) -> RResult<RString, RString> {
+        match result {
+            Ok(published) => RResult::ROk(published.message_id.into()),
+            Err(e) => {
+                tracing::warn!(plugin = %self.plugin, binding = %self.binding, error = %e, "handler publish failed");
+                RResult::RErr(e.to_string().into())
+            }
+        }
+    }
+}
+
+impl HostContextFfi for HostContext {
+    fn publish(
+        &self,
+        event: RStr<'_>,
+        body: RSlice<'_, u8>,
+        attributes: RSlice<'_, AttributeFfi>,
+    ) -> RResult<RString, RString> {
+        let (publisher, attributes) = match self.prepare(event.as_str(), attributes.as_slice()) {
+            Ok(prepared) => prepared,
+            Err(e) => return RResult::RErr(e),
+        };
+        let Some(runtime) = &self.runtime else {
+            return RResult::RErr("publishing is not available here (no broker)".into());
+        };
         let publish = || {
             runtime.block_on(publisher.publish(
                 Destination::Topic,
@@ -168,20 +202,41 @@ impl HostContextFfi for HostContext {
             ))
         };
         // Handlers run on the blocking pool, where blocking is allowed; an `inline = true`
-        // handler runs on an async worker of the (multi-threaded) host runtime, which must
-        // first hand its other tasks to another thread (a plain block_on there would panic).
-        // On a blocking-pool thread block_in_place just runs the closure.
+        // handler (or an async one that publishes with the blocking call) runs on an async
+        // worker of the (multi-threaded) host runtime, which must first hand its other tasks
+        // to another thread (a plain block_on there would panic). On a blocking-pool thread
+        // block_in_place just runs the closure.
         let result = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
             Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(publish),
             _ => publish(),
         };
-        match result {
-            Ok(published) => RResult::ROk(published.message_id.into()),
-            Err(e) => {
-                tracing::warn!(plugin = %self.plugin, binding = %self.binding, error = %e, "handler publish failed");
-                RResult::RErr(e.to_string().into())
-            }
-        }
+        self.answer(result)
+    }
+
+    /// Polled by an async handler on one of the host's async workers: the host's runtime is
+    /// the current one there, so the publish runs in place.
+    fn publish_async<'a>(
+        &'a self,
+        event: RStr<'a>,
+        body: RSlice<'a, u8>,
+        attributes: RSlice<'a, AttributeFfi>,
+    ) -> BorrowingFfiFuture<'a, RResult<RString, RString>> {
+        let prepared = self.prepare(event.as_str(), attributes.as_slice());
+        BorrowingFfiFuture::new(async move {
+            let (publisher, attributes) = match prepared {
+                Ok(prepared) => prepared,
+                Err(e) => return RResult::RErr(e),
+            };
+            let result = publisher
+                .publish(
+                    Destination::Topic,
+                    event.as_str(),
+                    body.to_vec(),
+                    attributes,
+                )
+                .await;
+            self.answer(result)
+        })
     }
 
     fn log(&self, level: u8, message: RStr<'_>) {

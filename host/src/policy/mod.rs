@@ -1,5 +1,5 @@
-//! A binding's delivery policies at run time: its limits ([`limit`]) and its circuit breaker
-//! ([`breaker`]). Each binding's [`Guard`] is kept by name in [`Guards`], so a hot reload
+//! A binding's delivery policies at run time: its limits ([`limit`]), its circuit breaker
+//! ([`breaker`]) and, for a batch handler, how its batches are gathered ([`batch`]). Each binding's [`Guard`] is kept by name in [`Guards`], so a hot reload
 //! that leaves a binding's policy as it was keeps its state (the calls in flight, the tokens,
 //! an open circuit); a changed policy starts afresh. Retry policies need no state: the
 //! pipeline's settlement applies them (`pipeline::settle`).
@@ -7,6 +7,7 @@
 //! Open and half-open circuits are written to `circuits-PID.json` in the state directory for
 //! `iniesta plugins`, and removed when the host stops.
 
+pub mod batch;
 pub mod breaker;
 pub mod limit;
 

@@ -692,3 +692,38 @@ fn a_replacement_that_cannot_start_is_logged_as_such() {
         "a start that failed is not a worker that died:\n{log}"
     );
 }
+
+/// An async handler runs isolated too: the worker blocks on its future on the call's thread
+/// (the plugin's reactor drives its timer), and what it publishes goes through the host.
+#[test]
+fn an_isolated_async_handler_serves_and_publishes_through_the_host() {
+    let s = Scratch::new();
+    let text = format!(
+        "service = \"receiver\"\nenv = \"test\"\ninitialization = [\"EVENT_POLLING\", \"SNS_PRODUCER\"]\n\
+         [broker]\npath = \"{}\"\n[sns]\ntopic_arn = \"arn:aws:sns:us-east-1:0:global\"\n\
+         [sqs]\nfilters = [\"Order.*\", \"Slow.*\"]\nwait_time_seconds = 1\nvisibility_timeout = 5\n\
+         [plugins]\ndirs = [\"{}\"]\n[plugins.isolate]\nnames = [\"shapes\"]\n\
+         [[bindings]]\nevents = [\"Order.*\"]\nplugin = \"shapes\"\nhandler = \"waiter\"\n\
+         config = {{ sleep_ms = 20, out = \"{}\", publish_as = \"Slow.Waited\" }}\n\
+         [[bindings]]\nevents = [\"Slow.*\"]\nplugin = \"ledger\"\nconfig = {{ path = \"{}\" }}\n",
+        s.path("broker.db").display(),
+        plugin_dir().display(),
+        s.path("out").display(),
+        s.path("ledger.jsonl").display()
+    );
+    let config = s.write("iniesta.toml", &text);
+    let host = start_host(&config, s.path("host.log"), &[]);
+    for body in ["a", "b", "publish"] {
+        let out = iniesta(&config, &["publish", "Order.Created", body]);
+        assert!(out.status.success(), "{out:?}");
+    }
+    s.wait_for("two waits and one publish handled", LIMIT, || {
+        let out = std::fs::read_to_string(s.path("out")).unwrap_or_default();
+        out.lines().count() == 2 && s.ledger("ledger.jsonl").len() == 1
+    });
+    assert!(
+        !worker_pids(&config, "shapes").is_empty(),
+        "the handler ran in a worker"
+    );
+    host.stop();
+}

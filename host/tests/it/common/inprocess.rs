@@ -84,10 +84,13 @@ impl InProcess {
                 .with_clock(Clock::tokio()),
         );
         let set = PluginSet::scan(&config.plugin_dirs());
+        // Handlers publish to the same broker (unwrapped: publishes are not what a wrapper
+        // paces or counts).
+        let publisher = Arc::new(iniesta::egress::Publisher::new(&config, broker.clone()));
         let routes = iniesta::route::bind(
             &config,
             &set,
-            None,
+            Some(publisher),
             Some(tokio::runtime::Handle::current()),
             &iniesta::policy::Guards::new(None),
         )

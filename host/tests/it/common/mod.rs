@@ -334,6 +334,37 @@ pub fn build_aborting_fixture_unwinding() -> PathBuf {
     )
 }
 
+/// plugin-api's `[dependencies]` table as TOML, each `workspace = true` one resolved from the
+/// workspace's table (the fixtures build a copy of plugin-api outside the workspace).
+fn api_dependencies(root: &Path) -> String {
+    let read = |path: PathBuf| -> toml::Table {
+        toml::from_str(&std::fs::read_to_string(&path).expect("a manifest")).expect("TOML")
+    };
+    let api = read(root.join("plugin-api/Cargo.toml"));
+    let workspace = read(root.join("Cargo.toml"));
+    let shared = workspace["workspace"]["dependencies"]
+        .as_table()
+        .cloned()
+        .unwrap_or_default();
+    let mut out = toml::Table::new();
+    for (name, spec) in api["dependencies"].as_table().cloned().unwrap_or_default() {
+        let inherited = spec.get("workspace").and_then(toml::Value::as_bool) == Some(true);
+        let mut spec = if inherited {
+            shared[&name].clone()
+        } else {
+            spec
+        };
+        // A path (the workspace's own crates) means nothing outside the workspace.
+        if let Some(table) = spec.as_table_mut() {
+            table.remove("path");
+        }
+        out.insert(name, spec);
+    }
+    let mut manifest = toml::Table::new();
+    manifest.insert("dependencies".into(), toml::Value::Table(out));
+    toml::to_string(&manifest).expect("TOML")
+}
+
 /// Build the plugin in `host/tests/fixtures/NAME` (outside the workspace) against a copy of
 /// plugin-api whose version is `api_version`; the path of the built `libNAME.so`.
 pub fn build_fixture(name: &str, api_version: &str) -> PathBuf {
@@ -372,8 +403,8 @@ pub fn build_fixture_variant(
     std::fs::write(
         api.join("Cargo.toml"),
         format!(
-            "[package]\nname = \"iniesta-plugin-api\"\nversion = \"{api_version}\"\nedition = \"2021\"\n\n[dependencies]\n\
-             abi_stable = \"=0.11.3\"\nserde = {{ version = \"1\", features = [\"derive\"] }}\nserde_json = \"1\"\n"
+            "[package]\nname = \"iniesta-plugin-api\"\nversion = \"{api_version}\"\nedition = \"2021\"\n\n{}",
+            api_dependencies(&root)
         ),
     )
     .expect("write api manifest");
