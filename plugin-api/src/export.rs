@@ -80,8 +80,14 @@ fn outcome_ffi(result: std::thread::Result<HandlerResult>) -> OutcomeFfi {
     }
 }
 
+/// A future that is ready with `value` at once: how an answer already there crosses the
+/// boundary as a future (a sync handler's `handle_async`, a blocking context's publish).
+pub fn ready<'a, T: Send + 'a>(value: T) -> BorrowingFfiFuture<'a, T> {
+    BorrowingFfiFuture::new(std::future::ready(value))
+}
+
 /// Call `handle` once per message: how a handler written for one message answers a batch.
-fn one_by_one(
+pub fn one_by_one(
     messages: RSlice<'_, MessageFfi>,
     handle: impl Fn(&MessageFfi) -> OutcomeFfi,
 ) -> RVec<OutcomeFfi> {
@@ -108,8 +114,7 @@ impl<H: Handler> HandlerFfi for Guarded<H> {
         message: &'a MessageFfi,
         ctx: &'a HostContextBox,
     ) -> BorrowingFfiFuture<'a, OutcomeFfi> {
-        let outcome = HandlerFfi::handle(self, message, ctx);
-        BorrowingFfiFuture::new(std::future::ready(outcome))
+        ready(HandlerFfi::handle(self, message, ctx))
     }
 
     fn handle_batch(
@@ -147,9 +152,17 @@ impl<F: Future<Output = HandlerResult>> Future for CatchPanic<F> {
 impl<H: AsyncHandler> HandlerFfi for GuardedAsync<H> {
     fn handle(&self, message: &MessageFfi, ctx: &HostContextBox) -> OutcomeFfi {
         // A blocking call (an isolated worker's, the test kit's): wait on a thread that is not
-        // one of an async runtime's.
+        // one of an async runtime's. On one that is, tokio refuses (a panic, caught here).
         let future = HandlerFfi::handle_async(self, message, ctx);
-        self.reactor.block_on(future)
+        catch_unwind(AssertUnwindSafe(|| self.reactor.block_on(future))).unwrap_or_else(|payload| {
+            OutcomeFfi::Panicked {
+                message: format!(
+                    "an async handler was called blocking from inside an async runtime: {}",
+                    panic_text(payload.as_ref())
+                )
+                .into(),
+            }
+        })
     }
 
     fn shape(&self) -> HandlerShape {
@@ -202,8 +215,7 @@ impl<H: BatchHandler> HandlerFfi for GuardedBatch<H> {
         message: &'a MessageFfi,
         ctx: &'a HostContextBox,
     ) -> BorrowingFfiFuture<'a, OutcomeFfi> {
-        let outcome = HandlerFfi::handle(self, message, ctx);
-        BorrowingFfiFuture::new(std::future::ready(outcome))
+        ready(HandlerFfi::handle(self, message, ctx))
     }
 
     fn handle_batch(
@@ -247,16 +259,16 @@ where
     }
 }
 
-/// Turn an async handler constructor's result into a boxed, guarded handler, starting the
-/// plugin's reactor if it is not running.
-pub fn build_async<H, E>(result: Result<H, E>) -> Result<HandlerBox, String>
+/// Construct an async handler with `constructor`, run inside the plugin's reactor (started
+/// if it is not running), and box it guarded.
+pub fn build_async<H, E>(constructor: impl FnOnce() -> Result<H, E>) -> Result<HandlerBox, String>
 where
     H: AsyncHandler,
     E: std::fmt::Display,
 {
-    let handler = result.map_err(|e| e.to_string())?;
     let reactor =
         Reactor::shared().map_err(|e| format!("cannot start the plugin's async reactor: {e}"))?;
+    let handler = reactor.within(constructor).map_err(|e| e.to_string())?;
     Ok(HandlerFfi_TO::from_value(
         GuardedAsync { handler, reactor },
         TD_Opaque,

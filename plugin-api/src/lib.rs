@@ -131,7 +131,7 @@ macro_rules! export_plugin {
                 let _ = &config;
                 match name.as_str() {
                     $($( $handler => $crate::export::build(($ctor)(config)), )*)?
-                    $($( $ahandler => $crate::export::build_async(($actor)(config)), )*)?
+                    $($( $ahandler => $crate::export::build_async(move || ($actor)(config)), )*)?
                     $($( $bhandler => $crate::export::build_batch(($bctor)(config)), )*)?
                     other => Err($crate::export::unknown_handler(
                         $name,

@@ -65,12 +65,19 @@ impl Reactor {
         self.handle.block_on(future)
     }
 
-    /// `future`, polled in the reactor's context each time.
+    /// `future`, polled — and dropped — in the reactor's context.
     pub(crate) fn enter<F: Future>(self: &Arc<Self>, future: F) -> InReactor<F> {
         InReactor {
             reactor: self.clone(),
-            future: Box::pin(future),
+            future: Some(Box::pin(future)),
         }
+    }
+
+    /// Run `f` (a handler's constructor) in the reactor's context: it may spawn tasks or
+    /// create resources bound to the reactor (a lazily connecting pool).
+    pub(crate) fn within<T>(&self, f: impl FnOnce() -> T) -> T {
+        let _entered = self.handle.enter();
+        f()
     }
 }
 
@@ -85,7 +92,8 @@ impl Drop for Reactor {
 /// A future polled inside its plugin's reactor (see [`Reactor::enter`]).
 pub(crate) struct InReactor<F> {
     reactor: Arc<Reactor>,
-    future: Pin<Box<F>>,
+    /// `None` once dropped.
+    future: Option<Pin<Box<F>>>,
 }
 
 impl<F: Future> Future for InReactor<F> {
@@ -94,6 +102,20 @@ impl<F: Future> Future for InReactor<F> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = &mut *self;
         let _entered = this.reactor.handle.enter();
-        this.future.as_mut().poll(cx)
+        match this.future.as_mut() {
+            Some(future) => future.as_mut().poll(cx),
+            None => Poll::Pending,
+        }
+    }
+}
+
+/// A cancelled call's future is dropped inside the reactor too: the handler's locals may
+/// need it in their destructors (a pooled connection returns itself by spawning a task), and
+/// a panic there, outside any runtime, would abort the process across the boundary.
+impl<F> Drop for InReactor<F> {
+    fn drop(&mut self) {
+        let _entered = self.reactor.handle.enter();
+        let future = self.future.take();
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(future)));
     }
 }

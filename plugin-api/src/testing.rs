@@ -303,8 +303,7 @@ impl HostContextFfi for RecordingContext {
         body: RSlice<'a, u8>,
         attributes: RSlice<'a, AttributeFfi>,
     ) -> BorrowingFfiFuture<'a, RResult<RString, RString>> {
-        let answer = HostContextFfi::publish(self, event, body, attributes);
-        BorrowingFfiFuture::new(std::future::ready(answer))
+        crate::export::ready(HostContextFfi::publish(self, event, body, attributes))
     }
 }
 
@@ -364,7 +363,7 @@ impl Harness {
     /// assert_eq!(result.published[0].event, "Order.Checked");
     /// ```
     pub fn new_async<H: AsyncHandler>(handler: H) -> Harness {
-        Harness::built(crate::export::build_async(Ok::<H, String>(handler)))
+        Harness::built(crate::export::build_async(|| Ok::<H, String>(handler)))
     }
 
     /// Wrap a [`BatchHandler`]; call it with [`call_batch`](Self::call_batch) (or with
@@ -424,7 +423,8 @@ impl Harness {
         Ok(Harness::new(handler))
     }
 
-    /// [`from_config`](Self::from_config) for an [`AsyncHandler`].
+    /// [`from_config`](Self::from_config) for an [`AsyncHandler`]: the constructor runs in
+    /// the plugin's reactor, as in the host.
     pub fn from_async_config<H, E>(
         constructor: impl FnOnce(Config) -> Result<H, E>,
         config: serde_json::Value,
@@ -433,8 +433,12 @@ impl Harness {
         H: AsyncHandler,
         E: std::fmt::Display,
     {
-        let handler = constructor(Config::from_value(config)).map_err(|e| e.to_string())?;
-        Ok(Harness::new_async(handler))
+        let config = Config::from_value(config);
+        let handler = crate::export::build_async(move || constructor(config))?;
+        Ok(Harness {
+            handler,
+            context: RecordingContext::default(),
+        })
     }
 
     /// [`from_config`](Self::from_config) for a [`BatchHandler`].
@@ -472,6 +476,15 @@ impl Harness {
     /// what was published and logged during this call. Works for every handler shape; for an
     /// async handler, not from inside an async runtime (use [`call_async`](Self::call_async)).
     pub fn call(&self, message: &TestMessage) -> CallResult {
+        // Blocking on an async handler inside a runtime would abort in the plugin boundary;
+        // say what to use instead, as a plain test failure.
+        if self.handler.shape() == crate::ffi::HandlerShape::Async
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            panic!(
+                "Harness::call blocks on an async handler's future, which cannot happen inside an async runtime (this is a #[tokio::test]?): use `harness.call_async(&message).await`"
+            );
+        }
         let outcome = self.handler.handle(&message.to_ffi(), &self.context());
         let (published, logs) = self.take();
         CallResult {
@@ -515,6 +528,7 @@ impl Harness {
 mod tests {
     use super::*;
     use crate::{BatchResult, Context, HandlerResult, Message, Outcome};
+    use std::future::Future as _;
 
     struct Boom;
 
@@ -655,6 +669,69 @@ mod tests {
             tokio::time::timeout(std::time::Duration::from_millis(20), h.call_async(&forever))
                 .await;
         assert!(cut.is_err(), "a pending handler never resolves");
+    }
+
+    /// Spawns a task from its destructor, as a pooled connection returning itself does, and
+    /// notes that it could.
+    struct SpawnsOnDrop;
+
+    static SPAWNED_ON_DROP: std::sync::atomic::AtomicBool =
+        std::sync::atomic::AtomicBool::new(false);
+
+    impl Drop for SpawnsOnDrop {
+        fn drop(&mut self) {
+            tokio::spawn(async {});
+            SPAWNED_ON_DROP.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    struct Holds;
+
+    impl AsyncHandler for Holds {
+        async fn handle(&self, _message: &Message<'_>, _ctx: &Context<'_>) -> HandlerResult {
+            let _connection = SpawnsOnDrop;
+            std::future::pending::<()>().await;
+            Ok(Outcome::Ack)
+        }
+    }
+
+    /// A cancelled call's future is dropped in the plugin's reactor. Here it is polled and
+    /// dropped on a plain thread, as a host's worker (another tokio) does: outside the reactor,
+    /// the destructor's spawn would panic there and abort the process.
+    #[test]
+    fn a_cancelled_call_is_dropped_inside_the_reactor() {
+        let h = Harness::new_async(Holds);
+        let (message, ctx) = (TestMessage::new("E").to_ffi(), h.context());
+        let mut call = Box::pin(h.handler.handle_async(&message, &ctx));
+        let waker = std::task::Waker::noop();
+        let polled = call
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(waker));
+        assert!(polled.is_pending());
+        drop(call);
+        assert!(
+            SPAWNED_ON_DROP.load(std::sync::atomic::Ordering::SeqCst),
+            "the destructor ran whole, in the reactor"
+        );
+    }
+
+    /// The constructor of an async handler runs in the reactor too: it may spawn.
+    #[test]
+    fn an_async_constructor_may_spawn() {
+        let built = Harness::from_async_config(
+            |_config| {
+                tokio::spawn(async {});
+                Ok::<_, String>(Waits)
+            },
+            serde_json::json!({}),
+        );
+        assert!(built.is_ok());
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "use `harness.call_async(&message).await`")]
+    async fn a_blocking_call_of_an_async_handler_inside_a_runtime_says_what_to_use() {
+        Harness::new_async(Waits).call(&TestMessage::new("E"));
     }
 
     struct Rows;

@@ -235,15 +235,13 @@ pub fn problems(
 /// outage the queue moves them to the DLQ with no reason.
 pub fn warnings(config: &super::Config) -> Vec<String> {
     let sqs = &config.sqs;
-    if sqs.dead_letter_queue.is_none() {
-        return Vec::new();
-    }
-    config
+    let mut warnings: Vec<String> = config
         .bindings
         .iter()
         .enumerate()
         .filter_map(|(i, b)| {
             let breaker = b.circuit_breaker.as_ref()?;
+            sqs.dead_letter_queue.as_ref()?;
             let ridden = u64::from(breaker.cooldown_secs)
                 * u64::from(sqs.max_receive_count.saturating_sub(1));
             (ridden < 600).then(|| {
@@ -255,7 +253,20 @@ pub fn warnings(config: &super::Config) -> Vec<String> {
                 )
             })
         })
-        .collect()
+        .collect();
+    // A batch's messages hold their concurrency permits while they gather: a batch can never
+    // grow past max_concurrency, and each one waits out max_wait_ms for the rest.
+    warnings.extend(config.bindings.iter().enumerate().filter_map(|(i, b)| {
+        let batch = b.batch.as_ref()?;
+        let limit = b.max_concurrency?;
+        (batch.max_size > limit).then(|| {
+            format!(
+                "bindings[{i}].batch: max_size {} is above max_concurrency {limit}, which counts messages: a batch never grows past {limit}, and each waits its whole max_wait_ms ({} ms) for messages that cannot come; lower max_size to {limit} or raise max_concurrency",
+                batch.max_size, batch.max_wait_ms
+            )
+        })
+    }));
+    warnings
 }
 
 #[cfg(test)]

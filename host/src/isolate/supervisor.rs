@@ -1037,8 +1037,7 @@ impl HandlerFfi for IsolatedHandler {
         message: &'a MessageFfi,
         ctx: &'a HostContextBox,
     ) -> BorrowingFfiFuture<'a, OutcomeFfi> {
-        let outcome = HandlerFfi::handle(self, message, ctx);
-        BorrowingFfiFuture::new(std::future::ready(outcome))
+        iniesta_plugin_api::export::ready(HandlerFfi::handle(self, message, ctx))
     }
 
     fn handle_batch(
@@ -1046,10 +1045,7 @@ impl HandlerFfi for IsolatedHandler {
         messages: RSlice<'_, MessageFfi>,
         ctx: &HostContextBox,
     ) -> RVec<OutcomeFfi> {
-        messages
-            .iter()
-            .map(|m| HandlerFfi::handle(self, m, ctx))
-            .collect()
+        iniesta_plugin_api::export::one_by_one(messages, |m| HandlerFfi::handle(self, m, ctx))
     }
 }
 

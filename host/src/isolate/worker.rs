@@ -277,7 +277,6 @@ impl HostContextFfi for WorkerContext {
         body: RSlice<'a, u8>,
         attributes: RSlice<'a, AttributeFfi>,
     ) -> BorrowingFfiFuture<'a, RResult<RString, RString>> {
-        let answer = HostContextFfi::publish(self, event, body, attributes);
-        BorrowingFfiFuture::new(std::future::ready(answer))
+        iniesta_plugin_api::export::ready(HostContextFfi::publish(self, event, body, attributes))
     }
 }

@@ -18,7 +18,6 @@ use iniesta_plugin_api::ffi::HandlerShape;
 use tracing::Instrument as _;
 
 use crate::plugins::call::{self, BatchEntry, CallMessage, Outcome};
-use crate::policy::batch::Joined;
 use crate::policy::{Admission, Health, Permit};
 use crate::route::Binding;
 use crate::telemetry;
@@ -301,9 +300,12 @@ async fn call_batched(
         permit,
         reply,
     };
-    if let Joined::Lead(batch) = batches.join(entry).await {
-        run_batch(binding, batch, span, traced).await;
-    }
+    // Used only when this message opens a batch: the batch then runs in its own task, with
+    // this message's span and trace.
+    let owner = binding.clone();
+    batches.join(entry, move |batch| async move {
+        run_batch(&owner, batch, span, traced).await
+    });
     answer.await.unwrap_or_else(|_| {
         CallResult::Crashed("the batch it was in was dropped before its call ended".into())
     })

@@ -209,3 +209,23 @@ fn a_bad_sentry_dsn_is_refused_without_repeating_it() {
         "the DSN holds a key: {out}"
     );
 }
+
+/// A batch that can never fill (its messages hold concurrency permits while they gather) is
+/// allowed but warned about, naming both keys and the fix.
+#[test]
+fn a_batch_larger_than_the_concurrency_limit_is_warned_about() {
+    let s = Scratch::new();
+    let (ok, out) = check(
+        &s,
+        &format!(
+            "{HEADER}{}[[bindings]]\nevents = [\"Order.*\"]\nplugin = \"shapes\"\nhandler = \"rows\"\nmax_concurrency = 2\n[bindings.batch]\nmax_size = 10\n",
+            plugins()
+        ),
+    );
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("bindings[0].batch: max_size 10 is above max_concurrency 2")
+            && out.contains("lower max_size to 2"),
+        "{out}"
+    );
+}
