@@ -177,7 +177,16 @@ if grep -q "ERROR" "$book_log"; then
 fi
 echo "==> mdbook test docs"
 book_deps="${CARGO_TARGET_DIR:-$PWD/target}/mdbook-deps"
+# rustdoc is handed the whole deps directory (-L): an rlib left over from an earlier build of
+# another version (a bumped plugin-api, a changed dependency) is a second candidate for the same
+# `extern crate` and fails every doctest. Start that directory afresh whenever what it is built
+# from changed.
+book_stamp="$(cat plugin-api/Cargo.toml Cargo.lock | sha256sum | cut -d' ' -f1)"
+if [ "$(cat "$book_deps/.built-from" 2>/dev/null || true)" != "$book_stamp" ]; then
+    rm -rf "$book_deps"
+fi
 cargo build -q -p iniesta-plugin-api --target-dir "$book_deps" || book_status=1
+mkdir -p "$book_deps" && echo "$book_stamp" > "$book_deps/.built-from"
 # export_plugin! reads CARGO_PKG_VERSION at compile time; rustdoc outside cargo has none.
 CARGO_PKG_VERSION=0.0.0 "$MDBOOK" test docs -L "$book_deps/debug/deps" || book_status=1
 # --- end the book ------------------------------------------------------------------------------
