@@ -270,28 +270,28 @@ pub fn enter(context: Option<Context>) -> Option<Entered> {
 /// async handler's publishes become children of the run, whichever worker polls it). `None`:
 /// the future as it is.
 pub fn within<F: std::future::Future>(context: Option<Context>, future: F) -> Within<F> {
-    Within {
-        context,
-        future: Box::pin(future),
-    }
+    Within { context, future }
 }
 
-/// See [`within`].
-pub struct Within<F> {
-    context: Option<Context>,
-    future: std::pin::Pin<Box<F>>,
+pin_project_lite::pin_project! {
+    /// See [`within`].
+    pub struct Within<F> {
+        context: Option<Context>,
+        #[pin]
+        future: F,
+    }
 }
 
 impl<F: std::future::Future> std::future::Future for Within<F> {
     type Output = F::Output;
 
     fn poll(
-        mut self: std::pin::Pin<&mut Self>,
+        self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<F::Output> {
-        let this = &mut *self;
+        let this = self.project();
         let _entered = enter(this.context.clone());
-        this.future.as_mut().poll(cx)
+        this.future.poll(cx)
     }
 }
 

@@ -133,14 +133,19 @@ struct GuardedAsync<H> {
     reactor: Arc<Reactor>,
 }
 
-/// A future that turns a panic in any of its polls into the `Panicked` outcome.
-struct CatchPanic<F>(Pin<Box<F>>);
+pin_project_lite::pin_project! {
+    /// A future that turns a panic in any of its polls into the `Panicked` outcome.
+    struct CatchPanic<F> {
+        #[pin]
+        future: F,
+    }
+}
 
 impl<F: Future<Output = HandlerResult>> Future for CatchPanic<F> {
     type Output = OutcomeFfi;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<OutcomeFfi> {
-        let future = self.0.as_mut();
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<OutcomeFfi> {
+        let future = self.project().future;
         match catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
             Ok(Poll::Pending) => Poll::Pending,
             Ok(Poll::Ready(result)) => Poll::Ready(outcome_ffi(Ok(result))),
@@ -179,7 +184,7 @@ impl<H: AsyncHandler> HandlerFfi for GuardedAsync<H> {
             let context = Context::from_ffi(ctx);
             self.handler.handle(&message, &context).await
         };
-        BorrowingFfiFuture::new(self.reactor.enter(CatchPanic(Box::pin(call))))
+        BorrowingFfiFuture::new(self.reactor.enter(CatchPanic { future: call }))
     }
 
     fn handle_batch(

@@ -69,7 +69,7 @@ impl Reactor {
     pub(crate) fn enter<F: Future>(self: &Arc<Self>, future: F) -> InReactor<F> {
         InReactor {
             reactor: self.clone(),
-            future: Some(Box::pin(future)),
+            future: Some(future),
         }
     }
 
@@ -89,33 +89,40 @@ impl Drop for Reactor {
     }
 }
 
-/// A future polled inside its plugin's reactor (see [`Reactor::enter`]).
-pub(crate) struct InReactor<F> {
-    reactor: Arc<Reactor>,
-    /// `None` once dropped.
-    future: Option<Pin<Box<F>>>,
+pin_project_lite::pin_project! {
+    /// A future polled inside its plugin's reactor (see [`Reactor::enter`]).
+    ///
+    /// A cancelled call's future is dropped inside the reactor too: the handler's locals may
+    /// need it in their destructors (a pooled connection returns itself by spawning a task),
+    /// and a panic there, outside any runtime, would abort the process across the boundary.
+    pub(crate) struct InReactor<F> {
+        reactor: Arc<Reactor>,
+        // `None` once dropped.
+        #[pin]
+        future: Option<F>,
+    }
+
+    impl<F> PinnedDrop for InReactor<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            let _entered = this.reactor.handle.enter();
+            let mut future = this.future;
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+                future.set(None)
+            }));
+        }
+    }
 }
 
 impl<F: Future> Future for InReactor<F> {
     type Output = F::Output;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let this = &mut *self;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
         let _entered = this.reactor.handle.enter();
-        match this.future.as_mut() {
-            Some(future) => future.as_mut().poll(cx),
+        match this.future.as_pin_mut() {
+            Some(future) => future.poll(cx),
             None => Poll::Pending,
         }
-    }
-}
-
-/// A cancelled call's future is dropped inside the reactor too: the handler's locals may
-/// need it in their destructors (a pooled connection returns itself by spawning a task), and
-/// a panic there, outside any runtime, would abort the process across the boundary.
-impl<F> Drop for InReactor<F> {
-    fn drop(&mut self) {
-        let _entered = self.reactor.handle.enter();
-        let future = self.future.take();
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(future)));
     }
 }

@@ -224,15 +224,6 @@ impl BindingConfig {
         if self.timeout_secs == Some(0) {
             bad(format!("{key}.timeout_secs"), "must be at least 1".into());
         }
-        if self.batch.is_some() && isolate.isolates(&self.plugin) {
-            bad(
-                format!("{key}.batch"),
-                format!(
-                    "plugin `{}` is isolated, and batch handlers do not run isolated (the worker protocol carries one message per call); take it out of plugins.isolate.names",
-                    self.plugin
-                ),
-            );
-        }
         if self.inline && isolate.isolates(&self.plugin) {
             bad(
                 format!("{key}.inline"),

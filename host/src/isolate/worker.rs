@@ -106,8 +106,9 @@ pub fn main(file: &Path) -> ExitCode {
                     .map_err(|e| e.to_string())
                     .and_then(|h| match h.shape() {
                         HandlerShape::Batch => Err(format!(
-                            "`{handler}` is a batch handler, which does not run isolated; \
-                             take the plugin out of [plugins.isolate] to bind it"
+                            "`{handler}` is a batch handler, which does not run isolated (the worker protocol \
+                             carries one message per call); take the plugin out of \
+                             plugins.isolate.names to bind it"
                         )),
                         _ => Ok(h),
                     })

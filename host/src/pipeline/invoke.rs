@@ -14,11 +14,12 @@ use tokio::time::Instant;
 
 use crate::lock::{completion, Locks};
 use crate::ops::metrics as m;
-use iniesta_plugin_api::ffi::HandlerShape;
 use tracing::Instrument as _;
 
 use crate::plugins::call::{self, BatchEntry, CallMessage, Outcome};
+use crate::policy::batch::Gatherer;
 use crate::policy::{Admission, Health, Permit};
+use crate::route::calling::Calling;
 use crate::route::Binding;
 use crate::telemetry;
 use crate::wire::Envelope;
@@ -163,22 +164,17 @@ pub async fn call_all(
             // A binding with limits starts its call (and its timeout) once they let it.
             let call = if binding.guard.limits.any() {
                 Call::Limited(message, hold.clone(), span)
+            } else if let Calling::Blocking = binding.calling {
+                Call::Blocking(call_blocking(binding, message, hold.clone(), None, span, traced.clone()))
             } else {
-                match binding.shape {
-                    HandlerShape::Async => Call::Async(message, span),
-                    HandlerShape::Batch => Call::Batched(message, hold.clone(), span),
-                    HandlerShape::Sync if binding.inline => Call::Inline(message, span),
-                    HandlerShape::Sync => Call::Blocking(call_blocking(binding, message, hold.clone(), None, span, traced.clone())),
-                }
+                Call::Deferred(message, hold.clone(), span)
             };
             async move {
                 let mut probe = probe;
                 let result = async {
                 let (result, started) = match call {
                     Call::Blocking(task) => (finish(task, started + binding.timeout).await, started),
-                    Call::Inline(message, span) => (call_inline(binding, &message, span, traced), started),
-                    Call::Async(message, span) => (call_async(binding, &message, span, traced, started + binding.timeout).await, started),
-                    Call::Batched(message, hold, span) => (call_batched(binding, message, hold, None, span, traced).await, started),
+                    Call::Deferred(message, hold, span) => (dispatch(binding, message, hold, None, span, traced, started).await, started),
                     Call::Limited(message, hold, span) => {
                         // The wait for a limit is bounded by the binding's timeout: a call
                         // that cannot start in that time (its slots held by hung calls) ends
@@ -210,23 +206,7 @@ pub async fn call_all(
                             }
                         }
                         let now = Instant::now();
-                        match binding.shape {
-                            HandlerShape::Async => {
-                                let result = call_async(binding, &message, span, traced, now + binding.timeout).await;
-                                drop(permit);
-                                (result, now)
-                            }
-                            HandlerShape::Batch => (call_batched(binding, message, hold, Some(permit), span, traced).await, now),
-                            HandlerShape::Sync if binding.inline => {
-                                let result = call_inline(binding, &message, span, traced);
-                                drop(permit);
-                                (result, now)
-                            }
-                            HandlerShape::Sync => {
-                                let task = call_blocking(binding, message, hold, Some(permit), span, traced);
-                                (finish(task, now + binding.timeout).await, now)
-                            }
-                        }
+                        (dispatch(binding, message, hold, Some(permit), span, traced, now).await, now)
                     }
                 };
                 binding.guard.record(health(&result), probe);
@@ -250,14 +230,43 @@ pub async fn call_all(
     futures_util::future::join_all(calls).await
 }
 
-/// One binding's call: started on the blocking pool, to be made inline, awaited or batched
-/// when polled, or to be started once its limits let it.
+/// One binding's call: started on the blocking pool, to be made (inline, awaited or batched)
+/// when polled, or to be made once its limits let it.
 enum Call {
     Blocking(tokio::task::JoinHandle<Result<Outcome, String>>),
-    Inline(Arc<CallMessage>, tracing::Span),
-    Async(Arc<CallMessage>, tracing::Span),
-    Batched(Arc<CallMessage>, Hold, tracing::Span),
+    Deferred(Arc<CallMessage>, Hold, tracing::Span),
     Limited(Arc<CallMessage>, Hold, tracing::Span),
+}
+
+/// Make one binding's call the way its handler is called, its timeout running from
+/// `started`. `hold` and the limit's `permit` last as long as the call: on the blocking pool and
+/// in a batch until its thread returns, otherwise until the call ends here.
+async fn dispatch(
+    binding: &Arc<Binding>,
+    message: Arc<CallMessage>,
+    hold: Hold,
+    permit: Option<Permit>,
+    span: tracing::Span,
+    traced: Option<opentelemetry::Context>,
+    started: Instant,
+) -> CallResult {
+    match &binding.calling {
+        Calling::Blocking => {
+            let task = call_blocking(binding, message, hold, permit, span, traced);
+            finish(task, started + binding.timeout).await
+        }
+        Calling::Inline => {
+            let _permit = permit;
+            call_inline(binding, &message, span, traced)
+        }
+        Calling::Async => {
+            let _permit = permit;
+            call_async(binding, &message, span, traced, started + binding.timeout).await
+        }
+        Calling::Batch(batches) => {
+            call_batched(binding, batches, message, hold, permit, span, traced).await
+        }
+    }
 }
 
 /// Call an async handler: its future is polled right here, on this message's task (no thread
@@ -284,15 +293,13 @@ async fn call_async(
 /// opens a batch gathers it (see [`crate::policy::batch`]) and runs it for all.
 async fn call_batched(
     binding: &Arc<Binding>,
+    batches: &Gatherer<BatchEntry>,
     message: Arc<CallMessage>,
     hold: Hold,
     permit: Option<Permit>,
     span: tracing::Span,
     traced: Option<opentelemetry::Context>,
 ) -> CallResult {
-    let Some(batches) = &binding.batches else {
-        return CallResult::Crashed("the binding gathers no batches".into());
-    };
     let (reply, answer) = tokio::sync::oneshot::channel();
     let entry = BatchEntry {
         message,

@@ -104,6 +104,11 @@ pub struct BatchEntry {
 pub struct CallMessage(MessageFfi);
 
 impl CallMessage {
+    /// The message as it crosses the boundary (a batch is a slice of these).
+    pub fn ffi(&self) -> &MessageFfi {
+        &self.0
+    }
+
     /// A decoded message as handlers receive it, delivered for the `receive_count`th time.
     pub fn new(envelope: &Envelope, receive_count: u32) -> CallMessage {
         Self::with_attributes(envelope, &envelope.attributes, receive_count)
@@ -201,13 +206,6 @@ pub fn handle_batch(
             .collect();
     }
     outcomes.into_iter().map(Outcome::from).collect()
-}
-
-impl CallMessage {
-    /// The message as it crosses the boundary (a batch is a slice of these).
-    pub fn ffi(&self) -> &MessageFfi {
-        &self.0
-    }
 }
 
 /// Message attributes as they cross the plugin boundary (handlers' messages and egresses'

@@ -10,6 +10,7 @@
 //! rules agree). A binding's `schema` ([`schema`]) does not route: a body that fails it is
 //! dead-lettered before any handler runs. [`explain`] is the `iniesta route` dry run.
 
+pub mod calling;
 pub mod check;
 pub mod explain;
 pub mod matcher;
@@ -303,17 +304,12 @@ pub struct Binding {
     pub handler_name: String,
     /// The constructed handler.
     pub handler: iniesta_plugin_api::ffi::HandlerBox,
-    /// How the handler is called: one blocking call per message, a future per message, or
-    /// one blocking call per batch (an isolated handler is always a blocking call here).
-    pub shape: iniesta_plugin_api::ffi::HandlerShape,
-    /// A batch handler's batches, gathered per `[bindings.batch]`.
-    pub batches: Option<crate::policy::batch::Gatherer<crate::plugins::call::BatchEntry>>,
+    /// How the handler is called: blocking or inline (sync), a future (async), in batches.
+    pub calling: calling::Calling,
     /// The context handed to every call.
     pub context: iniesta_plugin_api::ffi::HostContextBox,
     /// Per-call timeout.
     pub timeout: std::time::Duration,
-    /// `inline = true`: called on the async worker, without a hand-off (see `BindingConfig`).
-    pub inline: bool,
     /// The handler runs in an isolated worker process (`[plugins.isolate]`): its call can
     /// end in a crash of that process.
     pub isolated: bool,
@@ -344,16 +340,6 @@ pub fn patterns_of(binding: &crate::config::BindingConfig) -> Vec<Pattern> {
         .iter()
         .filter_map(|e| Pattern::parse(e).ok())
         .collect()
-}
-
-/// How a handler's shape reads in messages.
-pub fn shape_name(shape: iniesta_plugin_api::ffi::HandlerShape) -> &'static str {
-    use iniesta_plugin_api::ffi::HandlerShape;
-    match shape {
-        HandlerShape::Sync => "a sync handler",
-        HandlerShape::Async => "an async handler",
-        HandlerShape::Batch => "a batch handler",
-    }
 }
 
 /// Construct every binding's handler from the loaded plugins; every problem is reported with
@@ -440,32 +426,16 @@ pub fn bind(
                 continue;
             }
         };
-        use iniesta_plugin_api::ffi::HandlerShape;
-        let shape = handler.shape();
-        if b.batch.is_some() && shape != HandlerShape::Batch {
-            problems.push(Problem {
-                key: format!("{key}.batch"),
-                message: format!(
-                    "handler `{}/{handler_name}` is not a batch handler (it is {}); remove [{key}.batch]",
-                    plugin.name,
-                    shape_name(shape)
-                ),
-            });
-            continue;
-        }
-        if b.inline && shape != HandlerShape::Sync {
-            problems.push(Problem {
-                key: format!("{key}.inline"),
-                message: format!(
-                    "handler `{}/{handler_name}` is {}: `inline` is for sync handlers (an async handler already runs on the async workers, a batch runs on the blocking pool); remove it",
-                    plugin.name,
-                    shape_name(shape)
-                ),
-            });
-            continue;
-        }
-        let batches = (shape == HandlerShape::Batch)
-            .then(|| crate::policy::batch::Gatherer::new(&b.batch.clone().unwrap_or_default()));
+        let calling = match calling::Calling::of(handler.shape(), b, &key) {
+            Ok(calling) => calling,
+            Err((key, why)) => {
+                problems.push(Problem {
+                    key,
+                    message: format!("handler `{}/{handler_name}` {why}", plugin.name),
+                });
+                continue;
+            }
+        };
         let rules = match Rules::compile(b, &key, &config.base_dir) {
             Ok(rules) => rules,
             Err(found) => {
@@ -500,15 +470,13 @@ pub fn bind(
             plugin: plugin.clone(),
             handler_name,
             handler,
-            shape,
-            batches,
+            calling,
             context,
             timeout: std::time::Duration::from_secs(
                 b.timeout_secs.unwrap_or(config.sqs.handler_timeout_secs),
             ),
             is_default: b.default,
             schema: rules.schema.clone(),
-            inline: b.inline,
             isolated: config.plugins.isolate.isolates(&plugin.name),
             retry: b.retry.clone(),
             guard,
