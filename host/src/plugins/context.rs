@@ -137,18 +137,19 @@ impl HostContext {
 }
 
 impl HostContext {
-    /// What a publish needs, checked: the publisher and the attributes as the host's own;
-    /// notes a self-publish.
-    fn prepare(
+    /// Publish `event` to the topic for the handler (noting a self-publish first), as the
+    /// answer crosses the boundary. Both of the context's publish calls come here.
+    async fn publish_to_topic(
         &self,
         event: &str,
+        body: &[u8],
         attributes: &[AttributeFfi],
-    ) -> Result<(Arc<Publisher>, Attributes), RString> {
+    ) -> RResult<RString, RString> {
         if let Some(full) = self.consumes.as_ref().and_then(|c| c(event)) {
             self.self_published(&full);
         }
         let Some(publisher) = &self.publisher else {
-            return Err("publishing is not available here (no broker)".into());
+            return RResult::RErr("publishing is not available here (no broker)".into());
         };
         let attributes: Attributes = attributes
             .iter()
@@ -162,14 +163,10 @@ impl HostContext {
                 )
             })
             .collect();
-        Ok((publisher.clone(), attributes))
-    }
-
-    fn answer(
-        &self,
-        result: Result<crate::egress::Published, crate::egress::PublishError>,
-    ) -> RResult<RString, RString> {
-        match result {
+        match publisher
+            .publish(Destination::Topic, event, body.to_vec(), attributes)
+            .await
+        {
             Ok(published) => RResult::ROk(published.message_id.into()),
             Err(e) => {
                 tracing::warn!(plugin = %self.plugin, binding = %self.binding, error = %e, "handler publish failed");
@@ -186,19 +183,14 @@ impl HostContextFfi for HostContext {
         body: RSlice<'_, u8>,
         attributes: RSlice<'_, AttributeFfi>,
     ) -> RResult<RString, RString> {
-        let (publisher, attributes) = match self.prepare(event.as_str(), attributes.as_slice()) {
-            Ok(prepared) => prepared,
-            Err(e) => return RResult::RErr(e),
-        };
         let Some(runtime) = &self.runtime else {
             return RResult::RErr("publishing is not available here (no broker)".into());
         };
         let publish = || {
-            runtime.block_on(publisher.publish(
-                Destination::Topic,
+            runtime.block_on(self.publish_to_topic(
                 event.as_str(),
-                body.to_vec(),
-                attributes,
+                body.as_slice(),
+                attributes.as_slice(),
             ))
         };
         // Handlers run on the blocking pool, where blocking is allowed; an `inline = true`
@@ -206,11 +198,10 @@ impl HostContextFfi for HostContext {
         // worker of the (multi-threaded) host runtime, which must first hand its other tasks
         // to another thread (a plain block_on there would panic). On a blocking-pool thread
         // block_in_place just runs the closure.
-        let result = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
             Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(publish),
             _ => publish(),
-        };
-        self.answer(result)
+        }
     }
 
     /// Polled by an async handler on one of the host's async workers: the host's runtime is
@@ -221,22 +212,11 @@ impl HostContextFfi for HostContext {
         body: RSlice<'a, u8>,
         attributes: RSlice<'a, AttributeFfi>,
     ) -> BorrowingFfiFuture<'a, RResult<RString, RString>> {
-        let prepared = self.prepare(event.as_str(), attributes.as_slice());
-        BorrowingFfiFuture::new(async move {
-            let (publisher, attributes) = match prepared {
-                Ok(prepared) => prepared,
-                Err(e) => return RResult::RErr(e),
-            };
-            let result = publisher
-                .publish(
-                    Destination::Topic,
-                    event.as_str(),
-                    body.to_vec(),
-                    attributes,
-                )
-                .await;
-            self.answer(result)
-        })
+        BorrowingFfiFuture::new(self.publish_to_topic(
+            event.as_str(),
+            body.as_slice(),
+            attributes.as_slice(),
+        ))
     }
 
     fn log(&self, level: u8, message: RStr<'_>) {
