@@ -290,7 +290,7 @@ async fn call_async(
 }
 
 /// Hand a message to its batch handler's next batch and wait for its result: the message that
-/// opens a batch gathers it (see [`crate::policy::batch`]) and runs it for all.
+/// opens a batch starts the task that gathers and runs it (see [`crate::policy::batch`]).
 async fn call_batched(
     binding: &Arc<Binding>,
     batches: &Gatherer<BatchEntry>,
