@@ -50,6 +50,14 @@ fi
 echo "==> cargo fmt --check (host/fuzz, a workspace of its own)"
 cargo fmt --manifest-path host/fuzz/Cargo.toml -- --check
 
+# host/fuzz has a lock file of its own: a dependency bumped in the main workspace (plugin-api,
+# say) leaves it stale, and cargo-fuzz would quietly re-resolve it on every run.
+if ! cargo metadata --locked --offline --format-version 1 --manifest-path host/fuzz/Cargo.toml >/dev/null 2>&1 \
+    && ! cargo metadata --locked --format-version 1 --manifest-path host/fuzz/Cargo.toml >/dev/null; then
+    echo "==> host/fuzz/Cargo.lock is out of date: run \`cargo metadata --manifest-path host/fuzz/Cargo.toml\` and commit it" >&2
+    exit 1
+fi
+
 echo "==> building the fuzz targets (sanitizer: $sanitizer, into $target_dir)"
 build_start=$(date +%s)
 (cd host && "$cargo_fuzz" build -O --sanitizer "$sanitizer" --target-dir "$target_dir")
