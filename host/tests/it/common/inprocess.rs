@@ -30,6 +30,25 @@ use tokio_util::sync::CancellationToken;
 use super::paced::{Calls, Paced};
 use super::Scratch;
 
+/// A directory of links to the plugin files the config's bindings name (the workspace's
+/// `libNAME.so`): every host a test starts in this process keeps a copy of each plugin it
+/// loads mapped until the test binary exits, so loading all of `target/debug` each time
+/// (the example plugins are tens of MB) held gigabytes of deleted files in the temp dir.
+fn bound_plugins(config: &Config, scratch: &Scratch) -> std::path::PathBuf {
+    let dir = scratch.dir.path().join("bound-plugins");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    for binding in &config.bindings {
+        let file = format!("lib{}.so", binding.plugin.replace('-', "_"));
+        let (from, to) = (super::plugin_dir().join(&file), dir.join(&file));
+        if from.exists() && !to.exists() {
+            std::fs::hard_link(&from, &to)
+                .or_else(|_| std::fs::copy(&from, &to).map(|_| ()))
+                .expect("link a plugin");
+        }
+    }
+    dir
+}
+
 /// One service's pipeline running in-process, with its broker and scratch directory.
 pub struct InProcess {
     /// The scratch directory (the broker file, ledgers).
@@ -83,7 +102,7 @@ impl InProcess {
                 .expect("the local broker opens")
                 .with_clock(Clock::tokio()),
         );
-        let set = PluginSet::scan(&config.plugin_dirs());
+        let set = PluginSet::scan(&[bound_plugins(&config, &scratch)]);
         // Handlers publish to the same broker (unwrapped: publishes are not what a wrapper
         // paces or counts).
         let publisher = Arc::new(iniesta::egress::Publisher::new(&config, broker.clone()));
