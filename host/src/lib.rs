@@ -37,4 +37,5 @@ pub mod state_file;
 pub mod tasks;
 pub mod telemetry;
 pub mod validate;
+pub mod web;
 pub mod wire;

@@ -71,7 +71,7 @@ pub fn install(config: &Config, runtime: tokio::runtime::Handle) -> Result<bool,
         return Ok(true);
     }
     use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _};
-    let web = crate::ops::errors::http::WebClient::new(endpoint.starts_with("https://"))
+    let web = crate::web::WebClient::new(endpoint.starts_with("https://"))
         .map_err(TelemetryError::Exporter)?;
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
@@ -310,7 +310,7 @@ impl Drop for Entered {
 /// The OTLP exporter's HTTP client: the host's hyper client, each request run on the host's
 /// runtime (the exporter's own thread has none).
 struct OtlpClient {
-    web: crate::ops::errors::http::WebClient,
+    web: crate::web::WebClient,
     runtime: tokio::runtime::Handle,
 }
 

@@ -20,8 +20,9 @@ use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
 use super::fifo::{is_fifo, FifoSettings};
+use super::sqs_http::SqsHttp;
 use super::{Broker, BrokerError, DeleteFailure, QueueDepth, Received, Target};
-use crate::config::Config;
+use crate::config::{Config, SqsClient};
 use crate::wire::{Attribute, Attributes, Outgoing};
 
 /// The attribute a dead letter carries its reason in.
@@ -80,6 +81,9 @@ pub struct AwsBroker {
     dead_letter_url: OnceCell<String>,
     endpoint: String,
     fifo: FifoSettings,
+    /// The lean client of the per-message SQS calls (`broker.sqs_client = "lean"`); `None`:
+    /// the SDK makes them.
+    lean: Option<SqsHttp>,
 }
 
 /// Load the SDK configuration for a config: standard chain plus overrides, with timeouts that
@@ -102,6 +106,25 @@ pub async fn sdk_config(config: &Config) -> aws_config::SdkConfig {
     loader.load().await
 }
 
+/// Await a long poll to its end even when `cancel` fires: SQS may already have taken messages
+/// for it, and dropping the request would strand them, invisible, until their visibility
+/// timeout. What it brought is handed back for the caller to give back at once.
+async fn unrecalled<F: std::future::Future>(
+    request: F,
+    cancel: &CancellationToken,
+    wait: Duration,
+) -> F::Output {
+    tokio::pin!(request);
+    tokio::select! {
+        biased;
+        out = &mut request => out,
+        _ = cancel.cancelled() => {
+            tracing::debug!(wait_secs = wait.as_secs(), "stopping: waiting for the pending long poll's answer so nothing it took is stranded");
+            request.await
+        }
+    }
+}
+
 /// Map an SDK error to a broker error, keeping its context and whether a retry may help.
 pub fn sdk_error<E, R>(operation: &'static str, error: SdkError<E, R>) -> BrokerError
 where
@@ -112,14 +135,7 @@ where
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
             true
         }
-        SdkError::ServiceError(service) => {
-            let code = service.err().code().unwrap_or("");
-            code.contains("Throttl")
-                || matches!(
-                    code,
-                    "RequestThrottled" | "ServiceUnavailable" | "InternalError" | "InternalFailure"
-                )
-        }
+        SdkError::ServiceError(service) => is_retryable_code(service.err().code().unwrap_or("")),
         _ => false,
     };
     BrokerError::Aws {
@@ -127,6 +143,15 @@ where
         message: DisplayErrorContext(&error).to_string(),
         retryable,
     }
+}
+
+/// Whether an AWS error code says a later try may succeed (throttling, a server-side fault).
+pub fn is_retryable_code(code: &str) -> bool {
+    code.contains("Throttl")
+        || matches!(
+            code,
+            "RequestThrottled" | "ServiceUnavailable" | "InternalError" | "InternalFailure"
+        )
 }
 
 /// Whether SQS refused a receipt handle because it no longer names a message in flight: it
@@ -175,10 +200,29 @@ fn batch_failures(chunk: &[String], failed: &[BatchResultErrorEntry]) -> Vec<Del
 impl AwsBroker {
     /// Build the clients (no network call yet).
     pub async fn connect(config: &Config) -> AwsBroker {
-        let sdk = sdk_config(config).await;
+        AwsBroker::with_sdk_config(config, &sdk_config(config).await)
+    }
+
+    /// Build the clients from an SDK configuration already loaded (region, credentials,
+    /// endpoint); `config` says which queues and topic, and which SQS client.
+    pub fn with_sdk_config(config: &Config, sdk: &aws_config::SdkConfig) -> AwsBroker {
+        let lean = match config.broker.sqs_client {
+            SqsClient::Sdk => None,
+            SqsClient::Lean => match SqsHttp::new(
+                sdk,
+                config.broker.endpoint_url.as_deref(),
+                Duration::from_secs(10),
+            ) {
+                Ok(lean) => Some(lean),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the lean SQS client cannot start; the SDK receives and deletes instead");
+                    None
+                }
+            },
+        };
         AwsBroker {
-            sns: aws_sdk_sns::Client::new(&sdk),
-            sqs: aws_sdk_sqs::Client::new(&sdk),
+            sns: aws_sdk_sns::Client::new(sdk),
+            sqs: aws_sdk_sqs::Client::new(sdk),
             topic_arn: config.sns.topic_arn.clone(),
             queue: config.queue_name(),
             dead_letter_queue: config.sqs.dead_letter_queue.clone(),
@@ -190,6 +234,7 @@ impl AwsBroker {
                 .clone()
                 .unwrap_or_else(|| "the AWS default endpoint".into()),
             fifo: FifoSettings::from_config(config),
+            lean,
         }
     }
 
@@ -692,6 +737,12 @@ impl Broker for AwsBroker {
         wait: Duration,
         cancel: &CancellationToken,
     ) -> Result<Vec<Received>, BrokerError> {
+        if let Some(lean) = &self.lean {
+            let url = self.queue_url().await?;
+            let wait_secs = u32::try_from(wait.as_secs().min(20)).unwrap_or(20);
+            let request = lean.receive(url, max, wait_secs, is_fifo(&self.queue));
+            return unrecalled(request, cancel, wait).await;
+        }
         let url = self.queue_url().await?.to_string();
         let request = self
             .sqs
@@ -702,20 +753,7 @@ impl Broker for AwsBroker {
             .message_attribute_names("All")
             .message_system_attribute_names(MessageSystemAttributeName::All)
             .send();
-        tokio::pin!(request);
-        let out = tokio::select! {
-            biased;
-            out = &mut request => out,
-            _ = cancel.cancelled() => {
-                // A long poll cannot be recalled: SQS may already have taken messages for it,
-                // and dropping the request would strand them, invisible, until their visibility
-                // timeout. Wait for its answer (at most the poll's wait) and hand back what it
-                // brought, for the caller to give back at once.
-                tracing::debug!(wait_secs = wait.as_secs(), "stopping: waiting for the pending long poll's answer so nothing it took is stranded");
-                request.await
-            }
-        }
-        .map_err(|e| {
+        let out = unrecalled(request, cancel, wait).await.map_err(|e| {
             if e.as_service_error()
                 .map(|s| s.is_queue_does_not_exist())
                 .unwrap_or(false)
@@ -763,6 +801,9 @@ impl Broker for AwsBroker {
 
     async fn delete_batch(&self, receipts: &[String]) -> Result<Vec<DeleteFailure>, BrokerError> {
         let url = self.queue_url().await?.to_string();
+        if let Some(lean) = &self.lean {
+            return lean.delete_batch(&url, receipts).await;
+        }
         self.delete_batch_at(&url, receipts).await
     }
 
@@ -791,6 +832,9 @@ impl Broker for AwsBroker {
         secs: u32,
     ) -> Result<Vec<DeleteFailure>, BrokerError> {
         let url = self.queue_url().await?.to_string();
+        if let Some(lean) = &self.lean {
+            return lean.change_visibility_batch(&url, receipts, secs).await;
+        }
         let secs = i32::try_from(secs.min(43_200)).unwrap_or(43_200);
         let mut failures = Vec::new();
         for chunk in receipts.chunks(10) {

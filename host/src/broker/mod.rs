@@ -9,6 +9,7 @@
 pub mod aws;
 pub mod fifo;
 pub mod local;
+pub mod sqs_http;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -198,6 +198,7 @@ const SDK_TARGETS: &[&str] = &[
     "aws_smithy_runtime",
     "aws_smithy_runtime_api",
     "aws_smithy_http_client",
+    "aws_sdk_s3",
     "aws_sdk_sns",
     "aws_sdk_sqs",
     "aws_sdk_sso",

@@ -22,6 +22,22 @@ pub struct BrokerConfig {
     /// AWS endpoint override (local emulators).
     #[serde(default)]
     pub endpoint_url: Option<String>,
+    /// Which client receives, deletes and changes visibility on the queue.
+    #[serde(default)]
+    pub sqs_client: SqsClient,
+}
+
+/// The client of the SQS calls made per message (`ReceiveMessage`, `DeleteMessageBatch`,
+/// `ChangeMessageVisibilityBatch`); every other AWS call goes through the SDK either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SqsClient {
+    /// Our own: the SQS JSON protocol over the host's HTTP client, signed with aws-sigv4,
+    /// read without copying what it need not copy.
+    #[default]
+    Lean,
+    /// The AWS SDK for Rust.
+    Sdk,
 }
 
 impl Default for BrokerConfig {
@@ -31,6 +47,7 @@ impl Default for BrokerConfig {
             path: default_broker_path(),
             region: None,
             endpoint_url: None,
+            sqs_client: SqsClient::default(),
         }
     }
 }

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use broker::{BrokerConfig, BrokerKind};
+pub use broker::{BrokerConfig, BrokerKind, SqsClient};
 pub use egress::{EgressConfig, IngressConfig, OutboxConfig, PublishConfig};
 pub use isolate::IsolateConfig;
 pub use lock::{LockConfig, LockTlsConfig, PYTHON_INIESTA_LOCK_DATABASES};

@@ -39,4 +39,5 @@ mod routing;
 mod run;
 mod sentry;
 mod shapes;
+mod sqs_clients;
 mod traces;

@@ -13,7 +13,6 @@
 //! shutdown flushes what is queued within the sink's timeout.
 
 pub mod alerts;
-pub(crate) mod http;
 pub mod scrub;
 pub mod sentry;
 pub mod sentry_transport;

@@ -255,13 +255,13 @@ impl SentryReporter {
         })?;
         let dsn = parse_dsn(&dsn).map_err(OpsError::Sentry)?;
         let https = dsn.scheme() == sentry::types::Scheme::Https;
-        let client = super::http::WebClient::new(https).map_err(OpsError::Sentry)?;
+        let client = crate::web::WebClient::new(https).map_err(OpsError::Sentry)?;
         let url: hyper::Uri = dsn
             .envelope_api_url()
             .as_str()
             .parse()
             .map_err(|e| OpsError::Sentry(format!("the DSN gives no envelope URL: {e}")))?;
-        let user_agent = super::http::USER_AGENT;
+        let user_agent = crate::web::USER_AGENT;
         let timeout = Duration::from_secs(sentry.timeout_secs.max(1));
         let endpoint = Endpoint {
             url,

@@ -16,7 +16,7 @@ use sentry::transports::{RateLimiter, RateLimitingCategory};
 use sentry::{Envelope, Transport, TransportFactory, TransportOptions};
 use tokio::sync::mpsc;
 
-use super::http::WebClient;
+use crate::web::WebClient;
 
 /// How many envelopes may wait to be sent.
 pub const QUEUE: usize = 256;
@@ -165,7 +165,7 @@ pub async fn send_loop(
             tracing::warn!(error = %e, "cannot encode a Sentry envelope; the event is dropped");
             continue;
         }
-        let request = match super::http::post_request(
+        let request = match crate::web::post_request(
             endpoint.url.clone(),
             "application/x-sentry-envelope",
             &[("X-Sentry-Auth", &endpoint.auth)],

@@ -11,11 +11,11 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::{mpsc, Semaphore};
 
-use super::http::WebClient;
 use super::{Failure, FailureKind};
 use crate::config::{Config, Problem};
 use crate::ops::OpsError;
 use crate::tasks::Tasks;
+use crate::web::WebClient;
 
 /// How many records may wait to be sent.
 const QUEUE: usize = 1024;
@@ -210,7 +210,7 @@ async fn send_one(
             return;
         }
     };
-    let request = match super::http::post_request(uri, "application/json", &[], body) {
+    let request = match crate::web::post_request(uri, "application/json", &[], body) {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(webhook_host = %host, error = %e, "cannot build the error webhook request");

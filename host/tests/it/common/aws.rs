@@ -40,6 +40,21 @@ impl Moto {
         Moto { child, port }
     }
 
+    /// Start one that checks every request's SigV4 signature (with botocore, as AWS would)
+    /// and IAM permissions after the first `free_actions` requests, which it serves unsigned.
+    pub fn start_authenticating(free_actions: u32) -> Moto {
+        let binary = moto_binary();
+        let (child, port) = super::ports::spawn_listening("moto_server", |port| {
+            let mut cmd = Command::new(&binary);
+            cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .env("INITIAL_NO_AUTH_ACTION_COUNT", free_actions.to_string())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            cmd
+        });
+        Moto { child, port }
+    }
+
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }

@@ -1,5 +1,6 @@
-//! The HTTP client both report sinks POST with: plain HTTP, or HTTPS through rustls with the
-//! system's CA certificates.
+//! The host's own HTTP client: plain HTTP, or HTTPS through rustls with the system's CA
+//! certificates. The error sinks (webhook, Sentry), the OTLP span exporter and the lean SQS
+//! client (`broker::sqs_http`) POST through it.
 
 use std::time::Duration;
 
@@ -16,7 +17,14 @@ pub struct Answer {
     pub status: u16,
     /// The response headers (Sentry's rate limits are read from them).
     pub headers: hyper::HeaderMap,
+    /// The response body; `None` when it could not be read whole or was over
+    /// [`MAX_ANSWER_BYTES`].
+    pub body: Option<Bytes>,
 }
+
+/// The largest response body [`WebClient::post`] reads (an SQS receive of ten 1 MiB messages
+/// with their attributes fits).
+pub const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
 
 /// Why a POST got no answer.
 #[derive(Debug, thiserror::Error)]
@@ -29,8 +37,11 @@ pub enum PostError {
     Timeout(Duration),
 }
 
-/// The User-Agent of every report POST.
-pub(super) const USER_AGENT: &str = concat!("iniesta/", env!("CARGO_PKG_VERSION"));
+/// How long a connection may take to open.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The User-Agent of every POST.
+pub const USER_AGENT: &str = concat!("iniesta/", env!("CARGO_PKG_VERSION"));
 
 /// A POST of `body` to `uri` as `content_type`, with iniesta's User-Agent and `headers`.
 pub fn post_request(
@@ -59,12 +70,18 @@ pub enum WebClient {
 
 impl WebClient {
     /// A client for `https` or plain-HTTP endpoints; `Err` names why HTTPS is unavailable.
+    /// Connections are pooled and kept alive, connect within [`CONNECT_TIMEOUT`], and send
+    /// without Nagle's delay (a small request waiting on a delayed ACK costs 40 ms).
     pub fn new(https: bool) -> Result<WebClient, String> {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        http.set_nodelay(true);
         if !https {
             return Ok(WebClient::Http(
-                Client::builder(TokioExecutor::new()).build_http(),
+                Client::builder(TokioExecutor::new()).build(http),
             ));
         }
+        http.enforce_http(false);
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_provider_and_native_roots(rustls::crypto::aws_lc_rs::default_provider())
             .map_err(|e| {
@@ -74,7 +91,7 @@ impl WebClient {
             })?
             .https_or_http()
             .enable_http1()
-            .build();
+            .wrap_connector(http);
         Ok(WebClient::Https(
             Client::builder(TokioExecutor::new()).build(connector),
         ))
@@ -101,10 +118,15 @@ impl WebClient {
             })?;
             let status = response.status().as_u16();
             let (parts, body) = response.into_parts();
-            let _ = body.collect().await;
+            let body = http_body_util::Limited::new(body, MAX_ANSWER_BYTES)
+                .collect()
+                .await
+                .ok()
+                .map(|collected| collected.to_bytes());
             Ok(Answer {
                 status,
                 headers: parts.headers,
+                body,
             })
         };
         tokio::time::timeout(timeout, exchange)
