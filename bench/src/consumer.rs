@@ -33,6 +33,8 @@ pub(crate) enum Consumer {
         tracing: bool,
         /// Another binding than the quiet echo: its plugins directory and its TOML entry.
         binding: Option<(std::path::PathBuf, String)>,
+        /// `broker.sqs_client = "sdk"`: the AWS SDK receives and deletes.
+        sdk: bool,
     },
     /// A plain boto3 loop.
     Boto3,
@@ -53,7 +55,16 @@ impl Consumer {
             publish: None,
             tracing: false,
             binding: None,
+            sdk: false,
         }
+    }
+
+    /// The host receiving and deleting through the AWS SDK (`broker.sqs_client = "sdk"`).
+    pub(crate) fn through_the_sdk(mut self) -> Consumer {
+        if let Consumer::Host { sdk, .. } = &mut self {
+            *sdk = true;
+        }
+        self
     }
 
     /// The host with `binding` (a `[[bindings]]` entry) to a plugin in `plugins`.
@@ -164,6 +175,7 @@ pub(crate) fn run_consumer(
             publish,
             tracing,
             binding,
+            sdk,
         } => {
             let config = SqsHost {
                 endpoint: canned.url(),
@@ -180,6 +192,7 @@ pub(crate) fn run_consumer(
                 otlp_endpoint: tracing
                     .then(|| format!("{}{}", canned.url(), bench::canned::OTLP_PATH)),
                 binding: binding.as_ref().map(|(_, toml)| toml.clone()),
+                sqs_client: if *sdk { "sdk" } else { "lean" },
             };
             let path = dir.path().join("iniesta.toml");
             std::fs::write(&path, config.config())?;

@@ -94,6 +94,8 @@ pub struct SqsHost {
     pub otlp_endpoint: Option<String>,
     /// A `[[bindings]]` entry (TOML) instead of the default one to the quiet echo.
     pub binding: Option<String>,
+    /// `broker.sqs_client`: `lean` (the default) or `sdk`.
+    pub sqs_client: &'static str,
 }
 
 impl SqsHost {
@@ -110,6 +112,7 @@ initialization = [{initialization}]
 kind = "aws"
 region = "us-east-1"
 endpoint_url = "{endpoint}"
+sqs_client = "{sqs_client}"
 
 [sqs]
 queue_name = "{queue}"
@@ -129,6 +132,7 @@ watch = false
 {binding}
 {tracing}"#,
             endpoint = self.endpoint,
+            sqs_client = self.sqs_client,
             queue = self.queue,
             pollers = self.pollers,
             in_flight = self.max_in_flight,

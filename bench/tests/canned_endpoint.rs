@@ -35,6 +35,9 @@ fn consume_and_delete_everything(inline: bool) {
         publish: None,
         otlp_endpoint: None,
         binding: None,
+        // Both SQS clients against the same canned endpoint: the SDK with the blocking-pool
+        // binding, the lean client (the default) with the inline one.
+        sqs_client: if inline { "lean" } else { "sdk" },
     };
     let path = scratch.path().join("iniesta.toml");
     std::fs::write(&path, config.config()).expect("config");
@@ -100,6 +103,7 @@ fn failed_delete_and_publish_entries_are_retried_alone_and_requests_are_counted(
         publish: Some("Order.Shipped".into()),
         otlp_endpoint: None,
         binding: None,
+        sqs_client: "lean",
     };
     let path = scratch.path().join("iniesta.toml");
     std::fs::write(&path, config.config()).expect("config");

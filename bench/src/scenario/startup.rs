@@ -28,6 +28,7 @@ pub(crate) fn run(ctx: &Ctx, rows: &mut Vec<Row>) -> anyhow::Result<()> {
             publish: None,
             otlp_endpoint: None,
             binding: None,
+            sqs_client: "lean",
         };
         let path = dir.path().join("iniesta.toml");
         std::fs::write(&path, config.config())?;

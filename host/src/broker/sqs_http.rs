@@ -38,7 +38,8 @@ const RENEW_BEFORE_EXPIRY: Duration = Duration::from_secs(5 * 60);
 /// The SQS calls made per message, without the SDK (see the module docs).
 pub struct SqsHttp {
     web: WebClient,
-    /// Where requests go when `broker.endpoint_url` names it; else each queue URL's origin.
+    /// Where requests go when `broker.endpoint_url` (or the SDK's config) names it; else each
+    /// queue URL's origin.
     endpoint: Option<hyper::Uri>,
     region: Option<String>,
     credentials: CredentialCache,
@@ -54,7 +55,9 @@ impl SqsHttp {
         endpoint_url: Option<&str>,
         attempt_timeout: Duration,
     ) -> Result<SqsHttp, BrokerError> {
+        // `broker.endpoint_url`, else the one the SDK's config names (`AWS_ENDPOINT_URL`).
         let endpoint = endpoint_url
+            .or(sdk.endpoint_url())
             .map(|url| {
                 url.parse::<hyper::Uri>().map_err(|e| BrokerError::Aws {
                     operation: "SQS",

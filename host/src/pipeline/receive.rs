@@ -336,7 +336,7 @@ impl Shared {
             self.give_back(back, back_held, "fifo_order").await;
         }
         for (group, entries) in groups {
-            self.spawn(self.clone().run_group(group, entries));
+            self.spawn(Box::pin(self.clone().run_group(group, entries)));
         }
         if busy.is_empty() {
             return Ok(());
@@ -361,9 +361,11 @@ impl Shared {
     fn start(self: &Arc<Self>, taken: Taken, claim: Claim) {
         let keeper = Keeper::start(self, &taken, claim.held.clone());
         let this = self.clone();
-        self.spawn(async move {
+        // Boxed where it is made: the ~10 KB state machine is copied once, into the box,
+        // instead of once per function and wrapper on its way into the task.
+        self.spawn(Box::pin(async move {
             this.run_message(taken, claim, keeper).await;
-        });
+        }));
     }
 
     /// Start a task for every message whose lock was taken; return the others.
