@@ -19,6 +19,7 @@ use base64::Engine as _;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
+pub use super::codes::{is_retryable_code, is_stale_receipt};
 use super::fifo::{is_fifo, FifoSettings};
 use super::sqs_http::SqsHttp;
 use super::{Broker, BrokerError, DeleteFailure, QueueDepth, Received, Target};
@@ -143,30 +144,6 @@ where
         message: DisplayErrorContext(&error).to_string(),
         retryable,
     }
-}
-
-/// Whether an AWS error code says a later try may succeed (throttling, a server-side fault).
-pub fn is_retryable_code(code: &str) -> bool {
-    code.contains("Throttl")
-        || matches!(
-            code,
-            "RequestThrottled" | "ServiceUnavailable" | "InternalError" | "InternalFailure"
-        )
-}
-
-/// Whether SQS refused a receipt handle because it no longer names a message in flight: it
-/// was deleted, redelivered to someone else (a newer receipt exists), or its visibility
-/// already ended. Retrying such a request cannot succeed.
-pub fn is_stale_receipt(code: Option<&str>, message: Option<&str>) -> bool {
-    let code = code.unwrap_or("");
-    let message = message.unwrap_or("").to_ascii_lowercase();
-    code.ends_with("ReceiptHandleIsInvalid")
-        || code.ends_with("MessageNotInflight")
-        || (code.ends_with("InvalidParameterValue")
-            && message.contains("receipthandle")
-            && (message.contains("expired")
-                || message.contains("does not exist")
-                || message.contains("not available")))
 }
 
 /// A batch entry the SDK refused to build (never retryable).

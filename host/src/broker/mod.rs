@@ -7,6 +7,7 @@
 //! [`aws`] is the real engine; [`local`] exists so the main job runs on a fresh machine.
 
 pub mod aws;
+pub mod codes;
 pub mod fifo;
 pub mod local;
 pub mod sqs_http;

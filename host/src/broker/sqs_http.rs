@@ -25,7 +25,7 @@ use hyper::body::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use super::aws::{is_retryable_code, is_stale_receipt};
+use super::codes::{is_retryable_code, is_stale_receipt};
 use super::{BrokerError, DeleteFailure, Received};
 use crate::web::WebClient;
 use crate::wire::{Attribute, Attributes};
@@ -117,31 +117,8 @@ impl SqsHttp {
         queue_url: &str,
         receipts: &[String],
     ) -> Result<Vec<DeleteFailure>, BrokerError> {
-        let mut failures = Vec::new();
-        for chunk in receipts.chunks(10) {
-            let request = BatchInput {
-                queue_url,
-                entries: chunk
-                    .iter()
-                    .enumerate()
-                    .map(|(i, receipt)| BatchEntry {
-                        id: i,
-                        receipt_handle: receipt,
-                        visibility_timeout: None,
-                    })
-                    .collect(),
-            };
-            let body = self
-                .call(
-                    "DeleteMessageBatch",
-                    queue_url,
-                    &request,
-                    self.attempt_timeout,
-                )
-                .await?;
-            failures.extend(decode_batch("DeleteMessageBatch", &body, chunk)?);
-        }
-        Ok(failures)
+        self.batches("DeleteMessageBatch", queue_url, receipts, None)
+            .await
     }
 
     /// Make the deliveries `receipts` names visible again after `secs` seconds (at most 12
@@ -152,7 +129,24 @@ impl SqsHttp {
         receipts: &[String],
         secs: u32,
     ) -> Result<Vec<DeleteFailure>, BrokerError> {
-        let secs = secs.min(43_200);
+        self.batches(
+            "ChangeMessageVisibilityBatch",
+            queue_url,
+            receipts,
+            Some(secs.min(43_200)),
+        )
+        .await
+    }
+
+    /// `operation` on `receipts`, ten per call (with `visibility_timeout` on each entry when
+    /// given); the entries SQS refused, with why.
+    async fn batches(
+        &self,
+        operation: &'static str,
+        queue_url: &str,
+        receipts: &[String],
+        visibility_timeout: Option<u32>,
+    ) -> Result<Vec<DeleteFailure>, BrokerError> {
         let mut failures = Vec::new();
         for chunk in receipts.chunks(10) {
             let request = BatchInput {
@@ -163,19 +157,14 @@ impl SqsHttp {
                     .map(|(i, receipt)| BatchEntry {
                         id: i,
                         receipt_handle: receipt,
-                        visibility_timeout: Some(secs),
+                        visibility_timeout,
                     })
                     .collect(),
             };
             let body = self
-                .call(
-                    "ChangeMessageVisibilityBatch",
-                    queue_url,
-                    &request,
-                    self.attempt_timeout,
-                )
+                .call(operation, queue_url, &request, self.attempt_timeout)
                 .await?;
-            failures.extend(decode_batch("ChangeMessageVisibilityBatch", &body, chunk)?);
+            failures.extend(decode_batch(operation, &body, chunk)?);
         }
         Ok(failures)
     }
