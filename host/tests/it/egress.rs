@@ -505,27 +505,15 @@ fn encrypted_profiles_round_trip_and_python_reads_them() {
 
     // Standard Fernet: Python's `cryptography` (in the moto venv) decrypts it; inside is the
     // msgpack of the profiles, as the real `acct encrypt` writes it.
-    let python = common::aws::moto_binary()
-        .parent()
-        .expect("venv bin")
-        .join("python");
-    let out = Command::new(&python)
-        .args([
-            "-c",
-            "import sys, base64; from cryptography.fernet import Fernet; sys.stdout.write(base64.b64encode(Fernet(sys.argv[1].encode()).decrypt(open(sys.argv[2],'rb').read())).decode())",
-            &key,
-            fernet.to_str().expect("utf-8"),
-        ])
-        .output()
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = common::stdout_of(Command::new(common::aws::moto_python()).args([
+        "-c",
+        "import sys, base64; from cryptography.fernet import Fernet; sys.stdout.write(base64.b64encode(Fernet(sys.argv[1].encode()).decrypt(open(sys.argv[2],'rb').read())).decode())",
+        &key,
+        fernet.to_str().expect("utf-8"),
+    ]));
     use base64::Engine as _;
     let inner = base64::engine::general_purpose::STANDARD
-        .decode(out.stdout.trim_ascii())
+        .decode(out.trim_ascii())
         .expect("base64");
     let data: serde_json::Value = rmp_serde::from_slice(&inner).expect("msgpack inside");
     assert_eq!(

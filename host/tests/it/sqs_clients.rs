@@ -344,16 +344,10 @@ boto3.client("sqs", **kw).create_queue(QueueName="{queue}")
 print(key["AccessKeyId"], key["SecretAccessKey"])
 "#
     );
-    let out = std::process::Command::new(common::aws::moto_python())
-        .args(["-c", &script])
-        .output()
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = common::stdout_of(
+        std::process::Command::new(common::aws::moto_python()).args(["-c", &script]),
     );
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let text = String::from_utf8_lossy(&out).to_string();
     let mut words = text.split_whitespace();
     match (words.next(), words.next()) {
         (Some(id), Some(secret)) => (id.to_string(), secret.to_string()),
