@@ -22,9 +22,9 @@ pub struct Answer {
     pub body: Option<Bytes>,
 }
 
-/// The largest response body [`WebClient::post`] reads (an SQS receive of ten 1 MiB messages
-/// with their attributes fits).
-pub const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
+/// The largest response body [`WebClient::post`] reads: an SQS receive of ten 1 MiB messages
+/// fits even when every character of every body is escaped (`\u0001`, six bytes each).
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
 
 /// Why a POST got no answer.
 #[derive(Debug, thiserror::Error)]

@@ -6,14 +6,15 @@
 //!
 //! It is what `broker.sqs_client = "lean"` (the default) selects; the AWS SDK still makes
 //! every other call (publish, send, dead letters, queue URLs, depths), and makes these three
-//! too with `sqs_client = "sdk"`. Region and credentials are the SDK's: the same chain
-//! (environment, profile, SSO, instance role, web identity) resolves them, and this client
-//! keeps the credentials until five minutes before they expire (fifteen minutes when they do
-//! not say). Retries are the callers' (the receive loop and the settle loop back off and try
-//! again on any retryable error), so a failing endpoint is reported at once, not after the
-//! SDK's three attempts.
+//! too with `sqs_client = "sdk"`. Region, credentials and endpoint are the SDK's: the same
+//! chain resolves the credentials ([`CredentialCache`] keeps and renews them), and the SDK's
+//! own endpoint rules pick the endpoint. Requests are signed at SQS's time when the host's
+//! clock is more than a minute off. Retries are the callers' (the receive loop and the settle
+//! loop back off and try again on any retryable error), so a failing endpoint is reported at
+//! once, not after the SDK's three attempts.
 
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
@@ -38,13 +39,16 @@ const RENEW_BEFORE_EXPIRY: Duration = Duration::from_secs(5 * 60);
 /// The SQS calls made per message, without the SDK (see the module docs).
 pub struct SqsHttp {
     web: WebClient,
-    /// Where requests go when `broker.endpoint_url` (or the SDK's config) names it; else each
-    /// queue URL's origin.
+    /// Where requests go: the endpoint the SDK's own resolver gives for this region and
+    /// config (FIPS, dual stack, `AWS_ENDPOINT_URL_SQS`, `broker.endpoint_url`); `None` when it
+    /// cannot say, and then each queue URL's origin.
     endpoint: Option<hyper::Uri>,
     region: Option<String>,
     credentials: CredentialCache,
     /// How long one call may take (a long poll's wait comes on top for receives).
     attempt_timeout: Duration,
+    /// How far SQS's clock is ahead of this host's, in ms, when over a minute (else 0).
+    skew_ms: AtomicI64,
 }
 
 impl SqsHttp {
@@ -55,13 +59,16 @@ impl SqsHttp {
         endpoint_url: Option<&str>,
         attempt_timeout: Duration,
     ) -> Result<SqsHttp, BrokerError> {
-        // `broker.endpoint_url`, else the one the SDK's config names (`AWS_ENDPOINT_URL`).
-        let endpoint = endpoint_url
-            .or(sdk.endpoint_url())
+        let endpoint = resolve_endpoint(sdk, endpoint_url)
+            .map_err(|message| BrokerError::Aws {
+                operation: "SQS",
+                message,
+                retryable: false,
+            })?
             .map(|url| {
                 url.parse::<hyper::Uri>().map_err(|e| BrokerError::Aws {
                     operation: "SQS",
-                    message: format!("broker.endpoint_url `{url}` is not a URL: {e}"),
+                    message: format!("SQS endpoint `{url}` is not a URL: {e}"),
                     retryable: false,
                 })
             })
@@ -81,6 +88,7 @@ impl SqsHttp {
             region: sdk.region().map(|r| r.as_ref().to_string()),
             credentials: CredentialCache::new(sdk.credentials_provider()),
             attempt_timeout,
+            skew_ms: AtomicI64::new(0),
         })
     }
 
@@ -187,6 +195,7 @@ impl SqsHttp {
                 message: format!("cannot reach SQS: {e}"),
                 retryable: true,
             })?;
+        self.note_clock(&answer.headers);
         let Some(body) = answer.body else {
             return Err(BrokerError::Aws {
                 operation,
@@ -200,13 +209,56 @@ impl SqsHttp {
         if (200..300).contains(&answer.status) {
             return Ok(body);
         }
-        Err(service_error(
-            operation,
-            queue_url,
-            answer.status,
-            &answer.headers,
-            &body,
-        ))
+        let (error, credentials_refused) =
+            service_error(operation, queue_url, answer.status, &answer.headers, &body);
+        if credentials_refused {
+            self.credentials.forget().await;
+        }
+        Err(error)
+    }
+
+    /// Take the server's clock from an answer's `Date`: when it is more than a minute off
+    /// this host's, requests are signed at the server's time from then on (SigV4 refuses a
+    /// signature more than five minutes off; the SDK corrects the same way).
+    fn note_clock(&self, headers: &hyper::HeaderMap) {
+        let Some(server) = headers
+            .get(hyper::header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                aws_smithy_types::DateTime::from_str(
+                    v,
+                    aws_smithy_types::date_time::Format::HttpDate,
+                )
+                .ok()
+            })
+            .and_then(|t| SystemTime::try_from(t).ok())
+        else {
+            return;
+        };
+        let now = SystemTime::now();
+        let skew_ms = match server.duration_since(now) {
+            Ok(ahead) => i64::try_from(ahead.as_millis()).unwrap_or(i64::MAX),
+            Err(behind) => -i64::try_from(behind.duration().as_millis()).unwrap_or(i64::MAX),
+        };
+        let skew_ms = if skew_ms.abs() > 60_000 { skew_ms } else { 0 };
+        if self.skew_ms.swap(skew_ms, Ordering::Relaxed) != skew_ms && skew_ms != 0 {
+            tracing::warn!(
+                skew_ms,
+                "this host's clock is off from SQS's; signing at SQS's time"
+            );
+        }
+    }
+
+    /// The time to sign at: this host's clock, corrected by the skew [`Self::note_clock`] saw.
+    fn signing_time(&self) -> SystemTime {
+        let skew_ms = self.skew_ms.load(Ordering::Relaxed);
+        let skew = Duration::from_millis(skew_ms.unsigned_abs());
+        let now = SystemTime::now();
+        if skew_ms >= 0 {
+            now + skew
+        } else {
+            now.checked_sub(skew).unwrap_or(now)
+        }
     }
 
     /// The signed HTTP request of one call.
@@ -244,7 +296,7 @@ impl SqsHttp {
             .identity(&identity)
             .region(region)
             .name("sqs")
-            .time(SystemTime::now())
+            .time(self.signing_time())
             .settings(SigningSettings::default())
             .build()
             .map_err(|e| fail(format!("cannot sign: {e}")))?
@@ -262,6 +314,48 @@ impl SqsHttp {
         instructions.apply_to_request_http1x(&mut request);
         *request.body_mut() = Full::new(Bytes::from(body));
         Ok(request)
+    }
+}
+
+/// The SQS endpoint the SDK would call, by its own endpoint rules: `endpoint_url` (the
+/// config's override) or the service-specific `AWS_ENDPOINT_URL_SQS` / profile
+/// `endpoint_url`, else the global one, else the region's endpoint with the config's FIPS
+/// and dual-stack choices. `Ok(None)` without a region (the caller then uses each queue URL's
+/// origin, and signing reports the missing region).
+fn resolve_endpoint(
+    sdk: &aws_config::SdkConfig,
+    endpoint_url: Option<&str>,
+) -> Result<Option<String>, String> {
+    use aws_sdk_sqs::config::endpoint::{DefaultResolver, Params, ResolveEndpoint as _};
+    use futures_util::FutureExt as _;
+    let from_service_config = || {
+        let key = aws_types::service_config::ServiceConfigKey::builder()
+            .service_id("SQS")
+            .env("AWS_ENDPOINT_URL")
+            .profile("endpoint_url")
+            .build()
+            .ok()?;
+        sdk.service_config()?.load_config(key)
+    };
+    let endpoint = endpoint_url
+        .map(str::to_string)
+        .or_else(from_service_config)
+        .or_else(|| sdk.endpoint_url().map(str::to_string));
+    let Some(region) = sdk.region() else {
+        return Ok(endpoint);
+    };
+    let params = Params::builder()
+        .region(region.as_ref())
+        .use_fips(sdk.use_fips().unwrap_or(false))
+        .use_dual_stack(sdk.use_dual_stack().unwrap_or(false))
+        .set_endpoint(endpoint)
+        .build()
+        .map_err(|e| format!("cannot resolve the SQS endpoint: {e}"))?;
+    let resolver = DefaultResolver::new();
+    match resolver.resolve_endpoint(&params).now_or_never() {
+        Some(Ok(resolved)) => Ok(Some(resolved.url().to_string())),
+        Some(Err(e)) => Err(format!("cannot resolve the SQS endpoint: {e}")),
+        None => Err("cannot resolve the SQS endpoint: the resolver did not answer at once".into()),
     }
 }
 
@@ -296,10 +390,27 @@ fn host_header(uri: &hyper::Uri) -> Option<String> {
 }
 
 /// The SDK's credentials, kept until they are due for renewal.
+///
+/// Renewal starts [`RENEW_BEFORE_EXPIRY`] before they expire (at most every
+/// [`RENEW_RETRY`]); a renewal that fails or takes over [`LOAD_TIMEOUT`] keeps the credentials
+/// held while they are still valid, so a slow or failing provider (STS, SSO,
+/// `credential_process`) costs nothing until they really run out.
 struct CredentialCache {
     provider: Option<SharedCredentialsProvider>,
-    current: Mutex<Option<(Credentials, Instant)>>,
+    current: Mutex<Option<Held>>,
 }
+
+/// Credentials held, when to renew them and until when they may still be used.
+struct Held {
+    credentials: Credentials,
+    renew_at: Instant,
+    valid_until: Option<Instant>,
+}
+
+/// How long the provider chain may take for one renewal.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// How soon a failed (or too short-lived) renewal is tried again.
+const RENEW_RETRY: Duration = Duration::from_secs(10);
 
 impl CredentialCache {
     fn new(provider: Option<SharedCredentialsProvider>) -> CredentialCache {
@@ -309,13 +420,13 @@ impl CredentialCache {
         }
     }
 
-    /// Credentials good for a call now; asks the provider chain when none are kept or the
-    /// kept ones are due. Concurrent callers wait for one renewal.
+    /// Credentials good for a call now. Concurrent callers wait for one renewal.
     async fn get(&self, operation: &'static str) -> Result<Credentials, BrokerError> {
         let mut current = self.current.lock().await;
-        if let Some((credentials, renew_at)) = current.as_ref() {
-            if Instant::now() < *renew_at {
-                return Ok(credentials.clone());
+        let now = Instant::now();
+        if let Some(held) = current.as_ref() {
+            if now < held.renew_at {
+                return Ok(held.credentials.clone());
             }
         }
         let Some(provider) = &self.provider else {
@@ -325,29 +436,72 @@ impl CredentialCache {
                 retryable: false,
             });
         };
-        let credentials = provider
-            .provide_credentials()
-            .await
-            .map_err(|e| BrokerError::Aws {
-                operation,
-                message: format!(
-                    "no AWS credentials: {}",
-                    aws_sdk_sqs::error::DisplayErrorContext(&e)
-                ),
-                retryable: true,
-            })?;
-        let lifetime = credentials
+        let loaded = match tokio::time::timeout(LOAD_TIMEOUT, provider.provide_credentials()).await
+        {
+            Ok(Ok(credentials)) => Ok(credentials),
+            Ok(Err(e)) => Err(format!(
+                "no AWS credentials: {}",
+                aws_sdk_sqs::error::DisplayErrorContext(&e)
+            )),
+            Err(_) => Err(format!(
+                "no AWS credentials: the provider chain took over {} s",
+                LOAD_TIMEOUT.as_secs()
+            )),
+        };
+        match loaded {
+            Ok(credentials) => {
+                let held = Held::of(credentials, Instant::now());
+                let credentials = held.credentials.clone();
+                *current = Some(held);
+                Ok(credentials)
+            }
+            Err(message) => match current.as_mut() {
+                // Still valid: keep using them, try again soon.
+                Some(held) if held.valid_until.is_none_or(|until| now < until) => {
+                    tracing::warn!(error = %message, "cannot renew the AWS credentials; the ones held are still valid and stay in use");
+                    held.renew_at = now + RENEW_RETRY;
+                    Ok(held.credentials.clone())
+                }
+                _ => Err(BrokerError::Aws {
+                    operation,
+                    message,
+                    retryable: true,
+                }),
+            },
+        }
+    }
+
+    /// Forget the credentials held (SQS said they are expired or unknown): the next call asks
+    /// the provider chain again.
+    async fn forget(&self) {
+        *self.current.lock().await = None;
+    }
+}
+
+impl Held {
+    /// `credentials` loaded at `now`: renewed five minutes before they expire, or in fifteen
+    /// minutes when undated; never sooner than [`RENEW_RETRY`] (a provider handing out
+    /// credentials about to expire is not asked again on every call).
+    fn of(credentials: Credentials, now: Instant) -> Held {
+        let left = credentials
             .expiry()
-            .and_then(|expiry| expiry.duration_since(SystemTime::now()).ok())
-            .map(|left| left.saturating_sub(RENEW_BEFORE_EXPIRY))
-            .unwrap_or(UNDATED_CREDENTIALS_LIFETIME);
-        *current = Some((credentials.clone(), Instant::now() + lifetime));
-        Ok(credentials)
+            .map(|expiry| expiry.duration_since(SystemTime::now()).unwrap_or_default());
+        let renew_in = match left {
+            Some(left) => left
+                .saturating_sub(RENEW_BEFORE_EXPIRY)
+                .max(RENEW_RETRY.min(left)),
+            None => UNDATED_CREDENTIALS_LIFETIME,
+        };
+        Held {
+            credentials,
+            renew_at: now + renew_in,
+            valid_until: left.map(|left| now + left),
+        }
     }
 }
 
 /// An SQS error answer as a broker error ([`BrokerError::NoSuchQueue`] when the queue is
-/// gone): the error code from the `x-amzn-query-error`
+/// gone), and whether it refused the credentials (expired or unknown): the error code from the `x-amzn-query-error`
 /// header (the code the query protocol used, which the SDK reports too) or the body's
 /// `__type`, and its message.
 fn service_error(
@@ -356,7 +510,7 @@ fn service_error(
     status: u16,
     headers: &hyper::HeaderMap,
     body: &[u8],
-) -> BrokerError {
+) -> (BrokerError, bool) {
     let answer: ErrorAnswer<'_> = serde_json::from_slice(body).unwrap_or_default();
     let query_code = headers
         .get("x-amzn-query-error")
@@ -382,15 +536,22 @@ fn service_error(
         .unwrap_or("");
     if code.ends_with("NonExistentQueue") || code.ends_with("QueueDoesNotExist") {
         let name = queue_url.rsplit('/').next().unwrap_or(queue_url);
-        return BrokerError::NoSuchQueue(name.to_string());
+        return (BrokerError::NoSuchQueue(name.to_string()), false);
     }
-    let retryable = status >= 500 || status == 429 || is_retryable_code(code);
+    // Expired or unknown credentials are renewed before the next call
+    // ([`SqsHttp::call`] forgets them), and a skewed clock is corrected from the answer's
+    // `Date`: both may succeed on the next try.
+    let retryable = status >= 500
+        || status == 429
+        || is_retryable_code(code)
+        || is_credential_code(code)
+        || code == "RequestTimeTooSkewed";
     let what = if code.is_empty() {
         format!("HTTP {status}")
     } else {
         code.to_string()
     };
-    BrokerError::Aws {
+    let error = BrokerError::Aws {
         operation,
         message: if message.is_empty() {
             format!("service error: {what}")
@@ -398,7 +559,16 @@ fn service_error(
             format!("service error: {what}: {message}")
         },
         retryable,
-    }
+    };
+    (error, is_credential_code(code))
+}
+
+/// Whether an error code says the credentials signed with are expired or unknown.
+fn is_credential_code(code: &str) -> bool {
+    matches!(
+        code,
+        "ExpiredToken" | "ExpiredTokenException" | "InvalidClientTokenId" | "RequestExpired"
+    )
 }
 
 /// The text of the first `<name>…</name>` element in `xml`, if any.
@@ -700,7 +870,8 @@ mod tests {
             400,
             &headers,
             br#"{"__type":"com.amazonaws.sqs#QueueDoesNotExist","message":"gone"}"#,
-        );
+        )
+        .0;
         assert!(
             matches!(&gone, BrokerError::NoSuchQueue(q) if q == "orders"),
             "{gone:?}"
@@ -712,7 +883,8 @@ mod tests {
             400,
             &none,
             br#"{"__type":"com.amazonaws.sqs#RequestThrottled","message":"slow down"}"#,
-        );
+        )
+        .0;
         assert!(throttled.is_retryable(), "{throttled:?}");
         assert!(
             throttled.to_string().contains("RequestThrottled"),
@@ -724,7 +896,8 @@ mod tests {
             403,
             &none,
             br#"{"__type":"com.amazon.coral.service#AccessDeniedException","Message":"no"}"#,
-        );
+        )
+        .0;
         assert!(!denied.is_retryable(), "{denied:?}");
         let xml = service_error(
             "ReceiveMessage",
@@ -732,14 +905,109 @@ mod tests {
             403,
             &none,
             b"<ErrorResponse><Errors><Error><Code>SignatureDoesNotMatch</Code><Message>no match</Message></Error></Errors></ErrorResponse>",
-        );
+        ).0;
         assert!(!xml.is_retryable(), "{xml:?}");
         assert!(
             xml.to_string().contains("SignatureDoesNotMatch: no match"),
             "{xml}"
         );
-        let unreadable = service_error("ReceiveMessage", url, 503, &none, b"<html>");
+        let unreadable = service_error("ReceiveMessage", url, 503, &none, b"<html>").0;
         assert!(unreadable.is_retryable(), "{unreadable:?}");
+        // Expired credentials: retryable, and the caller renews them before the next try.
+        let (expired, refused) = service_error(
+            "ReceiveMessage",
+            url,
+            403,
+            &none,
+            br#"{"__type":"com.amazon.coral.service#ExpiredTokenException","message":"expired"}"#,
+        );
+        assert!(expired.is_retryable() && refused, "{expired:?}");
+        let (_, refused) = service_error(
+            "ReceiveMessage",
+            url,
+            403,
+            &none,
+            br#"{"__type":"com.amazon.coral.service#AccessDeniedException"}"#,
+        );
+        assert!(!refused);
+    }
+
+    #[test]
+    fn credentials_are_renewed_before_they_expire_and_expired_ones_are_never_kept() {
+        let now = Instant::now();
+        let dated = |secs: u64| {
+            Credentials::new(
+                "AKID",
+                "secret",
+                Some("token".into()),
+                Some(SystemTime::now() + Duration::from_secs(secs)),
+                "test",
+            )
+        };
+        let hour = Held::of(dated(3600), now);
+        let renew = hour.renew_at.duration_since(now).as_secs();
+        assert!(
+            (3290..=3300).contains(&renew),
+            "five minutes early: {renew}"
+        );
+        assert!(hour.valid_until.is_some_and(|u| u > hour.renew_at));
+        let short = Held::of(dated(60), now);
+        assert_eq!(
+            short.renew_at,
+            now + RENEW_RETRY,
+            "not renewed on every call"
+        );
+        let expired = Credentials::new(
+            "AKID",
+            "secret",
+            None,
+            Some(SystemTime::now() - Duration::from_secs(1)),
+            "test",
+        );
+        let expired = Held::of(expired, now);
+        assert_eq!(expired.renew_at, now, "renewed at once");
+        assert_eq!(expired.valid_until, Some(now), "and never used");
+        let undated = Held::of(Credentials::new("AKID", "s", None, None, "test"), now);
+        assert_eq!(undated.renew_at, now + UNDATED_CREDENTIALS_LIFETIME);
+        assert_eq!(undated.valid_until, None);
+    }
+
+    #[test]
+    fn the_sdk_s_endpoint_rules_pick_the_endpoint() {
+        let sdk = |fips: bool, url: Option<&str>| {
+            let mut b = aws_config::SdkConfig::builder()
+                .behavior_version(aws_config::BehaviorVersion::latest())
+                .region(aws_config::Region::new("us-east-1"))
+                .use_fips(fips);
+            if let Some(url) = url {
+                b = b.endpoint_url(url);
+            }
+            b.build()
+        };
+        assert_eq!(
+            resolve_endpoint(&sdk(false, None), None)
+                .expect("resolves")
+                .as_deref(),
+            Some("https://sqs.us-east-1.amazonaws.com")
+        );
+        let fips = resolve_endpoint(&sdk(true, None), None).expect("resolves");
+        assert!(
+            fips.as_deref().is_some_and(|u| u.contains("fips")),
+            "{fips:?}"
+        );
+        assert_eq!(
+            resolve_endpoint(&sdk(false, Some("http://sdk:1")), Some("http://ours:2"))
+                .expect("resolves")
+                .as_deref(),
+            Some("http://ours:2"),
+            "broker.endpoint_url first"
+        );
+        assert_eq!(
+            resolve_endpoint(&sdk(false, Some("http://sdk:1")), None)
+                .expect("resolves")
+                .as_deref(),
+            Some("http://sdk:1")
+        );
     }
 
     #[test]

@@ -99,53 +99,69 @@ impl LocalRecords {
         u64::try_from(at.saturating_duration_since(self.base).as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// The bit of a binding id, naming it first if it is new.
-    fn bit_of(&mut self, binding: &str) -> u64 {
-        let index = match self.names.iter().position(|n| n == binding) {
-            Some(index) => index,
-            None => {
-                if self.names.len() == MAX_LOCAL_BINDING_IDS {
-                    tracing::debug!(
-                        records = self.by_message.len(),
-                        "completion records name {MAX_LOCAL_BINDING_IDS} binding ids: dropping every record and starting afresh"
-                    );
-                    *self = LocalRecords {
-                        base: self.base,
-                        ..LocalRecords::default()
-                    };
+    /// The bits of `bindings`, naming the new ones first. When they do not all fit beside
+    /// the names held, every record and name is dropped before any bit is given out, so a
+    /// bit never stands for a binding other than the one it was recorded for.
+    fn bits_of(&mut self, bindings: &[String]) -> u64 {
+        let new = bindings
+            .iter()
+            .filter(|b| !self.names.contains(b))
+            .collect::<BTreeSet<_>>()
+            .len();
+        if self.names.len() + new > MAX_LOCAL_BINDING_IDS {
+            tracing::debug!(
+                records = self.by_message.len(),
+                "completion records name {MAX_LOCAL_BINDING_IDS} binding ids: dropping every record and starting afresh"
+            );
+            *self = LocalRecords {
+                base: self.base,
+                ..LocalRecords::default()
+            };
+        }
+        let mut bits = 0;
+        for binding in bindings.iter().take(MAX_LOCAL_BINDING_IDS) {
+            let index = match self.names.iter().position(|n| n == binding) {
+                Some(index) => index,
+                None => {
+                    self.names.push(binding.clone());
+                    self.names.len() - 1
                 }
-                self.names.push(binding.to_string());
-                self.names.len() - 1
-            }
-        };
-        1 << index
+            };
+            bits |= 1 << index;
+        }
+        bits
     }
 
     /// Record that `bindings` completed `message_id`, until `ttl` from now.
     pub fn record(&mut self, message_id: &str, bindings: &[String], ttl: Duration) {
         let now = Instant::now();
         self.prune(now);
-        let mut bits = 0;
-        for binding in bindings {
-            bits |= self.bit_of(binding);
-        }
+        let bits = self.bits_of(bindings);
         let key = key_of(message_id);
         let expires_ms = self.ms(now + ttl);
-        if !self.by_message.contains_key(&key) {
-            while self.by_message.len() >= MAX_LOCAL_RECORDS {
-                let Some(Reverse((_, oldest))) = self.expiries.pop() else {
-                    break;
-                };
-                self.by_message.remove(&oldest);
+        match self.by_message.get_mut(&key) {
+            // Written again: its queue entry stays; pruning finds the later expiry there.
+            Some(record) => {
+                record.bindings |= bits;
+                record.expires_ms = record.expires_ms.max(expires_ms);
+            }
+            None => {
+                while self.by_message.len() >= MAX_LOCAL_RECORDS {
+                    let Some(Reverse((_, oldest))) = self.expiries.pop() else {
+                        break;
+                    };
+                    self.by_message.remove(&oldest);
+                }
+                self.by_message.insert(
+                    key,
+                    Record {
+                        bindings: bits,
+                        expires_ms,
+                    },
+                );
+                self.expiries.push(Reverse((expires_ms, key)));
             }
         }
-        let record = self.by_message.entry(key).or_insert(Record {
-            bindings: 0,
-            expires_ms,
-        });
-        record.bindings |= bits;
-        record.expires_ms = record.expires_ms.max(expires_ms);
-        self.expiries.push(Reverse((expires_ms, key)));
     }
 
     /// The bindings recorded (and not expired) for `message_id`.
@@ -175,6 +191,9 @@ impl LocalRecords {
         self.by_message.is_empty()
     }
 
+    /// Drop the records that expired. Each record has one entry in the queue, with the
+    /// expiry it was first written with; a record written again since is put back with its
+    /// later expiry instead of dropped.
     fn prune(&mut self, now: Instant) {
         let now_ms = self.ms(now);
         while let Some(Reverse((expires_ms, key))) = self.expiries.peek().copied() {
@@ -182,14 +201,12 @@ impl LocalRecords {
                 break;
             }
             self.expiries.pop();
-            // Only if it was not written again with a later expiry (that write queued its
-            // own entry).
-            if self
-                .by_message
-                .get(&key)
-                .is_some_and(|record| record.expires_ms <= now_ms)
-            {
-                self.by_message.remove(&key);
+            match self.by_message.get(&key).map(|r| r.expires_ms) {
+                Some(later) if later > now_ms => self.expiries.push(Reverse((later, key))),
+                Some(_) => {
+                    self.by_message.remove(&key);
+                }
+                None => {}
             }
         }
     }
@@ -268,6 +285,55 @@ mod tests {
             BTreeSet::from(["64:p/h".to_string()])
         );
         assert_eq!(records.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_record_of_several_bindings_across_the_reset_names_only_them() {
+        let mut records = LocalRecords::new();
+        let ttl = Duration::from_secs(60);
+        for i in 0..MAX_LOCAL_BINDING_IDS - 1 {
+            records.record(&format!("m{i}"), &[format!("{i}:p/h")], ttl);
+        }
+        // One name is left and two are new: everything starts afresh before any bit is set.
+        records.record(
+            "two",
+            &["0:p/h".into(), "x:p/h".into(), "y:p/h".into()],
+            ttl,
+        );
+        assert_eq!(
+            records.completed("two"),
+            BTreeSet::from([
+                "0:p/h".to_string(),
+                "x:p/h".to_string(),
+                "y:p/h".to_string()
+            ])
+        );
+        records.record("next", &["z:p/h".into()], ttl);
+        assert_eq!(
+            records.completed("next"),
+            BTreeSet::from(["z:p/h".to_string()])
+        );
+        assert_eq!(
+            records.completed("two").len(),
+            3,
+            "still exactly its own three"
+        );
+    }
+
+    #[tokio::test]
+    async fn one_queue_entry_per_message_however_many_bindings_record_it() {
+        let mut records = LocalRecords::new();
+        let ttl = Duration::from_millis(30);
+        for i in 0..100 {
+            for b in 0..5 {
+                records.record(&format!("m{i}"), &[format!("{b}:p/h")], ttl);
+            }
+        }
+        assert_eq!(records.len(), 100);
+        assert_eq!(records.expiries.len(), 100);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        records.record("after", &["0:p/h".into()], ttl);
+        assert_eq!((records.len(), records.expiries.len()), (1, 1));
     }
 
     #[tokio::test]

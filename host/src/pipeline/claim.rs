@@ -56,7 +56,7 @@ impl Shared {
             FetchError::Gone(_) if handled_before => {
                 tracing::info!(message_id = %envelope.message_id, event = %envelope.event, receive_count = message.receive_count,
                     "a duplicate of a handled claim check whose object was deleted after handling; deleting it without running anything");
-                self.delete(message, &envelope).await
+                self.delete(message, &envelope, held).await
             }
             FetchError::Refused(reason) | FetchError::Gone(reason) => {
                 self.report(FailureKind::ClaimCheck, None, message, &envelope, &reason);

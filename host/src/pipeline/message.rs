@@ -86,7 +86,7 @@ impl Shared {
                 keeper.stop().await;
                 tracing::info!(message_id = %envelope.message_id, event = %envelope.event, receive_count = message.receive_count, bindings = %labels(&done),
                     "every binding already completed this message (a redelivered duplicate); deleting it without running anything");
-                self.delete(&message, &envelope).await
+                self.delete(&message, &envelope, &mut held).await
             } else {
                 if !done.is_empty() {
                     tracing::info!(message_id = %envelope.message_id, event = %envelope.event, receive_count = message.receive_count, skipped = %labels(&done),

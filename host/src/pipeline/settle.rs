@@ -28,7 +28,7 @@ use crate::wire::Envelope;
 
 use super::invoke::CallResult;
 use super::report::labels;
-use super::state::{Delete, GiveBack, PendingDelete, Shared};
+use super::state::{Delete, GiveBack, LockedUntilDeleted, PendingDelete, Shared};
 
 /// The fewest `DeleteMessageBatch` calls allowed in flight at once.
 pub const MIN_DELETE_CALLS: usize = 16;
@@ -178,7 +178,12 @@ impl Shared {
     /// Queue an acked message for the batch deleter; `false` if the deleter is gone. It waits
     /// while `max_in_flight` deletes are pending (deletes failing): the message keeps its
     /// in-flight slot meanwhile, so receiving stops rather than deletes piling up.
-    pub(super) async fn delete(&self, message: &Received, envelope: &Envelope) -> bool {
+    pub(super) async fn delete(
+        &self,
+        message: &Received,
+        envelope: &Envelope,
+        held: &mut Option<Held>,
+    ) -> bool {
         let Ok(permit) = self.delete_room.clone().acquire_owned().await else {
             tracing::error!(message_id = %envelope.message_id, event = %envelope.event, "delete queue closed; the message will be redelivered");
             return false;
@@ -189,6 +194,9 @@ impl Shared {
             event: envelope.event.clone(),
             after: self.after_delete(envelope),
             _pending: PendingDelete::new(permit),
+            _lock: held
+                .take()
+                .map(|held| LockedUntilDeleted::new(self.parts.locks.clone(), held)),
         });
         if sent.is_err() {
             tracing::error!(message_id = %envelope.message_id, event = %envelope.event, "delete queue closed; the message will be redelivered");
@@ -213,7 +221,7 @@ impl Shared {
         match settle(results, &Policy::of(bindings), message.receive_count) {
             Settlement::Delete => {
                 tracing::debug!(message_id = %id, event = %event, bindings = %labels, "every binding acked; deleting");
-                self.delete(message, envelope).await
+                self.delete(message, envelope, held).await
             }
             Settlement::Leave => {
                 metrics::counter!(m::RETRIED, "reason" => "failed").increment(1);

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::broker::{Broker, Received};
-use crate::lock::Locks;
+use crate::lock::{Held, Locks};
 use crate::ops::console::RecentFailures;
 use crate::ops::errors::ErrorReporter;
 use crate::ops::health::Health;
@@ -162,6 +162,42 @@ pub struct Delete {
     pub after: Option<AfterDelete>,
     /// Held until the delete is done (or given up).
     pub _pending: PendingDelete,
+    /// The message's lock, released only when its delete is done or given up: released at
+    /// once, a delete still waiting past the visibility timeout would let another consumer
+    /// (a Python iniesta, which keeps no completion records) take and run the message again.
+    pub _lock: Option<LockedUntilDeleted>,
+}
+
+/// A message lock released when dropped (in the background; if no runtime is left, it
+/// expires on its own).
+pub struct LockedUntilDeleted {
+    locks: Arc<dyn Locks>,
+    held: Option<Held>,
+}
+
+impl LockedUntilDeleted {
+    /// Hold `held` until this is dropped.
+    pub fn new(locks: Arc<dyn Locks>, held: Held) -> LockedUntilDeleted {
+        LockedUntilDeleted {
+            locks,
+            held: Some(held),
+        }
+    }
+}
+
+impl Drop for LockedUntilDeleted {
+    fn drop(&mut self) {
+        let (Some(held), Ok(runtime)) = (self.held.take(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        let locks = self.locks.clone();
+        runtime.spawn(async move {
+            if let Err(e) = locks.release(std::slice::from_ref(&held)).await {
+                tracing::warn!(message_id = %held.message_id, error = %e, "cannot release the message lock; it will expire");
+            }
+        });
+    }
 }
 
 /// Work that waits for a message's delete: the S3 object of its claim check is deleted

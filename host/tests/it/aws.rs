@@ -506,6 +506,10 @@ fn sqs_unreachable_mid_run_loses_nothing_and_resumes() {
     s.wait_for("the queue to empty", LIMIT, || {
         rt.block_on(depth(&moto.url(), "iniesta-test-receiver")) == 0
     });
+    // The last poller to recover may still be in its backoff when the queue is empty.
+    s.wait_for("the outage to be cleared", LIMIT, || {
+        host.log_text().contains("alert_cleared")
+    });
     let log = host.stop();
     assert!(
         log.matches("receive failed; retrying").count() >= 2,
