@@ -64,6 +64,51 @@ async fn at_20_ms_a_call_receives_are_full_and_several_receives_and_deletes_are_
     );
 }
 
+/// An acked message keeps its lock until its delete is answered: released when the delete
+/// was only queued, a delete held up past the visibility timeout let a consumer without
+/// completion records (a Python iniesta) take the lock and run the message again.
+#[tokio::test(start_paused = true)]
+async fn an_acked_message_keeps_its_lock_until_its_delete_is_answered() {
+    let (host, calls) =
+        InProcess::start_paced("visibility_timeout = 300", LEDGER, Duration::from_millis(1)).await;
+    calls.hold_deletes.store(true, Ordering::SeqCst);
+    publish(&host, 1).await;
+    host.wait_for("the message handled", Duration::from_secs(30), || async {
+        (handled(&host) == 1).then_some(())
+    })
+    .await;
+    let line = std::fs::read_to_string(host.scratch.path("ledger.jsonl")).expect("ledger");
+    let id = serde_json::from_str::<serde_json::Value>(line.trim()).expect("json")["id"]
+        .as_str()
+        .expect("the ledger names the message id")
+        .to_string();
+    // Well within the lock's own lifetime (`lock.timeout_secs`, 10 s): the keeper that
+    // extends it stops with the handlers.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let try_lock = || async {
+        host.locks
+            .try_acquire(std::slice::from_ref(&id), Duration::from_secs(60))
+            .await
+            .expect("the lock service answers")
+            .remove(0)
+    };
+    assert!(
+        try_lock().await.is_none(),
+        "the lock is still held while the delete waits"
+    );
+    calls.hold_deletes.store(false, Ordering::SeqCst);
+    host.wait_for(
+        "the lock released after the delete",
+        Duration::from_secs(30),
+        || async {
+            (host.queue().await.is_empty()).then_some(())?;
+            try_lock().await.map(|_| ())
+        },
+    )
+    .await;
+    host.stop().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_acked_message_frees_its_slot_while_its_delete_waits() {
     let (host, calls) = InProcess::start_paced(

@@ -57,6 +57,8 @@ pub struct InProcess {
     pub config: Config,
     /// The broker, on the tokio clock (the pipeline holds a clone of the same file and clock).
     pub broker: Arc<LocalBroker>,
+    /// The pipeline's lock service (in-process unless the config names Redis).
+    pub locks: Arc<dyn iniesta::lock::Locks>,
     shutdown: CancellationToken,
     run: Option<JoinHandle<()>>,
 }
@@ -120,7 +122,7 @@ impl InProcess {
         let pipeline = Pipeline::new(
             wrap(broker.clone()),
             Arc::new(ArcSwap::from_pointee(routes)),
-            locks,
+            locks.clone(),
             Settings::from_config(&config),
         );
         let shutdown = CancellationToken::new();
@@ -129,6 +131,7 @@ impl InProcess {
             scratch,
             config,
             broker,
+            locks,
             shutdown,
             run: Some(run),
         }
