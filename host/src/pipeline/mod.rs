@@ -173,6 +173,7 @@ impl Pipeline {
                 &shutdown,
                 settle::run_deleter(
                     self.parts.broker.clone(),
+                    self.parts.locks.clone(),
                     delete_rx,
                     flush.clone(),
                     delete_room.clone(),

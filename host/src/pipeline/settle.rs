@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Broker, Received};
 use crate::config::policy::RetryConfig;
-use crate::lock::Held;
+use crate::lock::{Held, Locks};
 use crate::ops::metrics as m;
 use crate::plugins::Outcome;
 use crate::route::Binding;
@@ -28,7 +28,7 @@ use crate::wire::Envelope;
 
 use super::invoke::CallResult;
 use super::report::labels;
-use super::state::{Delete, GiveBack, LockedUntilDeleted, PendingDelete, Shared};
+use super::state::{Delete, GiveBack, PendingDelete, Shared};
 
 /// The fewest `DeleteMessageBatch` calls allowed in flight at once.
 pub const MIN_DELETE_CALLS: usize = 16;
@@ -194,9 +194,7 @@ impl Shared {
             event: envelope.event.clone(),
             after: self.after_delete(envelope),
             _pending: PendingDelete::new(permit),
-            _lock: held
-                .take()
-                .map(|held| LockedUntilDeleted::new(self.parts.locks.clone(), held)),
+            lock: held.take(),
         });
         if sent.is_err() {
             tracing::error!(message_id = %envelope.message_id, event = %envelope.event, "delete queue closed; the message will be redelivered");
@@ -390,6 +388,7 @@ impl DeleteStall {
 /// it says so once ([`DeleteStall`]).
 pub(super) async fn run_deleter(
     broker: Arc<dyn Broker>,
+    locks: Arc<dyn Locks>,
     mut rx: mpsc::UnboundedReceiver<Delete>,
     flush: CancellationToken,
     room: Arc<Semaphore>,
@@ -427,9 +426,17 @@ pub(super) async fn run_deleter(
         let Ok(call) = calls.clone().acquire_owned().await else {
             break;
         };
-        let (broker, stall, waiting) = (broker.clone(), stall.clone(), waiting.clone());
+        let (broker, locks) = (broker.clone(), locks.clone());
+        let (stall, waiting) = (stall.clone(), waiting.clone());
         sending.spawn(async move {
+            // The batch's locks go once every delete in it is done or given up, in one call.
+            let held: Vec<Held> = batch.iter_mut().filter_map(|d| d.lock.take()).collect();
             delete_with_retry(broker.as_ref(), batch, &waiting, &stall).await;
+            if !held.is_empty() {
+                if let Err(e) = locks.release(&held).await {
+                    tracing::warn!(count = held.len(), error = %e, "cannot release the message locks; they will expire");
+                }
+            }
             drop(call);
         });
         while sending.try_join_next().is_some() {}

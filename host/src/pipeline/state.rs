@@ -162,42 +162,11 @@ pub struct Delete {
     pub after: Option<AfterDelete>,
     /// Held until the delete is done (or given up).
     pub _pending: PendingDelete,
-    /// The message's lock, released only when its delete is done or given up: released at
-    /// once, a delete still waiting past the visibility timeout would let another consumer
-    /// (a Python iniesta, which keeps no completion records) take and run the message again.
-    pub _lock: Option<LockedUntilDeleted>,
-}
-
-/// A message lock released when dropped (in the background; if no runtime is left, it
-/// expires on its own).
-pub struct LockedUntilDeleted {
-    locks: Arc<dyn Locks>,
-    held: Option<Held>,
-}
-
-impl LockedUntilDeleted {
-    /// Hold `held` until this is dropped.
-    pub fn new(locks: Arc<dyn Locks>, held: Held) -> LockedUntilDeleted {
-        LockedUntilDeleted {
-            locks,
-            held: Some(held),
-        }
-    }
-}
-
-impl Drop for LockedUntilDeleted {
-    fn drop(&mut self) {
-        let (Some(held), Ok(runtime)) = (self.held.take(), tokio::runtime::Handle::try_current())
-        else {
-            return;
-        };
-        let locks = self.locks.clone();
-        runtime.spawn(async move {
-            if let Err(e) = locks.release(std::slice::from_ref(&held)).await {
-                tracing::warn!(message_id = %held.message_id, error = %e, "cannot release the message lock; it will expire");
-            }
-        });
-    }
+    /// The message's lock, released by the deleter when the delete is done or given up:
+    /// released at once, a delete still waiting past the visibility timeout would let another
+    /// consumer (a Python iniesta, which keeps no completion records) take and run the message
+    /// again.
+    pub lock: Option<Held>,
 }
 
 /// Work that waits for a message's delete: the S3 object of its claim check is deleted
