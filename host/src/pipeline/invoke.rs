@@ -151,31 +151,28 @@ pub async fn call_all(
                 None => (shared.clone(), None),
             };
             let span = tracing::info_span!("handle", message_id = %envelope.message_id, event = %envelope.event, binding = %binding.label);
-            // Each ack is recorded as soon as it comes, before the lock is released, so a
-            // duplicate delivered later skips this binding even if a sibling fails.
-            let record = record.map(|r| Completion {
-                locks: r.locks.clone(),
-                message_id: envelope.message_id.clone(),
-                event: envelope.event.clone(),
-                binding: completion::id_of(binding),
-                label: binding.label.clone(),
-                ttl: r.ttl,
-            });
+            let job = Job {
+                message,
+                hold: hold.clone(),
+                permit: None,
+                span,
+                traced,
+            };
             // A binding with limits starts its call (and its timeout) once they let it.
             let call = if binding.guard.limits.any() {
-                Call::Limited(message, hold.clone(), span)
+                Call::Limited(job)
             } else if let Calling::Blocking = binding.calling {
-                Call::Blocking(call_blocking(binding, message, hold.clone(), None, span, traced.clone()))
+                Call::Blocking(call_blocking(binding, job))
             } else {
-                Call::Deferred(message, hold.clone(), span)
+                Call::Deferred(job)
             };
             async move {
                 let mut probe = probe;
                 let result = async {
                 let (result, started) = match call {
                     Call::Blocking(task) => (finish(task, started + binding.timeout).await, started),
-                    Call::Deferred(message, hold, span) => (dispatch(binding, message, hold, None, span, traced, started).await, started),
-                    Call::Limited(message, hold, span) => {
+                    Call::Deferred(job) => (dispatch(binding, job, started).await, started),
+                    Call::Limited(mut job) => {
                         // The wait for a limit is bounded by the binding's timeout: a call
                         // that cannot start in that time (its slots held by hung calls) ends
                         // as a timeout without running, and counts as a failure.
@@ -205,8 +202,9 @@ pub async fn call_all(
                                 }
                             }
                         }
+                        job.permit = Some(permit);
                         let now = Instant::now();
-                        (dispatch(binding, message, hold, Some(permit), span, traced, now).await, now)
+                        (dispatch(binding, job, now).await, now)
                     }
                 };
                 binding.guard.record(health(&result), probe);
@@ -214,8 +212,10 @@ pub async fn call_all(
                     .record(started.elapsed().as_secs_f64());
                 metrics::counter!(m::HANDLER_CALLS, "binding" => binding.name.clone(), "result" => result_label(&result))
                     .increment(1);
+                // Each ack is recorded as soon as it comes, before the lock is released, so a
+                // duplicate delivered later skips this binding even if a sibling fails.
                 if let (CallResult::Outcome(Outcome::Ack), Some(record)) = (&result, record) {
-                    record.write().await;
+                    record.write(envelope, binding).await;
                 }
                 result
                 }
@@ -234,55 +234,41 @@ pub async fn call_all(
 /// when polled, or to be made once its limits let it.
 enum Call {
     Blocking(tokio::task::JoinHandle<Result<Outcome, String>>),
-    Deferred(Arc<CallMessage>, Hold, tracing::Span),
-    Limited(Arc<CallMessage>, Hold, tracing::Span),
+    Deferred(Job),
+    Limited(Job),
 }
 
-/// Make one binding's call the way its handler is called, its timeout running from
-/// `started`. `hold` and the limit's `permit` last as long as the call: on the blocking pool and
-/// in a batch until its thread returns, otherwise until the call ends here.
-async fn dispatch(
-    binding: &Arc<Binding>,
+/// What travels with one binding's call of a message: the message, its slot's `hold` and the
+/// binding's limit `permit` (kept until the call really returns), the call's span and trace.
+struct Job {
     message: Arc<CallMessage>,
     hold: Hold,
     permit: Option<Permit>,
     span: tracing::Span,
     traced: Option<opentelemetry::Context>,
-    started: Instant,
-) -> CallResult {
+}
+
+/// Make one binding's call the way its handler is called, its timeout running from
+/// `started`. The job's hold and permit last as long as the call: on the blocking pool and in
+/// a batch until its thread returns, otherwise until the call ends here.
+async fn dispatch(binding: &Arc<Binding>, job: Job, started: Instant) -> CallResult {
+    let deadline = started + binding.timeout;
     match &binding.calling {
-        Calling::Blocking => {
-            let task = call_blocking(binding, message, hold, permit, span, traced);
-            finish(task, started + binding.timeout).await
-        }
-        Calling::Inline => {
-            let _permit = permit;
-            call_inline(binding, &message, span, traced)
-        }
-        Calling::Async => {
-            let _permit = permit;
-            call_async(binding, &message, span, traced, started + binding.timeout).await
-        }
-        Calling::Batch(batches) => {
-            call_batched(binding, batches, message, hold, permit, span, traced).await
-        }
+        Calling::Blocking => finish(call_blocking(binding, job), deadline).await,
+        Calling::Inline => call_inline(binding, job),
+        Calling::Async => call_async(binding, job, deadline).await,
+        Calling::Batch(batches) => call_batched(binding, batches, job).await,
     }
 }
 
 /// Call an async handler: its future is polled right here, on this message's task (no thread
 /// of its own), and dropped — the call cancelled — at `deadline`.
-async fn call_async(
-    binding: &Binding,
-    message: &CallMessage,
-    span: tracing::Span,
-    traced: Option<opentelemetry::Context>,
-    deadline: Instant,
-) -> CallResult {
+async fn call_async(binding: &Binding, job: Job, deadline: Instant) -> CallResult {
     let call = telemetry::within(
-        traced,
-        call::handle_async(&binding.handler, &binding.context, message),
+        job.traced,
+        call::handle_async(&binding.handler, &binding.context, &job.message),
     )
-    .instrument(span);
+    .instrument(job.span);
     match tokio::time::timeout_at(deadline, call).await {
         Ok(outcome) => CallResult::Outcome(outcome),
         Err(_) => CallResult::TimedOut,
@@ -294,12 +280,15 @@ async fn call_async(
 async fn call_batched(
     binding: &Arc<Binding>,
     batches: &Gatherer<BatchEntry>,
-    message: Arc<CallMessage>,
-    hold: Hold,
-    permit: Option<Permit>,
-    span: tracing::Span,
-    traced: Option<opentelemetry::Context>,
+    job: Job,
 ) -> CallResult {
+    let Job {
+        message,
+        hold,
+        permit,
+        span,
+        traced,
+    } = job;
     let (reply, answer) = tokio::sync::oneshot::channel();
     let entry = BatchEntry {
         message,
@@ -359,20 +348,21 @@ async fn run_batch(
     }
 }
 
-/// Start a handler call on the blocking pool (the caller abandons it at its timeout). `hold`
-/// and the binding's limit `permit` travel with the call until its thread really returns.
+/// Start a handler call on the blocking pool (the caller abandons it at its timeout). The
+/// job's hold and permit travel with the call until its thread really returns.
 fn call_blocking(
     binding: &Arc<Binding>,
-    message: Arc<CallMessage>,
-    hold: Hold,
-    permit: Option<Permit>,
-    span: tracing::Span,
-    traced: Option<opentelemetry::Context>,
+    job: Job,
 ) -> tokio::task::JoinHandle<Result<Outcome, String>> {
     let binding = binding.clone();
     tokio::task::spawn_blocking(move || {
-        let _hold = hold;
-        let _permit = permit;
+        let Job {
+            message,
+            hold: _hold,
+            permit: _permit,
+            span,
+            traced,
+        } = job;
         let _entered = span.enter();
         let _run = telemetry::enter(traced);
         call::handle(
@@ -386,20 +376,15 @@ fn call_blocking(
 
 /// Call an `inline = true` handler right here, on the async worker. It cannot be abandoned,
 /// so a call past its timeout is only reported (its outcome still counts).
-fn call_inline(
-    binding: &Binding,
-    message: &CallMessage,
-    span: tracing::Span,
-    traced: Option<opentelemetry::Context>,
-) -> CallResult {
+fn call_inline(binding: &Binding, job: Job) -> CallResult {
     let started = std::time::Instant::now();
     let answer = {
-        let _entered = span.enter();
-        let _run = telemetry::enter(traced);
+        let _entered = job.span.enter();
+        let _run = telemetry::enter(job.traced);
         call::handle(
             &binding.handler,
             &binding.context,
-            message,
+            &job.message,
             binding.isolated,
         )
     };
@@ -428,24 +413,17 @@ pub fn result_label(result: &CallResult) -> &'static str {
     }
 }
 
-/// A completion record to write once a binding acked.
-struct Completion {
-    locks: Arc<dyn Locks>,
-    message_id: String,
-    event: String,
-    binding: String,
-    label: String,
-    ttl: Duration,
-}
-
-impl Completion {
-    async fn write(self) {
+impl Recorder {
+    /// Record that `binding` acked `envelope`'s message (a failure is logged: at worst a
+    /// redelivered duplicate runs the binding again).
+    async fn write(&self, envelope: &Envelope, binding: &Binding) {
+        let id = completion::id_of(binding);
         if let Err(e) = self
             .locks
-            .record_completions(&self.message_id, &[self.binding], self.ttl)
+            .record_completions(&envelope.message_id, std::slice::from_ref(&id), self.ttl)
             .await
         {
-            tracing::warn!(message_id = %self.message_id, event = %self.event, binding = %self.label, error = %e,
+            tracing::warn!(message_id = %envelope.message_id, event = %envelope.event, binding = %binding.label, error = %e,
                 "cannot record the completion; a redelivered duplicate may run this binding again");
         }
     }
