@@ -90,16 +90,14 @@ impl Shared {
 
 /// Start a task on `tasks` that ends early when `abandon` fires.
 ///
-/// The task is boxed first, so the wrappers on the way into tokio's task cell (this select,
-/// the tracker's counter, the cell) move a pointer, not the future: a message's run is a
-/// ~10 KB state machine, and copying it whole at each step cost about a tenth of the host's
-/// CPU on the SQS path (callers with a big future box it where they make it, which saves the
-/// copies into this function too).
+/// The task moves whole through each wrapper on its way into tokio's task cell (this select,
+/// the tracker's counter, the cell): a caller with a big future boxes it where it makes it
+/// (a message's run is a ~10 KB state machine, and copying it at each step cost about a
+/// tenth of the host's CPU on the SQS path).
 pub fn spawn_tracked<F>(tasks: &TaskTracker, abandon: &CancellationToken, task: F) -> JoinHandle<()>
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    let task = Box::pin(task);
     let abandon = abandon.clone();
     tasks.spawn(async move {
         tokio::select! {
