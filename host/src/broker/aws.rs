@@ -777,11 +777,11 @@ impl Broker for AwsBroker {
     }
 
     async fn delete_batch(&self, receipts: &[String]) -> Result<Vec<DeleteFailure>, BrokerError> {
-        let url = self.queue_url().await?.to_string();
+        let url = self.queue_url().await?;
         if let Some(lean) = &self.lean {
-            return lean.delete_batch(&url, receipts).await;
+            return lean.delete_batch(url, receipts).await;
         }
-        self.delete_batch_at(&url, receipts).await
+        self.delete_batch_at(url, receipts).await
     }
 
     async fn change_visibility(&self, receipt: &str, secs: u32) -> Result<(), BrokerError> {
@@ -808,14 +808,14 @@ impl Broker for AwsBroker {
         receipts: &[String],
         secs: u32,
     ) -> Result<Vec<DeleteFailure>, BrokerError> {
-        let url = self.queue_url().await?.to_string();
+        let url = self.queue_url().await?;
         if let Some(lean) = &self.lean {
-            return lean.change_visibility_batch(&url, receipts, secs).await;
+            return lean.change_visibility_batch(url, receipts, secs).await;
         }
         let secs = i32::try_from(secs.min(43_200)).unwrap_or(43_200);
         let mut failures = Vec::new();
         for chunk in receipts.chunks(10) {
-            let mut request = self.sqs.change_message_visibility_batch().queue_url(&url);
+            let mut request = self.sqs.change_message_visibility_batch().queue_url(url);
             for (i, receipt) in chunk.iter().enumerate() {
                 let entry = ChangeMessageVisibilityBatchRequestEntry::builder()
                     .id(i.to_string())
